@@ -1,0 +1,1 @@
+"""poolsieve pipeline: CLI, config, workspace, file formats, Ray runtime and the data stages."""

@@ -1,0 +1,116 @@
+"""``poolsieve``: one subcommand per stage, plus ``run`` (a whole experiment) and ``quickstart``.
+
+Each stage module provides ``add_arguments(parser)`` and ``run_cli(ctx, args) -> int``. Every
+subcommand takes ``--workspace`` and ``--config``; stages run their units on Ray (a local Ray is
+started for the run unless ``--ray-address`` names a cluster). A ``PoolsieveError`` ends the command
+with a one-line reason on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import load_config, section
+from .errors import ConfigError, PoolsieveError
+from .runtime import EXECUTORS, Runtime
+from .workspace import Workspace
+
+# subcommand -> (module, one-line help). Modules import heavy dependencies inside functions only.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("poolsieve.pipeline.synthetic_pool", "generate the built-in synthetic pool (metadata + image server files)"),
+    "download": ("poolsieve.pipeline.download", "fetch the pool's images into webdataset shards with img2dataset"),
+    "score": ("poolsieve.pipeline.score", "CLIP scores and embeddings for every downloaded pair"),
+    "filter": ("poolsieve.pipeline.filter_stage", "make uid subsets from the score tables with filters and set algebra"),
+    "reshard": ("poolsieve.pipeline.reshard", "copy a uid subset out of the pool into training shards"),
+    "train": ("poolsieve.train.cli", "train a fixed-budget CLIP on a resharded subset with open_clip"),
+    "evaluate": ("poolsieve.eval.cli", "zero-shot evaluation of a trained model"),
+    "inspect": ("poolsieve.pipeline.inspect_stage", "summaries of a workspace: pool, scores, subsets, runs, evals"),
+    "submit": ("poolsieve.pipeline.submit", "validate a subset and write a DataComp submission folder"),
+    "run": ("poolsieve.pipeline.experiment", "run a whole experiment from one YAML config"),
+    "quickstart": ("poolsieve.pipeline.quickstart", "end-to-end demo on the built-in pool (no network)"),
+}
+
+
+@dataclass
+class StageContext:
+    """What every subcommand gets: the workspace path, the config, the runtime and common flags."""
+
+    workspace_path: Path | None
+    config: dict[str, Any]
+    runtime: Runtime
+    overwrite: bool = False
+
+    def workspace(self, create: bool = False) -> Workspace:
+        if self.workspace_path is None:
+            raise ConfigError("no workspace: pass --workspace DIR (or set 'workspace:' in the config)")
+        return Workspace.create(self.workspace_path) if create else Workspace.open(self.workspace_path)
+
+    def section(self, name: str) -> dict[str, Any]:
+        return section(self.config, name)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("common options")
+    g.add_argument("--workspace", "-w", type=Path, help="the pool's workspace folder")
+    g.add_argument("--config", "-c", type=Path, help="YAML config; this stage reads its own section")
+    g.add_argument("--ray-address", help="Ray cluster to join ('auto' on a cluster node); default: start a local Ray")
+    g.add_argument("--executor", choices=EXECUTORS, help="run units as Ray tasks (default) or in this process (debugging)")
+    g.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
+    g.add_argument("--overwrite", action="store_true", help="redo units that are already complete")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poolsieve",
+        description="Curate image-text training data the DataComp way: download -> score once -> filter many "
+        "ways -> reshard -> train -> evaluate -> submit.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().split("\n\n")[0])
+        mod.add_arguments(p)
+        _add_common(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def make_context(args: argparse.Namespace) -> StageContext:
+    config = load_config(args.config)
+    ws = args.workspace or config.get("workspace")
+    if ws is not None and args.config is not None and args.workspace is None:
+        ws = (args.config.parent / ws) if not Path(ws).is_absolute() else Path(ws)
+    runtime = Runtime(
+        executor=args.executor or config.get("executor") or "ray",
+        address=args.ray_address or config.get("ray_address"),
+        num_cpus=args.num_cpus,
+    )
+    return StageContext(Path(ws) if ws is not None else None, config, runtime, bool(args.overwrite))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        ctx = make_context(args)
+        with ctx.runtime:
+            return int(importlib.import_module(args._module).run_cli(ctx, args) or 0)
+    except PoolsieveError as e:
+        print(f"poolsieve {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"poolsieve {args.command}: interrupted; completed units are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Every file format poolsieve reads or writes, in one place.
+
+Formats follow DataComp wherever DataComp defines one, so that its users switch without converting:
+
+* pool metadata: CommonPool parquet columns (``uid`` as 32 hex chars, ``url``, ``text``, sizes, ...);
+* subset files: ``np.dtype("u8,u8")`` pairs ``(int(uid[:16], 16), int(uid[16:], 16))``, sorted;
+* embeddings: ``.npz`` with ``<model>_img`` / ``<model>_txt`` fp16 arrays (``b32`` / ``l14`` for the
+  OpenAI ViT-B-32 / ViT-L-14 models), row-aligned with the parquet score table;
+* score columns: ``clip_<model>_similarity_score`` (DataComp's metadata names for b32 / l14);
+* shard names: pool shards ``{:05d}.tar`` (img2dataset), filtered shards ``{:08d}.tar`` (resharder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+# --------------------------------------------------------------------------------------- uids
+UID_HEX_LEN = 32
+SUBSET_DTYPE = np.dtype("u8,u8")
+_UID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def is_valid_uid(uid: str) -> bool:
+    return isinstance(uid, str) and bool(_UID_RE.match(uid))
+
+
+def uid_to_pair(uid: str) -> tuple[int, int]:
+    """``"0123...ef"`` (32 hex chars) -> ``(high, low)`` unsigned 64-bit halves."""
+    if not is_valid_uid(uid):
+        raise ValueError(f"not a 32-hex-char uid: {uid!r}")
+    return int(uid[:16], 16), int(uid[16:32], 16)
+
+
+_HEX_LUT = np.full(256, 255, dtype=np.uint8)
+_HEX_LUT[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+_NIBBLE_WEIGHTS = (np.uint64(16) ** np.arange(15, -1, -1, dtype=np.uint64)).astype(np.uint64)
+
+
+def uids_to_pairs(uids: Sequence[str] | np.ndarray, source: str | Path | None = None) -> np.ndarray:
+    """Vectorised uid strings -> structured ``u8,u8`` array (same order). Raises on a bad uid."""
+    arr = np.asarray(uids)
+    out = np.empty(len(arr), dtype=SUBSET_DTYPE)
+    if len(arr) == 0:
+        return out
+    try:
+        raw = arr.astype("S33")
+    except (UnicodeEncodeError, ValueError, TypeError):
+        raw = np.array([u.encode("ascii", "replace") if isinstance(u, str) else b"?" for u in arr], dtype="S33")
+    lengths = np.char.str_len(raw)
+    nibbles = _HEX_LUT[np.frombuffer(raw.astype("S32").tobytes(), dtype=np.uint8).reshape(len(arr), 32)]
+    bad = (lengths != UID_HEX_LEN) | (nibbles == 255).any(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(source, f"bad uid {arr[i]!r} at row {i}: a uid is 32 lowercase hex characters")
+    n = nibbles.astype(np.uint64)
+    out["f0"] = n[:, :16] @ _NIBBLE_WEIGHTS
+    out["f1"] = n[:, 16:] @ _NIBBLE_WEIGHTS
+    return out
+
+
+def pairs_to_uids(pairs: np.ndarray) -> list[str]:
+    """Structured ``u8,u8`` array -> 32-hex-char uid strings."""
+    return [f"{int(a):016x}{int(b):016x}" for a, b in zip(pairs["f0"], pairs["f1"], strict=True)]
+
+
+# ------------------------------------------------------------------------------------ subsets
+def sort_pairs(pairs: np.ndarray) -> np.ndarray:
+    return np.sort(pairs, order=["f0", "f1"])
+
+
+def write_subset(path: str | Path, pairs: np.ndarray, *, allow_repeats: bool = False) -> Path:
+    """Write a DataComp subset file: sorted ``u8,u8`` pairs, unique unless ``allow_repeats``."""
+    pairs = np.asarray(pairs)
+    if pairs.dtype != SUBSET_DTYPE:
+        raise InputError(path, f"subset dtype is {pairs.dtype}, expected {SUBSET_DTYPE}")
+    pairs = sort_pairs(pairs)
+    if not allow_repeats:
+        pairs = np.unique(pairs)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, pairs)
+    return Path(path)
+
+
+def validate_subset(pairs: np.ndarray, path: str | Path | None = None, *, allow_repeats: bool = False) -> None:
+    if pairs.dtype != SUBSET_DTYPE:
+        raise InputError(path, f"subset dtype is {pairs.dtype}, expected {SUBSET_DTYPE} (DataComp's uid format)")
+    if pairs.ndim != 1:
+        raise InputError(path, f"subset must be one-dimensional, got shape {pairs.shape}")
+    if len(pairs) < 2:
+        return
+    hi, lo = pairs["f0"], pairs["f1"]
+    decreasing = (hi[1:] < hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] < lo[:-1]))
+    if decreasing.any():
+        i = int(np.flatnonzero(decreasing)[0]) + 1
+        raise InputError(path, f"subset is not sorted: row {i} is smaller than row {i - 1}")
+    if not allow_repeats:
+        equal = (hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])
+        if equal.any():
+            i = int(np.flatnonzero(equal)[0]) + 1
+            raise InputError(path, f"subset has a repeated uid at row {i} ({pairs_to_uids(pairs[i:i + 1])[0]})")
+
+
+def read_subset(path: str | Path, *, allow_repeats: bool = False) -> np.ndarray:
+    """Load and validate a subset file (dtype, 1-d, sorted, unique unless ``allow_repeats``)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "subset file does not exist")
+    try:
+        pairs = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+        raise InputError(path, f"not a readable .npy file ({e})") from None
+    validate_subset(pairs, path, allow_repeats=allow_repeats)
+    return pairs
+
+
+def pairs_in(pool_pairs: np.ndarray, subset_sorted: np.ndarray) -> np.ndarray:
+    """Boolean mask: which of ``pool_pairs`` are in the sorted ``subset_sorted`` (binary search)."""
+    if len(subset_sorted) == 0 or len(pool_pairs) == 0:
+        return np.zeros(len(pool_pairs), dtype=bool)
+    idx = np.searchsorted(subset_sorted, pool_pairs)
+    idx = np.minimum(idx, len(subset_sorted) - 1)
+    return subset_sorted[idx] == pool_pairs
+
+
+# ----------------------------------------------------------------------------------- metadata
+METADATA_REQUIRED = ("uid", "url", "text")
+METADATA_OPTIONAL = (
+    "original_width",
+    "original_height",
+    "clip_b32_similarity_score",
+    "clip_l14_similarity_score",
+    "face_bboxes",
+    "sha256",
+)
+
+
+def metadata_files(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "metadata folder does not exist")
+    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        raise InputError(folder, "no .parquet files in the metadata folder")
+    return files
+
+
+def check_metadata_columns(path: str | Path, columns: Iterable[str], required: Sequence[str] = METADATA_REQUIRED) -> None:
+    cols = set(columns)
+    missing = [c for c in required if c not in cols]
+    if missing:
+        raise InputError(path, f"missing column(s) {', '.join(missing)}; CommonPool metadata needs {', '.join(required)}")
+
+
+def read_metadata(path: str | Path, columns: Sequence[str] | None = None, required: Sequence[str] = METADATA_REQUIRED):
+    """Read one metadata parquet as a pandas DataFrame, checking the schema and the uid format."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(path, f"not a readable parquet file ({e})") from None
+    check_metadata_columns(path, schema.names, required)
+    table = pq.read_table(path, columns=list(columns) if columns else None)
+    df = table.to_pandas()
+    if "uid" in df.columns:
+        uids_to_pairs(df["uid"].to_numpy(), source=path)
+    return df
+
+
+# --------------------------------------------------------------------------- score tables & npz
+# Model keys that DataComp names; any other model gets a sanitised name of its own.
+DATACOMP_MODEL_KEYS = {("ViT-B-32", "openai"): "b32", ("ViT-L-14", "openai"): "l14"}
+
+
+def model_key(arch: str, pretrained: str | None) -> str:
+    """Short key naming a model's columns: ``b32`` / ``l14`` as DataComp does, else sanitised."""
+    key = DATACOMP_MODEL_KEYS.get((arch, pretrained or ""))
+    if key:
+        return key
+    return re.sub(r"[^0-9a-z]+", "_", arch.lower()).strip("_")
+
+
+def score_column(key: str) -> str:
+    """Score column for a model key: DataComp's ``clip_b32_similarity_score`` naming."""
+    return f"clip_{key}_similarity_score"
+
+
+def embedding_keys(key: str) -> tuple[str, str]:
+    return f"{key}_img", f"{key}_txt"
+
+
+SCORE_TABLE_BASE_COLUMNS = (
+    "uid",
+    "key",
+    "text",
+    "original_width",
+    "original_height",
+    "width",
+    "height",
+    "sha256",
+    "caption_length",
+    "caption_words",
+    "language",
+    "language_score",
+    "status",
+    "error",
+)
+
+
+def read_score_table(path: str | Path, columns: Sequence[str] | None = None):
+    """Read one score table (pandas). Checks that ``uid`` exists and the requested columns exist."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        names = pq.read_schema(path).names
+    except Exception as e:  # noqa: BLE001
+        raise InputError(path, f"not a readable parquet score table ({e})") from None
+    want = list(columns) if columns else names
+    missing = [c for c in ["uid", *want] if c not in names]
+    if missing:
+        raise InputError(path, f"score table lacks column(s) {', '.join(dict.fromkeys(missing))}")
+    return pq.read_table(path, columns=want).to_pandas()
+
+
+def read_embeddings(npz_path: str | Path, keys: Sequence[str], n_rows: int | None = None) -> dict[str, np.ndarray]:
+    """Load embedding arrays from an npz, checking they exist and align with ``n_rows`` parquet rows."""
+    npz_path = Path(npz_path)
+    if not npz_path.exists():
+        raise InputError(npz_path, "embedding file does not exist")
+    try:
+        with np.load(npz_path, allow_pickle=False) as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise InputError(npz_path, f"missing embedding key(s) {', '.join(missing)}; has {', '.join(z.files)}")
+            out = {k: z[k] for k in keys}
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise InputError(npz_path, f"not a readable .npz file ({e})") from None
+    for k, v in out.items():
+        if v.ndim != 2:
+            raise InputError(npz_path, f"embedding {k} has shape {v.shape}, expected (rows, dim)")
+        if n_rows is not None and v.shape[0] != n_rows:
+            raise InputError(npz_path, f"embedding {k} has {v.shape[0]} rows but the score table has {n_rows}: misaligned")
+    return out
+
+
+def write_embeddings(npz_path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_path(npz_path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{k: np.asarray(v, dtype=np.float16) for k, v in arrays.items()})
+
+
+# ------------------------------------------------------------------------------------- shards
+def pool_shard_name(index: int) -> str:
+    """img2dataset's shard name: ``00012``."""
+    return f"{index:05d}"
+
+
+def filtered_shard_name(index: int) -> str:
+    """DataComp resharder's shard name: ``00000012``."""
+    return f"{index:08d}"
+
+
+def shard_stem(path: str | Path) -> str:
+    return Path(path).name.split(".")[0].removesuffix("_stats")
+
+
+# ---------------------------------------------------------------------------- atomic writing
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "file does not exist") from None
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"not valid JSON ({e})") from None
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -1,0 +1,92 @@
+"""The workspace: one folder per pool; every stage reads and writes only here (see DESIGN.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+from .formats import metadata_files
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Paths of one pool's workspace. ``Workspace.open`` checks it exists; ``create`` makes it."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, root: str | Path) -> Workspace:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise InputError(root, "workspace does not exist (create it with `poolsieve download` or `poolsieve quickstart`)")
+        return cls(root.resolve())
+
+    @classmethod
+    def create(cls, root: str | Path) -> Workspace:
+        root = Path(root).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root.resolve())
+
+    # ---- folders
+    @property
+    def metadata_dir(self) -> Path:
+        return self.root / "metadata"
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.root / "scores"
+
+    @property
+    def subsets_dir(self) -> Path:
+        return self.root / "subsets"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def filtered_dir(self, name: str) -> Path:
+        return self.root / "filtered" / name
+
+    def run_dir(self, name: str) -> Path:
+        return self.root / "runs" / name
+
+    def eval_dir(self, name: str) -> Path:
+        return self.root / "evals" / name
+
+    # ---- files
+    def subset_path(self, name: str) -> Path:
+        return self.subsets_dir / f"{name}.npy"
+
+    def subset_info_path(self, name: str) -> Path:
+        return self.subsets_dir / f"{name}.json"
+
+    def score_table_path(self, shard: str) -> Path:
+        return self.scores_dir / f"{shard}.parquet"
+
+    def embeddings_path(self, shard: str) -> Path:
+        return self.scores_dir / f"{shard}.npz"
+
+    # ---- listings
+    def metadata_files(self) -> list[Path]:
+        return metadata_files(self.metadata_dir)
+
+    def shard_tars(self) -> list[Path]:
+        """Pool shards (``shards/{:05d}.tar``) that are whole: their ``_stats.json`` exists."""
+        if not self.shards_dir.is_dir():
+            raise InputError(self.shards_dir, "no downloaded shards (run `poolsieve download` first)")
+        return sorted(
+            p for p in self.shards_dir.glob("*.tar") if (p.parent / f"{p.stem}_stats.json").exists()
+        )
+
+    def score_tables(self) -> list[Path]:
+        if not self.scores_dir.is_dir():
+            raise InputError(self.scores_dir, "no score tables (run `poolsieve score` first)")
+        files = sorted(p for p in self.scores_dir.glob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise InputError(self.scores_dir, "no score tables (run `poolsieve score` first)")
+        return files
