@@ -87,9 +87,8 @@ def write_subset(path: str | Path, pairs: np.ndarray, *, allow_repeats: bool = F
     pairs = sort_pairs(pairs)
     if not allow_repeats:
         pairs = np.unique(pairs)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, pairs)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, pairs)
     return Path(path)
 
 

@@ -1,0 +1,111 @@
+"""The filter registry and the view of a scored pool that every filter reads.
+
+A filter reads score tables (and, for embedding filters, the row-aligned npz embeddings) and returns
+a uid set: a sorted, unique ``np.dtype("u8,u8")`` array. No image I/O, no model calls.
+
+```python
+@register("clip_score")
+def clip_score(pool: ScoredPool, *, column: str = "clip_b32_similarity_score", fraction=None, threshold=None):
+    ...
+    return uid_pairs  # sorted, unique
+```
+
+The pool's members are the score-table rows whose ``status`` is ``"success"`` (rows that failed to
+decode are recorded in the tables but belong to no subset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from poolsieve.pipeline.errors import ConfigError
+from poolsieve.pipeline.formats import read_embeddings, read_score_table, uids_to_pairs
+from poolsieve.pipeline.runtime import Runtime
+
+FilterFn = Callable[..., np.ndarray]
+FILTERS: dict[str, FilterFn] = {}
+
+
+def register(name: str) -> Callable[[FilterFn], FilterFn]:
+    def deco(fn: FilterFn) -> FilterFn:
+        if name in FILTERS and FILTERS[name] is not fn:
+            raise ValueError(f"filter {name!r} registered twice")
+        FILTERS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_filter(name: str) -> FilterFn:
+    load_builtin_filters()
+    if name not in FILTERS:
+        raise ConfigError(f"unknown filter {name!r}; known: {', '.join(sorted(FILTERS))}")
+    return FILTERS[name]
+
+
+def load_builtin_filters() -> None:
+    """Import every module in this package so that their ``@register`` calls run."""
+    import importlib
+    import pkgutil
+
+    import poolsieve.filters as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+
+
+@dataclass
+class ScoredPool:
+    """A scored pool: its score tables in shard order, and the runtime to map work over them."""
+
+    tables: Sequence[Path]
+    runtime: Runtime = field(default_factory=lambda: Runtime(executor="local"))
+
+    def read_columns(self, columns: Sequence[str], table: Path | None = None):
+        """DataFrame of ``columns`` (plus ``uid``) over the pool's successful rows, in shard order."""
+        import pandas as pd
+
+        paths = [table] if table is not None else list(self.tables)
+        cols = list(dict.fromkeys(["uid", *columns]))
+        frames = []
+        for p in paths:
+            df = read_score_table(p, columns=[*cols, "status"] if _has_status(p) else cols)
+            if "status" in df.columns:
+                df = df[df["status"] == "success"]
+                if "status" not in columns:
+                    df = df.drop(columns="status")
+            frames.append(df.reset_index(drop=True))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+    def uid_pairs(self, table: Path | None = None) -> np.ndarray:
+        """``u8,u8`` pairs of the successful rows, in row order (not sorted)."""
+        df = self.read_columns([], table)
+        return uids_to_pairs(df["uid"].to_numpy(), source=table)
+
+    def load_embeddings(self, keys: Sequence[str], table: Path | None = None) -> dict[str, np.ndarray]:
+        """Embeddings (``{key: (rows, dim)}``) of the successful rows, aligned with ``read_columns``."""
+        paths = [table] if table is not None else list(self.tables)
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        for p in paths:
+            status = read_score_table(p, columns=["status"])["status"].to_numpy() if _has_status(p) else None
+            n = len(status) if status is not None else len(read_score_table(p, columns=["uid"]))
+            arrays = read_embeddings(p.with_suffix(".npz"), keys, n_rows=n)
+            for k in keys:
+                parts[k].append(arrays[k] if status is None else arrays[k][status == "success"])
+        return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float16) for k, v in parts.items()}
+
+    def map(self, fn: Callable[[Path], Any], desc: str, **kwargs: Any) -> list[Any]:
+        """Run ``fn(table_path)`` over every score table on the runtime (Ray tasks by default)."""
+        return self.runtime.map(fn, list(self.tables), desc, **kwargs)
+
+
+def _has_status(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    return "status" in pq.read_schema(path).names

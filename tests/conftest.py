@@ -1,0 +1,28 @@
+"""Shared fixtures. One local Ray (2 CPUs) serves every test that needs Ray."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """A Runtime on a local Ray started once for the session."""
+    from poolsieve.pipeline.runtime import Runtime
+
+    rt = Runtime(executor="ray", num_cpus=2)
+    rt.ensure_ray()
+    yield rt
+    rt.shutdown()
+
+
+@pytest.fixture
+def local_runtime():
+    from poolsieve.pipeline.runtime import Runtime
+
+    return Runtime(executor="local")
