@@ -1,0 +1,140 @@
+"""``poolsieve inspect``: what a workspace holds, stage by stage, on one screen.
+
+Pool metadata (rows, files), downloaded shards (successes, failures by reason), score tables (rows,
+status counts, score columns with quantiles), subsets (size, share of the pool, how each was made),
+training runs and evaluation summaries. ``--json`` prints the same as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .workspace import Workspace
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def inspect_workspace(ws: Workspace) -> dict[str, Any]:
+    """Collect a summary of every stage's outputs that exist in ``ws``."""
+    import pyarrow.parquet as pq
+
+    out: dict[str, Any] = {"workspace": str(ws.root)}
+    meta = sorted(ws.metadata_dir.glob("*.parquet")) if ws.metadata_dir.is_dir() else []
+    if meta:
+        out["metadata"] = {"files": len(meta), "rows": sum(pq.read_metadata(p).num_rows for p in meta)}
+    if ws.shards_dir.is_dir():
+        stats = [json.loads(p.read_text()) for p in sorted(ws.shards_dir.glob("*_stats.json"))]
+        if stats:
+            reasons: dict[str, int] = {}
+            for s in stats:
+                for k, v in (s.get("status_dict") or {}).items():
+                    if k != "success":
+                        reasons[k] = reasons.get(k, 0) + int(v)
+            out["shards"] = {"shards": len(stats), "urls": sum(s.get("count", 0) for s in stats),
+                             "successes": sum(s.get("successes", 0) for s in stats),
+                             "failures_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}
+    if ws.scores_dir.is_dir() and any(ws.scores_dir.glob("*.parquet")):
+        out["scores"] = _score_summary(ws)
+    if ws.subsets_dir.is_dir():
+        subsets = {}
+        for npy in sorted(ws.subsets_dir.glob("*.npy")):
+            info_path = npy.with_suffix(".json")
+            info = json.loads(info_path.read_text()) if info_path.exists() else {}
+            import numpy as np
+
+            n = len(np.load(npy, mmap_mode="r"))
+            subsets[npy.stem] = {"uids": n, "spec": info.get("spec")}
+        if subsets:
+            out["subsets"] = subsets
+    runs_root = ws.root / "runs"
+    if runs_root.is_dir():
+        runs = {}
+        for run in sorted(p for p in runs_root.iterdir() if p.is_dir()):
+            summary = run / "summary.json"
+            runs[run.name] = json.loads(summary.read_text()) if summary.exists() else {"status": "no summary.json"}
+        if runs:
+            out["runs"] = runs
+    evals_root = ws.root / "evals"
+    if evals_root.is_dir():
+        evals = {}
+        for ev in sorted(p for p in evals_root.iterdir() if p.is_dir()):
+            res = ev / "results.jsonl"
+            if res.exists():
+                lines = [json.loads(line) for line in res.read_text().splitlines() if line.strip()]
+                evals[ev.name] = {r.get("task", "?"): r.get("main_metric", r.get("metrics")) for r in lines}
+        if evals:
+            out["evals"] = evals
+    return out
+
+
+def _score_summary(ws: Workspace) -> dict[str, Any]:
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    tables = ws.score_tables()
+    schema = pq.read_schema(tables[0])
+    score_cols = [c for c in schema.names if c.startswith("clip_") and c.endswith("_score")]
+    cols = [c for c in ["status", *score_cols] if c in schema.names]
+    status: dict[str, int] = {}
+    values: dict[str, list[Any]] = {c: [] for c in score_cols}
+    rows = 0
+    for p in tables:
+        t = pq.read_table(p, columns=cols)
+        rows += t.num_rows
+        if "status" in cols:
+            for entry in pc.value_counts(t["status"]).to_pylist():
+                status[entry["values"]] = status.get(entry["values"], 0) + entry["counts"]
+        for c in score_cols:
+            values[c].append(t[c].to_numpy(zero_copy_only=False))
+    quantiles = {}
+    for c, parts in values.items():
+        v = np.concatenate(parts).astype(np.float64)
+        v = v[~np.isnan(v)]
+        if len(v):
+            q = np.quantile(v, [0.1, 0.5, 0.9])
+            quantiles[c] = {"mean": round(float(v.mean()), 4), "p10": round(float(q[0]), 4),
+                            "p50": round(float(q[1]), 4), "p90": round(float(q[2]), 4)}
+    return {"tables": len(tables), "rows": rows, "status": status, "score_columns": quantiles}
+
+
+def _print(summary: dict[str, Any]) -> None:
+    print(f"== workspace {summary['workspace']}")
+    if "metadata" in summary:
+        m = summary["metadata"]
+        print(f"  metadata   {m['rows']:,} rows in {m['files']} parquet file(s)")
+    if "shards" in summary:
+        s = summary["shards"]
+        rate = s["successes"] / s["urls"] if s["urls"] else 0.0
+        print(f"  shards     {s['shards']} shard(s), {s['successes']:,}/{s['urls']:,} downloaded ({rate:.1%})")
+        for reason, n in list(s["failures_by_reason"].items())[:5]:
+            print(f"             {n:>8,}  {reason}")
+    if "scores" in summary:
+        s = summary["scores"]
+        print(f"  scores     {s['rows']:,} rows in {s['tables']} table(s); status {s['status']}")
+        for c, q in s["score_columns"].items():
+            print(f"             {c}: mean {q['mean']}  p10 {q['p10']}  p50 {q['p50']}  p90 {q['p90']}")
+    total = summary.get("scores", {}).get("status", {}).get("success")
+    for name, sub in summary.get("subsets", {}).items():
+        share = f" ({sub['uids'] / total:.1%} of pool)" if total else ""
+        print(f"  subset     {name}: {sub['uids']:,} uids{share}")
+    for name, run in summary.get("runs", {}).items():
+        seen = run.get("samples_seen")
+        print(f"  run        {name}: {run.get('status', 'done')}" + (f", {seen:,} samples seen" if seen else ""))
+    for name, tasks in summary.get("evals", {}).items():
+        body = ", ".join(f"{t}={v:.3f}" if isinstance(v, float) else f"{t}={v}" for t, v in tasks.items())
+        print(f"  eval       {name}: {body}")
+
+
+def run_cli(ctx: Any, args: argparse.Namespace) -> int:
+    ws: Workspace = ctx.workspace()
+    summary = inspect_workspace(ws)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        _print(summary)
+    return 0
