@@ -1,0 +1,111 @@
+"""File formats: uid pairs, subset files, embeddings alignment, atomic writes, config parsing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from poolsieve.pipeline import formats
+from poolsieve.pipeline.config import build, load_config
+from poolsieve.pipeline.errors import ConfigError, InputError
+
+
+def test_uid_pair_round_trip_matches_datacomp_definition():
+    uids = ["0123456789abcdef0123456789abcdef", "ffffffffffffffff0000000000000001", "00" * 16]
+    pairs = formats.uids_to_pairs(uids)
+    assert pairs.dtype == np.dtype("u8,u8")
+    for uid, (hi, lo) in zip(uids, pairs.tolist(), strict=True):
+        assert (hi, lo) == (int(uid[:16], 16), int(uid[16:32], 16))
+    assert formats.pairs_to_uids(pairs) == uids
+
+
+@pytest.mark.parametrize("bad", ["0123", "g" * 32, "0123456789ABCDEF0123456789abcdef", "0" * 33])
+def test_bad_uid_is_refused_with_row(bad):
+    with pytest.raises(InputError, match="bad uid .* at row 1"):
+        formats.uids_to_pairs(["0" * 32, bad], source="x.parquet")
+
+
+def test_subset_write_sorts_dedups_and_reads_back(tmp_path):
+    pairs = formats.uids_to_pairs(["f" * 32, "0" * 32, "f" * 32, "1" * 32])
+    path = formats.write_subset(tmp_path / "s.npy", pairs)
+    back = formats.read_subset(path)
+    assert formats.pairs_to_uids(back) == ["0" * 32, "1" * 32, "f" * 32]
+
+
+def test_subset_validation_errors(tmp_path):
+    unsorted = formats.uids_to_pairs(["f" * 32, "0" * 32])
+    np.save(tmp_path / "unsorted.npy", unsorted)
+    with pytest.raises(InputError, match="not sorted"):
+        formats.read_subset(tmp_path / "unsorted.npy")
+    np.save(tmp_path / "dtype.npy", np.arange(4, dtype=np.int64))
+    with pytest.raises(InputError, match="dtype"):
+        formats.read_subset(tmp_path / "dtype.npy")
+    repeated = formats.uids_to_pairs(["0" * 32, "0" * 32])
+    np.save(tmp_path / "rep.npy", repeated)
+    with pytest.raises(InputError, match="repeated"):
+        formats.read_subset(tmp_path / "rep.npy")
+    assert len(formats.read_subset(tmp_path / "rep.npy", allow_repeats=True)) == 2
+
+
+def test_pairs_in_is_a_sorted_lookup():
+    subset = formats.sort_pairs(formats.uids_to_pairs(["1" * 32, "3" * 32]))
+    pool = formats.uids_to_pairs(["0" * 32, "1" * 32, "2" * 32, "3" * 32, "4" * 32])
+    assert formats.pairs_in(pool, subset).tolist() == [False, True, False, True, False]
+
+
+def test_embeddings_must_align_with_rows(tmp_path):
+    formats.write_embeddings(tmp_path / "e.npz", {"b32_img": np.ones((3, 4)), "b32_txt": np.ones((3, 4))})
+    got = formats.read_embeddings(tmp_path / "e.npz", ["b32_img"], n_rows=3)
+    assert got["b32_img"].dtype == np.float16
+    with pytest.raises(InputError, match="misaligned"):
+        formats.read_embeddings(tmp_path / "e.npz", ["b32_img"], n_rows=4)
+    with pytest.raises(InputError, match="missing embedding key"):
+        formats.read_embeddings(tmp_path / "e.npz", ["l14_img"], n_rows=3)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError), formats.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_keys_follow_datacomp():
+    assert formats.model_key("ViT-B-32", "openai") == "b32"
+    assert formats.score_column("l14") == "clip_l14_similarity_score"
+    assert formats.embedding_keys("b32") == ("b32_img", "b32_txt")
+    assert formats.model_key("poolsieve-tiny", "/x/epoch_1.pt") == "poolsieve_tiny"
+
+
+def test_metadata_without_uid_is_named(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"url": ["http://127.0.0.1/x.jpg"], "text": ["a"]}).to_parquet(tmp_path / "m.parquet")
+    with pytest.raises(InputError, match=r"m\.parquet: missing column\(s\) uid"):
+        formats.read_metadata(tmp_path / "m.parquet")
+
+
+def test_config_errors(tmp_path):
+    from dataclasses import dataclass
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("score: {models: [a\n")
+    with pytest.raises(ConfigError, match="malformed YAML at line"):
+        load_config(bad)
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_config(tmp_path / "list.yaml")
+
+    @dataclass
+    class C:
+        threads: int = 4
+        name: str = "x"
+
+    assert build(C, {"threads": 8}, "download").threads == 8
+    assert build(C, {"threads": 8}, "download", {"threads": 2, "name": None}).threads == 2
+    with pytest.raises(ConfigError, match="unknown key"):
+        build(C, {"thread": 8}, "download")
+    with pytest.raises(ConfigError, match="expected a number"):
+        build(C, {"threads": "many"}, "download")
