@@ -21,6 +21,9 @@ class InputError(PoolsieveError):
         self.problem = problem
         super().__init__(f"{path}: {problem}" if path is not None else problem)
 
+    def __reduce__(self):  # keep (path, problem) across processes (Ray tasks, subprocesses)
+        return (type(self), (self.path, self.problem))
+
 
 class ConfigError(PoolsieveError):
     """A config file or option that cannot be used."""
