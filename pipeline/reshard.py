@@ -1,0 +1,513 @@
+"""Copy a uid subset out of the pool's shards into fixed-size training shards (DataComp's resharder layout).
+
+Two passes keep the output deterministic on Ray. Pass 1 (a task per pool shard) walks the tar's
+member index, reads each sample's ``.json`` for its uid and keeps the samples in the subset
+(sorted-array lookup); no image is decoded. The driver then gives every kept sample a global
+position (pool-shard order, then key order, optionally a seeded shuffle buffer) and cuts the list
+into output shards of ``shard_size``: every shard is full but the last. Pass 2 (a task per output
+shard) copies the members' raw bytes under new keys ``{uid}-{j}`` (DataComp's naming; a uid listed
+k times is written k times as ``-0 .. -(k-1)``) and renames the shard into place when whole.
+
+Output, in ``filtered/{name}/``: ``{:08d}.tar``, ``{:08d}_stats.json`` (``{"successes": n}``),
+``meta.json`` (with DataComp's ``output_shard_count`` / ``output_shard_format``), ``sample_ids.npy``
+(a copy of the subset file) and ``missing_uids.npy`` (subset uids not found in the pool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, InputError
+from .formats import (
+    SUBSET_DTYPE,
+    atomic_path,
+    filtered_shard_name,
+    is_valid_uid,
+    pairs_to_uids,
+    read_json,
+    read_subset,
+    uids_to_pairs,
+    write_json,
+    write_subset,
+)
+from .runtime import Runtime
+from .tar_io import END_OF_ARCHIVE, iter_members, padding, split_key, ustar_header
+from .workspace import Workspace
+
+PLAN_VERSION = 1
+OUTPUT_SHARD_FORMAT = "{:08d}.tar"
+OUTPUT_STATS_FORMAT = "{:08d}_stats.json"
+SUBSET_COPY_NAME = "sample_ids.npy"
+MISSING_NAME = "missing_uids.npy"
+PLAN_NAME = ".reshard_plan.json"
+WRITE_CHUNK_BYTES = 8 << 20
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class ReshardConfig:
+    """``subset``: a subset name (``subsets/{name}.npy``) or a path to a ``.npy``; ``name``: the
+    output folder under ``filtered/`` (default: the subset file's stem)."""
+
+    subset: str | None = None
+    name: str | None = None
+    shard_size: int = 10000
+    shuffle_bufsize: int = 0
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------ pass 1
+@dataclass
+class ScanUnit:
+    tar_path: str
+    subset_path: str
+
+
+@dataclass
+class ShardScan:
+    """The samples of one pool shard that are in the subset, with where their members lie."""
+
+    tar_path: str
+    samples: int = 0
+    samples_without_uid: int = 0
+    skipped_members: int = 0
+    uids: np.ndarray = field(default_factory=lambda: np.empty(0, SUBSET_DTYPE))
+    keys: list[str] = field(default_factory=list)
+    copies: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    span_start: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    span_end: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    member_start: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    member_count: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    member_ext: list[str] = field(default_factory=list)
+    member_offset: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    member_size: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+
+def _group_samples(tar_path: Path) -> tuple[list[tuple[str, dict]], int]:
+    """Members grouped into samples by key, as webdataset groups them (consecutive names)."""
+    samples: list[tuple[str, dict]] = []
+    skipped = 0
+    key: str | None = None
+    fields: dict = {}
+    for member in iter_members(tar_path):
+        parts = split_key(member.name)
+        if parts is None:
+            skipped += 1
+            continue
+        member_key, ext = parts
+        if member_key != key or ext in fields:
+            if fields:
+                samples.append((key, fields))
+            key, fields = member_key, {}
+        fields[ext] = member
+    if fields:
+        samples.append((key, fields))
+    return samples, skipped
+
+
+def _uid_of(fd: int, member: Any) -> str | None:
+    try:
+        uid = json.loads(os.pread(fd, member.size, member.data_offset)).get("uid")
+    except (ValueError, AttributeError):
+        return None
+    return uid if is_valid_uid(uid) else None
+
+
+def scan_shard(unit: ScanUnit) -> ShardScan:
+    """Pass 1: the samples of one pool tar whose uid is in the subset (a Ray task)."""
+    tar_path = Path(unit.tar_path)
+    subset = np.load(unit.subset_path, mmap_mode="r", allow_pickle=False)
+    samples, skipped = _group_samples(tar_path)
+    scan = ShardScan(str(tar_path), samples=len(samples), skipped_members=skipped)
+    with_uid: list[tuple[str, dict]] = []
+    uid_strings: list[str] = []
+    fd = os.open(tar_path, os.O_RDONLY)
+    try:
+        for key, fields in samples:
+            uid = _uid_of(fd, fields["json"]) if "json" in fields else None
+            if uid is None:
+                scan.samples_without_uid += 1
+                continue
+            with_uid.append((key, fields))
+            uid_strings.append(uid)
+    finally:
+        os.close(fd)
+    if not with_uid or len(subset) == 0:
+        return scan
+    pairs = uids_to_pairs(uid_strings, source=tar_path)
+    counts = np.searchsorted(subset, pairs, "right") - np.searchsorted(subset, pairs, "left")
+    keep = np.flatnonzero(counts > 0)
+    scan.uids = pairs[keep]
+    scan.copies = counts[keep].astype(np.int64)
+    starts, ends, mstarts, mcounts, offsets, sizes = [], [], [], [], [], []
+    for i in keep.tolist():
+        key, fields = with_uid[i]
+        members = sorted(fields.items(), key=lambda kv: kv[1].data_offset)
+        scan.keys.append(key)
+        starts.append(members[0][1].data_offset)
+        ends.append(members[-1][1].data_offset + members[-1][1].size)
+        mstarts.append(len(offsets))
+        mcounts.append(len(members))
+        for ext, m in members:
+            scan.member_ext.append(ext)
+            offsets.append(m.data_offset)
+            sizes.append(m.size)
+    scan.span_start, scan.span_end = np.array(starts, np.int64), np.array(ends, np.int64)
+    scan.member_start, scan.member_count = np.array(mstarts, np.int64), np.array(mcounts, np.int64)
+    scan.member_offset, scan.member_size = np.array(offsets, np.int64), np.array(sizes, np.int64)
+    return scan
+
+
+# ------------------------------------------------------------------------------------- plan
+@dataclass
+class WriteUnit:
+    """Pass 2's unit: one output shard and, in order, the samples it holds."""
+
+    index: int
+    tar_path: str
+    stats_path: str
+    sources: list[str]
+    source: np.ndarray
+    out_keys: list[str]
+    span_start: np.ndarray
+    span_end: np.ndarray
+    member_start: np.ndarray
+    member_count: np.ndarray
+    member_ext: list[str]
+    member_offset: np.ndarray
+    member_size: np.ndarray
+
+
+def buffered_shuffle_order(n: int, bufsize: int, seed: int) -> np.ndarray:
+    """Order of a seeded shuffle buffer of ``bufsize`` over ``n`` items (identity when ``bufsize <= 1``)."""
+    if bufsize <= 1 or n <= 1:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    if bufsize >= n:
+        return rng.permutation(n).astype(np.int64)
+    picks = rng.integers(0, bufsize, size=n - bufsize).tolist()
+    buf = list(range(bufsize))
+    out: list[int] = []
+    for incoming, slot in zip(range(bufsize, n), picks, strict=True):
+        out.append(buf[slot])
+        buf[slot] = incoming
+    out.extend(np.asarray(buf)[rng.permutation(bufsize)].tolist())
+    return np.asarray(out, dtype=np.int64)
+
+
+def _copy_numbers(uids: np.ndarray, copies: np.ndarray) -> np.ndarray:
+    """First copy number ``j`` of each sample, so keys stay distinct if a uid occurs twice in the pool."""
+    _, inverse = np.unique(uids, return_inverse=True)
+    inverse = inverse.ravel()
+    order = np.argsort(inverse, kind="stable")
+    c = copies[order]
+    before = np.cumsum(c) - c
+    group_first = np.r_[0, np.flatnonzero(np.diff(inverse[order])) + 1]
+    group_of_pos = np.repeat(np.arange(len(group_first)), np.diff(np.r_[group_first, len(order)]))
+    base = np.empty(len(uids), np.int64)
+    base[order] = before - before[group_first][group_of_pos]
+    return base
+
+
+def plan_output(scans: list[ShardScan], out_dir: Path, cfg: ReshardConfig) -> list[WriteUnit]:
+    """Assign every kept sample copy a global position and cut the list into output shards."""
+    # Samples in pool-shard order, then key order within a shard.
+    per_shard = []
+    for s_idx, scan in enumerate(scans):
+        order = np.argsort(np.asarray(scan.keys, dtype=object), kind="stable") if scan.keys else np.empty(0, int)
+        per_shard.append((s_idx, order))
+    src = np.concatenate([np.full(len(o), s, np.int64) for s, o in per_shard]) if per_shard else np.empty(0, int)
+    local = np.concatenate([o for _, o in per_shard]).astype(np.int64) if per_shard else np.empty(0, int)
+    if len(src) == 0:
+        return []
+    uids = np.concatenate([scans[s].uids[o] for s, o in per_shard])
+    copies = np.concatenate([scans[s].copies[o] for s, o in per_shard])
+    base = _copy_numbers(uids, copies)
+    sample_of_copy = np.repeat(np.arange(len(uids)), copies)
+    j = np.arange(len(sample_of_copy)) - np.repeat(np.cumsum(copies) - copies, copies) + base[sample_of_copy]
+    order = buffered_shuffle_order(len(sample_of_copy), cfg.shuffle_bufsize, cfg.seed)
+    sample_of_copy, j = sample_of_copy[order], j[order]
+    uid_hex = pairs_to_uids(uids)
+    sources = [scan.tar_path for scan in scans]
+    units = []
+    for index, lo in enumerate(range(0, len(sample_of_copy), cfg.shard_size)):
+        picked = sample_of_copy[lo:lo + cfg.shard_size]
+        units.append(_write_unit(index, out_dir, sources, scans, src[picked], local[picked],
+                                 [f"{uid_hex[s]}-{c}" for s, c in zip(picked.tolist(), j[lo:lo + cfg.shard_size].tolist(),
+                                                                       strict=True)]))
+    return units
+
+
+def _write_unit(index: int, out_dir: Path, sources: list[str], scans: list[ShardScan], src: np.ndarray,
+                local: np.ndarray, out_keys: list[str]) -> WriteUnit:
+    span_start, span_end, mstart, mcount, exts, offsets, sizes = [], [], [], [], [], [], []
+    for s, i in zip(src.tolist(), local.tolist(), strict=True):
+        scan = scans[s]
+        span_start.append(scan.span_start[i])
+        span_end.append(scan.span_end[i])
+        first, count = int(scan.member_start[i]), int(scan.member_count[i])
+        mstart.append(len(exts))
+        mcount.append(count)
+        exts.extend(scan.member_ext[first:first + count])
+        offsets.extend(scan.member_offset[first:first + count].tolist())
+        sizes.extend(scan.member_size[first:first + count].tolist())
+    name = filtered_shard_name(index)
+    return WriteUnit(index, str(out_dir / f"{name}.tar"), str(out_dir / f"{name}_stats.json"), sources,
+                     src.astype(np.int32), out_keys, np.array(span_start, np.int64), np.array(span_end, np.int64),
+                     np.array(mstart, np.int64), np.array(mcount, np.int64), exts,
+                     np.array(offsets, np.int64), np.array(sizes, np.int64))
+
+
+# ------------------------------------------------------------------------------------ pass 2
+def write_shard(unit: WriteUnit) -> dict[str, int]:
+    """Pass 2: copy the unit's samples' raw member bytes into one output tar (a Ray task)."""
+    fds: dict[int, int] = {}
+    written = 0
+    try:
+        with atomic_path(unit.tar_path) as tmp, open(tmp, "wb", buffering=0) as out:
+            chunks: list[Any] = []
+            pending = 0
+            for i, key in enumerate(unit.out_keys):
+                s = int(unit.source[i])
+                if s not in fds:
+                    fds[s] = os.open(unit.sources[s], os.O_RDONLY)
+                start, end = int(unit.span_start[i]), int(unit.span_end[i])
+                span = os.pread(fds[s], end - start, start)
+                if len(span) != end - start:
+                    raise InputError(unit.sources[s], f"shrank while resharding: cannot read bytes {start}-{end}")
+                view = memoryview(span)
+                first, count = int(unit.member_start[i]), int(unit.member_count[i])
+                for m in range(first, first + count):
+                    offset, size = int(unit.member_offset[m]) - start, int(unit.member_size[m])
+                    chunks += (ustar_header(f"{key}.{unit.member_ext[m]}", size), view[offset:offset + size],
+                               padding(size))
+                    pending += 512 + size
+                if pending >= WRITE_CHUNK_BYTES:
+                    written += out.write(b"".join(chunks))
+                    chunks, pending = [], 0
+            chunks.append(END_OF_ARCHIVE)
+            written += out.write(b"".join(chunks))
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    write_json(unit.stats_path, {"successes": len(unit.out_keys), "bytes": written})
+    return {"samples": len(unit.out_keys), "bytes": written}
+
+
+# -------------------------------------------------------------------------------- the stage
+def resolve_subset(ws: Workspace, value: str | None) -> Path:
+    """A subset name (``subsets/{name}.npy``) or a path (workspace-relative first, then as given)."""
+    if not value:
+        raise ConfigError("reshard needs a subset: pass --subset NAME_OR_PATH (or 'reshard: {subset: ...}')")
+    if "/" not in value and not value.endswith(".npy"):
+        return ws.subset_path(value)
+    path = Path(value).expanduser()
+    if not path.is_absolute() and (ws.root / path).exists():
+        return ws.root / path
+    return path
+
+
+def output_name(cfg: ReshardConfig, subset_path: Path) -> str:
+    name = cfg.name or subset_path.name.removesuffix(".npy")
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"reshard output name {name!r} must be letters, digits, '.', '_' or '-' (no paths)")
+    return name
+
+
+def _check_config(cfg: ReshardConfig) -> None:
+    if cfg.shard_size < 1:
+        raise ConfigError(f"reshard.shard_size must be at least 1, got {cfg.shard_size}")
+    if cfg.shuffle_bufsize < 0:
+        raise ConfigError(f"reshard.shuffle_bufsize must be 0 (off) or more, got {cfg.shuffle_bufsize}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def plan_fingerprint(subset_path: Path, tars: list[Path], cfg: ReshardConfig) -> str:
+    """What the output depends on: subset bytes, pool shards (name, size, mtime) and the settings."""
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in tars]
+    doc = {"version": PLAN_VERSION, "subset_sha256": _sha256(subset_path), "shards": stats,
+           "shard_size": cfg.shard_size, "shuffle_bufsize": cfg.shuffle_bufsize, "seed": cfg.seed}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _is_output_file(name: str) -> bool:
+    return (re.fullmatch(r"\d{8}(\.tar|_stats\.json)", name) is not None
+            or name in ("meta.json", SUBSET_COPY_NAME, MISSING_NAME, PLAN_NAME)
+            or (name.startswith(".") and name.endswith(".tmp")))
+
+
+def clear_output(out_dir: Path, temp_only: bool = False) -> None:
+    """Remove reshard's own files from ``out_dir`` (only temporaries when ``temp_only``)."""
+    if not out_dir.is_dir():
+        return
+    for p in out_dir.iterdir():
+        if p.is_file() and _is_output_file(p.name) and (not temp_only or p.name.endswith(".tmp")):
+            p.unlink()
+
+
+def _complete(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The meta.json of a finished reshard with this plan, if every shard it lists is whole."""
+    meta_path = out_dir / "meta.json"
+    if not meta_path.exists():
+        return None
+    meta = read_json(meta_path)
+    if meta.get("plan") != fingerprint:
+        return None
+    for i in range(int(meta.get("output_shard_count", 0))):
+        name = filtered_shard_name(i)
+        if not ((out_dir / f"{name}.tar").exists() and (out_dir / f"{name}_stats.json").exists()):
+            return None
+    return meta
+
+
+def _claim_output(out_dir: Path, fingerprint: str, overwrite: bool) -> None:
+    """Check that ``out_dir`` is empty or holds a partial run of the same plan (else --overwrite)."""
+    if overwrite:
+        clear_output(out_dir)
+        return
+    clear_output(out_dir, temp_only=True)
+    plan_path = out_dir / PLAN_NAME
+    leftovers = [p for p in out_dir.glob("*") if _is_output_file(p.name)] if out_dir.is_dir() else []
+    if plan_path.exists():
+        if read_json(plan_path).get("plan") != fingerprint:
+            raise InputError(out_dir, "holds a reshard of a different subset, pool or settings; pass --overwrite to replace it")
+    elif leftovers:
+        raise InputError(out_dir, "holds files from an unknown reshard; pass --overwrite to replace them")
+
+
+def reshard(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, *, overwrite: bool = False) -> dict[str, Any]:
+    """Copy the subset's samples out of ``ws``'s pool shards into ``filtered/{name}/``; return a summary."""
+    started = time.monotonic()
+    _check_config(cfg)
+    subset_path = resolve_subset(ws, cfg.subset)
+    subset = read_subset(subset_path, allow_repeats=True)
+    name = output_name(cfg, subset_path)
+    out_dir = ws.filtered_dir(name)
+    tars = ws.shard_tars()
+    if not tars:
+        raise InputError(ws.shards_dir, "no whole pool shards (a shard is whole when its _stats.json exists)")
+    fingerprint = plan_fingerprint(subset_path, tars, cfg)
+    done = None if overwrite else _complete(out_dir, fingerprint)
+    if done is not None:
+        return {**_summary_from_meta(done, out_dir), "shards_written": 0, "shards_skipped": done["output_shard_count"],
+                "bytes_written": 0, "seconds": time.monotonic() - started}
+    _claim_output(out_dir, fingerprint, overwrite)
+
+    scans = runtime.map(scan_shard, [ScanUnit(str(t), str(subset_path)) for t in tars], "reshard scan",
+                        items=lambda s: s.samples, item_unit="samples")
+    units = plan_output(scans, out_dir, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / PLAN_NAME, {"plan": fingerprint, "output_shard_count": len(units)})
+    todo = [u for u in units if not (Path(u.tar_path).exists() and Path(u.stats_path).exists())]
+    results = runtime.map(write_shard, todo, "reshard write", items=lambda r: r["samples"])
+
+    found = np.unique(np.concatenate([s.uids for s in scans])) if scans else np.empty(0, SUBSET_DTYPE)
+    unique_subset = np.unique(subset)
+    missing = np.setdiff1d(unique_subset, found)
+    write_subset(out_dir / MISSING_NAME, missing.astype(SUBSET_DTYPE))
+    with atomic_path(out_dir / SUBSET_COPY_NAME) as tmp:
+        shutil.copyfile(subset_path, tmp)
+    meta = _meta(ws, subset_path, subset, unique_subset, found, missing, scans, units, cfg, fingerprint)
+    write_json(out_dir / "meta.json", meta)
+    seconds = time.monotonic() - started
+    written = sum(r["bytes"] for r in results)
+    return {**_summary_from_meta(meta, out_dir), "shards_written": len(todo),
+            "shards_skipped": len(units) - len(todo), "bytes_written": written, "seconds": seconds,
+            "missing_examples": pairs_to_uids(missing[:5])}
+
+
+def _meta(ws: Workspace, subset_path: Path, subset: np.ndarray, unique_subset: np.ndarray, found: np.ndarray,
+          missing: np.ndarray, scans: list[ShardScan], units: list[WriteUnit], cfg: ReshardConfig,
+          fingerprint: str) -> dict[str, Any]:
+    mismatched = [Path(s.tar_path).name for s in scans if _stats_successes(Path(s.tar_path)) not in (None, s.samples)]
+    return {
+        "tool": "poolsieve reshard",
+        "output_shard_count": len(units),
+        "output_shard_format": OUTPUT_SHARD_FORMAT,
+        "output_shard_stats_format": OUTPUT_STATS_FORMAT,
+        "output_count": int(sum(len(u.out_keys) for u in units)),
+        "processed_count": int(sum(s.samples for s in scans)),
+        "shard_size": cfg.shard_size,
+        "shuffle_bufsize": cfg.shuffle_bufsize,
+        "seed": cfg.seed,
+        "input_dir": os.path.relpath(ws.shards_dir, ws.root),
+        "input_shards": len(scans),
+        "subset_file": os.path.relpath(subset_path, ws.root) if subset_path.is_relative_to(ws.root) else str(subset_path),
+        "subset_rows": int(len(subset)),
+        "subset_unique_uids": int(len(unique_subset)),
+        "found_unique_uids": int(len(found)),
+        "missing_unique_uids": int(len(missing)),
+        "samples_without_uid": int(sum(s.samples_without_uid for s in scans)),
+        "skipped_members": int(sum(s.skipped_members for s in scans)),
+        "shards_with_count_mismatch": mismatched,
+        "config": asdict(cfg),
+        "plan": fingerprint,
+    }
+
+
+def _stats_successes(tar: Path) -> int | None:
+    try:
+        value = json.loads((tar.parent / f"{tar.stem}_stats.json").read_text()).get("successes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
+def _summary_from_meta(meta: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    keys = ("output_shard_count", "output_count", "processed_count", "subset_rows", "subset_unique_uids",
+            "found_unique_uids", "missing_unique_uids", "samples_without_uid", "shards_with_count_mismatch")
+    return {"name": out_dir.name, "output_dir": str(out_dir), **{k: meta.get(k) for k in keys}}
+
+
+# --------------------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--subset", help="subset name (subsets/NAME.npy) or path to a DataComp uid .npy file")
+    p.add_argument("--name", help="output folder under filtered/ (default: the subset file's name)")
+    p.add_argument("--shard-size", type=int, help="samples per output shard (default 10000, DataComp's)")
+    p.add_argument("--shuffle-bufsize", type=int, help="shuffle buffer in samples (default 0: pool order)")
+    p.add_argument("--seed", type=int, help="seed of the shuffle buffer (default 0)")
+
+
+def run_cli(ctx: Any, args: argparse.Namespace) -> int:
+    from .config import build
+    from .progress import print_summary
+
+    ws = ctx.workspace()
+    cfg = build(ReshardConfig, ctx.section("reshard"), "reshard", {
+        "subset": args.subset, "name": args.name, "shard_size": args.shard_size,
+        "shuffle_bufsize": args.shuffle_bufsize, "seed": args.seed})
+    s = reshard(ws, cfg, ctx.runtime, overwrite=ctx.overwrite)
+    rate = s["bytes_written"] / 1e6 / max(s["seconds"], 1e-9)
+    rows = [("output", s["output_dir"]),
+            ("samples written", f"{s['output_count']} in {s['output_shard_count']} shards "
+                                f"({s['shards_written']} written now, {s['shards_skipped']} already whole)"),
+            ("pool samples scanned", s["processed_count"]),
+            ("subset uids", f"{s['subset_unique_uids']} unique ({s['subset_rows']} rows); "
+                            f"{s['found_unique_uids']} found, {s['missing_unique_uids']} not in the pool")]
+    if s["missing_unique_uids"]:
+        rows.append(("missing uids", f"{s['output_dir']}/{MISSING_NAME} (e.g. {', '.join(s.get('missing_examples', []))})"))
+    if s["samples_without_uid"]:
+        rows.append(("samples without uid", s["samples_without_uid"]))
+    if s["shards_with_count_mismatch"]:
+        rows.append(("stats mismatch", ", ".join(s["shards_with_count_mismatch"][:5])))
+    rows.append(("time", f"{s['seconds']:.1f} s, {rate:,.0f} MB/s written"))
+    print_summary("reshard", rows)
+    return 0

@@ -1,0 +1,172 @@
+"""A small tar reader and writer for webdataset shards: member index without extraction, raw byte copy.
+
+The reader walks headers with ``os.pread`` and never turns a member name into a path: names are
+only split into a webdataset key and extension. It checks header checksums, member sizes against
+the file size and the end-of-archive marker, so a truncated or corrupt shard raises ``InputError``
+instead of silently losing its tail (Python's ``tarfile`` stops quietly at a truncated header).
+
+The writer emits deterministic ustar headers (mtime 0, mode 0444, owner 0) so the same input
+always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+BLOCK = 512
+END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
+REGULAR_TYPES = (b"0", b"\0", b"7")
+_EXT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One regular file in a tar: its name, where its data starts and how long it is."""
+
+    name: str
+    header_offset: int
+    data_offset: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        """Offset just past the member's padded data (where the next header starts)."""
+        return self.data_offset + padded(self.size)
+
+
+def padded(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
+
+
+def split_key(name: str) -> tuple[str, str] | None:
+    """webdataset's split of a member name: ``dir/abc.seg.jpg`` -> (``dir/abc``, ``seg.jpg``).
+
+    Returns ``None`` when the name has no extension or the extension is not a plain lowercase
+    token (``[a-z0-9_.-]``): such members are not sample fields and are never copied.
+    """
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    if dot <= slash + 1:
+        return None
+    ext = name[dot + 1:].lower()
+    if not _EXT_RE.match(ext):
+        return None
+    return name[:dot], ext
+
+
+def _octal(field: bytes, path: Path, offset: int, what: str) -> int:
+    if field and field[0] & 0x80:  # GNU base-256 for large values
+        value = int.from_bytes(field[1:], "big")
+        return -value if field[0] & 0x40 else value
+    text = field.split(b"\0", 1)[0].strip(b" \0")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise InputError(path, f"corrupt tar header at byte {offset}: bad {what} field {field!r}") from None
+
+
+def _checksum_ok(header: bytes, path: Path, offset: int) -> bool:
+    stored = _octal(header[148:156], path, offset, "checksum")
+    actual = sum(header[:148]) + 8 * 32 + sum(header[156:])
+    return stored == actual
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The ``path`` record of a pax extended header, if any."""
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            break
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            break
+        record = data[space + 1:pos + length - 1]
+        key, _, value = record.partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8", "replace")
+        pos += max(length, 1)
+    return None
+
+
+def iter_members(path: str | Path) -> Iterator[Member]:
+    """Yield the regular-file members of a tar in file order; raise ``InputError`` if it is damaged."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise InputError(path, f"cannot open tar ({e.strerror})") from None
+    try:
+        file_size = os.fstat(fd).st_size
+        offset = 0
+        long_name: str | None = None
+        while True:
+            header = os.pread(fd, BLOCK, offset)
+            if len(header) < BLOCK:
+                raise InputError(path, f"truncated tar: file ends at byte {file_size} inside or before the "
+                                       f"header at byte {offset} (no end-of-archive marker)")
+            if header == b"\0" * BLOCK:
+                return
+            if not _checksum_ok(header, path, offset):
+                raise InputError(path, f"corrupt tar: bad header checksum at byte {offset}")
+            size = _octal(header[124:136], path, offset, "size")
+            if size < 0:
+                raise InputError(path, f"corrupt tar: negative member size at byte {offset}")
+            data_offset = offset + BLOCK
+            if data_offset + size > file_size:
+                raise InputError(path, f"truncated tar: the member at byte {offset} needs {size} bytes of data "
+                                       f"but the file ends at byte {file_size}")
+            typeflag = header[156:157]
+            if typeflag in (b"L", b"x"):
+                data = os.pread(fd, size, data_offset)
+                long_name = data.rstrip(b"\0").decode("utf-8", "replace") if typeflag == b"L" else _pax_path(data)
+            else:
+                if long_name is not None:
+                    name = long_name
+                else:
+                    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+                    prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+                    if prefix:
+                        name = prefix.decode("utf-8", "replace") + "/" + name
+                long_name = None
+                if typeflag in REGULAR_TYPES:
+                    yield Member(name, offset, data_offset, size)
+            offset = data_offset + padded(size)
+    finally:
+        os.close(fd)
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """A deterministic ustar header for a regular file (``name`` is at most 100 ASCII bytes)."""
+    raw = name.encode("ascii")
+    if len(raw) > 100:
+        raise ValueError(f"member name longer than 100 bytes: {name!r}")
+    if size >= 8**11:
+        raise ValueError(f"member too large for a ustar header: {size} bytes")
+    header = bytearray(BLOCK)
+    header[0:len(raw)] = raw
+    header[100:108] = b"0000444\0"
+    header[108:116] = b"0000000\0"
+    header[116:124] = b"0000000\0"
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"00000000000\0"
+    header[148:156] = b" " * 8
+    header[156:157] = b"0"
+    header[257:263] = b"ustar\0"
+    header[263:265] = b"00"
+    checksum = sum(header)
+    header[148:156] = b"%06o\0 " % checksum
+    return bytes(header)
+
+
+def padding(size: int) -> bytes:
+    return b"\0" * (padded(size) - size)
