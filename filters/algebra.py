@@ -1,0 +1,184 @@
+"""Evaluating specs: filters, subsets and their set algebra (and, or, not) over one scored pool.
+
+``Evaluator`` turns parsed spec nodes (``filters.spec``) into uid sets. Each distinct filter call is
+run once per evaluator, however many subsets use it; every node evaluated is recorded as a step with
+its count and time, and ``and`` / ``or`` record the running count after each operand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from poolsieve.pipeline.errors import ConfigError, InputError
+from poolsieve.pipeline.formats import SUBSET_DTYPE, read_subset
+
+from .registry import FILTERS, ScoredPool, get_filter, load_builtin_filters
+from .spec import Node, parse_spec, render
+from .uidset import difference, from_subset, intersect, union
+
+
+def is_filter(name: str) -> bool:
+    load_builtin_filters()
+    return name in FILTERS
+
+
+def call_filter(pool: ScoredPool, name: str, params: Mapping[str, Any], details: dict) -> np.ndarray:
+    """Run a registered filter with checked parameters; return sorted unique ``S16`` keys."""
+    fn = get_filter(name)
+    signature = inspect.signature(fn)
+    accepted = [p for p in list(signature.parameters)[1:] if p != "report"]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    unknown = [k for k in params if k not in accepted and not takes_any]
+    if unknown:
+        raise ConfigError(f"filter '{name}' has no parameter {', '.join(unknown)}; "
+                          f"it takes {', '.join(accepted) or 'none'}")
+    kwargs = dict(params)
+    if "report" in signature.parameters:
+        kwargs["report"] = details
+    result = np.asarray(fn(pool, **kwargs))
+    if result.dtype != SUBSET_DTYPE:
+        raise ConfigError(f"filter '{name}' returned dtype {result.dtype}, expected {SUBSET_DTYPE}")
+    return from_subset(result)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Evaluator:
+    """Evaluates specs over ``pool``.
+
+    ``definitions`` maps subset names of the current spec document to their (raw or parsed) specs;
+    ``subset_file(name)`` gives the path of a saved subset; ``load_defined(name)`` may return the
+    keys of a defined subset that is already saved and up to date (so it is not recomputed).
+    """
+
+    def __init__(self, pool: ScoredPool, definitions: Mapping[str, Any] | None = None,
+                 subset_file: Callable[[str], Path] | None = None,
+                 load_defined: Callable[[str], np.ndarray | None] | None = None):
+        self.pool = pool
+        self.definitions = {k: parse_spec(v, k) for k, v in (definitions or {}).items()}
+        self.subset_file = subset_file
+        self.load_defined = load_defined
+        self._cache: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+        self._pool_keys: np.ndarray | None = None
+        self._active: list[str] = []
+        self.steps: list[dict[str, Any]] = []
+        self.inputs: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ public
+    def pool_keys(self) -> np.ndarray:
+        """Every member of the pool (what ``not`` complements against)."""
+        if self._pool_keys is None:
+            from .no_filter import pool_keys
+
+            self._pool_keys = pool_keys(self.pool)
+        return self._pool_keys
+
+    def resolve(self, node: Node) -> Node:
+        """Replace bare names by what they refer to (defined subset, filter, or subset file)."""
+        if "ref" in node:
+            name = node["ref"]
+            if name in self.definitions:
+                return {"subset": name}
+            if is_filter(name):
+                return {"filter": name, "params": {}}
+            if self.subset_file is not None and self.subset_file(name).exists():
+                return {"subset": name}
+            defined = f"; subsets defined here: {', '.join(sorted(self.definitions))}" if self.definitions else ""
+            raise ConfigError(f"'{name}' is neither a filter nor a subset (no subsets/{name}.npy); "
+                              f"filters: {', '.join(sorted(FILTERS))}{defined}")
+        out = dict(node)
+        for key in ("and", "or"):
+            if key in node:
+                out[key] = [self.resolve(p) for p in node[key]]
+        if "not" in node:
+            out["not"] = self.resolve(node["not"])
+        return out
+
+    def evaluate(self, node: Node) -> np.ndarray:
+        """Sorted unique ``S16`` keys of a (parsed) spec node."""
+        node = self.resolve(node)
+        return self._eval(node)
+
+    def evaluate_defined(self, name: str) -> np.ndarray:
+        if name not in self.definitions:
+            raise ConfigError(f"no subset named '{name}' in the spec")
+        return self._subset(name)
+
+    # ------------------------------------------------------------------ internals
+    def _eval(self, node: Node) -> np.ndarray:
+        key = json.dumps(node, sort_keys=True, default=str)
+        if key in self._cache:
+            keys, done = self._cache[key]
+            self.steps.append({**done, "seconds": 0.0, "reused": True})
+            return keys
+        start = time.perf_counter()
+        step: dict[str, Any] = {"step": render(node)}
+        if "filter" in node:
+            details: dict[str, Any] = {}
+            keys = call_filter(self.pool, node["filter"], node.get("params") or {}, details)
+            if details:
+                step["details"] = details
+        elif "subset" in node:
+            keys = self._subset(node["subset"])
+        elif "not" in node:
+            inner = self._eval(node["not"])
+            keys = difference(self.pool_keys(), inner)
+            step["counts"] = [len(self.pool_keys()), len(keys)]
+        else:
+            op = "and" if "and" in node else "or"
+            parts = [self._eval(p) for p in node[op]]
+            keys, running = parts[0], [len(parts[0])]
+            for part in parts[1:]:
+                keys = intersect(keys, part) if op == "and" else union([keys, part])
+                running.append(len(keys))
+            step["counts"] = running
+        step["count"] = len(keys)
+        step["seconds"] = round(time.perf_counter() - start, 3)
+        self.steps.append(step)
+        self._cache[key] = (keys, step)
+        return keys
+
+    def _subset(self, name: str) -> np.ndarray:
+        if name in self.definitions:
+            if name in self._active:
+                cycle = " -> ".join([*self._active[self._active.index(name):], name])
+                raise ConfigError(f"subset definitions refer to each other in a cycle: {cycle}")
+            saved = self.load_defined(name) if self.load_defined is not None else None
+            if saved is not None:
+                self.inputs.append({"subset": name, "up_to_date": True})
+                return saved
+            self._active.append(name)
+            try:
+                return self.evaluate(self.definitions[name])
+            finally:
+                self._active.pop()
+        if self.subset_file is None:
+            raise ConfigError(f"subset '{name}' is not defined here and there is no workspace to load it from")
+        path = self.subset_file(name)
+        if not path.exists():
+            raise InputError(path, f"subset '{name}' does not exist (make it with `poolsieve filter`)")
+        keys = from_subset(read_subset(path))
+        self.inputs.append({"subset": name, "path": str(path), "sha256": file_sha256(path), "count": len(keys)})
+        return keys
+
+
+def evaluate_spec(pool: ScoredPool, spec: Any, definitions: Mapping[str, Any] | None = None,
+                  subset_file: Callable[[str], Path] | None = None) -> np.ndarray:
+    """Library shortcut: a spec (YAML value or expression) -> DataComp subset array (sorted ``u8,u8``)."""
+    from .uidset import to_subset
+
+    return to_subset(Evaluator(pool, definitions, subset_file).evaluate(parse_spec(spec)))

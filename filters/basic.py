@@ -1,0 +1,74 @@
+"""``basic``: DataComp's basic filter.
+
+Keeps a pair when its caption is English (fastText lid.176 top-1), has more than 2 words
+(``len(text.split())``) and more than 5 characters (``len(text)``), and its image has
+``min(original_width, original_height) >= 200`` and ``max / min <= 3``. A ``language`` column in the
+score table (written by ``poolsieve score``) is used as is; without one the language is computed,
+only for rows that pass the cheaper tests.
+
+Parameters (DataComp's values are the defaults): ``language: en``, ``min_words: 3``,
+``min_chars: 6``, ``min_side: 200``, ``max_aspect: 3.0``, ``recompute_language: false``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from .columns import float_column, per_table
+from .registry import ScoredPool, register
+
+
+def caption_mask(table: Any, min_words: int, min_chars: int) -> np.ndarray:
+    from poolsieve.pipeline.language import count_chars, count_words
+
+    text = table["text"]
+    return (count_words(text) >= min_words) & (count_chars(text) >= min_chars)
+
+
+def image_mask(table: Any, min_side: float, max_aspect: float) -> np.ndarray:
+    width = float_column(table, "original_width").astype(np.float64)
+    height = float_column(table, "original_height").astype(np.float64)
+    short, long = np.minimum(width, height), np.maximum(width, height)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (short >= min_side) & (long / short <= max_aspect)
+
+
+def language_mask(table: Any, candidates: np.ndarray, language: str, recompute: bool) -> np.ndarray:
+    """``candidates`` narrowed to rows whose caption language is ``language``."""
+    import pyarrow.compute as pc
+
+    from poolsieve.pipeline.language import detect_language_codes
+
+    out = candidates.copy()
+    if "language" in table.column_names and not recompute:
+        out &= np.asarray(pc.equal(table["language"], language).fill_null(False).to_numpy(zero_copy_only=False))
+        return out
+    rows = np.flatnonzero(candidates)
+    if len(rows):
+        codes = detect_language_codes(table["text"].take(rows))
+        out[rows] = codes == language
+    return out
+
+
+def decide_basic(table: Any, language: str, min_words: int, min_chars: int, min_side: float,
+                 max_aspect: float, recompute_language: bool) -> np.ndarray:
+    cheap = image_mask(table, min_side, max_aspect) & caption_mask(table, min_words, min_chars)
+    return language_mask(table, cheap, language, recompute_language)
+
+
+@register("basic_filter")
+@register("basic")
+def basic(pool: ScoredPool, *, language: str = "en", min_words: int = 3, min_chars: int = 6,
+          min_side: float = 200, max_aspect: float = 3.0, recompute_language: bool = False) -> np.ndarray:
+    """English captions of >2 words and >5 characters on images >= 200 px a side, aspect <= 3."""
+    from .uidset import to_subset
+
+    decide = partial(decide_basic, language=language, min_words=int(min_words), min_chars=int(min_chars),
+                     min_side=float(min_side), max_aspect=float(max_aspect),
+                     recompute_language=bool(recompute_language))
+    keys = per_table(pool, decide, ["text", "original_width", "original_height"], "basic",
+                     optional=["language"])
+    return to_subset(keys)

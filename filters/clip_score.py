@@ -1,0 +1,134 @@
+"""``clip_score``: keep pairs whose score column is at least a threshold, or the top fraction of the pool.
+
+``threshold: t`` keeps rows with ``score >= t``. ``fraction: f`` keeps the top ``f`` of the whole pool
+by DataComp's rule: with ``N`` members, the threshold is the ``int(N * f)``-th largest score
+(0-based) and every row with ``score >= threshold`` is kept, so ties at the cut are all kept and the
+subset has at least ``int(N * f) + 1`` rows. A NaN score is never kept.
+
+The cut is global over all shards, found without gathering the column in one process: each shard
+returns a histogram of its scores over the top 16 bits of their float32 bit pattern (order
+preserving), the driver finds the bucket holding the cut, and a second pass returns the uids above
+that bucket plus the exact scores of the few rows inside it. Any score column works
+(``column: clip_l14_similarity_score``; the default is ``clip_b32_similarity_score``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from poolsieve.pipeline.errors import ConfigError
+
+from .columns import as_task, float_column, member_keys, per_table, read_members
+from .registry import ScoredPool, register
+from .uidset import normalize, to_subset, union
+
+DEFAULT_COLUMN = "clip_b32_similarity_score"
+# a bucket with more rows than this is split once more on the low 16 bits before its scores are gathered
+MAX_GATHERED = 4_000_000
+
+
+def order_keys(values: np.ndarray) -> np.ndarray:
+    """uint32 keys whose order is the order of ``float32(values)`` (NaN-free input; -0.0 == 0.0)."""
+    f32 = values.astype(np.float32) + np.float32(0.0)  # -0.0 + 0.0 == +0.0
+    bits = f32.view(np.uint32)
+    negative = (bits >> np.uint32(31)).astype(bool)
+    return np.where(negative, ~bits, bits | np.uint32(0x80000000))
+
+
+def _scores(path: Path, column: str) -> tuple[Any, np.ndarray]:
+    table = read_members(path, [column], need="clip_score")
+    return table, float_column(table, column)
+
+
+def shard_histogram(path: Path, column: str, shift: int, bucket: int | None) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(members, buckets, counts)``: non-NaN scores bucketed by ``key >> shift`` (inside ``bucket`` at
+    the coarser level when given)."""
+    _, values = _scores(path, column)
+    keys = order_keys(values[~np.isnan(values)])
+    if bucket is not None:
+        keys = keys[(keys >> np.uint32(16)) == bucket]
+    buckets, counts = np.unique(keys >> np.uint32(shift), return_counts=True)
+    return len(values), buckets, counts
+
+
+def shard_cut(path: Path, column: str, shift: int, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(keys above the bucket, keys inside it, their scores)`` for one shard."""
+    table, values = _scores(path, column)
+    uids = member_keys(table, path)
+    valid = ~np.isnan(values)
+    level = np.zeros(len(values), dtype=np.int64) - 1
+    level[valid] = (order_keys(values[valid]) >> np.uint32(shift)).astype(np.int64)
+    inside = level == bucket
+    return normalize(uids[level > bucket]), uids[inside], values[inside]
+
+
+def decide_threshold(table: Any, column: str, threshold: float) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return float_column(table, column) >= threshold
+
+
+def _merge_histograms(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[int, np.ndarray, np.ndarray]:
+    members = sum(p[0] for p in parts)
+    buckets = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.uint32)
+    counts = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
+    merged, inverse = np.unique(buckets, return_inverse=True)
+    return members, merged, np.bincount(inverse, weights=counts, minlength=len(merged)).astype(np.int64)
+
+
+def _bucket_of_rank(buckets: np.ndarray, counts: np.ndarray, rank: int) -> tuple[int, int, int]:
+    """Bucket holding the ``rank``-th largest (0-based), rows in higher buckets, rows in it."""
+    desc_counts = counts[::-1]
+    above_incl = np.cumsum(desc_counts)
+    i = int(np.searchsorted(above_incl, rank, side="right"))
+    above = int(above_incl[i - 1]) if i else 0
+    return int(buckets[::-1][i]), above, int(desc_counts[i])
+
+
+def fraction_cut(pool: ScoredPool, column: str, fraction: float, report: dict | None = None) -> np.ndarray:
+    """Sorted keys of the top ``fraction`` of the pool by ``column``, ties at the cut kept."""
+    members, buckets, counts = _merge_histograms(pool.map(
+        as_task(shard_histogram, column=column, shift=16, bucket=None), "clip_score histogram"))
+    scored = int(counts.sum())
+    rank = int(members * fraction)
+    if report is not None:
+        report.update(members=members, scored=scored, rank=rank)
+    if scored == 0:
+        return np.zeros(0, dtype="S16")
+    if rank >= scored:  # the cut falls on NaN scores (DataComp would keep nothing) or past the end
+        rank = scored - 1
+    shift, (bucket, above, inside) = 16, _bucket_of_rank(buckets, counts, rank)
+    if inside > MAX_GATHERED:
+        _, fine, fine_counts = _merge_histograms(pool.map(
+            as_task(shard_histogram, column=column, shift=0, bucket=bucket), "clip_score histogram (fine)"))
+        fine_bucket, fine_above, inside = _bucket_of_rank(fine, fine_counts, rank - above)
+        shift, bucket, above = 0, fine_bucket, above + fine_above
+    parts = pool.map(as_task(shard_cut, column=column, shift=shift, bucket=bucket), "clip_score cut")
+    kept_above = union([p[0] for p in parts])
+    cand_keys = np.concatenate([p[1] for p in parts])
+    cand_values = np.concatenate([p[2] for p in parts])
+    threshold = -np.sort(-cand_values)[rank - above]
+    if report is not None:
+        report.update(threshold=float(threshold), gathered=int(len(cand_values)))
+    return union([kept_above, cand_keys[cand_values >= threshold]])
+
+
+@register("clip_score")
+def clip_score(pool: ScoredPool, *, column: str = DEFAULT_COLUMN, threshold: float | None = None,
+               fraction: float | None = None, report: dict | None = None) -> np.ndarray:
+    """``score >= threshold``, or the top ``fraction`` of the whole pool (ties at the cut kept)."""
+    if (threshold is None) == (fraction is None):
+        raise ConfigError("clip_score needs exactly one of 'threshold' or 'fraction'")
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ConfigError(f"clip_score: fraction must be a number in (0, 1], got {fraction!r}")
+        return to_subset(fraction_cut(pool, column, float(fraction), report))
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ConfigError(f"clip_score: threshold must be a number, got {threshold!r}")
+    if report is not None:
+        report.update(threshold=float(threshold))
+    return to_subset(per_table(pool, partial(decide_threshold, column=column, threshold=float(threshold)),
+                               [column], "clip_score"))
