@@ -1,0 +1,655 @@
+"""Fetch the pool's images into webdataset shards with img2dataset, dependably.
+
+``poolsieve download`` turns ``metadata/*.parquet`` (CommonPool: uid, url, text, ...) into
+``shards/{:05d}.tar|.parquet|_stats.json`` with DataComp's img2dataset settings (512 px,
+keep_ratio_largest, jpg, 10,000 samples per shard, uid kept, face boxes blurred when present).
+
+What it adds to a bare img2dataset call:
+
+* img2dataset runs in a subprocess and writes into ``shards/.staging/``; a shard moves into
+  ``shards/`` only once whole (tar, parquet, then ``_stats.json`` last), so ``shards/`` never holds a
+  half-written file under its final name, and a rerun fetches only the shards that are missing;
+* a watchdog stops the workers when no shard finishes within ``watchdog_seconds`` and reports which
+  shards are missing instead of hanging;
+* a deny list of networks (link-local and cloud metadata addresses by default): such urls are
+  recorded as denied and never connected to;
+* each fetch has a total deadline and a size cap; images declaring huge sizes are refused undecoded;
+* ``--retry-failed`` re-fetches only failed samples into new shards and keeps each uid in one place;
+* ``shards/download_failures.parquet`` lists every failed sample with its reason and
+  ``shards/download_report.json`` has success rate, failures by reason and throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, InputError, PoolsieveError
+from .netguard import DEFAULT_DENY_NETWORKS, DENIED_MARK
+
+REPORT_NAME = "download_report.json"
+FAILURES_NAME = "download_failures.parquet"
+STATE_NAME = "download_state.json"
+STAGING_NAME = ".staging"
+RUNNER_LOG_NAME = ".download_runner.log"
+RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
+DISTRIBUTORS = ("auto", "multiprocessing", "ray")
+_STATS_RE = re.compile(r"^(\d+)_stats\.json$")
+
+
+class DownloadStalled(PoolsieveError):
+    """The watchdog stopped a download in which no shard finished for too long."""
+
+
+@dataclass
+class DownloadConfig:
+    """The ``download`` section of a config. Defaults follow DataComp's ``download_upstream.py``."""
+
+    metadata_source: str | None = None  # a local folder of parquets to copy into metadata/
+    scale: str | None = None  # small | medium | large | xlarge: fetch DataComp's metadata from the hub
+    download_npz: bool = False  # with --scale: also fetch the precomputed embeddings (.npz)
+    skip_shards: bool = False  # fetch metadata only
+    image_size: int = 512
+    resize_mode: str = "keep_ratio_largest"
+    resize_only_if_bigger: bool = True
+    encode_format: str = "jpg"
+    encode_quality: int = 95
+    samples_per_shard: int = 10_000
+    processes: int | None = None  # default: all CPUs
+    threads: int = 64
+    retries: int = 2  # per-url retries inside img2dataset
+    timeout: float = 10.0  # seconds per connect / read
+    fetch_deadline: float = 60.0  # seconds one image may take in all (slow trickles end here)
+    max_image_bytes: int = 64 << 20
+    max_image_area: float = 178_956_970.0  # pixels; PIL's decompression-bomb error threshold
+    min_image_size: int = 0
+    blur_faces: bool = True  # blur ``face_bboxes`` when the metadata has them
+    deny_networks: list[str] = field(default_factory=lambda: list(DEFAULT_DENY_NETWORKS))
+    distributor: str = "auto"  # auto: ray with --ray-address, else img2dataset's multiprocessing
+    watchdog_seconds: float = 1800.0  # stop when no shard finished for this long
+    max_shard_retry: int = 1
+    retry_failed: bool = False
+    user_agent_token: str | None = None
+
+    def validate(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"download.resize_mode: {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+        if self.distributor not in DISTRIBUTORS:
+            raise ConfigError(f"download.distributor: {self.distributor!r} is not one of {', '.join(DISTRIBUTORS)}")
+        for name in ("image_size", "samples_per_shard", "threads", "timeout", "fetch_deadline", "watchdog_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"download.{name} must be positive, got {getattr(self, name)!r}")
+        if self.processes is not None and self.processes <= 0:
+            raise ConfigError(f"download.processes must be positive, got {self.processes!r}")
+        if not isinstance(self.deny_networks, list):
+            raise ConfigError("download.deny_networks must be a list of networks (CIDR strings)")
+
+
+# --------------------------------------------------------------------------------- failures
+def failure_reason(status: str | None, error: str | None) -> str:
+    """A short reason for a failed sample: http_404, timeout, decode, too_small, denied, ..."""
+    if status == "success":
+        return "success"
+    msg = (error or "").lower()
+    if DENIED_MARK in msg:
+        return "denied"
+    m = re.search(r"http error (\d{3})", msg)
+    if m:
+        return "redirect_loop" if "infinite loop" in msg else f"http_{m.group(1)}"
+    if "redirect" in msg and "loop" in msg:
+        return "redirect_loop"
+    if "deadline exceeded" in msg:
+        return "slow_transfer"
+    if "timed out" in msg or "timeout" in msg:
+        return "timeout"
+    if "name or service not known" in msg or "name resolution" in msg or "nodename nor servname" in msg \
+            or "no address associated" in msg or "getaddrinfo" in msg:
+        return "dns"
+    if "too large" in msg:
+        return "too_large"
+    if "too small" in msg:
+        return "too_small"
+    if "aspect ratio" in msg:
+        return "aspect_ratio"
+    if "hash mismatch" in msg:
+        return "hash_mismatch"
+    if "x-robots-tag" in msg:
+        return "opted_out"
+    if "decoding error" in msg or "cannot identify image" in msg or "truncated" in msg:
+        return "decode"
+    if "connection refused" in msg or "connection reset" in msg or "remote end closed" in msg \
+            or "incompleteread" in msg or "incomplete read" in msg:
+        return "connection"
+    if status == "failed_to_resize":
+        return "decode"
+    return "other"
+
+
+# --------------------------------------------------------------------------------- planning
+@dataclass
+class FilePlan:
+    path: Path
+    rows: int
+    first_shard: int
+    shards: int
+
+
+def plan_shards(files: list[Path], per_shard: int) -> list[FilePlan]:
+    """img2dataset's sharding: each file is cut into ceil(rows / per_shard) shards, ids run on."""
+    import pyarrow.parquet as pq
+
+    from .formats import check_metadata_columns
+
+    plans, next_id = [], 0
+    for f in files:
+        try:
+            meta = pq.read_metadata(f)
+            names = pq.read_schema(f).names
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f, f"not a readable parquet file ({e})") from None
+        check_metadata_columns(f, names)
+        n = math.ceil(meta.num_rows / per_shard)
+        plans.append(FilePlan(f, meta.num_rows, next_id, n))
+        next_id += n
+    return plans
+
+
+def shard_digits(max_id: int) -> int:
+    return max(5, len(str(max(max_id, 0))))
+
+
+def whole_shard_ids(shards_dir: Path) -> set[int]:
+    """Shard ids whose ``_stats.json`` is in ``shards/`` (promotion moves it last)."""
+    if not shards_dir.is_dir():
+        return set()
+    ids = set()
+    for p in shards_dir.iterdir():
+        m = _STATS_RE.match(p.name)
+        if m and (shards_dir / f"{m.group(1)}.tar").exists():
+            ids.add(int(m.group(1)))
+    return ids
+
+
+def shard_files(shards_dir: Path, shard_id: int, digits: int) -> dict[str, Path]:
+    name = f"{shard_id:0{digits}d}"
+    return {"tar": shards_dir / f"{name}.tar", "parquet": shards_dir / f"{name}.parquet",
+            "stats": shards_dir / f"{name}_stats.json"}
+
+
+def find_shard_files(shards_dir: Path, shard_id: int) -> dict[str, Path] | None:
+    for p in shards_dir.glob("*_stats.json"):
+        m = _STATS_RE.match(p.name)
+        if m and int(m.group(1)) == shard_id:
+            return shard_files(shards_dir, shard_id, len(m.group(1)))
+    return None
+
+
+# --------------------------------------------------------------------------------- staging & promotion
+def promote_ready(staging: Path, shards_dir: Path) -> list[tuple[int, dict[str, Any]]]:
+    """Move every shard that img2dataset finished in ``staging`` into ``shards_dir``; stats file last."""
+    moved = []
+    if not staging.is_dir():
+        return moved
+    for stats_path in sorted(staging.glob("*_stats.json")):
+        m = _STATS_RE.match(stats_path.name)
+        if not m:
+            continue
+        try:
+            stats = json.loads(stats_path.read_text())
+            int(stats["count"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # still being written: next round
+        name = m.group(1)
+        tar, parquet = staging / f"{name}.tar", staging / f"{name}.parquet"
+        if not parquet.exists() or not tar.exists():
+            continue
+        os.replace(tar, shards_dir / tar.name)
+        os.replace(parquet, shards_dir / parquet.name)
+        os.replace(stats_path, shards_dir / stats_path.name)
+        moved.append((int(name), stats))
+    return moved
+
+
+def clear_staging(staging: Path) -> None:
+    if staging.exists():
+        shutil.rmtree(staging)
+
+
+@dataclass
+class RunOutcome:
+    promoted: list[int]
+    samples: int
+    seconds: float
+    stalled: bool
+    returncode: int | None
+    log_tail: str
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+
+
+def run_img2dataset(job: dict[str, Any], shards_dir: Path, expected: list[int], watchdog_seconds: float,
+                    desc: str = "download") -> RunOutcome:
+    """Run the job in a subprocess, promote shards as they finish, stop it if it stalls."""
+    from .progress import Progress
+
+    staging = Path(job["staging"])
+    job_path = staging / "_job.json"
+    job_path.write_text(json.dumps(job))
+    log_path = shards_dir / RUNNER_LOG_NAME
+    progress = Progress(desc, total=len(expected), unit="shards")
+    promoted: list[int] = []
+    samples = 0
+    start = last_progress = time.monotonic()
+    stalled = False
+    env = dict(os.environ, PYTHONUNBUFFERED="1", NO_ALBUMENTATIONS_UPDATE="1")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "poolsieve.pipeline.download_runner", str(job_path)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+        try:
+            while True:
+                returncode = proc.poll()
+                for shard_id, stats in promote_ready(staging, shards_dir):
+                    promoted.append(shard_id)
+                    samples += int(stats["count"])
+                    progress.update(1, items=int(stats["count"]))
+                    last_progress = time.monotonic()
+                if returncode is not None:
+                    break
+                if time.monotonic() - last_progress > watchdog_seconds:
+                    stalled = True
+                    _kill_group(proc)
+                    break
+                time.sleep(0.25)
+        except BaseException:
+            _kill_group(proc)
+            raise
+    returncode = proc.returncode
+    _kill_group(proc)  # any worker left behind in the group
+    progress.close()
+    return RunOutcome(promoted, samples, time.monotonic() - start, stalled, returncode, _log_tail(log_path))
+
+
+# --------------------------------------------------------------------------------- reading results
+def _shard_parquets(shards_dir: Path) -> list[tuple[int, Path]]:
+    out = []
+    for stats in shards_dir.glob("*_stats.json"):
+        m = _STATS_RE.match(stats.name)
+        if m:
+            p = shards_dir / f"{m.group(1)}.parquet"
+            if p.exists():
+                out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def collect_failures(shards_dir: Path):
+    """Every failed sample in the whole shards, with its shard and reason (pandas DataFrame)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    frames = []
+    cols = ["uid", "url", "caption", "key", "status", "error_message"]
+    for shard_id, path in _shard_parquets(shards_dir):
+        names = pq.read_schema(path).names
+        table = pq.read_table(path, columns=[c for c in cols if c in names]).to_pandas()
+        bad = table[table["status"] != "success"].copy()
+        if len(bad):
+            bad.insert(1, "shard", shard_id)
+            frames.append(bad)
+    if not frames:
+        return pd.DataFrame({"uid": pd.Series(dtype=str), "shard": pd.Series(dtype="int64"),
+                             **{c: pd.Series(dtype=str) for c in cols[1:]}, "reason": pd.Series(dtype=str)})
+    df = pd.concat(frames, ignore_index=True)
+    df["reason"] = [failure_reason(s, e) for s, e in zip(df["status"], df["error_message"], strict=True)]
+    return df
+
+
+def reconcile_duplicates(shards_dir: Path) -> int:
+    """Keep each uid in one shard parquet: a later attempt (higher shard id) replaces failed rows of
+    earlier ones. Rewrites the earlier parquet and its stats; tars are untouched (failures have no
+    member). Returns the number of rows dropped."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from .formats import atomic_path, write_json
+
+    latest: dict[str, int] = {}
+    tables = {}
+    for shard_id, path in _shard_parquets(shards_dir):
+        t = pq.read_table(path, columns=["uid", "status"])
+        tables[shard_id] = t
+        for uid in t.column("uid").to_pylist():
+            latest[uid] = shard_id  # ascending shard order: the last one wins
+    dropped = 0
+    for shard_id, t in tables.items():
+        uids = t.column("uid").to_pylist()
+        status = t.column("status").to_pylist()
+        drop = [latest[u] != shard_id and s != "success" for u, s in zip(uids, status, strict=True)]
+        if not any(drop):
+            continue
+        files = find_shard_files(shards_dir, shard_id)
+        assert files is not None
+        full = pq.read_table(files["parquet"])
+        keep = full.filter(pc.invert(pc.is_in(full.column("uid"), value_set=_pa_array(
+            [u for u, d in zip(uids, drop, strict=True) if d]))))
+        with atomic_path(files["parquet"]) as tmp:
+            pq.write_table(keep, tmp)
+        stats = json.loads(files["stats"].read_text())
+        kept_status = keep.column("status").to_pylist()
+        kept_errors = keep.column("error_message").to_pylist()
+        status_dict = Counter("success" if s == "success" else (e or s) for s, e in zip(kept_status, kept_errors,
+                                                                                          strict=True))
+        stats.update(count=len(kept_status), successes=kept_status.count("success"),
+                     failed_to_download=kept_status.count("failed_to_download"),
+                     failed_to_resize=kept_status.count("failed_to_resize"), status_dict=dict(status_dict),
+                     moved_to_later_shards=int(stats.get("moved_to_later_shards", 0)) + sum(drop))
+        write_json(files["stats"], stats)
+        dropped += sum(drop)
+    return dropped
+
+
+def _pa_array(values: list[str]):
+    import pyarrow as pa
+
+    return pa.array(values, type=pa.string())
+
+
+# --------------------------------------------------------------------------------- the stage
+def _default_processes() -> int:
+    return os.cpu_count() or 1
+
+
+def _img2dataset_settings(cfg: DownloadConfig, bbox_col: str | None, digits: int) -> dict[str, Any]:
+    return {
+        "image_size": cfg.image_size, "resize_mode": cfg.resize_mode,
+        "resize_only_if_bigger": cfg.resize_only_if_bigger, "encode_format": cfg.encode_format,
+        "encode_quality": cfg.encode_quality, "number_sample_per_shard": cfg.samples_per_shard,
+        "processes_count": cfg.processes or _default_processes(), "thread_count": cfg.threads,
+        "retries": cfg.retries, "timeout": cfg.timeout, "min_image_size": cfg.min_image_size,
+        "max_image_area": cfg.max_image_area, "oom_shard_count": digits, "bbox_col": bbox_col,
+        "max_shard_retry": cfg.max_shard_retry, "user_agent_token": cfg.user_agent_token,
+        "disallowed_header_directives": ["noai", "noimageai", "noindex", "noimageindex"],
+    }
+
+
+def _distributor(cfg: DownloadConfig, runtime: Any) -> tuple[str, str | None]:
+    choice = cfg.distributor
+    if choice == "auto":
+        choice = "ray" if getattr(runtime, "address", None) else "multiprocessing"
+    if choice == "multiprocessing":
+        return choice, None
+    address = getattr(runtime, "address", None)
+    if not address:  # a Ray started here for this run: pass its address to the runner
+        ray = runtime.ensure_ray()
+        address = ray.get_runtime_context().gcs_address
+    return choice, address
+
+
+def _bbox_column(files: list[Path], cfg: DownloadConfig) -> str | None:
+    import pyarrow.parquet as pq
+
+    if not cfg.blur_faces:
+        return None
+    has = ["face_bboxes" in pq.read_schema(f).names for f in files]
+    if any(has) and not all(has):
+        bad = files[has.index(False)]
+        raise InputError(bad, "has no face_bboxes column while other metadata files do; blur needs it in all")
+    return "face_bboxes" if all(has) and has else None
+
+
+def _check_state(shards_dir: Path, state: dict[str, Any], overwrite: bool) -> None:
+    path = shards_dir / STATE_NAME
+    if overwrite or not path.exists():
+        return
+    from .formats import read_json
+
+    old = read_json(path)
+    for key in ("samples_per_shard", "planned_shards"):
+        if old.get(key) != state[key]:
+            raise InputError(path, f"the shards were made with {key}={old.get(key)} but this run has "
+                             f"{state[key]} (metadata or settings changed); use --overwrite to start again")
+
+
+def _job(ws: Any, cfg: DownloadConfig, inputs: list[Path], done: set[int], start_id: int,
+         bbox_col: str | None, digits: int, distributor: str, address: str | None) -> dict[str, Any]:
+    return {
+        "staging": str(ws.shards_dir / STAGING_NAME), "inputs": [str(p) for p in inputs],
+        "done_shards": sorted(done), "start_shard_id": start_id, "distributor": distributor,
+        "ray_address": address, "deny_networks": list(cfg.deny_networks), "fetch_deadline": cfg.fetch_deadline,
+        "max_image_bytes": cfg.max_image_bytes, "parent_pid": os.getpid(),
+        "img2dataset": _img2dataset_settings(cfg, bbox_col, digits),
+    }
+
+
+def download(ws: Any, cfg: DownloadConfig, runtime: Any, *, overwrite: bool = False) -> dict[str, Any]:
+    """Fetch the workspace's metadata into whole shards; return the download report (a dict)."""
+    from .formats import write_json
+
+    cfg.validate()
+    if cfg.scale or cfg.metadata_source:
+        from .hub_metadata import fetch_metadata
+
+        fetch_metadata(ws.metadata_dir, scale=cfg.scale, source=cfg.metadata_source,
+                       include_npz=cfg.download_npz, cache_dir=ws.root / ".hf_cache", overwrite=overwrite)
+    files = ws.metadata_files()
+    if cfg.skip_shards:
+        return {"metadata_files": len(files), "skipped_shards": True}
+    plans = plan_shards(files, cfg.samples_per_shard)
+    planned = sum(p.shards for p in plans)
+    shards_dir = ws.shards_dir
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    state = {"samples_per_shard": cfg.samples_per_shard, "planned_shards": planned,
+             "metadata_files": [p.path.name for p in plans]}
+    _check_state(shards_dir, state, overwrite)
+    staging = shards_dir / STAGING_NAME
+    clear_staging(staging)  # leftovers of a killed run: partial tars are never promoted
+    bbox_col = _bbox_column(files, cfg)
+    distributor, address = _distributor(cfg, runtime)
+    if overwrite and not cfg.retry_failed:
+        for p in list(shards_dir.iterdir()):
+            if p.is_file():
+                p.unlink()
+    write_json(shards_dir / STATE_NAME, state)
+
+    if cfg.retry_failed:
+        mode = "retry_failed"
+        outcome, expected = _retry_failed(ws, cfg, files, planned, bbox_col, distributor, address)
+    else:
+        done = whole_shard_ids(shards_dir)
+        expected = [i for i in range(planned) if i not in done]
+        digits = shard_digits(planned - 1)
+        outcome, mode = None, "download"
+        if expected:
+            staging.mkdir(parents=True)
+            job = _job(ws, cfg, files, done & set(range(planned)), 0, bbox_col, digits, distributor, address)
+            outcome = run_img2dataset(job, shards_dir, expected, cfg.watchdog_seconds)
+    clear_staging(staging)
+    report = build_report(ws, cfg, planned, mode, outcome, expected, distributor)
+    write_json(shards_dir / REPORT_NAME, report)
+    _print_report(report)
+    missing = report["missing_shards"]
+    if outcome is not None and outcome.stalled:
+        raise DownloadStalled(
+            f"{shards_dir}: no shard finished within {cfg.watchdog_seconds:g}s; stopped the workers. "
+            f"{len(missing)} shard(s) missing ({_short_list(missing)}); see {REPORT_NAME}; rerun to resume")
+    if missing:
+        tail = f"\n{outcome.log_tail}" if outcome is not None and outcome.log_tail else ""
+        raise PoolsieveError(f"{shards_dir}: {len(missing)} shard(s) did not finish ({_short_list(missing)}); "
+                             f"rerun to resume{tail}")
+    return report
+
+
+def _short_list(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _retry_failed(ws: Any, cfg: DownloadConfig, files: list[Path], planned: int, bbox_col: str | None,
+                  distributor: str, address: str | None) -> tuple[RunOutcome | None, list[int]]:
+    """Re-fetch the failed (not denied) samples into new shards after the last one."""
+    import pandas as pd
+
+    from .formats import atomic_path
+
+    shards_dir = ws.shards_dir
+    existing = whole_shard_ids(shards_dir)
+    missing_planned = [i for i in range(planned) if i not in existing]
+    if missing_planned:
+        raise PoolsieveError(f"{shards_dir}: {len(missing_planned)} planned shard(s) are missing "
+                             f"({_short_list([str(i) for i in missing_planned])}); run `poolsieve download` "
+                             "without --retry-failed first")
+    reconcile_duplicates(shards_dir)
+    failures = collect_failures(shards_dir)
+    retry_uids = set(failures.loc[failures["reason"] != "denied", "uid"])
+    if not retry_uids:
+        return None, []
+    columns = ["uid", "url", "text"] + ([bbox_col] if bbox_col else [])
+    rows = []
+    for f in files:
+        df = pd.read_parquet(f, columns=columns)
+        rows.append(df[df["uid"].isin(retry_uids)])
+    retry_df = pd.concat(rows, ignore_index=True)
+    staging = shards_dir / STAGING_NAME
+    staging.mkdir(parents=True)
+    retry_input = staging / "_input" / "retry.parquet"
+    retry_input.parent.mkdir()
+    with atomic_path(retry_input) as tmp:
+        retry_df.to_parquet(tmp, index=False)
+    start_id = max(existing) + 1
+    count = math.ceil(len(retry_df) / cfg.samples_per_shard)
+    expected = list(range(start_id, start_id + count))
+    digits = shard_digits(expected[-1])
+    job = _job(ws, cfg, [retry_input], set(), start_id, bbox_col, digits, distributor, address)
+    outcome = run_img2dataset(job, shards_dir, expected, cfg.watchdog_seconds, desc="retry failed")
+    reconcile_duplicates(shards_dir)
+    return outcome, expected
+
+
+# --------------------------------------------------------------------------------- report
+def build_report(ws: Any, cfg: DownloadConfig, planned: int, mode: str, outcome: RunOutcome | None,
+                 expected: list[int], distributor: str) -> dict[str, Any]:
+    from .formats import atomic_path
+
+    shards_dir = ws.shards_dir
+    whole = whole_shard_ids(shards_dir)
+    samples = successes = 0
+    for shard_id in sorted(whole):
+        files = find_shard_files(shards_dir, shard_id)
+        stats = json.loads(files["stats"].read_text()) if files else {}
+        samples += int(stats.get("count", 0))
+        successes += int(stats.get("successes", 0))
+    failures = collect_failures(shards_dir)
+    with atomic_path(shards_dir / FAILURES_NAME) as tmp:
+        failures.to_parquet(tmp, index=False)
+    by_reason = dict(sorted(Counter(failures["reason"]).items(), key=lambda kv: (-kv[1], kv[0])))
+    denied = by_reason.get("denied", 0)
+    missing = sorted((set(range(planned)) | set(expected)) - whole)
+    digits = shard_digits(max([planned - 1, *expected]) if expected else planned - 1)
+    run: dict[str, Any] = {"mode": mode, "distributor": distributor, "shards_planned": len(expected)}
+    if outcome is not None:
+        run.update(shards_done=len(outcome.promoted), samples=outcome.samples, seconds=round(outcome.seconds, 3),
+                   samples_per_s=round(outcome.samples / outcome.seconds, 2) if outcome.seconds > 0 else None,
+                   stalled=outcome.stalled, runner_exit_code=outcome.returncode)
+    else:
+        run.update(shards_done=0, samples=0, seconds=0.0, samples_per_s=None, stalled=False)
+    return {
+        "shards": len(whole),
+        "planned_shards": planned,
+        "missing_shards": [f"{i:0{digits}d}" for i in missing],
+        "samples": samples,
+        "successes": successes,
+        "success_rate": round(successes / samples, 6) if samples else None,
+        "denied": denied,
+        "success_rate_excluding_denied": round(successes / (samples - denied), 6) if samples > denied else None,
+        "failures": int(len(failures)),
+        "failures_by_reason": by_reason,
+        "this_run": run,
+        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("metadata_source",)},
+    }
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    from .progress import print_summary
+
+    run = report["this_run"]
+    rate = run.get("samples_per_s")
+    rows = [
+        ("shards", f"{report['shards']} whole of {report['planned_shards']} planned"
+         + (f" (+ {report['shards'] - report['planned_shards']} retry)" if report["shards"] > report["planned_shards"] else "")),
+        ("samples", report["samples"]),
+        ("success rate", "n/a" if report["success_rate"] is None else f"{report['success_rate']:.2%}"
+         + (f" ({report['success_rate_excluding_denied']:.2%} of the not denied)" if report["denied"] else "")),
+        ("failures", ", ".join(f"{k}={v}" for k, v in report["failures_by_reason"].items()) or "none"),
+        ("this run", f"{run['mode']}: {run['shards_done']} shards, {run['samples']} samples in {run['seconds']}s"
+         + (f" ({rate:,.1f} samples/s)" if rate else "")),
+    ]
+    if report["missing_shards"]:
+        rows.append(("missing shards", _short_list(report["missing_shards"])))
+    print_summary("download", rows)
+
+
+# --------------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metadata-source", help="a local folder of metadata parquets (and .npz) to copy into metadata/")
+    p.add_argument("--scale", choices=("small", "medium", "large", "xlarge"),
+                   help="fetch DataComp's metadata for this scale from the Hugging Face hub first")
+    p.add_argument("--download-npz", action="store_true", default=None, help="with --scale: also fetch the .npz embeddings")
+    p.add_argument("--skip-shards", action="store_true", default=None, help="fetch the metadata only")
+    p.add_argument("--processes", type=int, help="download processes (default: all CPUs)")
+    p.add_argument("--threads", type=int, help="threads per process (default 64)")
+    p.add_argument("--retries", type=int, help="retries per url (default 2)")
+    p.add_argument("--timeout", type=float, help="seconds per connect/read (default 10)")
+    p.add_argument("--fetch-deadline", type=float, help="seconds one image may take in all (default 60)")
+    p.add_argument("--image-size", type=int, help="resize the longest side to this (default 512)")
+    p.add_argument("--resize-mode", choices=RESIZE_MODES, help="img2dataset resize mode (default keep_ratio_largest)")
+    p.add_argument("--samples-per-shard", type=int, help="samples per shard (default 10000)")
+    p.add_argument("--distributor", choices=DISTRIBUTORS, help="auto: ray with --ray-address, else multiprocessing")
+    p.add_argument("--watchdog-seconds", type=float, help="stop when no shard finishes for this long (default 1800)")
+    p.add_argument("--no-blur-faces", dest="blur_faces", action="store_false", default=None,
+                   help="do not blur face_bboxes even when present")
+    p.add_argument("--deny-network", action="append", metavar="CIDR",
+                   help="never fetch from this network (repeatable; replaces the default deny list)")
+    p.add_argument("--retry-failed", action="store_true", default=None,
+                   help="re-fetch only the failed samples into new shards")
+
+
+def run_cli(ctx: Any, args: argparse.Namespace) -> int:
+    from .config import build
+
+    ws = ctx.workspace(create=bool(args.scale or args.metadata_source))
+    cfg = build(DownloadConfig, ctx.section("download"), "download", {
+        "metadata_source": args.metadata_source, "scale": args.scale, "download_npz": args.download_npz,
+        "skip_shards": args.skip_shards, "processes": args.processes, "threads": args.threads,
+        "retries": args.retries, "timeout": args.timeout, "fetch_deadline": args.fetch_deadline,
+        "image_size": args.image_size, "resize_mode": args.resize_mode,
+        "samples_per_shard": args.samples_per_shard, "distributor": args.distributor,
+        "watchdog_seconds": args.watchdog_seconds, "blur_faces": args.blur_faces,
+        "deny_networks": args.deny_network, "retry_failed": args.retry_failed,
+    })
+    download(ws, cfg, ctx.runtime, overwrite=ctx.overwrite)
+    return 0

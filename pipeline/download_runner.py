@@ -1,0 +1,219 @@
+"""Runs img2dataset in a process of its own: ``python -m poolsieve.pipeline.download_runner JOB.json``.
+
+The download stage (``download.py``) writes a job file and starts this module as a subprocess, so that
+img2dataset's spawn-based multiprocessing works whatever the caller is (CLI, pytest, a Ray worker) and
+the watchdog has one process group to kill. The job names the input parquet files, the shard ids to
+skip, the first shard id, the staging folder that img2dataset writes into, and img2dataset's settings.
+
+Every worker process (multiprocessing or Ray) sets itself up before its first shard:
+
+* the network deny list is installed (``netguard.install_guard``): denied urls fail with a
+  ``poolsieve-denied`` error and no connection is made;
+* img2dataset's url fetch gets a total deadline (a slow trickle cannot hold a shard forever) and a
+  size cap, keeping img2dataset's user agent and X-Robots-Tag handling;
+* images whose header declares more than ``max_image_area`` pixels are refused before decoding
+  (decompression bombs);
+* under multiprocessing, a worker dies with its parent (``PR_SET_PDEATHSIG``), so a killed stage
+  leaves no orphan still writing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+_worker_ready = False
+_limits: dict[str, Any] = {}
+
+
+# ----------------------------------------------------------------------------- worker set-up
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def setup_worker(guards: dict[str, Any]) -> None:
+    """Install the deny list, the fetch limits and (multiprocessing) parent-death kill, once per process."""
+    global _worker_ready
+    if _worker_ready:
+        return
+    from img2dataset import downloader as i2d_downloader
+
+    from .netguard import install_guard
+
+    if guards.get("die_with_parent"):
+        die_with_parent()
+    install_guard(guards["deny_networks"])
+    _limits.update(fetch_deadline=float(guards["fetch_deadline"]), max_image_bytes=int(guards["max_image_bytes"]))
+    i2d_downloader.download_image = fetch_image
+    _worker_ready = True
+
+
+def fetch_image(row: tuple[Any, str], timeout: float, user_agent_token: str | None,
+                disallowed_header_directives: Any) -> tuple[Any, io.BytesIO | None, str | None]:
+    """img2dataset's ``download_image`` with a total deadline and a byte cap; same return contract."""
+    from img2dataset.downloader import is_disallowed
+
+    key, url = row
+    deadline = _limits.get("fetch_deadline", 60.0)
+    max_bytes = _limits.get("max_image_bytes", 64 << 20)
+    user_agent = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
+    if user_agent_token:
+        user_agent += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"
+    start = time.monotonic()
+    try:
+        request = urllib.request.Request(url, data=None, headers={"User-Agent": user_agent})
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            if disallowed_header_directives and is_disallowed(r.headers, user_agent_token,
+                                                              disallowed_header_directives):
+                return key, None, "Use of image disallowed by X-Robots-Tag directive"
+            declared = r.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                return key, None, f"response too large: {declared} bytes declared (limit {max_bytes})"
+            buf = io.BytesIO()
+            while True:
+                chunk = r.read1(1 << 16)
+                if not chunk:
+                    break
+                buf.write(chunk)
+                if buf.tell() > max_bytes:
+                    return key, None, f"response too large: over {max_bytes} bytes"
+                if time.monotonic() - start > deadline:
+                    return key, None, f"download deadline exceeded: slow transfer, {buf.tell()} bytes in {deadline:g}s"
+            buf.seek(0)
+            return key, buf, None
+    except Exception as err:  # noqa: BLE001 - img2dataset records any failure as the sample's error
+        return key, None, str(err)
+
+
+class BombCheckingResizer:
+    """Wraps img2dataset's Resizer: refuses an image whose header declares too many pixels."""
+
+    def __init__(self, resizer: Any, max_image_area: float):
+        self.resizer = resizer
+        self.max_image_area = max_image_area
+
+    def __call__(self, img_stream: io.BytesIO, blurring_bbox_list: Any = None) -> tuple:
+        from PIL import Image
+
+        try:
+            img_stream.seek(0)
+            with Image.open(img_stream) as im:  # reads the header only
+                w, h = im.size
+        except Image.DecompressionBombError as e:
+            return None, None, None, None, None, f"image area too large: {e}"
+        except Exception:  # noqa: BLE001 - let img2dataset's decoder judge what PIL cannot open
+            w = h = 0
+        if w * h > self.max_image_area:
+            return None, None, None, None, None, f"image area too large: header declares {w}x{h} pixels"
+        img_stream.seek(0)
+        return self.resizer(img_stream, blurring_bbox_list)
+
+
+class PoolsieveDownloader:
+    """img2dataset's Downloader, with the worker set up before its first shard (picklable)."""
+
+    def __init__(self, downloader: Any, guards: dict[str, Any]):
+        self.downloader = downloader
+        self.guards = guards
+
+    def __call__(self, row: Any) -> Any:
+        setup_worker(self.guards)
+        return self.downloader(row)
+
+
+# ----------------------------------------------------------------------------- the job
+def build_downloader(job: dict[str, Any], column_list: list[str]) -> PoolsieveDownloader:
+    from img2dataset.blurrer import BoundingBoxBlurrer
+    from img2dataset.downloader import Downloader
+    from img2dataset.resizer import Resizer
+    from img2dataset.writer import WebDatasetSampleWriter
+
+    s = job["img2dataset"]
+    bbox_col = s.get("bbox_col")
+    resizer = Resizer(
+        image_size=s["image_size"], resize_mode=s["resize_mode"], resize_only_if_bigger=s["resize_only_if_bigger"],
+        upscale_interpolation="lanczos", downscale_interpolation="area", encode_quality=s["encode_quality"],
+        encode_format=s["encode_format"], skip_reencode=False, disable_all_reencoding=False,
+        min_image_size=s["min_image_size"], max_image_area=s["max_image_area"],
+        max_aspect_ratio=float("inf"), blurrer=BoundingBoxBlurrer() if bbox_col else None,
+    )
+    downloader = Downloader(
+        sample_writer_class=WebDatasetSampleWriter, resizer=BombCheckingResizer(resizer, s["max_image_area"]),
+        thread_count=s["thread_count"], save_caption=True, extract_exif=True, output_folder=job["staging"],
+        column_list=column_list, timeout=s["timeout"], number_sample_per_shard=s["number_sample_per_shard"],
+        oom_shard_count=s["oom_shard_count"], compute_hash="sha256", verify_hash_type=None,
+        encode_format=s["encode_format"], retries=s["retries"], user_agent_token=s.get("user_agent_token"),
+        disallowed_header_directives=s.get("disallowed_header_directives"), blurring_bbox_col=bbox_col,
+    )
+    guards = {"deny_networks": job["deny_networks"], "fetch_deadline": job["fetch_deadline"],
+              "max_image_bytes": job["max_image_bytes"],
+              "die_with_parent": job["distributor"] == "multiprocessing"}
+    return PoolsieveDownloader(downloader, guards)
+
+
+def run_job(job: dict[str, Any]) -> int:
+    """Download the job's shards into its staging folder. Returns a process exit code."""
+    from img2dataset.distributor import multiprocessing_distributor
+    from img2dataset.reader import Reader
+
+    s = job["img2dataset"]
+    staging = Path(job["staging"])
+    tmp = staging / "_tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    extra = ["uid"] + ([s["bbox_col"]] if s.get("bbox_col") else [])
+    reader = Reader(job["inputs"][0], "parquet", "url", "text", None, None, extra,
+                    s["number_sample_per_shard"], set(job["done_shards"]), str(tmp), job["start_shard_id"])
+    reader.input_files = list(job["inputs"])  # exactly the stage's files, in the stage's order
+    downloader = build_downloader(job, reader.column_list)
+    if job["distributor"] == "multiprocessing":
+        multiprocessing_distributor(s["processes_count"], downloader, reader, 1000, s["max_shard_retry"])
+    elif job["distributor"] == "ray":
+        import ray
+        from img2dataset.distributor import ray_distributor
+
+        ray.init(address=job["ray_address"], ignore_reinit_error=True, log_to_driver=False,
+                 configure_logging=False)
+        try:
+            ray_distributor(s["processes_count"], downloader, reader, 1000, s["max_shard_retry"])
+        finally:
+            ray.shutdown()
+    else:
+        raise ValueError(f"unknown distributor {job['distributor']!r}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m poolsieve.pipeline.download_runner JOB.json", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text())
+    parent = job.get("parent_pid")
+    if parent:
+        die_with_parent()
+        if os.getppid() != parent:  # the stage died before we could ask to follow it
+            return 3
+    return run_job(job)
+
+
+if __name__ == "__main__":
+    # Import by package name so that pickled objects name ``poolsieve.pipeline.download_runner``,
+    # which spawn children and Ray workers can import (``__main__`` they could not).
+    from poolsieve.pipeline import download_runner as _runner
+
+    sys.exit(_runner.main(sys.argv[1:]))
