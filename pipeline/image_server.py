@@ -97,6 +97,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = unquote(urlsplit(self.path).path)
         owner = self.server.owner
         owner._count(path)
+        if owner.latency and owner.stopping.wait(owner.latency):
+            return
         fault = owner.fault_for(path)
         if fault is not None and self._inject(fault, path, head):
             return
@@ -177,8 +179,10 @@ class ImageServer:
     """
 
     def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0,
-                 faults: dict[str, str] | None = None, verbose: bool = False, trickle_interval: float = 0.2):
+                 faults: dict[str, str] | None = None, verbose: bool = False, trickle_interval: float = 0.2,
+                 latency: float = 0.0):
         self.root = Path(root).resolve()
+        self.latency = latency  # seconds to wait before answering each request (a slow web)
         self.host, self.port = host, port
         self.trickle_interval = trickle_interval
         self.stopping = threading.Event()
@@ -278,10 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--fault", action="append", default=[], metavar="PATH=KIND",
                         help=f"inject a fault for one url path; kinds: {', '.join(FAULTS)}")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each answer")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     faults = dict(f.split("=", 1) for f in args.fault)
-    server = ImageServer(serve_root(args.workspace), args.host, args.port, faults, verbose=args.verbose)
+    server = ImageServer(serve_root(args.workspace), args.host, args.port, faults, verbose=args.verbose,
+                         latency=args.latency)
     try:
         server.start()
     except Exception as e:  # noqa: BLE001 - one line for the user
