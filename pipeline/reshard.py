@@ -42,7 +42,7 @@ from .formats import (
     write_subset,
 )
 from .runtime import Runtime
-from .tar_io import END_OF_ARCHIVE, iter_members, padding, split_key, ustar_header
+from .tar_io import END_OF_ARCHIVE, iter_members, padding, split_key, ustar_header, write_buffers
 from .workspace import Workspace
 
 PLAN_VERSION = 1
@@ -294,10 +294,10 @@ def write_shard(unit: WriteUnit) -> dict[str, int]:
                                padding(size))
                     pending += 512 + size
                 if pending >= WRITE_CHUNK_BYTES:
-                    written += out.write(b"".join(chunks))
+                    written += write_buffers(out.fileno(), chunks)
                     chunks, pending = [], 0
             chunks.append(END_OF_ARCHIVE)
-            written += out.write(b"".join(chunks))
+            written += write_buffers(out.fileno(), chunks)
     finally:
         for fd in fds.values():
             os.close(fd)

@@ -145,28 +145,57 @@ def iter_members(path: str | Path) -> Iterator[Member]:
         os.close(fd)
 
 
-def ustar_header(name: str, size: int) -> bytes:
-    """A deterministic ustar header for a regular file (``name`` is at most 100 ASCII bytes)."""
-    raw = name.encode("ascii")
-    if len(raw) > 100:
-        raise ValueError(f"member name longer than 100 bytes: {name!r}")
-    if size >= 8**11:
-        raise ValueError(f"member too large for a ustar header: {size} bytes")
+def _header_template() -> tuple[bytes, int]:
+    """A ustar header with an empty name and size 0, and its checksum with the checksum field blank."""
     header = bytearray(BLOCK)
-    header[0:len(raw)] = raw
     header[100:108] = b"0000444\0"
     header[108:116] = b"0000000\0"
     header[116:124] = b"0000000\0"
-    header[124:136] = b"%011o\0" % size
+    header[124:136] = b"%011o\0" % 0
     header[136:148] = b"00000000000\0"
     header[148:156] = b" " * 8
     header[156:157] = b"0"
     header[257:263] = b"ustar\0"
     header[263:265] = b"00"
-    checksum = sum(header)
-    header[148:156] = b"%06o\0 " % checksum
+    return bytes(header), sum(header) - sum(header[124:136])
+
+
+_TEMPLATE, _TEMPLATE_SUM = _header_template()
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """A deterministic ustar header for a regular file (``name`` is at most 100 ASCII bytes)."""
+    raw = name.encode("ascii")
+    if len(raw) > 100:
+        raise ValueError(f"member name longer than 100 bytes: {name!r}")
+    if not 0 <= size < 8**11:
+        raise ValueError(f"member size out of range for a ustar header: {size} bytes")
+    header = bytearray(_TEMPLATE)
+    header[0:len(raw)] = raw
+    size_field = b"%011o\0" % size
+    header[124:136] = size_field
+    header[148:156] = b"%06o\0 " % (_TEMPLATE_SUM + sum(raw) + sum(size_field))
     return bytes(header)
 
 
+_PADDINGS = [b"\0" * n for n in range(BLOCK)]
+
+
 def padding(size: int) -> bytes:
-    return b"\0" * (padded(size) - size)
+    """The zero bytes that follow ``size`` bytes of member data up to the next block."""
+    return _PADDINGS[-size % BLOCK]
+
+
+def write_buffers(fd: int, buffers: list) -> int:
+    """Write ``buffers`` (bytes or memoryviews) in order with ``writev``; return the byte count."""
+    total = 0
+    for lo in range(0, len(buffers), 1024):  # IOV_MAX
+        batch = buffers[lo:lo + 1024]
+        want = sum(len(b) for b in batch)
+        done = os.writev(fd, batch)
+        if done < want:  # a short write: finish the batch with plain writes
+            rest = memoryview(b"".join(batch))[done:]
+            while rest:
+                rest = rest[os.write(fd, rest):]
+        total += want
+    return total
