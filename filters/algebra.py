@@ -87,11 +87,14 @@ class Evaluator:
             self._pool_keys = pool_keys(self.pool)
         return self._pool_keys
 
-    def resolve(self, node: Node) -> Node:
-        """Replace bare names by what they refer to (defined subset, filter, or subset file)."""
+    def resolve(self, node: Node, within: str | None = None) -> Node:
+        """Replace bare names by what they refer to (defined subset, filter, or subset file).
+
+        Inside the definition of ``within`` its own name means the filter or file (``basic: basic``).
+        """
         if "ref" in node:
             name = node["ref"]
-            if name in self.definitions:
+            if name in self.definitions and name != within:
                 return {"subset": name}
             if is_filter(name):
                 return {"filter": name, "params": {}}
@@ -103,15 +106,14 @@ class Evaluator:
         out = dict(node)
         for key in ("and", "or"):
             if key in node:
-                out[key] = [self.resolve(p) for p in node[key]]
+                out[key] = [self.resolve(p, within) for p in node[key]]
         if "not" in node:
-            out["not"] = self.resolve(node["not"])
+            out["not"] = self.resolve(node["not"], within)
         return out
 
-    def evaluate(self, node: Node) -> np.ndarray:
+    def evaluate(self, node: Node, within: str | None = None) -> np.ndarray:
         """Sorted unique ``S16`` keys of a (parsed) spec node."""
-        node = self.resolve(node)
-        return self._eval(node)
+        return self._eval(self.resolve(node, within))
 
     def evaluate_defined(self, name: str) -> np.ndarray:
         if name not in self.definitions:
@@ -163,7 +165,7 @@ class Evaluator:
                 return saved
             self._active.append(name)
             try:
-                return self.evaluate(self.definitions[name])
+                return self.evaluate(self.definitions[name], within=name)
             finally:
                 self._active.pop()
         if self.subset_file is None:
@@ -171,8 +173,10 @@ class Evaluator:
         path = self.subset_file(name)
         if not path.exists():
             raise InputError(path, f"subset '{name}' does not exist (make it with `poolsieve filter`)")
-        keys = from_subset(read_subset(path))
-        self.inputs.append({"subset": name, "path": str(path), "sha256": file_sha256(path), "count": len(keys)})
+        saved = from_subset(read_subset(path))
+        keys = intersect(saved, self.pool_keys())  # a subset of another pool contributes only this pool's uids
+        self.inputs.append({"subset": name, "path": str(path), "sha256": file_sha256(path), "count": len(saved),
+                            "outside_pool": len(saved) - len(keys)})
         return keys
 
 

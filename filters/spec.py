@@ -52,10 +52,10 @@ def parse_spec(value: Any, where: str = "spec") -> Node:
             return {key: [parse_spec(v, f"{where}.{key}[{i}]") for i, v in enumerate(arg)]}
         if key == "not":
             return {"not": parse_spec(arg, f"{where}.not")}
-        if key == "subset":
+        if key in ("subset", "ref"):
             if not isinstance(arg, str) or not re.fullmatch(NAME_RE, arg):
-                raise ConfigError(f"{where}: 'subset' takes a subset name, got {arg!r}")
-            return {"subset": arg}
+                raise ConfigError(f"{where}: '{key}' takes a subset name, got {arg!r}")
+            return {key: arg}
         return _filter_node(key, arg, where)
     raise ConfigError(f"{where}: a spec is a filter name, an expression or a mapping, got {value!r}")
 

@@ -1,0 +1,198 @@
+"""Make uid subsets from the score tables: filters and their set algebra, seconds per try.
+
+``poolsieve filter --spec SPEC`` writes ``subsets/{name}.npy`` (DataComp's format: sorted unique
+``np.dtype("u8,u8")``) and ``subsets/{name}.json`` (the spec, its inputs, the pool's fingerprint, the
+count after every step, the time). SPEC is a YAML file or inline mapping of subset names to specs,
+``NAME = EXPRESSION`` or an expression (named by ``--name`` or after itself); without ``--spec``
+the config's ``filter.subsets`` mapping is made. Examples::
+
+    poolsieve filter -w pool --spec "clip30 = clip_score(column=clip_l14_similarity_score, fraction=0.3)"
+    poolsieve filter -w pool --spec "basic_clip30 = basic & clip30"
+    poolsieve filter -w pool --spec subsets.yaml
+    poolsieve filter -w pool --tables /data/datacomp/metadata --spec basic      # DataComp metadata
+
+A subset whose files exist with the same spec and pool is skipped; one with another spec or pool is
+refused unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import build
+from .errors import ConfigError, InputError
+from .formats import read_json, write_json, write_subset
+from .progress import format_table, print_summary
+from .runtime import Runtime
+from .workspace import Workspace
+
+
+@dataclass
+class FilterConfig:
+    """``subsets``: subset name -> spec; ``tables``: folder of score tables (default: the workspace's
+    ``scores/``; a folder of DataComp metadata parquet works too); ``only``: names to make (default all)."""
+
+    subsets: dict[str, Any] = field(default_factory=dict)
+    tables: str | None = None
+    only: list[str] | None = None
+
+
+def score_table_files(ws: Workspace, tables: str | None) -> list[Path]:
+    if tables is None:
+        return ws.score_tables()
+    folder = Path(tables).expanduser()
+    if folder.is_file() and folder.suffix == ".parquet":
+        return [folder]
+    if not folder.is_dir():
+        raise InputError(folder, "score table folder does not exist")
+    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        raise InputError(folder, "no .parquet score tables in this folder")
+    return files
+
+
+def pool_fingerprint(tables: list[Path]) -> str:
+    """sha256 over each table's name, size and parquet footer (row counts, column statistics)."""
+    digest = hashlib.sha256()
+    for path in tables:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            f.seek(max(0, size - 65536))
+            footer = f.read()
+        digest.update(f"{path.name}\0{size}\0".encode())
+        digest.update(hashlib.sha256(footer).digest())
+    return digest.hexdigest()
+
+
+def _saved_record(ws: Workspace, name: str) -> dict[str, Any] | None:
+    npy, info = ws.subset_path(name), ws.subset_info_path(name)
+    if not (npy.exists() and info.exists()):
+        return None
+    try:
+        return read_json(info)
+    except InputError:
+        return None
+
+
+def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bool = False) -> dict[str, Any]:
+    """Make every subset of ``cfg`` (or ``cfg.only``); return ``{name: {count, status, seconds, ...}}``."""
+    from poolsieve.filters.algebra import Evaluator
+    from poolsieve.filters.registry import ScoredPool
+    from poolsieve.filters.spec import parse_spec, render
+    from poolsieve.filters.uidset import from_subset, to_subset
+
+    if not cfg.subsets:
+        raise ConfigError("nothing to make: pass --spec or set 'filter: {subsets: {NAME: SPEC}}' in the config")
+    targets = list(cfg.only or cfg.subsets)
+    unknown = [t for t in targets if t not in cfg.subsets]
+    if unknown:
+        raise ConfigError(f"no spec for subset(s) {', '.join(unknown)}")
+    tables = score_table_files(ws, cfg.tables)
+    fingerprint = pool_fingerprint(tables)
+    parsed = {name: parse_spec(spec, name) for name, spec in cfg.subsets.items()}
+    for name in parsed:
+        if not name or "/" in name or name.startswith("."):
+            raise ConfigError(f"bad subset name {name!r}")
+
+    pool = ScoredPool(tables, runtime)
+    made: set[str] = set()
+
+    def up_to_date(name: str) -> bool:
+        saved = _saved_record(ws, name)
+        return (saved is not None and not (overwrite and name in targets and name not in made)
+                and saved.get("spec") == evaluator.resolve(parsed[name], within=name)
+                and saved.get("pool", {}).get("fingerprint") == fingerprint)
+
+    def load_defined(name: str) -> np.ndarray | None:
+        from .formats import read_subset
+
+        return from_subset(read_subset(ws.subset_path(name))) if up_to_date(name) else None
+
+    evaluator = Evaluator(pool, parsed, subset_file=ws.subset_path, load_defined=load_defined)
+    results: dict[str, Any] = {}
+    for name in targets:
+        resolved = evaluator.resolve(parsed[name], within=name)
+        saved = _saved_record(ws, name)
+        if saved is not None and not overwrite:
+            if up_to_date(name):
+                results[name] = {"status": "skipped (up to date)", "count": saved.get("count"), "seconds": 0.0}
+                continue
+            why = ("another pool" if saved.get("spec") == resolved else f"another spec ({saved.get('expression')})")
+            raise ConfigError(f"{ws.subset_path(name)}: subset '{name}' exists, made from {why}; "
+                              "pass --overwrite to replace it or choose another name")
+        start = time.perf_counter()
+        first_step, first_input = len(evaluator.steps), len(evaluator.inputs)
+        keys = evaluator.evaluate_defined(name)
+        members = len(evaluator.pool_keys())
+        pairs = to_subset(keys)
+        seconds = time.perf_counter() - start
+        record = {
+            "name": name,
+            "expression": render(resolved),
+            "spec": resolved,
+            "given": cfg.subsets[name],
+            "count": int(len(pairs)),
+            "pool": {"fingerprint": fingerprint, "members": members, "tables": len(tables),
+                     "table_folder": str(tables[0].parent) if tables else None},
+            "fraction_of_pool": round(len(pairs) / members, 6) if members else 0.0,
+            "inputs": evaluator.inputs[first_input:],
+            "steps": evaluator.steps[first_step:],
+            "seconds": round(seconds, 3),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_subset(ws.subset_path(name), pairs)
+        write_json(ws.subset_info_path(name), record)
+        made.add(name)
+        results[name] = {"status": "made", "count": int(len(pairs)), "members": members, "seconds": round(seconds, 3),
+                         "expression": record["expression"], "path": str(ws.subset_path(name))}
+    return results
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", "-s", action="append", metavar="SPEC",
+                   help="YAML file, inline YAML mapping, 'NAME = EXPR' or an expression; repeatable")
+    p.add_argument("--name", "-n", help="subset name for a --spec that is one expression or one spec")
+    p.add_argument("--tables", help="folder of score tables (default: WORKSPACE/scores); DataComp metadata works")
+    p.add_argument("--list-filters", action="store_true", help="list the registered filters and exit")
+
+
+def run_cli(ctx: Any, args: argparse.Namespace) -> int:
+    from poolsieve.filters.algebra import is_filter
+    from poolsieve.filters.registry import FILTERS, load_builtin_filters
+    from poolsieve.filters.spec import parse_cli_spec
+
+    if args.list_filters:
+        load_builtin_filters()
+        for name in sorted(FILTERS):
+            doc = (FILTERS[name].__doc__ or "").strip().splitlines()
+            print(f"{name:20s} {doc[0] if doc else ''}")
+        return 0
+    section = dict(ctx.section("filter"))
+    only = None
+    if args.spec:
+        if len(args.spec) > 1 and args.name:
+            raise ConfigError("--name names a single --spec; use 'NAME = EXPR' for several")
+        given: dict[str, Any] = {}
+        for text in args.spec:
+            given.update(parse_cli_spec(text, args.name, is_filter))
+        section["subsets"] = {**(section.get("subsets") or {}), **given}
+        only = list(given)
+    cfg = build(FilterConfig, section, "filter", {"tables": args.tables, "only": only})
+    ws = ctx.workspace()
+    start = time.perf_counter()
+    results = run_filter(ws, cfg, ctx.runtime, overwrite=ctx.overwrite)
+    rows = [(name, r["status"], r["count"] if r["count"] is not None else "?",
+             f"{100 * r['count'] / r['members']:.2f}%" if r.get("members") else "", f"{r['seconds']:.2f}")
+            for name, r in results.items()]
+    print(format_table(["subset", "status", "uids", "of pool", "seconds"], rows))
+    print_summary("filter", [("subsets", len(results)), ("folder", ws.subsets_dir),
+                             ("time", f"{time.perf_counter() - start:.2f} s")])
+    return 0
