@@ -1,0 +1,158 @@
+"""Validate a subset and write a DataComp submission folder.
+
+``poolsieve submit -w pool --subset NAME`` checks ``subsets/NAME.npy`` (or any ``.npy`` path): dtype
+``np.dtype("u8,u8")``, one-dimensional, sorted, no repeated uid, every uid a member of the pool. It then
+writes ``submissions/NAME/`` with the uid file, ``NAME.npy.sha256``, ``submission.json`` (sha256,
+size, pool fingerprint, the spec record from ``subsets/NAME.json``) and, when ``evals/NAME/`` holds
+results, a copy of them with their average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import build
+from .errors import ConfigError, InputError
+from .formats import pairs_to_uids, read_json, read_subset, write_json
+from .progress import print_summary
+from .runtime import Runtime
+from .workspace import Workspace
+
+
+@dataclass
+class SubmitConfig:
+    """``subset``: a subset name or ``.npy`` path; ``out``: submission folder (default
+    ``WORKSPACE/submissions/NAME``); ``tables``: score tables (default ``WORKSPACE/scores``);
+    ``evals``: the evaluation to include (default: ``evals/NAME`` when it exists)."""
+
+    subset: str | None = None
+    out: str | None = None
+    tables: str | None = None
+    evals: str | None = None
+
+
+def subset_file(ws: Workspace, subset: str) -> tuple[str, Path]:
+    path = Path(subset).expanduser()
+    if path.suffix == ".npy":
+        return path.stem, path
+    return subset, ws.subset_path(subset)
+
+
+def check_in_pool(pairs: np.ndarray, pool_keys: np.ndarray, path: Path) -> None:
+    from poolsieve.filters.uidset import contains, pairs_to_keys
+
+    missing = ~contains(pool_keys, pairs_to_keys(pairs))
+    if missing.any():
+        first = int(np.flatnonzero(missing)[0])
+        raise InputError(path, f"{int(missing.sum())} of {len(pairs)} uids are not in the pool, e.g. row {first} "
+                               f"({pairs_to_uids(pairs[first:first + 1])[0]})")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_eval_results(folder: Path) -> dict[str, Any] | None:
+    """``{"tasks": n, "averages": {group: mean main metric, ..., "Average": x}}`` from ``results.jsonl``."""
+    from poolsieve.eval.aggregate import RESULTS_FILE, aggregate, read_results
+
+    results = read_results(folder / RESULTS_FILE)
+    if not results:
+        return None
+    return {"tasks": len(results), "averages": aggregate(results), "folder": "eval"}
+
+
+def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, overwrite: bool = False) -> dict[str, Any]:
+    """Validate the subset, write the submission folder, return its summary."""
+    from poolsieve.filters.no_filter import pool_keys
+    from poolsieve.filters.registry import ScoredPool
+
+    from .filter_stage import pool_fingerprint, score_table_files
+
+    if not cfg.subset:
+        raise ConfigError("which subset? pass --subset NAME (or a path to a .npy uid file)")
+    name, path = subset_file(ws, cfg.subset)
+    pairs = read_subset(path)  # dtype, 1-d, sorted, unique
+    if len(pairs) == 0:
+        raise InputError(path, "subset is empty")
+    tables = score_table_files(ws, cfg.tables)
+    check_in_pool(pairs, pool_keys(ScoredPool(tables, runtime)), path)
+
+    digest = sha256_of(path)
+    out = Path(cfg.out).expanduser() if cfg.out else ws.root / "submissions" / name
+    done = out / "submission.json"
+    if done.exists() and not overwrite:
+        previous = read_json(done)
+        if previous.get("sha256") == digest:
+            return {**previous, "status": "skipped (up to date)", "folder": str(out)}
+        raise ConfigError(f"{out}: a submission of another uid file is there; pass --overwrite or --out")
+
+    record_path = path.with_suffix(".json")
+    spec = read_json(record_path) if record_path.exists() else None
+    eval_dir = Path(cfg.evals).expanduser() if cfg.evals else ws.eval_dir(name)
+    evals = read_eval_results(eval_dir) if eval_dir.is_dir() else None
+    if cfg.evals and evals is None:
+        raise InputError(eval_dir, "no results.jsonl in this evaluation folder")
+    summary = {
+        "name": name,
+        "uid_file": f"{name}.npy",
+        "sha256": digest,
+        "count": int(len(pairs)),
+        "bytes": path.stat().st_size,
+        "pool": {"fingerprint": pool_fingerprint(tables), "tables": len(tables)},
+        "spec": spec,
+        "evaluation": evals,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copyfile(path, staging / f"{name}.npy")
+        (staging / f"{name}.npy.sha256").write_text(f"{digest}  {name}.npy\n")
+        if evals is not None:
+            shutil.copytree(eval_dir, staging / "eval")
+        write_json(staging / "submission.json", summary)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return {**summary, "status": "written", "folder": str(out)}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--subset", help="subset name (subsets/NAME.npy) or path to a .npy uid file")
+    p.add_argument("--out", help="submission folder (default: WORKSPACE/submissions/NAME)")
+    p.add_argument("--tables", help="score tables that define the pool (default: WORKSPACE/scores)")
+    p.add_argument("--evals", help="evaluation folder to include (default: WORKSPACE/evals/NAME if present)")
+
+
+def run_cli(ctx: Any, args: argparse.Namespace) -> int:
+    cfg = build(SubmitConfig, ctx.section("submit"), "submit",
+                {"subset": args.subset, "out": args.out, "tables": args.tables, "evals": args.evals})
+    result = run_submit(ctx.workspace(), cfg, ctx.runtime, overwrite=ctx.overwrite)
+    evals = result.get("evaluation")
+    print_summary("submit", [
+        ("subset", result["name"]),
+        ("status", result["status"]),
+        ("uids", f"{result['count']:,}"),
+        ("sha256", result["sha256"]),
+        ("evaluation", f"{evals['tasks']} tasks, average {evals['averages'].get('Average')}" if evals else "none"),
+        ("folder", result["folder"]),
+    ])
+    return 0

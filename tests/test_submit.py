@@ -1,0 +1,135 @@
+"""`poolsieve submit`: a valid subset becomes a submission folder; a bad one is refused clearly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from poolsieve.pipeline import cli
+from poolsieve.pipeline.errors import ConfigError, InputError
+from poolsieve.pipeline.filter_stage import FilterConfig, run_filter
+from poolsieve.pipeline.formats import uids_to_pairs, write_subset
+from poolsieve.pipeline.runtime import Runtime
+from poolsieve.pipeline.submit import SubmitConfig, run_submit
+from poolsieve.pipeline.workspace import Workspace
+
+LOCAL = Runtime(executor="local")
+
+
+def uid(i: int) -> str:
+    return f"{(31 * i + 5) % 101:016x}{i:016x}"
+
+
+def sorted_pairs(indices) -> np.ndarray:
+    return np.sort(uids_to_pairs([uid(i) for i in indices]), order=["f0", "f1"])
+
+
+@pytest.fixture
+def ws(tmp_path):
+    w = Workspace.create(tmp_path / "pool")
+    w.scores_dir.mkdir()
+    for shard in range(2):
+        rows = range(10 * shard, 10 * shard + 10)
+        pd.DataFrame({"uid": [uid(i) for i in rows], "text": ["a photo of a dog in the park"] * 10,
+                      "original_width": [300] * 10, "original_height": [300] * 10,
+                      "clip_b32_similarity_score": [i / 20 for i in rows],
+                      "status": ["failed_to_decode" if i == 7 else "success" for i in rows]},
+                     ).to_parquet(w.scores_dir / f"{shard:05d}.parquet")
+    return w
+
+
+def submit(ws, subset, **kw):
+    return run_submit(ws, SubmitConfig(subset=subset, **kw), LOCAL, overwrite=kw.pop("overwrite", False))
+
+
+def test_submission_folder(ws):
+    run_filter(ws, FilterConfig(subsets={"top": "clip_score(fraction=0.5)"}), LOCAL)
+    out = submit(ws, "top")
+    folder = ws.root / "submissions" / "top"
+    data = (folder / "top.npy").read_bytes()
+    assert data == ws.subset_path("top").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    assert (folder / "top.npy.sha256").read_text().split()[0] == digest
+    record = json.loads((folder / "submission.json").read_text())
+    assert record["sha256"] == digest and record["count"] == 10 and record["bytes"] == len(data)
+    assert record["spec"]["expression"] == "clip_score(fraction=0.5)" and record["evaluation"] is None
+    assert out["status"] == "written"
+    assert submit(ws, "top")["status"].startswith("skipped")
+
+
+def test_evaluation_results_included(ws):
+    write_subset(ws.subset_path("few"), sorted_pairs([1, 2, 3]))
+    ev = ws.eval_dir("few")
+    ev.mkdir(parents=True)
+    lines = [{"key": "imagenet1k", "dataset": "ImageNet 1k", "task_type": "zeroshot_classification",
+              "group": "ImageNet", "metrics": {"main_metric": 0.25}},
+             {"key": "cifar10", "dataset": "CIFAR-10", "task_type": "zeroshot_classification",
+              "group": "VTAB", "metrics": {"main_metric": 0.75}}]
+    (ev / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    submit(ws, "few")
+    folder = ws.root / "submissions" / "few"
+    record = json.loads((folder / "submission.json").read_text())
+    assert record["evaluation"]["tasks"] == 2 and record["evaluation"]["averages"]["Average"] == 0.5
+    assert (folder / "eval" / "results.jsonl").read_text() == (ev / "results.jsonl").read_text()
+    assert record["spec"] is None
+
+
+def test_bad_dtype_refused(ws, tmp_path):
+    path = tmp_path / "wrong.npy"
+    np.save(path, np.arange(4, dtype=np.int64))
+    with pytest.raises(InputError, match=r"wrong.npy: subset dtype is int64, expected"):
+        submit(ws, str(path))
+
+
+def test_unsorted_refused(ws, tmp_path):
+    path = tmp_path / "unsorted.npy"
+    np.save(path, sorted_pairs([1, 2, 3])[::-1])
+    with pytest.raises(InputError, match=r"unsorted.npy: subset is not sorted: row 1 is smaller than row 0"):
+        submit(ws, str(path))
+
+
+def test_repeated_uid_refused(ws, tmp_path):
+    path = tmp_path / "twice.npy"
+    pairs = sorted_pairs([1, 2, 3])
+    np.save(path, np.sort(np.concatenate([pairs, pairs[1:2]]), order=["f0", "f1"]))
+    with pytest.raises(InputError, match=r"twice.npy: subset has a repeated uid at row 2"):
+        submit(ws, str(path))
+
+
+def test_unknown_uids_refused(ws, tmp_path):
+    path = tmp_path / "foreign.npy"
+    # row 7 failed to decode (not a member) and 99 was never in the pool
+    np.save(path, sorted_pairs([1, 7, 99]))
+    with pytest.raises(InputError, match=r"foreign.npy: 2 of 3 uids are not in the pool, e\.g\. row"):
+        submit(ws, str(path))
+
+
+def test_missing_and_replaced(ws, tmp_path):
+    with pytest.raises(InputError, match="nope.npy: subset file does not exist"):
+        submit(ws, "nope")
+    with pytest.raises(ConfigError, match="--subset"):
+        submit(ws, None)
+    write_subset(ws.subset_path("s"), sorted_pairs([1]))
+    submit(ws, "s")
+    write_subset(ws.subset_path("s"), sorted_pairs([1, 2]))
+    with pytest.raises(ConfigError, match="another uid file"):
+        submit(ws, "s")
+    assert run_submit(ws, SubmitConfig(subset="s"), LOCAL, overwrite=True)["count"] == 2
+
+
+def test_cli_exit_codes(ws, tmp_path, capsys):
+    saved = cli.COMMANDS
+    cli.COMMANDS = {"submit": saved["submit"]}
+    try:
+        write_subset(ws.subset_path("ok"), sorted_pairs([0, 1]))
+        assert cli.main(["submit", "-w", str(ws.root), "--executor", "local", "--subset", "ok"]) == 0
+        assert "sha256" in capsys.readouterr().out
+        np.save(tmp_path / "bad.npy", sorted_pairs([1, 2])[::-1])
+        assert cli.main(["submit", "-w", str(ws.root), "--executor", "local", "--subset", str(tmp_path / "bad.npy")]) == 2
+        assert "bad.npy: subset is not sorted" in capsys.readouterr().err
+    finally:
+        cli.COMMANDS = saved
