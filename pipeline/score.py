@@ -358,3 +358,29 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
         return 0
     score_pool(ws, config, ctx.runtime, overwrite=ctx.overwrite, shards=args.shards)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m poolsieve.pipeline.score``: this stage alone, with the same flags as ``poolsieve score``."""
+    import sys
+
+    from .cli import _add_common, make_context
+
+    parser = argparse.ArgumentParser(prog="poolsieve-score", description=(__doc__ or "").split("\n\n")[0])
+    add_arguments(parser)
+    _add_common(parser)
+    args = parser.parse_args(argv)
+    try:
+        ctx = make_context(args)
+        with ctx.runtime:
+            return run_cli(ctx, args)
+    except PoolsieveError as e:
+        print(f"poolsieve score: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("poolsieve score: interrupted; completed shards are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
