@@ -1,0 +1,434 @@
+"""k-nearest-neighbour graphs over embeddings: exact (blocked GEMM) or IVF-Flat, on CPU or CUDA.
+
+Distances are squared L2 in float32, computed as ``|q|^2 + |v|^2 - 2 q.v`` block by block with a BLAS
+GEMM (numpy on CPU, torch on CUDA). An ``IvfIndex`` holds the base vectors (fp16, grouped by inverted
+list) with their row ids; the exact index is the same structure with one list. A query probes its
+``nprobe`` nearest lists; the queries of a chunk are grouped by list so each list is one GEMM.
+
+``knn_graph`` asks for ``k + 1`` hits and removes each row's own id (by id, never by position; when the
+row is not among the hits the farthest hit goes). ``sharded_knn_graph`` builds the same graph with Ray:
+the index is written once to a folder of ``.npy`` files that workers memory-map, each worker searches
+the rows of one score table, and rows are gathered in shard order.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from poolsieve.pipeline.errors import ConfigError
+from poolsieve.pipeline.progress import Progress
+
+from ._device import resolve_device
+from ._kmeans import kmeans, nearest_centroid
+
+QUERY_CHUNK = 65536
+QUERY_BLOCK = 8192
+BASE_BLOCK = 32768
+METHODS = ("auto", "exact", "ivf")
+
+
+@dataclass
+class KnnGraph:
+    """Row ``i``'s ``k`` nearest other rows (global row ids, -1 when missing) and squared L2 distances."""
+
+    neighbors: np.ndarray  # (n, k) int64, nearest first
+    distances: np.ndarray  # (n, k) float32, inf where missing
+    method: str
+    nlist: int = 1
+    nprobe: int = 1
+    calibrated_recall: float | None = None
+
+
+# ------------------------------------------------------------------------------ the index
+@dataclass
+class IvfIndex:
+    """Inverted lists of base vectors. ``offsets[l]:offsets[l+1]`` are list ``l``'s rows."""
+
+    centroids: np.ndarray  # (nlist, d) float32
+    offsets: np.ndarray  # (nlist + 1,) int64
+    vectors: np.ndarray  # (n, d) float16 or float32, list order (may be a memmap)
+    ids: np.ndarray  # (n,) int64 row ids, list order
+    sq_norms: np.ndarray  # (n,) float32
+
+    FILES = ("centroids", "offsets", "vectors", "ids", "sq_norms")
+
+    @property
+    def nlist(self) -> int:
+        return len(self.centroids)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in self.FILES:
+            np.save(folder / f"{name}.npy", getattr(self, name))
+
+    @classmethod
+    def load(cls, folder: Path, mmap: bool = True) -> IvfIndex:
+        mode = "r" if mmap else None
+        return cls(**{name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in cls.FILES})
+
+    def as_flat(self) -> IvfIndex:
+        """The same vectors as one list: searching it is exact."""
+        return IvfIndex(np.zeros((1, self.vectors.shape[1]), np.float32), np.array([0, len(self.ids)]),
+                        self.vectors, self.ids, self.sq_norms)
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int = 1, device: str = "cpu",
+               desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances, ids)`` of each query's ``k`` nearest base rows, nearest first (ties: lower id)."""
+        nq = len(queries)
+        dist = np.full((nq, k), np.inf, dtype=np.float32)
+        ids = np.full((nq, k), -1, dtype=np.int64)
+        progress = Progress(desc, total=nq, unit="queries") if desc else None
+        nprobe = max(1, min(nprobe, self.nlist))
+        for start in range(0, nq, QUERY_CHUNK):
+            chunk = np.ascontiguousarray(queries[start:start + QUERY_CHUNK], dtype=np.float32)
+            d, i = self._search_chunk(chunk, k, nprobe, device)
+            dist[start:start + len(chunk)], ids[start:start + len(chunk)] = d, i
+            if progress:
+                progress.update(len(chunk))
+        return dist, ids
+
+    def _search_chunk(self, q: np.ndarray, k: int, nprobe: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+        nq = len(q)
+        if self.nlist == 1:
+            probes = np.zeros((nq, 1), dtype=np.int64)
+        else:
+            probes = coarse_probes(q, self.centroids, nprobe, device)
+        cand_d = np.full((nq, nprobe * k), np.inf, dtype=np.float32)
+        cand_i = np.full((nq, nprobe * k), -1, dtype=np.int64)
+        pair_query = np.repeat(np.arange(nq), nprobe)
+        pair_slot = np.tile(np.arange(nprobe), nq)
+        pair_list = probes.ravel()
+        order = np.argsort(pair_list, kind="stable")
+        pair_query, pair_slot, pair_list = pair_query[order], pair_slot[order], pair_list[order]
+        bounds = np.searchsorted(pair_list, np.arange(self.nlist + 1))
+        q_sq = np.einsum("ij,ij->i", q, q)
+        for lst in np.flatnonzero(bounds[1:] > bounds[:-1]):
+            lo, hi = int(self.offsets[lst]), int(self.offsets[lst + 1])
+            if hi == lo:
+                continue
+            sel = slice(bounds[lst], bounds[lst + 1])
+            qi, slot = pair_query[sel], pair_slot[sel]
+            d, i = _list_topk(q[qi], q_sq[qi], self, lo, hi, k, device)
+            cols = slot[:, None] * k + np.arange(d.shape[1])[None, :]
+            cand_d[qi[:, None], cols] = d
+            cand_i[qi[:, None], cols] = i
+        return _sorted_topk(cand_d, cand_i, k)
+
+
+def _list_topk(q: np.ndarray, q_sq: np.ndarray, index: IvfIndex, lo: int, hi: int, k: int,
+               device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of queries ``q`` within base rows ``lo:hi``, in query blocks x base blocks."""
+    out_d, out_i = [], []
+    for qs in range(0, len(q), QUERY_BLOCK):
+        qb, qb_sq = q[qs:qs + QUERY_BLOCK], q_sq[qs:qs + QUERY_BLOCK]
+        parts_d, parts_i = [], []
+        for bs in range(lo, hi, BASE_BLOCK):
+            be = min(hi, bs + BASE_BLOCK)
+            vb = np.asarray(index.vectors[bs:be], dtype=np.float32)
+            d, local = block_topk(qb, qb_sq, vb, np.asarray(index.sq_norms[bs:be]), k, device)
+            parts_d.append(d)
+            parts_i.append(np.asarray(index.ids[bs:be])[local])
+        d, i = np.concatenate(parts_d, axis=1), np.concatenate(parts_i, axis=1)
+        if d.shape[1] > k:
+            d, i = _sorted_topk(d, i, k)
+        out_d.append(d)
+        out_i.append(i)
+    return np.concatenate(out_d), np.concatenate(out_i)
+
+
+def block_topk(q: np.ndarray, q_sq: np.ndarray, v: np.ndarray, v_sq: np.ndarray, k: int,
+               device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Squared L2 from every query to every base row; the ``min(k, len(v))`` smallest per query (unsorted)."""
+    kk = min(k, len(v))
+    if device == "cuda":
+        import torch
+
+        with torch.no_grad():
+            qt, vt = torch.from_numpy(q).cuda(), torch.from_numpy(v).cuda()
+            dist = torch.from_numpy(q_sq).cuda()[:, None] + torch.from_numpy(v_sq).cuda()[None, :] - 2 * (qt @ vt.T)
+            d, i = torch.topk(dist.clamp_min_(0), kk, dim=1, largest=False)
+            return d.cpu().numpy(), i.cpu().numpy()
+    dist = q @ v.T
+    dist *= -2
+    dist += q_sq[:, None]
+    dist += v_sq[None, :]
+    np.maximum(dist, 0, out=dist)
+    if kk < len(v):
+        idx = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
+    else:
+        idx = np.broadcast_to(np.arange(len(v)), dist.shape).copy()
+    return np.take_along_axis(dist, idx, axis=1), idx
+
+
+def _sorted_topk(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the ``k`` smallest distances, ascending; equal distances ordered by id."""
+    ids_key = np.where(i < 0, np.iinfo(np.int64).max, i)
+    order = np.lexsort((ids_key, d), axis=-1)[:, :k]
+    d, i = np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+    if d.shape[1] < k:
+        pad = k - d.shape[1]
+        d = np.pad(d, ((0, 0), (0, pad)), constant_values=np.inf)
+        i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+    return d, i
+
+
+def coarse_probes(q: np.ndarray, centroids: np.ndarray, nprobe: int, device: str) -> np.ndarray:
+    """The ``nprobe`` lists nearest to each query (squared L2 to the list centroids)."""
+    c_sq = np.einsum("ij,ij->i", centroids, centroids).astype(np.float32)
+    q_sq = np.einsum("ij,ij->i", q, q)
+    out = np.empty((len(q), nprobe), dtype=np.int64)
+    for s in range(0, len(q), QUERY_BLOCK):
+        _, idx = block_topk(q[s:s + QUERY_BLOCK], q_sq[s:s + QUERY_BLOCK], centroids, c_sq, nprobe, device)
+        out[s:s + QUERY_BLOCK] = idx
+    return out
+
+
+# ------------------------------------------------------------------------- building indexes
+def sq_norms(x: np.ndarray) -> np.ndarray:
+    x32 = np.asarray(x, dtype=np.float32)
+    return np.einsum("ij,ij->i", x32, x32)
+
+
+def flat_index(data: np.ndarray) -> IvfIndex:
+    data = np.asarray(data)
+    return IvfIndex(np.zeros((1, data.shape[1]), np.float32), np.array([0, len(data)], dtype=np.int64),
+                    data, np.arange(len(data), dtype=np.int64), sq_norms(data))
+
+
+def default_nlist(n: int) -> int:
+    return max(1, int(round(2 * math.sqrt(n))))
+
+
+def training_rows(n: int, nlist: int, seed: int, per_list: int = 64) -> np.ndarray:
+    """Sorted row ids of the seeded sample the IVF centroids are trained on."""
+    size = min(n, nlist * per_list)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def calibration_rows(n: int, count: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed + 1).choice(n, size=min(n, count), replace=False))
+
+
+def train_lists(sample: np.ndarray, nlist: int, seed: int, device: str) -> np.ndarray:
+    return kmeans(sample, nlist, niter=10, seed=seed, device=device, desc="IVF lists").centroids
+
+
+def ivf_index(data: np.ndarray, centroids: np.ndarray, device: str) -> IvfIndex:
+    labels, _ = nearest_centroid(data, centroids, "l2", device, desc="IVF assign")
+    order = np.argsort(labels, kind="stable")
+    offsets = np.searchsorted(labels[order], np.arange(len(centroids) + 1)).astype(np.int64)
+    vectors = np.asarray(data)[order]
+    return IvfIndex(centroids, offsets, vectors, order.astype(np.int64), sq_norms(vectors))
+
+
+# ---------------------------------------------------------------------------- graph building
+def remove_self(dist: np.ndarray, ids: np.ndarray, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop each row's own id from its ``k + 1`` hits; where it is absent, drop the farthest hit."""
+    is_self = ids == query_ids[:, None]
+    absent = ~is_self.any(axis=1)
+    is_self[absent, -1] = True
+    keep = ~is_self
+    k = ids.shape[1] - 1
+    return dist[keep].reshape(-1, k), ids[keep].reshape(-1, k)
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean fraction of each row's exact neighbours (ids >= 0) found by the approximate search."""
+    hits = total = 0
+    for a, e in zip(approx, exact, strict=True):
+        e = e[e >= 0]
+        hits += len(np.intersect1d(a[a >= 0], e))
+        total += len(e)
+    return hits / max(total, 1)
+
+
+def choose_nprobe(index: IvfIndex, queries: np.ndarray, query_ids: np.ndarray, k: int, target: float,
+                  device: str) -> tuple[int, float]:
+    """Smallest power-of-two ``nprobe`` whose recall@k on ``queries`` reaches ``target``."""
+    ed, ei = index.as_flat().search(queries, k + 1, 1, device, desc="IVF calibration (exact)")
+    _, exact = remove_self(ed, ei, query_ids)
+    nprobe, recall = 1, 0.0
+    while True:
+        ad, ai = index.search(queries, k + 1, nprobe, device)
+        recall = recall_at_k(remove_self(ad, ai, query_ids)[1], exact)
+        if recall >= target or nprobe >= index.nlist:
+            return min(nprobe, index.nlist), recall
+        nprobe *= 2
+
+
+def check_knn_params(n: int, k: int, method: str, recall: float) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"knn method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k (neighbours) must be a positive integer, got {k!r}")
+    if n < 2:
+        raise ConfigError(f"a kNN graph needs at least 2 rows, got {n}")
+    if not 0 < recall <= 1:
+        raise ConfigError(f"recall target must be in (0, 1], got {recall!r}")
+
+
+def use_exact(n: int, method: str, exact_max_rows: int) -> bool:
+    return method == "exact" or (method == "auto" and n <= exact_max_rows)
+
+
+def knn_graph(features: np.ndarray, k: int, *, method: str = "auto", exact_max_rows: int = 50_000,
+              nlist: int | None = None, nprobe: int | None = None, recall: float = 0.95, seed: int = 0,
+              device: str = "auto", calibration_queries: int = 500) -> KnnGraph:
+    """kNN graph of the rows of ``features`` (in one process). See the module docstring."""
+    n = len(features)
+    check_knn_params(n, k, method, recall)
+    device = resolve_device(device)
+    kk = min(k, n - 1)
+    query_ids = np.arange(n, dtype=np.int64)
+    if use_exact(n, method, exact_max_rows):
+        d, i = flat_index(features).search(features, kk + 1, 1, device, desc="exact kNN")
+        d, i = remove_self(d, i, query_ids)
+        return KnnGraph(*_pad(i, d, k), method="exact")
+    nlist = nlist or default_nlist(n)
+    centroids = train_lists(np.asarray(features[training_rows(n, nlist, seed)]), nlist, seed, device)
+    index = ivf_index(features, centroids, device)
+    measured = None
+    if nprobe is None:
+        cal = calibration_rows(n, calibration_queries, seed)
+        nprobe, measured = choose_nprobe(index, np.asarray(features[cal]), cal, kk, recall, device)
+    d, i = index.search(features, kk + 1, nprobe, device, desc=f"IVF kNN (nlist={nlist}, nprobe={nprobe})")
+    d, i = remove_self(d, i, query_ids)
+    return KnnGraph(*_pad(i, d, k), method="ivf", nlist=nlist, nprobe=nprobe, calibrated_recall=measured)
+
+
+def _pad(ids: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if ids.shape[1] < k:
+        pad = k - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
+    return ids, dist
+
+
+# ------------------------------------------------------------------------ the sharded build
+def sharded_knn_graph(pool, load_features: Callable[[Path], np.ndarray], row_counts: Sequence[int], k: int, *,
+                      method: str = "auto", exact_max_rows: int = 50_000, nlist: int | None = None,
+                      nprobe: int | None = None, recall: float = 0.95, seed: int = 0, device: str = "auto",
+                      calibration_queries: int = 500, work_dir: Path | None = None) -> KnnGraph:
+    """``knn_graph`` over a ScoredPool's tables with ``pool.map`` (Ray tasks), the same result.
+
+    ``load_features(table)`` returns that table's rows (successful samples, in order); ``row_counts``
+    their numbers. The index goes to ``work_dir`` (default: a hidden folder beside the score tables,
+    removed at the end); workers memory-map it, so no process holds the whole pool.
+    """
+    tables = list(pool.tables)
+    starts = np.concatenate([[0], np.cumsum(row_counts)]).astype(np.int64)
+    n = int(starts[-1])
+    check_knn_params(n, k, method, recall)
+    device = resolve_device(device)
+    kk = min(k, n - 1)
+    exact = use_exact(n, method, exact_max_rows)
+    folder = work_dir or (Path(tables[0]).parent / f".knn-index-{uuid.uuid4().hex[:12]}")
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        if exact:
+            centroids, nlist = np.zeros((1, 0), np.float32), 1
+            positions, offsets = np.arange(n, dtype=np.int64), np.array([0, n])
+        else:
+            nlist = nlist or default_nlist(n)
+            train = training_rows(n, nlist, seed)
+            centroids = train_lists(_gather_rows(pool, load_features, starts, train), nlist, seed, device)
+            np.save(folder / "centroids.npy", centroids)
+            labels = np.concatenate(pool.map(_AssignLists(load_features, folder, device), "IVF assign (shards)"))
+            positions = np.empty(n, dtype=np.int64)
+            order = np.argsort(labels, kind="stable")
+            positions[order] = np.arange(n)
+            offsets = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=nlist))])
+        _write_index_files(pool, load_features, folder, positions, centroids, offsets, starts)
+        index = IvfIndex.load(folder)
+        measured = None
+        if not exact and nprobe is None:
+            cal = calibration_rows(n, calibration_queries, seed)
+            queries = _gather_rows(pool, load_features, starts, cal)
+            nprobe, measured = choose_nprobe(index, queries, cal, kk, recall, device)
+        probe = 1 if exact else int(nprobe)
+        search = _SearchShard(load_features, folder, dict(zip(map(str, tables), starts[:-1].tolist(), strict=True)),
+                              kk, probe, device)
+        parts = pool.map(search, f"kNN search (k={k}, nprobe={probe})", items=lambda r: len(r[0]), item_unit="rows")
+        dist = np.concatenate([p[0] for p in parts])
+        ids = np.concatenate([p[1] for p in parts])
+        return KnnGraph(*_pad(ids, dist, k), method="exact" if exact else "ivf", nlist=nlist, nprobe=probe,
+                        calibrated_recall=measured)
+    finally:
+        if work_dir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _gather_rows(pool, load_features, starts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (sorted global ids) of the pool's features, fetched table by table on workers."""
+    per_table = [rows[(rows >= a) & (rows < b)] - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    wanted = dict(zip(map(str, pool.tables), per_table, strict=True))
+    parts = pool.map(_TakeRows(load_features, wanted), "gather rows")
+    return np.concatenate(parts)
+
+
+def _write_index_files(pool, load_features, folder: Path, positions: np.ndarray, centroids: np.ndarray,
+                       offsets: np.ndarray, starts: np.ndarray) -> None:
+    """Write the index folder; workers copy their table's rows into ``vectors.npy`` at ``positions``."""
+    n = int(starts[-1])
+    dim = int(load_features(Path(pool.tables[0])).shape[1])
+    if centroids.shape[1] != dim:
+        centroids = np.zeros((1, dim), np.float32)
+    np.save(folder / "centroids.npy", centroids)
+    ids = np.empty(n, dtype=np.int64)
+    ids[positions] = np.arange(n)
+    np.save(folder / "ids.npy", ids)
+    np.save(folder / "positions.npy", positions)
+    np.save(folder / "offsets.npy", offsets.astype(np.int64))
+    np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float16, shape=(n, dim)).flush()
+    np.lib.format.open_memmap(folder / "sq_norms.npy", mode="w+", dtype=np.float32, shape=(n,)).flush()
+    starts_by_table = dict(zip(map(str, pool.tables), starts[:-1].tolist(), strict=True))
+    pool.map(_WriteVectors(load_features, folder, starts_by_table), "write index")
+
+
+def _TakeRows(load_features, wanted: dict[str, np.ndarray]):  # noqa: N802 - task factories read as nouns
+    def take_rows(table: Path) -> np.ndarray:
+        return np.asarray(load_features(table)[wanted[str(table)]])
+
+    return take_rows
+
+
+def _AssignLists(load_features, folder: Path, device: str):  # noqa: N802
+    def assign_lists(table: Path) -> np.ndarray:
+        centroids = np.load(folder / "centroids.npy")
+        return nearest_centroid(load_features(table), centroids, "l2", device)[0]
+
+    return assign_lists
+
+
+def _WriteVectors(load_features, folder: Path, starts: dict[str, int]):  # noqa: N802
+    def write_vectors(table: Path) -> int:
+        x = np.asarray(load_features(table), dtype=np.float16)
+        start = starts[str(table)]
+        pos = np.load(folder / "positions.npy", mmap_mode="r")[start:start + len(x)]
+        vectors = np.load(folder / "vectors.npy", mmap_mode="r+")
+        norms = np.load(folder / "sq_norms.npy", mmap_mode="r+")
+        vectors[pos] = x
+        norms[pos] = sq_norms(x)
+        vectors.flush()
+        norms.flush()
+        return len(x)
+
+    return write_vectors
+
+
+def _SearchShard(load_features, folder: Path, starts: dict[str, int], k: int, nprobe: int, device: str):  # noqa: N802
+    def search_shard(table: Path) -> tuple[np.ndarray, np.ndarray]:
+        x = load_features(table)
+        index = IvfIndex.load(folder)
+        query_ids = starts[str(table)] + np.arange(len(x), dtype=np.int64)
+        d, i = index.search(x, k + 1, nprobe, device)
+        return remove_self(d, i, query_ids)
+
+    return search_shard
