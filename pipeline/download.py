@@ -61,6 +61,7 @@ class DownloadConfig:
     metadata_source: str | None = None  # a local folder of parquets to copy into metadata/
     scale: str | None = None  # small | medium | large | xlarge: fetch DataComp's metadata from the hub
     download_npz: bool = False  # with --scale: also fetch the precomputed embeddings (.npz)
+    hub_endpoint: str | None = None  # a hub mirror (default: HF_ENDPOINT or huggingface.co)
     skip_shards: bool = False  # fetch metadata only
     image_size: int = 512
     resize_mode: str = "keep_ratio_largest"
@@ -456,7 +457,8 @@ def download(ws: Any, cfg: DownloadConfig, runtime: Any, *, overwrite: bool = Fa
         from .hub_metadata import fetch_metadata
 
         fetch_metadata(ws.metadata_dir, scale=cfg.scale, source=cfg.metadata_source,
-                       include_npz=cfg.download_npz, cache_dir=ws.root / ".hf_cache", overwrite=overwrite)
+                       include_npz=cfg.download_npz, cache_dir=ws.root / ".hf_cache", overwrite=overwrite,
+                       endpoint=cfg.hub_endpoint)
     files = ws.metadata_files()
     if cfg.skip_shards:
         return {"metadata_files": len(files), "skipped_shards": True}
