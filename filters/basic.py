@@ -46,10 +46,14 @@ def language_mask(table: Any, candidates: np.ndarray, language: str, recompute: 
     if "language" in table.column_names and not recompute:
         out &= np.asarray(pc.equal(table["language"], language).fill_null(False).to_numpy(zero_copy_only=False))
         return out
-    rows = np.flatnonzero(candidates)
+    has_text = np.asarray(table["text"].is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    out &= has_text  # a missing caption has no language
+    rows = np.flatnonzero(out)
     if len(rows):
-        codes = detect_language_codes(table["text"].take(rows))
-        out[rows] = codes == language
+        # each distinct caption once (web alt-text repeats a lot: "image", product names, ...)
+        encoded = pc.dictionary_encode(table["text"].take(rows)).combine_chunks()
+        is_language = detect_language_codes(encoded.dictionary) == language
+        out[rows] = is_language[np.asarray(encoded.indices)]
     return out
 
 
