@@ -29,8 +29,8 @@ from ._device import resolve_device
 from ._kmeans import kmeans, nearest_centroid
 
 QUERY_CHUNK = 65536
-QUERY_BLOCK = 8192
-BASE_BLOCK = 32768
+QUERY_BLOCK = 4096
+BASE_BLOCK = 16384
 METHODS = ("auto", "exact", "ivf")
 
 

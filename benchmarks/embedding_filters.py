@@ -1,0 +1,200 @@
+"""Benchmark the embedding filters on a generated pool (default 1M rows, 768-d image + text, fp16).
+
+For each filter it prints wall time and peak memory (each filter runs in a fresh child process, so the
+peak is its own), and for D2's approximate kNN its recall@k against exact search on a sample of rows.
+
+    python benchmarks/embedding_filters.py --rows 1000000 --workdir /tmp/poolsieve-bench
+    python benchmarks/embedding_filters.py --rows 20000 --filters d2_pruning --recall-sample 2000
+
+The generated pool: ``topics`` centres on the unit sphere; an image embedding is its topic centre plus
+isotropic noise, a caption embedding a topic-level text centre plus noise (20% of captions come from
+another topic, so their CLIP score is low); 2% of rows are near-copies of another row's image (half of
+them with the same image sha256), a few uids repeat. Scores are the cosine of image and text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+FILTERS = ("d2_pruning", "image_based", "dedup", "semdedup")
+WORDS = np.array(["a", "photo", "of", "the", "red", "blue", "small", "large", "dog", "cat", "car", "house", "tree", "beach", "city", "night", "art", "food", "portrait", "vintage", "modern", "black", "white", "green", "street", "mountain", "river", "flower"])
+
+
+# ------------------------------------------------------------------------------ the pool
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def generate_pool(root: Path, rows: int, shards: int, dim: int, seed: int = 0, key: str = "l14",
+                  reference_rows: int = 5000) -> None:
+    """Write ``scores/{shard}.parquet`` + ``.npz`` and ``references/target.npz`` under ``root``."""
+    import pandas as pd
+
+    from poolsieve.pipeline.formats import embedding_keys, score_column, write_embeddings
+
+    marker = root / "generated.json"
+    spec = {"rows": rows, "shards": shards, "dim": dim, "seed": seed, "key": key}
+    if marker.exists() and json.loads(marker.read_text()) == spec:
+        return
+    rng = np.random.default_rng(seed)
+    topics = max(2, rows // 50)
+    img_centres = unit(rng.standard_normal((topics, dim), dtype=np.float32))
+    txt_centres = unit(img_centres + 1.2 * unit(rng.standard_normal((topics, dim), dtype=np.float32)))
+    scores_dir = root / "scores"
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    per_shard = -(-rows // shards)
+    img_key, txt_key = embedding_keys(key)
+    t0 = time.time()
+    for s in range(shards):
+        r = np.random.default_rng([seed, s])
+        n = min(per_shard, rows - s * per_shard)
+        if n <= 0:
+            break
+        topic = r.integers(0, topics, n)
+        img = unit(img_centres[topic] + unit(r.standard_normal((n, dim), dtype=np.float32)))
+        txt_topic = np.where(r.random(n) < 0.2, r.integers(0, topics, n), topic)
+        txt = unit(txt_centres[txt_topic] + unit(r.standard_normal((n, dim), dtype=np.float32)))
+        sha = np.array([f"{h:064x}" for h in r.integers(0, 2**62, n)], dtype=object)
+        copies = np.flatnonzero(r.random(n) < 0.02)
+        sources = r.integers(0, n, len(copies))
+        img[copies] = unit(img[sources] + 0.01 * unit(r.standard_normal((len(copies), dim), dtype=np.float32)))
+        same_bytes = copies[: len(copies) // 2]
+        sha[same_bytes] = sha[sources[: len(same_bytes)]]
+        uid_ints = r.integers(0, 2**63, (n, 2))
+        uids = np.array([f"{a:016x}{b:016x}" for a, b in uid_ints], dtype=object)
+        uids[r.random(n) < 0.001] = uids[0]
+        img16, txt16 = img.astype(np.float16), txt.astype(np.float16)
+        clip = (img16.astype(np.float32) * txt16.astype(np.float32)).sum(1)
+        lengths = r.integers(1, 12, n)
+        text = [" ".join(r.choice(WORDS, size=m)) for m in lengths]
+        df = pd.DataFrame({
+            "uid": uids, "text": text, "sha256": sha, "status": "success", "error": None,
+            "language": np.where(r.random(n) < 0.85, "en", "de"),
+            score_column(key): clip.astype(np.float32),
+        })
+        name = f"{s:05d}"
+        df.to_parquet(scores_dir / f"{name}.parquet", index=False)
+        write_embeddings(scores_dir / f"{name}.npz", {img_key: img16, txt_key: txt16})
+        if s % 10 == 0:
+            print(f"generated shard {s + 1}/{shards} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+    ref_topics = rng.choice(topics, size=max(1, topics // 100), replace=False)
+    ref = unit(img_centres[rng.choice(ref_topics, reference_rows)]
+               + unit(rng.standard_normal((reference_rows, dim), dtype=np.float32)))
+    (root / "references").mkdir(exist_ok=True)
+    np.savez(root / "references" / "target.npz", **{img_key: ref.astype(np.float16)})
+    marker.write_text(json.dumps(spec))
+
+
+# ------------------------------------------------------------------------- one filter, timed
+def filter_params(name: str, args: argparse.Namespace) -> dict:
+    return {
+        "d2_pruning": {"fraction": 0.3, "k": args.k, "features": "image+text", "recall": args.recall},
+        "image_based": {"clusters": args.clusters, "sample_ratio": args.sample_ratio, "target": "target"},
+        "dedup": {"method": "exact"},
+        "semdedup": {"clusters": args.semdedup_clusters, "eps": 0.05, "sample_ratio": args.sample_ratio},
+    }[name]
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict:
+    from poolsieve.filters.registry import ScoredPool, get_filter
+    from poolsieve.pipeline.runtime import Runtime
+    from poolsieve.pipeline.workspace import Workspace
+
+    ws = Workspace.open(args.workdir)
+    runtime = Runtime(executor="ray", num_cpus=args.num_cpus) if args.ray else Runtime(executor="local")
+    pool = ScoredPool(ws.score_tables(), runtime)
+    params = filter_params(name, args)
+    out: dict = {"filter": name, "params": params}
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    if name == "d2_pruning":
+        from poolsieve.filters.d2_pruning import d2_run
+
+        get_filter(name)
+        result = d2_run(pool, **params)
+        kept = len(np.unique(result.pairs[result.order]))
+        graph = result.graph
+    else:
+        kept = len(get_filter(name)(pool, **params))
+    out["wall_s"] = time.perf_counter() - t0
+    out["kept"] = kept
+    out["load_avg_start"] = load0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["cpu_s"] = usage.ru_utime + usage.ru_stime
+    out["peak_rss_gib"] = usage.ru_maxrss / 2**20
+    if name == "d2_pruning":
+        out.update(method=graph.method, nlist=graph.nlist, nprobe=graph.nprobe,
+                   calibrated_recall=graph.calibrated_recall)
+        if args.recall_sample and graph.method == "ivf":
+            out.update(measure_recall(pool, graph, args.recall_sample, args.k))
+    runtime.shutdown()
+    return out
+
+
+def measure_recall(pool, graph, sample: int, k: int) -> dict:
+    """recall@k of the graph's neighbours against exact search, on ``sample`` seeded rows."""
+    from poolsieve.filters._embeddings import load_all, pick_embedding_key
+    from poolsieve.filters._knn import flat_index, recall_at_k, remove_self
+
+    t0 = time.perf_counter()
+    features = load_all(pool, pick_embedding_key(pool, None), "image+text")
+    rows = np.sort(np.random.default_rng(12345).choice(len(features), size=min(sample, len(features)), replace=False))
+    d, i = flat_index(features).search(features[rows], k + 1, 1, "cpu", desc="exact kNN (recall sample)")
+    _, exact = remove_self(d, i, rows)
+    recall = recall_at_k(graph.neighbors[rows], exact)
+    return {"recall_at_k": recall, "recall_sample": len(rows), "recall_exact_s": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------------------------ main
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--shards", type=int, default=100)
+    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/poolsieve-embedding-bench"))
+    p.add_argument("--filters", default=",".join(FILTERS))
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--recall", type=float, default=0.95, help="D2's IVF recall target (picks nprobe)")
+    p.add_argument("--recall-sample", type=int, default=20_000, help="rows whose recall@k is measured")
+    p.add_argument("--clusters", type=int, default=10_000, help="image_based k-means clusters")
+    p.add_argument("--semdedup-clusters", type=int, default=1_000)
+    p.add_argument("--sample-ratio", type=float, default=0.25, help="k-means training sample ratio")
+    p.add_argument("--ray", action="store_true", help="run on a local Ray (sharded kNN build)")
+    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args)))
+        return 0
+    t0 = time.perf_counter()
+    generate_pool(args.workdir, args.rows, args.shards, args.dim)
+    print(f"pool: {args.rows:,} rows, {args.shards} shards, {args.dim}-d image + text fp16 "
+          f"(ready in {time.perf_counter() - t0:.0f}s) at {args.workdir}", flush=True)
+    results = []
+    for name in args.filters.split(","):
+        cmd = [sys.executable, __file__, "--one", name, *sys.argv[1:]]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if proc.returncode != 0:
+            print(f"{name}: failed (exit {proc.returncode})", flush=True)
+            continue
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    print("\nfilter        wall_s   cpu_s  peak_GiB      kept  recall@k")
+    for r in results:
+        rec = f"{r['recall_at_k']:.3f} (n={r['recall_sample']})" if "recall_at_k" in r else "-"
+        print(f"{r['filter']:<12} {r['wall_s']:7.1f} {r['cpu_s']:7.1f}  {r['peak_rss_gib']:8.2f}  {r['kept']:8d}  {rec}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""DataComp's image-based filter: keep pool clusters that sit near a target image distribution.
+
+1. Caption filter (DataComp's ``caption_filter``): English caption (the score table's ``language``
+   column, else fastText lid.176), more than 1 word and more than 5 characters.
+2. k-means (squared L2, seeded Lloyd; faiss search on CPU, faiss GPU / torch on CUDA) on the image
+   embeddings of the rows that pass, or on a seeded ``sample_ratio`` of them.
+3. Target clusters: each embedding of the target set (a labelled image set scored with the same model,
+   ``<workspace>/references/<target>.npz`` or a path) goes to the centroid with the largest inner
+   product; the target set is the union of those centroids.
+4. Keep every caption-filtered row whose own inner-product centroid is a target cluster.
+
+| param | default | meaning |
+| --- | --- | --- |
+| target | imagenet | reference name (``references/<name>.npz``) or a path to an ``.npz`` with ``<key>_img`` |
+| embedding | l14, else b32 | model key of the image embeddings |
+| clusters | min(100000, rows // 10) | k-means clusters (DataComp: 100k) |
+| iterations | 20 | Lloyd iterations (stops early when stable) |
+| sample_ratio | 1.0 | share of caption-filtered rows k-means trains on |
+| seed | 0 | initial centroids and the training sample |
+| caption_filter | true | apply step 1 (DataComp always does) |
+| language | en | caption language step 1 keeps |
+| device | auto | ``cuda`` when torch sees a GPU, else ``cpu`` |
+
+DataComp's combination with a CLIP-score threshold is the intersection with the ``clip_score`` filter.
+Per-table work (caption filter, sample, assignment) runs through ``pool.map``: Ray tasks on a Ray
+runtime, so only the k-means training sample sits in one process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from poolsieve.pipeline.errors import ConfigError, InputError
+from poolsieve.pipeline.formats import embedding_keys, uids_to_pairs
+
+from ._device import resolve_device
+from ._embeddings import check_param_names, pick_embedding_key
+from ._kmeans import kmeans, nearest_centroid
+from .registry import ScoredPool, register
+
+DATACOMP_CLUSTERS = 100_000
+
+
+def caption_filter_mask(texts, languages: np.ndarray | None, language: str = "en") -> np.ndarray:
+    """DataComp's caption filter: language == ``language``, words > 1, characters > 5."""
+    from poolsieve.pipeline.language import count_chars, count_words, detect_language_codes
+
+    words, chars = count_words(texts), count_chars(texts)
+    if languages is None:
+        languages = detect_language_codes(texts)
+    return (np.asarray(languages) == language) & (words > 1) & (chars > 5)
+
+
+def _caption_mask(table: Path, caption_filter: bool, language: str) -> np.ndarray:
+    """Which of one table's successful rows pass the caption filter."""
+    import pyarrow.parquet as pq
+
+    pool = ScoredPool([Path(table)])
+    has_language = "language" in pq.read_schema(table).names
+    df = pool.read_columns(["text", "language"] if has_language else ["text"])
+    if not caption_filter:
+        return np.ones(len(df), dtype=bool)
+    return caption_filter_mask(df["text"].tolist(), df["language"].to_numpy() if has_language else None, language)
+
+
+def _image_rows(table: Path, image_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uids, image embeddings) of one table's successful rows."""
+    pool = ScoredPool([Path(table)])
+    return pool.read_columns([])["uid"].to_numpy(), pool.load_embeddings([image_key])[image_key]
+
+
+def load_target(pool: ScoredPool, target: str, image_key: str) -> np.ndarray:
+    """The target set's image embeddings: a reference name in the workspace or a path to an npz."""
+    path = Path(target)
+    if path.suffix != ".npz":
+        path = Path(pool.tables[0]).parent.parent / "references" / f"{target}.npz"
+    if not path.exists():
+        raise InputError(path, f"target set {target!r} not found (score a labelled image set into references/ first)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if image_key not in z.files:
+                raise InputError(path, f"has no {image_key} (keys: {', '.join(z.files)}); score it with the pool's model")
+            emb = z[image_key]
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+        raise InputError(path, f"not a readable .npz file ({e})") from None
+    if emb.ndim != 2 or len(emb) == 0:
+        raise InputError(path, f"{image_key} has shape {emb.shape}, expected (rows >= 1, dim)")
+    return emb
+
+
+def _check(clusters, iterations, sample_ratio) -> None:
+    if clusters is not None and (isinstance(clusters, bool) or not isinstance(clusters, int) or clusters < 1):
+        raise ConfigError(f"image_based: clusters must be a positive integer, got {clusters!r}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ConfigError(f"image_based: iterations must be a positive integer, got {iterations!r}")
+    if isinstance(sample_ratio, bool) or not isinstance(sample_ratio, (int, float)) or not 0 < sample_ratio <= 1:
+        raise ConfigError(f"image_based: sample_ratio must be in (0, 1], got {sample_ratio!r}")
+
+
+def image_based_run(pool: ScoredPool, *, target: str = "imagenet", embedding: str | None = None,
+                    clusters: int | None = None, iterations: int = 20, sample_ratio: float = 1.0, seed: int = 0,
+                    caption_filter: bool = True, language: str = "en", device: str = "auto") -> dict:
+    """Run the filter; returns the kept uid pairs plus the centroids and target clusters (for inspection)."""
+    _check(clusters, iterations, sample_ratio)
+    device = resolve_device(device)
+    key = pick_embedding_key(pool, embedding)
+    image_key = embedding_keys(key)[0]
+    target_emb = load_target(pool, target, image_key)
+    masks = pool.map(lambda t: _caption_mask(t, caption_filter, language), "caption filter")
+    n_pass = int(sum(int(m.sum()) for m in masks))
+    k = clusters or max(1, min(DATACOMP_CLUSTERS, n_pass // 10))
+    size = n_pass if sample_ratio >= 1 else max(k, int(n_pass * sample_ratio))
+    if n_pass < k or size < k:
+        raise ConfigError(f"image_based: {k} clusters need at least {k} training rows; "
+                          f"{n_pass} rows pass the caption filter (sample: {size})")
+    chosen = np.sort(np.random.default_rng(seed).choice(n_pass, size=size, replace=False)) if size < n_pass else None
+    starts = np.concatenate([[0], np.cumsum([int(m.sum()) for m in masks])])
+
+    def take_sample(i_table):
+        i, table = i_table
+        passing = _image_rows(table, image_key)[1][masks[i]]
+        if chosen is None:
+            return passing
+        local = chosen[(chosen >= starts[i]) & (chosen < starts[i + 1])] - starts[i]
+        return passing[local]
+
+    sample = np.concatenate(pool.runtime.map(take_sample, list(enumerate(pool.tables)), "k-means sample"))
+    if target_emb.shape[1] != sample.shape[1]:
+        raise InputError(None, f"target embeddings are {target_emb.shape[1]}-d but the pool's {image_key} are {sample.shape[1]}-d")
+    centroids = kmeans(sample, k, niter=iterations, seed=seed, device=device, desc="image_based k-means").centroids
+    del sample
+    target_ids = np.unique(nearest_centroid(target_emb, centroids, "ip", device)[0])
+
+    def keep(i_table):
+        i, table = i_table
+        uids, emb = _image_rows(table, image_key)
+        labels, _ = nearest_centroid(emb[masks[i]], centroids, "ip", device)
+        return uids_to_pairs(uids[masks[i]][np.isin(labels, target_ids)], source=table)
+
+    kept = pool.runtime.map(keep, list(enumerate(pool.tables)), "image_based assign")
+    pairs = np.unique(np.concatenate(kept)) if kept else np.zeros(0, np.dtype("u8,u8"))
+    return {"pairs": pairs, "centroids": centroids, "target_clusters": target_ids, "caption_pass": n_pass}
+
+
+@register("image_based")
+def image_based(pool: ScoredPool, **params) -> np.ndarray:
+    """Rows near the target distribution (DataComp's image-based filter)."""
+    check_param_names("image_based", params, image_based_run)
+    return image_based_run(pool, **params)["pairs"]
