@@ -1,0 +1,92 @@
+"""The tar reader/writer under reshard: agrees with tarfile, refuses damaged archives, never trusts names."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from poolsieve.pipeline.errors import InputError
+from poolsieve.pipeline.tar_io import (
+    END_OF_ARCHIVE,
+    iter_members,
+    padding,
+    split_key,
+    ustar_header,
+    write_buffers,
+)
+
+
+def _tar_bytes(members: list[tuple[str, bytes]], fmt: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_members_match_tarfile(tmp_path, fmt):
+    long_dir = "d" * 120 if fmt != tarfile.USTAR_FORMAT else "d" * 60
+    members = [("a.jpg", b"x" * 700), (f"{long_dir}/{'k' * 90}.json", b'{"uid": 1}'), ("empty.txt", b"")]
+    path = tmp_path / "t.tar"
+    path.write_bytes(_tar_bytes(members, fmt))
+    got = list(iter_members(path))
+    with tarfile.open(path) as tf:
+        want = [(m.name, m.offset_data, m.size) for m in tf.getmembers() if m.isreg()]
+    assert [(m.name, m.data_offset, m.size) for m in got] == want  # the symlink is not a regular member
+    data = path.read_bytes()
+    assert [data[m.data_offset:m.data_offset + m.size] for m in got] == [d for _, d in members]
+
+
+def test_damaged_archives_raise(tmp_path):
+    path = tmp_path / "t.tar"
+    good = _tar_bytes([("a.jpg", b"x" * 1000), ("a.txt", b"cap")], tarfile.USTAR_FORMAT)
+    path.write_bytes(good[:700])
+    with pytest.raises(InputError, match="truncated tar: the member at byte 0 needs 1000 bytes"):
+        list(iter_members(path))
+    path.write_bytes(good[:1536 + 100])  # ends inside the second header
+    with pytest.raises(InputError, match="truncated tar"):
+        list(iter_members(path))
+    corrupt = bytearray(good)
+    corrupt[10] ^= 0xFF
+    path.write_bytes(bytes(corrupt))
+    with pytest.raises(InputError, match="bad header checksum at byte 0"):
+        list(iter_members(path))
+    with pytest.raises(InputError, match="cannot open tar"):
+        list(iter_members(tmp_path / "missing.tar"))
+
+
+def test_split_key_keeps_names_out_of_paths():
+    assert split_key("00001234.jpg") == ("00001234", "jpg")
+    assert split_key("dir/abc.seg.JPG") == ("dir/abc", "seg.jpg")
+    assert split_key("../../etc/passwd") is None  # no extension
+    assert split_key("x.jpg/../../y") is None  # the extension must be a plain token
+    assert split_key("/abs/k.json") == ("/abs/k", "json")  # a key, never a path: output names are {uid}-{j}.ext
+    assert split_key(".hidden") is None
+
+
+def test_written_tar_reads_back_deterministically(tmp_path):
+    import os
+
+    items = [("u-0.jpg", b"\xff\xd8" * 300), ("u-0.txt", b"a caption"), ("u-0.json", b"{}")]
+    paths = []
+    for n in range(2):
+        path = tmp_path / f"{n}.tar"
+        with open(path, "wb") as f:
+            buffers = [part for name, data in items for part in (ustar_header(name, len(data)), memoryview(data),
+                                                                padding(len(data)))]
+            written = write_buffers(f.fileno(), [*buffers, END_OF_ARCHIVE])
+        assert written == os.path.getsize(path)
+        paths.append(path)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    with tarfile.open(paths[0]) as tf:
+        assert [(m.name, tf.extractfile(m).read(), m.mtime) for m in tf.getmembers()] == [(n, d, 0) for n, d in items]
+    with pytest.raises(ValueError):
+        ustar_header("x" * 101, 1)
