@@ -292,3 +292,37 @@ def test_empty_selection_writes_no_shards(pool, local_runtime):
     summary = reshard(ws, ReshardConfig(subset="none"), local_runtime)
     assert summary["output_shard_count"] == 0 and summary["output_count"] == 0
     assert final_names(ws.filtered_dir("none")) == ["meta.json", "missing_uids.npy", "sample_ids.npy"]
+
+
+KILL_SCRIPT = """
+import sys
+from poolsieve.pipeline.reshard import ReshardConfig, reshard
+from poolsieve.pipeline.runtime import Runtime
+from poolsieve.pipeline.workspace import Workspace
+reshard(Workspace.open(sys.argv[1]), ReshardConfig(subset="all", shard_size=7), Runtime(executor="local"))
+"""
+
+
+def test_resume_after_a_real_kill(tmp_path, local_runtime):
+    """SIGKILL a reshard once its first shard is whole; the rerun ends with the uninterrupted run's bytes."""
+    import signal
+    import subprocess
+    import time
+
+    ws = Workspace.create(tmp_path / "ws")
+    samples = make_samples(1500, seed=2, image_size=48)
+    write_img2dataset_shards(ws.shards_dir, samples, per_shard=300)
+    write_subset(ws.subset_path("all"), uids_to_pairs([s.uid for s in samples]))
+    reshard(ws, ReshardConfig(subset="all", name="reference", shard_size=7), local_runtime)
+
+    out_dir = ws.filtered_dir("all")
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(ws.root)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (out_dir / "00000000_stats.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    summary = reshard(ws, ReshardConfig(subset="all", shard_size=7), local_runtime)
+    assert summary["shards_skipped"] >= 1
+    assert shard_bytes(out_dir, meta=False) == shard_bytes(ws.filtered_dir("reference"), meta=False)
+    assert not list(out_dir.glob(".*.tmp"))
