@@ -1,0 +1,144 @@
+"""``poolsieve run --config experiment.yaml``: one whole experiment from one file.
+
+The stages run in pipeline order, each one only if its section is present; every stage skips the
+units it already finished, so rerunning a killed experiment resumes it.
+
+```yaml
+workspace: ./pool
+download: {processes: 8, threads: 64}            # metadata/ -> shards/
+score: {models: ["ViT-B-32:openai"]}             # shards/ -> scores/
+filter:                                          # scores/ -> subsets/
+  subsets:
+    no_filter: no_filter
+    basic: basic
+    clip30: {clip_score: {fraction: 0.3}}
+reshard: {shard_size: 10000}                     # every subset (or `subsets: [...]`) -> filtered/
+train: {scale: small}                            # filtered/NAME -> runs/NAME
+evaluate: {tasks: datacomp38}                    # runs/NAME -> evals/NAME
+```
+
+It ends with one table: subset, size, the main metric per task and the average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from .config import build, section
+from .errors import ConfigError
+from .progress import format_table, print_summary
+from .runtime import Runtime
+from .workspace import Workspace
+
+STAGES = ("download", "score", "filter", "reshard", "train", "evaluate")
+TOP_LEVEL_KEYS = {"workspace", "ray_address", "executor", *STAGES}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", help=f"comma list of stages to run (default: every section present: {', '.join(STAGES)})")
+
+
+def check_experiment(config: dict[str, Any], extra_keys: set[str] = frozenset()) -> None:
+    unknown = sorted(set(config) - TOP_LEVEL_KEYS - set(extra_keys))
+    if unknown:
+        raise ConfigError(f"unknown top-level config key(s) {', '.join(unknown)}; known: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+
+
+def _subset_names(config: dict[str, Any], ws: Workspace, stage: str) -> list[str]:
+    """Subsets a per-subset stage works on: its own ``subsets:`` list, else the filter section's, else all files."""
+    listed = section(config, stage).get("subsets")
+    if listed is not None:
+        if not isinstance(listed, list) or not all(isinstance(s, str) for s in listed):
+            raise ConfigError(f"config section '{stage}': subsets must be a list of subset names")
+        return listed
+    defined = section(config, "filter").get("subsets")
+    if defined:
+        return list(defined)
+    return sorted(p.stem for p in ws.subsets_dir.glob("*.npy")) if ws.subsets_dir.is_dir() else []
+
+
+def _without_subsets(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k != "subsets"}
+
+
+def run_experiment(ws: Workspace, config: dict[str, Any], runtime: Runtime, *, overwrite: bool = False,
+                   only: list[str] | None = None) -> dict[str, Any]:
+    """Run the stages whose sections ``config`` has (or ``only`` these); return per-stage summaries."""
+    check_experiment(config, {"generate"})
+    stages = [s for s in STAGES if s in config] if only is None else list(only)
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ConfigError(f"unknown stage(s) {', '.join(bad)}; stages: {', '.join(STAGES)}")
+    out: dict[str, Any] = {}
+    if "download" in stages:
+        from .download import DownloadConfig, download
+
+        out["download"] = download(ws, build(DownloadConfig, section(config, "download"), "download"), runtime,
+                                   overwrite=overwrite)
+    if "score" in stages:
+        from .score import ScoreConfig, score_pool
+
+        out["score"] = score_pool(ws, build(ScoreConfig, section(config, "score"), "score"), runtime,
+                                  overwrite=overwrite)
+    if "filter" in stages:
+        from .filter_stage import FilterConfig, run_filter
+
+        out["filter"] = run_filter(ws, build(FilterConfig, section(config, "filter"), "filter"), runtime,
+                                   overwrite=overwrite)
+    if "reshard" in stages:
+        from .reshard import ReshardConfig, reshard
+
+        base = _without_subsets(section(config, "reshard"))
+        out["reshard"] = {name: reshard(ws, build(ReshardConfig, {**base, "subset": name}, "reshard"), runtime,
+                                        overwrite=overwrite)
+                          for name in _subset_names(config, ws, "reshard")}
+    if "train" in stages:
+        from poolsieve.train.trainer import TrainConfig, train_clip
+
+        cfg = build(TrainConfig, _without_subsets(section(config, "train")), "train")
+        out["train"] = {name: train_clip(ws.filtered_dir(name), ws.run_dir(name), cfg, overwrite=overwrite, name=name)
+                        for name in _subset_names(config, ws, "train")}
+    if "evaluate" in stages:
+        from poolsieve.eval.evaluator import EvalConfig, evaluate_model
+        from poolsieve.pipeline.models import ModelSpec
+        from poolsieve.train.trainer import load_summary
+
+        cfg = build(EvalConfig, _without_subsets(section(config, "evaluate")), "evaluate")
+        results = {}
+        for name in _subset_names(config, ws, "evaluate"):
+            run = load_summary(ws.run_dir(name))
+            results[name] = evaluate_model(ModelSpec(run["model"], run["checkpoint"]), cfg.tasks, ws.eval_dir(name),
+                                           cfg, overwrite=overwrite, name=name)
+        out["evaluate"] = results
+    return out
+
+
+def comparison_table(ws: Workspace, evaluations: dict[str, dict[str, Any]]) -> str:
+    """Subset, size, the main metric per task, the average: one row per evaluated subset."""
+    import json
+
+    tasks = list(dict.fromkeys(t for s in evaluations.values() for t in s["tasks"]))
+    rows = []
+    for name, summary in evaluations.items():
+        info_path = ws.subset_info_path(name)
+        size = json.loads(info_path.read_text()).get("count") if info_path.exists() else None
+        values = [summary["tasks"].get(t) for t in tasks]
+        known = [v for v in values if v is not None]
+        average = sum(known) / len(known) if known else math.nan
+        rows.append([name, size if size is not None else "?", *[math.nan if v is None else float(v) for v in values],
+                     average])
+    return format_table(["subset", "size", *tasks, "average"], rows)
+
+
+def run_cli(ctx: Any, args: argparse.Namespace) -> int:
+    if not ctx.config:
+        raise ConfigError("poolsieve run needs --config FILE (a YAML experiment: see `poolsieve run --help`)")
+    ws = ctx.workspace(create="download" in ctx.config)
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    out = run_experiment(ws, ctx.config, ctx.runtime, overwrite=ctx.overwrite, only=only)
+    if "evaluate" in out:
+        print(comparison_table(ws, out["evaluate"]))
+    print_summary("run", [("workspace", ws.root), ("stages", ", ".join(out) or "none")])
+    return 0

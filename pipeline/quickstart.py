@@ -1,0 +1,172 @@
+"""``poolsieve quickstart``: the whole pipeline on the built-in pool, offline, in a few minutes on 2 cores.
+
+generate a pool of coloured-shape pairs with labelled defects -> serve it on 127.0.0.1 and download it
+with img2dataset -> train a tiny CLIP scorer on a separate clean seed set (the data-filtering-network
+idea: no pretrained weights exist offline) -> score the pool -> subsets: no filter, DataComp's basic
+filter, CLIP score top 30% -> reshard each -> train a tiny CLIP on each with the same number of
+samples seen -> zero-shot evaluation on held-out shape and colour tasks -> one table.
+
+Rerunning resumes: every step skips what is already complete in the workspace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import socket
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import PoolsieveError
+from .formats import atomic_path, read_json, write_json
+from .progress import print_summary
+from .workspace import Workspace
+
+SCORER = "scorer"
+SEED_SET = "seed"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-samples", type=int, default=3000, help="pairs in the generated pool (default 3000)")
+    p.add_argument("--seed-samples", type=int, default=3000, help="clean pairs to train the scorer on (default 3000)")
+    p.add_argument("--samples-seen", type=int, help="training budget per subset (default: the tiny scale's)")
+    p.add_argument("--clip-fraction", type=float, default=0.3, help="share kept by the CLIP-score filter (default 0.3)")
+    p.add_argument("--eval-samples", type=int, default=600, help="images per synthetic evaluation task (default 600)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def ensure_pool(ws: Workspace, num_samples: int) -> dict[str, Any]:
+    """Generate the built-in pool once; remember its image server address in ``synthetic/pool.json``."""
+    from .synthetic_pool import PoolSpec, generate_pool
+
+    info_path = ws.root / "synthetic" / "pool.json"
+    if info_path.exists() and any(ws.metadata_dir.glob("*.parquet")):
+        info = read_json(info_path)
+        if info.get("samples") == num_samples:
+            return info
+    port = _free_port()
+    summary = generate_pool(ws.root, PoolSpec(num_samples=num_samples, samples_per_file=1000, image_size=256,
+                                              seed=0, base_url=f"http://127.0.0.1:{port}"))
+    info = {"samples": num_samples, "port": port, "defects": summary["defects"]}
+    write_json(info_path, info)
+    return info
+
+
+def ensure_seed_set(ws: Workspace, n: int, image_size: int = 64) -> Path:
+    """Clean pairs (never part of the pool) as webdataset shards in ``<ws>/seed/``."""
+    from .synthetic_pool import generate_clean_pairs
+
+    folder = ws.root / SEED_SET
+    tar_path = folder / "00000000.tar"
+    stats_path = folder / "00000000_stats.json"
+    if stats_path.exists() and read_json(stats_path).get("successes") == n:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(tar_path) as tmp, tarfile.open(tmp, "w") as tar:
+        for i, (uid, jpeg, caption, _shape, _colour) in enumerate(generate_clean_pairs(n, seed=1000,
+                                                                                        image_size=image_size)):
+            key = f"{i:08d}"
+            for ext, data in (("jpg", jpeg), ("txt", caption.encode()), ("json", f'{{"uid": "{uid}"}}'.encode())):
+                member = tarfile.TarInfo(f"{key}.{ext}")
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+    write_json(stats_path, {"successes": n})
+    return folder
+
+
+def experiment_config(scorer_checkpoint: str, clip_fraction: float, samples_seen: int | None,
+                      eval_samples: int) -> dict[str, Any]:
+    from .formats import model_key, score_column
+
+    column = score_column(model_key("poolsieve-tiny", scorer_checkpoint))
+    train: dict[str, Any] = {"scale": "tiny"}
+    if samples_seen:
+        train["samples_seen"] = samples_seen
+    return {
+        "score": {"models": [{"arch": "poolsieve-tiny", "pretrained": scorer_checkpoint}]},
+        "filter": {"subsets": {
+            "no_filter": "no_filter",
+            "basic": "basic",
+            f"clip{round(clip_fraction * 100)}": {"clip_score": {"column": column, "fraction": clip_fraction}},
+        }},
+        "reshard": {"shard_size": 1000},
+        "train": train,
+        "evaluate": {"tasks": "synthetic", "synthetic_samples": eval_samples},
+    }
+
+
+def run_quickstart(ws: Workspace, runtime: Any, args: argparse.Namespace, overwrite: bool = False) -> dict[str, Any]:
+    from poolsieve.train.trainer import TrainConfig, train_clip
+
+    from .download import DownloadConfig, download
+    from .experiment import comparison_table, run_experiment
+    from .image_server import ImageServer
+
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    pool = ensure_pool(ws, args.num_samples)
+    timings["generate"] = time.monotonic() - t0
+
+    t = time.monotonic()
+    port = pool["port"] if _port_is_free(pool["port"]) else None
+    if port is None:
+        raise PoolsieveError(f"port {pool['port']} of the built-in pool's image server is busy; free it and rerun")
+    with ImageServer(ws.root / "synthetic", port=port):
+        download(ws, DownloadConfig(image_size=64, samples_per_shard=500, processes=2, threads=16, timeout=5.0,
+                                    watchdog_seconds=300.0), runtime, overwrite=overwrite)
+    timings["download"] = time.monotonic() - t
+
+    t = time.monotonic()
+    seed = ensure_seed_set(ws, args.seed_samples)
+    scorer = train_clip(seed, ws.run_dir(SCORER), TrainConfig(scale="tiny", seed=1), overwrite=overwrite, name=SCORER)
+    timings["train scorer"] = time.monotonic() - t
+
+    config = experiment_config(scorer["checkpoint"], args.clip_fraction, args.samples_seen, args.eval_samples)
+    write_json(ws.root / "quickstart.json", config)
+    stage_times: dict[str, float] = {}
+    out: dict[str, Any] = {}
+    for stage in ("score", "filter", "reshard", "train", "evaluate"):
+        t = time.monotonic()
+        out.update(run_experiment(ws, config, runtime, overwrite=overwrite, only=[stage]))
+        stage_times[stage] = time.monotonic() - t
+    timings.update(stage_times)
+    timings["total"] = time.monotonic() - t0
+    return {"evaluate": out["evaluate"], "timings": timings, "table": comparison_table(ws, out["evaluate"]),
+            "scorer": scorer}
+
+
+def run_cli(ctx: Any, args: argparse.Namespace) -> int:
+    ws = ctx.workspace(create=True)
+    result = run_quickstart(ws, ctx.runtime, args, overwrite=ctx.overwrite)
+    print()
+    print("Zero-shot accuracy of a tiny CLIP trained on each subset (same number of samples seen):")
+    print(result["table"])
+    print()
+    print_summary("quickstart", [
+        ("workspace", ws.root),
+        ("time", ", ".join(f"{k} {v:.0f}s" for k, v in result["timings"].items())),
+        ("pool", f"{ws.metadata_dir}  (labels: {ws.root / 'synthetic' / 'labels.parquet'})"),
+        ("shards", ws.shards_dir),
+        ("scores", ws.scores_dir),
+        ("subsets", ws.subsets_dir),
+        ("training runs", ws.root / "runs"),
+        ("evaluations", ws.root / "evals"),
+        ("inspect", f"poolsieve inspect --workspace {ws.root}"),
+    ])
+    return 0
