@@ -1,0 +1,306 @@
+"""Embedding filters (d2_pruning, image_based, dedup, semdedup) against brute-force numpy definitions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from poolsieve.filters import _knn
+from poolsieve.filters._kmeans import kmeans
+from poolsieve.filters.d2_pruning import d2_run
+from poolsieve.filters.image_based import image_based_run
+from poolsieve.filters.registry import ScoredPool, get_filter
+from poolsieve.filters.semdedup import semdedup_run
+from poolsieve.pipeline.errors import ConfigError, InputError
+from poolsieve.pipeline.formats import sort_pairs, uids_to_pairs, write_embeddings
+
+DIM = 16
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(rng, n, dim=DIM, centres=12, noise=0.6):
+    c = rng.standard_normal((centres, dim))
+    return unit(c[rng.integers(0, centres, n)] + noise * rng.standard_normal((n, dim))).astype(np.float16)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """3 score tables (one failed row each), b32 embeddings, a target set, duplicates of several kinds."""
+    root = tmp_path_factory.mktemp("emb_ws")
+    rng = np.random.default_rng(7)
+    (root / "scores").mkdir()
+    words = np.array(["dog", "cat", "red", "car", "tree", "photo", "of", "a", "beach", "night"])
+    seen_uids, seen_sha = [], []
+    for s, n in enumerate((170, 150, 180)):
+        img, txt = clustered(rng, n), clustered(rng, n)
+        img[5] = img[3]  # a semantic (and exact) duplicate
+        uids = [f"{a:016x}{b:016x}" for a, b in rng.integers(0, 2**62, (n, 2))]
+        sha = [f"{v:064x}" for v in rng.integers(0, 2**62, n)]
+        sha[5] = sha[3]
+        sha[6] = None
+        if seen_uids:
+            uids[8] = seen_uids[0]  # a uid repeated across shards
+            sha[9] = seen_sha[1]  # same bytes as a row of an earlier shard
+        seen_uids += uids
+        seen_sha += sha
+        text = [" ".join(rng.choice(words, size=m)) for m in rng.integers(1, 6, n)]
+        status = np.array(["success"] * n, dtype=object)
+        status[2] = "failed_to_decode"
+        df = pd.DataFrame({
+            "uid": uids, "text": text, "sha256": sha, "status": status,
+            "language": np.where(rng.random(n) < 0.8, "en", "fr"),
+            "clip_b32_similarity_score": (img.astype(np.float32) * txt.astype(np.float32)).sum(1) * 0.3,
+        })
+        df.to_parquet(root / "scores" / f"{s:05d}.parquet", index=False)
+        write_embeddings(root / "scores" / f"{s:05d}.npz", {"b32_img": img, "b32_txt": txt})
+    (root / "references").mkdir()
+    np.savez(root / "references" / "target.npz", b32_img=clustered(np.random.default_rng(1), 30))
+    return root
+
+
+def make_pool(root: Path, runtime=None) -> ScoredPool:
+    tables = sorted((root / "scores").glob("*.parquet"))
+    return ScoredPool(tables) if runtime is None else ScoredPool(tables, runtime)
+
+
+def features_of(pool, names):
+    emb = pool.load_embeddings(names)
+    return np.concatenate([emb[n] for n in names], axis=1)
+
+
+# ---------------------------------------------------------------------- brute-force references
+def brute_knn(x, k):
+    x = x.astype(np.float64)
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(d, idx, 1)
+
+
+def brute_d2(scores, neighbors, dist, n_select, gamma_f=1.0, gamma_r=1.0, shift=0.115):
+    s = np.maximum(scores.astype(np.float64) + shift, 1e-7)
+    g = s + (np.exp(-gamma_f * dist.astype(np.float64)) * s[neighbors]).sum(1)
+    w = np.exp(-gamma_r * dist.astype(np.float64))
+    taken = np.zeros(len(g), dtype=bool)
+    order = []
+    for _ in range(n_select):
+        cand = np.where(taken, -np.inf, g)
+        i = int(np.argmax(cand))  # first maximum: lowest row on ties
+        order.append(i)
+        taken[i] = True
+        for j, wj in zip(neighbors[i], w[i], strict=True):
+            if not taken[j]:
+                g[j] -= g[i] * wj
+    return np.array(order)
+
+
+def brute_lloyd(x, k, niter, seed):
+    x = x.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    c = x[np.sort(rng.choice(len(x), size=k, replace=False))].copy()
+    for _ in range(niter):
+        d = ((x[:, None, :].astype(np.float64) - c[None, :, :]) ** 2).sum(-1)
+        lab = d.argmin(1)
+        for j in range(k):
+            if (lab == j).any():
+                c[j] = x[lab == j].astype(np.float64).mean(0)
+    return c, lab
+
+
+# ------------------------------------------------------------------------------- kNN and k-means
+def test_exact_knn_matches_brute_force_and_removes_self_by_id():
+    rng = np.random.default_rng(0)
+    x = clustered(rng, 600)
+    x[10] = x[11]  # exact duplicates: the twin stays a neighbour at distance 0, self goes
+    g = _knn.knn_graph(x, 5, method="exact", device="cpu")
+    ref_i, ref_d = brute_knn(x, 5)
+    assert np.array_equal(np.sort(g.neighbors, 1), np.sort(ref_i, 1))
+    assert np.array_equal(g.neighbors[12:], ref_i[12:])
+    np.testing.assert_allclose(g.distances, ref_d, atol=1e-5)
+    assert g.neighbors[10, 0] == 11 and g.neighbors[11, 0] == 10
+    assert (g.neighbors != np.arange(600)[:, None]).all()
+
+
+def test_ivf_full_probe_is_exact_and_calibration_reaches_target():
+    rng = np.random.default_rng(1)
+    x = clustered(rng, 1500, centres=30, noise=0.4)
+    exact = _knn.knn_graph(x, 5, method="exact", device="cpu")
+    full = _knn.knn_graph(x, 5, method="ivf", nlist=16, nprobe=16, device="cpu")
+    assert np.array_equal(full.neighbors, exact.neighbors)
+    auto = _knn.knn_graph(x, 5, method="ivf", nlist=16, recall=0.9, device="cpu")
+    again = _knn.knn_graph(x, 5, method="ivf", nlist=16, recall=0.9, device="cpu")
+    assert auto.calibrated_recall >= 0.9 and auto.nprobe <= 16
+    assert _knn.recall_at_k(auto.neighbors, exact.neighbors) >= 0.85
+    assert np.array_equal(auto.neighbors, again.neighbors)  # seeded: deterministic
+
+
+def test_kmeans_matches_numpy_lloyd():
+    rng = np.random.default_rng(2)
+    x = clustered(rng, 800, centres=8).astype(np.float32)
+    res = kmeans(x, 8, niter=5, seed=3, device="cpu")
+    ref_c, _ = brute_lloyd(x, 8, res.iterations if res.iterations < 5 else 5, 3)
+    np.testing.assert_allclose(res.centroids, ref_c, atol=1e-4)
+    with pytest.raises(ConfigError):
+        kmeans(x[:5], 8)
+
+
+# --------------------------------------------------------------------------------------- D2
+def test_d2_exact_graph_matches_brute_force_order(workspace):
+    pool = make_pool(workspace)
+    res = d2_run(pool, fraction=0.4, k=4, knn="exact", features="image+text", device="cpu")
+    x = features_of(pool, ["b32_img", "b32_txt"])
+    scores = pool.read_columns(["clip_b32_similarity_score"])["clip_b32_similarity_score"].to_numpy()
+    ref_i, ref_d = brute_knn(x, 4)
+    assert np.array_equal(res.graph.neighbors, ref_i)
+    expected = brute_d2(scores, ref_i, res.graph.distances, int(0.4 * len(x)))
+    assert np.array_equal(res.order, expected)
+    kept = get_filter("d2_pruning")(pool, fraction=0.4, k=4, knn="exact", device="cpu")
+    assert np.array_equal(kept, np.unique(sort_pairs(res.pairs[expected])))
+    assert len(res.pairs) == 497  # the three failed rows are not pool members
+
+
+def test_d2_params_and_count(workspace):
+    pool = make_pool(workspace)
+    res = d2_run(pool, count=50, k=3, features="image", gamma_forward=2.0, gamma_reverse=0.5, knn="exact")
+    scores = pool.read_columns(["clip_b32_similarity_score"])["clip_b32_similarity_score"].to_numpy()
+    ref_i, _ = brute_knn(features_of(pool, ["b32_img"]), 3)
+    assert np.array_equal(np.sort(res.graph.neighbors, 1), np.sort(ref_i, 1))
+    assert np.array_equal(res.order, brute_d2(scores, res.graph.neighbors, res.graph.distances, 50, 2.0, 0.5))
+    fn = get_filter("d2_pruning")
+    for bad in ({"fraction": 1.5}, {"fraction": 0.1, "count": 3}, {"features": "audio"}, {"k": 0},
+                {"nprobes": 3}, {"embedding": "l14"}, {"gamma_forward": -1}):
+        with pytest.raises(ConfigError):
+            fn(pool, **bad)
+
+
+def test_d2_sharded_on_ray_equals_in_process(workspace, ray_runtime):
+    local, ray_pool = make_pool(workspace), make_pool(workspace, ray_runtime)
+    for params in ({"knn": "exact"}, {"knn": "ivf", "nlist": 8, "nprobe": 3}, {"knn": "ivf", "nlist": 8}):
+        a = d2_run(local, fraction=0.3, k=5, **params)
+        b = d2_run(ray_pool, fraction=0.3, k=5, **params)
+        assert np.array_equal(a.graph.neighbors, b.graph.neighbors), params
+        np.testing.assert_allclose(a.graph.distances, b.graph.distances, atol=1e-5)
+        assert a.graph.nprobe == b.graph.nprobe
+        assert np.array_equal(a.order, b.order)
+    assert not list((workspace / "scores").glob(".knn-index-*"))  # the shared index is cleaned up
+
+
+# ------------------------------------------------------------------------------ image-based
+def test_image_based_matches_brute_force(workspace):
+    pool = make_pool(workspace)
+    res = image_based_run(pool, target="target", clusters=6, iterations=10, device="cpu")
+    df = pool.read_columns(["text", "language"])
+    emb = pool.load_embeddings(["b32_img"])["b32_img"].astype(np.float32)
+    caption = (df["language"] == "en").to_numpy() & (df["text"].str.split().str.len() > 1).to_numpy() \
+        & (df["text"].str.len() > 5).to_numpy()
+    ref_c, _ = brute_lloyd(emb[caption], 6, 10, 0)
+    np.testing.assert_allclose(res["centroids"], ref_c, atol=1e-4)
+    target = np.load(workspace / "references" / "target.npz")["b32_img"].astype(np.float32)
+    target_ids = np.unique((target @ ref_c.T).argmax(1))
+    keep = caption & np.isin((emb @ ref_c.T).argmax(1), target_ids)
+    expected = np.unique(uids_to_pairs(df["uid"].to_numpy()[keep]))
+    assert np.array_equal(res["pairs"], expected)
+    assert 0 < len(expected) < caption.sum()
+    again = get_filter("image_based")(pool, target=str(workspace / "references" / "target.npz"), clusters=6,
+                                      iterations=10)
+    assert np.array_equal(again, expected)
+
+
+def test_image_based_sample_ratio_seeded_and_bad_input(workspace):
+    pool = make_pool(workspace)
+    a = image_based_run(pool, target="target", clusters=5, sample_ratio=0.5, seed=4)
+    b = image_based_run(pool, target="target", clusters=5, sample_ratio=0.5, seed=4)
+    assert np.array_equal(a["pairs"], b["pairs"]) and np.array_equal(a["centroids"], b["centroids"])
+    with pytest.raises(InputError, match="imagenet"):
+        image_based_run(pool, clusters=5)
+    with pytest.raises(ConfigError):
+        get_filter("image_based")(pool, target="target", clusters=10_000)
+    with pytest.raises(ConfigError):
+        get_filter("image_based")(pool, target="target", sample_ratio=0)
+
+
+# ---------------------------------------------------------------------------------- dedup
+def test_exact_dedup_matches_reference(workspace):
+    pool = make_pool(workspace)
+    df = pool.read_columns(["sha256"])
+    seen_uid, seen_sha, kept = set(), set(), []
+    for uid, sha in zip(df["uid"], df["sha256"], strict=True):
+        dup = uid in seen_uid or (sha is not None and sha in seen_sha)
+        seen_uid.add(uid)
+        if sha is not None:
+            seen_sha.add(sha)
+        if not dup:
+            kept.append(uid)
+    expected = np.unique(uids_to_pairs(np.array(kept)))
+    got = get_filter("dedup")(pool)
+    assert np.array_equal(got, expected)
+    assert len(got) == len(df) - 3 - 2 - 2  # sha twins (3), cross-shard sha (2), repeated uid (2)
+    only_uid = get_filter("dedup")(pool, by=["uid"])
+    assert len(only_uid) == len(np.unique(pool.uid_pairs()))
+    with pytest.raises(ConfigError):
+        get_filter("dedup")(pool, by=["url"])
+    with pytest.raises(ConfigError):
+        get_filter("dedup")(pool, eps=0.1)
+
+
+def brute_semdedup(x, labels, centroids, eps, order, against):
+    xn = unit(x.astype(np.float64))
+    cn = unit(centroids.astype(np.float64))
+    keep = np.zeros(len(x), dtype=bool)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        cos = xn[rows] @ cn[c]
+        rank = rows[np.lexsort((rows, cos if order == "hard" else -cos))]
+        sims = xn[rank] @ xn[rank].T
+        kept_pos = []
+        for i in range(len(rank)):
+            earlier = kept_pos if against == "kept" else list(range(i))
+            if not earlier or sims[i, earlier].max() <= 1 - eps:
+                kept_pos.append(i)
+                keep[rank[i]] = True
+            elif against == "any":
+                pass
+    return keep
+
+
+@pytest.mark.parametrize(("order", "against"), [("hard", "kept"), ("easy", "any")])
+def test_semdedup_matches_brute_force(workspace, order, against):
+    pool = make_pool(workspace)
+    res = semdedup_run(pool, eps=0.15, clusters=4, order=order, against=against, device="cpu")
+    x = pool.load_embeddings(["b32_img"])["b32_img"]
+    expected = brute_semdedup(x, res["labels"], res["centroids"], 0.15, order, against)
+    assert np.array_equal(res["keep"], expected)
+    assert 0 < (~expected).sum() < len(x) // 2
+    via_dedup = get_filter("dedup")(pool, method="semantic", eps=0.15, clusters=4, order=order, against=against)
+    assert np.array_equal(via_dedup, res["pairs"])
+
+
+def test_semdedup_drops_the_planted_duplicate_only_once(workspace):
+    pool = make_pool(workspace)
+    res = semdedup_run(pool, eps=1e-3, clusters=3)
+    uids = pool.read_columns([])["uid"].to_numpy()
+    twins = np.flatnonzero(np.isin(uids, uids[[3 - 1, 5 - 1]]))  # rows 3 and 5 of shard 0 (row 2 failed)
+    assert res["keep"][twins].sum() == 1
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU")
+def test_gpu_and_cpu_agree(workspace):
+    pool = make_pool(workspace)
+    a = d2_run(pool, fraction=0.3, knn="exact", device="cpu")
+    b = d2_run(pool, fraction=0.3, knn="exact", device="cuda")
+    assert np.array_equal(a.graph.neighbors, b.graph.neighbors)
+    np.testing.assert_allclose(a.graph.distances, b.graph.distances, atol=1e-4)
+    assert np.array_equal(a.order, b.order)
+    ia = image_based_run(pool, target="target", clusters=6, device="cpu")
+    ib = image_based_run(pool, target="target", clusters=6, device="cuda")
+    np.testing.assert_allclose(ia["centroids"], ib["centroids"], atol=1e-4)
+    assert np.array_equal(ia["pairs"], ib["pairs"])
+    sa = semdedup_run(pool, eps=0.15, clusters=4, device="cpu")
+    sb = semdedup_run(pool, eps=0.15, clusters=4, device="cuda")
+    assert np.array_equal(sa["pairs"], sb["pairs"])
