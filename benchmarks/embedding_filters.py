@@ -96,12 +96,15 @@ def generate_pool(root: Path, rows: int, shards: int, dim: int, seed: int = 0, k
 
 # ------------------------------------------------------------------------- one filter, timed
 def filter_params(name: str, args: argparse.Namespace) -> dict:
-    return {
+    params = {
         "d2_pruning": {"fraction": 0.3, "k": args.k, "features": "image+text", "recall": args.recall},
         "image_based": {"clusters": args.clusters, "sample_ratio": args.sample_ratio, "target": "target"},
         "dedup": {"method": "exact"},
         "semdedup": {"clusters": args.semdedup_clusters, "eps": 0.05, "sample_ratio": args.sample_ratio},
     }[name]
+    if name != "dedup":
+        params["device"] = args.device
+    return params
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict:
@@ -131,6 +134,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out["cpu_s"] = usage.ru_utime + usage.ru_stime
     out["peak_rss_gib"] = usage.ru_maxrss / 2**20
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized():
+        out["peak_gpu_gib"] = sys.modules["torch"].cuda.max_memory_allocated() / 2**30
     if name == "d2_pruning":
         out.update(method=graph.method, nlist=graph.nlist, nprobe=graph.nprobe,
                    calibrated_recall=graph.calibrated_recall)
@@ -138,6 +143,12 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
             out.update(measure_recall(pool, graph, args.recall_sample, args.k))
     runtime.shutdown()
     return out
+
+
+def graph_device_is_cuda() -> bool:
+    from poolsieve.filters._device import cuda_available
+
+    return cuda_available()
 
 
 def measure_recall(pool, graph, sample: int, k: int) -> dict:
@@ -148,14 +159,15 @@ def measure_recall(pool, graph, sample: int, k: int) -> dict:
     t0 = time.perf_counter()
     features = load_all(pool, pick_embedding_key(pool, None), "image+text")
     rows = np.sort(np.random.default_rng(12345).choice(len(features), size=min(sample, len(features)), replace=False))
-    d, i = flat_index(features).search(features[rows], k + 1, 1, "cpu", desc="exact kNN (recall sample)")
+    device = "cuda" if graph_device_is_cuda() else "cpu"
+    d, i = flat_index(features).search(features[rows], k + 1, 1, device, desc="exact kNN (recall sample)")
     _, exact = remove_self(d, i, rows)
     recall = recall_at_k(graph.neighbors[rows], exact)
     return {"recall_at_k": recall, "recall_sample": len(rows), "recall_exact_s": time.perf_counter() - t0}
 
 
 # ------------------------------------------------------------------------------------ main
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--shards", type=int, default=100)
@@ -168,10 +180,12 @@ def main() -> int:
     p.add_argument("--clusters", type=int, default=10_000, help="image_based k-means clusters")
     p.add_argument("--semdedup-clusters", type=int, default=1_000)
     p.add_argument("--sample-ratio", type=float, default=0.25, help="k-means training sample ratio")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--ray", action="store_true", help="run on a local Ray (sharded kNN build)")
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--one", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return 0
@@ -181,7 +195,7 @@ def main() -> int:
           f"(ready in {time.perf_counter() - t0:.0f}s) at {args.workdir}", flush=True)
     results = []
     for name in args.filters.split(","):
-        cmd = [sys.executable, __file__, "--one", name, *sys.argv[1:]]
+        cmd = [sys.executable, __file__, "--one", name, *argv]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if proc.returncode != 0:
             print(f"{name}: failed (exit {proc.returncode})", flush=True)

@@ -59,11 +59,14 @@ def _searcher(centroids: np.ndarray, metric: str, device: str):
     import faiss
 
     index = faiss.IndexFlatL2(centroids.shape[1]) if metric == "l2" else faiss.IndexFlatIP(centroids.shape[1])
+    resources = None
     if device == "cuda":
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(resources, 0, index)
     index.add(centroids)
 
     def search(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _ = resources  # the GPU index needs its resources alive
         dist, idx = index.search(chunk, 1)
         return idx[:, 0], dist[:, 0]
 

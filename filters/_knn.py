@@ -151,8 +151,8 @@ def block_topk(q: np.ndarray, q_sq: np.ndarray, v: np.ndarray, v_sq: np.ndarray,
         import torch
 
         with torch.no_grad():
-            qt, vt = torch.from_numpy(q).cuda(), torch.from_numpy(v).cuda()
-            dist = torch.from_numpy(q_sq).cuda()[:, None] + torch.from_numpy(v_sq).cuda()[None, :] - 2 * (qt @ vt.T)
+            qt, vt = _cuda(q), _cuda(v)
+            dist = _cuda(q_sq)[:, None] + _cuda(v_sq)[None, :] - 2 * (qt @ vt.T)
             d, i = torch.topk(dist.clamp_min_(0), kk, dim=1, largest=False)
             return d.cpu().numpy(), i.cpu().numpy()
     dist = q @ v.T
@@ -165,6 +165,12 @@ def block_topk(q: np.ndarray, q_sq: np.ndarray, v: np.ndarray, v_sq: np.ndarray,
     else:
         idx = np.broadcast_to(np.arange(len(v)), dist.shape).copy()
     return np.take_along_axis(dist, idx, axis=1), idx
+
+
+def _cuda(a: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.require(a, np.float32, ["C", "W"])).cuda()
 
 
 def _sorted_topk(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
