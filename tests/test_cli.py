@@ -1,0 +1,71 @@
+"""The CLI: help for every stage, and one-line errors with a non-zero exit code on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from poolsieve.pipeline.cli import COMMANDS, main
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "poolsieve.pipeline.cli", *argv], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_stage_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"poolsieve {command}" in out
+    assert "--workspace" in out and "--config" in out and "--ray-address" in out
+
+
+def test_missing_workspace_is_one_line_error(tmp_path):
+    res = run_cli("inspect", "--workspace", str(tmp_path / "nope"))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "workspace does not exist" in lines[0] and "nope" in lines[0]
+
+
+def test_malformed_config_is_one_line_error(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("score: {models: [ViT-B-32\n")
+    res = run_cli("score", "--workspace", str(tmp_path), "--config", str(cfg))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.yaml: malformed YAML at line" in lines[0]
+
+
+def test_parquet_without_uid_is_one_line_error(tmp_path):
+    ws = tmp_path / "ws"
+    (ws / "scores").mkdir(parents=True)
+    pd.DataFrame({"text": ["a red circle"], "clip_b32_similarity_score": [0.3]}).to_parquet(
+        ws / "scores" / "00000.parquet")
+    res = run_cli("filter", "--workspace", str(ws), "--executor", "local", "--spec", "all: no_filter")
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "00000.parquet" in lines[0] and "uid" in lines[0]
+
+
+def test_download_metadata_without_uid_is_one_line_error(tmp_path):
+    ws = tmp_path / "ws"
+    (ws / "metadata").mkdir(parents=True)
+    pd.DataFrame({"url": ["http://127.0.0.1:9/x.jpg"], "text": ["a red circle"]}).to_parquet(
+        ws / "metadata" / "00000.parquet")
+    res = run_cli("download", "--workspace", str(ws), "--executor", "local")
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "00000.parquet" in lines[0] and "uid" in lines[0]
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "quickstart" in capsys.readouterr().out
