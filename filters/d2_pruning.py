@@ -45,7 +45,6 @@ from poolsieve.pipeline.progress import Progress
 
 from ._embeddings import (
     check_features,
-    check_param_names,
     features_loader,
     load_all,
     pick_embedding_key,
@@ -163,8 +162,18 @@ def _shift(value: float) -> float:
 
 
 @register("d2_pruning")
-def d2_pruning(pool: ScoredPool, **params) -> np.ndarray:
+def d2_pruning(pool: ScoredPool, *, fraction: float | None = None, count: int | None = None,
+               embedding: str | None = None, features: str = "image+text", k: int = 5,
+               score_column: str | None = None, score_shift: float = REFERENCE_SHIFT,
+               gamma_forward: float = 1.0, gamma_reverse: float = 1.0, knn: str = "auto",
+               exact_max_rows: int = 50_000, recall: float = 0.95, nlist: int | None = None,
+               nprobe: int | None = None, seed: int = 0, device: str = "auto",
+               report: dict | None = None) -> np.ndarray:
     """D2 Pruning: keep ``fraction`` (or ``count``) rows chosen by graph message passing."""
-    check_param_names("d2_pruning", params, d2_run)
+    params = {name: value for name, value in locals().items() if name not in ("pool", "report")}
     result = d2_run(pool, **params)
+    if report is not None and result.graph is not None:
+        g = result.graph
+        report.update(knn=g.method, nlist=g.nlist, nprobe=g.nprobe, calibrated_recall=g.calibrated_recall,
+                      selected=len(result.order))
     return np.unique(sort_pairs(result.pairs[result.order]))

@@ -36,7 +36,7 @@ from poolsieve.pipeline.errors import ConfigError, InputError
 from poolsieve.pipeline.formats import embedding_keys, uids_to_pairs
 
 from ._device import resolve_device
-from ._embeddings import check_param_names, pick_embedding_key
+from ._embeddings import pick_embedding_key
 from ._kmeans import kmeans, nearest_centroid
 from .registry import ScoredPool, register
 
@@ -147,7 +147,14 @@ def image_based_run(pool: ScoredPool, *, target: str = "imagenet", embedding: st
 
 
 @register("image_based")
-def image_based(pool: ScoredPool, **params) -> np.ndarray:
+def image_based(pool: ScoredPool, *, target: str = "imagenet", embedding: str | None = None,
+                clusters: int | None = None, iterations: int = 20, sample_ratio: float = 1.0, seed: int = 0,
+                caption_filter: bool = True, language: str = "en", device: str = "auto",
+                report: dict | None = None) -> np.ndarray:
     """Rows near the target distribution (DataComp's image-based filter)."""
-    check_param_names("image_based", params, image_based_run)
-    return image_based_run(pool, **params)["pairs"]
+    params = {name: value for name, value in locals().items() if name not in ("pool", "report")}
+    result = image_based_run(pool, **params)
+    if report is not None:
+        report.update(clusters=len(result["centroids"]), target_clusters=len(result["target_clusters"]),
+                      caption_pass=result["caption_pass"])
+    return result["pairs"]

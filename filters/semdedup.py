@@ -34,7 +34,7 @@ from poolsieve.pipeline.formats import sort_pairs
 from poolsieve.pipeline.progress import Progress
 
 from ._device import resolve_device
-from ._embeddings import check_features, check_param_names, load_all, pick_embedding_key
+from ._embeddings import check_features, load_all, pick_embedding_key
 from ._kmeans import kmeans, nearest_centroid
 from .registry import ScoredPool, register
 
@@ -115,7 +115,7 @@ def semdedup_run(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None =
     pairs = pool.uid_pairs()
     n = len(x)
     if n == 0:
-        return {"pairs": pairs, "labels": np.zeros(0, np.int64), "centroids": None}
+        return {"pairs": pairs, "labels": np.zeros(0, np.int64), "centroids": None, "keep": np.zeros(0, bool)}
     k = clusters or max(1, n // 1000)
     size = n if sample_ratio >= 1 else max(k, int(n * sample_ratio))
     if size > n or k > n:
@@ -129,7 +129,13 @@ def semdedup_run(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None =
 
 
 @register("semdedup")
-def semdedup(pool: ScoredPool, **params) -> np.ndarray:
+def semdedup(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None = None, features: str = "image",
+             clusters: int | None = None, iterations: int = 20, sample_ratio: float = 1.0,
+             spherical: bool = True, order: str = "hard", against: str = "kept", seed: int = 0,
+             device: str = "auto", report: dict | None = None) -> np.ndarray:
     """Semantic deduplication: drop near-duplicates (cosine > 1 - eps) within k-means clusters."""
-    check_param_names("semdedup", params, semdedup_run)
-    return semdedup_run(pool, **params)["pairs"]
+    params = {name: value for name, value in locals().items() if name not in ("pool", "report")}
+    result = semdedup_run(pool, **params)
+    if report is not None and result["centroids"] is not None:
+        report.update(clusters=len(result["centroids"]), removed=int((~result["keep"]).sum()))
+    return result["pairs"]

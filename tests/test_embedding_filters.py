@@ -174,7 +174,7 @@ def test_d2_params_and_count(workspace):
     assert np.array_equal(res.order, brute_d2(scores, res.graph.neighbors, res.graph.distances, 50, 2.0, 0.5))
     fn = get_filter("d2_pruning")
     for bad in ({"fraction": 1.5}, {"fraction": 0.1, "count": 3}, {"features": "audio"}, {"k": 0},
-                {"nprobes": 3}, {"embedding": "l14"}, {"gamma_forward": -1}):
+                {"embedding": "l14"}, {"gamma_forward": -1}):
         with pytest.raises(ConfigError):
             fn(pool, **bad)
 
@@ -304,3 +304,17 @@ def test_gpu_and_cpu_agree(workspace):
     sa = semdedup_run(pool, eps=0.15, clusters=4, device="cpu")
     sb = semdedup_run(pool, eps=0.15, clusters=4, device="cuda")
     assert np.array_equal(sa["pairs"], sb["pairs"])
+
+
+def test_filters_run_through_the_spec_call_with_reports(workspace):
+    from poolsieve.filters.algebra import call_filter
+
+    pool = make_pool(workspace)
+    details: dict = {}
+    keys = call_filter(pool, "d2_pruning", {"fraction": 0.2, "knn": "exact"}, details)
+    assert len(keys) == int(0.2 * 497) and details["knn"] == "exact" and details["selected"] == len(keys)
+    details = {}
+    call_filter(pool, "image_based", {"target": "target", "clusters": 5}, details)
+    assert details["clusters"] == 5 and 1 <= details["target_clusters"] <= 5
+    with pytest.raises(ConfigError):
+        call_filter(pool, "d2_pruning", {"nprobes": 3}, {})
