@@ -346,7 +346,8 @@ def sharded_knn_graph(pool, load_features: Callable[[Path], np.ndarray], row_cou
             train = training_rows(n, nlist, seed)
             centroids = train_lists(_gather_rows(pool, load_features, starts, train), nlist, seed, device)
             np.save(folder / "centroids.npy", centroids)
-            labels = np.concatenate(pool.map(_AssignLists(load_features, folder, device), "IVF assign (shards)"))
+            labels = np.concatenate(pool.map(_AssignLists(load_features, folder, device), "IVF assign (shards)",
+                                             **task_resources(device)))
             positions = np.empty(n, dtype=np.int64)
             order = np.argsort(labels, kind="stable")
             positions[order] = np.arange(n)
@@ -361,7 +362,8 @@ def sharded_knn_graph(pool, load_features: Callable[[Path], np.ndarray], row_cou
         probe = 1 if exact else int(nprobe)
         search = _SearchShard(load_features, folder, dict(zip(map(str, tables), starts[:-1].tolist(), strict=True)),
                               kk, probe, device)
-        parts = pool.map(search, f"kNN search (k={k}, nprobe={probe})", items=lambda r: len(r[0]), item_unit="rows")
+        parts = pool.map(search, f"kNN search (k={k}, nprobe={probe})", items=lambda r: len(r[0]), item_unit="rows",
+                         **task_resources(device))
         dist = np.concatenate([p[0] for p in parts])
         ids = np.concatenate([p[1] for p in parts])
         return KnnGraph(*_pad(ids, dist, k), method="exact" if exact else "ivf", nlist=nlist, nprobe=probe,
@@ -369,6 +371,11 @@ def sharded_knn_graph(pool, load_features: Callable[[Path], np.ndarray], row_cou
     finally:
         if work_dir is None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def task_resources(device: str) -> dict:
+    """Ray resources of a task that computes on ``device`` (a whole GPU when it is ``cuda``)."""
+    return {"num_gpus": 1} if device == "cuda" else {}
 
 
 def _gather_rows(pool, load_features, starts: np.ndarray, rows: np.ndarray) -> np.ndarray:

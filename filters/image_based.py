@@ -38,6 +38,7 @@ from poolsieve.pipeline.formats import embedding_keys, uids_to_pairs
 from ._device import resolve_device
 from ._embeddings import pick_embedding_key
 from ._kmeans import kmeans, nearest_centroid
+from ._knn import task_resources
 from .registry import ScoredPool, register
 
 DATACOMP_CLUSTERS = 100_000
@@ -141,7 +142,7 @@ def image_based_run(pool: ScoredPool, *, target: str = "imagenet", embedding: st
         labels, _ = nearest_centroid(emb[masks[i]], centroids, "ip", device)
         return uids_to_pairs(uids[masks[i]][np.isin(labels, target_ids)], source=table)
 
-    kept = pool.runtime.map(keep, list(enumerate(pool.tables)), "image_based assign")
+    kept = pool.runtime.map(keep, list(enumerate(pool.tables)), "image_based assign", **task_resources(device))
     pairs = np.unique(np.concatenate(kept)) if kept else np.zeros(0, np.dtype("u8,u8"))
     return {"pairs": pairs, "centroids": centroids, "target_clusters": target_ids, "caption_pass": n_pass}
 
