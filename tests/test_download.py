@@ -42,10 +42,12 @@ def test_faults_are_recorded_and_retry_failed_completes_the_pool(tmp_path: Path)
     denied_uid = uids[-2]
     # One url points at a second server on a denied loopback address: it must never see a request.
     denied_server = ImageServer(pool.ws.root / "synthetic", host="127.0.0.2").start()
-    meta_file = pool.ws.metadata_files()[-1]
-    df = pd.read_parquet(meta_file)
-    df.loc[df["uid"] == denied_uid, "url"] = f"{denied_server.url}/images/{denied_uid}.jpg"
-    df.to_parquet(meta_file, index=False)
+    blurred = {uids[0], uids[30]}  # DataComp's face boxes: these two are blurred whole
+    for meta_file in pool.ws.metadata_files():
+        df = pd.read_parquet(meta_file)
+        df.loc[df["uid"] == denied_uid, "url"] = f"{denied_server.url}/images/{denied_uid}.jpg"
+        df["face_bboxes"] = [[[0.0, 0.0, 1.0, 1.0]] if u in blurred else [] for u in df["uid"]]
+        df.to_parquet(meta_file, index=False)
     pool.server.set_faults({pool.path_of(u): f for u, f in faulty.items()})
     cfg = DownloadConfig(samples_per_shard=16, watchdog_seconds=120,
                          deny_networks=[*DEFAULT_DENY_NETWORKS, "127.0.0.2/32"], **FAST)
@@ -66,6 +68,8 @@ def test_faults_are_recorded_and_retry_failed_completes_the_pool(tmp_path: Path)
         in_tars = tar_uids(shards)
         assert set(in_tars) == good and set(in_tars.values()) == {1}
         assert_shards_whole(shards)
+        sharpness = _relative_sharpness(shards, pool.ws.root / "synthetic" / "images")
+        assert all(v < 0.5 if u in blurred else v > 0.6 for u, v in sharpness.items()), sharpness
         assert denied_server.requests() == 0
         for uid in faulty:
             assert pool.server.requests(pool.path_of(uid)) >= 1
@@ -94,6 +98,32 @@ def test_faults_are_recorded_and_retry_failed_completes_the_pool(tmp_path: Path)
     finally:
         pool.server.stop()
         denied_server.stop()
+
+
+def _relative_sharpness(shards: Path, sources: Path) -> dict[str, float]:
+    """Per downloaded image: its mean absolute horizontal pixel difference over its source's (same size)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    out = {}
+    for tar_path in shards.glob("*.tar"):
+        with tarfile.open(tar_path) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar}
+        for name, data in members.items():
+            if name.endswith(".jpg"):
+                uid = json.loads(members[name[:-4] + ".json"])["uid"]
+                img = Image.open(io.BytesIO(data))
+                src = Image.open(sources / f"{uid}.jpg").resize(img.size, Image.BOX)
+                out[uid] = _sharpness(img) / _sharpness(src)
+    return out
+
+
+def _sharpness(img) -> float:
+    import numpy as np
+
+    return float(np.abs(np.diff(np.asarray(img.convert("L"), dtype=np.float32), axis=1)).mean())
 
 
 def test_bad_metadata_is_named(tmp_path: Path) -> None:
