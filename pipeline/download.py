@@ -640,11 +640,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="re-fetch only the failed samples into new shards")
 
 
-def run_cli(ctx: Any, args: argparse.Namespace) -> int:
+def config_from_cli(ctx: Any, args: argparse.Namespace) -> DownloadConfig:
+    """The ``download`` config section with the command line's flags on top."""
     from .config import build
 
-    ws = ctx.workspace(create=bool(args.scale or args.metadata_source))
-    cfg = build(DownloadConfig, ctx.section("download"), "download", {
+    return build(DownloadConfig, ctx.section("download"), "download", {
         "metadata_source": args.metadata_source, "scale": args.scale, "download_npz": args.download_npz,
         "skip_shards": args.skip_shards, "processes": args.processes, "threads": args.threads,
         "retries": args.retries, "timeout": args.timeout, "fetch_deadline": args.fetch_deadline,
@@ -653,5 +653,10 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
         "watchdog_seconds": args.watchdog_seconds, "blur_faces": args.blur_faces,
         "deny_networks": args.deny_network, "retry_failed": args.retry_failed,
     })
-    download(ws, cfg, ctx.runtime, overwrite=ctx.overwrite)
-    return 0
+
+
+def run_cli(ctx: Any, args: argparse.Namespace) -> int:
+    cfg = config_from_cli(ctx, args)
+    ws = ctx.workspace(create=bool(cfg.scale or cfg.metadata_source))
+    report = download(ws, cfg, ctx.runtime, overwrite=ctx.overwrite)
+    return 0 if report.get("missing_shards", []) == [] else 1

@@ -29,6 +29,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+# albumentations (imported by img2dataset) checks PyPI for updates at import unless told not to: no
+# traffic that the crawl did not ask for.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
 _worker_ready = False
 _limits: dict[str, Any] = {}
 
@@ -52,12 +56,16 @@ def setup_worker(guards: dict[str, Any]) -> None:
     global _worker_ready
     if _worker_ready:
         return
+    import warnings
+
     from img2dataset import downloader as i2d_downloader
+    from PIL import Image
 
     from .netguard import install_guard
 
     if guards.get("die_with_parent"):
         die_with_parent()
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused with a recorded reason instead
     install_guard(guards["deny_networks"])
     _limits.update(fetch_deadline=float(guards["fetch_deadline"]), max_image_bytes=int(guards["max_image_bytes"]))
     i2d_downloader.download_image = fetch_image

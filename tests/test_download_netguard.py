@@ -1,0 +1,114 @@
+"""The network deny list, the fetch limits of the download workers, and the download CLI's options."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from poolsieve.pipeline import download_runner
+from poolsieve.pipeline.errors import ConfigError
+from poolsieve.pipeline.image_server import ImageServer, bomb_jpeg
+from poolsieve.pipeline.netguard import (
+    DEFAULT_DENY_NETWORKS,
+    DeniedAddressError,
+    DenyList,
+    install_guard,
+    uninstall_guard,
+)
+from poolsieve.pipeline.synthetic_pool import draw_shape, encode_jpeg
+
+
+def test_deny_list_matches_networks_and_names() -> None:
+    deny = DenyList([*DEFAULT_DENY_NETWORKS, "127.0.0.2/32"])
+    assert deny.reason_for_url("http://169.254.169.254/latest/meta-data/")
+    assert deny.reason_for_url("http://[fd00:ec2::254]/latest")
+    assert deny.reason_for_url("http://[::ffff:169.254.169.254]/x")  # IPv4-mapped IPv6
+    assert deny.reason_for_url("http://metadata.google.internal/computeMetadata/v1/")
+    assert deny.reason_for_url("http://100.100.100.200/latest")
+    assert deny.reason_for_url("http://127.0.0.2:8080/a.jpg")
+    assert deny.reason_for_url("http://127.0.0.1:8080/a.jpg") is None
+    assert deny.reason_for_url("https://example.com/a.jpg") is None
+    assert deny.reason_for_url("not a url") is None
+    with pytest.raises(ConfigError, match="not a network"):
+        DenyList(["10.0.0.0/33"])
+
+
+def test_guard_refuses_denied_connections_before_any_packet(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"x")
+    with ImageServer(tmp_path) as allowed, ImageServer(tmp_path, host="127.0.0.2") as denied:
+        install_guard(["127.0.0.2/32"])
+        try:
+            with pytest.raises(urllib.error.URLError, match="poolsieve-denied"):
+                urllib.request.urlopen(f"{denied.url}/images/a.jpg", timeout=5)
+            with pytest.raises(DeniedAddressError), socket.socket() as s:
+                s.connect(("127.0.0.2", denied.port))
+            with socket.socket() as s:
+                assert s.connect_ex(("127.0.0.1", allowed.port)) == 0
+            assert urllib.request.urlopen(f"{allowed.url}/images/a.jpg", timeout=5).read() == b"x"
+        finally:
+            uninstall_guard()
+        assert denied.requests() == 0 and allowed.requests() == 1
+        assert urllib.request.urlopen(f"{denied.url}/images/a.jpg", timeout=5).read() == b"x"
+
+
+def test_fetch_limits_and_bomb_check(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    data = encode_jpeg(draw_shape("circle", "red", 64, 64, np.random.default_rng(0)))
+    (tmp_path / "images" / "a.jpg").write_bytes(data)
+    faults = {"/images/b.jpg": "trickle"}
+    with ImageServer(tmp_path, faults=faults, trickle_interval=0.05) as srv:
+        (tmp_path / "images" / "b.jpg").write_bytes(data)
+        download_runner._limits.update(fetch_deadline=0.5, max_image_bytes=1 << 20)
+        key, stream, err = download_runner.fetch_image((7, f"{srv.url}/images/a.jpg"), 5, None, None)
+        assert key == 7 and err is None and stream.read() == data
+        key, stream, err = download_runner.fetch_image((8, f"{srv.url}/images/b.jpg"), 5, None, None)
+        assert stream is None and "deadline exceeded" in err
+        download_runner._limits.update(fetch_deadline=30, max_image_bytes=100)
+        _, stream, err = download_runner.fetch_image((9, f"{srv.url}/images/a.jpg"), 5, None, None)
+        assert stream is None and "too large" in err
+
+    class Passthrough:
+        def __call__(self, stream, bbox=None):
+            return "decoded", 1, 1, 1, 1, None
+
+    resizer = download_runner.BombCheckingResizer(Passthrough(), max_image_area=10_000 * 10_000)
+    assert resizer(io.BytesIO(bomb_jpeg(50_000, 50_000)))[-1].startswith("image area too large")
+    assert resizer(io.BytesIO(bomb_jpeg(12_000, 9_000)))[-1] == "image area too large: header declares 12000x9000 pixels"
+    assert resizer(io.BytesIO(data))[0] == "decoded"
+    assert resizer(io.BytesIO(b"<html>"))[0] == "decoded"  # img2dataset's decoder judges what PIL cannot open
+
+
+def test_cli_flags_override_the_config_section(tmp_path: Path) -> None:
+    from poolsieve.pipeline import download
+    from poolsieve.pipeline.cli import _add_common, make_context
+
+    config = tmp_path / "poolsieve.yaml"
+    config.write_text("download: {threads: 3, samples_per_shard: 7, deny_networks: ['10.0.0.0/8']}\n")
+    parser = argparse.ArgumentParser()
+    download.add_arguments(parser)
+    _add_common(parser)
+    src = tmp_path / "src"
+    src.mkdir()
+    pd.DataFrame({"uid": ["ab" * 16], "url": ["http://127.0.0.1:1/a.jpg"], "text": ["a"]}).to_parquet(
+        src / "00000.parquet")
+    args = parser.parse_args(["-w", str(tmp_path / "ws"), "-c", str(config), "--threads", "5",
+                              "--metadata-source", str(src), "--skip-shards", "--executor", "local"])
+    ctx = make_context(args)
+    cfg = download.config_from_cli(ctx, args)
+    assert (cfg.threads, cfg.samples_per_shard, cfg.deny_networks) == (5, 7, ["10.0.0.0/8"])
+    assert cfg.image_size == 512 and cfg.resize_mode == "keep_ratio_largest" and cfg.retries == 2
+    assert cfg.blur_faces is True and cfg.retry_failed is False
+    assert download.run_cli(ctx, args) == 0
+    assert (tmp_path / "ws" / "metadata" / "00000.parquet").exists()
+    config.write_text("download: {resize_mode: stretch}\n")
+    with pytest.raises(ConfigError, match="resize_mode"):
+        download.run_cli(make_context(args), args)
