@@ -118,8 +118,8 @@ def _group_samples(tar_path: Path) -> tuple[list[tuple[str, dict]], int]:
 
 def _uid_of(fd: int, member: Any) -> str | None:
     try:
-        uid = json.loads(os.pread(fd, member.size, member.data_offset)).get("uid")
-    except (ValueError, AttributeError):
+        uid = json.loads(os.pread(fd, member.size, member.data_offset).decode("utf-8")).get("uid")
+    except (ValueError, AttributeError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
     return uid if is_valid_uid(uid) else None
 
@@ -411,13 +411,16 @@ def reshard(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, *, overwrite: b
                 "bytes_written": 0, "seconds": time.monotonic() - started}
     _claim_output(out_dir, fingerprint, overwrite)
 
+    scan_started = time.monotonic()
     scans = runtime.map(scan_shard, [ScanUnit(str(t), str(subset_path)) for t in tars], "reshard scan",
                         items=lambda s: s.samples, item_unit="samples")
     units = plan_output(scans, out_dir, cfg)
+    write_started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / PLAN_NAME, {"plan": fingerprint, "output_shard_count": len(units)})
     todo = [u for u in units if not (Path(u.tar_path).exists() and Path(u.stats_path).exists())]
     results = runtime.map(write_shard, todo, "reshard write", items=lambda r: r["samples"])
+    timings = {"scan_seconds": write_started - scan_started, "write_seconds": time.monotonic() - write_started}
 
     found = np.unique(np.concatenate([s.uids for s in scans])) if scans else np.empty(0, SUBSET_DTYPE)
     unique_subset = np.unique(subset)
@@ -430,7 +433,7 @@ def reshard(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, *, overwrite: b
     seconds = time.monotonic() - started
     written = sum(r["bytes"] for r in results)
     return {**_summary_from_meta(meta, out_dir), "shards_written": len(todo),
-            "shards_skipped": len(units) - len(todo), "bytes_written": written, "seconds": seconds,
+            "shards_skipped": len(units) - len(todo), "bytes_written": written, "seconds": seconds, **timings,
             "missing_examples": pairs_to_uids(missing[:5])}
 
 

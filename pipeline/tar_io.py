@@ -11,22 +11,24 @@ always gives the same bytes.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import InputError
 
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
-REGULAR_TYPES = (b"0", b"\0", b"7")
+_REGULAR_TYPE_CODES = (ord("0"), 0, ord("7"))
+_LONG_NAME_TYPES = (ord("L"), ord("x"))
+_ZERO_BLOCK = b"\0" * BLOCK
 _EXT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
+class Member(NamedTuple):
     """One regular file in a tar: its name, where its data starts and how long it is."""
 
     name: str
@@ -54,10 +56,14 @@ def split_key(name: str) -> tuple[str, str] | None:
     dot = name.find(".", slash + 1)
     if dot <= slash + 1:
         return None
-    ext = name[dot + 1:].lower()
-    if not _EXT_RE.match(ext):
-        return None
-    return name[:dot], ext
+    ext = _clean_ext(name[dot + 1:])
+    return None if ext is None else (name[:dot], ext)
+
+
+@functools.lru_cache(maxsize=1024)
+def _clean_ext(ext: str) -> str | None:
+    ext = ext.lower()
+    return ext if _EXT_RE.match(ext) else None
 
 
 def _octal(field: bytes, path: Path, offset: int, what: str) -> int:
@@ -71,12 +77,6 @@ def _octal(field: bytes, path: Path, offset: int, what: str) -> int:
         return int(text, 8)
     except ValueError:
         raise InputError(path, f"corrupt tar header at byte {offset}: bad {what} field {field!r}") from None
-
-
-def _checksum_ok(header: bytes, path: Path, offset: int) -> bool:
-    stored = _octal(header[148:156], path, offset, "checksum")
-    actual = sum(header[:148]) + 8 * 32 + sum(header[156:])
-    return stored == actual
 
 
 def _pax_path(data: bytes) -> str | None:
@@ -99,50 +99,90 @@ def _pax_path(data: bytes) -> str | None:
 
 
 def iter_members(path: str | Path) -> Iterator[Member]:
-    """Yield the regular-file members of a tar in file order; raise ``InputError`` if it is damaged."""
+    """The regular-file members of a tar in file order; raises ``InputError`` if it is damaged."""
+    return iter(read_index(path))
+
+
+def read_index(path: str | Path) -> list[Member]:
+    """Walk a tar's headers (one ``pread`` each, member data is never read) and check them.
+
+    Header checksums are checked together at the end (numpy), and first when a walk fails, so a
+    corrupt header is reported as such rather than as the truncation it leads to.
+    """
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as e:
         raise InputError(path, f"cannot open tar ({e.strerror})") from None
+    headers: list[tuple[int, bytes]] = []
     try:
-        file_size = os.fstat(fd).st_size
-        offset = 0
-        long_name: str | None = None
-        while True:
-            header = os.pread(fd, BLOCK, offset)
-            if len(header) < BLOCK:
-                raise InputError(path, f"truncated tar: file ends at byte {file_size} inside or before the "
-                                       f"header at byte {offset} (no end-of-archive marker)")
-            if header == b"\0" * BLOCK:
-                return
-            if not _checksum_ok(header, path, offset):
-                raise InputError(path, f"corrupt tar: bad header checksum at byte {offset}")
-            size = _octal(header[124:136], path, offset, "size")
-            if size < 0:
-                raise InputError(path, f"corrupt tar: negative member size at byte {offset}")
-            data_offset = offset + BLOCK
-            if data_offset + size > file_size:
-                raise InputError(path, f"truncated tar: the member at byte {offset} needs {size} bytes of data "
-                                       f"but the file ends at byte {file_size}")
-            typeflag = header[156:157]
-            if typeflag in (b"L", b"x"):
-                data = os.pread(fd, size, data_offset)
-                long_name = data.rstrip(b"\0").decode("utf-8", "replace") if typeflag == b"L" else _pax_path(data)
-            else:
-                if long_name is not None:
-                    name = long_name
-                else:
-                    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-                    prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
-                    if prefix:
-                        name = prefix.decode("utf-8", "replace") + "/" + name
-                long_name = None
-                if typeflag in REGULAR_TYPES:
-                    yield Member(name, offset, data_offset, size)
-            offset = data_offset + padded(size)
+        try:
+            members = _walk(fd, os.fstat(fd).st_size, path, headers)
+        except InputError:
+            _check_checksums(headers, path)
+            raise
+        _check_checksums(headers, path)
+        return members
     finally:
         os.close(fd)
+
+
+def _walk(fd: int, file_size: int, path: Path, headers: list[tuple[int, bytes]]) -> list[Member]:
+    members: list[Member] = []
+    offset = 0
+    long_name: str | None = None
+    pread = os.pread
+    while True:
+        header = pread(fd, BLOCK, offset)
+        if len(header) < BLOCK:
+            raise InputError(path, f"truncated tar: file ends at byte {file_size} inside or before the "
+                                   f"header at byte {offset} (no end-of-archive marker)")
+        if header == _ZERO_BLOCK:
+            return members
+        headers.append((offset, header))
+        try:
+            size = int(header[124:135], 8)
+        except ValueError:
+            size = _octal(header[124:136], path, offset, "size")
+        if size < 0:
+            raise InputError(path, f"corrupt tar: negative member size at byte {offset}")
+        data_offset = offset + BLOCK
+        if data_offset + size > file_size:
+            raise InputError(path, f"truncated tar: the member at byte {offset} needs {size} bytes of data "
+                                   f"but the file ends at byte {file_size}")
+        typeflag = header[156]
+        if typeflag in _LONG_NAME_TYPES:
+            data = pread(fd, size, data_offset)
+            long_name = data.rstrip(b"\0").decode("utf-8", "replace") if typeflag == ord("L") else _pax_path(data)
+        else:
+            if long_name is not None:
+                name = long_name
+            else:
+                name = header[:header.find(b"\0") % 101].decode("utf-8", "replace")
+                if header[345] and header[257:262] == b"ustar":
+                    prefix = header[345:500]
+                    name = prefix[:prefix.find(b"\0") % 156].decode("utf-8", "replace") + "/" + name
+            long_name = None
+            if typeflag in _REGULAR_TYPE_CODES:
+                members.append(Member(name, offset, data_offset, size))
+        offset = data_offset + -(-size // BLOCK) * BLOCK
+
+
+def _check_checksums(headers: list[tuple[int, bytes]], path: Path) -> None:
+    """Raise on the first header whose stored checksum is not the sum of its bytes."""
+    if not headers:
+        return
+    import numpy as np
+
+    rows = np.frombuffer(b"".join(h for _, h in headers), dtype=np.uint8).reshape(-1, BLOCK).astype(np.int64)
+    field = rows[:, 148:156]
+    actual = rows.sum(axis=1) - field.sum(axis=1) + 8 * 32
+    digit = (field >= 48) & (field <= 55)
+    after = np.cumsum(digit[:, ::-1], axis=1)[:, ::-1] - digit
+    stored = (np.where(digit, field - 48, 0) * (8 ** np.minimum(after, 20))).sum(axis=1)
+    bad = np.flatnonzero(stored != actual)
+    if len(bad):
+        raise InputError(path, f"corrupt tar: bad header checksum at byte {headers[int(bad[0])][0]}")
 
 
 def _header_template() -> tuple[bytes, int]:
