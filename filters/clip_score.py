@@ -39,15 +39,15 @@ def order_keys(values: np.ndarray) -> np.ndarray:
     return np.where(negative, ~bits, bits | np.uint32(0x80000000))
 
 
-def _scores(path: Path, column: str) -> tuple[Any, np.ndarray]:
-    table = read_members(path, [column], need="clip_score")
+def _scores(path: Path, column: str, uid: bool = True) -> tuple[Any, np.ndarray]:
+    table = read_members(path, [column], need="clip_score", uid=uid)
     return table, float_column(table, column)
 
 
 def shard_histogram(path: Path, column: str, shift: int, bucket: int | None) -> tuple[int, np.ndarray, np.ndarray]:
     """``(members, buckets, counts)``: non-NaN scores bucketed by ``key >> shift`` (inside ``bucket`` at
     the coarser level when given)."""
-    _, values = _scores(path, column)
+    _, values = _scores(path, column, uid=False)
     keys = order_keys(values[~np.isnan(values)])
     if bucket is not None:
         keys = keys[(keys >> np.uint32(16)) == bucket]

@@ -28,13 +28,15 @@ def table_columns(path: Path) -> list[str]:
         raise InputError(path, f"not a readable parquet score table ({e})") from None
 
 
-def read_members(path: Path, columns: Sequence[str], optional: Sequence[str] = (), need: str = "") -> Any:
-    """pyarrow Table of ``uid`` + ``columns`` (+ those of ``optional`` present) over the member rows."""
+def read_members(path: Path, columns: Sequence[str], optional: Sequence[str] = (), need: str = "",
+                 uid: bool = True) -> Any:
+    """pyarrow Table of ``uid`` (unless ``uid=False``) + ``columns`` (+ those of ``optional`` present)
+    over the member rows."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     names = table_columns(path)
-    want = list(dict.fromkeys(["uid", *columns]))
+    want = list(dict.fromkeys(["uid", *columns] if uid else columns))
     missing = [c for c in want if c not in names]
     if missing:
         why = f" ({need} needs them)" if need else ""
