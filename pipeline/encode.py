@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,7 +364,7 @@ class Encoder:
                 pixels = self._pixels(chunk, pi, lo, hi, device_images[pi])
                 with torch.inference_mode():
                     ie = model.encode_image(pixels.to(self._dtype(model))).float()
-                    te = model.encode_text(torch.from_numpy(tokens[lo:hi]).to(self.device)).float()
+                    te = model.encode_text(torch.tensor(tokens[lo:hi], device=self.device)).float()
                     ie = torch.nn.functional.normalize(ie, dim=-1)
                     te = torch.nn.functional.normalize(te, dim=-1)
                     s = (ie * te).sum(-1)
@@ -385,8 +386,13 @@ class Encoder:
         prep = self.preps[pi]
         cpu = chunk.pixels[pi]
         if prep.full_transform is not None:
-            return torch.from_numpy(cpu[lo:hi]).to(self.device)
-        x = torch.from_numpy(cpu[lo:hi]).to(self.device, non_blocking=True) if on_device is None else on_device[lo:hi]
+            return torch.from_numpy(np.array(cpu[lo:hi])).to(self.device)
+        if on_device is None:
+            with warnings.catch_warnings():  # arrays from Ray's object store are read-only; nothing writes to them
+                warnings.simplefilter("ignore", UserWarning)
+                x = torch.from_numpy(cpu[lo:hi]).to(self.device, non_blocking=True)
+        else:
+            x = on_device[lo:hi]
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(prep.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(prep.std, device=self.device).view(1, -1, 1, 1)
@@ -443,15 +449,20 @@ def decode_on_device(jpegs: Sequence[bytes], prep: ImagePrep, device: str) -> tu
     Returns ``([n, H, W, 3] uint8 tensor, {row: error})``; rows that fail are zeros.
     """
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2 import functional as F
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
 
     data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
     h, w = prep.crop
     out = torch.zeros((len(jpegs), h, w, 3), dtype=torch.uint8, device=device)
     failed: dict[int, str] = {}
     try:
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         images = []
         for i, d in enumerate(data):

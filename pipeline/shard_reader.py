@@ -30,6 +30,7 @@ class TarSample:
     image_ext: str = ""
     text: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, bytes] = field(default_factory=dict)  # other members by extension (``cls``, ...)
 
     @property
     def uid(self) -> str | None:
@@ -100,6 +101,8 @@ def _attach(sample: TarSample, ext: str, data: bytes, path: Path) -> None:
         if not isinstance(meta, dict):
             raise InputError(path, f"sample {sample.key}: its .json is not an object")
         sample.meta = meta
+    else:
+        sample.extras[ext] = data
 
 
 def read_shard(path: str | Path) -> list[TarSample]:

@@ -1,0 +1,145 @@
+"""Score-stage throughput against the bare model forward on the same batches, side by side in one run.
+
+    python benchmarks/score_throughput.py                     # ViT-B-32, random weights, CPU, on Ray
+    python benchmarks/score_throughput.py --images 512 --executor local
+    python benchmarks/score_throughput.py --arch ViT-L-14 --device cuda --decode gpu   # on a GPU node
+
+It writes a pool of JPEGs in img2dataset's layout into a temporary workspace, runs the whole score stage
+(read tar, decode, preprocess, tokenise, encode image + caption, write parquet + npz), then times the
+model's ``encode_image`` + ``encode_text`` alone on the very same preprocessed batches, and prints
+end-to-end images/s, bare-forward images/s and their ratio. Target on a CPU machine: ratio >= 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import statistics
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_pool(shards_dir: Path, images: int, per_shard: int, size: int, seed: int = 0) -> None:
+    """JPEG pool in img2dataset's webdataset layout (tar + parquet + _stats.json per shard)."""
+    import pandas as pd
+
+    from poolsieve.pipeline.synthetic_pool import COLOURS, SHAPES, draw_shape, encode_jpeg, english_caption
+
+    rng = np.random.default_rng(seed)
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    for shard, lo in enumerate(range(0, images, per_shard)):
+        name = f"{shard:05d}"
+        rows = []
+        with tarfile.open(shards_dir / f"{name}.tar", "w") as tar:
+            for i in range(lo, min(lo + per_shard, images)):
+                shape, colour = SHAPES[i % 3], list(COLOURS)[i % 6]
+                w, h = size + int(rng.integers(0, size // 2)), size
+                jpeg = encode_jpeg(draw_shape(shape, colour, w, h, rng))
+                caption = english_caption(shape, colour, rng)
+                key = f"{name}{i - lo:04d}"
+                meta = {"uid": rng.bytes(16).hex(), "caption": caption, "key": key, "status": "success",
+                        "width": w, "height": h, "original_width": w, "original_height": h,
+                        "sha256": hashlib.sha256(jpeg).hexdigest()}
+                for ext, data in (("jpg", jpeg), ("txt", caption.encode()), ("json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                rows.append(meta)
+        pd.DataFrame(rows).to_parquet(shards_dir / f"{name}.parquet", index=False)
+        (shards_dir / f"{name}_stats.json").write_text(json.dumps({"count": len(rows), "successes": len(rows)}))
+
+
+def bare_forward_rate(ws, arch: str, pretrained: str | None, device: str, precision: str, batch_size: int,
+                      repeats: int) -> float:
+    """images/s of encode_image + encode_text alone, on the stage's own preprocessed batches."""
+    import torch
+
+    from poolsieve.pipeline.encode import Encoder, ModelEntry, iter_prepared_chunks
+
+    enc = Encoder([ModelEntry.parse({"arch": arch, "pretrained": pretrained})], device, precision, batch_size)
+    model, _ = enc.loaded[0]
+    plan = enc.plan(batch_size, language=False)
+    plan.decode = "cpu"
+    batches = []
+    for tar in ws.shard_tars():
+        for chunk in iter_prepared_chunks(tar, plan):
+            pixels = enc._pixels(chunk, 0, 0, int(chunk.ok.sum()), None).to(enc._dtype(model))
+            batches.append((pixels, torch.from_numpy(chunk.tokens[arch]).to(enc.device)))
+    n = sum(len(b[0]) for b in batches)
+    rates = []
+    with torch.inference_mode():
+        model.encode_image(batches[0][0][:2])  # warm-up
+        for _ in range(repeats):
+            _sync(enc.device)
+            t0 = time.perf_counter()
+            for pixels, tokens in batches:
+                model.encode_image(pixels)
+                model.encode_text(tokens)
+            _sync(enc.device)
+            rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def stage_rate(ws, args, runtime, repeats: int) -> tuple[float, dict]:
+    from poolsieve.pipeline.score import ScoreConfig, score_pool
+
+    config = ScoreConfig(models=[{"arch": args.arch, "pretrained": args.pretrained}], device=args.device,
+                         precision=args.precision, batch_size=args.batch_size, decode=args.decode)
+    rates, summary = [], {}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        summary = score_pool(ws, config, runtime, overwrite=True, quiet=True)
+        rates.append(summary["samples"] / (time.perf_counter() - t0))
+    return statistics.median(rates), summary
+
+
+def main() -> None:
+    from poolsieve.pipeline.progress import format_table
+    from poolsieve.pipeline.runtime import Runtime
+    from poolsieve.pipeline.workspace import Workspace
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="ViT-B-32")
+    p.add_argument("--pretrained", default=None, help="tag or checkpoint (default: random weights)")
+    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--per-shard", type=int, default=64)
+    p.add_argument("--size", type=int, default=256, help="image height in pixels (width varies up to 1.5x)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--decode", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--executor", default="ray", choices=("ray", "local"))
+    p.add_argument("--repeats", type=int, default=1)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="score-bench-") as tmp, Runtime(executor=args.executor) as runtime:
+        ws = Workspace.create(tmp)
+        write_pool(ws.shards_dir, args.images, args.per_shard, args.size)
+        if args.executor == "ray":
+            runtime.ensure_ray()  # a cluster is up before a stage runs; its start is not the stage's cost
+        stage, summary = stage_rate(ws, args, runtime, args.repeats)
+        forward = bare_forward_rate(ws, args.arch, args.pretrained, summary["device"],
+                                    args.precision, summary["batch size"], args.repeats)
+    print(f"{args.arch} ({args.pretrained or 'random weights'}), {args.images} JPEGs ~{args.size}px, "
+          f"device {summary['device']}, batch {summary['batch size']}, decode {args.decode}, executor {args.executor}")
+    print(format_table(["measure", "images/s"], [
+        ["score stage, end to end (read+decode+preprocess+tokenise+encode+write)", round(stage, 2)],
+        ["bare model forward (encode_image + encode_text), same batches", round(forward, 2)],
+        ["ratio stage / forward", round(stage / forward, 3)],
+    ]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""DataComp's released metadata (parquet + row-aligned npz embeddings) as poolsieve score tables.
+
+DataComp ships, per metadata file, ``{stem}.parquet`` (uid, url, text, original_width, original_height,
+clip_b32_similarity_score, clip_l14_similarity_score, face_bboxes, sha256) and ``{stem}.npz`` (b32_img,
+b32_txt, l14_img, l14_txt). ``poolsieve score --import-datacomp DIR`` writes ``scores/{stem}.parquet``
+and ``scores/{stem}.npz`` from them, so users who downloaded them need not recompute.
+
+When the workspace has downloaded shards, only the uids that img2dataset fetched are kept (with their
+shard key and stored size), so filters choose among images that exist; otherwise every row is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .formats import (
+    SCORE_TABLE_BASE_COLUMNS,
+    atomic_path,
+    check_metadata_columns,
+    score_column,
+    uids_to_pairs,
+    write_embeddings,
+)
+from .progress import print_summary
+from .runtime import Runtime
+from .workspace import Workspace
+
+DATACOMP_KEYS = ("b32", "l14")
+
+
+def downloaded_index(ws: Workspace) -> Any | None:
+    """uid -> (key, width, height) of successful downloads, from img2dataset's shard parquets; None if none."""
+    import pandas as pd
+
+    if not ws.shards_dir.is_dir():
+        return None
+    frames = []
+    for p in sorted(ws.shards_dir.glob("*.parquet")):
+        if not (p.parent / f"{p.stem}_stats.json").exists():
+            continue
+        df = pd.read_parquet(p, columns=["uid", "key", "status", "width", "height"])
+        frames.append(df[df["status"] == "success"].drop(columns="status"))
+    if not frames:
+        return None
+    return pd.concat(frames, ignore_index=True).drop_duplicates("uid").set_index("uid")
+
+
+def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: bool) -> dict[str, Any]:
+    """One DataComp metadata file (+ its npz) -> one score table + npz in ``out_dir``."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from .language import count_chars, count_words, detect_languages
+
+    npz = parquet.with_suffix(".npz")
+    try:
+        names = pq.read_schema(parquet).names
+    except Exception as e:  # noqa: BLE001
+        raise InputError(parquet, f"not a readable parquet file ({e})") from None
+    check_metadata_columns(parquet, names, ("uid", "text"))
+    meta = pq.read_table(parquet).to_pandas()
+    uids_to_pairs(meta["uid"].to_numpy(), source=parquet)
+    if not npz.exists():
+        raise InputError(npz, "DataComp embeddings missing: each metadata parquet comes with an npz of the same name")
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001
+        raise InputError(npz, f"not a readable .npz file ({e})") from None
+    for k, v in arrays.items():
+        if v.ndim != 2 or len(v) != len(meta):
+            raise InputError(npz, f"embedding {k} has shape {v.shape} but {parquet.name} has {len(meta)} rows: misaligned")
+    keep = np.ones(len(meta), dtype=bool)
+    key = width = height = pd.Series([None] * len(meta), dtype=object)
+    if downloaded is not None:
+        keep = meta["uid"].isin(downloaded.index).to_numpy()
+        meta = meta[keep].reset_index(drop=True)
+        found = downloaded.loc[meta["uid"]]
+        key, width, height = found["key"].to_numpy(), found["width"].to_numpy(), found["height"].to_numpy()
+    texts = meta["text"].tolist()
+    table = pd.DataFrame({
+        "uid": meta["uid"].astype(object),
+        "key": pd.Series(key, dtype=object),
+        "text": meta["text"].astype(object),
+        "original_width": pd.array(meta.get("original_width", pd.Series([None] * len(meta))), dtype="Int32"),
+        "original_height": pd.array(meta.get("original_height", pd.Series([None] * len(meta))), dtype="Int32"),
+        "width": pd.array(pd.Series(width, dtype=object), dtype="Int32"),
+        "height": pd.array(pd.Series(height, dtype=object), dtype="Int32"),
+        "sha256": meta["sha256"].astype(object) if "sha256" in meta else None,
+        "caption_length": count_chars(texts),
+        "caption_words": count_words(texts),
+    })
+    if language:
+        codes, conf = detect_languages(texts)
+        table["language"], table["language_score"] = codes.astype(object), conf
+    else:
+        table["language"], table["language_score"] = None, np.full(len(meta), np.nan, np.float32)
+    table["status"], table["error"] = "success", None
+    table = table[list(SCORE_TABLE_BASE_COLUMNS)]
+    for k in DATACOMP_KEYS:
+        col = score_column(k)
+        if col in meta:
+            table[col] = meta[col].astype("float32").to_numpy()
+    out_npz, out_parquet = out_dir / f"{parquet.stem}.npz", out_dir / f"{parquet.stem}.parquet"
+    write_embeddings(out_npz, {k: v[keep] for k, v in arrays.items()})
+    with atomic_path(out_parquet) as tmp:
+        table.to_parquet(tmp, index=False)
+    return {"rows_in": int(len(keep)), "rows_out": int(keep.sum())}
+
+
+def import_datacomp(ws: Workspace, source: str | Path, runtime: Runtime, overwrite: bool = False,
+                    language: bool = True, quiet: bool = False) -> dict[str, Any]:
+    """Import every ``{stem}.parquet`` (+ ``{stem}.npz``) of ``source`` into ``ws.scores_dir``."""
+    source = Path(source)
+    if not source.is_dir():
+        raise InputError(source, "DataComp metadata folder does not exist")
+    files = sorted(p for p in source.glob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        raise InputError(source, "no .parquet files in the DataComp metadata folder")
+    t0 = time.perf_counter()
+    todo = [p for p in files if overwrite or not (ws.score_table_path(p.stem).exists()
+                                                   and ws.embeddings_path(p.stem).exists())]
+    downloaded = downloaded_index(ws)
+    out_dir = ws.scores_dir
+
+    def one(p: Path) -> dict[str, Any]:
+        return import_file(p, out_dir, downloaded, language)
+
+    results = runtime.map(one, todo, "import datacomp", items=lambda r: r["rows_out"], item_unit="rows")
+    summary = {
+        "files": len(files), "imported now": len(todo), "already imported (skipped)": len(files) - len(todo),
+        "rows read": sum(r["rows_in"] for r in results), "rows kept": sum(r["rows_out"] for r in results),
+        "kept": "downloaded uids only" if downloaded is not None else "all rows (no downloaded shards)",
+        "elapsed s": round(time.perf_counter() - t0, 2), "output": str(out_dir),
+    }
+    if not quiet:
+        print_summary("score --import-datacomp", list(summary.items()))
+    return summary
