@@ -174,3 +174,16 @@ def test_ray_stage(ws, ray_runtime):
     out = run_filter(ws, FilterConfig(subsets={"top": "clip_score(fraction=0.5) & basic"}), ray_runtime)
     assert out["top"]["count"] == 5
     assert np.array_equal(read_subset(ws.subset_path("top")), pairs_of([10, 12, 14, 16, 18]))
+
+
+def test_files_get_the_umask_mode(ws):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        make(ws, {"top": "clip_score(fraction=0.5)"})
+    finally:
+        os.umask(old)
+    for path in (ws.subset_path("top"), ws.subset_info_path("top")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -47,9 +47,18 @@ def submit(ws, subset, **kw):
 
 
 def test_submission_folder(ws):
+    import os
+    import stat
+
     run_filter(ws, FilterConfig(subsets={"top": "clip_score(fraction=0.5)"}), LOCAL)
-    out = submit(ws, "top")
+    old = os.umask(0o022)
+    try:
+        out = submit(ws, "top")
+    finally:
+        os.umask(old)
     folder = ws.root / "submissions" / "top"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o644}
     data = (folder / "top.npy").read_bytes()
     assert data == ws.subset_path("top").read_bytes()
     digest = hashlib.sha256(data).hexdigest()
