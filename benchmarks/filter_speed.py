@@ -3,11 +3,19 @@
     python benchmarks/filter_speed.py                     # 1M rows in 100 files (generated once, cached)
     python benchmarks/filter_speed.py --rows 100000 --files 10 --repeats 1
 
+The pool: DataComp-metadata columns (uid, url, text, original_width/height, clip_b32/l14 scores;
+captions of 1-40 words, 60% English, 1% with a newline; scores rounded to 4 decimals so the cut has
+ties) plus the ``status``, ``language`` and ``language_score`` columns ``poolsieve score`` writes
+(computed once when the pool is generated, time printed).
+
 For ``basic`` and ``clip_score`` (L/14 score, fraction 0.3) it prints poolsieve's time, the time of
 DataComp's reference logic (``datacomp_reference.py``: the same per-row pandas work in a spawn pool,
-``--workers`` processes), their ratio and whether the two uid sets are identical. poolsieve runs on
-a local Ray with ``--workers`` CPUs that is started before timing (its start-up is printed apart),
-and in one process (the ``local`` executor). Times are medians over ``--repeats`` runs.
+``--workers`` processes, run first, before Ray starts), their ratio and whether the uid sets are
+identical. ``basic`` runs twice on poolsieve's side: reading the ``language`` column (the normal
+score-once-filter-many path) and recomputing the language from the captions (``recompute_language``,
+what a DataComp metadata file without that column costs). poolsieve runs on a local Ray with
+``--workers`` CPUs started before timing (start-up printed apart) and in one process (``local``).
+Times are medians over ``--repeats`` runs; the first run is printed too (Ray workers start cold).
 """
 
 from __future__ import annotations
