@@ -40,7 +40,7 @@ def language_mask(table: Any, candidates: np.ndarray, language: str, recompute: 
     """``candidates`` narrowed to rows whose caption language is ``language``."""
     import pyarrow.compute as pc
 
-    from poolsieve.pipeline.language import detect_language_codes
+    from poolsieve.pipeline.language import as_string_array, detect_language_codes
 
     out = candidates.copy()
     if "language" in table.column_names and not recompute:
@@ -51,7 +51,7 @@ def language_mask(table: Any, candidates: np.ndarray, language: str, recompute: 
     rows = np.flatnonzero(out)
     if len(rows):
         # each distinct caption once (web alt-text repeats a lot: "image", product names, ...)
-        encoded = pc.dictionary_encode(table["text"].take(rows)).combine_chunks()
+        encoded = pc.dictionary_encode(as_string_array(table["text"]).take(rows))
         is_language = detect_language_codes(encoded.dictionary) == language
         out[rows] = is_language[np.asarray(encoded.indices)]
     return out

@@ -75,8 +75,9 @@ def names_class(texts: Any, phrases: Sequence[str], max_words: int) -> np.ndarra
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if isinstance(texts, pa.ChunkedArray):
-        texts = texts.combine_chunks() if texts.num_chunks else pa.array([], pa.string())
+    from poolsieve.pipeline.language import as_string_array
+
+    texts = as_string_array(texts)
     n = len(texts)
     hit = np.zeros(n, dtype=bool)
     if n == 0:

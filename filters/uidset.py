@@ -35,6 +35,8 @@ def hex_uids_to_keys(uids, source: str | Path | None = None) -> np.ndarray:
     arr = uids if isinstance(uids, (pa.Array, pa.ChunkedArray)) else pa.array(list(uids), type=pa.string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks else pa.array([], type=pa.string())
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
     n = len(arr)
     if n == 0:
         return empty_keys()

@@ -54,12 +54,28 @@ def lid_model() -> Any:
     return _load_model(str(lid_model_path()))
 
 
-def _as_lines(texts: Sequence[str | None] | Any) -> tuple[list[str], np.ndarray]:
-    """Captions as single lines for fastText (``\\n`` -> space) plus a mask of missing captions."""
+def as_string_array(texts: Sequence[str | None] | Any) -> Any:
+    """Captions as one pyarrow string array (chunks combined, dictionaries decoded, a null-typed column
+    read as all missing)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(list(texts), type=pa.string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], type=arr.type)
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_null(arr.type):
+        arr = pa.nulls(len(arr), type=pa.string())
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        raise InputError(None, f"captions must be strings, got a column of {arr.type}")
+    return arr
+
+
+def _as_lines(texts: Sequence[str | None] | Any) -> tuple[list[str], np.ndarray]:
+    """Captions as single lines for fastText (``\\n`` -> space) plus a mask of missing captions."""
+    import pyarrow.compute as pc
+
+    arr = as_string_array(texts)
     missing = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     lines = pc.replace_substring(arr.fill_null(""), "\n", " ")
     return [s + "\n" for s in lines.to_pylist()], missing
@@ -100,12 +116,9 @@ def detect_languages(texts: Sequence[str | None] | Any) -> tuple[np.ndarray, np.
 
 def count_words(texts: Sequence[str | None] | Any) -> np.ndarray:
     """``len(text.split())`` for every caption, vectorised (pyarrow splits on the same whitespace)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(list(texts), type=pa.string())
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
+    arr = as_string_array(texts)
     n = len(arr)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -118,8 +131,7 @@ def count_words(texts: Sequence[str | None] | Any) -> np.ndarray:
 
 def count_chars(texts: Sequence[str | None] | Any) -> np.ndarray:
     """``len(text)`` (Unicode code points) for every caption, vectorised; 0 for a missing one."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(list(texts), type=pa.string())
+    arr = as_string_array(texts)
     return np.asarray(pc.utf8_length(arr.fill_null("")).to_numpy(zero_copy_only=False), dtype=np.int64)

@@ -248,3 +248,25 @@ def test_ray_matches_local(pool_dir, ray_runtime):
     local_pool = ScoredPool(sorted(pool_dir.glob("*.parquet")))
     for spec in ["basic", "text_based | laion2b", "clip_score(column=clip_l14_similarity_score, fraction=0.2)"]:
         assert np.array_equal(evaluate_spec(ray_pool, spec), evaluate_spec(local_pool, spec)), spec
+
+
+def test_empty_and_dictionary_encoded_tables(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pd.DataFrame({"uid": pd.Series([], dtype=str), "text": pd.Series([], dtype=str),
+                  "original_width": pd.Series([], dtype="int64"), "original_height": pd.Series([], dtype="int64"),
+                  "clip_b32_similarity_score": pd.Series([], dtype="float64")}).to_parquet(tmp_path / "0.parquet")
+    empty = ScoredPool([tmp_path / "0.parquet"])
+    for spec in ["no_filter", "basic", "laion2b", "text_based", "clip_score(fraction=0.3)", "~basic"]:
+        assert len(evaluate_spec(empty, spec)) == 0, spec
+    pq.write_table(pa.table({
+        "uid": pa.array([uid(i) for i in range(4)]).dictionary_encode(),
+        "text": pa.array(["a photo of a goldfish in a bowl", None, "a photo of a goldfish in a bowl", "x"]
+                         ).dictionary_encode(),
+        "original_width": [300] * 4, "original_height": [300] * 4,
+        "clip_b32_similarity_score": [0.1, 0.2, 0.3, 0.4]}), tmp_path / "1.parquet")
+    encoded = ScoredPool([tmp_path / "1.parquet"])
+    assert np.array_equal(evaluate_spec(encoded, "basic"), pairs_of([0, 2]))
+    assert np.array_equal(evaluate_spec(encoded, "text_based"), pairs_of([0, 2]))
+    assert np.array_equal(evaluate_spec(encoded, "clip_score(fraction=0.5)"), pairs_of([1, 2, 3]))
