@@ -189,6 +189,9 @@ def test_d2_sharded_on_ray_equals_in_process(workspace, ray_runtime):
         assert a.graph.nprobe == b.graph.nprobe
         assert np.array_equal(a.order, b.order)
     assert not list((workspace / "scores").glob(".knn-index-*"))  # the shared index is cleaned up
+    a = image_based_run(local, target="target", clusters=6, sample_ratio=0.5)
+    b = image_based_run(ray_pool, target="target", clusters=6, sample_ratio=0.5)
+    assert np.array_equal(a["pairs"], b["pairs"]) and np.array_equal(a["centroids"], b["centroids"])
 
 
 # ------------------------------------------------------------------------------ image-based
@@ -264,8 +267,6 @@ def brute_semdedup(x, labels, centroids, eps, order, against):
             if not earlier or sims[i, earlier].max() <= 1 - eps:
                 kept_pos.append(i)
                 keep[rank[i]] = True
-            elif against == "any":
-                pass
     return keep
 
 
