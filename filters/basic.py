@@ -37,21 +37,30 @@ def image_mask(table: Any, min_side: float, max_aspect: float) -> np.ndarray:
 
 
 def language_mask(table: Any, candidates: np.ndarray, language: str, recompute: bool) -> np.ndarray:
-    """``candidates`` narrowed to rows whose caption language is ``language``."""
+    """``candidates`` narrowed to rows whose caption language is ``language``.
+
+    The table's ``language`` column is used where it has a value; rows without one (a table scored
+    with ``--no-language``, DataComp metadata) get their language computed from the caption.
+    """
     import pyarrow.compute as pc
 
     from poolsieve.pipeline.language import as_string_array, detect_language_codes
 
-    out = candidates.copy()
+    def valid(arr: Any) -> np.ndarray:
+        return np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+
+    texts = as_string_array(table["text"])
+    todo = candidates & valid(texts)  # a missing caption has no language
+    out = np.zeros(len(todo), dtype=bool)
     if "language" in table.column_names and not recompute:
-        out &= np.asarray(pc.equal(table["language"], language).fill_null(False).to_numpy(zero_copy_only=False))
-        return out
-    has_text = np.asarray(table["text"].is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    out &= has_text  # a missing caption has no language
-    rows = np.flatnonzero(out)
+        stored = as_string_array(table["language"])
+        known = valid(stored)
+        out = todo & known & np.asarray(pc.equal(stored, language).fill_null(False).to_numpy(zero_copy_only=False))
+        todo &= ~known
+    rows = np.flatnonzero(todo)
     if len(rows):
         # each distinct caption once (web alt-text repeats a lot: "image", product names, ...)
-        encoded = pc.dictionary_encode(as_string_array(table["text"]).take(rows))
+        encoded = pc.dictionary_encode(texts.take(rows))
         is_language = detect_language_codes(encoded.dictionary) == language
         out[rows] = is_language[np.asarray(encoded.indices)]
     return out

@@ -270,3 +270,14 @@ def test_empty_and_dictionary_encoded_tables(tmp_path):
     assert np.array_equal(evaluate_spec(encoded, "basic"), pairs_of([0, 2]))
     assert np.array_equal(evaluate_spec(encoded, "text_based"), pairs_of([0, 2]))
     assert np.array_equal(evaluate_spec(encoded, "clip_score(fraction=0.5)"), pairs_of([1, 2, 3]))
+
+
+def test_language_column_without_values_is_computed(tmp_path):
+    """A table scored with ``--no-language`` has the column but no values: compute them."""
+    texts = ["a photo of a goldfish in a bowl", "une belle photo de la tour eiffel", "a red car parked outside"]
+    pd.DataFrame({"uid": [uid(i) for i in range(3)], "text": texts, "original_width": [300] * 3,
+                  "original_height": [300] * 3, "language": [None, None, "fr"], "status": ["success"] * 3,
+                  }).to_parquet(tmp_path / "0.parquet")
+    pool = ScoredPool([tmp_path / "0.parquet"])
+    assert np.array_equal(run(pool, "basic"), pairs_of([0]))  # 2 keeps its stored "fr"
+    assert np.array_equal(run(pool, "basic", recompute_language=True), pairs_of([0, 2]))
