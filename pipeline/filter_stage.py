@@ -166,7 +166,20 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bo
     return results
 
 
+EXAMPLES = """examples:
+  poolsieve filter -w pool --spec "clip30 = clip_score(column=clip_l14_similarity_score, fraction=0.3)"
+  poolsieve filter -w pool --spec "basic_clip30 = basic & clip30"
+  poolsieve filter -w pool --spec "{en: basic, rest: {not: en}}"
+  poolsieve filter -w pool --spec subsets.yaml
+  poolsieve filter -w pool --tables /data/datacomp/metadata --spec basic
+
+operators: & (and), | (or), ~ (not: the pool minus it), parentheses; filter(key=value, ...)
+a bare name is a subset defined in the same spec, a filter, or subsets/NAME.npy"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--spec", "-s", action="append", metavar="SPEC",
                    help="YAML file, inline YAML mapping, 'NAME = EXPR' or an expression; repeatable")
     p.add_argument("--name", "-n", help="subset name for a --spec that is one expression or one spec")
