@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="override the scale's learning rate")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--workers", type=int, help="data loader workers (default 1)")
+    p.add_argument("--threads", type=int, help="torch threads of the trainer (default: torch's choice; "
+                                               "1 is faster on a busy machine)")
     p.add_argument("--precision", help="open_clip precision: fp32 (CPU), amp, amp_bf16, ...")
     p.add_argument("--list-scales", action="store_true", help="print the scale table and exit")
 
@@ -35,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from(ctx: Any, args: argparse.Namespace) -> TrainConfig:
     return build(TrainConfig, ctx.section("train"), "train", {
         "scale": args.scale, "samples_seen": args.samples_seen, "batch_size": args.batch_size, "lr": args.lr,
-        "seed": args.seed, "workers": args.workers, "precision": args.precision})
+        "seed": args.seed, "workers": args.workers, "threads": args.threads,
+        "precision": args.precision})
 
 
 def run_cli(ctx: Any, args: argparse.Namespace) -> int:

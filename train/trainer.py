@@ -45,6 +45,7 @@ class TrainConfig:
     num_checkpoints: int | None = None
     seed: int = 0
     workers: int = 1
+    threads: int | None = None  # torch intra-op threads of the trainer (None: torch's default)
     precision: str = "fp32"
     accum_freq: int = 1
     log_every_n_steps: int = 10
@@ -68,8 +69,8 @@ class TrainConfig:
         for name in ("samples_seen", "batch_size", "num_checkpoints"):
             if getattr(recipe, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(recipe, name)}")
-        if self.workers < 0 or self.accum_freq < 1:
-            raise ConfigError("train.workers must be >= 0 and train.accum_freq >= 1")
+        if self.workers < 0 or self.accum_freq < 1 or (self.threads is not None and self.threads < 1):
+            raise ConfigError("train.workers must be >= 0, train.accum_freq >= 1 and train.threads >= 1")
         return recipe
 
 
@@ -194,7 +195,8 @@ def parse_train_line(line: str) -> dict[str, Any] | None:
         return None
     losses = {name.lower(): float(val) for name, val, _ in _LOSS.findall(m.group(5))}
     return {"epoch": int(m.group(1)), "epoch_samples": int(m.group(2)), "samples_per_epoch": int(m.group(3)),
-            "loss": sum(losses.values()) if losses else None, "losses": losses}
+            "loss": losses.get("loss", sum(losses.values())) if losses else None,
+            "losses": {k: v for k, v in losses.items() if k != "loss"}}
 
 
 def final_checkpoint(run_dir: Path, exp_name: str, epochs: int) -> Path:
@@ -202,9 +204,11 @@ def final_checkpoint(run_dir: Path, exp_name: str, epochs: int) -> Path:
 
 
 def _run_open_clip(argv: list[str], log_path: Path, progress: Progress, plan: TrainingPlan,
-                   done_before: int) -> list[dict[str, Any]]:
+                   done_before: int, threads: int | None = None) -> list[dict[str, Any]]:
     """Run the runner as a child process; return the parsed training log lines."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "poolsieve.train.open_clip_runner", *argv]
     records: list[dict[str, Any]] = []
     tail: list[str] = []
@@ -269,7 +273,7 @@ def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, con
     if done_before:
         progress.update(done_before)
     start = time.monotonic()
-    records = _run_open_clip(argv, out_dir / "train.log", progress, plan, done_before)
+    records = _run_open_clip(argv, out_dir / "train.log", progress, plan, done_before, config.threads)
     seconds = time.monotonic() - start
     progress.close()
     if not checkpoint.exists():

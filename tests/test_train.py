@@ -1,0 +1,185 @@
+"""The train stage: fixed budgets, real open_clip training runs, loadable checkpoints, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import pytest
+from factories import make_samples
+
+from poolsieve.pipeline.errors import ConfigError, InputError
+from poolsieve.train.scales import SCALES, get_scale
+from poolsieve.train.trainer import (
+    TrainConfig,
+    count_samples,
+    list_shards,
+    parse_train_line,
+    plan_budget,
+    train_clip,
+)
+
+BUDGET = 512  # 8 steps of 64: seconds on two cores
+
+
+def write_wds(folder: Path, n: int, seed: int, per_shard: int = 200, stats: bool = True) -> list[Path]:
+    """Resharder-style shards ``{:08d}.tar`` (jpg/txt/json members) with ``{:08d}_stats.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = make_samples(n, seed=seed, image_size=32)
+    tars = []
+    for shard, lo in enumerate(range(0, n, per_shard)):
+        chunk = samples[lo:lo + per_shard]
+        path = folder / f"{shard:08d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i, s in enumerate(chunk):
+                key = f"{shard:08d}{i:04d}"
+                for ext, data in (("jpg", s.jpeg), ("txt", s.caption.encode()),
+                                  ("json", json.dumps({"uid": s.uid}).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        if stats:
+            (folder / f"{shard:08d}_stats.json").write_text(json.dumps({"successes": len(chunk)}))
+        tars.append(path)
+    return tars
+
+
+def test_scale_table_follows_datacomp():
+    assert (get_scale("small").samples_seen, get_scale("small").batch_size, get_scale("small").model) == \
+        (12_800_000, 4096, "ViT-B-32")
+    assert get_scale("medium").samples_seen == 128_000_000
+    assert (get_scale("large").samples_seen, get_scale("large").model, get_scale("large").batch_size) == \
+        (1_280_000_000, "ViT-B-16", 8192)
+    xl = get_scale("xlarge")
+    assert (xl.samples_seen, xl.model, xl.batch_size, xl.learning_rate, xl.warmup, xl.beta2) == \
+        (12_800_000_000, "ViT-L-14", 90112, 1e-3, 10_000, 0.95)
+    assert SCALES["tiny"].model == "poolsieve-tiny"
+    with pytest.raises(ConfigError, match="unknown scale"):
+        get_scale("huge")
+
+
+@pytest.mark.parametrize("budget,batch,epochs,world", [(512, 64, 1, 1), (12_800_000, 4096, 5, 8),
+                                                        (1000, 64, 3, 1), (128, 128, 1, 1)])
+def test_plan_budget_rounds_up_to_whole_global_batches(budget, batch, epochs, world):
+    plan = plan_budget(budget, batch, epochs, world_size=world)
+    assert plan.samples_seen >= budget
+    assert plan.samples_seen - budget < epochs * batch  # never more than one extra batch per epoch
+    assert plan.samples_seen == plan.epochs * plan.steps_per_epoch * plan.batch_size
+    if budget % (batch * epochs) == 0:
+        assert plan.samples_seen == budget
+
+
+def test_parse_open_clip_log_line():
+    line = ("2026-11-28,08:29:23 | INFO | Train Epoch: 0 [3200/3200 (100%)] Data (t): 0.009 Batch (t): 5.969, "
+            "7.96/s, 7.96/s/gpu LR: 0.000005 Logit Scale: 14.191 Contrastive_loss: 2.4772 (2.8541) Loss: 2.4772 (2.8541)")
+    rec = parse_train_line(line)
+    assert rec == {"epoch": 0, "epoch_samples": 3200, "samples_per_epoch": 3200, "loss": 2.4772,
+                   "losses": {"contrastive_loss": 2.4772}}
+    assert parse_train_line("INFO | Start epoch 0") is None
+
+
+def test_shard_listing_and_counts(tmp_path):
+    tars = write_wds(tmp_path / "a", 250, seed=1, per_shard=100)
+    assert list_shards(tmp_path / "a") == tars
+    assert count_samples(tars) == 250
+    write_wds(tmp_path / "b", 30, seed=2, stats=False)  # no stats: counted from the tar
+    assert count_samples(list_shards(tmp_path / "b")) == 30
+    with pytest.raises(InputError, match="does not exist"):
+        list_shards(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no .tar shards"):
+        list_shards(tmp_path / "empty")
+    (tmp_path / "a" / "00000000_stats.json").write_text("{not json")
+    with pytest.raises(InputError, match="00000000_stats.json: not valid JSON"):
+        count_samples(tars)
+    with pytest.raises(InputError, match="does not exist"):
+        list_shards([tmp_path / "a" / "nope.tar"])
+
+
+def _stage_parser():
+    from poolsieve.pipeline import cli
+    from poolsieve.train import cli as train_cli
+
+    p = argparse.ArgumentParser()
+    train_cli.add_arguments(p)
+    cli._add_common(p)
+    return p
+
+
+def test_train_cli_two_subsets_see_the_same_budget(tmp_path, capsys):
+    """Two subsets of different sizes each see exactly the budget; checkpoints load with load_model."""
+    import torch
+
+    from poolsieve.pipeline import cli
+    from poolsieve.pipeline.models import ModelSpec, load_model
+    from poolsieve.train import cli as train_cli
+
+    ws = tmp_path / "ws"
+    write_wds(ws / "filtered" / "small", 150, seed=3, per_shard=100)
+    write_wds(ws / "filtered" / "large", 450, seed=4, per_shard=200)
+    args = _stage_parser().parse_args(["-w", str(ws), "--executor", "local", "--subset", "small", "--subset",
+                                       "large", "--samples-seen", str(BUDGET), "--batch-size", "64",
+                                       "--threads", "1"])
+    ctx = cli.make_context(args)
+    assert train_cli.run_cli(ctx, args) == 0
+    out = capsys.readouterr().out
+    assert "samples seen" in out and "== train" in out
+
+    summaries = {name: json.loads((ws / "runs" / name / "summary.json").read_text()) for name in ("small", "large")}
+    for name, size in (("small", 150), ("large", 450)):
+        s = summaries[name]
+        assert s["dataset_size"] == size
+        assert s["samples_seen"] == BUDGET == s["budget"]
+        assert s["steps"] == BUDGET // 64
+        assert s["passes_over_data"] == round(BUDGET / size, 3)
+        ckpt = Path(s["checkpoint"])
+        assert ckpt == ws / "runs" / name / "tiny_scale" / "checkpoints" / "epoch_1.pt" and ckpt.exists()
+        losses = [r["loss"] for r in s["losses"]]
+        assert len(losses) >= 2 and all(math.isfinite(v) for v in losses)
+        assert losses[-1] < losses[0]  # contrastive loss falls from ~ln(64) within 8 steps
+        assert (ws / "runs" / name / "tiny_scale" / "params.txt").exists()
+
+    # The checkpoint is open_clip's format, loadable by poolsieve's model loader, and trained.
+    model, _, _ = load_model(ModelSpec("poolsieve-tiny", summaries["small"]["checkpoint"]))
+    fresh, _, _ = load_model(ModelSpec("poolsieve-tiny"))
+    trained_w = model.state_dict()["visual.conv1.weight"]
+    assert not torch.equal(trained_w, fresh.state_dict()["visual.conv1.weight"])
+    torch.set_grad_enabled(True)
+
+    # A rerun skips finished runs.
+    assert train_cli.run_cli(ctx, args) == 0
+    assert "skipped (done)" in capsys.readouterr().out
+
+
+def test_training_is_seeded(tmp_path):
+    """Same data and seed give the same weights (open_clip's seed plus the seeded sample shuffle)."""
+    import torch
+
+    data = write_wds(tmp_path / "d", 200, seed=5, per_shard=100)
+    cfg = TrainConfig(samples_seen=128, batch_size=32, seed=7, log_every_n_steps=1, threads=1)
+    a = train_clip(data, tmp_path / "a", cfg)
+    b = train_clip(tmp_path / "d", tmp_path / "b", cfg)
+    assert a["samples_seen"] == b["samples_seen"] == 128
+    wa = torch.load(a["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    wb = torch.load(b["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [r["loss"] for r in a["losses"]] == [r["loss"] for r in b["losses"]]
+
+
+def test_train_cli_errors(tmp_path):
+    from poolsieve.pipeline import cli
+    from poolsieve.train import cli as train_cli
+
+    (tmp_path / "ws").mkdir()
+    args = _stage_parser().parse_args(["-w", str(tmp_path / "ws"), "--executor", "local", "--subset", "nope"])
+    with pytest.raises(InputError, match="filtered/nope: training data folder does not exist"):
+        train_cli.run_cli(cli.make_context(args), args)
+    args = _stage_parser().parse_args(["-w", str(tmp_path / "ws"), "--executor", "local"])
+    with pytest.raises(ConfigError, match="--subset"):
+        train_cli.run_cli(cli.make_context(args), args)
+    with pytest.raises(ConfigError, match="must be positive"):
+        TrainConfig(samples_seen=-5).recipe()
