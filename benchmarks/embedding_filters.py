@@ -136,6 +136,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     out["peak_rss_gib"] = usage.ru_maxrss / 2**20
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized():
         out["peak_gpu_gib"] = sys.modules["torch"].cuda.max_memory_allocated() / 2**30
+    print(f"RESULT {json.dumps(out)}", file=sys.stderr, flush=True)
     if name == "d2_pruning":
         out.update(method=graph.method, nlist=graph.nlist, nprobe=graph.nprobe,
                    calibrated_recall=graph.calibrated_recall)

@@ -26,12 +26,13 @@ from poolsieve.pipeline.errors import ConfigError
 from poolsieve.pipeline.progress import Progress
 
 from ._device import resolve_device
-from ._kmeans import kmeans, nearest_centroid
+from ._kmeans import kmeans
 
 QUERY_CHUNK = 65536
 QUERY_BLOCK = 4096
 BASE_BLOCK = 16384
 METHODS = ("auto", "exact", "ivf")
+MAX_CALIBRATED_NPROBE = 32  # probes computed once per row; calibration beyond this recomputes them
 
 
 @dataclass
@@ -79,8 +80,11 @@ class IvfIndex:
                         self.vectors, self.ids, self.sq_norms)
 
     def search(self, queries: np.ndarray, k: int, nprobe: int = 1, device: str = "cpu",
-               desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(distances, ids)`` of each query's ``k`` nearest base rows, nearest first (ties: lower id)."""
+               desc: str | None = None, probes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances, ids)`` of each query's ``k`` nearest base rows, nearest first (ties: lower id).
+
+        ``probes``: the queries' lists, nearest first, when already known (only the first ``nprobe`` count).
+        """
         nq = len(queries)
         dist = np.full((nq, k), np.inf, dtype=np.float32)
         ids = np.full((nq, k), -1, dtype=np.int64)
@@ -88,17 +92,19 @@ class IvfIndex:
         nprobe = max(1, min(nprobe, self.nlist))
         for start in range(0, nq, QUERY_CHUNK):
             chunk = np.ascontiguousarray(queries[start:start + QUERY_CHUNK], dtype=np.float32)
-            d, i = self._search_chunk(chunk, k, nprobe, device)
+            known = None if probes is None else probes[start:start + len(chunk), :nprobe]
+            d, i = self._search_chunk(chunk, k, nprobe, device, known)
             dist[start:start + len(chunk)], ids[start:start + len(chunk)] = d, i
             if progress:
                 progress.update(len(chunk))
         return dist, ids
 
-    def _search_chunk(self, q: np.ndarray, k: int, nprobe: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+    def _search_chunk(self, q: np.ndarray, k: int, nprobe: int, device: str,
+                      probes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         nq = len(q)
         if self.nlist == 1:
             probes = np.zeros((nq, 1), dtype=np.int64)
-        else:
+        elif probes is None:
             probes = coarse_probes(q, self.centroids, nprobe, device)
         cand_d = np.full((nq, nprobe * k), np.inf, dtype=np.float32)
         cand_i = np.full((nq, nprobe * k), -1, dtype=np.int64)
@@ -185,14 +191,20 @@ def _sorted_topk(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     return d, i
 
 
-def coarse_probes(q: np.ndarray, centroids: np.ndarray, nprobe: int, device: str) -> np.ndarray:
-    """The ``nprobe`` lists nearest to each query (squared L2 to the list centroids)."""
+def coarse_probes(q: np.ndarray, centroids: np.ndarray, nprobe: int, device: str,
+                  desc: str | None = None) -> np.ndarray:
+    """The ``nprobe`` lists nearest to each query (squared L2 to the centroids), nearest first."""
     c_sq = np.einsum("ij,ij->i", centroids, centroids).astype(np.float32)
-    q_sq = np.einsum("ij,ij->i", q, q)
+    ids = np.arange(len(centroids), dtype=np.int64)
+    nprobe = min(nprobe, len(centroids))
     out = np.empty((len(q), nprobe), dtype=np.int64)
+    progress = Progress(desc, total=len(q), unit="rows") if desc else None
     for s in range(0, len(q), QUERY_BLOCK):
-        _, idx = block_topk(q[s:s + QUERY_BLOCK], q_sq[s:s + QUERY_BLOCK], centroids, c_sq, nprobe, device)
-        out[s:s + QUERY_BLOCK] = idx
+        qb = np.ascontiguousarray(q[s:s + QUERY_BLOCK], dtype=np.float32)
+        d, local = block_topk(qb, np.einsum("ij,ij->i", qb, qb), centroids, c_sq, nprobe, device)
+        out[s:s + len(qb)] = _sorted_topk(d, ids[local], nprobe)[1]
+        if progress:
+            progress.update(len(qb))
     return out
 
 
@@ -212,7 +224,7 @@ def default_nlist(n: int) -> int:
     return max(1, int(round(2 * math.sqrt(n))))
 
 
-def training_rows(n: int, nlist: int, seed: int, per_list: int = 64) -> np.ndarray:
+def training_rows(n: int, nlist: int, seed: int, per_list: int = 40) -> np.ndarray:
     """Sorted row ids of the seeded sample the IVF centroids are trained on."""
     size = min(n, nlist * per_list)
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
@@ -226,8 +238,8 @@ def train_lists(sample: np.ndarray, nlist: int, seed: int, device: str) -> np.nd
     return kmeans(sample, nlist, niter=10, seed=seed, device=device, desc="IVF lists").centroids
 
 
-def ivf_index(data: np.ndarray, centroids: np.ndarray, device: str) -> IvfIndex:
-    labels, _ = nearest_centroid(data, centroids, "l2", device, desc="IVF assign")
+def index_from_labels(data: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> IvfIndex:
+    """An IVF index whose list of row ``r`` is ``labels[r]``."""
     order = np.argsort(labels, kind="stable")
     offsets = np.searchsorted(labels[order], np.arange(len(centroids) + 1)).astype(np.int64)
     vectors = np.asarray(data)[order]
@@ -256,13 +268,16 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
 
 
 def choose_nprobe(index: IvfIndex, queries: np.ndarray, query_ids: np.ndarray, k: int, target: float,
-                  device: str) -> tuple[int, float]:
+                  device: str, probes: np.ndarray | None = None) -> tuple[int, float]:
     """Smallest power-of-two ``nprobe`` whose recall@k on ``queries`` reaches ``target``."""
+    if probes is None:
+        probes = coarse_probes(queries, index.centroids, MAX_CALIBRATED_NPROBE, device)
     ed, ei = index.as_flat().search(queries, k + 1, 1, device, desc="IVF calibration (exact)")
     _, exact = remove_self(ed, ei, query_ids)
     nprobe, recall = 1, 0.0
     while True:
-        ad, ai = index.search(queries, k + 1, nprobe, device)
+        known = probes if nprobe <= probes.shape[1] else None
+        ad, ai = index.search(queries, k + 1, nprobe, device, probes=known)
         recall = recall_at_k(remove_self(ad, ai, query_ids)[1], exact)
         if recall >= target or nprobe >= index.nlist:
             return min(nprobe, index.nlist), recall
@@ -299,12 +314,16 @@ def knn_graph(features: np.ndarray, k: int, *, method: str = "auto", exact_max_r
         return KnnGraph(*_pad(i, d, k), method="exact")
     nlist = nlist or default_nlist(n)
     centroids = train_lists(np.asarray(features[training_rows(n, nlist, seed)]), nlist, seed, device)
-    index = ivf_index(features, centroids, device)
+    # every row is both a base row and a query: its nearest lists give its own list and its probes
+    probes = coarse_probes(features, centroids, nprobe or MAX_CALIBRATED_NPROBE, device, desc="IVF coarse")
+    index = index_from_labels(features, centroids, probes[:, 0])
     measured = None
     if nprobe is None:
         cal = calibration_rows(n, calibration_queries, seed)
-        nprobe, measured = choose_nprobe(index, np.asarray(features[cal]), cal, kk, recall, device)
-    d, i = index.search(features, kk + 1, nprobe, device, desc=f"IVF kNN (nlist={nlist}, nprobe={nprobe})")
+        nprobe, measured = choose_nprobe(index, np.asarray(features[cal]), cal, kk, recall, device, probes[cal])
+    known = probes if nprobe <= probes.shape[1] else None
+    d, i = index.search(features, kk + 1, nprobe, device, desc=f"IVF kNN (nlist={nlist}, nprobe={nprobe})",
+                        probes=known)
     d, i = remove_self(d, i, query_ids)
     return KnnGraph(*_pad(i, d, k), method="ivf", nlist=nlist, nprobe=nprobe, calibrated_recall=measured)
 
@@ -415,7 +434,7 @@ def _TakeRows(load_features, wanted: dict[str, np.ndarray]):  # noqa: N802 - tas
 def _AssignLists(load_features, folder: Path, device: str):  # noqa: N802
     def assign_lists(table: Path) -> np.ndarray:
         centroids = np.load(folder / "centroids.npy")
-        return nearest_centroid(load_features(table), centroids, "l2", device)[0]
+        return coarse_probes(load_features(table), centroids, 1, device)[:, 0]
 
     return assign_lists
 
