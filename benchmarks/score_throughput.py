@@ -80,13 +80,13 @@ def steady_rate(ws) -> float:
 
 
 def bare_forward_rate(ws, arch: str, pretrained: str | None, device: str, precision: str, batch_size: int,
-                      repeats: int) -> float:
+                      repeats: int, threads: int = 0) -> float:
     """images/s of encode_image + encode_text alone, on the stage's own preprocessed batches."""
     import torch
 
     from poolsieve.pipeline.encode import Encoder, ModelEntry, iter_prepared_chunks
 
-    enc = Encoder([ModelEntry.parse({"arch": arch, "pretrained": pretrained})], device, precision, batch_size)
+    enc = Encoder([ModelEntry.parse({"arch": arch, "pretrained": pretrained})], device, precision, batch_size, threads)
     model, _ = enc.loaded[0]
     plan = enc.plan(batch_size, language=False)
     plan.decode = "cpu"
@@ -121,7 +121,8 @@ def stage_rate(ws, args, runtime, repeats: int) -> tuple[float, dict]:
     from poolsieve.pipeline.score import ScoreConfig, score_pool
 
     config = ScoreConfig(models=[{"arch": args.arch, "pretrained": args.pretrained}], device=args.device,
-                         precision=args.precision, batch_size=args.batch_size, decode=args.decode)
+                         precision=args.precision, batch_size=args.batch_size, decode=args.decode,
+                         threads=args.threads)
     rates, steady, summary = [], [], {}
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -149,6 +150,7 @@ def main() -> None:
     p.add_argument("--decode", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--executor", default="ray", choices=("ray", "local"))
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="CPU encoder threads, the same for both (0: free cores)")
     p.add_argument("--gen-workers", type=int, default=1, help="processes that write the test pool")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="score-bench-") as tmp, Runtime(executor=args.executor) as runtime:
@@ -156,11 +158,15 @@ def main() -> None:
         write_pool(ws.shards_dir, args.images, args.per_shard, args.size, workers=args.gen_workers)
         if args.executor == "ray":
             runtime.ensure_ray()  # a cluster is up before a stage runs; its start is not the stage's cost
+        if not args.threads:
+            from poolsieve.pipeline.encode import auto_threads
+
+            args.threads = auto_threads()  # chosen once, so that the stage and the bare forward use the same
         stage, summary = stage_rate(ws, args, runtime, args.repeats)
         forward = bare_forward_rate(ws, args.arch, args.pretrained, summary["device"],
-                                    args.precision, summary["batch size"], args.repeats)
+                                    args.precision, summary["batch size"], args.repeats, args.threads)
     print(f"{args.arch} ({args.pretrained or 'random weights'}), {args.images} JPEGs ~{args.size}px, "
-          f"device {summary['device']}, batch {summary['batch size']}, decode {args.decode}, executor {args.executor}")
+          f"device {summary['device']} ({args.threads} threads), batch {summary['batch size']}, decode {args.decode}, executor {args.executor}")
     print(format_table(["measure", "images/s"], [
         ["score stage, end to end (read+decode+preprocess+tokenise+encode+write)", round(stage, 2)],
         ["score stage, steady state (first shard to last shard)", round(summary["steady images/s"], 2)],

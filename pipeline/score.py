@@ -44,7 +44,7 @@ class ScoreConfig:
     decode: str = "cpu"           # cpu (PIL in CPU tasks) | gpu (nvjpeg in the encoder, when on a GPU)
     encoders: int = 0             # encoder actors; 0: one per GPU, else one
     decode_workers: int = 0       # shards read at once; 0: the CPUs the encoders leave free
-    threads: int = 0              # torch threads of a CPU encoder; 0: all cores
+    threads: int = 0              # torch threads of a CPU encoder; 0: the cores not already busy
     language: bool = True         # fastText language id of captions
 
 
@@ -96,6 +96,7 @@ class RunStats:
     seconds: float = 0.0
     device: str = ""
     batch_size: int = 0
+    threads: int = 0
     errors: list[tuple[Path, str]] = field(default_factory=list)
 
     def add(self, written: dict[str, Any]) -> None:
@@ -115,6 +116,7 @@ class RunStats:
             "decode errors": self.decode_errors,
             "models": ", ".join(f"{m.key}={m.spec.arch}:{m.spec.pretrained or 'random'}" for m in models),
             "device": self.device or "-",
+            "encoder threads": self.threads if self.device == "cpu" else "-",
             "batch size": self.batch_size or "-",
             "elapsed s": round(self.seconds, 2),
             "images/s": round(rate, 1),
@@ -130,7 +132,7 @@ def _run_local(ws: Workspace, tars: list[Path], models: list[Any], config: Score
 
     encoder = Encoder(models, config.device, config.precision, config.batch_size, config.threads, config.decode)
     info = encoder.describe(config.chunk_size, config.language)
-    stats.device, stats.batch_size = info["device"], info["batch_size"]
+    stats.device, stats.batch_size, stats.threads = info["device"], info["batch_size"], info["threads"]
     progress = Progress("score", total=len(tars), unit="shards", stream=None if not quiet else _Null())
     for tar in tars:
         try:
@@ -157,7 +159,7 @@ class _ShardState:
 
 def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreConfig, runtime: Runtime,
              stats: RunStats, quiet: bool) -> None:
-    from .encode import Encoder, iter_prepared_chunks
+    from .encode import EncoderActor, iter_prepared_chunks
     from .runtime import _unwrap_get
 
     ray = runtime.ensure_ray()
@@ -170,16 +172,17 @@ def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreCo
     n_enc = config.encoders or (gpus if use_gpu else 1)
     device = ("cuda" if use_gpu else "cpu") if config.device == "auto" else config.device
     enc_cpus = 1 if not use_gpu else min(2, max(1, cpus // max(1, n_enc) // 4))
-    actor_cls = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=enc_cpus, max_restarts=0)(Encoder)
-    actors = [actor_cls.remote(models, device, config.precision, config.batch_size, config.threads, config.decode)
-              for _ in range(n_enc)]
+    actor_cls = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=enc_cpus, max_restarts=0)(EncoderActor)
+    actors = [actor_cls.remote() for _ in range(n_enc)]
     try:
-        info = _unwrap_get(ray, actors[0].describe.remote(config.chunk_size, config.language))
-    except Exception:
+        infos = [a.setup.remote(models, device, config.precision, config.batch_size, config.threads, config.decode,
+                                config.chunk_size, config.language) for a in actors]
+        info = [_unwrap_get(ray, ref) for ref in infos][0]
+    except BaseException:
         for a in actors:
             ray.kill(a)
         raise
-    stats.device, stats.batch_size = info["device"], info["batch_size"]
+    stats.device, stats.batch_size, stats.threads = info["device"], info["batch_size"], info["threads"]
     plan, dims = info["plan"], info["dims"]
     decoders = config.decode_workers or max(1, cpus - n_enc * enc_cpus)
     reader = ray.remote(num_cpus=1, num_returns="streaming", max_retries=0,
@@ -320,7 +323,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", choices=("cpu", "gpu"), help="decode JPEGs with PIL on CPU tasks or nvjpeg on the GPU")
     p.add_argument("--encoders", type=int, help="encoder actors (default: one per GPU, else one)")
     p.add_argument("--decode-workers", type=int, help="shards decoded at once (default: free CPUs)")
-    p.add_argument("--threads", type=int, help="torch threads of a CPU encoder (default: all cores)")
+    p.add_argument("--threads", type=int, help="torch threads of a CPU encoder (default: the cores not busy)")
     p.add_argument("--no-language", action="store_true", help="skip caption language detection")
     p.add_argument("--shard", action="append", dest="shards", metavar="NAME", help="score only this shard (repeat)")
     g = p.add_argument_group("other inputs")

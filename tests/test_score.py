@@ -187,7 +187,7 @@ def test_truncated_tar_on_ray_names_the_shard(scored, checkpoint, tmp_path, ray_
     assert ws.score_table_path("00000").exists() and not ws.score_table_path("00001").exists()
 
 
-def test_checkpoint_that_does_not_fit_is_a_one_line_error(scored, tmp_path, capsys):
+def test_checkpoint_that_does_not_fit_is_a_one_line_error(scored, tmp_path, capsys, ray_runtime):
     import torch
 
     from poolsieve.pipeline.score import main
@@ -202,6 +202,9 @@ def test_checkpoint_that_does_not_fit_is_a_one_line_error(scored, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert str(wrong) in err[-1] and "does not fit" in err[-1] and "visual.proj" in err[-1]
+    with pytest.raises(InputError, match="does not fit") as on_ray:  # loaded in a Ray actor: the same error
+        score_pool(Workspace.open(ws), ScoreConfig(models=[f"poolsieve-tiny:{wrong}"]), ray_runtime, quiet=True)
+    assert on_ray.value.path == wrong
 
 
 def test_sample_without_uid_names_the_shard(tmp_path, checkpoint, local_runtime):
