@@ -173,30 +173,21 @@ def shard_digits(max_id: int) -> int:
     return max(5, len(str(max(max_id, 0))))
 
 
-def whole_shard_ids(shards_dir: Path) -> set[int]:
-    """Shard ids whose ``_stats.json`` is in ``shards/`` (promotion moves it last)."""
+def whole_shards(shards_dir: Path) -> dict[int, str]:
+    """Shard id -> name of the shards whose tar and ``_stats.json`` are in ``shards/`` (stats move last)."""
     if not shards_dir.is_dir():
-        return set()
-    ids = set()
-    for p in shards_dir.iterdir():
-        m = _STATS_RE.match(p.name)
-        if m and (shards_dir / f"{m.group(1)}.tar").exists():
-            ids.add(int(m.group(1)))
-    return ids
+        return {}
+    names = {p.name for p in shards_dir.iterdir()}
+    out = {}
+    for name in names:
+        m = _STATS_RE.match(name)
+        if m and f"{m.group(1)}.tar" in names:
+            out[int(m.group(1))] = m.group(1)
+    return out
 
 
-def shard_files(shards_dir: Path, shard_id: int, digits: int) -> dict[str, Path]:
-    name = f"{shard_id:0{digits}d}"
-    return {"tar": shards_dir / f"{name}.tar", "parquet": shards_dir / f"{name}.parquet",
-            "stats": shards_dir / f"{name}_stats.json"}
-
-
-def find_shard_files(shards_dir: Path, shard_id: int) -> dict[str, Path] | None:
-    for p in shards_dir.glob("*_stats.json"):
-        m = _STATS_RE.match(p.name)
-        if m and int(m.group(1)) == shard_id:
-            return shard_files(shards_dir, shard_id, len(m.group(1)))
-    return None
+def whole_shard_ids(shards_dir: Path) -> set[int]:
+    return set(whole_shards(shards_dir))
 
 
 # --------------------------------------------------------------------------------- staging & promotion
@@ -264,6 +255,8 @@ def run_img2dataset(job: dict[str, Any], shards_dir: Path, expected: list[int], 
     job_path = staging / "_job.json"
     job_path.write_text(json.dumps(job))
     log_path = shards_dir / RUNNER_LOG_NAME
+    print(f"{desc}: {len(expected)} shard(s) to fetch with img2dataset ({job['distributor']}); "
+          f"starting workers (log: {log_path})", file=sys.stderr, flush=True)
     progress = Progress(desc, total=len(expected), unit="shards")
     promoted: list[int] = []
     samples = 0
@@ -308,14 +301,8 @@ def run_img2dataset(job: dict[str, Any], shards_dir: Path, expected: list[int], 
 
 # --------------------------------------------------------------------------------- reading results
 def _shard_parquets(shards_dir: Path) -> list[tuple[int, Path]]:
-    out = []
-    for stats in shards_dir.glob("*_stats.json"):
-        m = _STATS_RE.match(stats.name)
-        if m:
-            p = shards_dir / f"{m.group(1)}.parquet"
-            if p.exists():
-                out.append((int(m.group(1)), p))
-    return sorted(out)
+    """(id, parquet) of the whole shards, by id."""
+    return [(i, shards_dir / f"{name}.parquet") for i, name in sorted(whole_shards(shards_dir).items())]
 
 
 def collect_failures(shards_dir: Path):
@@ -351,7 +338,8 @@ def reconcile_duplicates(shards_dir: Path) -> int:
 
     latest: dict[str, int] = {}
     tables = {}
-    for shard_id, path in _shard_parquets(shards_dir):
+    parquets = dict(_shard_parquets(shards_dir))
+    for shard_id, path in parquets.items():
         t = pq.read_table(path, columns=["uid", "status"])
         tables[shard_id] = t
         for uid in t.column("uid").to_pylist():
@@ -363,14 +351,14 @@ def reconcile_duplicates(shards_dir: Path) -> int:
         drop = [latest[u] != shard_id and s != "success" for u, s in zip(uids, status, strict=True)]
         if not any(drop):
             continue
-        files = find_shard_files(shards_dir, shard_id)
-        assert files is not None
-        full = pq.read_table(files["parquet"])
+        parquet_path = parquets[shard_id]
+        stats_path = parquet_path.with_name(f"{parquet_path.stem}_stats.json")
+        full = pq.read_table(parquet_path)
         keep = full.filter(pc.invert(pc.is_in(full.column("uid"), value_set=_pa_array(
             [u for u, d in zip(uids, drop, strict=True) if d]))))
-        with atomic_path(files["parquet"]) as tmp:
+        with atomic_path(parquet_path) as tmp:
             pq.write_table(keep, tmp)
-        stats = json.loads(files["stats"].read_text())
+        stats = json.loads(stats_path.read_text())
         kept_status = keep.column("status").to_pylist()
         kept_errors = keep.column("error_message").to_pylist()
         status_dict = Counter("success" if s == "success" else (e or s) for s, e in zip(kept_status, kept_errors,
@@ -379,7 +367,7 @@ def reconcile_duplicates(shards_dir: Path) -> int:
                      failed_to_download=kept_status.count("failed_to_download"),
                      failed_to_resize=kept_status.count("failed_to_resize"), status_dict=dict(status_dict),
                      moved_to_later_shards=int(stats.get("moved_to_later_shards", 0)) + sum(drop))
-        write_json(files["stats"], stats)
+        write_json(stats_path, stats)
         dropped += sum(drop)
     return dropped
 
@@ -567,11 +555,11 @@ def build_report(ws: Any, cfg: DownloadConfig, planned: int, mode: str, outcome:
     from .formats import atomic_path
 
     shards_dir = ws.shards_dir
-    whole = whole_shard_ids(shards_dir)
+    whole_names = whole_shards(shards_dir)
+    whole = set(whole_names)
     samples = successes = 0
-    for shard_id in sorted(whole):
-        files = find_shard_files(shards_dir, shard_id)
-        stats = json.loads(files["stats"].read_text()) if files else {}
+    for name in whole_names.values():
+        stats = json.loads((shards_dir / f"{name}_stats.json").read_text())
         samples += int(stats.get("count", 0))
         successes += int(stats.get("successes", 0))
     failures = collect_failures(shards_dir)
@@ -617,7 +605,9 @@ def _print_report(report: dict[str, Any]) -> None:
          + (f" ({report['success_rate_excluding_denied']:.2%} of the not denied)" if report["denied"] else "")),
         ("failures", ", ".join(f"{k}={v}" for k, v in report["failures_by_reason"].items()) or "none"),
         ("this run", f"{run['mode']}: {run['shards_done']} shards, {run['samples']} samples in {run['seconds']}s"
-         + (f" ({rate:,.1f} samples/s)" if rate else "")),
+         + (f" ({rate:,.1f} samples/s)" if rate else "") if run["shards_planned"] else
+         f"{run['mode']}: nothing to do" + (" (every shard is whole)" if run["mode"] == "download" else
+                                             " (no failed sample to retry)")),
     ]
     if report["missing_shards"]:
         rows.append(("missing shards", _short_list(report["missing_shards"])))
