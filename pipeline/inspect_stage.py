@@ -2,7 +2,8 @@
 
 Pool metadata (rows, files), downloaded shards (successes, failures by reason), score tables (rows,
 status counts, score columns with quantiles), subsets (size, share of the pool, how each was made),
-training runs and evaluation summaries. ``--json`` prints the same as JSON.
+training runs and evaluation summaries. ``--json`` prints the same as JSON; ``--html`` also writes
+``report/index.html`` with plots.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .workspace import Workspace
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--html", action="store_true", help="also write report/index.html with plots")
 
 
 def inspect_workspace(ws: Workspace) -> dict[str, Any]:
@@ -137,4 +139,8 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
     else:
         _print(summary)
+    if args.html:
+        from .report import write_report
+
+        print(f"report: {write_report(ws, summary)}")
     return 0

@@ -1,0 +1,45 @@
+"""inspect and the HTML report summarise what a workspace holds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from poolsieve.pipeline.formats import uids_to_pairs, write_subset
+from poolsieve.pipeline.inspect_stage import inspect_workspace
+from poolsieve.pipeline.report import write_report
+from poolsieve.pipeline.workspace import Workspace
+
+
+def make_scored_workspace(root):
+    ws = Workspace.create(root)
+    ws.scores_dir.mkdir()
+    rng = np.random.default_rng(0)
+    uids = [f"{i:032x}" for i in range(200)]
+    scores = rng.uniform(0.1, 0.4, 200)
+    status = ["success"] * 190 + ["decode_error"] * 10
+    for k in range(2):
+        sl = slice(100 * k, 100 * (k + 1))
+        pd.DataFrame({"uid": uids[sl], "status": status[sl], "clip_b32_similarity_score": scores[sl]}).to_parquet(
+            ws.score_table_path(f"{k:05d}"))
+    top = [u for u, s in zip(uids[:190], scores[:190], strict=True) if s > 0.3]
+    write_subset(ws.subset_path("top"), uids_to_pairs(top))
+    return ws, scores, top
+
+
+def test_inspect_counts_rows_status_and_subsets(tmp_path):
+    ws, scores, top = make_scored_workspace(tmp_path / "ws")
+    summary = inspect_workspace(ws)
+    assert summary["scores"]["rows"] == 200
+    assert summary["scores"]["status"] == {"success": 190, "decode_error": 10}
+    q = summary["scores"]["score_columns"]["clip_b32_similarity_score"]
+    assert q["p50"] == round(float(np.median(scores)), 4)
+    assert summary["subsets"]["top"]["uids"] == len(top)
+
+
+def test_html_report_has_plots_for_scores_and_subsets(tmp_path):
+    ws, _, top = make_scored_workspace(tmp_path / "ws")
+    page = write_report(ws, inspect_workspace(ws)).read_text()
+    assert page.count("<svg") == 2  # the score histogram (pool + subset) and the subset bars
+    assert "clip_b32_similarity_score" in page and ">top<" in page
+    assert f"{len(top):,}" in page
