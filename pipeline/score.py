@@ -17,6 +17,7 @@ import argparse
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ def score_pool(ws: Workspace, config: ScoreConfig, runtime: Runtime, overwrite: 
     if not tars:
         raise InputError(ws.shards_dir, "no whole shards to score (a shard is whole when its _stats.json exists)")
     todo = [t for t in tars if overwrite or not shard_is_scored(ws, t.stem)]
+    for t in todo:  # temporary files a killed run left behind
+        for stale in ws.scores_dir.glob(f".{t.stem}.*.tmp"):
+            stale.unlink(missing_ok=True)
     t0 = time.perf_counter()
     stats = RunStats(total_shards=len(tars), skipped=len(tars) - len(todo))
     if todo:
@@ -193,7 +197,9 @@ def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreCo
     ready_chunks: deque[tuple[_ShardState, int, Any]] = deque()
     in_flight: dict[Any, tuple[_ShardState, int, int]] = {}  # encode ref -> (shard, chunk, actor)
     load = [0] * n_enc
-    per_actor = 2
+    per_actor = 3
+    writer = ThreadPoolExecutor(1, thread_name_prefix="score-writer")  # writes never stall the encoders
+    writes: deque[Any] = deque()
     buffer_limit = 2 * n_enc
     states: list[_ShardState] = []
 
@@ -201,8 +207,13 @@ def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreCo
         if state.failed or not state.decoded_all or len(state.chunks) < state.dispatched:
             return
         chunks = [state.chunks[i] for i in sorted(state.chunks)]
-        written = write_shard(ws, state.tar.stem, chunks, dims)
         state.chunks.clear()
+        writes.append(writer.submit(write_shard, ws, state.tar.stem, chunks, dims))
+        while writes and writes[0].done():
+            collect(writes.popleft())
+
+    def collect(future: Any) -> None:
+        written = future.result()
         stats.add(written)
         progress.update(1, written["rows"], "images")
 
@@ -255,9 +266,14 @@ def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreCo
                         continue
                     ready_chunks.append((state, state.dispatched, chunk_ref))
                     state.dispatched += 1
+        while writes:
+            collect(writes.popleft())
     finally:
+        writer.shutdown(wait=True)
         for ref in in_flight:
             ray.cancel(ref, force=False)
+        for gen in active:
+            ray.cancel(gen, force=False)
         for a in actors:
             ray.kill(a)
         progress.close()
