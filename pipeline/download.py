@@ -305,14 +305,20 @@ def _shard_parquets(shards_dir: Path) -> list[tuple[int, Path]]:
     return [(i, shards_dir / f"{name}.parquet") for i, name in sorted(whole_shards(shards_dir).items())]
 
 
-def collect_failures(shards_dir: Path):
-    """Every failed sample in the whole shards, with its shard and reason (pandas DataFrame)."""
+FAILURE_COLUMNS = ("uid", "shard", "url", "caption", "key", "status", "error_message", "reason")
+_COVER_KEY = b"poolsieve_shards_covered"
+
+
+def collect_failures(shards_dir: Path, only: set[int] | None = None):
+    """Failed samples of the whole shards (or of the ids in ``only``), with shard and reason (pandas)."""
     import pandas as pd
     import pyarrow.parquet as pq
 
     frames = []
     cols = ["uid", "url", "caption", "key", "status", "error_message"]
-    for shard_id, path in _shard_parquets(shards_dir):
+    for shard_id, path in _shard_parquets(shards_dir) if only is None or only else []:
+        if only is not None and shard_id not in only:
+            continue
         names = pq.read_schema(path).names
         table = pq.read_table(path, columns=[c for c in cols if c in names]).to_pandas()
         bad = table[table["status"] != "success"].copy()
@@ -320,17 +326,63 @@ def collect_failures(shards_dir: Path):
             bad.insert(1, "shard", shard_id)
             frames.append(bad)
     if not frames:
-        return pd.DataFrame({"uid": pd.Series(dtype=str), "shard": pd.Series(dtype="int64"),
-                             **{c: pd.Series(dtype=str) for c in cols[1:]}, "reason": pd.Series(dtype=str)})
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c == "shard" else object) for c in FAILURE_COLUMNS})
     df = pd.concat(frames, ignore_index=True)
     df["reason"] = [failure_reason(s, e) for s, e in zip(df["status"], df["error_message"], strict=True)]
+    return df[list(FAILURE_COLUMNS)]
+
+
+def _ranges(ids: set[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for i in sorted(ids):
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return out
+
+
+def read_failures(shards_dir: Path):
+    """``(failures DataFrame, shard ids it covers)`` from ``download_failures.parquet``; empty if absent."""
+    import pyarrow.parquet as pq
+
+    path = shards_dir / FAILURES_NAME
+    if not path.exists():
+        return collect_failures(shards_dir, only=set()), set()
+    table = pq.read_table(path)
+    cover = json.loads((table.schema.metadata or {}).get(_COVER_KEY, b"[]"))
+    return table.to_pandas(), {i for a, b in cover for i in range(a, b + 1)}
+
+
+def update_failures(shards_dir: Path, rewritten: set[int] = frozenset()):
+    """Bring ``download_failures.parquet`` up to date, reading only the shards it does not cover yet
+    (and ``rewritten`` ones). Returns the failures of all whole shards."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .formats import atomic_path
+
+    whole = whole_shard_ids(shards_dir)
+    old, covered = read_failures(shards_dir)
+    dirty = (whole - covered) | (set(rewritten) & whole)
+    kept = old[old["shard"].isin(whole - dirty)]
+    fresh = collect_failures(shards_dir, only=dirty)
+    df = pd.concat([d for d in (kept, fresh) if len(d)], ignore_index=True) if len(kept) or len(fresh) else fresh
+    df = df.sort_values(["shard", "key"], kind="stable").reset_index(drop=True)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           _COVER_KEY: json.dumps(_ranges(whole)).encode()})
+    with atomic_path(shards_dir / FAILURES_NAME) as tmp:
+        pq.write_table(table, tmp)
     return df
 
 
-def reconcile_duplicates(shards_dir: Path) -> int:
-    """Keep each uid in one shard parquet: a later attempt (higher shard id) replaces failed rows of
-    earlier ones. Rewrites the earlier parquet and its stats; tars are untouched (failures have no
-    member). Returns the number of rows dropped."""
+def reconcile_duplicates(shards_dir: Path, candidates: set[int]) -> set[int]:
+    """Keep each uid in one shard parquet: a later attempt (higher shard id) replaces the failed rows
+    of earlier ones. Only ``candidates`` are read (the shards with failures and the retry shards).
+    Rewrites the earlier parquet and its stats; tars are untouched (failures have no member).
+    Returns the ids of the rewritten shards."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -338,13 +390,13 @@ def reconcile_duplicates(shards_dir: Path) -> int:
 
     latest: dict[str, int] = {}
     tables = {}
-    parquets = dict(_shard_parquets(shards_dir))
+    parquets = {i: p for i, p in _shard_parquets(shards_dir) if i in candidates}
     for shard_id, path in parquets.items():
         t = pq.read_table(path, columns=["uid", "status"])
         tables[shard_id] = t
         for uid in t.column("uid").to_pylist():
             latest[uid] = shard_id  # ascending shard order: the last one wins
-    dropped = 0
+    rewritten = set()
     for shard_id, t in tables.items():
         uids = t.column("uid").to_pylist()
         status = t.column("status").to_pylist()
@@ -368,8 +420,8 @@ def reconcile_duplicates(shards_dir: Path) -> int:
                      failed_to_resize=kept_status.count("failed_to_resize"), status_dict=dict(status_dict),
                      moved_to_later_shards=int(stats.get("moved_to_later_shards", 0)) + sum(drop))
         write_json(stats_path, stats)
-        dropped += sum(drop)
-    return dropped
+        rewritten.add(shard_id)
+    return rewritten
 
 
 def _pa_array(values: list[str]):
@@ -522,8 +574,7 @@ def _retry_failed(ws: Any, cfg: DownloadConfig, files: list[Path], planned: int,
         raise PoolsieveError(f"{shards_dir}: {len(missing_planned)} planned shard(s) are missing "
                              f"({_short_list([str(i) for i in missing_planned])}); run `poolsieve download` "
                              "without --retry-failed first")
-    reconcile_duplicates(shards_dir)
-    failures = collect_failures(shards_dir)
+    failures = _reconcile(shards_dir, planned)
     retry_uids = set(failures.loc[failures["reason"] != "denied", "uid"])
     if not retry_uids:
         return None, []
@@ -545,15 +596,21 @@ def _retry_failed(ws: Any, cfg: DownloadConfig, files: list[Path], planned: int,
     digits = shard_digits(expected[-1])
     job = _job(ws, cfg, [retry_input], set(), start_id, bbox_col, digits, distributor, address)
     outcome = run_img2dataset(job, shards_dir, expected, cfg.watchdog_seconds, desc="retry failed")
-    reconcile_duplicates(shards_dir)
+    _reconcile(shards_dir, planned)
     return outcome, expected
+
+
+def _reconcile(shards_dir: Path, planned: int):
+    """Drop superseded failure rows (see ``reconcile_duplicates``); return the up-to-date failures."""
+    failures = update_failures(shards_dir)
+    candidates = set(failures["shard"].astype(int)) | {i for i in whole_shard_ids(shards_dir) if i >= planned}
+    rewritten = reconcile_duplicates(shards_dir, candidates)
+    return update_failures(shards_dir, rewritten) if rewritten else failures
 
 
 # --------------------------------------------------------------------------------- report
 def build_report(ws: Any, cfg: DownloadConfig, planned: int, mode: str, outcome: RunOutcome | None,
                  expected: list[int], distributor: str) -> dict[str, Any]:
-    from .formats import atomic_path
-
     shards_dir = ws.shards_dir
     whole_names = whole_shards(shards_dir)
     whole = set(whole_names)
@@ -562,9 +619,7 @@ def build_report(ws: Any, cfg: DownloadConfig, planned: int, mode: str, outcome:
         stats = json.loads((shards_dir / f"{name}_stats.json").read_text())
         samples += int(stats.get("count", 0))
         successes += int(stats.get("successes", 0))
-    failures = collect_failures(shards_dir)
-    with atomic_path(shards_dir / FAILURES_NAME) as tmp:
-        failures.to_parquet(tmp, index=False)
+    failures = update_failures(shards_dir)
     by_reason = dict(sorted(Counter(failures["reason"]).items(), key=lambda kv: (-kv[1], kv[0])))
     denied = by_reason.get("denied", 0)
     missing = sorted((set(range(planned)) | set(expected)) - whole)
