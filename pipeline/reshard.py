@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ from .formats import (
     write_json,
     write_subset,
 )
+from .progress import Progress
+from .reshard_plan import OutputPlanner, ShardScan, WriteUnit
 from .runtime import Runtime
 from .tar_io import END_OF_ARCHIVE, iter_members, padding, split_key, ustar_header, write_buffers
 from .workspace import Workspace
@@ -72,26 +74,6 @@ class ReshardConfig:
 class ScanUnit:
     tar_path: str
     subset_path: str
-
-
-@dataclass
-class ShardScan:
-    """The samples of one pool shard that are in the subset, with where their members lie."""
-
-    tar_path: str
-    samples: int = 0
-    samples_without_uid: int = 0
-    skipped_members: int = 0
-    uids: np.ndarray = field(default_factory=lambda: np.empty(0, SUBSET_DTYPE))
-    keys: list[str] = field(default_factory=list)
-    copies: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    span_start: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    span_end: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    member_start: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    member_count: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    member_ext: list[str] = field(default_factory=list)
-    member_offset: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    member_size: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
 
 def _group_samples(tar_path: Path) -> tuple[list[tuple[str, dict]], int]:
@@ -167,106 +149,6 @@ def scan_shard(unit: ScanUnit) -> ShardScan:
     scan.member_start, scan.member_count = np.array(mstarts, np.int64), np.array(mcounts, np.int64)
     scan.member_offset, scan.member_size = np.array(offsets, np.int64), np.array(sizes, np.int64)
     return scan
-
-
-# ------------------------------------------------------------------------------------- plan
-@dataclass
-class WriteUnit:
-    """Pass 2's unit: one output shard and, in order, the samples it holds."""
-
-    index: int
-    tar_path: str
-    stats_path: str
-    sources: list[str]
-    source: np.ndarray
-    out_keys: list[str]
-    span_start: np.ndarray
-    span_end: np.ndarray
-    member_start: np.ndarray
-    member_count: np.ndarray
-    member_ext: list[str]
-    member_offset: np.ndarray
-    member_size: np.ndarray
-
-
-def buffered_shuffle_order(n: int, bufsize: int, seed: int) -> np.ndarray:
-    """Order of a seeded shuffle buffer of ``bufsize`` over ``n`` items (identity when ``bufsize <= 1``)."""
-    if bufsize <= 1 or n <= 1:
-        return np.arange(n, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    if bufsize >= n:
-        return rng.permutation(n).astype(np.int64)
-    picks = rng.integers(0, bufsize, size=n - bufsize).tolist()
-    buf = list(range(bufsize))
-    out: list[int] = []
-    for incoming, slot in zip(range(bufsize, n), picks, strict=True):
-        out.append(buf[slot])
-        buf[slot] = incoming
-    out.extend(np.asarray(buf)[rng.permutation(bufsize)].tolist())
-    return np.asarray(out, dtype=np.int64)
-
-
-def _copy_numbers(uids: np.ndarray, copies: np.ndarray) -> np.ndarray:
-    """First copy number ``j`` of each sample, so keys stay distinct if a uid occurs twice in the pool."""
-    _, inverse = np.unique(uids, return_inverse=True)
-    inverse = inverse.ravel()
-    order = np.argsort(inverse, kind="stable")
-    c = copies[order]
-    before = np.cumsum(c) - c
-    group_first = np.r_[0, np.flatnonzero(np.diff(inverse[order])) + 1]
-    group_of_pos = np.repeat(np.arange(len(group_first)), np.diff(np.r_[group_first, len(order)]))
-    base = np.empty(len(uids), np.int64)
-    base[order] = before - before[group_first][group_of_pos]
-    return base
-
-
-def plan_output(scans: list[ShardScan], out_dir: Path, cfg: ReshardConfig) -> list[WriteUnit]:
-    """Assign every kept sample copy a global position and cut the list into output shards."""
-    # Samples in pool-shard order, then key order within a shard.
-    per_shard = []
-    for s_idx, scan in enumerate(scans):
-        order = np.argsort(np.asarray(scan.keys, dtype=object), kind="stable") if scan.keys else np.empty(0, int)
-        per_shard.append((s_idx, order))
-    src = np.concatenate([np.full(len(o), s, np.int64) for s, o in per_shard]) if per_shard else np.empty(0, int)
-    local = np.concatenate([o for _, o in per_shard]).astype(np.int64) if per_shard else np.empty(0, int)
-    if len(src) == 0:
-        return []
-    uids = np.concatenate([scans[s].uids[o] for s, o in per_shard])
-    copies = np.concatenate([scans[s].copies[o] for s, o in per_shard])
-    base = _copy_numbers(uids, copies)
-    sample_of_copy = np.repeat(np.arange(len(uids)), copies)
-    j = np.arange(len(sample_of_copy)) - np.repeat(np.cumsum(copies) - copies, copies) + base[sample_of_copy]
-    order = buffered_shuffle_order(len(sample_of_copy), cfg.shuffle_bufsize, cfg.seed)
-    sample_of_copy, j = sample_of_copy[order], j[order]
-    uid_hex = pairs_to_uids(uids)
-    sources = [scan.tar_path for scan in scans]
-    units = []
-    for index, lo in enumerate(range(0, len(sample_of_copy), cfg.shard_size)):
-        picked = sample_of_copy[lo:lo + cfg.shard_size]
-        units.append(_write_unit(index, out_dir, sources, scans, src[picked], local[picked],
-                                 [f"{uid_hex[s]}-{c}" for s, c in zip(picked.tolist(), j[lo:lo + cfg.shard_size].tolist(),
-                                                                       strict=True)]))
-    return units
-
-
-def _write_unit(index: int, out_dir: Path, sources: list[str], scans: list[ShardScan], src: np.ndarray,
-                local: np.ndarray, out_keys: list[str]) -> WriteUnit:
-    span_start, span_end, mstart, mcount, exts, offsets, sizes = [], [], [], [], [], [], []
-    for s, i in zip(src.tolist(), local.tolist(), strict=True):
-        scan = scans[s]
-        span_start.append(scan.span_start[i])
-        span_end.append(scan.span_end[i])
-        first, count = int(scan.member_start[i]), int(scan.member_count[i])
-        mstart.append(len(exts))
-        mcount.append(count)
-        exts.extend(scan.member_ext[first:first + count])
-        offsets.extend(scan.member_offset[first:first + count].tolist())
-        sizes.extend(scan.member_size[first:first + count].tolist())
-    name = filtered_shard_name(index)
-    return WriteUnit(index, str(out_dir / f"{name}.tar"), str(out_dir / f"{name}_stats.json"), sources,
-                     src.astype(np.int32), out_keys, np.array(span_start, np.int64), np.array(span_end, np.int64),
-                     np.array(mstart, np.int64), np.array(mcount, np.int64), exts,
-                     np.array(offsets, np.int64), np.array(sizes, np.int64))
 
 
 # ------------------------------------------------------------------------------------ pass 2
@@ -411,16 +293,12 @@ def reshard(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, *, overwrite: b
                 "bytes_written": 0, "seconds": time.monotonic() - started}
     _claim_output(out_dir, fingerprint, overwrite)
 
-    scan_started = time.monotonic()
-    scans = runtime.map(scan_shard, [ScanUnit(str(t), str(subset_path)) for t in tars], "reshard scan",
-                        items=lambda s: s.samples, item_unit="samples")
-    units = plan_output(scans, out_dir, cfg)
-    write_started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / PLAN_NAME, {"plan": fingerprint, "output_shard_count": len(units)})
-    todo = [u for u in units if not (Path(u.tar_path).exists() and Path(u.stats_path).exists())]
-    results = runtime.map(write_shard, todo, "reshard write", items=lambda r: r["samples"])
-    timings = {"scan_seconds": write_started - scan_started, "write_seconds": time.monotonic() - write_started}
+    write_json(out_dir / PLAN_NAME, {"plan": fingerprint})
+    planner = OutputPlanner(out_dir, [str(t) for t in tars], cfg.shard_size, cfg.shuffle_bufsize, cfg.seed)
+    scan_units = [ScanUnit(str(t), str(subset_path)) for t in tars]
+    run = _run_on_ray if runtime.executor == "ray" else _run_in_process
+    scans, results, skipped = run(runtime, scan_units, planner)
 
     found = np.unique(np.concatenate([s.uids for s in scans])) if scans else np.empty(0, SUBSET_DTYPE)
     unique_subset = np.unique(subset)
@@ -428,25 +306,106 @@ def reshard(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, *, overwrite: b
     write_subset(out_dir / MISSING_NAME, missing.astype(SUBSET_DTYPE))
     with atomic_path(out_dir / SUBSET_COPY_NAME) as tmp:
         shutil.copyfile(subset_path, tmp)
-    meta = _meta(ws, subset_path, subset, unique_subset, found, missing, scans, units, cfg, fingerprint)
+    meta = _meta(ws, subset_path, subset, unique_subset, found, missing, scans, planner, cfg, fingerprint)
     write_json(out_dir / "meta.json", meta)
     seconds = time.monotonic() - started
     written = sum(r["bytes"] for r in results)
-    return {**_summary_from_meta(meta, out_dir), "shards_written": len(todo),
-            "shards_skipped": len(units) - len(todo), "bytes_written": written, "seconds": seconds, **timings,
+    return {**_summary_from_meta(meta, out_dir), "shards_written": len(results),
+            "shards_skipped": skipped, "bytes_written": written, "seconds": seconds,
             "missing_examples": pairs_to_uids(missing[:5])}
 
 
+# ------------------------------------------------------------------------------ scheduling
+def _is_whole(unit: WriteUnit) -> bool:
+    return Path(unit.tar_path).exists() and Path(unit.stats_path).exists()
+
+
+def _run_in_process(runtime: Runtime, scan_units: list[ScanUnit],
+                    planner: OutputPlanner) -> tuple[list[ShardScan], list[dict], int]:
+    """Scan every pool shard, then write the output shards that are not whole yet."""
+    scans = runtime.map(scan_shard, scan_units, "reshard scan", items=lambda s: s.samples, item_unit="samples")
+    units = [u for scan in scans for u in planner.add(scan)] + planner.finish()
+    todo = [u for u in units if not _is_whole(u)]
+    results = runtime.map(write_shard, todo, "reshard write", items=lambda r: r["samples"])
+    return scans, results, len(units) - len(todo)
+
+
+def _run_on_ray(runtime: Runtime, scan_units: list[ScanUnit],
+                planner: OutputPlanner) -> tuple[list[ShardScan], list[dict], int]:
+    """Scans and writes as Ray tasks, overlapped: an output shard is written as soon as the scans
+    in front of it are in, so the disk is busy while later pool shards are still being scanned."""
+    ray = runtime.ensure_ray()
+    scan_task = ray.remote(num_cpus=1, max_retries=0)(scan_shard)
+    write_task = ray.remote(num_cpus=1, max_retries=0)(write_shard)
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    scan_progress = Progress("reshard scan", total=len(scan_units), unit="shards")
+    write_progress = Progress("reshard write", total=None, unit="shards")
+    scans: list[ShardScan | None] = [None] * len(scan_units)
+    ready_writes: list[WriteUnit] = []
+    results: list[dict] = []
+    in_flight: dict[Any, tuple[str, int]] = {}
+    next_scan = next_plan = skipped = 0
+    scans_in_flight = 0
+    try:
+        while next_scan < len(scan_units) or in_flight or ready_writes:
+            while ready_writes and len(in_flight) < cpus + 1:  # writes first: they free memory and disk
+                unit = ready_writes.pop(0)
+                in_flight[write_task.remote(unit)] = ("write", unit.index)
+            while next_scan < len(scan_units) and len(in_flight) < cpus + 1 and scans_in_flight < cpus:
+                in_flight[scan_task.remote(scan_units[next_scan])] = ("scan", next_scan)
+                next_scan += 1
+                scans_in_flight += 1
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            kind, i = in_flight.pop(done[0])
+            result = _get(ray, done[0])
+            if kind == "write":
+                results.append(result)
+                write_progress.update(1, result["samples"])
+                continue
+            scans_in_flight -= 1
+            scans[i] = result
+            scan_progress.update(1, result.samples)
+            while next_plan < len(scans) and scans[next_plan] is not None:
+                units = planner.add(scans[next_plan])
+                next_plan += 1
+                if next_plan == len(scans):
+                    units += planner.finish()
+                for unit in units:
+                    if _is_whole(unit):
+                        skipped += 1
+                    else:
+                        ready_writes.append(unit)
+    finally:
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+    if results:
+        write_progress.close()
+    return [s for s in scans if s is not None], results, skipped
+
+
+def _get(ray: Any, ref: Any) -> Any:
+    """``ray.get`` that re-raises a task's own exception (an InputError keeps its one-line message)."""
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(ref)
+    except RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, BaseException):
+            raise cause from None
+        raise
+
+
 def _meta(ws: Workspace, subset_path: Path, subset: np.ndarray, unique_subset: np.ndarray, found: np.ndarray,
-          missing: np.ndarray, scans: list[ShardScan], units: list[WriteUnit], cfg: ReshardConfig,
+          missing: np.ndarray, scans: list[ShardScan], planner: OutputPlanner, cfg: ReshardConfig,
           fingerprint: str) -> dict[str, Any]:
     mismatched = [Path(s.tar_path).name for s in scans if _stats_successes(Path(s.tar_path)) not in (None, s.samples)]
     return {
         "tool": "poolsieve reshard",
-        "output_shard_count": len(units),
+        "output_shard_count": planner.shards_planned,
         "output_shard_format": OUTPUT_SHARD_FORMAT,
         "output_shard_stats_format": OUTPUT_STATS_FORMAT,
-        "output_count": int(sum(len(u.out_keys) for u in units)),
+        "output_count": planner.copies_planned,
         "processed_count": int(sum(s.samples for s in scans)),
         "shard_size": cfg.shard_size,
         "shuffle_bufsize": cfg.shuffle_bufsize,
@@ -511,6 +470,7 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
         rows.append(("samples without uid", s["samples_without_uid"]))
     if s["shards_with_count_mismatch"]:
         rows.append(("stats mismatch", ", ".join(s["shards_with_count_mismatch"][:5])))
-    rows.append(("time", f"{s['seconds']:.1f} s, {rate:,.0f} MB/s written"))
+    phases = f" (scan {s['scan_seconds']:.1f} s, write {s['write_seconds']:.1f} s)" if "scan_seconds" in s else ""
+    rows.append(("time", f"{s['seconds']:.1f} s{phases}, {rate:,.0f} MB/s written"))
     print_summary("reshard", rows)
     return 0

@@ -19,7 +19,8 @@ from factories import make_samples, write_img2dataset_shards
 from poolsieve.pipeline import reshard as stage
 from poolsieve.pipeline.errors import InputError, PoolsieveError
 from poolsieve.pipeline.formats import SUBSET_DTYPE, read_subset, uids_to_pairs, write_subset
-from poolsieve.pipeline.reshard import ReshardConfig, buffered_shuffle_order, reshard
+from poolsieve.pipeline.reshard import ReshardConfig, reshard
+from poolsieve.pipeline.reshard_plan import buffered_shuffle_order
 from poolsieve.pipeline.workspace import Workspace
 
 SAFE_MEMBER = re.compile(r"^[0-9a-f]{32}-\d+\.(jpg|txt|json)$")
@@ -103,16 +104,22 @@ def test_ray_and_local_agree_and_reruns_are_byte_identical(pool, ray_runtime, lo
     again = reshard(ws, ReshardConfig(subset="half", name="on_ray", shard_size=10), ray_runtime, overwrite=True)
     assert again["shards_written"] == len([n for n in first if n.endswith(".tar")])
     assert shard_bytes(ws.filtered_dir("on_ray")) == first
+    for runtime, name in [(ray_runtime, "shuffled_ray"), (local_runtime, "shuffled_local")]:
+        reshard(ws, ReshardConfig(subset="half", name=name, shard_size=10, shuffle_bufsize=30, seed=4), runtime)
+    assert (shard_bytes(ws.filtered_dir("shuffled_ray"), meta=False)
+            == shard_bytes(ws.filtered_dir("shuffled_local"), meta=False))
 
 
-def test_upsampling_writes_each_copy_with_a_distinct_key(tmp_path, local_runtime):
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_upsampling_writes_each_copy_with_a_distinct_key(tmp_path, request, executor):
+    runtime = request.getfixturevalue(f"{executor}_runtime")
     ws = Workspace.create(tmp_path / "ws")
     samples = make_samples(30, seed=5)
     samples.append(samples[4].__class__(**{**samples[4].__dict__, "caption": "the same uid again"}))
     write_img2dataset_shards(ws.shards_dir, samples, per_shard=8)
     uids = [samples[0].uid] * 3 + [samples[4].uid] * 2 + [samples[7].uid]
     write_subset(ws.subset_path("up"), uids_to_pairs(uids), allow_repeats=True)
-    summary = reshard(ws, ReshardConfig(subset="up", shard_size=4), local_runtime)
+    summary = reshard(ws, ReshardConfig(subset="up", shard_size=4), runtime)
 
     got = read_output(ws.filtered_dir("up"))
     keys = [s["key"] for s in got]
