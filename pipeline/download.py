@@ -497,11 +497,30 @@ def _job(ws: Any, cfg: DownloadConfig, inputs: list[Path], done: set[int], start
     }
 
 
+@contextlib.contextmanager
+def _exclusive(root: Path):
+    """One download at a time per workspace (two would share the staging folder)."""
+    import fcntl
+
+    with open(root / ".download.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PoolsieveError(f"{root}: another `poolsieve download` is running on this workspace") from None
+        yield
+
+
 def download(ws: Any, cfg: DownloadConfig, runtime: Any, *, overwrite: bool = False) -> dict[str, Any]:
     """Fetch the workspace's metadata into whole shards; return the download report (a dict)."""
+    cfg.validate()
+    ws.root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(ws.root):
+        return _download(ws, cfg, runtime, overwrite)
+
+
+def _download(ws: Any, cfg: DownloadConfig, runtime: Any, overwrite: bool) -> dict[str, Any]:
     from .formats import write_json
 
-    cfg.validate()
     if cfg.scale or cfg.metadata_source:
         from .hub_metadata import fetch_metadata
 
@@ -550,9 +569,10 @@ def download(ws: Any, cfg: DownloadConfig, runtime: Any, *, overwrite: bool = Fa
             f"{shards_dir}: no shard finished within {cfg.watchdog_seconds:g}s; stopped the workers. "
             f"{len(missing)} shard(s) missing ({_short_list(missing)}); see {REPORT_NAME}; rerun to resume")
     if missing:
-        tail = f"\n{outcome.log_tail}" if outcome is not None and outcome.log_tail else ""
+        last = outcome.log_tail.splitlines()[-1] if outcome is not None and outcome.log_tail else ""
         raise PoolsieveError(f"{shards_dir}: {len(missing)} shard(s) did not finish ({_short_list(missing)}); "
-                             f"rerun to resume{tail}")
+                             f"rerun to resume. img2dataset's log: {shards_dir / RUNNER_LOG_NAME}"
+                             + (f" (last line: {last.strip()[:200]})" if last else ""))
     return report
 
 
