@@ -294,11 +294,17 @@ def reshard(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, *, overwrite: b
     _claim_output(out_dir, fingerprint, overwrite)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    new_plan = not (out_dir / PLAN_NAME).exists()
     write_json(out_dir / PLAN_NAME, {"plan": fingerprint})
     planner = OutputPlanner(out_dir, [str(t) for t in tars], cfg.shard_size, cfg.shuffle_bufsize, cfg.seed)
     scan_units = [ScanUnit(str(t), str(subset_path)) for t in tars]
     run = _run_on_ray if runtime.executor == "ray" else _run_in_process
-    scans, results, skipped = run(runtime, scan_units, planner)
+    submitted: list[WriteUnit] = []
+    try:
+        scans, results, skipped = run(runtime, scan_units, planner, submitted)
+    except BaseException:
+        _roll_back(out_dir, submitted, new_plan)
+        raise
 
     found = np.unique(np.concatenate([s.uids for s in scans])) if scans else np.empty(0, SUBSET_DTYPE)
     unique_subset = np.unique(subset)
@@ -320,18 +326,29 @@ def _is_whole(unit: WriteUnit) -> bool:
     return Path(unit.tar_path).exists() and Path(unit.stats_path).exists()
 
 
-def _run_in_process(runtime: Runtime, scan_units: list[ScanUnit],
-                    planner: OutputPlanner) -> tuple[list[ShardScan], list[dict], int]:
+def _roll_back(out_dir: Path, units: list[WriteUnit], new_plan: bool) -> None:
+    """After a failed run, remove the output shards it wrote, so bad input leaves no final names."""
+    for unit in units:
+        for path in (Path(unit.stats_path), Path(unit.tar_path)):
+            path.unlink(missing_ok=True)
+    clear_output(out_dir, temp_only=True)
+    if new_plan:
+        (out_dir / PLAN_NAME).unlink(missing_ok=True)
+
+
+def _run_in_process(runtime: Runtime, scan_units: list[ScanUnit], planner: OutputPlanner,
+                    submitted: list[WriteUnit]) -> tuple[list[ShardScan], list[dict], int]:
     """Scan every pool shard, then write the output shards that are not whole yet."""
     scans = runtime.map(scan_shard, scan_units, "reshard scan", items=lambda s: s.samples, item_unit="samples")
     units = [u for scan in scans for u in planner.add(scan)] + planner.finish()
     todo = [u for u in units if not _is_whole(u)]
+    submitted.extend(todo)
     results = runtime.map(write_shard, todo, "reshard write", items=lambda r: r["samples"])
     return scans, results, len(units) - len(todo)
 
 
-def _run_on_ray(runtime: Runtime, scan_units: list[ScanUnit],
-                planner: OutputPlanner) -> tuple[list[ShardScan], list[dict], int]:
+def _run_on_ray(runtime: Runtime, scan_units: list[ScanUnit], planner: OutputPlanner,
+                submitted: list[WriteUnit]) -> tuple[list[ShardScan], list[dict], int]:
     """Scans and writes as Ray tasks, overlapped: an output shard is written as soon as the scans
     in front of it are in, so the disk is busy while later pool shards are still being scanned."""
     ray = runtime.ensure_ray()
@@ -350,6 +367,7 @@ def _run_on_ray(runtime: Runtime, scan_units: list[ScanUnit],
         while next_scan < len(scan_units) or in_flight or ready_writes:
             while ready_writes and len(in_flight) < cpus + 1:  # writes first: they free memory and disk
                 unit = ready_writes.pop(0)
+                submitted.append(unit)
                 in_flight[write_task.remote(unit)] = ("write", unit.index)
             while next_scan < len(scan_units) and len(in_flight) < cpus + 1 and scans_in_flight < cpus:
                 in_flight[scan_task.remote(scan_units[next_scan])] = ("scan", next_scan)
@@ -375,9 +393,12 @@ def _run_on_ray(runtime: Runtime, scan_units: list[ScanUnit],
                         skipped += 1
                     else:
                         ready_writes.append(unit)
-    finally:
+    except BaseException:
         for ref in in_flight:
             ray.cancel(ref, force=True)
+        if in_flight:  # let cancelled writes stop before their files are removed
+            ray.wait(list(in_flight), num_returns=len(in_flight), timeout=60)
+        raise
     if results:
         write_progress.close()
     return [s for s in scans if s is not None], results, skipped
