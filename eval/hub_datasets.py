@@ -45,9 +45,10 @@ def load_wds_dataset(task: Task, transform: Any, data_root: str | Path | None = 
 
     location = dataset_location(task, data_root)
     try:
-        return build_dataset(dataset_name=task.clip_benchmark_name, root=location, transform=transform,
-                             split="test", download=False,
-                             wds_cache_dir=str(cache_dir) if cache_dir else None)
+        dataset = build_dataset(dataset_name=task.clip_benchmark_name, root=location, transform=transform,
+                                split="test", download=False, task=task.task_type,
+                                wds_cache_dir=str(cache_dir) if cache_dir else None)
+        return dataset
     except FileNotFoundError as e:
         raise InputError(location, f"cannot read the test set of {task.key} ({e}); give a local copy with "
                                    "--data-root or a reachable HF_ENDPOINT") from None
