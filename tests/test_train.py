@@ -62,15 +62,34 @@ def test_scale_table_follows_datacomp():
         get_scale("huge")
 
 
-@pytest.mark.parametrize("budget,batch,epochs,world", [(512, 64, 1, 1), (12_800_000, 4096, 5, 8),
-                                                        (1000, 64, 3, 1), (128, 128, 1, 1)])
-def test_plan_budget_rounds_up_to_whole_global_batches(budget, batch, epochs, world):
-    plan = plan_budget(budget, batch, epochs, world_size=world)
+@pytest.mark.parametrize("budget,batch,epochs,world,accum,workers", [
+    (512, 64, 1, 1, 1, 1), (12_800_000, 4096, 5, 8, 1, 4), (1000, 64, 3, 1, 1, 0), (128, 128, 1, 1, 1, 1),
+    (12_800_000, 4096, 5, 8, 2, 4), (3000, 64, 2, 1, 1, 2)])
+def test_plan_budget_rounds_up_to_whole_global_batches(budget, batch, epochs, world, accum, workers):
+    plan = plan_budget(budget, batch, epochs, world, accum, workers)
     assert plan.samples_seen >= budget
-    assert plan.samples_seen - budget < epochs * batch  # never more than one extra batch per epoch
+    assert plan.samples_seen - budget < epochs * batch * max(1, workers)  # at most a few extra batches
     assert plan.samples_seen == plan.epochs * plan.steps_per_epoch * plan.batch_size
-    if budget % (batch * epochs) == 0:
+    assert plan.batch_size == plan.per_process_batch * world * accum == batch
+    assert (plan.steps_per_epoch * accum) % max(1, workers) == 0  # open_clip's per-worker rounding
+    if budget % (batch * epochs) == 0 and workers <= 1:
         assert plan.samples_seen == budget
+
+
+def test_open_clip_flags_follow_datacomp(tmp_path):
+    from poolsieve.train.trainer import open_clip_args, runner_command
+
+    cfg = TrainConfig(scale="small", gpus=8, precision="amp")
+    recipe = cfg.recipe()
+    plan = plan_budget(recipe.samples_seen, recipe.batch_size, recipe.num_checkpoints, 8, 1, cfg.workers)
+    args = open_clip_args([tmp_path / "00000000.tar"], tmp_path, "small_scale", recipe, plan, cfg)
+    flag = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
+    assert (flag["--model"], flag["--batch-size"], flag["--epochs"], flag["--lr"], flag["--warmup"]) == \
+        ("ViT-B-32", "512", "5", "0.0005", "500")
+    assert int(flag["--train-num-samples"]) * 5 == 12_800_000
+    assert {"--dataset-resampled", "--grad-checkpointing", "--local-loss", "--gather-with-grad"} <= set(args)
+    assert runner_command(["--x"], gpus=8)[1:5] == ["-m", "torch.distributed.run", "--standalone",
+                                                     "--nproc_per_node=8"]
 
 
 def test_parse_open_clip_log_line():

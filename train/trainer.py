@@ -46,7 +46,8 @@ class TrainConfig:
     seed: int = 0
     workers: int = 1
     threads: int | None = None  # torch intra-op threads of the trainer (None: torch's default)
-    precision: str = "fp32"
+    gpus: int | None = None  # > 1: one process per GPU through torchrun (DDP)
+    precision: str = "auto"  # auto: amp on a GPU, fp32 on CPU
     accum_freq: int = 1
     log_every_n_steps: int = 10
     grad_clip_norm: float | None = None
@@ -76,11 +77,15 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainingPlan:
-    """How a budget becomes open_clip's flags: ``epochs`` x ``steps_per_epoch`` x ``batch_size``."""
+    """How a budget becomes open_clip's flags: ``epochs`` x ``steps_per_epoch`` optimizer steps of
+    ``batch_size`` samples (global: ``per_process_batch`` x ``world_size`` x ``accum_freq``)."""
 
     epochs: int
     steps_per_epoch: int
-    batch_size: int  # per process
+    batch_size: int
+    per_process_batch: int
+    world_size: int = 1
+    accum_freq: int = 1
 
     @property
     def samples_per_epoch(self) -> int:
@@ -92,13 +97,20 @@ class TrainingPlan:
 
 
 def plan_budget(samples_seen: int, batch_size: int, epochs: int, world_size: int = 1,
-                accum_freq: int = 1) -> TrainingPlan:
-    """Split ``samples_seen`` into ``epochs`` of whole global batches (rounding up, as open_clip does)."""
+                accum_freq: int = 1, workers: int = 1) -> TrainingPlan:
+    """Split ``samples_seen`` into ``epochs`` of whole global batches, rounding up as open_clip does.
+
+    open_clip rounds an epoch's loader batches up to a multiple of the data loader workers; the plan
+    does the same, so the samples seen that it promises are the samples open_clip trains on.
+    """
     per_process = batch_size // (world_size * accum_freq)
     if per_process < 1:
         raise ConfigError(f"batch size {batch_size} is smaller than world size x accumulation steps")
-    steps = math.ceil(samples_seen / epochs / (per_process * world_size * accum_freq)) * accum_freq
-    return TrainingPlan(epochs, steps, per_process * world_size)
+    global_batch = per_process * world_size * accum_freq
+    steps = math.ceil(samples_seen / epochs / global_batch)
+    while (steps * accum_freq) % max(1, workers):
+        steps += 1
+    return TrainingPlan(epochs, steps, global_batch, per_process, world_size, accum_freq)
 
 
 # --------------------------------------------------------------------------------- input shards
@@ -158,13 +170,13 @@ def open_clip_args(shards: Sequence[Path], logs_dir: Path, exp_name: str, recipe
         "--dataset-type", "webdataset",
         "--dataset-resampled",
         "--epochs", str(plan.epochs),
-        "--batch-size", str(plan.batch_size // max(1, config.accum_freq)),
+        "--batch-size", str(plan.per_process_batch),
         "--accum-freq", str(config.accum_freq),
         "--lr", str(recipe.learning_rate),
         "--wd", str(recipe.weight_decay),
         "--warmup", str(recipe.warmup),
         "--model", recipe.model,
-        "--precision", config.precision,
+        "--precision", resolve_precision(config.precision),
         "--workers", str(config.workers),
         "--seed", str(config.seed),
         "--logs", str(logs_dir),
@@ -181,7 +193,17 @@ def open_clip_args(shards: Sequence[Path], logs_dir: Path, exp_name: str, recipe
         args += ["--grad-clip-norm", str(config.grad_clip_norm)]
     if recipe.model != "poolsieve-tiny":
         args += ["--grad-checkpointing"]
+    if plan.world_size > 1:
+        args += ["--ddp-static-graph", "--local-loss", "--gather-with-grad"]
     return args + list(config.extra_args)
+
+
+def resolve_precision(precision: str) -> str:
+    if precision != "auto":
+        return precision
+    import torch
+
+    return "amp" if torch.cuda.is_available() else "fp32"
 
 
 _TRAIN_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \((\d+)%\)\](.*)")
@@ -203,13 +225,21 @@ def final_checkpoint(run_dir: Path, exp_name: str, epochs: int) -> Path:
     return run_dir / exp_name / "checkpoints" / f"epoch_{epochs}.pt"
 
 
+def runner_command(argv: list[str], gpus: int | None = None) -> list[str]:
+    """The child process: the runner module, under torchrun (one process per GPU) when ``gpus > 1``."""
+    launcher = [sys.executable]
+    if gpus and gpus > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
+    return [*launcher, "-m", "poolsieve.train.open_clip_runner", *argv]
+
+
 def _run_open_clip(argv: list[str], log_path: Path, progress: Progress, plan: TrainingPlan,
-                   done_before: int, threads: int | None = None) -> list[dict[str, Any]]:
+                   done_before: int, config: TrainConfig) -> list[dict[str, Any]]:
     """Run the runner as a child process; return the parsed training log lines."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, "-m", "poolsieve.train.open_clip_runner", *argv]
+    if config.threads:
+        env["OMP_NUM_THREADS"] = str(config.threads)
+    cmd = runner_command(argv, config.gpus)
     records: list[dict[str, Any]] = []
     tail: list[str] = []
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -260,7 +290,8 @@ def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, con
     dataset_size = count_samples(shards)
     if dataset_size == 0:
         raise InputError(shards[0].parent, "training shards hold no samples")
-    plan = plan_budget(recipe.samples_seen, recipe.batch_size, recipe.num_checkpoints, accum_freq=config.accum_freq)
+    plan = plan_budget(recipe.samples_seen, recipe.batch_size, recipe.num_checkpoints, config.gpus or 1,
+                       config.accum_freq, config.workers)
     exp_name = f"{recipe.name}_scale"
     checkpoint = final_checkpoint(out_dir, exp_name, plan.epochs)
     argv = open_clip_args(shards, out_dir, exp_name, recipe, plan, config)
@@ -273,7 +304,7 @@ def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, con
     if done_before:
         progress.update(done_before)
     start = time.monotonic()
-    records = _run_open_clip(argv, out_dir / "train.log", progress, plan, done_before, config.threads)
+    records = _run_open_clip(argv, out_dir / "train.log", progress, plan, done_before, config)
     seconds = time.monotonic() - start
     progress.close()
     if not checkpoint.exists():
