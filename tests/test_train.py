@@ -202,3 +202,16 @@ def test_train_cli_errors(tmp_path):
         train_cli.run_cli(cli.make_context(args), args)
     with pytest.raises(ConfigError, match="must be positive"):
         TrainConfig(samples_seen=-5).recipe()
+
+
+def test_seed_set_is_a_training_folder(tmp_path):
+    from poolsieve.train.seed_set import write_seed_set
+
+    shards = write_seed_set(tmp_path / "seed", 250, seed=11, image_size=32, samples_per_shard=100)
+    assert [p.name for p in shards] == ["00000000.tar", "00000001.tar", "00000002.tar"]
+    assert list_shards(tmp_path / "seed") == shards and count_samples(shards) == 250
+    with tarfile.open(shards[2]) as tar:
+        names = tar.getnames()
+    assert names[:3] == ["000000020000.jpg", "000000020000.txt", "000000020000.json"] and len(names) == 150
+    again = write_seed_set(tmp_path / "again", 250, seed=11, image_size=32, samples_per_shard=100)
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(shards, again, strict=True))
