@@ -432,7 +432,10 @@ def _pa_array(values: list[str]):
 
 # --------------------------------------------------------------------------------- the stage
 def _default_processes() -> int:
-    return os.cpu_count() or 1
+    try:
+        return len(os.sched_getaffinity(0))  # the CPUs this process may use (containers, taskset)
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _img2dataset_settings(cfg: DownloadConfig, bbox_col: str | None, digits: int) -> dict[str, Any]:
