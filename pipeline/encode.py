@@ -503,6 +503,15 @@ def decode_on_device(jpegs: Sequence[bytes], prep: ImagePrep, device: str) -> tu
             except RuntimeError as e:
                 images.append(None)
                 failed[i] = f"RuntimeError: {e}"
+    for i in list(failed):  # what the device decoder rejects (CMYK, odd markers) gets a second try with PIL
+        try:
+            from PIL import Image
+
+            pil = np.asarray(prep.pil_transform(Image.open(io.BytesIO(jpegs[i]))), dtype=np.uint8)
+        except Exception:  # noqa: BLE001, S112 - the device decoder's error is the one recorded
+            continue
+        out[i] = torch.from_numpy(pil).to(device)
+        del failed[i]
     interp = F.InterpolationMode(prep.interpolation)
     for i, im in enumerate(images):
         if im is None:
