@@ -268,6 +268,15 @@ class ImageServer:
         self.stop()
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (for a server started soon after)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def serve_root(workspace_or_folder: str | Path) -> Path:
     """``<workspace>/synthetic`` if it exists, else the folder itself."""
     p = Path(workspace_or_folder)

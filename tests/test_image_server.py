@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from poolsieve.pipeline.image_server import ImageServer, bomb_jpeg, declare_jpeg_size, truncate_jpeg
+from poolsieve.pipeline.image_server import (
+    ImageServer,
+    bomb_jpeg,
+    declare_jpeg_size,
+    free_port,
+    truncate_jpeg,
+)
 from poolsieve.pipeline.synthetic_pool import draw_shape, encode_jpeg
 
 
@@ -121,9 +127,7 @@ def test_jpeg_surgery_helpers() -> None:
 
 
 def test_command_line_server(image_root: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "poolsieve.pipeline.image_server", str(image_root.parent),
                              "--port", str(port), "--fault", "/images/b.jpg=http_500"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
