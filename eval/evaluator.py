@@ -5,6 +5,7 @@ Tasks already in the results file are skipped (a killed evaluation resumes), unl
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,9 @@ from poolsieve.pipeline.models import ModelSpec, load_model
 from poolsieve.pipeline.progress import Progress
 
 from .aggregate import RESULTS_FILE, append_result, read_results, result_line, write_summary
-from .tasks import Task, resolve_tasks
+from .tasks import CLASSIFICATION, RETRIEVAL, SYNTHETIC, Task, resolve_tasks
+
+SUPPORTED_TYPES = (CLASSIFICATION, RETRIEVAL, SYNTHETIC)
 
 
 @dataclass
@@ -54,7 +57,11 @@ def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Ta
     if overwrite and results_path.exists():
         results_path.unlink()
     done = read_results(results_path)
-    todo = [t for t in task_list if t.key not in done]
+    unsupported = [t for t in task_list if t.task_type not in SUPPORTED_TYPES]
+    if unsupported:
+        print(f"evaluate: skipping {len(unsupported)} task(s) that need DataComp's dedicated evaluation code, "
+              f"not implemented yet: {', '.join(t.name for t in unsupported)}", file=sys.stderr)
+    todo = [t for t in task_list if t.key not in done and t not in unsupported]
     device = pick_device(config.device)
     if todo:
         from .zeroshot import evaluate_task
@@ -77,4 +84,5 @@ def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Ta
     results = {t.key: results[t.key] for t in task_list if t.key in results}
     return write_summary(out_dir, results, {"name": name or out_dir.name, "model": spec.arch,
                                             "checkpoint": spec.pretrained, "results": str(results_path),
-                                            "evaluated": len(todo), "skipped": len(task_list) - len(todo)})
+                                            "evaluated": len(todo), "skipped": len(task_list) - len(todo),
+                                            "unsupported": [t.key for t in unsupported]})

@@ -290,3 +290,11 @@ def test_retrieval_matches_brute_force_recall(tmp_path):
     assert metrics["image_retrieval_recall@1"] == pytest.approx(image_r1, abs=1e-6)
     assert metrics["text_retrieval_recall@1"] == pytest.approx(text_r1, abs=1e-6)
     assert metrics["main_metric"] == pytest.approx((image_r1 + text_r1) / 2, abs=1e-6)
+
+
+def test_tasks_without_an_implementation_are_reported_not_faked(tmp_path, capsys):
+    summary = evaluate_model("poolsieve-tiny", "wilds/fmow,fairness/geode,misc/winogavil", tmp_path / "ev")
+    assert summary["unsupported"] == ["wilds/fmow", "fairness/geode", "misc/winogavil"]
+    assert summary["tasks"] == {} and summary["groups"]["Average"] is None
+    assert not (tmp_path / "ev" / "results.jsonl").exists()
+    assert "FMoW, GeoDE, WinoGAViL" in capsys.readouterr().err
