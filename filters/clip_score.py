@@ -8,8 +8,9 @@ subset has at least ``int(N * f) + 1`` rows. A NaN score is never kept.
 The cut is global over all shards, found without gathering the column in one process: each shard
 returns a histogram of its scores over the top 16 bits of their float32 bit pattern (order
 preserving), the driver finds the bucket holding the cut, and a second pass returns the uids above
-that bucket plus the exact scores of the few rows inside it. Any score column works
-(``column: clip_l14_similarity_score``; the default is ``clip_b32_similarity_score``).
+that bucket plus the exact scores of the few rows inside it. Any score column works:
+``column: clip_l14_similarity_score``, or ``model: l14`` for the same (DataComp's ``--arch``); the
+default is ``clip_b32_similarity_score``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from poolsieve.pipeline.errors import ConfigError
+from poolsieve.pipeline.formats import score_column
 
 from .columns import as_task, float_column, member_keys, per_table, read_members
 from .registry import ScoredPool, register
@@ -117,9 +119,13 @@ def fraction_cut(pool: ScoredPool, column: str, fraction: float, report: dict | 
 
 
 @register("clip_score")
-def clip_score(pool: ScoredPool, *, column: str = DEFAULT_COLUMN, threshold: float | None = None,
-               fraction: float | None = None, report: dict | None = None) -> np.ndarray:
+def clip_score(pool: ScoredPool, *, column: str | None = None, model: str | None = None,
+               threshold: float | None = None, fraction: float | None = None,
+               report: dict | None = None) -> np.ndarray:
     """``score >= threshold``, or the top ``fraction`` of the whole pool (ties at the cut kept)."""
+    if column is not None and model is not None:
+        raise ConfigError("clip_score takes 'column' or 'model' (a model key such as l14), not both")
+    column = column or (score_column(str(model)) if model is not None else DEFAULT_COLUMN)
     if (threshold is None) == (fraction is None):
         raise ConfigError("clip_score needs exactly one of 'threshold' or 'fraction'")
     if fraction is not None:

@@ -100,6 +100,9 @@ def test_clip_score_threshold_any_column(pool):
     assert np.array_equal(run(pool, "clip_score", threshold=0.30), pairs_of([0, 3, 11, 14, 15, 16, 17, 19, 20, 21]))
     assert np.array_equal(run(pool, "clip_score", column="clip_l14_similarity_score", threshold=0.45),
                           pairs_of([10]))
+    assert np.array_equal(run(pool, "clip_score", model="l14", threshold=0.45), pairs_of([10]))
+    with pytest.raises(ConfigError, match="not both"):
+        run(pool, "clip_score", model="l14", column="clip_l14_similarity_score", threshold=0.45)
 
 
 def test_clip_score_fraction_keeps_ties(pool):
