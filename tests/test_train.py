@@ -112,6 +112,10 @@ def test_shard_listing_and_counts(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no .tar shards"):
         list_shards(tmp_path / "empty")
+    (tmp_path / "a" / "00000001_stats.json").unlink()
+    with pytest.raises(InputError, match="00000001.tar: shard has no _stats.json"):
+        list_shards(tmp_path / "a")
+    (tmp_path / "a" / "00000001_stats.json").write_text('{"successes": 100}')
     (tmp_path / "a" / "00000000_stats.json").write_text("{not json")
     with pytest.raises(InputError, match="00000000_stats.json: not valid JSON"):
         count_samples(tars)

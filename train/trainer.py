@@ -125,6 +125,11 @@ def list_shards(data: str | Path | Sequence[str | Path]) -> list[Path]:
         shards = sorted(p for p in folder.glob("*.tar") if not p.name.startswith("."))
         if not shards:
             raise InputError(folder, "no .tar shards in the training data folder")
+        with_stats = [p for p in shards if p.with_name(f"{p.stem}_stats.json").exists()]
+        if with_stats and len(with_stats) < len(shards):
+            missing = next(p for p in shards if p not in with_stats)
+            raise InputError(missing, "shard has no _stats.json while others do: the reshard is not finished "
+                                      "(rerun `poolsieve reshard`)")
         return shards
     shards = [Path(p) for p in data]
     if not shards:
