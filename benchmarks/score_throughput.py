@@ -110,6 +110,12 @@ def bare_forward_rate(ws, arch: str, pretrained: str | None, device: str, precis
     return statistics.median(rates)
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         import torch
@@ -162,15 +168,22 @@ def main() -> None:
             from poolsieve.pipeline.encode import auto_threads
 
             args.threads = auto_threads()  # chosen once, so that the stage and the bare forward use the same
+        device = "cuda" if args.device == "auto" and _has_cuda() else ("cpu" if args.device == "auto" else args.device)
+        # The bare forward runs before and after the stage and is averaged, so that a machine whose load
+        # drifts during the run (a shared one) biases neither side.
+        before = bare_forward_rate(ws, args.arch, args.pretrained, device, args.precision, args.batch_size,
+                                   args.repeats, args.threads)
         stage, summary = stage_rate(ws, args, runtime, args.repeats)
-        forward = bare_forward_rate(ws, args.arch, args.pretrained, summary["device"],
-                                    args.precision, summary["batch size"], args.repeats, args.threads)
+        after = bare_forward_rate(ws, args.arch, args.pretrained, device, args.precision, summary["batch size"],
+                                  args.repeats, args.threads)
+        forward = (before + after) / 2
     print(f"{args.arch} ({args.pretrained or 'random weights'}), {args.images} JPEGs ~{args.size}px, "
           f"device {summary['device']} ({args.threads} threads), batch {summary['batch size']}, decode {args.decode}, executor {args.executor}")
     print(format_table(["measure", "images/s"], [
         ["score stage, end to end (read+decode+preprocess+tokenise+encode+write)", round(stage, 2)],
         ["score stage, steady state (first shard to last shard)", round(summary["steady images/s"], 2)],
         ["bare model forward (encode_image + encode_text), same batches", round(forward, 2)],
+        ["  (bare forward before / after the stage)", f"{before:.2f} / {after:.2f}"],
         ["ratio end-to-end stage / forward", round(stage / forward, 3)],
         ["ratio steady-state stage / forward", round(summary["steady images/s"] / forward, 3)],
     ]))
