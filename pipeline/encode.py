@@ -48,9 +48,15 @@ class ModelEntry:
 
     @classmethod
     def parse(cls, value: Any) -> ModelEntry:
-        """``"ARCH[:PRETRAINED_OR_PATH]"`` or ``{arch, pretrained, key}``."""
-        spec = ModelSpec.parse(value)
+        """``"[KEY=]ARCH[:PRETRAINED_OR_PATH]"`` or ``{arch, pretrained, key}``.
+
+        The key names the columns; by default ``b32``/``l14`` for OpenAI's ViT-B-32/L-14 (DataComp's
+        names), else the sanitised architecture. ``b32=ViT-B-32:/ckpt/openai-b32.pt`` names it explicitly.
+        """
         key = value.get("key") if isinstance(value, dict) else None
+        if isinstance(value, str) and "=" in value.split(":", 1)[0]:
+            key, value = value.split("=", 1)
+        spec = ModelSpec.parse(value)
         return cls(spec, str(key) if key else model_key(spec.arch, spec.pretrained))
 
 

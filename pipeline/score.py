@@ -330,8 +330,9 @@ def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str
 
 # ------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", action="append", dest="models", metavar="ARCH[:PRETRAINED|CHECKPOINT]",
-                   help="open_clip model, repeat for several (default ViT-B-32:openai, DataComp's b32)")
+    p.add_argument("--model", "-m", action="append", dest="models", metavar="[KEY=]ARCH[:PRETRAINED|CHECKPOINT]",
+                   help="open_clip model, repeat for several (default ViT-B-32:openai, DataComp's b32); KEY names "
+                   "its columns (default b32/l14 for OpenAI B/32, L/14, else the architecture)")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--precision", help="auto (default: bf16 on GPU, fp32 on CPU), fp32, bf16, fp16")
     p.add_argument("--batch-size", type=int, help="images per forward (default: 64 on CPU, probed on GPU)")

@@ -96,6 +96,30 @@ def test_reference_folder_and_tars_embed_like_open_clip(tmp_path, checkpoint):
     assert list(labels2) == [str(i % 2) for i in range(6)]
     assert emb2.shape == (6, 128)
     assert embed_reference(ws, folder, "colours", config, quiet=True)["skipped"].startswith("exists")
+    # From the command line, with a column key of one's own.
+    from poolsieve.pipeline.score import main
+
+    rc = main(["-w", str(ws.root), "--executor", "local", "-m", f"tiny=poolsieve-tiny:{checkpoint}",
+               "--reference", str(folder), "--name", "cli"])
+    assert rc == 0
+    emb3, labels3 = read_reference(reference_path(ws, "cli"), "tiny")
+    np.testing.assert_array_equal(emb3, emb)
+    assert list(labels3) == list(labels)
+
+
+def test_model_entries_parse_keys():
+    from poolsieve.pipeline.encode import ModelEntry, parse_models
+
+    assert ModelEntry.parse("ViT-B-32:openai").key == "b32"
+    assert ModelEntry.parse("ViT-L-14:openai").key == "l14"
+    assert ModelEntry.parse("ViT-B-32").key == "vit_b_32"
+    e = ModelEntry.parse("b32=ViT-B-32:/ckpt/b32.pt")
+    assert (e.key, e.spec.arch, e.spec.pretrained) == ("b32", "ViT-B-32", "/ckpt/b32.pt")
+    assert ModelEntry.parse({"arch": "ViT-B-32", "pretrained": "x.pt", "key": "mine"}).key == "mine"
+    from poolsieve.pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="share the column key"):
+        parse_models(["ViT-B-32", "ViT-B-32:/other.pt"])
 
 
 # --------------------------------------------------------------------------- DataComp import
