@@ -64,6 +64,7 @@ def main() -> None:
     p.add_argument("--archs", nargs="+", default=["ViT-B-32", "ViT-L-14"])
     p.add_argument("--decodes", nargs="+", default=["cpu", "gpu"])
     args = p.parse_args()
+    os.environ.setdefault("RAY_ADDRESS", "local")  # a Ray of our own, even when another one runs on this machine
     if not torch.cuda.is_available():
         raise SystemExit("score_gpu.py needs a CUDA GPU; on a CPU machine run benchmarks/score_throughput.py")
     rows = []

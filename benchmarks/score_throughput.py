@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import statistics
 import tarfile
 import tempfile
@@ -159,6 +160,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU encoder threads, the same for both (0: free cores)")
     p.add_argument("--gen-workers", type=int, default=1, help="processes that write the test pool")
     args = p.parse_args()
+    os.environ.setdefault("RAY_ADDRESS", "local")  # a Ray of our own, even when another one runs on this machine
     with tempfile.TemporaryDirectory(prefix="score-bench-") as tmp, Runtime(executor=args.executor) as runtime:
         ws = Workspace.create(tmp)
         write_pool(ws.shards_dir, args.images, args.per_shard, args.size, workers=args.gen_workers)

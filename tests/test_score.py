@@ -25,6 +25,10 @@ from poolsieve.pipeline.formats import embedding_keys, read_embeddings, read_sco
 from poolsieve.pipeline.score import ScoreConfig, score_pool
 from poolsieve.pipeline.workspace import Workspace
 
+# Runtime(address=None) calls ray.init() without an address, which joins any Ray already running on this
+# machine (another test session's) and then fails on num_cpus. "local" makes it start its own, as documented.
+os.environ.setdefault("RAY_ADDRESS", "local")
+
 KEY = "poolsieve_tiny"
 NUM_SHARDS, PER_SHARD = 6, 30
 BROKEN = {7, 44}  # sample indices whose JPEG is cut in half (undecodable)
