@@ -12,15 +12,13 @@ Rerunning resumes: every step skips what is already complete in the workspace.
 from __future__ import annotations
 
 import argparse
-import io
 import socket
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 from .errors import PoolsieveError
-from .formats import atomic_path, read_json, write_json
+from .formats import read_json, write_json
 from .progress import print_summary
 from .workspace import Workspace
 
@@ -34,12 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples-seen", type=int, help="training budget per subset (default: the tiny scale's)")
     p.add_argument("--clip-fraction", type=float, default=0.3, help="share kept by the CLIP-score filter (default 0.3)")
     p.add_argument("--eval-samples", type=int, default=600, help="images per synthetic evaluation task (default 600)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _port_is_free(port: int) -> bool:
@@ -60,7 +52,9 @@ def ensure_pool(ws: Workspace, num_samples: int) -> dict[str, Any]:
         info = read_json(info_path)
         if info.get("samples") == num_samples:
             return info
-    port = _free_port()
+    from .image_server import free_port
+
+    port = free_port()
     summary = generate_pool(ws.root, PoolSpec(num_samples=num_samples, samples_per_file=1000, image_size=256,
                                               seed=0, base_url=f"http://127.0.0.1:{port}"))
     info = {"samples": num_samples, "port": port, "defects": summary["defects"]}
@@ -69,24 +63,14 @@ def ensure_pool(ws: Workspace, num_samples: int) -> dict[str, Any]:
 
 
 def ensure_seed_set(ws: Workspace, n: int, image_size: int = 64) -> Path:
-    """Clean pairs (never part of the pool) as webdataset shards in ``<ws>/seed/``."""
-    from .synthetic_pool import generate_clean_pairs
+    """Clean pairs (never part of the pool) as webdataset shards in ``<ws>/seed/``; written once."""
+    from poolsieve.train.seed_set import write_seed_set
+    from poolsieve.train.trainer import count_samples, list_shards
 
     folder = ws.root / SEED_SET
-    tar_path = folder / "00000000.tar"
-    stats_path = folder / "00000000_stats.json"
-    if stats_path.exists() and read_json(stats_path).get("successes") == n:
+    if folder.is_dir() and any(folder.glob("*.tar")) and count_samples(list_shards(folder)) == n:
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(tar_path) as tmp, tarfile.open(tmp, "w") as tar:
-        for i, (uid, jpeg, caption, _shape, _colour) in enumerate(generate_clean_pairs(n, seed=1000,
-                                                                                        image_size=image_size)):
-            key = f"{i:08d}"
-            for ext, data in (("jpg", jpeg), ("txt", caption.encode()), ("json", f'{{"uid": "{uid}"}}'.encode())):
-                member = tarfile.TarInfo(f"{key}.{ext}")
-                member.size = len(data)
-                tar.addfile(member, io.BytesIO(data))
-    write_json(stats_path, {"successes": n})
+    write_seed_set(folder, n, seed=1000, image_size=image_size)
     return folder
 
 
