@@ -175,6 +175,57 @@ def build_downloader(job: dict[str, Any], column_list: list[str]) -> PoolsieveDo
     return PoolsieveDownloader(downloader, guards)
 
 
+def _download_one_shard(downloader: PoolsieveDownloader, row: Any) -> tuple[bool, Any, str]:
+    import ray
+
+    ok, row = downloader(row)
+    return ok, row, ray.get_runtime_context().get_node_id()
+
+
+def ray_distribute(downloader: PoolsieveDownloader, shards: Any, max_shard_retry: int,
+                   max_in_flight: int | None = None) -> list[Any]:
+    """img2dataset's shards as Ray tasks (one CPU each), a bounded number in flight; failed shards are
+    retried ``max_shard_retry`` times (img2dataset's own Ray distributor drops them). Prints the node
+    that made each shard. Returns the shards that still failed."""
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=2)(_download_one_shard)
+    downloader_ref = ray.put(downloader)
+    limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+
+    def run(rows: Any) -> list[Any]:
+        failed, pending = [], {}
+        it = iter(rows)
+        exhausted = False
+        while pending or not exhausted:
+            while not exhausted and len(pending) < limit:
+                row = next(it, None)
+                if row is None:
+                    exhausted = True
+                    break
+                pending[task.remote(downloader_ref, row)] = row
+            if not pending:
+                break
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                row = pending.pop(ref)
+                try:
+                    ok, _, node = ray.get(ref)
+                except ray.exceptions.RayError as e:  # the worker or its node died
+                    ok, node = False, f"lost ({type(e).__name__})"
+                print(f"poolsieve: shard {row[0]} {'done' if ok else 'failed'} on node {node}", flush=True)
+                if not ok:
+                    failed.append(row)
+        return failed
+
+    failed = run(shards)
+    for _ in range(max_shard_retry):
+        if not failed:
+            break
+        failed = run(failed)
+    return failed
+
+
 def run_job(job: dict[str, Any]) -> int:
     """Download the job's shards into its staging folder. Returns a process exit code."""
     from img2dataset.distributor import multiprocessing_distributor
@@ -193,12 +244,11 @@ def run_job(job: dict[str, Any]) -> int:
         multiprocessing_distributor(s["processes_count"], downloader, reader, 1000, s["max_shard_retry"])
     elif job["distributor"] == "ray":
         import ray
-        from img2dataset.distributor import ray_distributor
 
         ray.init(address=job["ray_address"], ignore_reinit_error=True, log_to_driver=False,
                  configure_logging=False)
         try:
-            ray_distributor(s["processes_count"], downloader, reader, 1000, s["max_shard_retry"])
+            ray_distribute(downloader, reader, s["max_shard_retry"])
         finally:
             ray.shutdown()
     else:

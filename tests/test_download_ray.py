@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 from test_download_support import FAST, assert_shards_whole, make_served_pool, parquet_rows, tar_uids
 
-from poolsieve.pipeline.download import DownloadConfig, download
+from poolsieve.pipeline.download import RUNNER_LOG_NAME, DownloadConfig, download
 from poolsieve.pipeline.runtime import Runtime
 
 
@@ -39,5 +40,8 @@ def test_ray_distributor_on_two_nodes(tmp_path: Path, two_node_cluster) -> None:
         assert set(in_tars) == set(pool.metadata["uid"]) and set(in_tars.values()) == {1}
         assert parquet_rows(pool.ws.shards_dir)["uid"].is_unique
         assert_shards_whole(pool.ws.shards_dir)
+        log = (pool.ws.shards_dir / RUNNER_LOG_NAME).read_text()
+        nodes = re.findall(r"poolsieve: shard \d+ done on node (\w+)", log)
+        assert len(nodes) == 4 and len(set(nodes)) == 2, log[-2000:]  # both nodes made shards
     finally:
         pool.server.stop()
