@@ -16,12 +16,14 @@ Output, in ``filtered/{name}/``: ``{:08d}.tar``, ``{:08d}_stats.json`` (``{"succ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ OUTPUT_STATS_FORMAT = "{:08d}_stats.json"
 SUBSET_COPY_NAME = "sample_ids.npy"
 MISSING_NAME = "missing_uids.npy"
 PLAN_NAME = ".reshard_plan.json"
+LOCK_NAME = ".reshard.lock"
 WRITE_CHUNK_BYTES = 8 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -291,9 +294,28 @@ def reshard(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, *, overwrite: b
     if done is not None:
         return {**_summary_from_meta(done, out_dir), "shards_written": 0, "shards_skipped": done["output_shard_count"],
                 "bytes_written": 0, "seconds": time.monotonic() - started}
-    _claim_output(out_dir, fingerprint, overwrite)
-
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out_dir):
+        return _reshard_locked(ws, cfg, runtime, overwrite, started, subset_path, subset, out_dir, tars, fingerprint)
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path) -> Iterator[None]:
+    """One reshard at a time per output folder (an advisory lock, released when the process ends)."""
+    import fcntl
+
+    with open(out_dir / LOCK_NAME, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(out_dir, "another reshard is writing this folder; wait for it to finish") from None
+        yield
+
+
+def _reshard_locked(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, overwrite: bool, started: float,
+                    subset_path: Path, subset: np.ndarray, out_dir: Path, tars: list[Path],
+                    fingerprint: str) -> dict[str, Any]:
+    _claim_output(out_dir, fingerprint, overwrite)
     new_plan = not (out_dir / PLAN_NAME).exists()
     write_json(out_dir / PLAN_NAME, {"plan": fingerprint})
     planner = OutputPlanner(out_dir, [str(t) for t in tars], cfg.shard_size, cfg.shuffle_bufsize, cfg.seed)

@@ -172,7 +172,7 @@ def test_truncated_pool_tar_is_an_error_and_writes_nothing(pool, request, cut, e
         reshard(ws, ReshardConfig(subset="all", shard_size=16), runtime)
     assert err.value.path == victim
     assert final_names(ws.filtered_dir("all")) == []
-    assert not list(ws.filtered_dir("all").glob(".*"))  # no plan, no temporaries
+    assert [p.name for p in ws.filtered_dir("all").glob(".*")] == [".reshard.lock"]  # no plan, no temporaries
 
 
 def test_unsorted_or_wrongly_typed_subset_is_an_error(pool, local_runtime):
@@ -337,3 +337,17 @@ def test_resume_after_a_real_kill(tmp_path, local_runtime):
     assert summary["shards_skipped"] >= 1
     assert shard_bytes(out_dir, meta=False) == shard_bytes(ws.filtered_dir("reference"), meta=False)
     assert not list(out_dir.glob(".*.tmp"))
+
+
+def test_one_reshard_at_a_time_per_folder(pool, local_runtime):
+    import fcntl
+
+    ws, ok = pool
+    write_subset(ws.subset_path("some"), uids_to_pairs([s.uid for s in ok[:5]]))
+    out_dir = ws.filtered_dir("some")
+    out_dir.mkdir(parents=True)
+    with open(out_dir / ".reshard.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(InputError, match="another reshard is writing this folder"):
+            reshard(ws, ReshardConfig(subset="some"), local_runtime)
+    assert reshard(ws, ReshardConfig(subset="some"), local_runtime)["output_count"] == 5
