@@ -1,12 +1,13 @@
 """Copy a uid subset out of the pool's shards into fixed-size training shards (DataComp's resharder layout).
 
-Two passes keep the output deterministic on Ray. Pass 1 (a task per pool shard) walks the tar's
-member index, reads each sample's ``.json`` for its uid and keeps the samples in the subset
-(sorted-array lookup); no image is decoded. The driver then gives every kept sample a global
-position (pool-shard order, then key order, optionally a seeded shuffle buffer) and cuts the list
-into output shards of ``shard_size``: every shard is full but the last. Pass 2 (a task per output
-shard) copies the members' raw bytes under new keys ``{uid}-{j}`` (DataComp's naming; a uid listed
-k times is written k times as ``-0 .. -(k-1)``) and renames the shard into place when whole.
+Pass 1 (a Ray task per pool shard) walks the tar's headers, reads each sample's ``.json`` for its
+uid and keeps the samples in the subset (sorted-array lookup); no image is decoded. The planner
+(``reshard_plan.py``) gives every kept sample a global position (pool-shard order, then key order,
+optionally a seeded shuffle buffer) and cuts output shards of ``shard_size``: every shard is full
+but the last. Pass 2 (a Ray task per output shard) copies the members' raw bytes under new keys
+``{uid}-{j}`` (DataComp's naming; a uid listed k times is written k times as ``-0 .. -(k-1)``) and
+renames the shard into place when whole. On Ray an output shard is written as soon as the scans in
+front of it are in, so writing overlaps scanning; the files are the same either way.
 
 Output, in ``filtered/{name}/``: ``{:08d}.tar``, ``{:08d}_stats.json`` (``{"successes": n}``),
 ``meta.json`` (with DataComp's ``output_shard_count`` / ``output_shard_format``), ``sample_ids.npy``
