@@ -31,7 +31,7 @@ from poolsieve.pipeline.progress import Progress
 from ._device import resolve_device
 from ._kmeans import kmeans
 
-QUERY_CHUNK = 65536
+QUERY_CHUNK = 131072
 QUERY_BLOCK = 4096
 BASE_BLOCK = 16384
 METHODS = ("auto", "exact", "ivf")
