@@ -173,9 +173,13 @@ def test_train_cli_two_subsets_see_the_same_budget(tmp_path, capsys):
     assert not torch.equal(trained_w, fresh.state_dict()["visual.conv1.weight"])
     torch.set_grad_enabled(True)
 
-    # A rerun skips finished runs.
+    # A rerun skips finished runs; a rerun with another budget must be asked to overwrite.
     assert train_cli.run_cli(ctx, args) == 0
     assert "skipped (done)" in capsys.readouterr().out
+    other = _stage_parser().parse_args(["-w", str(ws), "--executor", "local", "--subset", "small",
+                                        "--samples-seen", "1024"])
+    with pytest.raises(ConfigError, match="runs/small holds a run with other data or settings"):
+        train_cli.run_cli(cli.make_context(other), other)
 
 
 def test_training_is_seeded(tmp_path):
@@ -219,3 +223,46 @@ def test_seed_set_is_a_training_folder(tmp_path):
     assert names[:3] == ["000000020000.jpg", "000000020000.txt", "000000020000.json"] and len(names) == 150
     again = write_seed_set(tmp_path / "again", 250, seed=11, image_size=32, samples_per_shard=100)
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(shards, again, strict=True))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_killed_trainer_takes_open_clip_down(tmp_path):
+    """Killing train_clip's process ends open_clip's child; an overwrite run then trains from scratch."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = write_wds(tmp_path / "d", 100, seed=9)
+    out = tmp_path / "run"
+    code = (f"from poolsieve.train.trainer import TrainConfig, train_clip\n"
+            f"train_clip({str(data[0])!r}, {str(out)!r}, TrainConfig(samples_seen=4096, batch_size=32, threads=1))\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    log = out / "tiny_scale" / "out.log"
+    deadline = time.monotonic() + 240
+    while not (log.exists() and "Train Epoch" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert log.exists(), "open_clip never started"
+    child_pids = [int(p) for p in subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True,
+                                                 text=True).stdout.split()]
+    assert child_pids
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    for pid in child_pids:
+        for _ in range(100):
+            if not _alive(pid):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"open_clip child {pid} outlived its parent")
+    assert not (out / "summary.json").exists()
+    s = train_clip(data, out, TrainConfig(samples_seen=128, batch_size=32, threads=1), overwrite=True)
+    assert s["samples_seen"] == 128

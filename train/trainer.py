@@ -238,6 +238,17 @@ def runner_command(argv: list[str], gpus: int | None = None) -> list[str]:
     return [*launcher, "-m", "poolsieve.train.open_clip_runner", *argv]
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so a killed ``poolsieve train`` leaves no trainer behind."""
+    if sys.platform.startswith("linux"):
+        import contextlib
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _run_open_clip(argv: list[str], log_path: Path, progress: Progress, plan: TrainingPlan,
                    done_before: int, config: TrainConfig) -> list[dict[str, Any]]:
     """Run the runner as a child process; return the parsed training log lines."""
@@ -250,7 +261,7 @@ def _run_open_clip(argv: list[str], log_path: Path, progress: Progress, plan: Tr
     log_path.parent.mkdir(parents=True, exist_ok=True)
     steps_done = done_before
     with open(log_path, "a") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                      text=True, env=env) as proc:
+                                                      text=True, env=env, preexec_fn=_die_with_parent) as proc:
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -287,10 +298,6 @@ def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, con
     summary_path = out_dir / SUMMARY_FILE
     if overwrite and out_dir.exists():
         shutil.rmtree(out_dir)
-    if summary_path.exists():
-        summary = read_json(summary_path)
-        if Path(summary.get("checkpoint", "")).exists():
-            return dict(summary, skipped=True)
     shards = list_shards(data)
     dataset_size = count_samples(shards)
     if dataset_size == 0:
@@ -300,8 +307,13 @@ def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, con
     exp_name = f"{recipe.name}_scale"
     checkpoint = final_checkpoint(out_dir, exp_name, plan.epochs)
     argv = open_clip_args(shards, out_dir, exp_name, recipe, plan, config)
+    config_path = out_dir / "train_config.json"
+    if config_path.exists() and read_json(config_path).get("open_clip_args") != argv:
+        raise ConfigError(f"{out_dir} holds a run with other data or settings; pass --overwrite to replace it")
+    if summary_path.exists() and Path(read_json(summary_path).get("checkpoint", "")).exists():
+        return dict(read_json(summary_path), skipped=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "train_config.json", {"config": asdict(config), "recipe": asdict(recipe),
+    write_json(config_path, {"config": asdict(config), "recipe": asdict(recipe),
                                                "plan": asdict(plan), "open_clip_args": argv})
     total_steps = plan.epochs * plan.steps_per_epoch
     done_before = _resumed_steps(out_dir / exp_name / "checkpoints", plan)
