@@ -279,12 +279,17 @@ def shard_stem(path: str | Path) -> str:
 
 
 # ---------------------------------------------------------------------------- atomic writing
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it into place only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; shared clusters need the usual permissions
     os.close(fd)
     tmp_path = Path(tmp)
     try:
