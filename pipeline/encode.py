@@ -60,7 +60,9 @@ class ModelEntry:
         return cls(spec, str(key) if key else model_key(spec.arch, spec.pretrained))
 
 
-def parse_models(values: Sequence[Any]) -> list[ModelEntry]:
+def parse_models(values: Sequence[Any] | str | dict) -> list[ModelEntry]:
+    if isinstance(values, (str, dict)):
+        values = [values]
     if not values:
         raise ConfigError("score: no models given (e.g. --model ViT-B-32:openai)")
     entries = [ModelEntry.parse(v) for v in values]
