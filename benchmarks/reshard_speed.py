@@ -6,8 +6,8 @@ input and subset:
 
 * ``ceiling``: read every pool tar sequentially (8 MiB blocks) and write as many bytes as the
   reshard writes: a plain read+write of the same bytes;
-* ``poolsieve``: ``reshard()`` on a local Ray with ``--num-cpus`` workers (Ray started beforehand,
-  as on a running cluster);
+* ``poolsieve``: ``reshard()`` on a local Ray with ``--num-cpus`` workers (Ray and its workers
+  started by one untimed run beforehand, as on a running cluster);
 * ``datacomp``: mlfoundations/datacomp ``resharder.py`` with ``-j --num-cpus`` (found with
   ``--datacomp-resharder`` / ``$DATACOMP_RESHARDER`` and run by ``--datacomp-python`` /
   ``$DATACOMP_PYTHON``; it needs webdataset 0.2.31, so give it its own venv). Its wall time
@@ -163,6 +163,7 @@ def main() -> int:
     runtime = Runtime(executor="ray", num_cpus=args.num_cpus)
     runtime.ensure_ray()
     cfg = ReshardConfig(subset="bench", shard_size=args.shard_size)
+    reshard(ws, cfg, runtime, overwrite=True)  # untimed: Ray's worker processes start, as on a running cluster
     scratch = ws.root / "ceiling.bin"
     rows = []
     try:
@@ -190,7 +191,8 @@ def main() -> int:
             print(f"\n== {mode}: {pool_bytes / 1e9:.2f} GB pool, {out_bytes / 1e9:.2f} GB written, "
                   f"median of {args.repeats}")
             for k, s in med.items():
-                print(f"  {k:<17} {s:7.2f} s  {rate[k]:8.0f} MB/s  {rate[k] / rate['ceiling']:5.2f} x ceiling")
+                spread = f"(runs {min(times[k]):.2f}..{max(times[k]):.2f} s)"
+                print(f"  {k:<17} {s:7.2f} s  {rate[k]:8.0f} MB/s  {rate[k] / rate['ceiling']:5.2f} x ceiling  {spread}")
             dc_best = max((rate[k] for k in ("datacomp", "datacomp workers") if k in rate), default=None)
             verdict = (f"poolsieve / ceiling = {rate['poolsieve'] / rate['ceiling']:.2f} (target >= 0.7)"
                        + (f"; poolsieve / datacomp = {rate['poolsieve'] / dc_best:.2f} (target > 1)" if dc_best else ""))
