@@ -49,8 +49,10 @@ def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Ta
 
     config = config or EvalConfig()
     spec = ModelSpec.parse(model_spec)
-    task_list = [t for t in tasks if isinstance(t, Task)] if isinstance(tasks, list) and tasks and \
-        isinstance(tasks[0], Task) else resolve_tasks(tasks)  # type: ignore[arg-type]
+    if isinstance(tasks, list) and tasks and all(isinstance(t, Task) for t in tasks):
+        task_list: list[Task] = list(tasks)  # type: ignore[arg-type]
+    else:
+        task_list = resolve_tasks(tasks)  # type: ignore[arg-type]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / RESULTS_FILE
