@@ -50,6 +50,7 @@ def get_scale(name: str) -> Scale:
         raise ConfigError(f"unknown scale {name!r}; known: {', '.join(SCALES)}") from None
 
 
-def scale_table() -> list[tuple[str, str, int, int, float, int]]:
+def scale_table() -> list[tuple[str, str, int, int, str, int]]:
     """Rows (scale, model, samples seen, batch, lr, warmup) for help texts and reports."""
-    return [(s.name, s.model, s.samples_seen, s.batch_size, s.learning_rate, s.warmup) for s in SCALES.values()]
+    return [(s.name, s.model, s.samples_seen, s.batch_size, f"{s.learning_rate:g}", s.warmup)
+            for s in SCALES.values()]
