@@ -26,7 +26,8 @@
 | seed | 0 | IVF training sample and calibration sample |
 | device | auto | ``cuda`` when torch sees a GPU, else ``cpu`` |
 
-On a Ray runtime the graph is built shard by shard on workers against an index written once and
+Selection is over rows; a uid that repeats in the pool appears once in the subset. On a Ray runtime
+the graph is built shard by shard on workers against an index written once and
 memory-mapped (see ``_knn.sharded_knn_graph``); rows are gathered in shard order.
 """
 
@@ -130,11 +131,11 @@ class D2Result:
 
 
 def d2_run(pool: ScoredPool, *, fraction: float | None = None, count: int | None = None,
-             embedding: str | None = None, features: str = "image+text", k: int = 5,
-             score_column: str | None = None, score_shift: float = REFERENCE_SHIFT,
-             gamma_forward: float = 1.0, gamma_reverse: float = 1.0, knn: str = "auto",
-             exact_max_rows: int = 50_000, recall: float = 0.95, nlist: int | None = None,
-             nprobe: int | None = None, seed: int = 0, device: str = "auto") -> D2Result:
+           embedding: str | None = None, features: str = "image+text", k: int = 5,
+           score_column: str | None = None, score_shift: float = REFERENCE_SHIFT,
+           gamma_forward: float = 1.0, gamma_reverse: float = 1.0, knn: str = "auto",
+           exact_max_rows: int = 50_000, recall: float = 0.95, nlist: int | None = None,
+           nprobe: int | None = None, seed: int = 0, device: str = "auto") -> D2Result:
     """Run D2 Pruning on the pool: the rows, the greedy selection order, the graph. See the module docstring."""
     check_features(features)
     gamma_forward = _check_positive("gamma_forward", gamma_forward)
