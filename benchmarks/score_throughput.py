@@ -25,6 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+# With --executor local everything runs in this process, so its CPU time is the whole cost: a ratio of
+# CPU-seconds per image does not depend on what else the machine runs (wall-clock rates on a shared one do).
+CPU_SECONDS_PER_IMAGE: dict[str, list[float]] = {}
+
 
 def write_pool(shards_dir: Path, images: int, per_shard: int, size: int, seed: int = 0, workers: int = 1) -> None:
     """JPEG pool in img2dataset's layout (tar + parquet + _stats.json per shard), shards written in parallel."""
@@ -102,12 +106,13 @@ def bare_forward_rate(ws, arch: str, pretrained: str | None, device: str, precis
         model.encode_image(batches[0][0][:2])  # warm-up
         for _ in range(repeats):
             _sync(enc.device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for pixels, tokens in batches:
                 model.encode_image(pixels)
                 model.encode_text(tokens)
             _sync(enc.device)
             rates.append(n / (time.perf_counter() - t0))
+            CPU_SECONDS_PER_IMAGE.setdefault("bare", []).append((time.process_time() - c0) / n)
     return statistics.median(rates)
 
 
@@ -132,9 +137,10 @@ def stage_rate(ws, args, runtime, repeats: int) -> tuple[float, dict]:
                          threads=args.threads)
     rates, steady, summary = [], [], {}
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         summary = score_pool(ws, config, runtime, overwrite=True, quiet=True)
         rates.append(summary["samples"] / (time.perf_counter() - t0))
+        CPU_SECONDS_PER_IMAGE.setdefault("stage", []).append((time.process_time() - c0) / summary["samples"])
         steady.append(steady_rate(ws))
     summary["steady images/s"] = statistics.median(steady)
     return statistics.median(rates), summary
@@ -189,6 +195,12 @@ def main() -> None:
         ["ratio end-to-end stage / forward", round(stage / forward, 3)],
         ["ratio steady-state stage / forward", round(summary["steady images/s"] / forward, 3)],
     ]))
+    if args.executor == "local" and args.device in ("auto", "cpu") and not _has_cuda():
+        stage_cpu = statistics.median(CPU_SECONDS_PER_IMAGE["stage"])
+        bare_cpu = statistics.median(CPU_SECONDS_PER_IMAGE["bare"])
+        print(format_table(["CPU-seconds per image (load-independent)", "stage", "bare forward", "bare / stage"],
+                           [["--executor local, all work in this process", round(stage_cpu, 4), round(bare_cpu, 4),
+                             round(bare_cpu / stage_cpu, 3)]]))
 
 
 if __name__ == "__main__":
