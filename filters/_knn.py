@@ -17,6 +17,7 @@ the rows of one score table, and rows are gathered in shard order.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
@@ -118,17 +119,45 @@ class IvfIndex:
         pair_query, pair_slot, pair_list = pair_query[order], pair_slot[order], pair_list[order]
         bounds = np.searchsorted(pair_list, np.arange(self.nlist + 1))
         q_sq = np.einsum("ij,ij->i", q, q)
-        for lst in np.flatnonzero(bounds[1:] > bounds[:-1]):
+
+        def search_list(lst: int) -> None:
             lo, hi = int(self.offsets[lst]), int(self.offsets[lst + 1])
             if hi == lo:
-                continue
+                return
             sel = slice(bounds[lst], bounds[lst + 1])
             qi, slot = pair_query[sel], pair_slot[sel]
             d, i = _list_topk(q[qi], q_sq[qi], self, lo, hi, k, device)
             cols = slot[:, None] * k + np.arange(d.shape[1])[None, :]
-            cand_d[qi[:, None], cols] = d
+            cand_d[qi[:, None], cols] = d  # each (query, slot) belongs to one list: threads never overlap
             cand_i[qi[:, None], cols] = i
+
+        _run_lists(search_list, np.flatnonzero(bounds[1:] > bounds[:-1]).tolist(), device)
         return _sorted_topk(cand_d, cand_i, k)
+
+
+def _run_lists(fn, lists: list[int], device: str) -> None:
+    """Search lists on a thread per core, each with a single-threaded BLAS (a list's GEMM is small:
+    one multi-threaded BLAS call per list spends its time synchronising, worse on a busy machine)."""
+    threads = os.cpu_count() or 1
+    if device == "cuda" or threads == 1 or len(lists) < 2:
+        for lst in lists:
+            fn(lst)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _single_threaded_blas(), ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(fn, lists):
+            pass
+
+
+def _single_threaded_blas():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with the scientific stack
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _list_topk(q: np.ndarray, q_sq: np.ndarray, index: IvfIndex, lo: int, hi: int, k: int,
@@ -140,7 +169,7 @@ def _list_topk(q: np.ndarray, q_sq: np.ndarray, index: IvfIndex, lo: int, hi: in
         parts_d, parts_i = [], []
         for bs in range(lo, hi, BASE_BLOCK):
             be = min(hi, bs + BASE_BLOCK)
-            vb = np.asarray(index.vectors[bs:be], dtype=np.float32)
+            vb = as_float32(index.vectors[bs:be])
             d, local = block_topk(qb, qb_sq, vb, np.asarray(index.sq_norms[bs:be]), k, device)
             parts_d.append(d)
             parts_i.append(np.asarray(index.ids[bs:be])[local])
@@ -150,6 +179,15 @@ def _list_topk(q: np.ndarray, q_sq: np.ndarray, index: IvfIndex, lo: int, hi: in
         out_d.append(d)
         out_i.append(i)
     return np.concatenate(out_d), np.concatenate(out_i)
+
+
+def as_float32(a: np.ndarray) -> np.ndarray:
+    """``a`` as float32; fp16 goes through torch, whose conversion is vectorised (numpy's is not)."""
+    if a.dtype != np.float16:
+        return np.asarray(a, dtype=np.float32)
+    import torch
+
+    return torch.from_numpy(np.require(a, requirements=["C", "W"])).float().numpy()
 
 
 def block_topk(q: np.ndarray, q_sq: np.ndarray, v: np.ndarray, v_sq: np.ndarray, k: int,
