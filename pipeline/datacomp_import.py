@@ -53,9 +53,11 @@ def downloaded_index(ws: Workspace) -> Any | None:
 def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: bool) -> dict[str, Any]:
     """One DataComp metadata file (+ its npz) -> one score table + npz in ``out_dir``."""
     import pandas as pd
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from .language import count_chars, count_words, detect_languages
+    from .score import score_table_schema
 
     npz = parquet.with_suffix(".npz")
     try:
@@ -108,8 +110,9 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
             table[col] = meta[col].astype("float32").to_numpy()
     out_npz, out_parquet = out_dir / f"{parquet.stem}.npz", out_dir / f"{parquet.stem}.parquet"
     write_embeddings(out_npz, {k: v[keep] for k, v in arrays.items()})
+    schema = score_table_schema({k: 0 for k in DATACOMP_KEYS if score_column(k) in table})
     with atomic_path(out_parquet) as tmp:
-        table.to_parquet(tmp, index=False)
+        pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False), tmp)
     return {"rows_in": int(len(keep)), "rows_out": int(keep.sum())}
 
 

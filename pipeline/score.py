@@ -288,9 +288,21 @@ class _Null:
 
 
 # ---------------------------------------------------------------------------------- writing
+def score_table_schema(dims: dict[str, int]) -> Any:
+    """The score table's arrow schema: the same types in every shard, empty ones included."""
+    import pyarrow as pa
+
+    types = {"original_width": pa.int32(), "original_height": pa.int32(), "width": pa.int32(), "height": pa.int32(),
+             "caption_length": pa.int64(), "caption_words": pa.int64(), "language_score": pa.float32()}
+    fields = [pa.field(name, types.get(name, pa.string())) for name in SCORE_TABLE_BASE_COLUMNS]
+    return pa.schema(fields + [pa.field(score_column(key), pa.float32()) for key in dims])
+
+
 def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str, int]) -> dict[str, Any]:
     """Assemble a shard's encoded chunks into ``scores/{shard}.npz`` then ``scores/{shard}.parquet``."""
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     columns: dict[str, list[Any]] = {}
     for c in chunks:
@@ -323,7 +335,7 @@ def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str
         df[score_column(key)] = sc
     write_embeddings(ws.embeddings_path(shard), arrays)
     with atomic_path(ws.score_table_path(shard)) as tmp:
-        df.to_parquet(tmp, index=False)
+        pq.write_table(pa.Table.from_pandas(df, schema=score_table_schema(dims), preserve_index=False), tmp)
     return {"rows": n, "decode_errors": int((df["status"] != "success").sum()),
             "encode_seconds": float(sum(getattr(c, "seconds", 0.0) for c in chunks))}
 
