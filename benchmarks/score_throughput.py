@@ -154,7 +154,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="ViT-B-32")
     p.add_argument("--pretrained", default=None, help="tag or checkpoint (default: random weights)")
-    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--images", type=int, default=512, help="more amortise the start (worker spawn, model load) better")
     p.add_argument("--per-shard", type=int, default=64)
     p.add_argument("--size", type=int, default=256, help="image height in pixels (width varies up to 1.5x)")
     p.add_argument("--batch-size", type=int, default=64)
