@@ -45,7 +45,6 @@ def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Ta
                    config: EvalConfig | None = None, *, overwrite: bool = False,
                    name: str | None = None) -> dict[str, Any]:
     """Evaluate ``model_spec`` on ``tasks``; write ``out_dir/results.jsonl`` and ``summary.json``."""
-    import torch
 
     config = config or EvalConfig()
     spec = ModelSpec.parse(model_spec)
@@ -68,20 +67,16 @@ def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Ta
     if todo:
         from .zeroshot import evaluate_task
 
-        grad = torch.is_grad_enabled()  # load_model turns autograd off for the whole process
-        try:
-            model, preprocess, tokenizer = load_model(spec, device=device)
-            progress = Progress(f"evaluate {name or out_dir.name}", total=len(todo), unit="tasks", interval=0.0)
-            for task in todo:
-                start = time.monotonic()
-                metrics = evaluate_task(task, model, preprocess, tokenizer, device=device,
-                                        batch_size=config.batch_size, data_root=config.data_root,
-                                        cache_dir=config.cache_dir, synthetic_samples=config.synthetic_samples,
-                                        num_workers=config.num_workers)
-                append_result(results_path, result_line(task, metrics, time.monotonic() - start))
-                progress.update(1)
-        finally:
-            torch.set_grad_enabled(grad)
+        model, preprocess, tokenizer = load_model(spec, device=device)
+        progress = Progress(f"evaluate {name or out_dir.name}", total=len(todo), unit="tasks", interval=0.0)
+        for task in todo:
+            start = time.monotonic()
+            metrics = evaluate_task(task, model, preprocess, tokenizer, device=device,
+                                    batch_size=config.batch_size, data_root=config.data_root,
+                                    cache_dir=config.cache_dir, synthetic_samples=config.synthetic_samples,
+                                    num_workers=config.num_workers)
+            append_result(results_path, result_line(task, metrics, time.monotonic() - start))
+            progress.update(1)
     results = read_results(results_path)
     results = {t.key: results[t.key] for t in task_list if t.key in results}
     return write_summary(out_dir, results, {"name": name or out_dir.name, "model": spec.arch,

@@ -53,13 +53,12 @@ class ModelSpec:
 
 
 def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32"):
-    """Return ``(model.eval(), preprocess, tokenizer)``.
+    """Return ``(model.eval(), preprocess, tokenizer)``; callers encode under ``torch.inference_mode()``.
 
     A local checkpoint that does not fit ``spec.arch`` raises an InputError naming the file and the
     first mismatching tensors instead of open_clip's long traceback.
     """
     import open_clip
-    import torch
 
     register_model_configs()
     if spec.arch not in open_clip.list_models():
@@ -80,7 +79,6 @@ def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32"):
             raise PoolsieveError(f"cannot load {spec.arch} pretrained={pretrained!r}: {e}") from None
     model.eval()
     tokenizer = open_clip.get_tokenizer(spec.arch)
-    torch.set_grad_enabled(False)
     return model, preprocess, tokenizer
 
 
