@@ -46,7 +46,7 @@ from .formats import (
 )
 from .progress import Progress
 from .reshard_plan import OutputPlanner, ShardScan, WriteUnit
-from .runtime import Runtime
+from .runtime import Runtime, get_result
 from .tar_io import END_OF_ARCHIVE, iter_members, padding, split_key, ustar_header, write_buffers
 from .workspace import Workspace
 
@@ -398,7 +398,7 @@ def _run_on_ray(runtime: Runtime, scan_units: list[ScanUnit], planner: OutputPla
                 scans_in_flight += 1
             done, _ = ray.wait(list(in_flight), num_returns=1)
             kind, i = in_flight.pop(done[0])
-            result = _get(ray, done[0])
+            result = get_result(ray, done[0])
             if kind == "write":
                 results.append(result)
                 write_progress.update(1, result["samples"])
@@ -425,19 +425,6 @@ def _run_on_ray(runtime: Runtime, scan_units: list[ScanUnit], planner: OutputPla
     if results:
         write_progress.close()
     return [s for s in scans if s is not None], results, skipped
-
-
-def _get(ray: Any, ref: Any) -> Any:
-    """``ray.get`` that re-raises a task's own exception (an InputError keeps its one-line message)."""
-    from ray.exceptions import RayTaskError
-
-    try:
-        return ray.get(ref)
-    except RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, BaseException):
-            raise cause from None
-        raise
 
 
 def _meta(ws: Workspace, subset_path: Path, subset: np.ndarray, unique_subset: np.ndarray, found: np.ndarray,

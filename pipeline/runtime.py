@@ -98,7 +98,7 @@ class Runtime:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     i = pending.pop(ref)
-                    results[i] = _unwrap_get(ray, ref)
+                    results[i] = get_result(ray, ref)
                     progress.update(1, items(results[i]) if items else 0, item_unit)
         finally:
             for ref in pending:
@@ -106,7 +106,7 @@ class Runtime:
         return results
 
 
-def _unwrap_get(ray: Any, ref: Any) -> Any:
+def get_result(ray: Any, ref: Any) -> Any:
     """``ray.get`` that re-raises a task's own exception (a PoolsieveError keeps its message)."""
     from ray.exceptions import RayTaskError
 
@@ -117,3 +117,6 @@ def _unwrap_get(ray: Any, ref: Any) -> Any:
         if isinstance(cause, BaseException):
             raise cause from None
         raise
+
+
+_unwrap_get = get_result  # the older private name
