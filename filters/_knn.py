@@ -131,6 +131,9 @@ class IvfIndex:
             cand_d[qi[:, None], cols] = d  # each (query, slot) belongs to one list: threads never overlap
             cand_i[qi[:, None], cols] = i
 
+        if self.nlist == 1:  # exact: one big list, its base blocks in parallel
+            d, i = _list_topk(q, q_sq, self, 0, int(self.offsets[1]), k, device, parallel=True)
+            return _sorted_topk(d, i, k)
         _run_lists(search_list, np.flatnonzero(bounds[1:] > bounds[:-1]).tolist(), device)
         return _sorted_topk(cand_d, cand_i, k)
 
@@ -162,19 +165,30 @@ def _single_threaded_blas():
 
 
 def _list_topk(q: np.ndarray, q_sq: np.ndarray, index: IvfIndex, lo: int, hi: int, k: int,
-               device: str) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` of queries ``q`` within base rows ``lo:hi``, in query blocks x base blocks."""
+               device: str, parallel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of queries ``q`` within base rows ``lo:hi``, in query blocks x base blocks.
+
+    ``parallel`` spreads the base blocks over threads (for the one big list of an exact search).
+    """
     out_d, out_i = [], []
+    block_starts = list(range(lo, hi, BASE_BLOCK))
     for qs in range(0, len(q), QUERY_BLOCK):
         qb, qb_sq = q[qs:qs + QUERY_BLOCK], q_sq[qs:qs + QUERY_BLOCK]
-        parts_d, parts_i = [], []
-        for bs in range(lo, hi, BASE_BLOCK):
+        parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+        def search_block(bs: int, qb=qb, qb_sq=qb_sq, parts=parts) -> None:
             be = min(hi, bs + BASE_BLOCK)
-            vb = as_float32(index.vectors[bs:be])
-            d, local = block_topk(qb, qb_sq, vb, np.asarray(index.sq_norms[bs:be]), k, device)
-            parts_d.append(d)
-            parts_i.append(np.asarray(index.ids[bs:be])[local])
-        d, i = np.concatenate(parts_d, axis=1), np.concatenate(parts_i, axis=1)
+            d, local = block_topk(qb, qb_sq, as_float32(index.vectors[bs:be]), np.asarray(index.sq_norms[bs:be]),
+                                  k, device)
+            parts[bs] = (d, np.asarray(index.ids[bs:be])[local])
+
+        if parallel:
+            _run_lists(search_block, block_starts, device)
+        else:
+            for bs in block_starts:
+                search_block(bs)
+        d = np.concatenate([parts[bs][0] for bs in block_starts], axis=1)
+        i = np.concatenate([parts[bs][1] for bs in block_starts], axis=1)
         if d.shape[1] > k:
             d, i = _sorted_topk(d, i, k)
         out_d.append(d)
