@@ -269,8 +269,12 @@ def coarse_probes(q: np.ndarray, centroids: np.ndarray, nprobe: int, device: str
 
 # ------------------------------------------------------------------------- building indexes
 def sq_norms(x: np.ndarray) -> np.ndarray:
-    x32 = np.asarray(x, dtype=np.float32)
-    return np.einsum("ij,ij->i", x32, x32)
+    """Squared L2 norm of every row in float32, in chunks (no full-size float32 copy)."""
+    out = np.empty(len(x), dtype=np.float32)
+    for s in range(0, len(x), QUERY_CHUNK):
+        x32 = np.asarray(x[s:s + QUERY_CHUNK], dtype=np.float32)
+        out[s:s + len(x32)] = np.einsum("ij,ij->i", x32, x32)
+    return out
 
 
 def flat_index(data: np.ndarray) -> IvfIndex:
