@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -71,14 +70,6 @@ def pool_fingerprint(tables: list[Path]) -> str:
         digest.update(f"{path.name}\0{size}\0".encode())
         digest.update(hashlib.sha256(footer).digest())
     return digest.hexdigest()
-
-
-def readable_by_all(*paths: Path, folder: bool = False) -> None:
-    """Give files written through a temp file (``mkstemp``: mode 0600) the umask's usual mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in paths:
-        os.chmod(path, (0o777 if folder or path.is_dir() else 0o666) & ~umask)
 
 
 def _saved_record(ws: Workspace, name: str) -> dict[str, Any] | None:
@@ -159,7 +150,6 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bo
         }
         write_subset(ws.subset_path(name), pairs)
         write_json(ws.subset_info_path(name), record)
-        readable_by_all(ws.subset_path(name), ws.subset_info_path(name))
         made.add(name)
         results[name] = {"status": "made", "count": int(len(pairs)), "members": members, "seconds": round(seconds, 3),
                          "expression": record["expression"], "path": str(ws.subset_path(name))}

@@ -281,6 +281,7 @@ def shard_stem(path: str | Path) -> str:
 # ---------------------------------------------------------------------------- atomic writing
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+DIR_MODE = 0o777 & ~_UMASK  # what mkdir would give; mkdtemp gives 0700
 
 
 @contextlib.contextmanager

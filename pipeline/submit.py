@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import build
 from .errors import ConfigError, InputError
-from .formats import pairs_to_uids, read_json, read_subset, write_json
+from .formats import DIR_MODE, pairs_to_uids, read_json, read_subset, write_json
 from .progress import print_summary
 from .runtime import Runtime
 from .workspace import Workspace
@@ -81,7 +81,7 @@ def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, overwrite: bo
     from poolsieve.filters.no_filter import pool_keys
     from poolsieve.filters.registry import ScoredPool
 
-    from .filter_stage import pool_fingerprint, readable_by_all, score_table_files
+    from .filter_stage import pool_fingerprint, score_table_files
 
     if not cfg.subset:
         raise ConfigError("which subset? pass --subset NAME (or a path to a .npy uid file)")
@@ -126,7 +126,7 @@ def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, overwrite: bo
         if evals is not None:
             shutil.copytree(eval_dir, staging / "eval")
         write_json(staging / "submission.json", summary)
-        readable_by_all(staging, *staging.rglob("*"))
+        os.chmod(staging, DIR_MODE)  # mkdtemp makes 0700; files inside have the umask's mode
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
