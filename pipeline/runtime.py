@@ -7,6 +7,7 @@ and returns results in unit order. Errors a unit raises reach the caller as the 
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ class Runtime:
             return results
 
         ray = self.ensure_ray()
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(fn)
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_as_function(fn))
         limit = max_in_flight or max(1, int(ray.available_resources().get("CPU", 1) / max(num_cpus, 1e-3)) * 2)
         pending: dict[Any, int] = {}
         next_i = 0
@@ -104,6 +105,18 @@ class Runtime:
             for ref in pending:
                 ray.cancel(ref, force=True)
         return results
+
+
+def _as_function(fn: Callable[[U], R]) -> Callable[[U], R]:
+    """``ray.remote`` takes plain functions only: wrap a ``functools.partial`` or other callable."""
+    if inspect.isfunction(fn):
+        return fn
+
+    def unit(u: U) -> R:
+        return fn(u)
+
+    unit.__name__ = unit.__qualname__ = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "unit")
+    return unit
 
 
 def get_result(ray: Any, ref: Any) -> Any:

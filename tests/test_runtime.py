@@ -26,6 +26,13 @@ def test_ray_map_keeps_unit_order_and_reraises_unit_errors(ray_runtime):
         ray_runtime.map(fails_on_three, range(5), "fails")
 
 
+def test_ray_map_takes_partials(ray_runtime):
+    import functools
+    import operator
+
+    assert ray_runtime.map(functools.partial(operator.mul, 3), [1, 2], "partial") == [3, 6]
+
+
 def test_local_map_matches_ray(local_runtime):
     assert local_runtime.map(lambda x: x + 1, [3, 1, 2], "local") == [4, 2, 3]
 
