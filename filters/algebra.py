@@ -7,7 +7,6 @@ its count and time, and ``and`` / ``or`` record the running count after each ope
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import time
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from poolsieve.pipeline.errors import ConfigError, InputError
-from poolsieve.pipeline.formats import SUBSET_DTYPE, read_subset
+from poolsieve.pipeline.formats import SUBSET_DTYPE, file_sha256, read_subset
 
 from .registry import FILTERS, ScoredPool, get_filter, load_builtin_filters
 from .spec import Node, parse_spec, render
@@ -47,14 +46,6 @@ def call_filter(pool: ScoredPool, name: str, params: Mapping[str, Any], details:
     if result.dtype != SUBSET_DTYPE:
         raise ConfigError(f"filter '{name}' returned dtype {result.dtype}, expected {SUBSET_DTYPE}")
     return from_subset(result)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Evaluator:

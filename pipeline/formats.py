@@ -13,6 +13,7 @@ Formats follow DataComp wherever DataComp defines one, so that its users switch 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -283,6 +284,15 @@ def filtered_shard_name(index: int) -> str:
 
 def shard_stem(path: str | Path) -> str:
     return Path(path).name.split(".")[0].removesuffix("_stats")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------- atomic writing

@@ -35,6 +35,7 @@ from .errors import ConfigError, InputError
 from .formats import (
     SUBSET_DTYPE,
     atomic_path,
+    file_sha256,
     filtered_shard_name,
     is_valid_uid,
     pairs_to_uids,
@@ -218,18 +219,10 @@ def _check_config(cfg: ReshardConfig) -> None:
         raise ConfigError(f"reshard.shuffle_bufsize must be 0 (off) or more, got {cfg.shuffle_bufsize}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def plan_fingerprint(subset_path: Path, tars: list[Path], cfg: ReshardConfig) -> str:
     """What the output depends on: subset bytes, pool shards (name, size, mtime) and the settings."""
     stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in tars]
-    doc = {"version": PLAN_VERSION, "subset_sha256": _sha256(subset_path), "shards": stats,
+    doc = {"version": PLAN_VERSION, "subset_sha256": file_sha256(subset_path), "shards": stats,
            "shard_size": cfg.shard_size, "shuffle_bufsize": cfg.shuffle_bufsize, "seed": cfg.seed}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 

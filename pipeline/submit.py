@@ -10,7 +10,6 @@ results, a copy of them with their average.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ import numpy as np
 
 from .config import build
 from .errors import ConfigError, InputError
-from .formats import DIR_MODE, pairs_to_uids, read_json, read_subset, write_json
+from .formats import DIR_MODE, file_sha256, pairs_to_uids, read_json, read_subset, write_json
 from .progress import print_summary
 from .runtime import Runtime
 from .workspace import Workspace
@@ -58,14 +57,6 @@ def check_in_pool(pairs: np.ndarray, pool_keys: np.ndarray, path: Path) -> None:
                                f"({pairs_to_uids(pairs[first:first + 1])[0]})")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_eval_results(folder: Path) -> dict[str, Any] | None:
     """``{"tasks": n, "averages": {group: mean main metric, ..., "Average": x}}`` from ``results.jsonl``."""
     from poolsieve.eval.aggregate import RESULTS_FILE, aggregate, read_results
@@ -92,7 +83,7 @@ def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, overwrite: bo
     tables = score_table_files(ws, cfg.tables)
     check_in_pool(pairs, pool_keys(ScoredPool(tables, runtime)), path)
 
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     out = Path(cfg.out).expanduser() if cfg.out else ws.root / "submissions" / name
     done = out / "submission.json"
     if done.exists() and not overwrite:
