@@ -197,12 +197,7 @@ def _list_topk(q: np.ndarray, q_sq: np.ndarray, index: IvfIndex, lo: int, hi: in
 
 
 def as_float32(a: np.ndarray) -> np.ndarray:
-    """``a`` as float32; fp16 goes through torch, whose conversion is vectorised (numpy's is not)."""
-    if a.dtype != np.float16:
-        return np.asarray(a, dtype=np.float32)
-    import torch
-
-    return torch.from_numpy(np.require(a, requirements=["C", "W"])).float().numpy()
+    return np.asarray(a, dtype=np.float32)
 
 
 def block_topk(q: np.ndarray, q_sq: np.ndarray, v: np.ndarray, v_sq: np.ndarray, k: int,
