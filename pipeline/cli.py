@@ -55,7 +55,7 @@ class StageContext:
         return section(self.config, name)
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def add_common_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("common options")
     g.add_argument("--workspace", "-w", type=Path, help="the pool's workspace folder")
     g.add_argument("--config", "-c", type=Path, help="YAML config; this stage reads its own section")
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().split("\n\n")[0])
         mod.add_arguments(p)
-        _add_common(p)
+        add_common_options(p)
         p.set_defaults(_module=module)
     return parser
 

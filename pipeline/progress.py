@@ -24,9 +24,10 @@ class Progress:
     """
 
     def __init__(self, desc: str, total: int | None, unit: str = "units", interval: float = 2.0,
-                 stream: TextIO | None = None):
+                 stream: TextIO | None = None, quiet: bool = False):
         self.desc, self.total, self.unit, self.interval = desc, total, unit, interval
         self.stream = stream or sys.stderr
+        self.quiet = quiet
         self.done = 0
         self.items = 0
         self.item_unit = ""
@@ -48,6 +49,8 @@ class Progress:
         return time.monotonic() - self.start
 
     def _print(self) -> None:
+        if self.quiet:
+            return
         el = max(self.elapsed, 1e-9)
         rate = self.done / el
         parts = [f"{self.desc}: {self.done}" + (f"/{self.total}" if self.total is not None else "") + f" {self.unit}"]

@@ -25,13 +25,6 @@ from .progress import Progress, print_summary
 from .shard_reader import IMAGE_EXTENSIONS, TarSample, iter_tar_samples
 from .workspace import Workspace
 
-REFERENCES_DIR = "references"
-
-
-def reference_path(ws: Workspace, name: str) -> Path:
-    """``<ws>/references/<name>.npz``."""
-    return ws.root / REFERENCES_DIR / f"{name}.npz"
-
 
 def iter_reference_samples(source: str | Path) -> Iterator[tuple[TarSample, str, str]]:
     """``(sample, label, where)`` for every image of an ImageFolder-style folder or of webdataset tars."""
@@ -73,7 +66,7 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
     """Embed ``source`` with ``config.models`` (a ``ScoreConfig``) in this process; return a summary."""
     from .encode import Encoder, parse_models, prepare_chunk
 
-    out = reference_path(ws, name)
+    out = ws.reference_path(name)
     if out.exists() and not overwrite:
         summary = {"reference": str(out), "skipped": "exists (use --overwrite to redo)"}
         if not quiet:
@@ -88,7 +81,7 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
     labels: list[str] = []
     sources: list[str] = []
     failed = 0
-    progress = Progress(f"reference {name}", total=None, unit="images", stream=None if not quiet else _Null())
+    progress = Progress(f"reference {name}", total=None, unit="images", quiet=quiet)
     batch: list[tuple[TarSample, str, str]] = []
 
     def flush() -> None:
@@ -145,11 +138,3 @@ def read_reference(path: str | Path, key: str) -> tuple[np.ndarray, np.ndarray]:
     if len(emb) != len(labels):
         raise InputError(path, f"{len(emb)} embeddings but {len(labels)} labels: misaligned")
     return emb, labels
-
-
-class _Null:
-    def write(self, *_: Any) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass

@@ -48,8 +48,8 @@ class Runtime:
                                       "configure_logging": False}
             if self.address:
                 kwargs["address"] = self.address
-            else:
-                kwargs.update(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False)
+            else:  # a Ray of our own, even when another one runs on this machine
+                kwargs.update(address="local", num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False)
             try:
                 ray.init(**kwargs)
             except ConnectionError as e:
@@ -130,6 +130,3 @@ def get_result(ray: Any, ref: Any) -> Any:
         if isinstance(cause, BaseException):
             raise cause from None
         raise
-
-
-_unwrap_get = get_result  # the older private name

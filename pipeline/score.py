@@ -137,7 +137,7 @@ def _run_local(ws: Workspace, tars: list[Path], models: list[Any], config: Score
     encoder = Encoder(models, config.device, config.precision, config.batch_size, config.threads, config.decode)
     info = encoder.describe(config.chunk_size, config.language)
     stats.device, stats.batch_size, stats.threads = info["device"], info["batch_size"], info["threads"]
-    progress = Progress("score", total=len(tars), unit="shards", stream=None if not quiet else _Null())
+    progress = Progress("score", total=len(tars), unit="shards", quiet=quiet)
     for tar in tars:
         try:
             chunks = [encoder.encode(c) for c in iter_prepared_chunks(tar, info["plan"])]
@@ -164,7 +164,7 @@ class _ShardState:
 def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreConfig, runtime: Runtime,
              stats: RunStats, quiet: bool) -> None:
     from .encode import EncoderActor, iter_prepared_chunks
-    from .runtime import _unwrap_get
+    from .runtime import get_result
 
     ray = runtime.ensure_ray()
     resources = ray.cluster_resources()
@@ -181,7 +181,7 @@ def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreCo
     try:
         infos = [a.setup.remote(models, device, config.precision, config.batch_size, config.threads, config.decode,
                                 config.chunk_size, config.language) for a in actors]
-        info = [_unwrap_get(ray, ref) for ref in infos][0]
+        info = [get_result(ray, ref) for ref in infos][0]
     except BaseException:
         for a in actors:
             ray.kill(a)
@@ -191,7 +191,7 @@ def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreCo
     decoders = config.decode_workers or max(1, cpus - n_enc * enc_cpus)
     reader = ray.remote(num_cpus=1, num_returns="streaming", max_retries=0,
                         _generator_backpressure_num_objects=2)(iter_prepared_chunks)
-    progress = Progress("score", total=len(tars), unit="shards", stream=None if not quiet else _Null())
+    progress = Progress("score", total=len(tars), unit="shards", quiet=quiet)
     todo = deque(tars)
     active: dict[Any, _ShardState] = {}          # generator -> shard
     ready_chunks: deque[tuple[_ShardState, int, Any]] = deque()
@@ -250,7 +250,7 @@ def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreCo
                     state, index, a = in_flight.pop(ref)
                     load[a] -= 1
                     try:
-                        state.chunks[index] = _unwrap_get(ray, ref)
+                        state.chunks[index] = get_result(ray, ref)
                     except PoolsieveError as e:
                         fail(state, e)
                         continue
@@ -277,14 +277,6 @@ def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreCo
         for a in actors:
             ray.kill(a)
         progress.close()
-
-
-class _Null:
-    def write(self, *_: Any) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -396,11 +388,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m poolsieve.pipeline.score``: this stage alone, with the same flags as ``poolsieve score``."""
     import sys
 
-    from .cli import _add_common, make_context
+    from .cli import add_common_options, make_context
 
     parser = argparse.ArgumentParser(prog="poolsieve-score", description=(__doc__ or "").split("\n\n")[0])
     add_arguments(parser)
-    _add_common(parser)
+    add_common_options(parser)
     args = parser.parse_args(argv)
     try:
         ctx = make_context(args)

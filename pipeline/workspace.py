@@ -46,6 +46,10 @@ class Workspace:
         return self.root / "subsets"
 
     @property
+    def references_dir(self) -> Path:
+        return self.root / "references"
+
+    @property
     def report_dir(self) -> Path:
         return self.root / "report"
 
@@ -64,6 +68,10 @@ class Workspace:
 
     def subset_info_path(self, name: str) -> Path:
         return self.subsets_dir / f"{name}.json"
+
+    def reference_path(self, name: str) -> Path:
+        """Embeddings of a labelled reference image set (the image-based filter's target)."""
+        return self.references_dir / f"{name}.npz"
 
     def score_table_path(self, shard: str) -> Path:
         return self.scores_dir / f"{shard}.parquet"

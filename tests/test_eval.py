@@ -137,7 +137,7 @@ def _eval_parser():
 
     p = argparse.ArgumentParser()
     eval_cli.add_arguments(p)
-    cli._add_common(p)
+    cli.add_common_options(p)
     return p
 
 

@@ -27,7 +27,6 @@ from poolsieve.pipeline.workspace import Workspace
 
 # Runtime(address=None) calls ray.init() without an address, which joins any Ray already running on this
 # machine (another test session's) and then fails on num_cpus. "local" makes it start its own, as documented.
-os.environ.setdefault("RAY_ADDRESS", "local")
 
 KEY = "poolsieve_tiny"
 NUM_SHARDS, PER_SHARD = 6, 30

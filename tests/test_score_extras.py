@@ -64,7 +64,7 @@ def _plain_image_embedding(model, preprocess, jpeg: bytes) -> np.ndarray:
 
 
 def test_reference_folder_and_tars_embed_like_open_clip(tmp_path, checkpoint):
-    from poolsieve.pipeline.references import embed_reference, read_reference, reference_path
+    from poolsieve.pipeline.references import embed_reference, read_reference
 
     samples = make_samples(6, seed=4, image_size=40)
     folder = tmp_path / "ref"
@@ -76,9 +76,9 @@ def test_reference_folder_and_tars_embed_like_open_clip(tmp_path, checkpoint):
     config = ScoreConfig(models=[f"poolsieve-tiny:{checkpoint}"])
     summary = embed_reference(ws, folder, "colours", config, quiet=True)
     assert summary["images"] == 6 and summary["undecodable (left out)"] == 1
-    emb, labels = read_reference(reference_path(ws, "colours"), "poolsieve_tiny")
+    emb, labels = read_reference(ws.reference_path("colours"), "poolsieve_tiny")
     assert emb.dtype == np.float16 and emb.shape == (6, 128)
-    with np.load(reference_path(ws, "colours")) as z:
+    with np.load(ws.reference_path("colours")) as z:
         sources = list(z["sources"])
     model, preprocess = _plain_open_clip(checkpoint)
     for e, label, src in zip(emb, labels, sources, strict=True):
@@ -92,7 +92,7 @@ def test_reference_folder_and_tars_embed_like_open_clip(tmp_path, checkpoint):
             _add(tar, f"{i:04d}.jpg", s.jpeg)
             _add(tar, f"{i:04d}.cls", str(i % 2).encode())
     embed_reference(ws, tmp_path / "ref.tar", "parity", config, quiet=True)
-    emb2, labels2 = read_reference(reference_path(ws, "parity"), "poolsieve_tiny")
+    emb2, labels2 = read_reference(ws.reference_path("parity"), "poolsieve_tiny")
     assert list(labels2) == [str(i % 2) for i in range(6)]
     assert emb2.shape == (6, 128)
     assert embed_reference(ws, folder, "colours", config, quiet=True)["skipped"].startswith("exists")
@@ -102,7 +102,7 @@ def test_reference_folder_and_tars_embed_like_open_clip(tmp_path, checkpoint):
     rc = main(["-w", str(ws.root), "--executor", "local", "-m", f"tiny=poolsieve-tiny:{checkpoint}",
                "--reference", str(folder), "--name", "cli"])
     assert rc == 0
-    emb3, labels3 = read_reference(reference_path(ws, "cli"), "tiny")
+    emb3, labels3 = read_reference(ws.reference_path("cli"), "tiny")
     np.testing.assert_array_equal(emb3, emb)
     assert list(labels3) == list(labels)
 
