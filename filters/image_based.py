@@ -34,6 +34,7 @@ import numpy as np
 
 from poolsieve.pipeline.errors import ConfigError, InputError
 from poolsieve.pipeline.formats import embedding_keys, uids_to_pairs
+from poolsieve.pipeline.workspace import Workspace
 
 from ._device import resolve_device
 from ._embeddings import pick_embedding_key
@@ -76,7 +77,7 @@ def load_target(pool: ScoredPool, target: str, image_key: str) -> np.ndarray:
     """The target set's image embeddings: a reference name in the workspace or a path to an npz."""
     path = Path(target)
     if path.suffix != ".npz":
-        path = Path(pool.tables[0]).parent.parent / "references" / f"{target}.npz"
+        path = Workspace(Path(pool.tables[0]).parent.parent).reference_path(target)
     if not path.exists():
         raise InputError(path, f"target set {target!r} not found (score a labelled image set into references/ first)")
     try:
