@@ -89,13 +89,13 @@ def test_fetch_limits_and_bomb_check(tmp_path: Path) -> None:
 
 def test_cli_flags_override_the_config_section(tmp_path: Path) -> None:
     from poolsieve.pipeline import download
-    from poolsieve.pipeline.cli import _add_common, make_context
+    from poolsieve.pipeline.cli import add_common_options, make_context
 
     config = tmp_path / "poolsieve.yaml"
     config.write_text("download: {threads: 3, samples_per_shard: 7, deny_networks: ['10.0.0.0/8']}\n")
     parser = argparse.ArgumentParser()
     download.add_arguments(parser)
-    _add_common(parser)
+    add_common_options(parser)
     src = tmp_path / "src"
     src.mkdir()
     pd.DataFrame({"uid": ["ab" * 16], "url": ["http://127.0.0.1:1/a.jpg"], "text": ["a"]}).to_parquet(
