@@ -274,7 +274,7 @@ def reshard_cli(argv: list[str]) -> int:
     except ModuleNotFoundError:  # other stages' modules not written yet: same path, reshard only
         parser = argparse.ArgumentParser(prog="poolsieve reshard")
         stage.add_arguments(parser)
-        cli._add_common(parser)
+        cli.add_common_options(parser)
         args = parser.parse_args(argv)
         try:
             return stage.run_cli(cli.make_context(args), args)

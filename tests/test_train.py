@@ -129,7 +129,7 @@ def _stage_parser():
 
     p = argparse.ArgumentParser()
     train_cli.add_arguments(p)
-    cli._add_common(p)
+    cli.add_common_options(p)
     return p
 
 
