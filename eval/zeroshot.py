@@ -68,7 +68,11 @@ def evaluate_task(task: Task, model: Any, preprocess: Any, tokenizer: Any, *, de
                   batch_size: int = 64, data_root: str | None = None, cache_dir: str | None = None,
                   synthetic_samples: int | None = None, num_workers: int = 0) -> dict[str, Any]:
     """Metrics of ``task`` (with ``main_metric`` and ``num_samples``)."""
+    import os
+
     import torch
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # clip_benchmark's bars; poolsieve shows its own progress
 
     from .hub_datasets import load_wds_dataset, make_dataloader
 

@@ -6,6 +6,9 @@ registered with open_clip on import, in every process that loads a model (Ray wo
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,8 +71,9 @@ def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32"):
         path = Path(pretrained)
         if not path.exists():
             raise InputError(path, "checkpoint file does not exist")
-        model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=None, precision=precision,
-                                                                     device=device)
+        with _quiet_root_logger():  # open_clip warns "no pretrained weights" before we load them
+            model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=None,
+                                                                         precision=precision, device=device)
         _load_local_checkpoint(model, path)
     else:
         try:
@@ -80,6 +84,17 @@ def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32"):
     model.eval()
     tokenizer = open_clip.get_tokenizer(spec.arch)
     return model, preprocess, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _load_local_checkpoint(model: Any, path: Path) -> None:
