@@ -67,7 +67,8 @@ def inspect_workspace(ws: Workspace) -> dict[str, Any]:
             res = ev / "results.jsonl"
             if res.exists():
                 lines = [json.loads(line) for line in res.read_text().splitlines() if line.strip()]
-                evals[ev.name] = {r.get("task", "?"): r.get("main_metric", r.get("metrics")) for r in lines}
+                evals[ev.name] = {r.get("dataset", r.get("key", "?")): (r.get("metrics") or {}).get("main_metric")
+                                  for r in lines}
         if evals:
             out["evals"] = evals
     return out

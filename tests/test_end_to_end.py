@@ -47,7 +47,7 @@ def test_quickstart_on_a_tiny_pool(tmp_path, ray_runtime, capsys):
     evaluations = result["evaluate"]
     assert set(evaluations) == {"no_filter", "basic", "clip30"}
     for summary in evaluations.values():
-        for task in ("synthetic_shape", "synthetic_colour"):
+        for task in ("Synthetic shape", "Synthetic colour"):
             assert 0.0 <= summary["tasks"][task] <= 1.0
     for name in evaluations:
         run = (ws.run_dir(name) / "summary.json")
@@ -56,5 +56,5 @@ def test_quickstart_on_a_tiny_pool(tmp_path, ray_runtime, capsys):
             for name in evaluations}
     assert len(set(seen.values())) == 1  # the same budget for every subset
     table = result["table"]
-    assert "clip30" in table and "synthetic_colour" in table and "average" in table
+    assert "clip30" in table and "Synthetic colour" in table and "average" in table
     assert np.isfinite(result["timings"]["total"])
