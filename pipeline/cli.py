@@ -65,6 +65,15 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="redo units that are already complete")
 
 
+def stage_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand alone (its own flags plus the common ones), for library and test use."""
+    module, help_text = COMMANDS[command]
+    p = argparse.ArgumentParser(prog=f"poolsieve {command}", description=help_text)
+    importlib.import_module(module).add_arguments(p)
+    add_common_options(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poolsieve",

@@ -22,6 +22,7 @@ from .formats import (
     SCORE_TABLE_BASE_COLUMNS,
     atomic_path,
     check_metadata_columns,
+    parquet_files,
     score_column,
     uids_to_pairs,
     write_embeddings,
@@ -119,12 +120,7 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
 def import_datacomp(ws: Workspace, source: str | Path, runtime: Runtime, overwrite: bool = False,
                     language: bool = True, quiet: bool = False) -> dict[str, Any]:
     """Import every ``{stem}.parquet`` (+ ``{stem}.npz``) of ``source`` into ``ws.scores_dir``."""
-    source = Path(source)
-    if not source.is_dir():
-        raise InputError(source, "DataComp metadata folder does not exist")
-    files = sorted(p for p in source.glob("*.parquet") if not p.name.startswith("."))
-    if not files:
-        raise InputError(source, "no .parquet files in the DataComp metadata folder")
+    files = parquet_files(source, "DataComp metadata")
     t0 = time.perf_counter()
     todo = [p for p in files if overwrite or not (ws.score_table_path(p.stem).exists()
                                                    and ws.embeddings_path(p.stem).exists())]

@@ -29,7 +29,7 @@ import numpy as np
 
 from .config import build
 from .errors import ConfigError, InputError
-from .formats import read_json, write_json, write_subset
+from .formats import parquet_files, read_json, write_json, write_subset
 from .progress import format_table, print_summary
 from .runtime import Runtime
 from .workspace import Workspace
@@ -51,12 +51,7 @@ def score_table_files(ws: Workspace, tables: str | None) -> list[Path]:
     folder = Path(tables).expanduser()
     if folder.is_file() and folder.suffix == ".parquet":
         return [folder]
-    if not folder.is_dir():
-        raise InputError(folder, "score table folder does not exist")
-    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
-    if not files:
-        raise InputError(folder, "no .parquet score tables in this folder")
-    return files
+    return parquet_files(folder, "score table")
 
 
 def pool_fingerprint(tables: list[Path]) -> str:

@@ -153,14 +153,19 @@ METADATA_OPTIONAL = (
 )
 
 
-def metadata_files(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
+def parquet_files(folder: str | Path, what: str = "metadata") -> list[Path]:
+    """The ``*.parquet`` files of ``folder`` (hidden ones skipped), sorted; an error names the folder."""
+    folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise InputError(folder, "metadata folder does not exist")
+        raise InputError(folder, f"{what} folder does not exist")
     files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
     if not files:
-        raise InputError(folder, "no .parquet files in the metadata folder")
+        raise InputError(folder, f"no .parquet files in the {what} folder")
     return files
+
+
+def metadata_files(folder: str | Path) -> list[Path]:
+    return parquet_files(folder, "metadata")
 
 
 def check_metadata_columns(path: str | Path, columns: Iterable[str], required: Sequence[str] = METADATA_REQUIRED) -> None:

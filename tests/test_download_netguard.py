@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import socket
 import urllib.error
@@ -89,13 +88,11 @@ def test_fetch_limits_and_bomb_check(tmp_path: Path) -> None:
 
 def test_cli_flags_override_the_config_section(tmp_path: Path) -> None:
     from poolsieve.pipeline import download
-    from poolsieve.pipeline.cli import add_common_options, make_context
+    from poolsieve.pipeline.cli import make_context, stage_parser
 
     config = tmp_path / "poolsieve.yaml"
     config.write_text("download: {threads: 3, samples_per_shard: 7, deny_networks: ['10.0.0.0/8']}\n")
-    parser = argparse.ArgumentParser()
-    download.add_arguments(parser)
-    add_common_options(parser)
+    parser = stage_parser("download")
     src = tmp_path / "src"
     src.mkdir()
     pd.DataFrame({"uid": ["ab" * 16], "url": ["http://127.0.0.1:1/a.jpg"], "text": ["a"]}).to_parquet(

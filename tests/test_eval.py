@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
 import http.server
 import io
@@ -131,16 +130,6 @@ def test_synthetic_tasks_are_held_out_and_scored_like_brute_force():
 
 
 # ---------------------------------------------------------------------------------- results files
-def _eval_parser():
-    from poolsieve.eval import cli as eval_cli
-    from poolsieve.pipeline import cli
-
-    p = argparse.ArgumentParser()
-    eval_cli.add_arguments(p)
-    cli.add_common_options(p)
-    return p
-
-
 def test_results_jsonl_summary_and_resume(tmp_path, capsys):
     """Through the CLI: one results line per task, group averages, and a rerun that skips done tasks."""
     import torch
@@ -154,7 +143,7 @@ def test_results_jsonl_summary_and_resume(tmp_path, capsys):
     model, _, _ = _random_model()
     torch.save({"epoch": 1, "state_dict": model.state_dict()}, run / "epoch_1.pt")
     (run / "summary.json").write_text(json.dumps({"model": "poolsieve-tiny", "checkpoint": str(run / "epoch_1.pt")}))
-    args = _eval_parser().parse_args(["-w", str(ws), "--executor", "local", "--subset", "clean",
+    args = cli.stage_parser("evaluate").parse_args(["-w", str(ws), "--executor", "local", "--subset", "clean",
                                       "--synthetic-samples", "30", "--batch-size", "16"])
     ctx = cli.make_context(args)
     assert eval_cli.run_cli(ctx, args) == 0
@@ -180,7 +169,7 @@ def test_results_jsonl_summary_and_resume(tmp_path, capsys):
     with pytest.raises(InputError, match="results.jsonl: line 3 is not valid JSON"):
         read_results(results_path)
 
-    missing = _eval_parser().parse_args(["-w", str(ws), "--executor", "local", "--subset", "nope"])
+    missing = cli.stage_parser("evaluate").parse_args(["-w", str(ws), "--executor", "local", "--subset", "nope"])
     with pytest.raises(InputError, match="runs/nope/summary.json"):
         eval_cli.run_cli(cli.make_context(missing), missing)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -16,8 +15,7 @@ import numpy as np
 import pytest
 from factories import make_samples, write_img2dataset_shards
 
-from poolsieve.pipeline import reshard as stage
-from poolsieve.pipeline.errors import InputError, PoolsieveError
+from poolsieve.pipeline.errors import InputError
 from poolsieve.pipeline.formats import SUBSET_DTYPE, read_subset, uids_to_pairs, write_subset
 from poolsieve.pipeline.reshard import ReshardConfig, reshard
 from poolsieve.pipeline.reshard_plan import buffered_shuffle_order
@@ -269,18 +267,7 @@ def reshard_cli(argv: list[str]) -> int:
     """``poolsieve reshard ARGV`` through the CLI's own context and error handling."""
     from poolsieve.pipeline import cli
 
-    try:
-        return cli.main(["reshard", *argv])
-    except ModuleNotFoundError:  # other stages' modules not written yet: same path, reshard only
-        parser = argparse.ArgumentParser(prog="poolsieve reshard")
-        stage.add_arguments(parser)
-        cli.add_common_options(parser)
-        args = parser.parse_args(argv)
-        try:
-            return stage.run_cli(cli.make_context(args), args)
-        except PoolsieveError as e:
-            print(f"poolsieve reshard: error: {e}", file=sys.stderr)
-            return 2
+    return cli.main(["reshard", *argv])
 
 
 def test_cli_reshard_and_one_line_errors(pool, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -123,16 +122,6 @@ def test_shard_listing_and_counts(tmp_path):
         list_shards([tmp_path / "a" / "nope.tar"])
 
 
-def _stage_parser():
-    from poolsieve.pipeline import cli
-    from poolsieve.train import cli as train_cli
-
-    p = argparse.ArgumentParser()
-    train_cli.add_arguments(p)
-    cli.add_common_options(p)
-    return p
-
-
 def test_train_cli_two_subsets_see_the_same_budget(tmp_path, capsys):
     """Two subsets of different sizes each see exactly the budget; checkpoints load with load_model."""
     import torch
@@ -144,7 +133,7 @@ def test_train_cli_two_subsets_see_the_same_budget(tmp_path, capsys):
     ws = tmp_path / "ws"
     write_wds(ws / "filtered" / "small", 150, seed=3, per_shard=100)
     write_wds(ws / "filtered" / "large", 450, seed=4, per_shard=200)
-    args = _stage_parser().parse_args(["-w", str(ws), "--executor", "local", "--subset", "small", "--subset",
+    args = cli.stage_parser("train").parse_args(["-w", str(ws), "--executor", "local", "--subset", "small", "--subset",
                                        "large", "--samples-seen", str(BUDGET), "--batch-size", "64",
                                        "--threads", "1"])
     ctx = cli.make_context(args)
@@ -176,7 +165,7 @@ def test_train_cli_two_subsets_see_the_same_budget(tmp_path, capsys):
     # A rerun skips finished runs; a rerun with another budget must be asked to overwrite.
     assert train_cli.run_cli(ctx, args) == 0
     assert "skipped (done)" in capsys.readouterr().out
-    other = _stage_parser().parse_args(["-w", str(ws), "--executor", "local", "--subset", "small",
+    other = cli.stage_parser("train").parse_args(["-w", str(ws), "--executor", "local", "--subset", "small",
                                         "--samples-seen", "1024"])
     with pytest.raises(ConfigError, match="runs/small holds a run with other data or settings"):
         train_cli.run_cli(cli.make_context(other), other)
@@ -202,10 +191,10 @@ def test_train_cli_errors(tmp_path):
     from poolsieve.train import cli as train_cli
 
     (tmp_path / "ws").mkdir()
-    args = _stage_parser().parse_args(["-w", str(tmp_path / "ws"), "--executor", "local", "--subset", "nope"])
+    args = cli.stage_parser("train").parse_args(["-w", str(tmp_path / "ws"), "--executor", "local", "--subset", "nope"])
     with pytest.raises(InputError, match="filtered/nope: training data folder does not exist"):
         train_cli.run_cli(cli.make_context(args), args)
-    args = _stage_parser().parse_args(["-w", str(tmp_path / "ws"), "--executor", "local"])
+    args = cli.stage_parser("train").parse_args(["-w", str(tmp_path / "ws"), "--executor", "local"])
     with pytest.raises(ConfigError, match="--subset"):
         train_cli.run_cli(cli.make_context(args), args)
     with pytest.raises(ConfigError, match="must be positive"):
