@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def inspect_workspace(ws: Workspace) -> dict[str, Any]:
     """Collect a summary of every stage's outputs that exist in ``ws``."""
+    import numpy as np
     import pyarrow.parquet as pq
 
     out: dict[str, Any] = {"workspace": str(ws.root)}
@@ -46,8 +47,6 @@ def inspect_workspace(ws: Workspace) -> dict[str, Any]:
         for npy in sorted(ws.subsets_dir.glob("*.npy")):
             info_path = npy.with_suffix(".json")
             info = json.loads(info_path.read_text()) if info_path.exists() else {}
-            import numpy as np
-
             n = len(np.load(npy, mmap_mode="r"))
             subsets[npy.stem] = {"uids": n, "spec": info.get("spec")}
         if subsets:
