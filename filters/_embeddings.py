@@ -67,6 +67,12 @@ def features_loader(key: str, features: str) -> Callable[[Path], np.ndarray]:
     return load
 
 
+def feature_widths(pool: ScoredPool, key: str, features: str) -> list[int]:
+    """Columns of each embedding in the features (``[768, 768]`` for L/14 image+text)."""
+    arrays = pool.load_embeddings(feature_names(key, features), table=Path(pool.tables[0]))
+    return [a.shape[1] for a in arrays.values()]
+
+
 def load_all(pool: ScoredPool, key: str, features: str) -> np.ndarray:
     """Every table's features stacked in shard order (one process)."""
     load = features_loader(key, features)

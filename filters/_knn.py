@@ -6,11 +6,23 @@ list) with their row ids; the exact index is the same structure with one list. A
 ``nprobe`` nearest lists; the queries of a chunk are grouped by list so each list is one GEMM.
 
 ``knn_graph`` asks for ``k + 1`` hits and removes each row's own id (by id, never by position; when the
-row is not among the hits the farthest hit goes). IVF lists: k-means (10 iterations) on a seeded sample
-of 40 rows per list, ``nlist = 2 sqrt(n)`` by default; each row's nearest lists are computed once and
-serve as its own list, its calibration probes and its search probes. ``nprobe`` (unless given) is the
-smallest power of two whose recall@k on a seeded sample of rows, against exact search, meets ``recall``. ``sharded_knn_graph`` builds the same graph with Ray:
-the index is written once to a folder of ``.npy`` files that workers memory-map, each worker searches
+row is not among the hits the farthest hit goes).
+
+IVF lists: spherical k-means (10 iterations, unit centroids) on a seeded sample of 40 rows per list,
+``nlist = 2 sqrt(n)`` by default. Plain L2 k-means leaves a few low-norm centroids that attract every row
+its own cluster does not cover (measured on the 1M-row benchmark pool: one list of 153k rows, 62x the
+work of balanced lists); unit centroids keep lists within 5x of the mean there. Each row's nearest lists
+are computed once and serve as its own list, its calibration probes and its search probes.
+
+Features made of several parts (image+text: two embeddings side by side) get one IVF index per part:
+a row of a mismatched pair (a dog photo captioned "cheap flights") sits near no cluster of the
+concatenation, but near clusters of each part. Each part's index gathers ``candidates`` neighbours by
+that part's distance; their union is re-ranked by the exact distance on the whole row.
+
+``nprobe`` (unless given) is the smallest power of two whose recall@k on a seeded sample of rows,
+against exact search, meets ``recall``; the candidates per part (unless given) double first while
+even probing every list falls short of it. ``sharded_knn_graph`` builds the same graph with Ray: the
+indexes are written once to a folder of ``.npy`` files that workers memory-map, each worker searches
 the rows of one score table, and rows are gathered in shard order.
 """
 
@@ -37,6 +49,7 @@ QUERY_BLOCK = 4096
 BASE_BLOCK = 16384
 METHODS = ("auto", "exact", "ivf")
 MAX_CALIBRATED_NPROBE = 32  # probes computed once per row; calibration beyond this recomputes them
+RERANK_BLOCK = 512
 
 
 @dataclass
@@ -49,6 +62,7 @@ class KnnGraph:
     nlist: int = 1
     nprobe: int = 1
     calibrated_recall: float | None = None
+    candidates: int | None = None  # rows each part's index proposed (several parts only)
 
 
 # ------------------------------------------------------------------------------ the index
@@ -61,8 +75,9 @@ class IvfIndex:
     vectors: np.ndarray  # (n, d) float16 or float32, list order (may be a memmap)
     ids: np.ndarray  # (n,) int64 row ids, list order
     sq_norms: np.ndarray  # (n,) float32
+    positions: np.ndarray  # (n,) int64: where row id r sits in list order (``ids[positions[r]] == r``)
 
-    FILES = ("centroids", "offsets", "vectors", "ids", "sq_norms")
+    FILES = ("centroids", "offsets", "vectors", "ids", "sq_norms", "positions")
 
     @property
     def nlist(self) -> int:
@@ -81,7 +96,12 @@ class IvfIndex:
     def as_flat(self) -> IvfIndex:
         """The same vectors as one list: searching it is exact."""
         return IvfIndex(np.zeros((1, self.vectors.shape[1]), np.float32), np.array([0, len(self.ids)]),
-                        self.vectors, self.ids, self.sq_norms)
+                        self.vectors, self.ids, self.sq_norms, self.positions)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The float32 vectors of row ids ``ids`` (any shape; ``(*ids.shape, d)``)."""
+        pos = np.asarray(self.positions[np.asarray(ids).ravel()])
+        return as_float32(self.vectors[pos]).reshape(*np.shape(ids), -1)
 
     def search(self, queries: np.ndarray, k: int, nprobe: int = 1, device: str = "cpu",
                desc: str | None = None, probes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -232,6 +252,21 @@ def _cuda(a: np.ndarray):
 
 def _sorted_topk(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the ``k`` smallest distances, ascending; equal distances ordered by id."""
+    if d.shape[1] > 4 * k and len(d):
+        # sort only a shortlist: the 2k smallest hold every value <= the k-th smallest unless a row has
+        # more than 2k ties there; such rows (exact duplicates) are sorted whole
+        width = 2 * k
+        short = np.argpartition(d, width - 1, axis=1)[:, :width]
+        kth = np.partition(d, k - 1, axis=1)[:, k - 1]
+        whole = np.flatnonzero((d <= kth[:, None]).sum(axis=1) > width)
+        sd, si = _sorted_topk(np.take_along_axis(d, short, 1), np.take_along_axis(i, short, 1), k)
+        if len(whole):
+            sd[whole], si[whole] = _sorted_topk_full(d[whole], i[whole], k)
+        return sd, si
+    return _sorted_topk_full(d, i, k)
+
+
+def _sorted_topk_full(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     ids_key = np.where(i < 0, np.iinfo(np.int64).max, i)
     order = np.lexsort((ids_key, d), axis=-1)[:, :k]
     d, i = np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
@@ -274,8 +309,9 @@ def sq_norms(x: np.ndarray) -> np.ndarray:
 
 def flat_index(data: np.ndarray) -> IvfIndex:
     data = np.asarray(data)
+    ids = np.arange(len(data), dtype=np.int64)
     return IvfIndex(np.zeros((1, data.shape[1]), np.float32), np.array([0, len(data)], dtype=np.int64),
-                    data, np.arange(len(data), dtype=np.int64), sq_norms(data))
+                    data, ids, sq_norms(data), ids)
 
 
 def default_nlist(n: int) -> int:
@@ -293,7 +329,8 @@ def calibration_rows(n: int, count: int, seed: int) -> np.ndarray:
 
 
 def train_lists(sample: np.ndarray, nlist: int, seed: int, device: str) -> np.ndarray:
-    return kmeans(sample, nlist, niter=10, seed=seed, device=device, desc="IVF lists").centroids
+    """Unit centroids of spherical k-means (see the module docstring for why not plain L2)."""
+    return kmeans(sample, nlist, niter=10, seed=seed, spherical=True, device=device, desc="IVF lists").centroids
 
 
 def index_from_labels(data: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> IvfIndex:
@@ -301,7 +338,14 @@ def index_from_labels(data: np.ndarray, centroids: np.ndarray, labels: np.ndarra
     order = np.argsort(labels, kind="stable")
     offsets = np.searchsorted(labels[order], np.arange(len(centroids) + 1)).astype(np.int64)
     vectors = np.asarray(data)[order]
-    return IvfIndex(centroids, offsets, vectors, order.astype(np.int64), sq_norms(vectors))
+    return IvfIndex(centroids, offsets, vectors, order.astype(np.int64), sq_norms(vectors), inverse(order))
+
+
+def inverse(order: np.ndarray) -> np.ndarray:
+    """The inverse permutation: ``out[order[p]] = p``."""
+    out = np.empty(len(order), dtype=np.int64)
+    out[order] = np.arange(len(order), dtype=np.int64)
+    return out
 
 
 # ---------------------------------------------------------------------------- graph building
@@ -325,23 +369,6 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     return hits / max(total, 1)
 
 
-def choose_nprobe(index: IvfIndex, queries: np.ndarray, query_ids: np.ndarray, k: int, target: float,
-                  device: str, probes: np.ndarray | None = None) -> tuple[int, float]:
-    """Smallest power-of-two ``nprobe`` whose recall@k on ``queries`` reaches ``target``."""
-    if probes is None:
-        probes = coarse_probes(queries, index.centroids, MAX_CALIBRATED_NPROBE, device)
-    ed, ei = index.as_flat().search(queries, k + 1, 1, device, desc="IVF calibration (exact)")
-    _, exact = remove_self(ed, ei, query_ids)
-    nprobe, recall = 1, 0.0
-    while True:
-        known = probes if nprobe <= probes.shape[1] else None
-        ad, ai = index.search(queries, k + 1, nprobe, device, probes=known)
-        recall = recall_at_k(remove_self(ad, ai, query_ids)[1], exact)
-        if recall >= target or nprobe >= index.nlist:
-            return min(nprobe, index.nlist), recall
-        nprobe *= 2
-
-
 def check_knn_params(n: int, k: int, method: str, recall: float) -> None:
     if method not in METHODS:
         raise ConfigError(f"knn method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -357,10 +384,112 @@ def use_exact(n: int, method: str, exact_max_rows: int) -> bool:
     return method == "exact" or (method == "auto" and n <= exact_max_rows)
 
 
-def knn_graph(features: np.ndarray, k: int, *, method: str = "auto", exact_max_rows: int = 50_000,
-              nlist: int | None = None, nprobe: int | None = None, recall: float = 0.95, seed: int = 0,
-              device: str = "auto", calibration_queries: int = 500) -> KnnGraph:
-    """kNN graph of the rows of ``features`` (in one process). See the module docstring."""
+def part_slices(dim: int, parts: Sequence[int] | None) -> list[slice]:
+    """Column ranges of the feature parts (``parts``: their widths, summing to ``dim``; None: one part)."""
+    widths = [dim] if not parts else [int(w) for w in parts]
+    if sum(widths) != dim or min(widths) < 1:
+        raise ConfigError(f"feature parts {list(widths)} do not add up to the {dim} feature columns")
+    ends = np.cumsum(widths).tolist()
+    return [slice(e - w, e) for w, e in zip(widths, ends, strict=True)]
+
+
+def candidates_per_part(k: int, n_parts: int, candidates: int | None) -> int:
+    """Hits each part's index returns (self included): ``k + 1`` for one part, else ``candidates + 1``."""
+    if n_parts == 1:
+        return k + 1
+    if candidates is None:
+        candidates = 8 * k
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < k:
+        raise ConfigError(f"candidates (per feature part) must be an integer >= k ({k}), got {candidates!r}")
+    return candidates + 1
+
+
+def search_parts(queries: np.ndarray, indexes: Sequence[IvfIndex], slices: Sequence[slice], k1: int, m1: int,
+                 nprobe: int, device: str, probes: Sequence[np.ndarray | None] | None = None,
+                 desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``k1`` nearest rows of each query over all parts: each part's ``m1`` candidates, re-ranked exactly."""
+    probes = probes or [None] * len(indexes)
+    cand_d, cand_i = [], []
+    for j, (index, sl, pr) in enumerate(zip(indexes, slices, probes, strict=True)):
+        known = pr if pr is not None and nprobe <= pr.shape[1] else None
+        part_desc = None if desc is None else (desc if len(indexes) == 1 else f"{desc}, part {j + 1}/{len(indexes)}")
+        d, i = index.search(queries[:, sl], m1, nprobe, device, desc=part_desc, probes=known)
+        cand_d.append(d)
+        cand_i.append(i)
+    if len(indexes) == 1:
+        return cand_d[0][:, :k1], cand_i[0][:, :k1]
+    return rerank(queries, indexes, slices, cand_d, cand_i, k1)
+
+
+def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex], slices: Sequence[slice], cand_d: list[np.ndarray],
+           cand_i: list[np.ndarray], k1: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k1`` nearest of each query's candidates by the distance over all parts.
+
+    ``cand_d[j]`` / ``cand_i[j]``: part ``j``'s hits and their part-``j`` distances. The other parts'
+    distances of each candidate are computed from the indexes' stored vectors; a row found by several
+    parts counts once.
+    """
+    n, m1 = len(queries), cand_i[0].shape[1]
+    out_d = np.empty((n, k1), dtype=np.float32)
+    out_i = np.empty((n, k1), dtype=np.int64)
+
+    def rerank_block(start: int) -> None:
+        stop = min(n, start + RERANK_BLOCK)
+        ids = np.concatenate([c[start:stop] for c in cand_i], axis=1)
+        valid = ids >= 0
+        safe = np.where(valid, ids, 0)
+        dist = np.zeros(ids.shape, dtype=np.float32)
+        for j, (index, sl) in enumerate(zip(indexes, slices, strict=True)):
+            own = np.zeros(ids.shape[1], dtype=bool)
+            own[j * m1:(j + 1) * m1] = True
+            dist[:, own] += cand_d[j][start:stop]
+            q = as_float32(queries[start:stop, sl])
+            other = safe[:, ~own]
+            v = index.rows(other)
+            dot = np.matmul(v, q[:, :, None])[..., 0]
+            v_sq = np.asarray(index.sq_norms)[np.asarray(index.positions)[other]]
+            dist[:, ~own] += np.maximum(np.einsum("ij,ij->i", q, q)[:, None] + v_sq - 2 * dot, 0)
+        order = np.argsort(ids, axis=1, kind="stable")
+        sorted_ids = np.take_along_axis(ids, order, axis=1)
+        dup = np.zeros(ids.shape, dtype=bool)
+        np.put_along_axis(dup, order[:, 1:], sorted_ids[:, 1:] == sorted_ids[:, :-1], axis=1)
+        drop = dup | ~valid
+        dist[drop] = np.inf
+        ids = np.where(drop, -1, ids)
+        out_d[start:stop], out_i[start:stop] = _sorted_topk(dist, ids, k1)
+
+    _run_lists(rerank_block, list(range(0, n, RERANK_BLOCK)), "cpu")
+    return out_d, out_i
+
+
+def choose_nprobe(search: Callable[[int, int], np.ndarray], exact: np.ndarray, nlist: int, target: float,
+                  m1: int, grow_candidates: bool, n: int) -> tuple[int, int, float]:
+    """``(nprobe, m1, recall)``: the smallest power-of-two ``nprobe`` whose recall@k reaches ``target``.
+
+    ``search(nprobe, m1)`` returns the calibration rows' neighbour ids (self removed); ``exact`` the
+    exact ones. With ``grow_candidates``, the candidates per part (``m1``) double first while even a
+    search of every list stays under ``target``.
+    """
+    if grow_candidates:
+        while m1 < n and recall_at_k(search(nlist, m1), exact) < target:
+            m1 = min(n, 2 * m1)
+    nprobe = 1
+    while True:
+        recall = recall_at_k(search(nprobe, m1), exact)
+        if recall >= target or nprobe >= nlist:
+            return min(nprobe, nlist), m1, recall
+        nprobe *= 2
+
+
+def knn_graph(features: np.ndarray, k: int, *, parts: Sequence[int] | None = None, candidates: int | None = None,
+              method: str = "auto", exact_max_rows: int = 50_000, nlist: int | None = None,
+              nprobe: int | None = None, recall: float = 0.95, seed: int = 0, device: str = "auto",
+              calibration_queries: int = 500) -> KnnGraph:
+    """kNN graph of the rows of ``features`` (in one process). See the module docstring.
+
+    ``parts``: widths of the feature parts that get their own IVF index (e.g. ``(768, 768)`` for
+    image+text); ``candidates``: hits per part before the exact re-rank (default ``8 k``).
+    """
     n = len(features)
     check_knn_params(n, k, method, recall)
     device = resolve_device(device)
@@ -370,20 +499,37 @@ def knn_graph(features: np.ndarray, k: int, *, method: str = "auto", exact_max_r
         d, i = flat_index(features).search(features, kk + 1, 1, device, desc="exact kNN")
         d, i = remove_self(d, i, query_ids)
         return KnnGraph(*_pad(i, d, k), method="exact")
+    slices = part_slices(features.shape[1], parts)
+    m1 = min(n, candidates_per_part(kk, len(slices), candidates))
     nlist = nlist or default_nlist(n)
-    centroids = train_lists(np.asarray(features[training_rows(n, nlist, seed)]), nlist, seed, device)
-    # every row is both a base row and a query: its nearest lists give its own list and its probes
-    probes = coarse_probes(features, centroids, nprobe or MAX_CALIBRATED_NPROBE, device, desc="IVF coarse")
-    index = index_from_labels(features, centroids, probes[:, 0])
+    train = training_rows(n, nlist, seed)
+    indexes, probes = [], []
+    for j, sl in enumerate(slices):
+        part = features[:, sl]
+        centroids = train_lists(np.asarray(part[train]), nlist, seed, device)
+        # every row is both a base row and a query: its nearest lists give its own list and its probes
+        pr = coarse_probes(part, centroids, nprobe or MAX_CALIBRATED_NPROBE, device,
+                           desc=f"IVF coarse (part {j + 1}/{len(slices)})")
+        indexes.append(index_from_labels(part, centroids, pr[:, 0]))
+        probes.append(pr)
     measured = None
     if nprobe is None:
         cal = calibration_rows(n, calibration_queries, seed)
-        nprobe, measured = choose_nprobe(index, np.asarray(features[cal]), cal, kk, recall, device, probes[cal])
-    known = probes if nprobe <= probes.shape[1] else None
-    d, i = index.search(features, kk + 1, nprobe, device, desc=f"IVF kNN (nlist={nlist}, nprobe={nprobe})",
-                        probes=known)
+        queries = np.asarray(features[cal])
+        ed, ei = flat_index(features).search(queries, kk + 1, 1, device, desc="IVF calibration (exact)")
+        exact = remove_self(ed, ei, cal)[1]
+
+        def calibration_search(p: int, m: int) -> np.ndarray:
+            d, i = search_parts(queries, indexes, slices, kk + 1, m, p, device, [pr[cal] for pr in probes])
+            return remove_self(d, i, cal)[1]
+
+        nprobe, m1, measured = choose_nprobe(calibration_search, exact, nlist, recall, m1,
+                                             len(slices) > 1 and candidates is None, n)
+    d, i = search_parts(features, indexes, slices, kk + 1, m1, nprobe, device, probes,
+                        desc=f"IVF kNN (nlist={nlist}, nprobe={nprobe})")
     d, i = remove_self(d, i, query_ids)
-    return KnnGraph(*_pad(i, d, k), method="ivf", nlist=nlist, nprobe=nprobe, calibrated_recall=measured)
+    return KnnGraph(*_pad(i, d, k), method="ivf", nlist=nlist, nprobe=nprobe, calibrated_recall=measured,
+                    candidates=m1 - 1 if len(slices) > 1 else None)
 
 
 def _pad(ids: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -396,14 +542,15 @@ def _pad(ids: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
 
 # ------------------------------------------------------------------------ the sharded build
 def sharded_knn_graph(pool, load_features: Callable[[Path], np.ndarray], row_counts: Sequence[int], k: int, *,
-                      method: str = "auto", exact_max_rows: int = 50_000, nlist: int | None = None,
-                      nprobe: int | None = None, recall: float = 0.95, seed: int = 0, device: str = "auto",
-                      calibration_queries: int = 500, work_dir: Path | None = None) -> KnnGraph:
+                      parts: Sequence[int] | None = None, candidates: int | None = None, method: str = "auto",
+                      exact_max_rows: int = 50_000, nlist: int | None = None, nprobe: int | None = None,
+                      recall: float = 0.95, seed: int = 0, device: str = "auto", calibration_queries: int = 500,
+                      work_dir: Path | None = None) -> KnnGraph:
     """``knn_graph`` over a ScoredPool's tables with ``pool.map`` (Ray tasks), the same result.
 
     ``load_features(table)`` returns that table's rows (successful samples, in order); ``row_counts``
-    their numbers. The index goes to ``work_dir`` (default: a hidden folder beside the score tables,
-    removed at the end); workers memory-map it, so no process holds the whole pool.
+    their numbers. The indexes go to ``work_dir`` (default: a hidden folder beside the score tables,
+    removed at the end); workers memory-map them, so no process holds the whole pool.
     """
     tables = list(pool.tables)
     starts = np.concatenate([[0], np.cumsum(row_counts)]).astype(np.int64)
@@ -412,42 +559,59 @@ def sharded_knn_graph(pool, load_features: Callable[[Path], np.ndarray], row_cou
     device = resolve_device(device)
     kk = min(k, n - 1)
     exact = use_exact(n, method, exact_max_rows)
+    dim = int(load_features(Path(tables[0])).shape[1])
+    slices = [slice(0, dim)] if exact else part_slices(dim, parts)
+    m1 = min(n, candidates_per_part(kk, len(slices), candidates))
     folder = work_dir or (Path(tables[0]).parent / f".knn-index-{uuid.uuid4().hex[:12]}")
     folder.mkdir(parents=True, exist_ok=True)
+    starts_by_table = dict(zip(map(str, tables), starts[:-1].tolist(), strict=True))
     try:
         if exact:
-            centroids, nlist = np.zeros((1, 0), np.float32), 1
-            positions, offsets = np.arange(n, dtype=np.int64), np.array([0, n])
+            nlist = 1
+            labels = np.zeros((n, 1), dtype=np.int64)
+            all_centroids = [np.zeros((1, dim), np.float32)]
         else:
             nlist = nlist or default_nlist(n)
-            train = training_rows(n, nlist, seed)
-            centroids = train_lists(_gather_rows(pool, load_features, starts, train), nlist, seed, device)
-            np.save(folder / "centroids.npy", centroids)
-            labels = np.concatenate(pool.map(_AssignLists(load_features, folder, device), "IVF assign (shards)",
-                                             **task_resources(device)))
-            positions = np.empty(n, dtype=np.int64)
-            order = np.argsort(labels, kind="stable")
-            positions[order] = np.arange(n)
-            offsets = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=nlist))])
-        _write_index_files(pool, load_features, folder, positions, centroids, offsets, starts)
-        index = IvfIndex.load(folder)
+            sample = _gather_rows(pool, load_features, starts, training_rows(n, nlist, seed))
+            all_centroids = [train_lists(np.ascontiguousarray(sample[:, sl]), nlist, seed, device) for sl in slices]
+            np.save(folder / "centroids.npy", np.stack(all_centroids))
+            labels = np.concatenate(pool.map(_AssignLists(load_features, folder, slices, device),
+                                             "IVF assign (shards)", **task_resources(device)))
+        for j, sl in enumerate(slices):
+            _write_index_files(folder / f"part{j}", n, sl.stop - sl.start, all_centroids[j], labels[:, j])
+        pool.map(_WriteVectors(load_features, folder, slices, starts_by_table), "write index")
+        indexes = [IvfIndex.load(folder / f"part{j}") for j in range(len(slices))]
         measured = None
         if not exact and nprobe is None:
             cal = calibration_rows(n, calibration_queries, seed)
             queries = _gather_rows(pool, load_features, starts, cal)
-            nprobe, measured = choose_nprobe(index, queries, cal, kk, recall, device)
+            exact_ids = remove_self(*sharded_exact_search(pool, load_features, starts, queries, kk + 1, device), cal)[1]
+
+            def calibration_search(p: int, m: int) -> np.ndarray:
+                return remove_self(*search_parts(queries, indexes, slices, kk + 1, m, p, device), cal)[1]
+
+            nprobe, m1, measured = choose_nprobe(calibration_search, exact_ids, nlist, recall, m1,
+                                                 len(slices) > 1 and candidates is None, n)
         probe = 1 if exact else int(nprobe)
-        search = _SearchShard(load_features, folder, dict(zip(map(str, tables), starts[:-1].tolist(), strict=True)),
-                              kk, probe, device)
-        parts = pool.map(search, f"kNN search (k={k}, nprobe={probe})", items=lambda r: len(r[0]), item_unit="rows",
-                         **task_resources(device))
-        dist = np.concatenate([p[0] for p in parts])
-        ids = np.concatenate([p[1] for p in parts])
+        search = _SearchShard(load_features, folder, slices, starts_by_table, kk + 1, m1, probe, device)
+        parts_out = pool.map(search, f"kNN search (k={k}, nprobe={probe})", items=lambda r: len(r[0]),
+                             item_unit="rows", **task_resources(device))
+        dist = np.concatenate([p[0] for p in parts_out])
+        ids = np.concatenate([p[1] for p in parts_out])
         return KnnGraph(*_pad(ids, dist, k), method="exact" if exact else "ivf", nlist=nlist, nprobe=probe,
-                        calibrated_recall=measured)
+                        calibrated_recall=measured, candidates=m1 - 1 if len(slices) > 1 else None)
     finally:
         if work_dir is None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def sharded_exact_search(pool, load_features, starts: np.ndarray, queries: np.ndarray, k: int,
+                         device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``k`` nearest pool rows of ``queries``: each worker searches one table, results merged."""
+    parts = pool.map(_ExactAgainstTable(load_features, queries, k, device,
+                                        dict(zip(map(str, pool.tables), starts[:-1].tolist(), strict=True))),
+                     "exact kNN (calibration)", **task_resources(device))
+    return _sorted_topk(np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1), k)
 
 
 def task_resources(device: str) -> dict:
@@ -463,23 +627,16 @@ def _gather_rows(pool, load_features, starts: np.ndarray, rows: np.ndarray) -> n
     return np.concatenate(parts)
 
 
-def _write_index_files(pool, load_features, folder: Path, positions: np.ndarray, centroids: np.ndarray,
-                       offsets: np.ndarray, starts: np.ndarray) -> None:
-    """Write the index folder; workers copy their table's rows into ``vectors.npy`` at ``positions``."""
-    n = int(starts[-1])
-    dim = int(load_features(Path(pool.tables[0])).shape[1])
-    if centroids.shape[1] != dim:
-        centroids = np.zeros((1, dim), np.float32)
-    np.save(folder / "centroids.npy", centroids)
-    ids = np.empty(n, dtype=np.int64)
-    ids[positions] = np.arange(n)
-    np.save(folder / "ids.npy", ids)
-    np.save(folder / "positions.npy", positions)
-    np.save(folder / "offsets.npy", offsets.astype(np.int64))
+def _write_index_files(folder: Path, n: int, dim: int, centroids: np.ndarray, labels: np.ndarray) -> None:
+    """One part's index folder, vectors still empty (workers fill them in, see ``_WriteVectors``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    order = np.argsort(labels, kind="stable")
+    np.save(folder / "centroids.npy", centroids.astype(np.float32))
+    np.save(folder / "offsets.npy", np.searchsorted(labels[order], np.arange(len(centroids) + 1)).astype(np.int64))
+    np.save(folder / "ids.npy", order.astype(np.int64))
+    np.save(folder / "positions.npy", inverse(order))
     np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float16, shape=(n, dim)).flush()
     np.lib.format.open_memmap(folder / "sq_norms.npy", mode="w+", dtype=np.float32, shape=(n,)).flush()
-    starts_by_table = dict(zip(map(str, pool.tables), starts[:-1].tolist(), strict=True))
-    pool.map(_WriteVectors(load_features, folder, starts_by_table), "write index")
 
 
 def _TakeRows(load_features, wanted: dict[str, np.ndarray]):  # noqa: N802 - task factories read as nouns
@@ -489,36 +646,49 @@ def _TakeRows(load_features, wanted: dict[str, np.ndarray]):  # noqa: N802 - tas
     return take_rows
 
 
-def _AssignLists(load_features, folder: Path, device: str):  # noqa: N802
+def _AssignLists(load_features, folder: Path, slices: list[slice], device: str):  # noqa: N802
     def assign_lists(table: Path) -> np.ndarray:
         centroids = np.load(folder / "centroids.npy")
-        return coarse_probes(load_features(table), centroids, 1, device)[:, 0]
+        x = load_features(table)
+        return np.stack([coarse_probes(x[:, sl], c, 1, device)[:, 0] for sl, c in zip(slices, centroids, strict=True)],
+                        axis=1)
 
     return assign_lists
 
 
-def _WriteVectors(load_features, folder: Path, starts: dict[str, int]):  # noqa: N802
+def _WriteVectors(load_features, folder: Path, slices: list[slice], starts: dict[str, int]):  # noqa: N802
     def write_vectors(table: Path) -> int:
         x = np.asarray(load_features(table), dtype=np.float16)
         start = starts[str(table)]
-        pos = np.load(folder / "positions.npy", mmap_mode="r")[start:start + len(x)]
-        vectors = np.load(folder / "vectors.npy", mmap_mode="r+")
-        norms = np.load(folder / "sq_norms.npy", mmap_mode="r+")
-        vectors[pos] = x
-        norms[pos] = sq_norms(x)
-        vectors.flush()
-        norms.flush()
+        for j, sl in enumerate(slices):
+            part = folder / f"part{j}"
+            pos = np.load(part / "positions.npy", mmap_mode="r")[start:start + len(x)]
+            vectors = np.load(part / "vectors.npy", mmap_mode="r+")
+            norms = np.load(part / "sq_norms.npy", mmap_mode="r+")
+            vectors[pos] = x[:, sl]
+            norms[pos] = sq_norms(x[:, sl])
+            vectors.flush()
+            norms.flush()
         return len(x)
 
     return write_vectors
 
 
-def _SearchShard(load_features, folder: Path, starts: dict[str, int], k: int, nprobe: int, device: str):  # noqa: N802
+def _ExactAgainstTable(load_features, queries: np.ndarray, k: int, device: str, starts: dict[str, int]):  # noqa: N802
+    def exact_against_table(table: Path) -> tuple[np.ndarray, np.ndarray]:
+        d, i = flat_index(load_features(table)).search(queries, k, 1, device)
+        return d, np.where(i >= 0, i + starts[str(table)], -1)
+
+    return exact_against_table
+
+
+def _SearchShard(load_features, folder: Path, slices: list[slice], starts: dict[str, int], k1: int, m1: int,  # noqa: N802
+                 nprobe: int, device: str):
     def search_shard(table: Path) -> tuple[np.ndarray, np.ndarray]:
         x = load_features(table)
-        index = IvfIndex.load(folder)
+        indexes = [IvfIndex.load(folder / f"part{j}") for j in range(len(slices))]
         query_ids = starts[str(table)] + np.arange(len(x), dtype=np.int64)
-        d, i = index.search(x, k + 1, nprobe, device)
+        d, i = search_parts(x, indexes, slices, k1, m1, nprobe, device)
         return remove_self(d, i, query_ids)
 
     return search_shard

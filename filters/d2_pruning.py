@@ -2,7 +2,8 @@
 
 1. Graph: each row's ``k`` nearest other rows by squared L2 on the chosen features (image, text or
    image+text concatenated), self removed by id. Exact search up to ``exact_max_rows`` rows, else
-   IVF-Flat with ``nprobe`` calibrated to reach ``recall`` on a seeded sample.
+   IVF-Flat with ``nprobe`` calibrated to reach ``recall`` on a seeded sample; for image+text, one
+   IVF index per embedding gathers ``candidates`` rows each, re-ranked by the exact image+text distance.
 2. Node score: ``s_i = max(score_i + score_shift, 1e-7)`` of a score column (CLIP score by default,
    shifted positive by the reference's 0.115).
 3. Forward message passing: ``g_i = s_i + sum_{j in N(i)} exp(-gamma_forward * d_ij) * s_j``.
@@ -23,6 +24,7 @@
 | exact_max_rows | 50000 | largest pool searched exactly under ``auto`` |
 | recall | 0.95 | IVF recall@k target that picks ``nprobe`` |
 | nlist / nprobe | 2*sqrt(n) / calibrated | IVF lists and lists probed per query |
+| candidates | 8*k, grown | image+text IVF: rows each embedding's index proposes for the exact re-rank (doubled while the recall target is out of reach) |
 | seed | 0 | IVF training sample and calibration sample |
 | device | auto | ``cuda`` when torch sees a GPU, else ``cpu`` |
 
@@ -46,6 +48,7 @@ from poolsieve.pipeline.progress import Progress
 
 from ._embeddings import (
     check_features,
+    feature_widths,
     features_loader,
     load_all,
     pick_embedding_key,
@@ -117,10 +120,15 @@ def _check_positive(name: str, value: float) -> float:
 
 
 def build_graph(pool: ScoredPool, key: str, features: str, k: int, **knn_params) -> KnnGraph:
-    """The pool's kNN graph: sharded on Ray workers when the pool's runtime is Ray, else in-process."""
+    """The pool's kNN graph: sharded on Ray workers when the pool's runtime is Ray, else in-process.
+
+    Each embedding of the features is an IVF part (see ``_knn``).
+    """
+    parts = feature_widths(pool, key, features)
     if pool.runtime.executor == "ray":
-        return sharded_knn_graph(pool, features_loader(key, features), row_counts(pool), k, **knn_params)
-    return knn_graph(load_all(pool, key, features), k, **knn_params)
+        return sharded_knn_graph(pool, features_loader(key, features), row_counts(pool), k, parts=parts,
+                                 **knn_params)
+    return knn_graph(load_all(pool, key, features), k, parts=parts, **knn_params)
 
 
 @dataclass
@@ -135,7 +143,8 @@ def d2_run(pool: ScoredPool, *, fraction: float | None = None, count: int | None
            score_column: str | None = None, score_shift: float = REFERENCE_SHIFT,
            gamma_forward: float = 1.0, gamma_reverse: float = 1.0, knn: str = "auto",
            exact_max_rows: int = 50_000, recall: float = 0.95, nlist: int | None = None,
-           nprobe: int | None = None, seed: int = 0, device: str = "auto") -> D2Result:
+           nprobe: int | None = None, candidates: int | None = None, seed: int = 0,
+           device: str = "auto") -> D2Result:
     """Run D2 Pruning on the pool: the rows, the greedy selection order, the graph. See the module docstring."""
     check_features(features)
     gamma_forward = _check_positive("gamma_forward", gamma_forward)
@@ -151,7 +160,7 @@ def d2_run(pool: ScoredPool, *, fraction: float | None = None, count: int | None
     if n_select == 0 or len(df) < 2:
         return D2Result(pairs, np.arange(min(n_select, len(df)), dtype=np.int64), None)
     graph = build_graph(pool, key, features, k, method=knn, exact_max_rows=exact_max_rows, recall=recall,
-                        nlist=nlist, nprobe=nprobe, seed=seed, device=device)
+                        nlist=nlist, nprobe=nprobe, candidates=candidates, seed=seed, device=device)
     graph_scores = forward_messages(node_scores(scores, _shift(score_shift)), graph, gamma_forward)
     return D2Result(pairs, greedy_select(graph_scores, graph, n_select, gamma_reverse), graph)
 
@@ -168,7 +177,7 @@ def d2_pruning(pool: ScoredPool, *, fraction: float | None = None, count: int | 
                score_column: str | None = None, score_shift: float = REFERENCE_SHIFT,
                gamma_forward: float = 1.0, gamma_reverse: float = 1.0, knn: str = "auto",
                exact_max_rows: int = 50_000, recall: float = 0.95, nlist: int | None = None,
-               nprobe: int | None = None, seed: int = 0, device: str = "auto",
+               nprobe: int | None = None, candidates: int | None = None, seed: int = 0, device: str = "auto",
                report: dict | None = None) -> np.ndarray:
     """D2 Pruning: keep ``fraction`` (or ``count``) rows chosen by graph message passing."""
     params = {name: value for name, value in locals().items() if name not in ("pool", "report")}
@@ -176,5 +185,5 @@ def d2_pruning(pool: ScoredPool, *, fraction: float | None = None, count: int | 
     if report is not None and result.graph is not None:
         g = result.graph
         report.update(knn=g.method, nlist=g.nlist, nprobe=g.nprobe, calibrated_recall=g.calibrated_recall,
-                      selected=len(result.order))
+                      candidates=g.candidates, selected=len(result.order))
     return np.unique(sort_pairs(result.pairs[result.order]))

@@ -140,6 +140,52 @@ def test_ivf_full_probe_is_exact_and_calibration_reaches_target():
     assert np.array_equal(auto.neighbors, again.neighbors)  # seeded: deterministic
 
 
+def test_ivf_per_part_indexes_rerank_to_the_exact_graph():
+    rng = np.random.default_rng(4)
+    img = clustered(rng, 1200, centres=20, noise=0.5)
+    txt = clustered(rng, 1200, centres=20, noise=0.5)
+    txt[::5] = txt[rng.permutation(1200)[::5]]  # mismatched pairs: near no cluster of the concatenation
+    x = np.concatenate([img, txt], axis=1)
+    exact = _knn.knn_graph(x, 5, method="exact", device="cpu")
+    # every list probed, every row a candidate: the re-rank is an exact search over image+text
+    full = _knn.knn_graph(x, 5, parts=(DIM, DIM), candidates=1199, method="ivf", nlist=12, nprobe=12)
+    assert np.array_equal(full.neighbors, exact.neighbors)
+    np.testing.assert_allclose(full.distances, exact.distances, atol=1e-4)
+    auto = _knn.knn_graph(x, 5, parts=(DIM, DIM), method="ivf", nlist=12, recall=0.9, device="cpu")
+    assert auto.calibrated_recall >= 0.9
+    assert _knn.recall_at_k(auto.neighbors, exact.neighbors) >= 0.85
+    assert (auto.neighbors != np.arange(1200)[:, None]).all()
+    assert (np.diff(auto.distances, axis=1) >= 0).all()
+    for row in auto.neighbors:  # a row proposed by both parts counts once
+        assert len(np.unique(row)) == 5
+    with pytest.raises(ConfigError):
+        _knn.knn_graph(x, 5, parts=(DIM, DIM + 1), method="ivf")
+    with pytest.raises(ConfigError):
+        _knn.knn_graph(x, 5, parts=(DIM, DIM), candidates=3, method="ivf")
+
+
+def test_sorted_topk_shortlist_keeps_ties_in_id_order():
+    rng = np.random.default_rng(9)
+    d = rng.integers(0, 6, (200, 90)).astype(np.float32)  # many ties
+    d[:5, :40] = 0  # more ties at the cut than the shortlist holds
+    d[7, 3:] = np.inf
+    i = np.stack([rng.permutation(1000)[:90] for _ in range(200)])
+    for k in (1, 3, 6):
+        got_d, got_i = _knn._sorted_topk(d, i, k)
+        ref_d, ref_i = _knn._sorted_topk_full(d, i, k)
+        assert np.array_equal(got_i, ref_i) and np.array_equal(got_d, ref_d)
+
+
+def test_ivf_lists_stay_balanced_when_a_mode_is_uncovered():
+    """Spherical lists: low-norm centroids no longer swallow rows their own cluster misses."""
+    rng = np.random.default_rng(5)
+    x = clustered(rng, 8000, dim=32, centres=400, noise=0.5)
+    centroids = _knn.train_lists(x[_knn.training_rows(len(x), 60, 0)].astype(np.float32), 60, 0, "cpu")
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5)
+    sizes = np.bincount(_knn.coarse_probes(x, centroids, 1, "cpu")[:, 0], minlength=60)
+    assert sizes.max() < 5 * sizes.mean()
+
+
 def test_kmeans_matches_numpy_lloyd():
     rng = np.random.default_rng(2)
     x = clustered(rng, 800, centres=8).astype(np.float32)
