@@ -140,7 +140,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         out["peak_gpu_gib"] = sys.modules["torch"].cuda.max_memory_allocated() / 2**30
     print(f"RESULT {json.dumps(out)}", file=sys.stderr, flush=True)
     if name == "d2_pruning":
-        out.update(method=graph.method, nlist=graph.nlist, nprobe=graph.nprobe,
+        out.update(method=graph.method, nlist=graph.nlist, nprobe=graph.nprobe, candidates=graph.candidates,
                    calibrated_recall=graph.calibrated_recall)
         if args.recall_sample and graph.method == "ivf":
             out.update(measure_recall(pool, graph, args.recall_sample, args.k))
@@ -207,10 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(res)
         print(json.dumps(res), flush=True)
-    print("\nfilter        wall_s   cpu_s  peak_GiB      kept  recall@k")
+    print("\nfilter        wall_s   cpu_s  peak_GiB      kept  recall@k              kNN")
     for r in results:
         rec = f"{r['recall_at_k']:.3f} (n={r['recall_sample']})" if "recall_at_k" in r else "-"
-        print(f"{r['filter']:<12} {r['wall_s']:7.1f} {r['cpu_s']:7.1f}  {r['peak_rss_gib']:8.2f}  {r['kept']:8d}  {rec}")
+        knn = "-"
+        if r.get("method") == "ivf":
+            knn = f"ivf nlist={r['nlist']} nprobe={r['nprobe']} candidates={r['candidates']}"
+        elif r.get("method"):
+            knn = r["method"]
+        print(f"{r['filter']:<12} {r['wall_s']:7.1f} {r['cpu_s']:7.1f}  {r['peak_rss_gib']:8.2f}  {r['kept']:8d}  "
+              f"{rec:<20}  {knn}")
     return 0
 
 

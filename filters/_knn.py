@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ BASE_BLOCK = 16384
 METHODS = ("auto", "exact", "ivf")
 MAX_CALIBRATED_NPROBE = 32  # probes computed once per row; calibration beyond this recomputes them
 RERANK_BLOCK = 512
+CANDIDATE_BUDGET = 2**25  # (query, candidate) pairs held per query chunk
 
 
 @dataclass
@@ -114,8 +116,9 @@ class IvfIndex:
         ids = np.full((nq, k), -1, dtype=np.int64)
         progress = Progress(desc, total=nq, unit="queries") if desc else None
         nprobe = max(1, min(nprobe, self.nlist))
-        for start in range(0, nq, QUERY_CHUNK):
-            chunk = np.ascontiguousarray(queries[start:start + QUERY_CHUNK], dtype=np.float32)
+        step = max(QUERY_BLOCK, min(QUERY_CHUNK, CANDIDATE_BUDGET // (nprobe * k)))  # bounds the candidate arrays
+        for start in range(0, nq, step):
+            chunk = np.ascontiguousarray(queries[start:start + step], dtype=np.float32)
             known = None if probes is None else probes[start:start + len(chunk), :nprobe]
             d, i = self._search_chunk(chunk, k, nprobe, device, known)
             dist[start:start + len(chunk)], ids[start:start + len(chunk)] = d, i
@@ -418,11 +421,11 @@ def search_parts(queries: np.ndarray, indexes: Sequence[IvfIndex], slices: Seque
         cand_i.append(i)
     if len(indexes) == 1:
         return cand_d[0][:, :k1], cand_i[0][:, :k1]
-    return rerank(queries, indexes, slices, cand_d, cand_i, k1)
+    return rerank(queries, indexes, slices, cand_d, cand_i, k1, desc=None if desc is None else f"{desc}, re-rank")
 
 
 def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex], slices: Sequence[slice], cand_d: list[np.ndarray],
-           cand_i: list[np.ndarray], k1: int) -> tuple[np.ndarray, np.ndarray]:
+           cand_i: list[np.ndarray], k1: int, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k1`` nearest of each query's candidates by the distance over all parts.
 
     ``cand_d[j]`` / ``cand_i[j]``: part ``j``'s hits and their part-``j`` distances. The other parts'
@@ -432,6 +435,8 @@ def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex], slices: Sequence[sl
     n, m1 = len(queries), cand_i[0].shape[1]
     out_d = np.empty((n, k1), dtype=np.float32)
     out_i = np.empty((n, k1), dtype=np.int64)
+    progress = Progress(desc, total=n, unit="queries") if desc else None
+    lock = threading.Lock()
 
     def rerank_block(start: int) -> None:
         stop = min(n, start + RERANK_BLOCK)
@@ -457,6 +462,9 @@ def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex], slices: Sequence[sl
         dist[drop] = np.inf
         ids = np.where(drop, -1, ids)
         out_d[start:stop], out_i[start:stop] = _sorted_topk(dist, ids, k1)
+        if progress:
+            with lock:
+                progress.update(stop - start)
 
     _run_lists(rerank_block, list(range(0, n, RERANK_BLOCK)), "cpu")
     return out_d, out_i
