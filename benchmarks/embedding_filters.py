@@ -8,10 +8,11 @@ peak is its own), and for D2's approximate kNN its recall@k against exact search
 
 The generated pool: ``rows / 50`` topic centres on the unit sphere; an image embedding is its topic
 centre plus isotropic noise of norm ``noise`` (0.6: cosine ~0.86 to the centre, ~0.74 between two rows
-of a topic; with noise 1.0 the IVF needs nprobe 64 of 2000 lists for recall@5 0.95 at 1M rows); a
-caption embedding is a topic-level text centre plus noise (20% of captions come from another topic,
-so their CLIP score is low); 2% of rows are near-copies of another row's image (half of
-them with the same image sha256), a few uids repeat. Scores are the cosine of image and text.
+of a topic); a caption embedding is a topic-level text centre plus noise (20% of captions come from
+another topic, so their CLIP score is low: such a row sits near no cluster of the image+text
+concatenation, which is what D2's per-embedding IVF indexes are for); 2% of rows are near-copies of
+another row's image (half of them with the same image sha256), a few uids repeat. Scores are the
+cosine of image and text.
 """
 
 from __future__ import annotations
