@@ -23,7 +23,7 @@ that part's distance; their union is re-ranked by the exact distance on the whol
 against exact search, meets ``recall``; the candidates per part (unless given) double first while
 even probing every list falls short of it. ``sharded_knn_graph`` builds the same graph with Ray: the
 indexes are written once to a folder of ``.npy`` files that workers memory-map, each worker searches
-the rows of one score table, and rows are gathered in shard order.
+the rows of a run of consecutive score tables, and rows are gathered in shard order.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ METHODS = ("auto", "exact", "ivf")
 MAX_CALIBRATED_NPROBE = 32  # probes computed once per row; calibration beyond this recomputes them
 RERANK_BLOCK = 512
 CANDIDATE_BUDGET = 2**25  # (query, candidate) pairs held per query chunk
+SEARCH_TASK_ROWS = 131072  # rows one sharded search task takes on (whole tables)
 
 
 @dataclass
@@ -601,9 +602,10 @@ def sharded_knn_graph(pool, load_features: Callable[[Path], np.ndarray], row_cou
             nprobe, m1, measured = choose_nprobe(calibration_search, exact_ids, nlist, recall, m1,
                                                  len(slices) > 1 and candidates is None, n)
         probe = 1 if exact else int(nprobe)
-        search = _SearchShard(load_features, folder, slices, starts_by_table, kk + 1, m1, probe, device)
-        parts_out = pool.map(search, f"kNN search (k={k}, nprobe={probe})", items=lambda r: len(r[0]),
-                             item_unit="rows", **task_resources(device))
+        search = _SearchTables(load_features, folder, slices, starts_by_table, kk + 1, m1, probe, device)
+        parts_out = pool.runtime.map(search, table_groups(tables, row_counts, SEARCH_TASK_ROWS),
+                                     f"kNN search (k={k}, nprobe={probe})", items=lambda r: len(r[0]),
+                                     item_unit="rows", **task_resources(device))
         dist = np.concatenate([p[0] for p in parts_out])
         ids = np.concatenate([p[1] for p in parts_out])
         return KnnGraph(*_pad(ids, dist, k), method="exact" if exact else "ivf", nlist=nlist, nprobe=probe,
@@ -620,6 +622,22 @@ def sharded_exact_search(pool, load_features, starts: np.ndarray, queries: np.nd
                                         dict(zip(map(str, pool.tables), starts[:-1].tolist(), strict=True))),
                      "exact kNN (calibration)", **task_resources(device))
     return _sorted_topk(np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1), k)
+
+
+def table_groups(tables: Sequence[Path], row_counts: Sequence[int], min_rows: int) -> list[list[Path]]:
+    """Consecutive tables grouped into search tasks of at least ``min_rows`` rows (the last may hold fewer).
+
+    A task converts every index list it probes to float32 once; many queries per task amortise that.
+    """
+    groups: list[list[Path]] = [[]]
+    rows = 0
+    for table, count in zip(tables, row_counts, strict=True):
+        if rows >= min_rows:
+            groups.append([])
+            rows = 0
+        groups[-1].append(table)
+        rows += int(count)
+    return [g for g in groups if g]
 
 
 def task_resources(device: str) -> dict:
@@ -690,13 +708,15 @@ def _ExactAgainstTable(load_features, queries: np.ndarray, k: int, device: str, 
     return exact_against_table
 
 
-def _SearchShard(load_features, folder: Path, slices: list[slice], starts: dict[str, int], k1: int, m1: int,  # noqa: N802
-                 nprobe: int, device: str):
-    def search_shard(table: Path) -> tuple[np.ndarray, np.ndarray]:
-        x = load_features(table)
+def _SearchTables(load_features, folder: Path, slices: list[slice], starts: dict[str, int], k1: int, m1: int,  # noqa: N802
+                  nprobe: int, device: str):
+    def search_tables(tables: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+        parts = [load_features(t) for t in tables]
+        x = np.concatenate(parts)
+        query_ids = np.concatenate([starts[str(t)] + np.arange(len(p), dtype=np.int64)
+                                    for t, p in zip(tables, parts, strict=True)])
         indexes = [IvfIndex.load(folder / f"part{j}") for j in range(len(slices))]
-        query_ids = starts[str(table)] + np.arange(len(x), dtype=np.int64)
         d, i = search_parts(x, indexes, slices, k1, m1, nprobe, device)
         return remove_self(d, i, query_ids)
 
-    return search_shard
+    return search_tables

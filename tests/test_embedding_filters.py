@@ -186,6 +186,13 @@ def test_ivf_lists_stay_balanced_when_a_mode_is_uncovered():
     assert sizes.max() < 5 * sizes.mean()
 
 
+def test_sharded_search_groups_whole_tables_in_order():
+    tables = [Path(f"{i:05d}.parquet") for i in range(6)]
+    groups = _knn.table_groups(tables, [40, 70, 10, 100, 5, 5], 100)
+    assert groups == [tables[:2], tables[2:4], tables[4:]]
+    assert _knn.table_groups(tables, [1] * 6, 10**6) == [tables]
+
+
 def test_kmeans_matches_numpy_lloyd():
     rng = np.random.default_rng(2)
     x = clustered(rng, 800, centres=8).astype(np.float32)
