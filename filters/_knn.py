@@ -33,13 +33,14 @@ import os
 import shutil
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from poolsieve.pipeline.errors import ConfigError
+from poolsieve.pipeline.errors import ConfigError, PoolsieveWarning
 from poolsieve.pipeline.progress import Progress
 
 from ._device import resolve_device
@@ -486,6 +487,10 @@ def choose_nprobe(search: Callable[[int, int], np.ndarray], exact: np.ndarray, n
     while True:
         recall = recall_at_k(search(nprobe, m1), exact)
         if recall >= target or nprobe >= nlist:
+            if recall < target:
+                warnings.warn(f"kNN recall@k {recall:.3f} with every one of the {nlist} IVF lists probed is below the "
+                              f"target {target}: raise the candidates per part ({m1 - 1}) or use knn=exact",
+                              PoolsieveWarning, stacklevel=3)
             return min(nprobe, nlist), m1, recall
         nprobe *= 2
 

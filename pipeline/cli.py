@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import load_config, section
-from .errors import ConfigError, PoolsieveError
+from .errors import ConfigError, PoolsieveError, PoolsieveWarning
 from .runtime import EXECUTORS, Runtime
 from .workspace import Workspace
 
@@ -103,7 +104,18 @@ def make_context(args: argparse.Namespace) -> StageContext:
     return StageContext(Path(ws) if ws is not None else None, config, runtime, bool(args.overwrite))
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Our own warnings as one line; library warnings as Python prints them."""
+    if issubclass(category, PoolsieveWarning):
+        return f"poolsieve: warning: {message}\n"
+    return _default_format_warning(message, category, filename, lineno, line)
+
+
+_default_format_warning = warnings.formatwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

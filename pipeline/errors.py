@@ -27,3 +27,7 @@ class InputError(PoolsieveError):
 
 class ConfigError(PoolsieveError):
     """A config file or option that cannot be used."""
+
+
+class PoolsieveWarning(UserWarning):
+    """A result that is usable but short of what was asked (the CLI prints it on one line)."""

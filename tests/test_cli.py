@@ -69,3 +69,12 @@ def test_download_metadata_without_uid_is_one_line_error(tmp_path):
 def test_no_command_prints_help(capsys):
     assert main([]) == 0
     assert "quickstart" in capsys.readouterr().out
+
+
+def test_own_warnings_print_on_one_line():
+    from poolsieve.pipeline import cli
+    from poolsieve.pipeline.errors import PoolsieveWarning
+
+    assert cli._format_warning("recall 0.7 below 0.95", PoolsieveWarning, "x.py", 3) == \
+        "poolsieve: warning: recall 0.7 below 0.95\n"
+    assert "x.py:3" in cli._format_warning("other", DeprecationWarning, "x.py", 3, "")

@@ -14,7 +14,7 @@ from poolsieve.filters.d2_pruning import d2_run
 from poolsieve.filters.image_based import image_based_run
 from poolsieve.filters.registry import ScoredPool, get_filter
 from poolsieve.filters.semdedup import semdedup_run
-from poolsieve.pipeline.errors import ConfigError, InputError
+from poolsieve.pipeline.errors import ConfigError, InputError, PoolsieveWarning
 from poolsieve.pipeline.formats import sort_pairs, uids_to_pairs, write_embeddings
 
 DIM = 16
@@ -162,6 +162,9 @@ def test_ivf_per_part_indexes_rerank_to_the_exact_graph():
         _knn.knn_graph(x, 5, parts=(DIM, DIM + 1), method="ivf")
     with pytest.raises(ConfigError):
         _knn.knn_graph(x, 5, parts=(DIM, DIM), candidates=3, method="ivf")
+    with pytest.warns(PoolsieveWarning, match="below the target"):  # too few candidates for the target
+        short = _knn.knn_graph(x, 5, parts=(DIM, DIM), candidates=5, method="ivf", nlist=12, recall=0.99)
+    assert short.calibrated_recall < 0.99 and short.nprobe == 12 and short.candidates == 5
 
 
 def test_sorted_topk_shortlist_keeps_ties_in_id_order():
