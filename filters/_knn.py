@@ -97,16 +97,6 @@ class IvfIndex:
         mode = "r" if mmap else None
         return cls(**{name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in cls.FILES})
 
-    def as_flat(self) -> IvfIndex:
-        """The same vectors as one list: searching it is exact."""
-        return IvfIndex(np.zeros((1, self.vectors.shape[1]), np.float32), np.array([0, len(self.ids)]),
-                        self.vectors, self.ids, self.sq_norms, self.positions)
-
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        """The float32 vectors of row ids ``ids`` (any shape; ``(*ids.shape, d)``)."""
-        pos = np.asarray(self.positions[np.asarray(ids).ravel()])
-        return as_float32(self.vectors[pos]).reshape(*np.shape(ids), -1)
-
     def search(self, queries: np.ndarray, k: int, nprobe: int = 1, device: str = "cpu",
                desc: str | None = None, probes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(distances, ids)`` of each query's ``k`` nearest base rows, nearest first (ties: lower id).
@@ -451,10 +441,10 @@ def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex], slices: Sequence[sl
             own[j * m1:(j + 1) * m1] = True
             dist[:, own] += cand_d[j][start:stop]
             q = as_float32(queries[start:stop, sl])
-            other = safe[:, ~own]
-            v = index.rows(other)
+            pos = np.asarray(index.positions[safe[:, ~own].ravel()]).reshape(len(q), -1)
+            v = as_float32(index.vectors[pos.ravel()]).reshape(*pos.shape, -1)
             dot = np.matmul(v, q[:, :, None])[..., 0]
-            v_sq = np.asarray(index.sq_norms)[np.asarray(index.positions)[other]]
+            v_sq = np.asarray(index.sq_norms[pos.ravel()]).reshape(pos.shape)
             dist[:, ~own] += np.maximum(np.einsum("ij,ij->i", q, q)[:, None] + v_sq - 2 * dot, 0)
         order = np.argsort(ids, axis=1, kind="stable")
         sorted_ids = np.take_along_axis(ids, order, axis=1)
@@ -573,7 +563,7 @@ def sharded_knn_graph(pool, load_features: Callable[[Path], np.ndarray], row_cou
     device = resolve_device(device)
     kk = min(k, n - 1)
     exact = use_exact(n, method, exact_max_rows)
-    dim = int(load_features(Path(tables[0])).shape[1])
+    dim = int(sum(parts)) if parts else int(load_features(Path(tables[0])).shape[1])
     slices = [slice(0, dim)] if exact else part_slices(dim, parts)
     m1 = min(n, candidates_per_part(kk, len(slices), candidates))
     folder = work_dir or (Path(tables[0]).parent / f".knn-index-{uuid.uuid4().hex[:12]}")

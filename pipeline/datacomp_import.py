@@ -24,6 +24,7 @@ from .formats import (
     check_metadata_columns,
     parquet_files,
     score_column,
+    score_table_schema,
     uids_to_pairs,
     write_embeddings,
 )
@@ -58,7 +59,6 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
     import pyarrow.parquet as pq
 
     from .language import count_chars, count_words, detect_languages
-    from .score import score_table_schema
 
     npz = parquet.with_suffix(".npz")
     try:
@@ -111,7 +111,7 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
             table[col] = meta[col].astype("float32").to_numpy()
     out_npz, out_parquet = out_dir / f"{parquet.stem}.npz", out_dir / f"{parquet.stem}.parquet"
     write_embeddings(out_npz, {k: v[keep] for k, v in arrays.items()})
-    schema = score_table_schema({k: 0 for k in DATACOMP_KEYS if score_column(k) in table})
+    schema = score_table_schema(k for k in DATACOMP_KEYS if score_column(k) in table)
     with atomic_path(out_parquet) as tmp:
         pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False), tmp)
     return {"rows_in": int(len(keep)), "rows_out": int(keep.sum())}

@@ -232,6 +232,16 @@ SCORE_TABLE_BASE_COLUMNS = (
 )
 
 
+
+def score_table_schema(model_keys: Iterable[str]) -> Any:
+    """The score table's arrow schema: the same types in every shard, empty ones included."""
+    import pyarrow as pa
+
+    types = {"original_width": pa.int32(), "original_height": pa.int32(), "width": pa.int32(), "height": pa.int32(),
+             "caption_length": pa.int64(), "caption_words": pa.int64(), "language_score": pa.float32()}
+    fields = [pa.field(name, types.get(name, pa.string())) for name in SCORE_TABLE_BASE_COLUMNS]
+    return pa.schema(fields + [pa.field(score_column(key), pa.float32()) for key in model_keys])
+
 def read_score_table(path: str | Path, columns: Sequence[str] | None = None):
     """Read one score table (pandas). Checks that ``uid`` exists and the requested columns exist."""
     import pyarrow.parquet as pq

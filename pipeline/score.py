@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, InputError, PoolsieveError
-from .formats import SCORE_TABLE_BASE_COLUMNS, atomic_path, embedding_keys, score_column, write_embeddings
+from .formats import (
+    SCORE_TABLE_BASE_COLUMNS,
+    atomic_path,
+    embedding_keys,
+    score_column,
+    score_table_schema,
+    write_embeddings,
+)
 from .progress import Progress, print_summary
 from .runtime import Runtime
 from .workspace import Workspace
@@ -280,16 +287,6 @@ def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreCo
 
 
 # ---------------------------------------------------------------------------------- writing
-def score_table_schema(dims: dict[str, int]) -> Any:
-    """The score table's arrow schema: the same types in every shard, empty ones included."""
-    import pyarrow as pa
-
-    types = {"original_width": pa.int32(), "original_height": pa.int32(), "width": pa.int32(), "height": pa.int32(),
-             "caption_length": pa.int64(), "caption_words": pa.int64(), "language_score": pa.float32()}
-    fields = [pa.field(name, types.get(name, pa.string())) for name in SCORE_TABLE_BASE_COLUMNS]
-    return pa.schema(fields + [pa.field(score_column(key), pa.float32()) for key in dims])
-
-
 def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str, int]) -> dict[str, Any]:
     """Assemble a shard's encoded chunks into ``scores/{shard}.npz`` then ``scores/{shard}.parquet``."""
     import pandas as pd

@@ -125,11 +125,10 @@ def list_shards(data: str | Path | Sequence[str | Path]) -> list[Path]:
         shards = sorted(p for p in folder.glob("*.tar") if not p.name.startswith("."))
         if not shards:
             raise InputError(folder, "no .tar shards in the training data folder")
-        with_stats = [p for p in shards if p.with_name(f"{p.stem}_stats.json").exists()]
-        if with_stats and len(with_stats) < len(shards):
-            missing = next(p for p in shards if p not in with_stats)
-            raise InputError(missing, "shard has no _stats.json while others do: the reshard is not finished "
-                                      "(rerun `poolsieve reshard`)")
+        no_stats = [p for p in shards if not p.with_name(f"{p.stem}_stats.json").exists()]
+        if 0 < len(no_stats) < len(shards):
+            raise InputError(no_stats[0], "shard has no _stats.json while others do: the reshard is not finished "
+                                          "(rerun `poolsieve reshard`)")
         return shards
     shards = [Path(p) for p in data]
     if not shards:
@@ -310,8 +309,9 @@ def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, con
     config_path = out_dir / "train_config.json"
     if config_path.exists() and read_json(config_path).get("open_clip_args") != argv:
         raise ConfigError(f"{out_dir} holds a run with other data or settings; pass --overwrite to replace it")
-    if summary_path.exists() and Path(read_json(summary_path).get("checkpoint", "")).exists():
-        return dict(read_json(summary_path), skipped=True)
+    summary = read_json(summary_path) if summary_path.exists() else {}
+    if summary and Path(summary.get("checkpoint", "")).exists():
+        return dict(summary, skipped=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(config_path, {"config": asdict(config), "recipe": asdict(recipe),
                                                "plan": asdict(plan), "open_clip_args": argv})
