@@ -29,7 +29,7 @@ import torch  # noqa: F401 - the reference module imports torch, so each spawned
 def _lid_model():
     import fasttext
 
-    from poolsieve.pipeline.language import lid_model_path
+    from poolsieve.core.language import lid_model_path
 
     return fasttext.load_model(str(lid_model_path()))
 

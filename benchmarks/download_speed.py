@@ -35,9 +35,9 @@ def bare_img2dataset(metadata_dir: Path, out: Path, args: argparse.Namespace) ->
 
 
 def poolsieve_download(root: Path, args: argparse.Namespace) -> float:
+    from poolsieve.core.runtime import Runtime
+    from poolsieve.core.workspace import Workspace
     from poolsieve.pipeline.download import DownloadConfig, download
-    from poolsieve.pipeline.runtime import Runtime
-    from poolsieve.pipeline.workspace import Workspace
 
     cfg = DownloadConfig(image_size=args.image_size, samples_per_shard=args.per_shard, processes=args.processes,
                          threads=args.threads, timeout=10.0, retries=0)

@@ -42,7 +42,7 @@ def generate_pool(root: Path, rows: int, shards: int, dim: int, seed: int = 0, k
     """Write ``scores/{shard}.parquet`` + ``.npz`` and ``references/target.npz`` under ``root``."""
     import pandas as pd
 
-    from poolsieve.pipeline.formats import embedding_keys, score_column, write_embeddings
+    from poolsieve.core.formats import embedding_keys, score_column, write_embeddings
 
     marker = root / "generated.json"
     spec = {"rows": rows, "shards": shards, "dim": dim, "seed": seed, "key": key, "noise": noise}
@@ -111,9 +111,9 @@ def filter_params(name: str, args: argparse.Namespace) -> dict:
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict:
+    from poolsieve.core.runtime import Runtime
+    from poolsieve.core.workspace import Workspace
     from poolsieve.filters.registry import ScoredPool, get_filter
-    from poolsieve.pipeline.runtime import Runtime
-    from poolsieve.pipeline.workspace import Workspace
 
     ws = Workspace.open(args.workdir)
     runtime = Runtime(executor="ray", num_cpus=args.num_cpus) if args.ray else Runtime(executor="local")

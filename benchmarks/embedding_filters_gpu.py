@@ -31,11 +31,11 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def agreement(rows: int, workdir: Path) -> None:
+    from poolsieve.core.workspace import Workspace
     from poolsieve.filters.d2_pruning import d2_run
     from poolsieve.filters.image_based import image_based_run
     from poolsieve.filters.registry import ScoredPool
     from poolsieve.filters.semdedup import semdedup_run
-    from poolsieve.pipeline.workspace import Workspace
 
     embedding_filters.generate_pool(workdir, rows, max(1, rows // 10_000), 768)
     pool = ScoredPool(Workspace.open(workdir).score_tables())

@@ -54,7 +54,7 @@ def _add_language(path: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from poolsieve.pipeline.language import detect_languages
+    from poolsieve.core.language import detect_languages
 
     table = pq.read_table(path)
     codes, confidence = detect_languages(table["text"])
@@ -133,8 +133,8 @@ def main() -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import datacomp_reference as reference
 
+    from poolsieve.core.runtime import Runtime
     from poolsieve.filters.registry import ScoredPool, get_filter
-    from poolsieve.pipeline.runtime import Runtime
 
     paths = generate_pool(args.pool, args.rows, args.files, args.workers)
     str_paths = [str(p) for p in paths]

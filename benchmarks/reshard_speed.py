@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.pipeline.formats import uids_to_pairs, write_subset
+from poolsieve.core.formats import uids_to_pairs, write_subset
+from poolsieve.core.runtime import Runtime
+from poolsieve.core.tar_io import END_OF_ARCHIVE, padding, ustar_header
+from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.reshard import ReshardConfig, reshard
-from poolsieve.pipeline.runtime import Runtime
-from poolsieve.pipeline.tar_io import END_OF_ARCHIVE, padding, ustar_header
-from poolsieve.pipeline.workspace import Workspace
 
 BLOCK_READ = 8 << 20
 

@@ -30,7 +30,7 @@ def bare_image_forward(arch: str, batch_size: int, steps: int = 20) -> float:
     """images/s of ``encode_image`` alone in bf16 on random pixels (the figure NOTES.md quotes)."""
     import torch
 
-    from poolsieve.pipeline.models import ModelSpec, load_model
+    from poolsieve.core.models import ModelSpec, load_model
 
     model, _, _ = load_model(ModelSpec(arch), "cuda", "bf16")
     side = model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size
@@ -52,10 +52,10 @@ def bare_image_forward(arch: str, batch_size: int, steps: int = 20) -> float:
 def main() -> None:
     import torch
 
-    from poolsieve.pipeline.progress import format_table
-    from poolsieve.pipeline.runtime import Runtime
+    from poolsieve.core.progress import format_table
+    from poolsieve.core.runtime import Runtime
+    from poolsieve.core.workspace import Workspace
     from poolsieve.pipeline.score import ScoreConfig, score_pool
-    from poolsieve.pipeline.workspace import Workspace
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=60_000)

@@ -147,9 +147,9 @@ def stage_rate(ws, args, runtime, repeats: int) -> tuple[float, dict]:
 
 
 def main() -> None:
-    from poolsieve.pipeline.progress import format_table
-    from poolsieve.pipeline.runtime import Runtime
-    from poolsieve.pipeline.workspace import Workspace
+    from poolsieve.core.progress import format_table
+    from poolsieve.core.runtime import Runtime
+    from poolsieve.core.workspace import Workspace
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="ViT-B-32")

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.pipeline.errors import InputError
-from poolsieve.pipeline.formats import atomic_path, write_json
+from poolsieve.core.errors import InputError
+from poolsieve.core.formats import atomic_path, write_json
 
 from .tasks import GROUPS, TASKS, Task
 

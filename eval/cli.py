@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from poolsieve.pipeline.config import build
-from poolsieve.pipeline.progress import format_table, print_summary
+from poolsieve.core.config import build
+from poolsieve.core.progress import format_table, print_summary
 
 from .evaluator import EvalConfig, evaluate_model
 from .tasks import GROUPS, TASK_SETS
@@ -39,8 +39,8 @@ def checkpoint_of_run(run_dir: Path) -> tuple[str, str]:
 
 
 def run_cli(ctx: Any, args: argparse.Namespace) -> int:
-    from poolsieve.pipeline.errors import ConfigError
-    from poolsieve.pipeline.models import ModelSpec
+    from poolsieve.core.errors import ConfigError
+    from poolsieve.core.models import ModelSpec
 
     config = build(EvalConfig, ctx.section("evaluate"), "evaluate", {
         "tasks": args.tasks, "data_root": args.data_root, "batch_size": args.batch_size,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poolsieve.pipeline.models import ModelSpec, load_model
-from poolsieve.pipeline.progress import Progress
+from poolsieve.core.models import ModelSpec, load_model
+from poolsieve.core.progress import Progress
 
 from .aggregate import RESULTS_FILE, append_result, read_results, result_line, write_summary
 from .tasks import CLASSIFICATION, RETRIEVAL, SYNTHETIC, Task, resolve_tasks

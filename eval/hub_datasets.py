@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from poolsieve.pipeline.errors import InputError, PoolsieveError
+from poolsieve.core.errors import InputError, PoolsieveError
 
 from .tasks import Task
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from poolsieve.pipeline.errors import PoolsieveError
+from poolsieve.core.errors import PoolsieveError
 
 from .tasks import CLASSIFICATION, RETRIEVAL, SYNTHETIC, Task
 

@@ -5,7 +5,7 @@ Torch and faiss are imported inside functions so that importing a filter module 
 
 from __future__ import annotations
 
-from poolsieve.pipeline.errors import ConfigError
+from poolsieve.core.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 

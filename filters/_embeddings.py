@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from poolsieve.pipeline.errors import ConfigError, InputError
-from poolsieve.pipeline.formats import embedding_keys
+from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.formats import embedding_keys
 
 from .registry import ScoredPool
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from poolsieve.pipeline.errors import ConfigError
-from poolsieve.pipeline.progress import Progress
+from poolsieve.core.errors import ConfigError
+from poolsieve.core.progress import Progress
 
 from ._device import faiss_gpu_available, resolve_device
 

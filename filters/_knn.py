@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from poolsieve.pipeline.errors import ConfigError, PoolsieveWarning
-from poolsieve.pipeline.progress import Progress
+from poolsieve.core.errors import ConfigError, PoolsieveWarning
+from poolsieve.core.progress import Progress
 
 from ._device import resolve_device
 from ._kmeans import kmeans

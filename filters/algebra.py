@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.pipeline.errors import ConfigError, InputError
-from poolsieve.pipeline.formats import SUBSET_DTYPE, file_sha256, read_subset
+from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.formats import SUBSET_DTYPE, file_sha256, read_subset
 
 from .registry import FILTERS, ScoredPool, get_filter, load_builtin_filters
 from .spec import Node, parse_spec, render

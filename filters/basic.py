@@ -22,7 +22,7 @@ from .registry import ScoredPool, register
 
 
 def caption_mask(table: Any, min_words: int, min_chars: int) -> np.ndarray:
-    from poolsieve.pipeline.language import count_chars, count_words
+    from poolsieve.core.language import count_chars, count_words
 
     text = table["text"]
     return (count_words(text) >= min_words) & (count_chars(text) >= min_chars)
@@ -44,7 +44,7 @@ def language_mask(table: Any, candidates: np.ndarray, language: str, recompute: 
     """
     import pyarrow.compute as pc
 
-    from poolsieve.pipeline.language import as_string_array, detect_language_codes
+    from poolsieve.core.language import as_string_array, detect_language_codes
 
     def valid(arr: Any) -> np.ndarray:
         return np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)

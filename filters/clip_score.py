@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.pipeline.errors import ConfigError
-from poolsieve.pipeline.formats import score_column
+from poolsieve.core.errors import ConfigError
+from poolsieve.core.formats import score_column
 
 from .columns import as_task, float_column, member_keys, per_table, read_members
 from .registry import ScoredPool, register

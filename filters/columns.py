@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.pipeline.errors import InputError
+from poolsieve.core.errors import InputError
 
 from .uidset import hex_uids_to_keys, normalize, union
 

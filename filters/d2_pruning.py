@@ -41,10 +41,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from poolsieve.pipeline.errors import ConfigError, InputError
-from poolsieve.pipeline.formats import score_column as score_column_name
-from poolsieve.pipeline.formats import sort_pairs
-from poolsieve.pipeline.progress import Progress
+from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.formats import score_column as score_column_name
+from poolsieve.core.formats import sort_pairs
+from poolsieve.core.progress import Progress
 
 from ._embeddings import (
     check_features,

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from poolsieve.pipeline.errors import ConfigError
-from poolsieve.pipeline.formats import sort_pairs
+from poolsieve.core.errors import ConfigError
+from poolsieve.core.formats import sort_pairs
 
 from ._embeddings import check_param_names
 from .registry import ScoredPool, register

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from poolsieve.pipeline.errors import ConfigError, InputError
-from poolsieve.pipeline.formats import embedding_keys, uids_to_pairs
-from poolsieve.pipeline.workspace import Workspace
+from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.formats import embedding_keys, uids_to_pairs
+from poolsieve.core.workspace import Workspace
 
 from ._device import resolve_device
 from ._embeddings import pick_embedding_key
@@ -47,7 +47,7 @@ DATACOMP_CLUSTERS = 100_000
 
 def caption_filter_mask(texts, languages: np.ndarray | None, language: str = "en") -> np.ndarray:
     """DataComp's caption filter: language == ``language``, words > 1, characters > 5."""
-    from poolsieve.pipeline.language import count_chars, count_words, detect_language_codes
+    from poolsieve.core.language import count_chars, count_words, detect_language_codes
 
     words, chars = count_words(texts), count_chars(texts)
     if languages is None:

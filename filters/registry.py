@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.pipeline.errors import ConfigError
-from poolsieve.pipeline.formats import read_embeddings, read_score_table, uids_to_pairs
-from poolsieve.pipeline.runtime import Runtime
+from poolsieve.core.errors import ConfigError
+from poolsieve.core.formats import read_embeddings, read_score_table, uids_to_pairs
+from poolsieve.core.runtime import Runtime
 
 FilterFn = Callable[..., np.ndarray]
 FILTERS: dict[str, FilterFn] = {}

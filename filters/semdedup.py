@@ -29,9 +29,9 @@ import math
 
 import numpy as np
 
-from poolsieve.pipeline.errors import ConfigError
-from poolsieve.pipeline.formats import sort_pairs
-from poolsieve.pipeline.progress import Progress
+from poolsieve.core.errors import ConfigError
+from poolsieve.core.formats import sort_pairs
+from poolsieve.core.progress import Progress
 
 from ._device import resolve_device
 from ._embeddings import check_features, load_all, pick_embedding_key

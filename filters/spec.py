@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from poolsieve.pipeline.errors import ConfigError
+from poolsieve.core.errors import ConfigError
 
 Node = dict[str, Any]
 NAME_RE = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.pipeline.errors import ConfigError
+from poolsieve.core.errors import ConfigError
 
 from .basic import language_mask
 from .columns import per_table
@@ -75,7 +75,7 @@ def names_class(texts: Any, phrases: Sequence[str], max_words: int) -> np.ndarra
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from poolsieve.pipeline.language import as_string_array
+    from poolsieve.core.language import as_string_array
 
     texts = as_string_array(texts)
     n = len(texts)

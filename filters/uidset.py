@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from poolsieve.pipeline.errors import InputError
-from poolsieve.pipeline.formats import SUBSET_DTYPE
+from poolsieve.core.errors import InputError
+from poolsieve.core.formats import SUBSET_DTYPE
 
 KEY_DTYPE = np.dtype("S16")
 _BIG_ENDIAN_PAIR = np.dtype(">u8,>u8")

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import load_config, section
-from .errors import ConfigError, PoolsieveError, PoolsieveWarning
-from .runtime import EXECUTORS, Runtime
-from .workspace import Workspace
+from poolsieve.core.config import load_config, section
+from poolsieve.core.errors import ConfigError, PoolsieveError, PoolsieveWarning
+from poolsieve.core.runtime import EXECUTORS, Runtime
+from poolsieve.core.workspace import Workspace
 
 # subcommand -> (module, one-line help). Modules import heavy dependencies inside functions only.
 COMMANDS: dict[str, tuple[str, str]] = {

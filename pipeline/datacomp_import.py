@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .formats import (
+from poolsieve.core.errors import InputError
+from poolsieve.core.formats import (
     SCORE_TABLE_BASE_COLUMNS,
     atomic_path,
     check_metadata_columns,
@@ -28,9 +28,9 @@ from .formats import (
     uids_to_pairs,
     write_embeddings,
 )
-from .progress import print_summary
-from .runtime import Runtime
-from .workspace import Workspace
+from poolsieve.core.progress import print_summary
+from poolsieve.core.runtime import Runtime
+from poolsieve.core.workspace import Workspace
 
 DATACOMP_KEYS = ("b32", "l14")
 
@@ -58,7 +58,7 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .language import count_chars, count_words, detect_languages
+    from poolsieve.core.language import count_chars, count_words, detect_languages
 
     npz = parquet.with_suffix(".npz")
     try:

@@ -37,7 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, InputError, PoolsieveError
+from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
+
 from .netguard import DEFAULT_DENY_NETWORKS, DENIED_MARK
 
 REPORT_NAME = "download_report.json"
@@ -153,7 +154,7 @@ def plan_shards(files: list[Path], per_shard: int) -> list[FilePlan]:
     """img2dataset's sharding: each file is cut into ceil(rows / per_shard) shards, ids run on."""
     import pyarrow.parquet as pq
 
-    from .formats import check_metadata_columns
+    from poolsieve.core.formats import check_metadata_columns
 
     plans, next_id = [], 0
     for f in files:
@@ -249,7 +250,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def run_img2dataset(job: dict[str, Any], shards_dir: Path, expected: list[int], watchdog_seconds: float,
                     desc: str = "download") -> RunOutcome:
     """Run the job in a subprocess, promote shards as they finish, stop it if it stalls."""
-    from .progress import Progress
+    from poolsieve.core.progress import Progress
 
     staging = Path(job["staging"])
     job_path = staging / "_job.json"
@@ -361,7 +362,7 @@ def update_failures(shards_dir: Path, rewritten: set[int] = frozenset()):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .formats import atomic_path
+    from poolsieve.core.formats import atomic_path
 
     whole = whole_shard_ids(shards_dir)
     old, covered = read_failures(shards_dir)
@@ -386,7 +387,7 @@ def reconcile_duplicates(shards_dir: Path, candidates: set[int]) -> set[int]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from .formats import atomic_path, write_json
+    from poolsieve.core.formats import atomic_path, write_json
 
     latest: dict[str, int] = {}
     tables = {}
@@ -480,7 +481,7 @@ def _check_state(shards_dir: Path, state: dict[str, Any], overwrite: bool) -> No
     path = shards_dir / STATE_NAME
     if overwrite or not path.exists():
         return
-    from .formats import read_json
+    from poolsieve.core.formats import read_json
 
     old = read_json(path)
     for key in ("samples_per_shard", "planned_shards"):
@@ -522,7 +523,7 @@ def download(ws: Any, cfg: DownloadConfig, runtime: Any, *, overwrite: bool = Fa
 
 
 def _download(ws: Any, cfg: DownloadConfig, runtime: Any, overwrite: bool) -> dict[str, Any]:
-    from .formats import write_json
+    from poolsieve.core.formats import write_json
 
     if cfg.scale or cfg.metadata_source:
         from .hub_metadata import fetch_metadata
@@ -588,7 +589,7 @@ def _retry_failed(ws: Any, cfg: DownloadConfig, files: list[Path], planned: int,
     """Re-fetch the failed (not denied) samples into new shards after the last one."""
     import pandas as pd
 
-    from .formats import atomic_path
+    from poolsieve.core.formats import atomic_path
 
     shards_dir = ws.shards_dir
     existing = whole_shard_ids(shards_dir)
@@ -671,7 +672,7 @@ def build_report(ws: Any, cfg: DownloadConfig, planned: int, mode: str, outcome:
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    from .progress import print_summary
+    from poolsieve.core.progress import print_summary
 
     run = report["this_run"]
     rate = run.get("samples_per_s")
@@ -719,7 +720,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_cli(ctx: Any, args: argparse.Namespace) -> DownloadConfig:
     """The ``download`` config section with the command line's flags on top."""
-    from .config import build
+    from poolsieve.core.config import build
 
     return build(DownloadConfig, ctx.section("download"), "download", {
         "metadata_source": args.metadata_source, "scale": args.scale, "download_npz": args.download_npz,

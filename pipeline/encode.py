@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, InputError
-from .formats import model_key
-from .models import ModelSpec
-from .shard_reader import TarSample, iter_tar_samples
+from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.formats import model_key
+from poolsieve.core.models import ModelSpec
+from poolsieve.core.shard_reader import TarSample, iter_tar_samples
 
 DECODE_MODES = ("cpu", "gpu")
 STATUS_SUCCESS = "success"
@@ -130,7 +130,7 @@ def tokenizer_for(arch: str) -> Any:
     """open_clip's tokenizer for ``arch``, created once per process."""
     import open_clip
 
-    from .models import register_model_configs
+    from poolsieve.core.models import register_model_configs
 
     register_model_configs()
     return open_clip.get_tokenizer(arch)
@@ -189,7 +189,7 @@ def prepare_chunk(samples: Sequence[TarSample], plan: ChunkPlan, shard: str, ind
     """Decode, preprocess (CPU half), tokenise and describe ``samples``."""
     from PIL import Image
 
-    from .language import count_chars, count_words, detect_languages
+    from poolsieve.core.language import count_chars, count_words, detect_languages
 
     n = len(samples)
     texts = [s.caption for s in samples]
@@ -313,7 +313,7 @@ class Encoder:
                  batch_size: int = 0, threads: int = 0, decode: str = "cpu"):
         import torch
 
-        from .models import load_model
+        from poolsieve.core.models import load_model
 
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)

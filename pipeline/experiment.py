@@ -26,11 +26,11 @@ import argparse
 import math
 from typing import Any
 
-from .config import build, section
-from .errors import ConfigError
-from .progress import format_table, print_summary
-from .runtime import Runtime
-from .workspace import Workspace
+from poolsieve.core.config import build, section
+from poolsieve.core.errors import ConfigError
+from poolsieve.core.progress import format_table, print_summary
+from poolsieve.core.runtime import Runtime
+from poolsieve.core.workspace import Workspace
 
 STAGES = ("download", "score", "filter", "reshard", "train", "evaluate")
 TOP_LEVEL_KEYS = {"workspace", "ray_address", "executor", *STAGES}
@@ -101,8 +101,8 @@ def run_experiment(ws: Workspace, config: dict[str, Any], runtime: Runtime, *, o
         out["train"] = {name: train_clip(ws.filtered_dir(name), ws.run_dir(name), cfg, overwrite=overwrite, name=name)
                         for name in _subset_names(config, ws, "train")}
     if "evaluate" in stages:
+        from poolsieve.core.models import ModelSpec
         from poolsieve.eval.evaluator import EvalConfig, evaluate_model
-        from poolsieve.pipeline.models import ModelSpec
         from poolsieve.train.trainer import load_summary
 
         cfg = build(EvalConfig, _without_subsets(section(config, "evaluate")), "evaluate")

@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import build
-from .errors import ConfigError, InputError
-from .formats import parquet_files, read_json, write_json, write_subset
-from .progress import format_table, print_summary
-from .runtime import Runtime
-from .workspace import Workspace
+from poolsieve.core.config import build
+from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.formats import parquet_files, read_json, write_json, write_subset
+from poolsieve.core.progress import format_table, print_summary
+from poolsieve.core.runtime import Runtime
+from poolsieve.core.workspace import Workspace
 
 
 @dataclass
@@ -107,7 +107,7 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bo
                 and saved.get("pool", {}).get("fingerprint") == fingerprint)
 
     def load_defined(name: str) -> np.ndarray | None:
-        from .formats import read_subset
+        from poolsieve.core.formats import read_subset
 
         return from_subset(read_subset(ws.subset_path(name))) if up_to_date(name) else None
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, PoolsieveError
+from poolsieve.core.errors import InputError, PoolsieveError
 
 SCALES = {
     "small": "mlfoundations/datacomp_small",
@@ -84,7 +84,7 @@ def fetch_metadata(dest: str | Path, *, scale: str | None = None, source: str | 
     """
     import pyarrow.parquet as pq
 
-    from .formats import check_metadata_columns
+    from poolsieve.core.formats import check_metadata_columns
 
     dest = Path(dest)
     if (scale is None) == (source is None):

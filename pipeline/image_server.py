@@ -238,7 +238,7 @@ class ImageServer:
 
     def start(self) -> ImageServer:
         if not self.root.is_dir():
-            from .errors import InputError
+            from poolsieve.core.errors import InputError
 
             raise InputError(self.root, "nothing to serve: folder does not exist (run `poolsieve generate`)")
         self.stopping.clear()

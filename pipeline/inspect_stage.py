@@ -12,7 +12,7 @@ import argparse
 import json
 from typing import Any
 
-from .workspace import Workspace
+from poolsieve.core.workspace import Workspace
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

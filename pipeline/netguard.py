@@ -45,7 +45,7 @@ class DenyList:
             try:
                 self.networks.append(ipaddress.ip_network(spec, strict=False))
             except ValueError:
-                from .errors import ConfigError
+                from poolsieve.core.errors import ConfigError
 
                 raise ConfigError(f"deny_networks: {spec!r} is not a network (CIDR like 169.254.0.0/16)") from None
         self.hostnames = {h.lower().rstrip(".") for h in hostnames}

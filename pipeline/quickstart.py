@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import PoolsieveError
-from .formats import read_json, write_json
-from .progress import print_summary
-from .workspace import Workspace
+from poolsieve.core.errors import PoolsieveError
+from poolsieve.core.formats import read_json, write_json
+from poolsieve.core.progress import print_summary
+from poolsieve.core.workspace import Workspace
 
 SCORER = "scorer"
 SEED_SET = "seed"
@@ -77,7 +77,7 @@ def ensure_seed_set(ws: Workspace, n: int, image_size: int = 64) -> Path:
 
 def experiment_config(scorer_checkpoint: str, clip_fraction: float, samples_seen: int | None,
                       eval_samples: int) -> dict[str, Any]:
-    from .formats import model_key, score_column
+    from poolsieve.core.formats import model_key, score_column
 
     column = score_column(model_key("poolsieve-tiny", scorer_checkpoint))
     train: dict[str, Any] = {"scale": "tiny"}

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .formats import atomic_path, embedding_keys
-from .progress import Progress, print_summary
-from .shard_reader import IMAGE_EXTENSIONS, TarSample, iter_tar_samples
-from .workspace import Workspace
+from poolsieve.core.errors import InputError
+from poolsieve.core.formats import atomic_path, embedding_keys
+from poolsieve.core.progress import Progress, print_summary
+from poolsieve.core.shard_reader import IMAGE_EXTENSIONS, TarSample, iter_tar_samples
+from poolsieve.core.workspace import Workspace
 
 
 def iter_reference_samples(source: str | Path) -> Iterator[tuple[TarSample, str, str]]:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .formats import atomic_path, pairs_in, read_subset, uids_to_pairs
-from .workspace import Workspace
+from poolsieve.core.formats import atomic_path, pairs_in, read_subset, uids_to_pairs
+from poolsieve.core.workspace import Workspace
 
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, InputError
-from .formats import (
+from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.formats import (
     SUBSET_DTYPE,
     atomic_path,
     file_sha256,
@@ -45,11 +45,19 @@ from .formats import (
     write_json,
     write_subset,
 )
-from .progress import Progress
+from poolsieve.core.progress import Progress
+from poolsieve.core.runtime import Runtime, get_result
+from poolsieve.core.tar_io import (
+    END_OF_ARCHIVE,
+    iter_members,
+    padding,
+    split_key,
+    ustar_header,
+    write_buffers,
+)
+from poolsieve.core.workspace import Workspace
+
 from .reshard_plan import OutputPlanner, ShardScan, WriteUnit
-from .runtime import Runtime, get_result
-from .tar_io import END_OF_ARCHIVE, iter_members, padding, split_key, ustar_header, write_buffers
-from .workspace import Workspace
 
 PLAN_VERSION = 1
 OUTPUT_SHARD_FORMAT = "{:08d}.tar"
@@ -473,8 +481,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(ctx: Any, args: argparse.Namespace) -> int:
-    from .config import build
-    from .progress import print_summary
+    from poolsieve.core.config import build
+    from poolsieve.core.progress import print_summary
 
     ws = ctx.workspace()
     cfg = build(ReshardConfig, ctx.section("reshard"), "reshard", {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .formats import SUBSET_DTYPE, filtered_shard_name, pairs_to_uids
+from poolsieve.core.formats import SUBSET_DTYPE, filtered_shard_name, pairs_to_uids
 
 
 def _empty(dtype: type | np.dtype = np.int64):

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, InputError, PoolsieveError
-from .formats import (
+from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
+from poolsieve.core.formats import (
     SCORE_TABLE_BASE_COLUMNS,
     atomic_path,
     embedding_keys,
@@ -33,9 +33,9 @@ from .formats import (
     score_table_schema,
     write_embeddings,
 )
-from .progress import Progress, print_summary
-from .runtime import Runtime
-from .workspace import Workspace
+from poolsieve.core.progress import Progress, print_summary
+from poolsieve.core.runtime import Runtime
+from poolsieve.core.workspace import Workspace
 
 DEFAULT_MODELS = ("ViT-B-32:openai",)
 
@@ -170,8 +170,9 @@ class _ShardState:
 
 def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreConfig, runtime: Runtime,
              stats: RunStats, quiet: bool) -> None:
+    from poolsieve.core.runtime import get_result
+
     from .encode import EncoderActor, iter_prepared_chunks
-    from .runtime import get_result
 
     ray = runtime.ensure_ray()
     resources = ray.cluster_resources()
@@ -353,7 +354,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(ctx: Any, args: argparse.Namespace) -> ScoreConfig:
-    from .config import build
+    from poolsieve.core.config import build
 
     return build(ScoreConfig, ctx.section("score"), "score", {
         "models": args.models, "device": args.device, "precision": args.precision, "batch_size": args.batch_size,

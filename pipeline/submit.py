@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import build
-from .errors import ConfigError, InputError
-from .formats import DIR_MODE, file_sha256, pairs_to_uids, read_json, read_subset, write_json
-from .progress import print_summary
-from .runtime import Runtime
-from .workspace import Workspace
+from poolsieve.core.config import build
+from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.formats import DIR_MODE, file_sha256, pairs_to_uids, read_json, read_subset, write_json
+from poolsieve.core.progress import print_summary
+from poolsieve.core.runtime import Runtime
+from poolsieve.core.workspace import Workspace
 
 
 @dataclass

@@ -124,7 +124,7 @@ def generate_pool(root: str | Path, spec: PoolSpec) -> dict[str, Any]:
     """Write metadata parquets, image files and the label side table under workspace ``root``."""
     import pandas as pd
 
-    from .formats import atomic_path
+    from poolsieve.core.formats import atomic_path
 
     unknown = set(spec.defect_rates) - set(DEFECTS)
     if unknown:
@@ -228,8 +228,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(ctx: Any, args: argparse.Namespace) -> int:
-    from .config import build
-    from .progress import print_summary
+    from poolsieve.core.config import build
+    from poolsieve.core.progress import print_summary
 
     ws = ctx.workspace(create=True)
     spec = build(PoolSpec, ctx.section("generate"), "generate", {

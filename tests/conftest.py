@@ -14,7 +14,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports al
 @pytest.fixture(scope="session")
 def ray_runtime():
     """A Runtime on a local Ray started once for the session."""
-    from poolsieve.pipeline.runtime import Runtime
+    from poolsieve.core.runtime import Runtime
 
     rt = Runtime(executor="ray", num_cpus=2)
     rt.ensure_ray()
@@ -24,6 +24,6 @@ def ray_runtime():
 
 @pytest.fixture
 def local_runtime():
-    from poolsieve.pipeline.runtime import Runtime
+    from poolsieve.core.runtime import Runtime
 
     return Runtime(executor="local")

@@ -72,8 +72,8 @@ def test_no_command_prints_help(capsys):
 
 
 def test_own_warnings_print_on_one_line():
+    from poolsieve.core.errors import PoolsieveWarning
     from poolsieve.pipeline import cli
-    from poolsieve.pipeline.errors import PoolsieveWarning
 
     assert cli._format_warning("recall 0.7 below 0.95", PoolsieveWarning, "x.py", 3) == \
         "poolsieve: warning: recall 0.7 below 0.95\n"

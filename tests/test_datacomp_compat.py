@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from factories import make_samples, write_img2dataset_shards
 
-from poolsieve.pipeline.formats import uids_to_pairs, write_subset
+from poolsieve.core.formats import uids_to_pairs, write_subset
+from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.reshard import ReshardConfig, reshard
-from poolsieve.pipeline.workspace import Workspace
 
 RESHARDER = os.environ.get("DATACOMP_RESHARDER")
 PYTHON = os.environ.get("DATACOMP_PYTHON")

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from test_download_support import FAST, assert_shards_whole, make_served_pool, parquet_rows, tar_uids
 
+from poolsieve.core.errors import InputError
+from poolsieve.core.runtime import Runtime
 from poolsieve.pipeline.download import (
     FAILURES_NAME,
     REPORT_NAME,
@@ -16,10 +18,8 @@ from poolsieve.pipeline.download import (
     download,
     failure_reason,
 )
-from poolsieve.pipeline.errors import InputError
 from poolsieve.pipeline.image_server import ImageServer
 from poolsieve.pipeline.netguard import DEFAULT_DENY_NETWORKS
-from poolsieve.pipeline.runtime import Runtime
 
 FAULT_REASONS = {
     "http_404": "http_404",
@@ -127,7 +127,7 @@ def _sharpness(img) -> float:
 
 
 def test_bad_metadata_is_named(tmp_path: Path) -> None:
-    from poolsieve.pipeline.workspace import Workspace
+    from poolsieve.core.workspace import Workspace
 
     ws = Workspace.create(tmp_path / "ws")
     ws.metadata_dir.mkdir()

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from poolsieve.pipeline.errors import InputError
+from poolsieve.core.errors import InputError
 from poolsieve.pipeline.hub_metadata import SCALES, fetch_metadata
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from poolsieve.core.errors import ConfigError
 from poolsieve.pipeline import download_runner
-from poolsieve.pipeline.errors import ConfigError
 from poolsieve.pipeline.image_server import ImageServer, bomb_jpeg
 from poolsieve.pipeline.netguard import (
     DEFAULT_DENY_NETWORKS,

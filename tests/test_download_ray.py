@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from test_download_support import FAST, assert_shards_whole, make_served_pool, parquet_rows, tar_uids
 
+from poolsieve.core.runtime import Runtime
 from poolsieve.pipeline.download import RUNNER_LOG_NAME, DownloadConfig, download
-from poolsieve.pipeline.runtime import Runtime
 
 
 @pytest.fixture

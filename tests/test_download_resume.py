@@ -21,15 +21,15 @@ from test_download_support import (
     tar_uids,
 )
 
+from poolsieve.core.errors import PoolsieveError
+from poolsieve.core.runtime import Runtime
 from poolsieve.pipeline.download import REPORT_NAME, DownloadConfig, DownloadStalled, download
-from poolsieve.pipeline.errors import PoolsieveError
-from poolsieve.pipeline.runtime import Runtime
 
 STAGE_SCRIPT = """
 import sys
 from poolsieve.pipeline.download import DownloadConfig, download
-from poolsieve.pipeline.runtime import Runtime
-from poolsieve.pipeline.workspace import Workspace
+from poolsieve.core.runtime import Runtime
+from poolsieve.core.workspace import Workspace
 download(Workspace.open(sys.argv[1]), DownloadConfig(samples_per_shard=10, image_size=64, processes=1, threads=2,
          timeout=5.0, retries=0), Runtime(executor="local"))
 """

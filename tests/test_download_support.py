@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.image_server import ImageServer
 from poolsieve.pipeline.synthetic_pool import PoolSpec, generate_pool
-from poolsieve.pipeline.workspace import Workspace
 
 FAST = {"image_size": 64, "processes": 2, "threads": 4, "timeout": 2.0, "fetch_deadline": 3.0, "retries": 0}
 

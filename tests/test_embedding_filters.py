@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from poolsieve.core.errors import ConfigError, InputError, PoolsieveWarning
+from poolsieve.core.formats import sort_pairs, uids_to_pairs, write_embeddings
 from poolsieve.filters import _knn
 from poolsieve.filters._kmeans import kmeans
 from poolsieve.filters.d2_pruning import d2_run
 from poolsieve.filters.image_based import image_based_run
 from poolsieve.filters.registry import ScoredPool, get_filter
 from poolsieve.filters.semdedup import semdedup_run
-from poolsieve.pipeline.errors import ConfigError, InputError, PoolsieveWarning
-from poolsieve.pipeline.formats import sort_pairs, uids_to_pairs, write_embeddings
 
 DIM = 16
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from poolsieve.pipeline.formats import pairs_to_uids, read_subset
-from poolsieve.pipeline.workspace import Workspace
+from poolsieve.core.formats import pairs_to_uids, read_subset
+from poolsieve.core.workspace import Workspace
 
 
 @pytest.mark.slow

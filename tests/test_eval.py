@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.models import ModelSpec
 from poolsieve.eval.aggregate import aggregate, read_results
 from poolsieve.eval.evaluator import EvalConfig, evaluate_model
 from poolsieve.eval.hub_datasets import dataset_location
@@ -29,8 +31,6 @@ from poolsieve.eval.tasks import (
     resolve_tasks,
 )
 from poolsieve.eval.zeroshot import classification_metrics, evaluate_task
-from poolsieve.pipeline.errors import ConfigError, InputError
-from poolsieve.pipeline.models import ModelSpec
 from poolsieve.pipeline.synthetic_pool import COLOURS, generate_clean_pairs
 
 
@@ -84,7 +84,7 @@ def test_classification_metrics_match_brute_force():
 def _random_model():
     import torch
 
-    from poolsieve.pipeline.models import load_model
+    from poolsieve.core.models import load_model
 
     grad = torch.is_grad_enabled()
     torch.manual_seed(0)

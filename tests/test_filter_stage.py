@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from poolsieve.core.errors import ConfigError
+from poolsieve.core.formats import SUBSET_DTYPE, read_subset, uids_to_pairs, write_subset
+from poolsieve.core.runtime import Runtime
+from poolsieve.core.workspace import Workspace
 from poolsieve.filters.spec import parse_cli_spec
 from poolsieve.pipeline import cli
-from poolsieve.pipeline.errors import ConfigError
 from poolsieve.pipeline.filter_stage import FilterConfig, pool_fingerprint, run_filter
-from poolsieve.pipeline.formats import SUBSET_DTYPE, read_subset, uids_to_pairs, write_subset
-from poolsieve.pipeline.runtime import Runtime
-from poolsieve.pipeline.workspace import Workspace
 
 CAPTIONS = ["a photo of a dog playing in the park", "une photo de mon chat sur le canapé",
             "a red car parked on a quiet street", "ok"]

@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.formats import SUBSET_DTYPE, uids_to_pairs
 from poolsieve.filters import clip_score as clip_score_module
 from poolsieve.filters.algebra import Evaluator, evaluate_spec
 from poolsieve.filters.registry import ScoredPool, get_filter
 from poolsieve.filters.spec import parse_expression, parse_spec, render
 from poolsieve.filters.uidset import from_subset, hex_uids_to_keys, keys_to_pairs, normalize, to_subset
-from poolsieve.pipeline.errors import ConfigError, InputError
-from poolsieve.pipeline.formats import SUBSET_DTYPE, uids_to_pairs
 
 
 def uid(i: int) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from poolsieve.pipeline import formats
-from poolsieve.pipeline.config import build, load_config
-from poolsieve.pipeline.errors import ConfigError, InputError
+from poolsieve.core import formats
+from poolsieve.core.config import build, load_config
+from poolsieve.core.errors import ConfigError, InputError
 
 
 def test_uid_pair_round_trip_matches_datacomp_definition():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from poolsieve.pipeline.formats import uids_to_pairs, write_subset
+from poolsieve.core.formats import uids_to_pairs, write_subset
+from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.inspect_stage import inspect_workspace
 from poolsieve.pipeline.report import write_report
-from poolsieve.pipeline.workspace import Workspace
 
 
 def make_scored_workspace(root):

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from poolsieve.pipeline.errors import InputError
-from poolsieve.pipeline.language import (
+from poolsieve.core.errors import InputError
+from poolsieve.core.language import (
     count_chars,
     count_words,
     detect_language_codes,
@@ -81,6 +81,6 @@ def test_missing_model_file_is_reported(monkeypatch, tmp_path):
 def test_language_module_is_light():
     import subprocess
 
-    code = "import sys, poolsieve.pipeline.language; print('fasttext' in sys.modules, 'pyarrow' in sys.modules)"
+    code = "import sys, poolsieve.core.language; print('fasttext' in sys.modules, 'pyarrow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -7,8 +7,8 @@ import tarfile
 
 import pytest
 
-from poolsieve.pipeline.errors import InputError
-from poolsieve.pipeline.tar_io import (
+from poolsieve.core.errors import InputError
+from poolsieve.core.tar_io import (
     END_OF_ARCHIVE,
     iter_members,
     padding,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from poolsieve.pipeline.errors import InputError, PoolsieveError
-from poolsieve.pipeline.runtime import Runtime
+from poolsieve.core.errors import InputError, PoolsieveError
+from poolsieve.core.runtime import Runtime
 
 
 def test_ray_map_keeps_unit_order_and_reraises_unit_errors(ray_runtime):

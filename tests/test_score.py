@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 from factories import make_samples, write_img2dataset_shards
 
-from poolsieve.pipeline.errors import InputError
-from poolsieve.pipeline.formats import embedding_keys, read_embeddings, read_score_table, score_column
+from poolsieve.core.errors import InputError
+from poolsieve.core.formats import embedding_keys, read_embeddings, read_score_table, score_column
+from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.score import ScoreConfig, score_pool
-from poolsieve.pipeline.workspace import Workspace
 
 # Runtime(address=None) calls ray.init() without an address, which joins any Ray already running on this
 # machine (another test session's) and then fails on num_cpus. "local" makes it start its own, as documented.
@@ -37,7 +37,7 @@ def save_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     import open_clip
     import torch
 
-    from poolsieve.pipeline.models import register_model_configs
+    from poolsieve.core.models import register_model_configs
 
     register_model_configs()
     torch.manual_seed(seed)

@@ -13,10 +13,10 @@ import pytest
 from factories import make_samples, write_img2dataset_shards
 from test_score import save_tiny_checkpoint
 
-from poolsieve.pipeline.errors import InputError
-from poolsieve.pipeline.formats import read_score_table, score_column
+from poolsieve.core.errors import InputError
+from poolsieve.core.formats import read_score_table, score_column
+from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.score import ScoreConfig
-from poolsieve.pipeline.workspace import Workspace
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 # ------------------------------------------------------------------------------ shard reader
 def test_reader_groups_members_by_key_in_tar_order(tmp_path):
-    from poolsieve.pipeline.shard_reader import read_shard
+    from poolsieve.core.shard_reader import read_shard
 
     tar = write_img2dataset_shards(tmp_path, make_samples(5, seed=2, fail_every=3), per_shard=5)[0]
     samples = read_shard(tar)
@@ -116,7 +116,7 @@ def test_model_entries_parse_keys():
     e = ModelEntry.parse("b32=ViT-B-32:/ckpt/b32.pt")
     assert (e.key, e.spec.arch, e.spec.pretrained) == ("b32", "ViT-B-32", "/ckpt/b32.pt")
     assert ModelEntry.parse({"arch": "ViT-B-32", "pretrained": "x.pt", "key": "mine"}).key == "mine"
-    from poolsieve.pipeline.errors import ConfigError
+    from poolsieve.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="share the column key"):
         parse_models(["ViT-B-32", "ViT-B-32:/other.pt"])
@@ -172,8 +172,8 @@ def test_datacomp_import_keeps_downloaded_rows_aligned(tmp_path, local_runtime):
 def test_device_decode_path_matches_pil_closely(tmp_path, checkpoint):
     from PIL import Image
 
+    from poolsieve.core.shard_reader import TarSample
     from poolsieve.pipeline.encode import Encoder, ModelEntry, decode_on_device, prepare_chunk
-    from poolsieve.pipeline.shard_reader import TarSample
 
     samples = make_samples(12, seed=6, image_size=48)
     enc = Encoder([ModelEntry.parse(f"poolsieve-tiny:{checkpoint}")], "cpu")

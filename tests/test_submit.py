@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.formats import uids_to_pairs, write_subset
+from poolsieve.core.runtime import Runtime
+from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline import cli
-from poolsieve.pipeline.errors import ConfigError, InputError
 from poolsieve.pipeline.filter_stage import FilterConfig, run_filter
-from poolsieve.pipeline.formats import uids_to_pairs, write_subset
-from poolsieve.pipeline.runtime import Runtime
 from poolsieve.pipeline.submit import SubmitConfig, run_submit
-from poolsieve.pipeline.workspace import Workspace
 
 LOCAL = Runtime(executor="local")
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from poolsieve.pipeline.formats import is_valid_uid, read_metadata, uids_to_pairs
+from poolsieve.core.formats import is_valid_uid, read_metadata, uids_to_pairs
 from poolsieve.pipeline.synthetic_pool import (
     DEFAULT_DEFECT_RATES,
     FOREIGN_TEMPLATES,

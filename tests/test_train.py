@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from factories import make_samples
 
-from poolsieve.pipeline.errors import ConfigError, InputError
+from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.train.scales import SCALES, get_scale
 from poolsieve.train.trainer import (
     TrainConfig,
@@ -126,8 +126,8 @@ def test_train_cli_two_subsets_see_the_same_budget(tmp_path, capsys):
     """Two subsets of different sizes each see exactly the budget; checkpoints load with load_model."""
     import torch
 
+    from poolsieve.core.models import ModelSpec, load_model
     from poolsieve.pipeline import cli
-    from poolsieve.pipeline.models import ModelSpec, load_model
     from poolsieve.train import cli as train_cli
 
     ws = tmp_path / "ws"

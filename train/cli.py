@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from poolsieve.pipeline.config import build
-from poolsieve.pipeline.progress import format_table, print_summary
+from poolsieve.core.config import build
+from poolsieve.core.progress import format_table, print_summary
 
 from .scales import SCALES, scale_table
 from .trainer import TrainConfig, train_clip
@@ -42,7 +42,7 @@ def config_from(ctx: Any, args: argparse.Namespace) -> TrainConfig:
 
 
 def run_cli(ctx: Any, args: argparse.Namespace) -> int:
-    from poolsieve.pipeline.errors import ConfigError
+    from poolsieve.core.errors import ConfigError
 
     if args.list_scales:
         print(format_table(["scale", "model", "samples seen", "batch", "lr", "warmup"], scale_table()))

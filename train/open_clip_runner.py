@@ -1,7 +1,7 @@
 """Run open_clip's own training entry point (``open_clip_train.main``) with poolsieve's model configs.
 
 ``python -m poolsieve.train.open_clip_runner [open_clip_train flags...]`` registers the model configs in
-``pipeline/model_configs`` (e.g. ``poolsieve-tiny``), makes webdataset's sample shuffle seeded, and
+``core/model_configs`` (e.g. ``poolsieve-tiny``), makes webdataset's sample shuffle seeded, and
 hands the flags to ``open_clip_train.main.main`` unchanged. It runs as a child process so that the
 caller's torch and logging state (grad mode, root handlers) never leak into training.
 """
@@ -80,7 +80,7 @@ def run(argv: Sequence[str]) -> int:
     """Call open_clip_train's main with ``argv``; 0 on success, 1 when it reports an error."""
     from open_clip_train.main import main
 
-    from poolsieve.pipeline.models import register_model_configs
+    from poolsieve.core.models import register_model_configs
 
     register_model_configs()
     fix_webdataset_eof_marker()

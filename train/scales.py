@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from poolsieve.pipeline.errors import ConfigError
+from poolsieve.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from poolsieve.pipeline.formats import atomic_path, write_json
+from poolsieve.core.formats import atomic_path, write_json
 from poolsieve.pipeline.synthetic_pool import generate_clean_pairs
 
 

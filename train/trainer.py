@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poolsieve.pipeline.errors import ConfigError, InputError, PoolsieveError
-from poolsieve.pipeline.formats import read_json, write_json
-from poolsieve.pipeline.progress import Progress
+from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
+from poolsieve.core.formats import read_json, write_json
+from poolsieve.core.progress import Progress
 
 from .scales import Scale, get_scale
 

@@ -1,6 +1,6 @@
 """Loading open_clip models: an architecture name plus a pretrained tag or a local checkpoint path.
 
-poolsieve's own small configs (``pipeline/model_configs/*.json``, e.g. ``poolsieve-tiny``) are
+poolsieve's own small configs (``core/model_configs/*.json``, e.g. ``poolsieve-tiny``) are
 registered with open_clip on import, in every process that loads a model (Ray workers too).
 """
 
