@@ -48,16 +48,20 @@ def get_filter(name: str) -> FilterFn:
     return FILTERS[name]
 
 
+# The modules that define poolsieve's filters, one filter (or one family) per module. Helpers that
+# are not filters (columns, uidset, spec, algebra, the kNN and k-means code) are simply not listed.
+BUILTIN_FILTER_MODULES: tuple[str, ...] = (
+    "no_filter", "basic", "clip_score", "text_based", "laion2b",
+    "image_based", "dedup", "semdedup", "d2_pruning",
+)
+
+
 def load_builtin_filters() -> None:
-    """Import every module in this package so that their ``@register`` calls run."""
+    """Import the modules of ``BUILTIN_FILTER_MODULES`` so that their ``@register`` calls run."""
     import importlib
-    import pkgutil
 
-    import poolsieve.filters as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
+    for name in BUILTIN_FILTER_MODULES:
+        importlib.import_module(f"{__package__}.{name}")
 
 
 @dataclass
