@@ -40,7 +40,7 @@ def poolsieve_download(root: Path, args: argparse.Namespace) -> float:
     from poolsieve.pipeline.download import DownloadConfig, download
 
     cfg = DownloadConfig(image_size=args.image_size, samples_per_shard=args.per_shard, processes=args.processes,
-                         threads=args.threads, timeout=10.0, retries=0)
+                         threads=args.threads, timeout=10.0, retries=0, allow_networks=["127.0.0.1/32"])
     t = time.perf_counter()
     download(Workspace.open(root), cfg, Runtime(executor="local"), overwrite=True)
     return time.perf_counter() - t

@@ -11,8 +11,10 @@ What it adds to a bare img2dataset call:
   half-written file under its final name, and a rerun fetches only the shards that are missing;
 * a watchdog stops the workers when no shard finishes within ``watchdog_seconds`` and reports which
   shards are missing instead of hanging;
-* a deny list of networks (link-local and cloud metadata addresses by default): such urls are
-  recorded as denied and never connected to;
+* a network guard (``netguard``): only http and https urls on global addresses are fetched, through a
+  proxy too; private, loopback, link-local, metadata, ... addresses are denied unless
+  ``--allow-network`` opens them (the built-in pool's 127.0.0.1); refused urls are recorded as denied
+  and never connected to;
 * each fetch has a total deadline and a size cap; images declaring huge sizes are refused undecoded;
 * ``--retry-failed`` re-fetches only failed samples into new shards and keeps each uid in one place;
 * ``shards/download_failures.parquet`` lists every failed sample with its reason and
@@ -39,7 +41,7 @@ from typing import Any
 
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
 
-from .netguard import DEFAULT_DENY_NETWORKS, DENIED_MARK
+from .netguard import DENIED_MARK, NetworkPolicy
 
 REPORT_NAME = "download_report.json"
 FAILURES_NAME = "download_failures.parquet"
@@ -80,7 +82,8 @@ class DownloadConfig:
     max_image_area: float = 178_956_970.0  # pixels; PIL's decompression-bomb error threshold
     min_image_size: int = 0
     blur_faces: bool = True  # blur ``face_bboxes`` when the metadata has them
-    deny_networks: list[str] = field(default_factory=lambda: list(DEFAULT_DENY_NETWORKS))
+    deny_networks: list[str] = field(default_factory=list)  # denied on top of every non-global address
+    allow_networks: list[str] = field(default_factory=list)  # opened (e.g. 127.0.0.1/32 for a local server)
     distributor: str = "auto"  # auto: ray with --ray-address, else img2dataset's multiprocessing
     watchdog_seconds: float = 1800.0  # stop when no shard finished for this long
     max_shard_retry: int = 1
@@ -97,8 +100,10 @@ class DownloadConfig:
                 raise ConfigError(f"download.{name} must be positive, got {getattr(self, name)!r}")
         if self.processes is not None and self.processes <= 0:
             raise ConfigError(f"download.processes must be positive, got {self.processes!r}")
-        if not isinstance(self.deny_networks, list):
-            raise ConfigError("download.deny_networks must be a list of networks (CIDR strings)")
+        for key in ("deny_networks", "allow_networks"):
+            if not isinstance(getattr(self, key), list):
+                raise ConfigError(f"download.{key} must be a list of networks (CIDR strings)")
+        NetworkPolicy(self.deny_networks, self.allow_networks)  # a bad CIDR stops here, in one line
 
 
 # --------------------------------------------------------------------------------- failures
@@ -495,7 +500,8 @@ def _job(ws: Any, cfg: DownloadConfig, inputs: list[Path], done: set[int], start
     return {
         "staging": str(ws.shards_dir / STAGING_NAME), "inputs": [str(p) for p in inputs],
         "done_shards": sorted(done), "start_shard_id": start_id, "distributor": distributor,
-        "ray_address": address, "deny_networks": list(cfg.deny_networks), "fetch_deadline": cfg.fetch_deadline,
+        "ray_address": address, "deny_networks": list(cfg.deny_networks),
+        "allow_networks": list(cfg.allow_networks), "fetch_deadline": cfg.fetch_deadline,
         "max_image_bytes": cfg.max_image_bytes, "parent_pid": os.getpid(),
         "img2dataset": _img2dataset_settings(cfg, bbox_col, digits),
     }
@@ -713,7 +719,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-blur-faces", dest="blur_faces", action="store_false", default=None,
                    help="do not blur face_bboxes even when present")
     p.add_argument("--deny-network", action="append", metavar="CIDR",
-                   help="never fetch from this network (repeatable; replaces the default deny list)")
+                   help="never fetch from this network (repeatable; adds to the default: every non-global address)")
+    p.add_argument("--allow-network", action="append", metavar="CIDR",
+                   help="fetch from this otherwise denied network, e.g. 127.0.0.1/32 for a local server (repeatable)")
     p.add_argument("--retry-failed", action="store_true", default=None,
                    help="re-fetch only the failed samples into new shards")
 
@@ -729,7 +737,8 @@ def config_from_cli(ctx: Any, args: argparse.Namespace) -> DownloadConfig:
         "image_size": args.image_size, "resize_mode": args.resize_mode,
         "samples_per_shard": args.samples_per_shard, "distributor": args.distributor,
         "watchdog_seconds": args.watchdog_seconds, "blur_faces": args.blur_faces,
-        "deny_networks": args.deny_network, "retry_failed": args.retry_failed,
+        "deny_networks": args.deny_network, "allow_networks": args.allow_network,
+        "retry_failed": args.retry_failed,
     })
 
 

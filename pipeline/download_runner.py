@@ -7,8 +7,9 @@ skip, the first shard id, the staging folder that img2dataset writes into, and i
 
 Every worker process (multiprocessing or Ray) sets itself up before its first shard:
 
-* the network deny list is installed (``netguard.install_guard``): denied urls fail with a
-  ``poolsieve-denied`` error and no connection is made;
+* the network guard is installed (``netguard.install_guard``) and urls are fetched with
+  ``netguard.open_url`` (http and https only, checked before a proxy sees them): refused urls fail
+  with a ``poolsieve-denied`` error and no connection is made;
 * img2dataset's url fetch gets a total deadline (a slow trickle cannot hold a shard forever) and a
   size cap, keeping img2dataset's user agent and X-Robots-Tag handling;
 * images whose header declares more than ``max_image_area`` pixels are refused before decoding
@@ -25,7 +26,6 @@ import os
 import signal
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ def setup_worker(guards: dict[str, Any]) -> None:
     if guards.get("die_with_parent"):
         die_with_parent()
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused with a recorded reason instead
-    install_guard(guards["deny_networks"])
+    install_guard(guards["deny_networks"], guards.get("allow_networks", []))
     _limits.update(fetch_deadline=float(guards["fetch_deadline"]), max_image_bytes=int(guards["max_image_bytes"]))
     i2d_downloader.download_image = fetch_image
     _worker_ready = True
@@ -77,6 +77,8 @@ def fetch_image(row: tuple[Any, str], timeout: float, user_agent_token: str | No
     """img2dataset's ``download_image`` with a total deadline and a byte cap; same return contract."""
     from img2dataset.downloader import is_disallowed
 
+    from .netguard import open_url
+
     key, url = row
     deadline = _limits.get("fetch_deadline", 60.0)
     max_bytes = _limits.get("max_image_bytes", 64 << 20)
@@ -85,8 +87,8 @@ def fetch_image(row: tuple[Any, str], timeout: float, user_agent_token: str | No
         user_agent += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"
     start = time.monotonic()
     try:
-        request = urllib.request.Request(url, data=None, headers={"User-Agent": user_agent})
-        with urllib.request.urlopen(request, timeout=timeout) as r:
+        # not urlopen: the url is checked first (http/https, allowed address) and no file: handler exists
+        with open_url(url, timeout=timeout, headers={"User-Agent": user_agent}) as r:
             if disallowed_header_directives and is_disallowed(r.headers, user_agent_token,
                                                               disallowed_header_directives):
                 return key, None, "Use of image disallowed by X-Robots-Tag directive"
@@ -169,7 +171,8 @@ def build_downloader(job: dict[str, Any], column_list: list[str]) -> PoolsieveDo
         encode_format=s["encode_format"], retries=s["retries"], user_agent_token=s.get("user_agent_token"),
         disallowed_header_directives=s.get("disallowed_header_directives"), blurring_bbox_col=bbox_col,
     )
-    guards = {"deny_networks": job["deny_networks"], "fetch_deadline": job["fetch_deadline"],
+    guards = {"deny_networks": job["deny_networks"], "allow_networks": job.get("allow_networks", []),
+              "fetch_deadline": job["fetch_deadline"],
               "max_image_bytes": job["max_image_bytes"],
               "die_with_parent": job["distributor"] == "multiprocessing"}
     return PoolsieveDownloader(downloader, guards)

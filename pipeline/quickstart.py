@@ -114,7 +114,8 @@ def run_quickstart(ws: Workspace, runtime: Any, args: argparse.Namespace, overwr
         raise PoolsieveError(f"port {pool['port']} of the built-in pool's image server is busy; free it and rerun")
     with ImageServer(ws.root / "synthetic", port=port):
         download(ws, DownloadConfig(image_size=64, samples_per_shard=500, processes=2, threads=16, timeout=5.0,
-                                    watchdog_seconds=300.0), runtime, overwrite=overwrite)
+                                    watchdog_seconds=300.0, allow_networks=["127.0.0.1/32"]),  # our own server
+                 runtime, overwrite=overwrite)
     timings["download"] = time.monotonic() - t
 
     t = time.monotonic()

@@ -31,7 +31,7 @@ from poolsieve.pipeline.download import DownloadConfig, download
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.workspace import Workspace
 download(Workspace.open(sys.argv[1]), DownloadConfig(samples_per_shard=10, image_size=64, processes=1, threads=2,
-         timeout=5.0, retries=0), Runtime(executor="local"))
+         timeout=5.0, retries=0, allow_networks=["127.0.0.1/32"]), Runtime(executor="local"))
 """
 
 

@@ -15,7 +15,9 @@ from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.image_server import ImageServer
 from poolsieve.pipeline.synthetic_pool import PoolSpec, generate_pool
 
-FAST = {"image_size": 64, "processes": 2, "threads": 4, "timeout": 2.0, "fetch_deadline": 3.0, "retries": 0}
+# The pool is served on 127.0.0.1, which the network guard denies unless allowed.
+FAST = {"image_size": 64, "processes": 2, "threads": 4, "timeout": 2.0, "fetch_deadline": 3.0, "retries": 0,
+        "allow_networks": ["127.0.0.1/32"]}
 
 
 @dataclass
