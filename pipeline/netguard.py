@@ -41,7 +41,7 @@ import threading
 import urllib.request
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -340,6 +340,16 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
 
     def __init__(self, policy: NetworkPolicy, proxies: dict[str, str]):
         self.policy, self.proxies = policy, proxies
+
+    def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        location = headers.get("location") or headers.get("uri")
+        reason = location and self.policy.reason_for_url(urljoin(req.full_url, location.strip()))
+        if reason:  # before urllib's own check, which lets ftp: through and words a refusal as an HTTP error
+            fp.close()
+            raise DeniedAddressError(f"{reason} (redirect from {req.full_url})")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
     def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
         try:
