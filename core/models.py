@@ -37,6 +37,7 @@ class ModelSpec:
 
     arch: str
     pretrained: str | None = None
+    trust_checkpoint: bool = False  # a local checkpoint may need full unpickling (runs code in it)
 
     @classmethod
     def parse(cls, value: Any) -> ModelSpec:
@@ -74,7 +75,7 @@ def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32"):
         with _quiet_root_logger():  # open_clip warns "no pretrained weights" before we load them
             model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=None,
                                                                          precision=precision, device=device)
-        _load_local_checkpoint(model, path)
+        _load_local_checkpoint(model, path, trust=spec.trust_checkpoint)
     else:
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=pretrained,
@@ -97,28 +98,70 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _load_local_checkpoint(model: Any, path: Path) -> None:
+def read_checkpoint_state(path: Path, trust: bool = False) -> dict[str, Any]:
+    """The ``state_dict`` of a local checkpoint: ``.safetensors``, or a ``torch.save`` file such as the
+    training checkpoints open_clip writes (``{"epoch", "name", "state_dict", "optimizer", ...}``).
+
+    A ``torch.save`` file is read with ``weights_only=True``: tensors, numbers, strings and containers,
+    nothing that runs code. One that needs more (any other pickled object) is refused in one line naming
+    the file, unless ``trust`` (``--trust-checkpoint``) allows full unpickling. (open_clip's own
+    ``load_state_dict`` retries a failed load without ``weights_only``, so it is not used here.)
+    """
+    import pickle
+
     import torch
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(path, f"not a readable PyTorch checkpoint ({e})") from None
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            ckpt = load_file(str(path), device="cpu")
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        unsafe = [] if trust else _unsafe_globals(path)
+        if unsafe or (not trust and "GLOBAL" in str(e)):
+            named = f" ({', '.join(sorted(unsafe)[:3])})" if unsafe else ""
+            raise InputError(path, f"checkpoint needs unpickling arbitrary objects{named}; pass --trust-checkpoint "
+                                   "if you trust this file (unpickling can run any code in it)") from None
+        raise InputError(path, f"not a readable PyTorch checkpoint ({_last_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+        raise InputError(path, f"not a readable checkpoint ({_last_line(e)})") from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not state:
         raise InputError(path, "checkpoint holds no state_dict")
-    if next(iter(state), "").startswith("module."):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    if str(next(iter(state))).startswith("module."):  # saved from a DistributedDataParallel model
+        state = {str(k).removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """Globals in a ``torch.save`` zip file that ``weights_only`` refuses, found without unpickling."""
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    try:
+        return list(get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: the caller falls back on torch's message
+        return []
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def _load_local_checkpoint(model: Any, path: Path, trust: bool = False) -> None:
+    state = read_checkpoint_state(path, trust)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    shape = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
     if missing or unexpected or shape:
         detail = []
         if shape:
             k = shape[0]
-            detail.append(f"{len(shape)} tensor(s) of another shape, e.g. {k}: checkpoint {tuple(state[k].shape)} "
-                          f"vs model {tuple(own[k].shape)}")
+            detail.append(f"{len(shape)} tensor(s) of another shape, e.g. {k}: checkpoint "
+                          f"{tuple(getattr(state[k], 'shape', ()))} vs model {tuple(own[k].shape)}")
         if missing:
             detail.append(f"{len(missing)} missing, e.g. {missing[0]}")
         if unexpected:

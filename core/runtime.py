@@ -3,6 +3,13 @@
 A unit is one shard or one parquet file. ``Runtime.map`` runs a function over units, shows progress
 and returns results in unit order. Errors a unit raises reach the caller as the original exception
 (a ``PoolsieveError`` stays a one-line user error), not as a Ray traceback.
+
+Tasks made with ``Runtime.remote`` (``map`` uses it) are re-run, up to ``task_retries`` times, when
+Ray loses the worker or the node running them (a node that dies, a worker killed for memory): Ray's
+``max_retries`` counts only such system failures, and ``retry_exceptions`` stays off, so an exception
+the unit raises itself is never retried. Units must therefore be idempotent (they write to a
+temporary name and rename, see DESIGN.md). When the retries are used up, ``get_result`` raises a
+one-line ``PoolsieveError`` naming the unit.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ U = TypeVar("U")
 R = TypeVar("R")
 
 EXECUTORS = ("ray", "local")
+TASK_RETRIES = 3  # re-runs of a task whose worker or node was lost (Ray's own default)
 
 
 @dataclass
@@ -29,6 +37,7 @@ class Runtime:
     executor: str = "ray"
     address: str | None = None
     num_cpus: int | None = None
+    task_retries: int = TASK_RETRIES
     _started: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +79,12 @@ class Runtime:
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
 
+    def remote(self, fn: Callable[..., Any], *, num_cpus: float = 1, num_gpus: float = 0, **options: Any) -> Any:
+        """``fn`` as a Ray remote function, re-run on another worker when its worker or node is lost."""
+        ray = self.ensure_ray()
+        return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=self.task_retries,
+                          retry_exceptions=False, **options)(_as_function(fn))
+
     # ---------------------------------------------------------------- mapping units
     def map(self, fn: Callable[[U], R], units: Sequence[U], desc: str, *, num_cpus: float = 1,
             num_gpus: float = 0, max_in_flight: int | None = None,
@@ -87,7 +102,7 @@ class Runtime:
             return results
 
         ray = self.ensure_ray()
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_as_function(fn))
+        remote = self.remote(fn, num_cpus=num_cpus, num_gpus=num_gpus)
         limit = max_in_flight or max(1, int(ray.available_resources().get("CPU", 1) / max(num_cpus, 1e-3)) * 2)
         pending: dict[Any, int] = {}
         next_i = 0
@@ -99,7 +114,7 @@ class Runtime:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     i = pending.pop(ref)
-                    results[i] = get_result(ray, ref)
+                    results[i] = get_result(ray, ref, _describe(units[i]))
                     progress.update(1, items(results[i]) if items else 0, item_unit)
         finally:
             for ref in pending:
@@ -119,9 +134,26 @@ def _as_function(fn: Callable[[U], R]) -> Callable[[U], R]:
     return unit
 
 
-def get_result(ray: Any, ref: Any) -> Any:
-    """``ray.get`` that re-raises a task's own exception (a PoolsieveError keeps its message)."""
-    from ray.exceptions import RayTaskError
+def _describe(unit: Any) -> str:
+    """A unit as the user knows it: its file when it has one."""
+    for attr in ("tar_path", "path", "tar"):
+        if isinstance(getattr(unit, attr, None), (str, os.PathLike)):
+            return str(getattr(unit, attr))
+    return unit if isinstance(unit, str) else str(unit)[:200]
+
+
+def get_result(ray: Any, ref: Any, what: str | None = None) -> Any:
+    """``ray.get`` that re-raises a task's own exception (a PoolsieveError keeps its message), and turns a
+    worker or node lost for good (its retries used up) into a one-line ``PoolsieveError`` naming ``what``."""
+    from ray.exceptions import (
+        LocalRayletDiedError,
+        NodeDiedError,
+        ObjectLostError,
+        OutOfMemoryError,
+        RayActorError,
+        RayTaskError,
+        WorkerCrashedError,
+    )
 
     try:
         return ray.get(ref)
@@ -130,3 +162,9 @@ def get_result(ray: Any, ref: Any) -> Any:
         if isinstance(cause, BaseException):
             raise cause from None
         raise
+    except (WorkerCrashedError, NodeDiedError, LocalRayletDiedError, ObjectLostError, OutOfMemoryError,
+            RayActorError) as e:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise PoolsieveError(f"{what or 'a task'}: Ray lost the worker or node running it and gave up retrying "
+                             f"({type(e).__name__}: {first[:200]}); check the cluster (`ray status`) and rerun: "
+                             "finished units are kept") from None

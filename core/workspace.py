@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
 from .formats import metadata_files
+from .locks import exclusive
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,14 @@ class Workspace:
         root = Path(root).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         return cls(root.resolve())
+
+    # ---- the writer's lock
+    @contextlib.contextmanager
+    def lock(self, what: str, wait: float = 0.0) -> Iterator[Path]:
+        """Hold the writer's lock of ``what`` (``"scores"``, ``"subsets/NAME"``, ``"filtered/NAME"``, ...):
+        one process at a time writes it; another fails at once in one line (see ``core/locks.py``)."""
+        with exclusive(self.root / what, wait) as path:
+            yield path
 
     # ---- folders
     @property

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from poolsieve.core.config import build
+from poolsieve.core.locks import exclusive
 from poolsieve.core.progress import format_table, print_summary
 
 from .evaluator import EvalConfig, evaluate_model
@@ -28,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="evaluation batch size (default 64)")
     p.add_argument("--synthetic-samples", type=int, help="images per synthetic task (default 600)")
     p.add_argument("--device", help="cpu, cuda or auto (default)")
+    p.add_argument("--trust-checkpoint", action="store_true", default=None,
+                   help="load a checkpoint that needs full unpickling (can run code in it; default: weights only)")
 
 
 def checkpoint_of_run(run_dir: Path) -> tuple[str, str]:
@@ -44,7 +47,8 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
 
     config = build(EvalConfig, ctx.section("evaluate"), "evaluate", {
         "tasks": args.tasks, "data_root": args.data_root, "batch_size": args.batch_size,
-        "synthetic_samples": args.synthetic_samples, "device": args.device})
+        "synthetic_samples": args.synthetic_samples, "device": args.device,
+        "trust_checkpoint": args.trust_checkpoint})
     jobs: list[tuple[str, ModelSpec, Path]] = []
     if args.model:
         spec = ModelSpec.parse(args.model)
@@ -57,8 +61,10 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
             jobs.append((name, ModelSpec(arch, checkpoint), ws.eval_dir(name)))
     if not jobs:
         raise ConfigError("name what to evaluate: --subset NAME (a run in runs/NAME/) or --model ARCH:CHECKPOINT")
-    summaries = [evaluate_model(spec, config.tasks, out, config, overwrite=ctx.overwrite, name=name)
-                 for name, spec, out in jobs]
+    summaries = []
+    for name, spec, out in jobs:
+        with exclusive(out):  # one writer per results folder
+            summaries.append(evaluate_model(spec, config.tasks, out, config, overwrite=ctx.overwrite, name=name))
     print(results_table(summaries))
     print_summary("evaluate", [("tasks", config.tasks), ("results", ", ".join(s["results"] for s in summaries))])
     return 0

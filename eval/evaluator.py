@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class EvalConfig:
     synthetic_samples: int | None = None
     device: str = "auto"
     num_workers: int = 0
+    trust_checkpoint: bool = False  # load a checkpoint that needs full unpickling (runs code in it)
 
 
 def pick_device(device: str) -> str:
@@ -48,6 +49,8 @@ def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Ta
 
     config = config or EvalConfig()
     spec = ModelSpec.parse(model_spec)
+    if config.trust_checkpoint:
+        spec = replace(spec, trust_checkpoint=True)
     if isinstance(tasks, list) and tasks and all(isinstance(t, Task) for t in tasks):
         task_list: list[Task] = list(tasks)  # type: ignore[arg-type]
     else:

@@ -256,7 +256,7 @@ def parse_cli_spec(text: str, name: str | None, is_filter: Callable[[str], bool]
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: malformed YAML: {e}") from None
+            raise ConfigError(f"{path}: {yaml_problem(e)}") from None
         return _named(loaded, name, is_filter, str(path))
     assign = re.fullmatch(rf"\s*({NAME_RE})\s*=(?!=)\s*(.+)", text, flags=re.S)
     if assign:
@@ -265,9 +265,17 @@ def parse_cli_spec(text: str, name: str | None, is_filter: Callable[[str], bool]
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"--spec: malformed YAML: {e}") from None
+            raise ConfigError(f"--spec: {yaml_problem(e)}") from None
         return _named(loaded, name, is_filter, "--spec")
     return {name or slug(stripped): stripped}
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: ``malformed YAML at line L, column C: what``."""
+    mark = getattr(error, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = getattr(error, "problem", None) or str(error)
+    return f"malformed YAML{at}: {' '.join(str(what).split())}"
 
 
 def _named(loaded: Any, name: str | None, is_filter: Callable[[str], bool], where: str) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
+from poolsieve.core.locks import exclusive
 
 from .netguard import DENIED_MARK, NetworkPolicy
 
@@ -507,24 +508,11 @@ def _job(ws: Any, cfg: DownloadConfig, inputs: list[Path], done: set[int], start
     }
 
 
-@contextlib.contextmanager
-def _exclusive(root: Path):
-    """One download at a time per workspace (two would share the staging folder)."""
-    import fcntl
-
-    with open(root / ".download.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PoolsieveError(f"{root}: another `poolsieve download` is running on this workspace") from None
-        yield
-
-
 def download(ws: Any, cfg: DownloadConfig, runtime: Any, *, overwrite: bool = False) -> dict[str, Any]:
     """Fetch the workspace's metadata into whole shards; return the download report (a dict)."""
     cfg.validate()
     ws.root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(ws.root):
+    with exclusive(ws.shards_dir):  # one download at a time per workspace (they would share the staging folder)
         return _download(ws, cfg, runtime, overwrite)
 
 

@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +60,15 @@ class ModelEntry:
         return cls(spec, str(key) if key else model_key(spec.arch, spec.pretrained))
 
 
-def parse_models(values: Sequence[Any] | str | dict) -> list[ModelEntry]:
+def parse_models(values: Sequence[Any] | str | dict, trust_checkpoint: bool = False) -> list[ModelEntry]:
+    """``trust_checkpoint``: local checkpoints may need full unpickling (``--trust-checkpoint``)."""
     if isinstance(values, (str, dict)):
         values = [values]
     if not values:
         raise ConfigError("score: no models given (e.g. --model ViT-B-32:openai)")
     entries = [ModelEntry.parse(v) for v in values]
+    if trust_checkpoint:
+        entries = [replace(e, spec=replace(e.spec, trust_checkpoint=True)) for e in entries]
     keys = [e.key for e in entries]
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:

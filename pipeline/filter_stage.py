@@ -18,6 +18,7 @@ refused unless ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -29,9 +30,10 @@ import numpy as np
 
 from poolsieve.core.config import build
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import parquet_files, read_json, write_json, write_subset
+from poolsieve.core.formats import parquet_files
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
+from poolsieve.core.subsets import check_subset_record, write_subset_pair
 from poolsieve.core.workspace import Workspace
 
 
@@ -68,21 +70,27 @@ def pool_fingerprint(tables: list[Path]) -> str:
 
 
 def _saved_record(ws: Workspace, name: str) -> dict[str, Any] | None:
+    """The record of a whole saved subset; ``None`` when there is none or the pair is incomplete (remade)."""
     npy, info = ws.subset_path(name), ws.subset_info_path(name)
     if not (npy.exists() and info.exists()):
         return None
     try:
-        return read_json(info)
+        return check_subset_record(npy)
     except InputError:
         return None
 
 
+def _incomplete(ws: Workspace, name: str) -> bool:
+    """A ``.npy`` / ``.json`` pair that a killed run left half written (or only one of the two)."""
+    return ws.subset_info_path(name).exists() and _saved_record(ws, name) is None
+
+
 def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bool = False) -> dict[str, Any]:
-    """Make every subset of ``cfg`` (or ``cfg.only``); return ``{name: {count, status, seconds, ...}}``."""
-    from poolsieve.filters.algebra import Evaluator
-    from poolsieve.filters.registry import ScoredPool
-    from poolsieve.filters.spec import parse_spec, render
-    from poolsieve.filters.uidset import from_subset, to_subset
+    """Make every subset of ``cfg`` (or ``cfg.only``); return ``{name: {count, status, seconds, ...}}``.
+
+    Each target's name is locked for the run: a second filter making the same name fails in one line.
+    """
+    from poolsieve.filters.spec import parse_spec
 
     if not cfg.subsets:
         raise ConfigError("nothing to make: pass --spec or set 'filter: {subsets: {NAME: SPEC}}' in the config")
@@ -97,8 +105,32 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bo
         if not name or "/" in name or name.startswith("."):
             raise ConfigError(f"bad subset name {name!r}")
 
+    with contextlib.ExitStack() as locks:
+        for name in sorted(targets):
+            locks.enter_context(ws.lock(f"subsets/{name}"))
+        return _make_subsets(ws, cfg, runtime, overwrite, targets, tables, fingerprint, parsed)
+
+
+def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bool, targets: list[str],
+                  tables: list[Path], fingerprint: str, parsed: dict[str, Any]) -> dict[str, Any]:
+    from poolsieve.filters.algebra import Evaluator
+    from poolsieve.filters.registry import ScoredPool
+    from poolsieve.filters.spec import render
+    from poolsieve.filters.uidset import from_subset, to_subset
+
     pool = ScoredPool(tables, runtime)
     made: set[str] = set()
+    checked: dict[tuple[int, int, int], None] = {}
+
+    def saved_subset_file(name: str) -> Path:
+        """``subsets/NAME.npy`` as an input; refused in one line if its record does not describe it."""
+        path = ws.subset_path(name)
+        if path.exists():
+            st = path.stat()
+            if (st.st_ino, st.st_size, st.st_mtime_ns) not in checked:
+                check_subset_record(path)
+                checked[(st.st_ino, st.st_size, st.st_mtime_ns)] = None
+        return path
 
     def up_to_date(name: str) -> bool:
         saved = _saved_record(ws, name)
@@ -111,7 +143,7 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bo
 
         return from_subset(read_subset(ws.subset_path(name))) if up_to_date(name) else None
 
-    evaluator = Evaluator(pool, parsed, subset_file=ws.subset_path, load_defined=load_defined)
+    evaluator = Evaluator(pool, parsed, subset_file=saved_subset_file, load_defined=load_defined)
     results: dict[str, Any] = {}
     for name in targets:
         resolved = evaluator.resolve(parsed[name], within=name)
@@ -123,6 +155,7 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bo
             why = ("another pool" if saved.get("spec") == resolved else f"another spec ({saved.get('expression')})")
             raise ConfigError(f"{ws.subset_path(name)}: subset '{name}' exists, made from {why}; "
                               "pass --overwrite to replace it or choose another name")
+        status = "remade (was incomplete)" if _incomplete(ws, name) else "made"
         start = time.perf_counter()
         first_step, first_input = len(evaluator.steps), len(evaluator.inputs)
         keys = evaluator.evaluate_defined(name)
@@ -143,10 +176,9 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bo
             "seconds": round(seconds, 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        write_subset(ws.subset_path(name), pairs)
-        write_json(ws.subset_info_path(name), record)
+        write_subset_pair(ws.subset_path(name), pairs, record)
         made.add(name)
-        results[name] = {"status": "made", "count": int(len(pairs)), "members": members, "seconds": round(seconds, 3),
+        results[name] = {"status": status, "count": int(len(pairs)), "members": members, "seconds": round(seconds, 3),
                          "expression": record["expression"], "path": str(ws.subset_path(name))}
     return results
 

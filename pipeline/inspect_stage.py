@@ -12,6 +12,8 @@ import argparse
 import json
 from typing import Any
 
+from poolsieve.core.errors import InputError
+from poolsieve.core.subsets import check_subset_record, subset_rows
 from poolsieve.core.workspace import Workspace
 
 
@@ -22,7 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def inspect_workspace(ws: Workspace) -> dict[str, Any]:
     """Collect a summary of every stage's outputs that exist in ``ws``."""
-    import numpy as np
     import pyarrow.parquet as pq
 
     out: dict[str, Any] = {"workspace": str(ws.root)}
@@ -43,14 +44,19 @@ def inspect_workspace(ws: Workspace) -> dict[str, Any]:
     if ws.scores_dir.is_dir() and any(ws.scores_dir.glob("*.parquet")):
         out["scores"] = _score_summary(ws)
     if ws.subsets_dir.is_dir():
-        subsets = {}
+        subsets, problems = {}, {}
         for npy in sorted(ws.subsets_dir.glob("*.npy")):
-            info_path = npy.with_suffix(".json")
-            info = json.loads(info_path.read_text()) if info_path.exists() else {}
-            n = len(np.load(npy, mmap_mode="r"))
+            try:  # the header alone (nothing unpickled), then the record checked against the file
+                n = subset_rows(npy)
+                info = check_subset_record(npy) or {}
+            except InputError as e:
+                problems[npy.stem] = str(e)
+                continue
             subsets[npy.stem] = {"uids": n, "spec": info.get("spec")}
         if subsets:
             out["subsets"] = subsets
+        if problems:
+            out["subset_problems"] = problems
     runs_root = ws.root / "runs"
     if runs_root.is_dir():
         runs = {}
@@ -124,6 +130,8 @@ def _print(summary: dict[str, Any]) -> None:
     for name, sub in summary.get("subsets", {}).items():
         share = f" ({sub['uids'] / total:.1%} of pool)" if total else ""
         print(f"  subset     {name}: {sub['uids']:,} uids{share}")
+    for name, problem in summary.get("subset_problems", {}).items():
+        print(f"  subset     {name}: unreadable: {problem}")
     for name, run in summary.get("runs", {}).items():
         seen = run.get("samples_seen")
         print(f"  run        {name}: {run.get('status', 'done')}" + (f", {seen:,} samples seen" if seen else ""))
@@ -143,4 +151,8 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
         from .report import write_report
 
         print(f"report: {write_report(ws, summary)}")
+    problems = list(summary.get("subset_problems", {}).values())
+    if problems:  # everything else is shown; the exit status says something is wrong
+        more = f" ({len(problems) - 1} more unreadable subset(s))" if len(problems) > 1 else ""
+        raise InputError(None, problems[0] + more)
     return 0

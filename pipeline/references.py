@@ -73,7 +73,7 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
             print_summary("score --reference", list(summary.items()))
         return summary
     t0 = time.perf_counter()
-    models = parse_models(config.models)
+    models = parse_models(config.models, config.trust_checkpoint)
     encoder = Encoder(models, config.device, config.precision, config.batch_size, config.threads, "cpu")
     plan = encoder.plan(config.chunk_size, language=False)
     plan.decode = "cpu"

@@ -17,14 +17,11 @@ Output, in ``filtered/{name}/``: ``{:08d}.tar``, ``{:08d}_stats.json`` (``{"succ
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +37,13 @@ from poolsieve.core.formats import (
     is_valid_uid,
     pairs_to_uids,
     read_json,
-    read_subset,
     uids_to_pairs,
     write_json,
     write_subset,
 )
 from poolsieve.core.progress import Progress
 from poolsieve.core.runtime import Runtime, get_result
+from poolsieve.core.subsets import SubsetSnapshot, read_subset_snapshot
 from poolsieve.core.tar_io import (
     END_OF_ARCHIVE,
     iter_members,
@@ -65,7 +62,6 @@ OUTPUT_STATS_FORMAT = "{:08d}_stats.json"
 SUBSET_COPY_NAME = "sample_ids.npy"
 MISSING_NAME = "missing_uids.npy"
 PLAN_NAME = ".reshard_plan.json"
-LOCK_NAME = ".reshard.lock"
 WRITE_CHUNK_BYTES = 8 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -227,10 +223,10 @@ def _check_config(cfg: ReshardConfig) -> None:
         raise ConfigError(f"reshard.shuffle_bufsize must be 0 (off) or more, got {cfg.shuffle_bufsize}")
 
 
-def plan_fingerprint(subset_path: Path, tars: list[Path], cfg: ReshardConfig) -> str:
+def plan_fingerprint(subset_sha256: str, tars: list[Path], cfg: ReshardConfig) -> str:
     """What the output depends on: subset bytes, pool shards (name, size, mtime) and the settings."""
     stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in tars]
-    doc = {"version": PLAN_VERSION, "subset_sha256": file_sha256(subset_path), "shards": stats,
+    doc = {"version": PLAN_VERSION, "subset_sha256": subset_sha256, "shards": stats,
            "shard_size": cfg.shard_size, "shuffle_bufsize": cfg.shuffle_bufsize, "seed": cfg.seed}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -281,61 +277,55 @@ def _claim_output(out_dir: Path, fingerprint: str, overwrite: bool) -> None:
 
 
 def reshard(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, *, overwrite: bool = False) -> dict[str, Any]:
-    """Copy the subset's samples out of ``ws``'s pool shards into ``filtered/{name}/``; return a summary."""
+    """Copy the subset's samples out of ``ws``'s pool shards into ``filtered/{name}/``; return a summary.
+
+    One reshard at a time writes an output folder (the workspace's writer's lock). The subset is read
+    once and its exact bytes are what every task reads (``sample_ids.npy``, written first); if the
+    subset file changes before the end, the run refuses to finish and removes what it wrote.
+    """
     started = time.monotonic()
     _check_config(cfg)
     subset_path = resolve_subset(ws, cfg.subset)
-    subset = read_subset(subset_path, allow_repeats=True)
     name = output_name(cfg, subset_path)
     out_dir = ws.filtered_dir(name)
     tars = ws.shard_tars()
     if not tars:
         raise InputError(ws.shards_dir, "no whole pool shards (a shard is whole when its _stats.json exists)")
-    fingerprint = plan_fingerprint(subset_path, tars, cfg)
-    done = None if overwrite else _complete(out_dir, fingerprint)
-    if done is not None:
-        return {**_summary_from_meta(done, out_dir), "shards_written": 0, "shards_skipped": done["output_shard_count"],
-                "bytes_written": 0, "seconds": time.monotonic() - started}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out_dir):
-        return _reshard_locked(ws, cfg, runtime, overwrite, started, subset_path, subset, out_dir, tars, fingerprint)
-
-
-@contextlib.contextmanager
-def _exclusive(out_dir: Path) -> Iterator[None]:
-    """One reshard at a time per output folder (an advisory lock, released when the process ends)."""
-    import fcntl
-
-    with open(out_dir / LOCK_NAME, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(out_dir, "another reshard is writing this folder; wait for it to finish") from None
-        yield
+    snapshot = read_subset_snapshot(subset_path, allow_repeats=True)  # read once; its record must describe it
+    with ws.lock(f"filtered/{name}"):
+        fingerprint = plan_fingerprint(snapshot.sha256, tars, cfg)
+        done = None if overwrite else _complete(out_dir, fingerprint)
+        if done is not None:
+            return {**_summary_from_meta(done, out_dir), "shards_written": 0,
+                    "shards_skipped": done["output_shard_count"], "bytes_written": 0,
+                    "seconds": time.monotonic() - started}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return _reshard_locked(ws, cfg, runtime, overwrite, started, snapshot, out_dir, tars, fingerprint)
 
 
 def _reshard_locked(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, overwrite: bool, started: float,
-                    subset_path: Path, subset: np.ndarray, out_dir: Path, tars: list[Path],
-                    fingerprint: str) -> dict[str, Any]:
+                    snapshot: SubsetSnapshot, out_dir: Path, tars: list[Path], fingerprint: str) -> dict[str, Any]:
+    subset_path, subset = snapshot.path, snapshot.pairs
     _claim_output(out_dir, fingerprint, overwrite)
     new_plan = not (out_dir / PLAN_NAME).exists()
     write_json(out_dir / PLAN_NAME, {"plan": fingerprint})
+    snapshot.write_copy(out_dir / SUBSET_COPY_NAME)  # the tasks read this copy, never the subset file
     planner = OutputPlanner(out_dir, [str(t) for t in tars], cfg.shard_size, cfg.shuffle_bufsize, cfg.seed)
-    scan_units = [ScanUnit(str(t), str(subset_path)) for t in tars]
+    scan_units = [ScanUnit(str(t), str(out_dir / SUBSET_COPY_NAME)) for t in tars]
     run = _run_on_ray if runtime.executor == "ray" else _run_in_process
     submitted: list[WriteUnit] = []
     try:
         scans, results, skipped = run(runtime, scan_units, planner, submitted)
+        _check_unchanged(snapshot, out_dir)
     except BaseException:
         _roll_back(out_dir, submitted, new_plan)
         raise
+    clear_output(out_dir, temp_only=True)  # temporaries of tasks lost with a worker and retried
 
     found = np.unique(np.concatenate([s.uids for s in scans])) if scans else np.empty(0, SUBSET_DTYPE)
     unique_subset = np.unique(subset)
     missing = np.setdiff1d(unique_subset, found)
     write_subset(out_dir / MISSING_NAME, missing.astype(SUBSET_DTYPE))
-    with atomic_path(out_dir / SUBSET_COPY_NAME) as tmp:
-        shutil.copyfile(subset_path, tmp)
     meta = _meta(ws, subset_path, subset, unique_subset, found, missing, scans, planner, cfg, fingerprint)
     write_json(out_dir / "meta.json", meta)
     seconds = time.monotonic() - started
@@ -343,6 +333,17 @@ def _reshard_locked(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, overwri
     return {**_summary_from_meta(meta, out_dir), "shards_written": len(results),
             "shards_skipped": skipped, "bytes_written": written, "seconds": seconds,
             "missing_examples": pairs_to_uids(missing[:5])}
+
+
+def _check_unchanged(snapshot: SubsetSnapshot, out_dir: Path) -> None:
+    """Refuse to finish when the subset file is no longer the one this run read (replaced or rewritten)."""
+    try:
+        now = file_sha256(snapshot.path)
+    except FileNotFoundError:
+        now = "gone"
+    if now != snapshot.sha256:
+        raise InputError(snapshot.path, f"changed while reshard was reading it (sha256 {snapshot.sha256[:12]} at "
+                                        f"the start, {now[:12]} now); nothing was finished in {out_dir}; rerun reshard")
 
 
 # ------------------------------------------------------------------------------ scheduling
@@ -358,6 +359,7 @@ def _roll_back(out_dir: Path, units: list[WriteUnit], new_plan: bool) -> None:
     clear_output(out_dir, temp_only=True)
     if new_plan:
         (out_dir / PLAN_NAME).unlink(missing_ok=True)
+        (out_dir / SUBSET_COPY_NAME).unlink(missing_ok=True)
 
 
 def _run_in_process(runtime: Runtime, scan_units: list[ScanUnit], planner: OutputPlanner,
@@ -376,8 +378,8 @@ def _run_on_ray(runtime: Runtime, scan_units: list[ScanUnit], planner: OutputPla
     """Scans and writes as Ray tasks, overlapped: an output shard is written as soon as the scans
     in front of it are in, so the disk is busy while later pool shards are still being scanned."""
     ray = runtime.ensure_ray()
-    scan_task = ray.remote(num_cpus=1, max_retries=0)(scan_shard)
-    write_task = ray.remote(num_cpus=1, max_retries=0)(write_shard)
+    scan_task = runtime.remote(scan_shard)  # retried on another node when its worker or node dies
+    write_task = runtime.remote(write_shard)
     cpus = max(1, int(ray.available_resources().get("CPU", 1)))
     scan_progress = Progress("reshard scan", total=len(scan_units), unit="shards")
     write_progress = Progress("reshard write", total=None, unit="shards")
@@ -399,7 +401,8 @@ def _run_on_ray(runtime: Runtime, scan_units: list[ScanUnit], planner: OutputPla
                 scans_in_flight += 1
             done, _ = ray.wait(list(in_flight), num_returns=1)
             kind, i = in_flight.pop(done[0])
-            result = get_result(ray, done[0])
+            what = scan_units[i].tar_path if kind == "scan" else f"output shard {filtered_shard_name(i)}"
+            result = get_result(ray, done[0], what)
             if kind == "write":
                 results.append(result)
                 write_progress.update(1, result["samples"])

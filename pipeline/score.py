@@ -54,6 +54,7 @@ class ScoreConfig:
     decode_workers: int = 0       # shards read at once; 0: the CPUs the encoders leave free
     threads: int = 0              # torch threads of a CPU encoder; 0: the cores not already busy
     language: bool = True         # fastText language id of captions
+    trust_checkpoint: bool = False  # load local checkpoints that need full unpickling (runs code in them)
 
 
 def score_pool(ws: Workspace, config: ScoreConfig, runtime: Runtime, overwrite: bool = False,
@@ -63,7 +64,7 @@ def score_pool(ws: Workspace, config: ScoreConfig, runtime: Runtime, overwrite: 
 
     if config.decode not in DECODE_MODES:
         raise ConfigError(f"score.decode must be one of {', '.join(DECODE_MODES)}, got {config.decode!r}")
-    models = parse_models(config.models)
+    models = parse_models(config.models, config.trust_checkpoint)
     tars = ws.shard_tars()
     if shards is not None:
         wanted = set(shards)
@@ -344,6 +345,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-workers", type=int, help="shards decoded at once (default: free CPUs)")
     p.add_argument("--threads", type=int, help="torch threads of a CPU encoder (default: the cores not busy)")
     p.add_argument("--no-language", action="store_true", help="skip caption language detection")
+    p.add_argument("--trust-checkpoint", action="store_true", default=None,
+                   help="load local checkpoints that need full unpickling (can run code in them; default: "
+                   "weights only)")
     p.add_argument("--shard", action="append", dest="shards", metavar="NAME", help="score only this shard (repeat)")
     g = p.add_argument_group("other inputs")
     g.add_argument("--reference", type=Path, metavar="DIR",
@@ -351,6 +355,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--name", help="name of the reference set (with --reference)")
     g.add_argument("--import-datacomp", type=Path, metavar="DIR",
                    help="make score tables from DataComp's released metadata parquets + npz embeddings")
+    g.add_argument("--drop-duplicate-uids", action="store_true",
+                   help="with --import-datacomp: drop rows whose uid repeats an earlier row (default: refuse)")
 
 
 def config_from_args(ctx: Any, args: argparse.Namespace) -> ScoreConfig:
@@ -360,7 +366,7 @@ def config_from_args(ctx: Any, args: argparse.Namespace) -> ScoreConfig:
         "models": args.models, "device": args.device, "precision": args.precision, "batch_size": args.batch_size,
         "chunk_size": args.chunk_size, "decode": args.decode, "encoders": args.encoders,
         "decode_workers": args.decode_workers, "threads": args.threads,
-        "language": False if args.no_language else None})
+        "language": False if args.no_language else None, "trust_checkpoint": args.trust_checkpoint})
 
 
 def run_cli(ctx: Any, args: argparse.Namespace) -> int:
@@ -376,9 +382,12 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
     if args.import_datacomp is not None:
         from .datacomp_import import import_datacomp
 
-        import_datacomp(ws, args.import_datacomp, ctx.runtime, overwrite=ctx.overwrite, language=config.language)
+        with ws.lock("scores"):
+            import_datacomp(ws, args.import_datacomp, ctx.runtime, overwrite=ctx.overwrite, language=config.language,
+                            drop_duplicate_uids=args.drop_duplicate_uids)
         return 0
-    score_pool(ws, config, ctx.runtime, overwrite=ctx.overwrite, shards=args.shards)
+    with ws.lock("scores"):
+        score_pool(ws, config, ctx.runtime, overwrite=ctx.overwrite, shards=args.shards)
     return 0
 
 

@@ -22,9 +22,11 @@ import numpy as np
 
 from poolsieve.core.config import build
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import DIR_MODE, file_sha256, pairs_to_uids, read_json, read_subset, write_json
+from poolsieve.core.formats import DIR_MODE, pairs_to_uids, read_json, write_json
+from poolsieve.core.locks import exclusive
 from poolsieve.core.progress import print_summary
 from poolsieve.core.runtime import Runtime
+from poolsieve.core.subsets import SubsetSnapshot, read_subset_snapshot
 from poolsieve.core.workspace import Workspace
 
 
@@ -72,19 +74,28 @@ def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, overwrite: bo
     from poolsieve.filters.no_filter import pool_keys
     from poolsieve.filters.registry import ScoredPool
 
-    from .filter_stage import pool_fingerprint, score_table_files
+    from .filter_stage import score_table_files
 
     if not cfg.subset:
         raise ConfigError("which subset? pass --subset NAME (or a path to a .npy uid file)")
     name, path = subset_file(ws, cfg.subset)
-    pairs = read_subset(path)  # dtype, 1-d, sorted, unique
+    snapshot = read_subset_snapshot(path)  # one read: dtype, 1-d, sorted, unique; its record must describe it
+    pairs = snapshot.pairs
     if len(pairs) == 0:
         raise InputError(path, "subset is empty")
     tables = score_table_files(ws, cfg.tables)
     check_in_pool(pairs, pool_keys(ScoredPool(tables, runtime)), path)
-
-    digest = file_sha256(path)
     out = Path(cfg.out).expanduser() if cfg.out else ws.root / "submissions" / name
+    with exclusive(out):
+        return _write_submission(ws, cfg, name, snapshot, out, tables, overwrite)
+
+
+def _write_submission(ws: Workspace, cfg: SubmitConfig, name: str, snapshot: SubsetSnapshot, out: Path,
+                      tables: list[Path], overwrite: bool) -> dict[str, Any]:
+    """The submission folder, from exactly the bytes that were checked (staged, then renamed into place)."""
+    from .filter_stage import pool_fingerprint
+
+    pairs, digest = snapshot.pairs, snapshot.sha256
     done = out / "submission.json"
     if done.exists() and not overwrite:
         previous = read_json(done)
@@ -92,8 +103,7 @@ def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, overwrite: bo
             return {**previous, "status": "skipped (up to date)", "folder": str(out)}
         raise ConfigError(f"{out}: a submission of another uid file is there; pass --overwrite or --out")
 
-    record_path = path.with_suffix(".json")
-    spec = read_json(record_path) if record_path.exists() else None
+    spec = snapshot.record
     eval_dir = Path(cfg.evals).expanduser() if cfg.evals else ws.eval_dir(name)
     evals = read_eval_results(eval_dir) if eval_dir.is_dir() else None
     if cfg.evals and evals is None:
@@ -103,7 +113,7 @@ def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, overwrite: bo
         "uid_file": f"{name}.npy",
         "sha256": digest,
         "count": int(len(pairs)),
-        "bytes": path.stat().st_size,
+        "bytes": len(snapshot.data),
         "pool": {"fingerprint": pool_fingerprint(tables), "tables": len(tables)},
         "spec": spec,
         "evaluation": evals,
@@ -112,7 +122,7 @@ def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, overwrite: bo
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        shutil.copyfile(path, staging / f"{name}.npy")
+        snapshot.write_copy(staging / f"{name}.npy")
         (staging / f"{name}.npy.sha256").write_text(f"{digest}  {name}.npy\n")
         if evals is not None:
             shutil.copytree(eval_dir, staging / "eval")

@@ -56,7 +56,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_result(tmp_path: Pat
         assert _wait_for(lambda: len(list(shards.glob("*_stats.json"))) >= 2, timeout=90), "no shard finished"
         runner = processes_mentioning(str(shards / ".staging" / "_job.json"))
         assert len(runner) == 1
-        with pytest.raises(PoolsieveError, match="another `poolsieve download` is running"):
+        with pytest.raises(PoolsieveError, match="another poolsieve process .* is writing it"):
             download(pool.ws, DownloadConfig(samples_per_shard=10, **FAST), Runtime(executor="local"))
         os.kill(stage.pid, signal.SIGKILL)
         stage.wait(timeout=10)

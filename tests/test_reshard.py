@@ -170,7 +170,7 @@ def test_truncated_pool_tar_is_an_error_and_writes_nothing(pool, request, cut, e
         reshard(ws, ReshardConfig(subset="all", shard_size=16), runtime)
     assert err.value.path == victim
     assert final_names(ws.filtered_dir("all")) == []
-    assert [p.name for p in ws.filtered_dir("all").glob(".*")] == [".reshard.lock"]  # no plan, no temporaries
+    assert [p.name for p in ws.filtered_dir("all").glob(".*")] == []  # no plan, no temporaries
 
 
 def test_unsorted_or_wrongly_typed_subset_is_an_error(pool, local_runtime):
@@ -212,7 +212,9 @@ def test_member_names_are_never_paths(tmp_path, local_runtime):
 
     out_dir = ws.filtered_dir("all")
     created = {p for p in set(tmp_path.rglob("*")) - before}
-    assert all(out_dir in p.parents or p == out_dir or p == out_dir.parent for p in created)
+    from poolsieve.core.locks import lock_path
+
+    assert all(out_dir in p.parents or p in (out_dir, out_dir.parent, lock_path(out_dir)) for p in created)
     assert not Path("/tmp/abs-escape").exists()
     with tarfile.open(out_dir / "00000000.tar") as tf:
         members = tf.getnames()
@@ -329,12 +331,15 @@ def test_resume_after_a_real_kill(tmp_path, local_runtime):
 def test_one_reshard_at_a_time_per_folder(pool, local_runtime):
     import fcntl
 
+    from poolsieve.core.errors import PoolsieveError
+    from poolsieve.core.locks import lock_path
+
     ws, ok = pool
     write_subset(ws.subset_path("some"), uids_to_pairs([s.uid for s in ok[:5]]))
     out_dir = ws.filtered_dir("some")
     out_dir.mkdir(parents=True)
-    with open(out_dir / ".reshard.lock", "a") as held:
+    with open(lock_path(out_dir), "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(InputError, match="another reshard is writing this folder"):
+        with pytest.raises(PoolsieveError, match="another poolsieve process .*is writing it"):
             reshard(ws, ReshardConfig(subset="some"), local_runtime)
     assert reshard(ws, ReshardConfig(subset="some"), local_runtime)["output_count"] == 5
