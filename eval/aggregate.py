@@ -1,9 +1,13 @@
-"""``results.jsonl`` (one line per task, DataComp's layout) and the summary with group averages.
+"""Results files and DataComp's aggregate scores.
 
-A line is ``{"key", "dataset", "task_type", "group", "metrics": {..., "main_metric"}, "seconds"}``;
-DataComp's own fields (``key``, ``dataset``, ``metrics.main_metric``) mean what they mean there, so its
-``aggregate_scores.py`` reads poolsieve's file. Group averages: ImageNet, ImageNet dist. shifts,
-VTAB, Retrieval, Synthetic, and the average over all tasks with a main metric.
+``eval_results.jsonl`` holds one line per DataComp task in DataComp's format, ``{"key", "dataset",
+"metrics": {..., "main_metric"}}``, plus poolsieve's ``task_type``, ``group`` and ``seconds``; DataComp's
+``aggregate_scores.py`` reads it as is (it counts the lines with a main metric and wants 38). The user's
+own tasks and the synthetic tasks go to ``other_results.jsonl`` in the same format, so they never upset
+that count. Aggregation is ``aggregate_scores.py``'s: ImageNet is ImageNet 1k; ImageNet dist. shifts,
+VTAB and Retrieval are plain means over their tasks by name; Average is the mean over all 38 scored
+tasks. With any of the 38 missing there is no Average, only ``incomplete: N of 38 tasks``, and a group
+with a missing task has no value.
 """
 
 from __future__ import annotations
@@ -18,19 +22,27 @@ import numpy as np
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import atomic_path, write_json
 
-from .tasks import GROUPS, TASKS, Task
+from .tasks import DIST_SHIFTS, IMAGENET, RETRIEVAL_GROUP, SCORED_TASKS, SYNTHETIC_GROUP, TASKS, VTAB, Task
 
-RESULTS_FILE = "results.jsonl"
+RESULTS_FILE = "eval_results.jsonl"
+OTHER_RESULTS_FILE = "other_results.jsonl"
+LEGACY_RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
+SCORED_NAMES = tuple(t.name for t in SCORED_TASKS)
+DATACOMP_GROUPS = {g: tuple(t.name for t in SCORED_TASKS if t.group == g) for g in (DIST_SHIFTS, VTAB, RETRIEVAL_GROUP)}
+
+
+def results_file_for(task: Task) -> str:
+    return RESULTS_FILE if task.datacomp else OTHER_RESULTS_FILE
 
 
 def result_line(task: Task, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
-    return {"key": task.key, "dataset": task.name, "task_type": task.task_type, "group": task.group,
-            "metrics": metrics, "seconds": round(seconds, 2)}
+    return {"key": task.key, "dataset": task.name, "metrics": metrics, "task_type": task.task_type,
+            "group": task.group, "seconds": round(seconds, 2)}
 
 
 def read_results(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Lines of a results.jsonl by task key (a later line for a key replaces an earlier one)."""
+    """Lines of a results file by task key (a later line for a key replaces an earlier one)."""
     path = Path(path)
     if not path.exists():
         return {}
@@ -48,6 +60,15 @@ def read_results(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def read_eval_folder(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """All results of an evaluation folder (DataComp's file, the other tasks' file, or an old results.jsonl)."""
+    folder = Path(folder)
+    out = read_results(folder / LEGACY_RESULTS_FILE)
+    out.update(read_results(folder / RESULTS_FILE))
+    out.update(read_results(folder / OTHER_RESULTS_FILE))
+    return out
+
+
 def write_results(path: str | Path, lines: Iterable[dict[str, Any]]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(rec) + "\n" for rec in lines))
@@ -60,20 +81,29 @@ def append_result(path: str | Path, line: dict[str, Any]) -> None:
     write_results(path, lines.values())
 
 
-def aggregate(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    """Group averages of main metrics (None where a group has no results), and the overall average."""
-    by_group: dict[str, list[float]] = {g: [] for g in GROUPS}
-    every: list[float] = []
-    for key, rec in results.items():
+def _scores_by_name(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    for rec in results.values():
         value = rec["metrics"].get("main_metric")
-        if value is None:
-            continue
-        group = rec.get("group") or (TASKS[key].group if key in TASKS else None)
-        if group in by_group:
-            by_group[group].append(float(value))
-        every.append(float(value))
-    out: dict[str, float | None] = {g: (float(np.mean(v)) if v else None) for g, v in by_group.items()}
-    out["Average"] = float(np.mean(every)) if every else None
+        if value is not None and rec.get("dataset") in SCORED_NAMES:
+            out[rec["dataset"]] = float(value)
+    return out
+
+
+def aggregate(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """DataComp's group scores and Average (None where a task is missing), the Synthetic mean, and
+    ``incomplete`` ("incomplete: N of 38 tasks", None when all 38 are there)."""
+    scores = _scores_by_name(results)
+    out: dict[str, Any] = {IMAGENET: scores.get("ImageNet 1k")}
+    for group, names in DATACOMP_GROUPS.items():
+        out[group] = float(np.mean([scores[n] for n in names])) if all(n in scores for n in names) else None
+    synthetic = [float(r["metrics"]["main_metric"]) for k, r in results.items()
+                 if k in TASKS and TASKS[k].group == SYNTHETIC_GROUP and r["metrics"].get("main_metric") is not None]
+    out[SYNTHETIC_GROUP] = float(np.mean(synthetic)) if synthetic else None
+    complete = len(scores) == len(SCORED_NAMES)
+    out["Average"] = float(np.mean([scores[n] for n in SCORED_NAMES])) if complete else None
+    out["scored"] = len(scores)
+    out["incomplete"] = None if complete else f"incomplete: {len(scores)} of {len(SCORED_NAMES)} tasks"
     return out
 
 

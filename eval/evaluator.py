@@ -1,11 +1,11 @@
-"""``evaluate_model``: zero-shot evaluation of one model on a list of tasks into ``results.jsonl``.
+"""``evaluate_model``: zero-shot evaluation of one model on a list of tasks into ``eval_results.jsonl``
+(DataComp's tasks) and ``other_results.jsonl`` (the synthetic and the user's own tasks).
 
-Tasks already in the results file are skipped (a killed evaluation resumes), unless ``overwrite``.
+Tasks already in the results files are skipped (a killed evaluation resumes), unless ``overwrite``.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,10 +14,16 @@ from typing import Any
 from poolsieve.core.models import ModelSpec, load_model
 from poolsieve.core.progress import Progress
 
-from .aggregate import RESULTS_FILE, append_result, read_results, result_line, write_summary
-from .tasks import CLASSIFICATION, RETRIEVAL, SYNTHETIC, Task, resolve_tasks
-
-SUPPORTED_TYPES = (CLASSIFICATION, RETRIEVAL, SYNTHETIC)
+from .aggregate import (
+    OTHER_RESULTS_FILE,
+    RESULTS_FILE,
+    append_result,
+    read_eval_folder,
+    result_line,
+    results_file_for,
+    write_summary,
+)
+from .tasks import Task, resolve_tasks
 
 
 @dataclass
@@ -31,6 +37,7 @@ class EvalConfig:
     synthetic_samples: int | None = None
     device: str = "auto"
     num_workers: int = 0
+    custom_tasks: dict[str, str] | None = None  # name -> task folder (clip_benchmark webdataset layout)
     trust_checkpoint: bool = False  # load a checkpoint that needs full unpickling (runs code in it)
 
 
@@ -45,7 +52,7 @@ def pick_device(device: str) -> str:
 def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Task], out_dir: str | Path,
                    config: EvalConfig | None = None, *, overwrite: bool = False,
                    name: str | None = None) -> dict[str, Any]:
-    """Evaluate ``model_spec`` on ``tasks``; write ``out_dir/results.jsonl`` and ``summary.json``."""
+    """Evaluate ``model_spec`` on ``tasks``; write the results files and ``summary.json`` in ``out_dir``."""
 
     config = config or EvalConfig()
     spec = ModelSpec.parse(model_spec)
@@ -54,18 +61,14 @@ def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Ta
     if isinstance(tasks, list) and tasks and all(isinstance(t, Task) for t in tasks):
         task_list: list[Task] = list(tasks)  # type: ignore[arg-type]
     else:
-        task_list = resolve_tasks(tasks)  # type: ignore[arg-type]
+        task_list = resolve_tasks(tasks, config.custom_tasks)  # type: ignore[arg-type]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results_path = out_dir / RESULTS_FILE
-    if overwrite and results_path.exists():
-        results_path.unlink()
-    done = read_results(results_path)
-    unsupported = [t for t in task_list if t.task_type not in SUPPORTED_TYPES]
-    if unsupported:
-        print(f"evaluate: skipping {len(unsupported)} task(s) that need DataComp's dedicated evaluation code, "
-              f"not implemented yet: {', '.join(t.name for t in unsupported)}", file=sys.stderr)
-    todo = [t for t in task_list if t.key not in done and t not in unsupported]
+    if overwrite:
+        for name in (RESULTS_FILE, OTHER_RESULTS_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+    done = read_eval_folder(out_dir)
+    todo = [t for t in task_list if t.key not in done]
     device = pick_device(config.device)
     if todo:
         from .zeroshot import evaluate_task
@@ -78,11 +81,10 @@ def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Ta
                                     batch_size=config.batch_size, data_root=config.data_root,
                                     cache_dir=config.cache_dir, synthetic_samples=config.synthetic_samples,
                                     num_workers=config.num_workers)
-            append_result(results_path, result_line(task, metrics, time.monotonic() - start))
+            append_result(out_dir / results_file_for(task), result_line(task, metrics, time.monotonic() - start))
             progress.update(1)
-    results = read_results(results_path)
+    results = read_eval_folder(out_dir)
     results = {t.key: results[t.key] for t in task_list if t.key in results}
     return write_summary(out_dir, results, {"name": name or out_dir.name, "model": spec.arch,
-                                            "checkpoint": spec.pretrained, "results": str(results_path),
-                                            "evaluated": len(todo), "skipped": len(task_list) - len(todo),
-                                            "unsupported": [t.key for t in unsupported]})
+                                            "checkpoint": spec.pretrained, "results": str(out_dir / RESULTS_FILE),
+                                            "evaluated": len(todo), "skipped": len(task_list) - len(todo)})

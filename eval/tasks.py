@@ -1,9 +1,12 @@
 """The task registry: DataComp's 38 evaluation tasks plus poolsieve's synthetic held-out tasks.
 
-Keys, names, sizes, class counts, main metrics and chance scores follow DataComp's ``tasklist.yml``;
-groups follow its ``aggregate_scores.py`` (ImageNet, ImageNet dist. shifts, VTAB, Retrieval; every
-task counts in the overall average). Test data of a DataComp task is the webdataset
-``djghosh/wds_<key with / as ->_test`` on the Hugging Face hub (clip_benchmark's ``wds/`` format).
+Keys, names, sizes, class counts, main metrics and chance scores follow DataComp's ``tasklist.yml``
+(40 entries: 38 scored, plus FairFace and UTKFace, whose fairness metrics are reported but have no main
+metric); groups follow its ``aggregate_scores.py`` (ImageNet, ImageNet dist. shifts, VTAB, Retrieval;
+every scored task counts in the overall average). Where the data is, as DataComp's
+``download_evalsets.py`` fetches it: classification, WILDS and fairness sets are the webdatasets
+``djghosh/wds_<key>_test`` (``fairness/`` dropped, ``/`` as ``-``; clip_benchmark's ``wds/`` format);
+Flickr, MSCOCO and WinoGAViL are the Hugging Face datasets ``nlphuji/<name>`` (``source == "hf"``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ FAIRNESS = "fairness"
 WINOGAVIL = "winogavil"
 SYNTHETIC = "synthetic"
 TASK_TYPES = (CLASSIFICATION, RETRIEVAL, WILDS, FAIRNESS, WINOGAVIL, SYNTHETIC)
+HF_USER = "nlphuji"
 
 IMAGENET = "ImageNet"
 DIST_SHIFTS = "ImageNet dist. shifts"
@@ -32,31 +36,53 @@ HUB_USER = "djghosh"
 
 @dataclass(frozen=True)
 class Task:
-    """One evaluation task. ``group`` is None for tasks that only count in the overall average."""
+    """One evaluation task. ``group`` is None for tasks that only count in the overall average;
+    ``main_metric`` is None for tasks that are reported only (FairFace, UTKFace). ``folder`` is set for a
+    user's own task (a clip_benchmark webdataset folder)."""
 
     key: str
     name: str
     task_type: str
-    main_metric: str
+    main_metric: str | None
     size: int
     num_classes: int | None = None
     random_score: float | None = None
     group: str | None = None
     tags: tuple[str, ...] = ()
+    folder: str | None = None
+
+    @property
+    def datacomp(self) -> bool:
+        return self.key in DATACOMP_KEYS
+
+    @property
+    def source(self) -> str:
+        """``hf`` for the Hugging Face datasets DataComp reads with ``datasets``; else ``wds``."""
+        return "hf" if self.key.startswith(("retrieval/", "misc/")) else "wds"
+
+    @property
+    def short_key(self) -> str:
+        """The key as DataComp's loaders use it: ``fairness/`` dropped (``fairness/geode`` -> ``geode``)."""
+        return self.key.removeprefix("fairness/")
 
     @property
     def wds_name(self) -> str:
         """Folder / hub repo name of the test webdataset, e.g. ``wds_vtab-cifar100_test``."""
-        return f"wds_{self.key.replace('/', '-')}_test"
+        return f"wds_{self.short_key.replace('/', '-')}_test"
 
     @property
     def hub_repo(self) -> str:
         return f"{HUB_USER}/{self.wds_name}"
 
     @property
+    def hf_dataset(self) -> str:
+        """The Hugging Face dataset of a retrieval / WinoGAViL task, e.g. ``nlphuji/winogavil``."""
+        return f"{HF_USER}/{self.key.split('/', 1)[1]}"
+
+    @property
     def clip_benchmark_name(self) -> str:
         """clip_benchmark's dataset name for the webdataset copy, e.g. ``wds/vtab/cifar100``."""
-        return f"wds/{self.key}"
+        return f"wds/{self.short_key}"
 
 
 def _c(key: str, name: str, size: int, classes: int, chance: float, group: str | None = None,
@@ -108,7 +134,11 @@ DATACOMP_TASKS: tuple[Task, ...] = (
     Task("wilds/fmow", "FMoW", WILDS, "acc_worst_region", 22108, 62, 0.027193, tags=("wilds",)),
     Task("fairness/dollar_street", "Dollar Street", FAIRNESS, "acc_top5_wg", 3503, 58, tags=("fairness",)),
     Task("fairness/geode", "GeoDE", FAIRNESS, "acc_wg", 12488, 40, tags=("fairness",)),
+    Task("fairness/fairface", "FairFace", FAIRNESS, None, 10954, tags=("fairness",)),
+    Task("fairness/utkface", "UTKFace", FAIRNESS, None, 23703, tags=("fairness",)),
 )
+DATACOMP_KEYS = frozenset(t.key for t in DATACOMP_TASKS)
+SCORED_TASKS: tuple[Task, ...] = tuple(t for t in DATACOMP_TASKS if t.main_metric is not None)
 
 SYNTHETIC_TASKS: tuple[Task, ...] = (
     Task("synthetic_shape", "Synthetic shape", SYNTHETIC, "acc1", 600, 3, 1 / 3, SYNTHETIC_GROUP),
@@ -118,7 +148,8 @@ SYNTHETIC_TASKS: tuple[Task, ...] = (
 TASKS: dict[str, Task] = {t.key: t for t in DATACOMP_TASKS + SYNTHETIC_TASKS}
 TASK_SETS: dict[str, tuple[str, ...]] = {
     "synthetic": tuple(t.key for t in SYNTHETIC_TASKS),
-    "datacomp38": tuple(t.key for t in DATACOMP_TASKS),
+    "datacomp38": tuple(t.key for t in DATACOMP_TASKS),  # the 38 scored ones plus FairFace and UTKFace
+    "datacomp": tuple(t.key for t in DATACOMP_TASKS),
     "classification": tuple(t.key for t in DATACOMP_TASKS if t.task_type == CLASSIFICATION),
     "retrieval": tuple(t.key for t in DATACOMP_TASKS if t.task_type == RETRIEVAL),
 }
@@ -136,15 +167,24 @@ def get_task(key_or_name: str) -> Task:
                       f"tasks: {', '.join(TASKS)}")
 
 
-def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[Task]:
-    """``synthetic`` / ``datacomp38`` / a comma list of task keys, names or set names -> tasks, in order."""
+def resolve_tasks(spec: str | list[str] | tuple[str, ...], custom: dict[str, str] | None = None) -> list[Task]:
+    """``synthetic`` / ``datacomp38`` / a comma list of task keys, names, set names, names registered in
+    ``custom`` (name -> folder) or folders of the user's own tasks -> tasks, in order."""
+    from .custom_tasks import custom_task, looks_like_folder
+
     items = spec.split(",") if isinstance(spec, str) else list(spec)
+    custom = custom or {}
     out: list[Task] = []
     for item in (i.strip() for i in items):
         if not item:
             continue
-        for key in TASK_SETS.get(item, (item,)):
-            task = get_task(key)
+        if item in custom:
+            found = [custom_task(custom[item], name=item)]
+        elif item not in TASK_SETS and item not in TASKS and looks_like_folder(item):
+            found = [custom_task(item)]
+        else:
+            found = [get_task(key) for key in TASK_SETS.get(item, (item,))]
+        for task in found:
             if task not in out:
                 out.append(task)
     if not out:

@@ -28,13 +28,22 @@ def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
 def classify(model: Any, tokenizer: Any, dataloader: Any, classnames: list[str], templates: list[str],
              device: str = "cpu") -> dict[str, Any]:
     """Zero-shot classification metrics (acc1, acc5 when there are 5+ classes, mean_per_class_recall)."""
+    logits, target = classify_logits(model, tokenizer, dataloader, classnames, templates, device)
+    return classification_metrics(logits, target, len(classnames))
+
+
+def classify_logits(model: Any, tokenizer: Any, dataloader: Any, classnames: list[str], templates: list[str],
+                    device: str = "cpu") -> tuple[Any, Any]:
+    """clip_benchmark's prompt-ensemble classifier applied to every sample: (logits, labels)."""
     from clip_benchmark.metrics import zeroshot_classification as zsc
 
     classifier = zsc.zero_shot_classifier(model, tokenizer, classnames, templates, device, amp=False)
     logits, target = zsc.run_classification(model, classifier, dataloader, device, amp=False)
     if target.ndim != 1:
         raise PoolsieveError("multi-label classification is not supported")
-    return classification_metrics(logits, target, len(classnames))
+    if len(target) == 0:
+        raise PoolsieveError("the test set yielded no samples")
+    return logits, target
 
 
 def classification_metrics(logits: Any, target: Any, num_classes: int) -> dict[str, Any]:
@@ -67,13 +76,13 @@ def retrieve(model: Any, tokenizer: Any, dataloader: Any, device: str = "cpu",
 def evaluate_task(task: Task, model: Any, preprocess: Any, tokenizer: Any, *, device: str = "cpu",
                   batch_size: int = 64, data_root: str | None = None, cache_dir: str | None = None,
                   synthetic_samples: int | None = None, num_workers: int = 0) -> dict[str, Any]:
-    """Metrics of ``task`` (with ``main_metric`` and ``num_samples``)."""
+    """Metrics of ``task`` (with ``main_metric``; ``num_samples`` where known)."""
     import os
 
     import torch
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # clip_benchmark's bars; poolsieve shows its own progress
-
+    from . import special_tasks
     from .hub_datasets import load_wds_dataset, make_dataloader
 
     with torch.no_grad():
@@ -86,15 +95,42 @@ def evaluate_task(task: Task, model: Any, preprocess: Any, tokenizer: Any, *, de
             metrics = classify(model, tokenizer, loader, data.classnames, data.templates, device)
             metrics["num_samples"] = len(dataset)
         elif task.task_type == CLASSIFICATION:
+            from .custom_tasks import fill_defaults
+
             dataset = load_wds_dataset(task, preprocess, data_root, cache_dir)
+            fill_defaults(task, dataset)
+            if dataset.classes is None or dataset.templates is None:
+                raise PoolsieveError(f"{task.key}: the test set has no classnames.txt / templates")
             loader = make_dataloader(dataset, task.task_type, batch_size, num_workers)
             metrics = classify(model, tokenizer, loader, dataset.classes, dataset.templates, device)
+        elif task.task_type == RETRIEVAL and task.source == "hf" and not task.folder:
+            from .hub_datasets import HFRetrievalDataset, load_hf_test_set
+
+            dataset = HFRetrievalDataset(load_hf_test_set(task, data_root), preprocess)
+            ks = tuple(k for k in (1, 5, 10) if k <= len(dataset)) or (1,)
+            metrics = retrieve(model, tokenizer, make_dataloader(dataset, RETRIEVAL, batch_size, num_workers), device,
+                               recall_k=ks)
+            metrics["num_samples"] = len(dataset)
         elif task.task_type == RETRIEVAL:
             dataset = load_wds_dataset(task, preprocess, data_root, cache_dir)
             loader = make_dataloader(dataset, task.task_type, batch_size, num_workers)
             metrics = retrieve(model, tokenizer, loader, device)
         else:
-            raise PoolsieveError(f"task {task.key} ({task.task_type}) needs DataComp's dedicated evaluation "
-                                 "code, which poolsieve does not implement yet")
-    metrics["main_metric"] = metrics.get(task.main_metric)
+            metrics = special_tasks.evaluate_special(task, model, preprocess, tokenizer, device=device,
+                                                     batch_size=batch_size, data_root=data_root,
+                                                     num_workers=num_workers)
+    metrics = _clean_nested(metrics)
+    metrics["main_metric"] = metrics.get(task.main_metric) if task.main_metric else None
     return metrics
+
+
+def _clean_nested(metrics: dict[str, Any]) -> dict[str, Any]:
+    """NaN -> None, numpy / torch scalars -> float, so every line is plain JSON."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if v is None or isinstance(v, (str, bool, int)):
+            out[k] = v
+        else:
+            f = float(v)
+            out[k] = None if math.isnan(f) else f
+    return out
