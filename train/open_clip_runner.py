@@ -1,36 +1,167 @@
 """Run open_clip's own training entry point (``open_clip_train.main``) with poolsieve's model configs.
 
 ``python -m poolsieve.train.open_clip_runner [open_clip_train flags...]`` registers the model configs in
-``core/model_configs`` (e.g. ``poolsieve-tiny``), makes webdataset's sample shuffle seeded, and
-hands the flags to ``open_clip_train.main.main`` unchanged. It runs as a child process so that the
-caller's torch and logging state (grad mode, root handlers) never leak into training.
+``core/model_configs`` (e.g. ``poolsieve-tiny``), installs the patches below, and hands the flags to
+``open_clip_train.main.main``. It runs as a child process (alone, under torchrun or srun, or inside a
+Ray Train worker) so that the caller's torch and logging state never leak into training.
+
+The patches, each small and named for what it fixes in open_clip_train 3.3:
+
+- ``install_epoch_seeded_shuffle``: webdataset's sample shuffle (and the random augmentations of each
+  data-loader worker) are seeded by (seed, rank, worker, epoch), so a run resumed at epoch k trains
+  exactly as the uninterrupted run did from epoch k;
+- ``install_atomic_checkpoints``: checkpoints are written to a temporary name and renamed, and read
+  back with ``weights_only=True``; an unreadable one ends the run with one line;
+- ``install_rank_shards``: with several processes, each samples (with replacement, as DataComp does)
+  from its own ``rank::world_size`` slice of the shards, so ranks read disjoint shards;
+- ``install_shard_log``: with ``POOLSIEVE_SHARD_LOG=DIR``, each process lists the shards it reads.
 """
 
 from __future__ import annotations
 
-import itertools
+import os
 import random
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ERROR_PREFIX = "POOLSIEVE-ERROR: "  # a line the parent reports as the run's one-line error
+_epochs: list[Any] = []  # the SharedEpoch of the dataset being built (captured by the shuffle stage)
 
 
-def install_seeded_sample_shuffle(seed: int) -> None:
-    """Make ``webdataset.shuffle`` draw from ``random.Random`` seeded by ``seed``.
+def _worker_identity() -> tuple[int, int]:
+    from webdataset.utils import pytorch_worker_info
 
-    open_clip's webdataset pipeline seeds its shard sampling from ``--seed`` but calls
-    ``wds.shuffle`` without a seed, so the sample order (and so the trained weights) would depend on
-    the clock. Each pass through the data gets the next seed of a fixed sequence instead.
+    rank, _, worker, _ = pytorch_worker_info()
+    return rank, worker
+
+
+def install_epoch_seeded_shuffle(seed: int) -> None:
+    """Seed each pass of webdataset's sample shuffle, and the worker's RNGs, from (seed, rank, worker, epoch).
+
+    open_clip calls ``wds.shuffle`` unseeded and seeds its workers once, so both the sample order
+    and the augmentations of epoch k depend on everything drawn before it (and on the clock). Here
+    a pass reads the epoch from the dataset's shared epoch counter (what open_clip's shard sampler
+    reads too), so it depends on nothing else: a resumed run repeats it bit for bit.
     """
+    import numpy as np
+    import torch
     import webdataset as wds
-    from webdataset.filters import _shuffle, pipelinefilter
+    from open_clip_train import data
+    from webdataset.filters import _shuffle
 
-    passes = itertools.count()
+    class CapturedEpoch(data.SharedEpoch):
+        def __init__(self, epoch: int = 0):
+            super().__init__(epoch)
+            _epochs.append(self)
 
-    def seeded_shuffle(data, bufsize=1000, initial=100, rng=None, seed=None, handler=None):  # noqa: ARG001
-        return _shuffle(data, bufsize, initial, rng=random.Random(base_seed * 1_000_003 + next(passes)))
+    def shuffle(bufsize: int = 1000, initial: int = 100, **_: Any):
+        epoch = _epochs[-1] if _epochs else None
 
-    base_seed = seed
-    wds.shuffle = pipelinefilter(seeded_shuffle)
+        def stage(src):
+            rank, worker = _worker_identity()
+            e = epoch.get_value() if epoch is not None else 0
+            rng = random.Random(f"poolsieve-shuffle-{seed}-{rank}-{worker}-{e}")
+            torch.manual_seed(rng.getrandbits(63))
+            random.seed(rng.getrandbits(63))
+            np.random.seed(rng.getrandbits(32))
+            return _shuffle(src, bufsize, initial, rng=rng)
+
+        return stage
+
+    data.SharedEpoch = CapturedEpoch
+    wds.shuffle = shuffle
+
+
+class RunnerError(SystemExit):
+    """The runner's one-line error (the parent prints ``message``, never a traceback)."""
+
+    def __init__(self, message: str):
+        super().__init__(3)
+        self.message = message
+
+
+def _fail(message: str) -> None:
+    print(ERROR_PREFIX + message, flush=True)
+    raise RunnerError(message)
+
+
+def install_atomic_checkpoints() -> None:
+    """open_clip's ``torch.save`` writes through a temporary file; its checkpoint loads are weights-only."""
+    import torch
+    from open_clip_train import main as open_clip_main
+
+    from .checkpoints import atomic_save
+
+    class TorchWithAtomicSave:
+        save = staticmethod(atomic_save)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(torch, name)
+
+    def pt_load(file_path: str, map_location: Any = None) -> Any:
+        try:
+            return torch.load(file_path, map_location=map_location, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - one line for any unreadable checkpoint
+            _fail(f"{file_path}: cannot resume from this checkpoint ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0] if str(e) else 'unreadable'})")
+
+    open_clip_main.torch = TorchWithAtomicSave()
+    open_clip_main.pt_load = pt_load
+
+
+def install_rank_shards() -> None:
+    """Under torch.distributed, each rank resamples from its own ``rank::world_size`` slice of the shards."""
+    from open_clip_train import data
+
+    base = data.ResampledShards2
+
+    class RankShards(base):
+        def __init__(self, urls, weights=None, *args: Any, **kwargs: Any):
+            super().__init__(urls, weights, *args, **kwargs)
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                rank, world = dist.get_rank(), dist.get_world_size()
+                if len(self.urls) < world:
+                    _fail(f"{len(self.urls)} shards cannot be split over {world} training processes")
+                self.urls = self.urls[rank::world]
+                if self.weights is not None:
+                    self.weights = self.weights[rank::world]
+
+    data.ResampledShards2 = RankShards
+
+
+def install_shard_log(folder: str) -> None:
+    """Append each shard a process opens to ``folder/rank<R>-worker<W>.txt`` (for tests and audits)."""
+    from open_clip_train import data
+
+    base = data.ResampledShards2
+
+    class LoggedShards(base):
+        def __iter__(self):
+            rank, worker = _worker_identity()
+            with open(Path(folder) / f"rank{rank}-worker{worker}.txt", "a") as log:
+                for item in super().__iter__():
+                    log.write(item["url"] + "\n")
+                    log.flush()
+                    yield item
+
+    data.ResampledShards2 = LoggedShards
+
+
+def adopt_process_group() -> None:
+    """Inside Ray Train the process group exists already: open_clip's own init becomes a no-op."""
+    import torch.distributed as dist
+
+    original = dist.init_process_group
+
+    def init_process_group(*args: Any, **kwargs: Any) -> None:
+        if not dist.is_initialized():
+            original(*args, **kwargs)
+
+    dist.init_process_group = init_process_group
 
 
 def fix_webdataset_eof_marker() -> None:
@@ -67,13 +198,34 @@ def quiet_library_loggers() -> None:
     open_clip_main.setup_logging = setup_logging
 
 
-def seed_from_argv(argv: Sequence[str]) -> int:
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
     for i, arg in enumerate(argv):
-        if arg == "--seed" and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if arg.startswith("--seed="):
-            return int(arg.split("=", 1)[1])
-    return 0
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def seed_from_argv(argv: Sequence[str]) -> int:
+    return int(flag_value(argv, "--seed") or 0)
+
+
+def expand_data_file(argv: Sequence[str]) -> list[str]:
+    """Swap ``--poolsieve-train-data-file F`` for ``--train-data`` (and its factors) read from ``F``."""
+    from .shards import DATA_FILE_FLAG
+
+    argv = list(argv)
+    if DATA_FILE_FLAG not in argv:
+        return argv
+    i = argv.index(DATA_FILE_FLAG)
+    path = Path(argv[i + 1])
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        _fail(f"{path}: cannot read the shard list ({e.strerror})")
+    extra = ["--train-data", lines[0]] + (["--train-data-upsampling-factors", lines[1]] if len(lines) > 1 else [])
+    return argv[:i] + extra + argv[i + 2:]
 
 
 def run(argv: Sequence[str]) -> int:
@@ -82,10 +234,15 @@ def run(argv: Sequence[str]) -> int:
 
     from poolsieve.core.models import register_model_configs
 
+    argv = expand_data_file(argv)
     register_model_configs()
     fix_webdataset_eof_marker()
     quiet_library_loggers()
-    install_seeded_sample_shuffle(seed_from_argv(argv))
+    install_epoch_seeded_shuffle(seed_from_argv(argv))
+    install_atomic_checkpoints()
+    install_rank_shards()
+    if os.environ.get("POOLSIEVE_SHARD_LOG"):
+        install_shard_log(os.environ["POOLSIEVE_SHARD_LOG"])
     result = main(list(argv))
     return 1 if result == -1 else 0
 

@@ -33,7 +33,8 @@ SCALES: dict[str, Scale] = {
     for s in (
         # CPU scale, tuned on the built-in pool: 2 cores see ~300 samples/s; colour is learned
         # within a few hundred steps, shape needs the higher learning rate and small batches.
-        Scale("tiny", "poolsieve-tiny", 12_288, 64, 2e-3, 20, 0.98, 1, 0.1),
+        # Four epochs, so a kill loses at most a quarter of the run (each epoch ends in a checkpoint).
+        Scale("tiny", "poolsieve-tiny", 12_288, 64, 2e-3, 20, 0.98, 4, 0.1),
         Scale("debug", "ViT-B-32", 128_000, 1024, 1e-4, 500),
         Scale("small", "ViT-B-32", 12_800_000, 4096, 5e-4, 500),
         Scale("medium", "ViT-B-32", 128_000_000, 4096, 5e-4, 500),

@@ -2,14 +2,18 @@
 
 ``train_clip(data, out_dir, config)`` lists the shards, turns the scale's budget into open_clip flags
 (``--train-num-samples`` per epoch x ``--epochs``, sampling shards with replacement as DataComp
-does), runs ``open_clip_train.main`` in a child process (``open_clip_runner``), follows its log for
-progress and losses, and writes ``out_dir/summary.json``. The final checkpoint is open_clip's
-``out_dir/<scale>_scale/checkpoints/epoch_<N>.pt``. A rerun with a finished summary is skipped; an
-interrupted run resumes from its last checkpoint.
+does), runs ``open_clip_train.main`` (``open_clip_runner``) in one process, under torchrun
+(``gpus > 1``) or on Ray Train workers (``launch``), and finishes the run folder: ``out_dir`` is a
+DataComp training folder (``checkpoints/epoch_latest.pt``, ``info.pkl``; see ``checkpoints``) plus
+poolsieve's ``summary.json`` and ``train_config.json``. Paths in ``summary.json`` are relative to
+the run folder (``load_summary`` resolves them), so a workspace copied elsewhere keeps working.
+A rerun of a finished run is skipped; a killed run resumes from its newest whole checkpoint and
+ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -18,18 +22,25 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
-from poolsieve.core.formats import read_json, write_json
+from poolsieve.core.errors import ConfigError, InputError, PoolsieveError, PoolsieveWarning
+from poolsieve.core.formats import atomic_path, read_json, write_json
 from poolsieve.core.progress import Progress
 
+from .checkpoints import LATEST, prepare_resume, read_epoch, write_info
+from .open_clip_runner import ERROR_PREFIX
 from .scales import Scale, get_scale
+from .shards import ARG_LIMIT, DATA_FILE_FLAG, Source, train_data_string
 
 SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "train_config.json"
+DATA_FILE = "train_data.txt"
+DATACOMP_WORKERS = 4  # DataComp's launcher default; it decides open_clip's rounding of samples seen
 
 
 @dataclass
@@ -44,13 +55,17 @@ class TrainConfig:
     model: str | None = None
     num_checkpoints: int | None = None
     seed: int = 0
-    workers: int = 1
+    workers: int = DATACOMP_WORKERS  # data-loader workers per process (fewer where the CPUs are fewer)
     threads: int | None = None  # torch intra-op threads of the trainer (None: torch's default)
-    gpus: int | None = None  # > 1: one process per GPU through torchrun (DDP)
-    precision: str = "auto"  # auto: amp on a GPU, fp32 on CPU
+    gpus: int | None = None  # > 1: one process per GPU on this machine through torchrun (DDP)
+    ray_workers: int | None = None  # train on this many Ray Train workers (default with --ray-address)
+    nodes: int = 1  # for the SLURM script: nodes x gpus processes
+    precision: str = "auto"  # auto: fp32 on CPU; on GPUs amp, amp_bf16 at xlarge (DataComp's launcher)
     accum_freq: int = 1
     log_every_n_steps: int = 10
     grad_clip_norm: float | None = None
+    data_weights: str | None = None  # with --data a::b: sampling weights 1::2 (DataComp's --data_weights)
+    keep_checkpoints: bool = False  # keep every epoch_<N>.pt (default: the last one and epoch_latest.pt)
     extra_args: list[str] = field(default_factory=list)
 
     def recipe(self) -> Scale:
@@ -72,6 +87,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(recipe, name)}")
         if self.workers < 0 or self.accum_freq < 1 or (self.threads is not None and self.threads < 1):
             raise ConfigError("train.workers must be >= 0, train.accum_freq >= 1 and train.threads >= 1")
+        for name in ("gpus", "ray_workers", "nodes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {value}")
         return recipe
 
 
@@ -101,16 +120,30 @@ def plan_budget(samples_seen: int, batch_size: int, epochs: int, world_size: int
     """Split ``samples_seen`` into ``epochs`` of whole global batches, rounding up as open_clip does.
 
     open_clip rounds an epoch's loader batches up to a multiple of the data loader workers; the plan
-    does the same, so the samples seen that it promises are the samples open_clip trains on.
+    does the same, so the samples seen that it promises are the samples open_clip trains on
+    (DataComp's small scale with 4 workers: 5 x 628 x 4096 = 12,861,440).
     """
+    if batch_size % (world_size * accum_freq):
+        raise ConfigError(f"the global batch of {batch_size} cannot be split over {world_size} process(es) x "
+                          f"{accum_freq} accumulation step(s); choose a world size that divides it")
     per_process = batch_size // (world_size * accum_freq)
-    if per_process < 1:
-        raise ConfigError(f"batch size {batch_size} is smaller than world size x accumulation steps")
-    global_batch = per_process * world_size * accum_freq
-    steps = math.ceil(samples_seen / epochs / global_batch)
+    steps = math.ceil(samples_seen / epochs / batch_size)
     while (steps * accum_freq) % max(1, workers):
         steps += 1
-    return TrainingPlan(epochs, steps, global_batch, per_process, world_size, accum_freq)
+    return TrainingPlan(epochs, steps, batch_size, per_process, world_size, accum_freq)
+
+
+def loader_workers(requested: int, plan: TrainingPlan, cpus: int) -> int:
+    """The data-loader workers to start: at most ``requested`` and the CPUs, and dividing the epoch's
+    loader batches, so open_clip's rounding adds nothing to the plan's samples seen."""
+    if requested <= 0:
+        return 0
+    batches = plan.steps_per_epoch * plan.accum_freq
+    return next(w for w in range(min(requested, max(1, cpus)), 0, -1) if batches % w == 0)
+
+
+def machine_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------------- input shards
@@ -125,7 +158,8 @@ def list_shards(data: str | Path | Sequence[str | Path]) -> list[Path]:
         shards = sorted(p for p in folder.glob("*.tar") if not p.name.startswith("."))
         if not shards:
             raise InputError(folder, "no .tar shards in the training data folder")
-        no_stats = [p for p in shards if not p.with_name(f"{p.stem}_stats.json").exists()]
+        stats = {p.name for p in folder.glob("*_stats.json")}
+        no_stats = [p for p in shards if f"{p.stem}_stats.json" not in stats]
         if 0 < len(no_stats) < len(shards):
             raise InputError(no_stats[0], "shard has no _stats.json while others do: the reshard is not finished "
                                           "(rerun `poolsieve reshard`)")
@@ -137,6 +171,24 @@ def list_shards(data: str | Path | Sequence[str | Path]) -> list[Path]:
         if not p.is_file():
             raise InputError(p, "training shard does not exist")
     return shards
+
+
+def data_sources(data: str | Path | Sequence[str | Path], weights: str | None = None) -> list[Source]:
+    """``data`` as sources: a folder, a tar list, or folders joined by ``::`` (DataComp's ``--data_dir``),
+    each with its weight from ``weights`` (``1::2``)."""
+    parts: list[Any] = str(data).split("::") if isinstance(data, (str, Path)) else [data]
+    if weights is None:
+        return [Source(tuple(list_shards(p))) for p in parts]
+    values = str(weights).split("::")
+    if len(values) != len(parts):
+        raise ConfigError(f"{len(values)} data weight(s) ({weights}) for {len(parts)} data folder(s)")
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        raise ConfigError(f"data weights must be numbers joined by '::', got {weights!r}") from None
+    if any(not math.isfinite(w) or w <= 0 for w in numbers):
+        raise ConfigError(f"data weights must be positive, got {weights!r}")
+    return [Source(tuple(list_shards(p)), w) for p, w in zip(parts, numbers, strict=True)]
 
 
 def count_samples(shards: Sequence[Path]) -> int:
@@ -165,11 +217,13 @@ def count_samples(shards: Sequence[Path]) -> int:
 
 
 # ----------------------------------------------------------------------------------- open_clip
-def open_clip_args(shards: Sequence[Path], logs_dir: Path, exp_name: str, recipe: Scale, plan: TrainingPlan,
-                   config: TrainConfig) -> list[str]:
-    """The flags for ``open_clip_train.main``, following DataComp's train.py."""
+def open_clip_args(train_data: list[str], run_dir: Path, recipe: Scale, plan: TrainingPlan, config: TrainConfig,
+                   workers: int, precision: str) -> list[str]:
+    """The flags for ``open_clip_train.main``, following DataComp's train.py. ``train_data`` is
+    ``["--train-data", ...]`` (plus factors) or the runner's data-file flag."""
+    run_dir = run_dir.resolve()
     args = [
-        "--train-data", "::".join(str(p) for p in shards),
+        *train_data,
         "--train-num-samples", str(plan.samples_per_epoch),
         "--dataset-type", "webdataset",
         "--dataset-resampled",
@@ -180,17 +234,19 @@ def open_clip_args(shards: Sequence[Path], logs_dir: Path, exp_name: str, recipe
         "--wd", str(recipe.weight_decay),
         "--warmup", str(recipe.warmup),
         "--model", recipe.model,
-        "--precision", resolve_precision(config.precision),
-        "--workers", str(config.workers),
+        "--precision", precision,
+        "--workers", str(workers),
         "--seed", str(config.seed),
-        "--logs", str(logs_dir),
-        "--name", exp_name,
+        "--logs", str(run_dir.parent),
+        "--name", run_dir.name,
         "--log-every-n-steps", str(config.log_every_n_steps),
         "--save-frequency", "1",
-        "--delete-previous-checkpoint",
+        "--save-most-recent",
         "--resume", "latest",
         "--report-to", "",
     ]
+    if not config.keep_checkpoints:
+        args += ["--delete-previous-checkpoint"]
     if recipe.beta2 is not None:
         args += ["--beta2", str(recipe.beta2)]
     if config.grad_clip_norm is not None:
@@ -202,12 +258,17 @@ def open_clip_args(shards: Sequence[Path], logs_dir: Path, exp_name: str, recipe
     return args + list(config.extra_args)
 
 
-def resolve_precision(precision: str) -> str:
+def resolve_precision(precision: str, scale: str = "", gpu: bool | None = None) -> str:
+    """``auto``: fp32 on CPU; on GPUs amp, or amp_bf16 at xlarge as DataComp's launcher does."""
     if precision != "auto":
         return precision
-    import torch
+    if gpu is None:
+        import torch
 
-    return "amp" if torch.cuda.is_available() else "fp32"
+        gpu = torch.cuda.is_available()
+    if not gpu:
+        return "fp32"
+    return "amp_bf16" if scale == "xlarge" else "amp"
 
 
 _TRAIN_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \((\d+)%\)\](.*)")
@@ -225,16 +286,108 @@ def parse_train_line(line: str) -> dict[str, Any] | None:
             "losses": {k: v for k, v in losses.items() if k != "loss"}}
 
 
-def final_checkpoint(run_dir: Path, exp_name: str, epochs: int) -> Path:
-    return run_dir / exp_name / "checkpoints" / f"epoch_{epochs}.pt"
+# --------------------------------------------------------------------------------- a run folder
+@dataclass
+class RunSetup:
+    """Everything a launcher needs: the run folder, open_clip's flags, the plan."""
+
+    out_dir: Path
+    argv: list[str]
+    recipe: Scale
+    plan: TrainingPlan
+    workers: int
+    record: dict[str, Any]
 
 
+def world_size_of(config: TrainConfig, ray: bool) -> int:
+    if ray:
+        return config.ray_workers or 1
+    return (config.gpus or 1) * config.nodes
+
+
+def check_gpus(config: TrainConfig) -> None:
+    """``--gpus N`` on this machine: it must have N GPUs."""
+    if not config.gpus:
+        return
+    import torch
+
+    have = torch.cuda.device_count()
+    if config.gpus > have:
+        raise ConfigError(f"--gpus {config.gpus}: this machine has {have} GPU(s)")
+
+
+def prepare_run(data: str | Path | Sequence[str | Path], out_dir: str | Path, config: TrainConfig, *,
+                world_size: int, cpus: int | None, gpu: bool, name: str | None = None) -> RunSetup:
+    """Check the input, plan the budget and write ``train_config.json`` (and the shard list when long).
+
+    ``cpus``: CPUs for each process's data-loader workers (None: as asked, for another machine).
+    """
+    recipe = config.recipe()
+    out_dir = Path(out_dir).resolve()
+    sources = data_sources(data, config.data_weights)
+    shards = [s for src in sources for s in src.shards]
+    dataset_size = count_samples(shards)
+    if dataset_size == 0:
+        raise InputError(shards[0].parent, "training shards hold no samples")
+    if world_size > 1 and len(shards) < world_size:
+        raise InputError(shards[0].parent, f"{len(shards)} shard(s) cannot be split over {world_size} training "
+                                           "processes (each reads its own shards)")
+    plan = plan_budget(recipe.samples_seen, recipe.batch_size, recipe.num_checkpoints, world_size,
+                       config.accum_freq, config.workers)
+    workers = config.workers if cpus is None else loader_workers(config.workers, plan, cpus)
+    if workers < config.workers:
+        warnings.warn(f"{workers} data-loader worker(s) per process instead of {config.workers} ({cpus} CPU(s) "
+                      f"each); samples seen stay {plan.samples_seen:,}", PoolsieveWarning, stacklevel=2)
+    train_data, factors = train_data_string(sources)
+    data_flags = ["--train-data", train_data] + (["--train-data-upsampling-factors", factors] if factors else [])
+    if sum(len(a) for a in data_flags) > ARG_LIMIT:
+        data_file = out_dir / DATA_FILE
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(data_file) as tmp:
+            tmp.write_text(train_data + "\n" + (factors + "\n" if factors else ""))
+        data_flags = [DATA_FILE_FLAG, str(data_file)]
+    argv = open_clip_args(data_flags, out_dir, recipe, plan, config, workers,
+                          resolve_precision(config.precision, recipe.name, gpu))
+    folders = [os.path.relpath(p, out_dir) for p in (str(data).split("::") if isinstance(data, (str, Path))
+                                                       else sorted({str(s.parent) for s in shards}))]
+    record = {
+        "name": name or out_dir.name, "data": folders, "data_weights": config.data_weights,
+        "shards": len(shards), "dataset_size": dataset_size,
+        "train_data_sha256": hashlib.sha256((train_data + "|" + (factors or "")).encode()).hexdigest(),
+        "config": asdict(config), "recipe": asdict(recipe), "plan": asdict(plan),
+        "open_clip_args": argv,
+    }
+    config_path = out_dir / CONFIG_FILE
+    if config_path.exists() and _comparable(read_json(config_path)) != _comparable(record):
+        raise ConfigError(f"{out_dir} holds a run with other data or settings; pass --overwrite to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(config_path, record)
+    return RunSetup(out_dir, argv, recipe, plan, workers, record)
+
+
+def _comparable(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What must match for a rerun to continue a run: data and recipe, not the machine's worker count."""
+    args = list(record.get("open_clip_args") or [])
+    if "--workers" in args:
+        i = args.index("--workers")
+        del args[i:i + 2]
+    return record.get("train_data_sha256"), args
+
+
+# ------------------------------------------------------------------------------------ launching
 def runner_command(argv: list[str], gpus: int | None = None) -> list[str]:
     """The child process: the runner module, under torchrun (one process per GPU) when ``gpus > 1``."""
     launcher = [sys.executable]
     if gpus and gpus > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
     return [*launcher, "-m", "poolsieve.train.open_clip_runner", *argv]
+
+
+def runner_env(config: TrainConfig) -> dict[str, str]:
+    env = {"PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    if config.threads:
+        env["OMP_NUM_THREADS"] = str(config.threads)
+    return env
 
 
 def _die_with_parent() -> None:
@@ -248,17 +401,24 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _run_open_clip(argv: list[str], log_path: Path, progress: Progress, plan: TrainingPlan,
-                   done_before: int, config: TrainConfig) -> list[dict[str, Any]]:
-    """Run the runner as a child process; return the parsed training log lines."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
-    if config.threads:
-        env["OMP_NUM_THREADS"] = str(config.threads)
-    cmd = runner_command(argv, config.gpus)
-    records: list[dict[str, Any]] = []
+def failure_line(lines: Sequence[str], what: str, log_path: Path) -> str:
+    """One line for a failed run: the runner's own error line, else the last line that says error."""
+    for line in reversed(lines):
+        if ERROR_PREFIX in line:
+            return line.split(ERROR_PREFIX, 1)[1].strip()
+    last = next((ln.strip() for ln in reversed(lines) if re.search(r"error|exception", ln, re.I)),
+                next((ln.strip() for ln in reversed(lines) if ln.strip()), "no output"))
+    return f"{what} failed: {last[:300]} (log: {log_path})"
+
+
+def _run_local(setup: RunSetup, config: TrainConfig, progress: Progress, done_before: int) -> None:
+    """Run the runner (under torchrun for several GPUs) as a child process, following its log."""
+    env = dict(os.environ, **runner_env(config))
+    cmd = runner_command(setup.argv, config.gpus)
+    log_path = setup.out_dir / "train.log"
     tail: list[str] = []
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     steps_done = done_before
+    plan = setup.plan
     with open(log_path, "a") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                       text=True, env=env, preexec_fn=_die_with_parent) as proc:
         assert proc.stdout is not None
@@ -269,7 +429,6 @@ def _run_open_clip(argv: list[str], log_path: Path, progress: Progress, plan: Tr
                 rec = parse_train_line(line)
                 if rec is None:
                     continue
-                records.append(rec)
                 step = rec["epoch"] * plan.steps_per_epoch + rec["epoch_samples"] // plan.batch_size
                 if step > steps_done:
                     progress.update(step - steps_done, (step - steps_done) * plan.batch_size)
@@ -279,94 +438,140 @@ def _run_open_clip(argv: list[str], log_path: Path, progress: Progress, plan: Tr
             raise
         rc = proc.wait()
     if rc != 0:
-        raise PoolsieveError(f"open_clip training failed (exit {rc}); log {log_path}; last lines:\n"
-                             + "\n".join(tail[-15:]))
-    return records
+        raise PoolsieveError(failure_line(tail, f"open_clip training (exit {rc})", log_path))
 
 
+# ------------------------------------------------------------------------------------ the stage
 def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, config: TrainConfig | None = None,
-               *, overwrite: bool = False, name: str | None = None) -> dict[str, Any]:
-    """Train a CLIP with a fixed budget on ``data`` (webdataset folder or tars) into ``out_dir``.
+               *, overwrite: bool = False, name: str | None = None, runtime: Any = None) -> dict[str, Any]:
+    """Train a CLIP with a fixed budget on ``data`` (webdataset folder, tars, or folders joined by ``::``).
 
-    Returns the summary (also written to ``out_dir/summary.json``): checkpoint, samples seen,
+    Runs here (``config.gpus`` > 1: under torchrun), or on Ray Train workers when
+    ``config.ray_workers`` is set or ``runtime`` names a Ray cluster. Returns the summary (also in
+    ``out_dir/summary.json``, its paths there relative to ``out_dir``): checkpoint, samples seen,
     steps, epochs, dataset size, losses, seconds.
     """
     config = config or TrainConfig()
-    recipe = config.recipe()
+    config.recipe()
     out_dir = Path(out_dir)
-    summary_path = out_dir / SUMMARY_FILE
     if overwrite and out_dir.exists():
         shutil.rmtree(out_dir)
-    shards = list_shards(data)
-    dataset_size = count_samples(shards)
-    if dataset_size == 0:
-        raise InputError(shards[0].parent, "training shards hold no samples")
-    plan = plan_budget(recipe.samples_seen, recipe.batch_size, recipe.num_checkpoints, config.gpus or 1,
-                       config.accum_freq, config.workers)
-    exp_name = f"{recipe.name}_scale"
-    checkpoint = final_checkpoint(out_dir, exp_name, plan.epochs)
-    argv = open_clip_args(shards, out_dir, exp_name, recipe, plan, config)
-    config_path = out_dir / "train_config.json"
-    if config_path.exists() and read_json(config_path).get("open_clip_args") != argv:
-        raise ConfigError(f"{out_dir} holds a run with other data or settings; pass --overwrite to replace it")
-    summary = read_json(summary_path) if summary_path.exists() else {}
-    if summary and Path(summary.get("checkpoint", "")).exists():
-        return dict(summary, skipped=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, {"config": asdict(config), "recipe": asdict(recipe),
-                                               "plan": asdict(plan), "open_clip_args": argv})
+    use_ray = bool(config.ray_workers) or bool(runtime is not None and getattr(runtime, "address", None))
+    if use_ray:
+        from .launch import ray_plan
+
+        config, gpu, cpus = ray_plan(config, runtime)
+    else:
+        check_gpus(config)
+        gpu = bool(config.gpus)
+        if config.gpus is None:
+            import torch
+
+            gpu = torch.cuda.is_available()
+        cpus = machine_cpus() // (config.gpus or 1)
+    setup = prepare_run(data, out_dir, config, world_size=world_size_of(config, use_ray), cpus=cpus, gpu=gpu,
+                        name=name)
+    out_dir = setup.out_dir
+    summary_path = out_dir / SUMMARY_FILE
+    if summary_path.exists():
+        summary = load_summary(out_dir)
+        if Path(summary.get("checkpoint", "")).exists():
+            return dict(summary, skipped=True)
+    done_epochs, note = prepare_resume(out_dir / "checkpoints")
+    if note:
+        warnings.warn(note, PoolsieveWarning, stacklevel=2)
+    plan = setup.plan
     total_steps = plan.epochs * plan.steps_per_epoch
-    done_before = _resumed_steps(out_dir / exp_name / "checkpoints", plan)
+    done_before = done_epochs * plan.steps_per_epoch
     progress = Progress(f"train {name or out_dir.name}", total=total_steps, unit="steps")
     if done_before:
         progress.update(done_before)
     start = time.monotonic()
-    records = _run_open_clip(argv, out_dir / "train.log", progress, plan, done_before, config)
+    if use_ray:
+        from .launch import run_ray_train
+
+        run_ray_train(setup, config, runtime, gpu, progress, done_before)
+    else:
+        _run_local(setup, config, progress, done_before)
     seconds = time.monotonic() - start
     progress.close()
-    if not checkpoint.exists():
-        raise PoolsieveError(f"open_clip finished without writing {checkpoint}; see {out_dir / 'train.log'}")
+    return finish_run(out_dir, seconds=seconds, resumed_samples=done_before * plan.batch_size)
+
+
+def finish_run(out_dir: str | Path, *, seconds: float | None = None, resumed_samples: int = 0) -> dict[str, Any]:
+    """Write ``summary.json`` and DataComp's ``info.pkl`` for a run whose training has ended.
+
+    Everything comes from the run folder (``train_config.json``, open_clip's ``out.log``), so any
+    launcher can call it: ``python -m poolsieve.train.trainer finish RUN_DIR`` ends a SLURM job.
+    """
+    out_dir = Path(out_dir).resolve()
+    record = read_json(out_dir / CONFIG_FILE)
+    recipe, plan = record["recipe"], TrainingPlan(**record["plan"])
+    checkpoint = out_dir / "checkpoints" / LATEST
+    if read_epoch(checkpoint) != plan.epochs:
+        raise PoolsieveError(f"{checkpoint}: training ended before its last epoch ({plan.epochs}); "
+                             f"see {out_dir / 'out.log'} and rerun to resume")
+    log_path = out_dir / "out.log"
+    records = [r for line in (log_path.read_text().splitlines() if log_path.exists() else [])
+               if (r := parse_train_line(line))]
     losses = [{"samples_seen": r["epoch"] * plan.samples_per_epoch + r["epoch_samples"], "loss": r["loss"],
                **r["losses"]} for r in records]
-    last_per_epoch = {r["epoch"]: r for r in records}
-    samples_seen = sum(r["epoch_samples"] for r in last_per_epoch.values())
-    if done_before:  # epochs finished before an interruption are not in this run's log lines
-        samples_seen += sum(plan.samples_per_epoch for e in range(plan.epochs) if e not in last_per_epoch)
+    last_per_epoch = {r["epoch"]: r["epoch_samples"] for r in records}
+    samples_seen = sum(last_per_epoch.get(e, plan.samples_per_epoch) for e in range(plan.epochs))
+    dataset_size = record["dataset_size"]
     summary = {
-        "name": name or out_dir.name,
-        "data": [str(p) for p in shards],
+        "name": record["name"],
+        "data": record["data"],
+        "data_weights": record.get("data_weights"),
+        "shards": record["shards"],
         "dataset_size": dataset_size,
-        "scale": recipe.name,
-        "model": recipe.model,
-        "checkpoint": str(checkpoint),
+        "scale": recipe["name"],
+        "model": recipe["model"],
+        "checkpoint": os.path.relpath(checkpoint, out_dir),
         "samples_seen": samples_seen,
-        "budget": recipe.samples_seen,
+        "budget": recipe["samples_seen"],
         "epochs": plan.epochs,
-        "steps": total_steps,
+        "steps": plan.epochs * plan.steps_per_epoch,
         "batch_size": plan.batch_size,
-        "learning_rate": recipe.learning_rate,
+        "world_size": plan.world_size,
+        "learning_rate": recipe["learning_rate"],
         "passes_over_data": round(samples_seen / dataset_size, 3),
         "final_loss": losses[-1]["loss"] if losses else None,
         "losses": losses,
-        "seconds": round(seconds, 1),
-        "samples_per_second": round((samples_seen - done_before * plan.batch_size) / max(seconds, 1e-9), 1),
-        "seed": config.seed,
+        "seconds": None if seconds is None else round(seconds, 1),
+        "samples_per_second": None if not seconds else round((samples_seen - resumed_samples) / seconds, 1),
+        "seed": record["config"]["seed"],
     }
-    write_json(summary_path, summary)
-    return summary
+    write_json(out_dir / SUMMARY_FILE, summary)
+    scale_config = {"batch_size": recipe["batch_size"], "learning_rate": recipe["learning_rate"],
+                    "train_num_samples": recipe["samples_seen"], "warmup": recipe["warmup"],
+                    "model": recipe["model"], "beta2": recipe["beta2"]}
+    data = "::".join(str((out_dir / d).resolve()) for d in record["data"])
+    write_info(out_dir, recipe["name"], scale_config, data)
+    return _resolved(summary, out_dir)
 
 
-def _resumed_steps(checkpoint_dir: Path, plan: TrainingPlan) -> int:
-    """Steps already done by an interrupted run (whole epochs in its last checkpoint)."""
-    if not checkpoint_dir.is_dir():
-        return 0
-    epochs = [int(m.group(1)) for p in checkpoint_dir.glob("epoch_*.pt")
-              if (m := re.fullmatch(r"epoch_(\d+)\.pt", p.name))]
-    return max(epochs, default=0) * plan.steps_per_epoch
+def _resolved(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The summary with its run-relative paths made absolute for this machine."""
+    out = dict(summary)
+    if out.get("checkpoint"):
+        out["checkpoint"] = str(run_dir / out["checkpoint"])
+    return out
 
 
 def load_summary(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / SUMMARY_FILE
+    """A finished run's summary, its checkpoint path resolved against the run folder (wherever it is now)."""
+    run_dir = Path(run_dir)
+    path = run_dir / SUMMARY_FILE
     if not path.exists():
         raise InputError(path, "no finished training run here (run `poolsieve train` first)")
-    return json.loads(path.read_text())
+    return _resolved(json.loads(path.read_text()), run_dir.resolve())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "finish":
+        sys.exit("usage: python -m poolsieve.train.trainer finish RUN_DIR")
+    try:
+        print(json.dumps({k: v for k, v in finish_run(sys.argv[2]).items() if k != "losses"}, indent=2))
+    except PoolsieveError as e:
+        sys.exit(f"poolsieve train: error: {e}")

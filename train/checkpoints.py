@@ -1,0 +1,100 @@
+"""A run folder in DataComp's layout, and its checkpoints: written atomically, checked before a resume.
+
+A run folder is what DataComp's ``evaluate.py --train_output_dir`` reads::
+
+    checkpoints/epoch_latest.pt   the newest checkpoint; training resumes from it
+    checkpoints/epoch_<N>.pt      the last epoch's checkpoint (every epoch's with keep_checkpoints)
+    info.pkl                      DataComp's training record: scale, checkpoint, scale_config, data_dir
+    params.txt, out.log           open_clip's flags and log
+
+Checkpoints are untrusted input: they are read with ``weights_only=True`` (no pickled code runs).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from poolsieve.core.formats import atomic_path
+
+LATEST = "epoch_latest.pt"
+INFO_FILE = "info.pkl"
+_EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt")
+
+
+def atomic_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+    """``torch.save`` that writes a file path through a temporary name, synced, then renamed into place."""
+    import torch
+
+    if not isinstance(f, (str, os.PathLike)):
+        torch.save(obj, f, *args, **kwargs)
+        return
+    with atomic_path(f) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh, *args, **kwargs)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_epoch(path: str | Path) -> int | None:
+    """The epoch a training checkpoint ends, or None when the file is truncated or unreadable."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any failure to read is "not a whole checkpoint"
+        return None
+    epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None
+    return epoch if isinstance(epoch, int) else None
+
+
+def epoch_files(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    """``(N, epoch_N.pt)`` in the folder, oldest first."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := _EPOCH_FILE.fullmatch(p.name))]
+    return sorted(found)
+
+
+def prepare_resume(checkpoint_dir: Path) -> tuple[int, str | None]:
+    """Make ``epoch_latest.pt`` the newest whole checkpoint; return (its epoch, a one-line note or None).
+
+    A truncated or unreadable latest file is moved aside (``epoch_latest.pt.unreadable``, never
+    deleted) and the newest whole ``epoch_<N>.pt`` takes its place; a run killed between writing
+    ``epoch_<N>.pt`` and ``epoch_latest.pt`` resumes from the newer of the two.
+    """
+    latest = checkpoint_dir / LATEST
+    note = None
+    latest_epoch = read_epoch(latest) if latest.exists() else None
+    if latest.exists() and latest_epoch is None:
+        bad = latest.with_name(LATEST + ".unreadable")
+        os.replace(latest, bad)
+        note = f"{latest}: truncated or unreadable checkpoint (kept as {bad.name})"
+    best = next(((n, p) for n, p in reversed(epoch_files(checkpoint_dir))
+                 if (latest_epoch is None or n > latest_epoch) and read_epoch(p) == n), None)
+    if best is not None:
+        with atomic_path(latest) as tmp:
+            shutil.copyfile(best[1], tmp)
+        latest_epoch = best[0]
+        if note:
+            note += f"; resuming from the previous whole one, {best[1].name}"
+    elif note:
+        note += "; no whole checkpoint before it, training starts over"
+    return latest_epoch or 0, note
+
+
+def write_info(run_dir: Path, scale: str, scale_config: dict[str, Any], data_dir: str) -> Path:
+    """DataComp's ``info.pkl``: what its ``evaluate.py`` reads (``scale_config['model']``, ``checkpoint``).
+
+    ``checkpoint`` is the absolute path, as DataComp writes it; a run folder copied elsewhere still
+    works because evaluate.py falls back to ``<train_output_dir>/checkpoints/epoch_latest.pt``.
+    """
+    info = {"scale": scale, "checkpoint": (run_dir / "checkpoints" / LATEST).resolve(),
+            "scale_config": scale_config, "data_dir": Path(data_dir)}
+    path = run_dir / INFO_FILE
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        pickle.dump(info, fh)
+    return path
