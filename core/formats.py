@@ -75,6 +75,41 @@ def pairs_to_uids(pairs: np.ndarray) -> list[str]:
     return [f"{int(a):016x}{int(b):016x}" for a, b in zip(pairs["f0"], pairs["f1"], strict=True)]
 
 
+def uid_column_pairs(column: Any, source: str | Path | None = None) -> np.ndarray:
+    """A metadata ``uid`` column (arrow) -> pairs. Refuses, naming ``source`` and the first bad row, a
+    column that is not of string type (integer uids), a missing uid, and a uid that is not 32 lowercase hex."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        first = column[0].as_py() if len(column) else None
+        raise InputError(source, f"column uid has type {column.type} (row 0: {first!r}); "
+                                 "a uid is a string of 32 lowercase hex characters")
+    if column.null_count:
+        i = int(np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))[0])
+        raise InputError(source, f"uid missing at row {i}")
+    return uids_to_pairs(column.to_numpy(zero_copy_only=False), source=source)
+
+
+def find_duplicate_uids(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``pairs`` whose uid is at an earlier row, and for each that first row (both by repeat row)."""
+    empty = np.zeros(0, dtype=np.int64)
+    if len(pairs) < 2:
+        return empty, empty
+    keys = _byte_keys(pairs)
+    order = np.argsort(keys, kind="stable")  # equal uids stay in row order: the first one leads its run
+    ordered = keys[order]
+    same = ordered[1:] == ordered[:-1]
+    if not same.any():
+        return empty, empty
+    positions = np.arange(len(ordered))
+    run_start = np.maximum.accumulate(np.where(np.r_[True, ~same], positions, 0))
+    dup = np.flatnonzero(np.r_[False, same])
+    repeats, firsts = order[dup], order[run_start[dup]]
+    by_row = np.argsort(repeats, kind="stable")
+    return repeats[by_row].astype(np.int64), firsts[by_row].astype(np.int64)
+
+
 # ------------------------------------------------------------------------------------ subsets
 def _byte_keys(pairs: np.ndarray) -> np.ndarray:
     """Pairs as 16-byte big-endian keys: byte order equals numeric order, and sorts ~20x faster."""

@@ -52,8 +52,9 @@ def downloaded_index(ws: Workspace) -> Any | None:
     return pd.concat(frames, ignore_index=True).drop_duplicates("uid").set_index("uid")
 
 
-def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: bool) -> dict[str, Any]:
-    """One DataComp metadata file (+ its npz) -> one score table + npz in ``out_dir``."""
+def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: bool,
+                drop_rows: np.ndarray | None = None) -> dict[str, Any]:
+    """One DataComp metadata file (+ its npz) -> one score table + npz in ``out_dir``, without ``drop_rows``."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -79,10 +80,13 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
         if v.ndim != 2 or len(v) != len(meta):
             raise InputError(npz, f"embedding {k} has shape {v.shape} but {parquet.name} has {len(meta)} rows: misaligned")
     keep = np.ones(len(meta), dtype=bool)
+    if drop_rows is not None:
+        keep[drop_rows] = False  # uids repeating an earlier row (--drop-duplicate-uids)
+    if downloaded is not None:
+        keep &= meta["uid"].isin(downloaded.index).to_numpy()
+    meta = meta[keep].reset_index(drop=True)
     key = width = height = pd.Series([None] * len(meta), dtype=object)
     if downloaded is not None:
-        keep = meta["uid"].isin(downloaded.index).to_numpy()
-        meta = meta[keep].reset_index(drop=True)
         found = downloaded.loc[meta["uid"]]
         key, width, height = found["key"].to_numpy(), found["width"].to_numpy(), found["height"].to_numpy()
     texts = meta["text"].tolist()
@@ -118,9 +122,16 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
 
 
 def import_datacomp(ws: Workspace, source: str | Path, runtime: Runtime, overwrite: bool = False,
-                    language: bool = True, quiet: bool = False) -> dict[str, Any]:
-    """Import every ``{stem}.parquet`` (+ ``{stem}.npz``) of ``source`` into ``ws.scores_dir``."""
+                    language: bool = True, quiet: bool = False, drop_duplicate_uids: bool = False) -> dict[str, Any]:
+    """Import every ``{stem}.parquet`` (+ ``{stem}.npz``) of ``source`` into ``ws.scores_dir``. uids are
+    checked first across all files (``metadata_checks``): a repeat is refused, or dropped when asked."""
+    from .metadata_checks import scan_metadata
+
     files = parquet_files(source, "DataComp metadata")
+    scan = scan_metadata(files, required=("uid", "text"))
+    if not drop_duplicate_uids:
+        scan.refuse_duplicates()
+    drops = {p: rows for p, rows in zip(scan.files, scan.repeats, strict=True) if len(rows)}
     t0 = time.perf_counter()
     todo = [p for p in files if overwrite or not (ws.score_table_path(p.stem).exists()
                                                    and ws.embeddings_path(p.stem).exists())]
@@ -128,12 +139,13 @@ def import_datacomp(ws: Workspace, source: str | Path, runtime: Runtime, overwri
     out_dir = ws.scores_dir
 
     def one(p: Path) -> dict[str, Any]:
-        return import_file(p, out_dir, downloaded, language)
+        return import_file(p, out_dir, downloaded, language, drops.get(p))
 
     results = runtime.map(one, todo, "import datacomp", items=lambda r: r["rows_out"], item_unit="rows")
     summary = {
         "files": len(files), "imported now": len(todo), "already imported (skipped)": len(files) - len(todo),
         "rows read": sum(r["rows_in"] for r in results), "rows kept": sum(r["rows_out"] for r in results),
+        "repeated uids dropped": scan.repeated_rows if drop_duplicate_uids else 0,
         "kept": "downloaded uids only" if downloaded is not None else "all rows (no downloaded shards)",
         "elapsed s": round(time.perf_counter() - t0, 2), "output": str(out_dir),
     }

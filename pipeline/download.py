@@ -42,6 +42,7 @@ from typing import Any
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
 from poolsieve.core.locks import exclusive
 
+from .download_integrity import NOT_WRITTEN_STATUS, ShardInputs, check_success_rate, complete_shard
 from .netguard import DENIED_MARK, NetworkPolicy
 
 REPORT_NAME = "download_report.json"
@@ -75,12 +76,12 @@ class DownloadConfig:
     encode_quality: int = 95
     samples_per_shard: int = 10_000
     processes: int | None = None  # default: all CPUs
-    threads: int = 64
+    threads: int = 32  # fetch threads per process; up to 2 x threads fetched images wait for decoding
     retries: int = 2  # per-url retries inside img2dataset
     timeout: float = 10.0  # seconds per connect / read
     fetch_deadline: float = 60.0  # seconds one image may take in all (slow trickles end here)
-    max_image_bytes: int = 64 << 20
-    max_image_area: float = 178_956_970.0  # pixels; PIL's decompression-bomb error threshold
+    max_image_bytes: int = 32 << 20
+    max_image_area: float = 64 << 20  # pixels (8192 x 8192); with transparency a sixth (see runner)
     min_image_size: int = 0
     blur_faces: bool = True  # blur ``face_bboxes`` when the metadata has them
     deny_networks: list[str] = field(default_factory=list)  # denied on top of every non-global address
@@ -90,6 +91,8 @@ class DownloadConfig:
     max_shard_retry: int = 1
     retry_failed: bool = False
     user_agent_token: str | None = None
+    min_success_rate: float = 0.1  # below it the run fails (a dead server, a pool the guard refuses)
+    drop_duplicate_uids: bool = False  # drop rows repeating an earlier uid instead of refusing the file
 
     def validate(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
@@ -101,6 +104,10 @@ class DownloadConfig:
                 raise ConfigError(f"download.{name} must be positive, got {getattr(self, name)!r}")
         if self.processes is not None and self.processes <= 0:
             raise ConfigError(f"download.processes must be positive, got {self.processes!r}")
+        if not 0 <= self.min_success_rate <= 1:
+            raise ConfigError(f"download.min_success_rate must be between 0 and 1, got {self.min_success_rate!r}")
+        if self.max_image_area <= 0 or self.max_image_bytes <= 0:
+            raise ConfigError("download.max_image_area and download.max_image_bytes must be positive")
         for key in ("deny_networks", "allow_networks"):
             if not isinstance(getattr(self, key), list):
                 raise ConfigError(f"download.{key} must be a list of networks (CIDR strings)")
@@ -112,6 +119,8 @@ def failure_reason(status: str | None, error: str | None) -> str:
     """A short reason for a failed sample: http_404, timeout, decode, too_small, denied, ..."""
     if status == "success":
         return "success"
+    if status == NOT_WRITTEN_STATUS:
+        return "not_written"
     msg = (error or "").lower()
     if DENIED_MARK in msg:
         return "denied"
@@ -127,8 +136,10 @@ def failure_reason(status: str | None, error: str | None) -> str:
     if "name or service not known" in msg or "name resolution" in msg or "nodename nor servname" in msg \
             or "no address associated" in msg or "getaddrinfo" in msg:
         return "dns"
-    if "too large" in msg:
+    if "too large" in msg or "cv_io_max_image_pixels" in msg:
         return "too_large"
+    if "format refused" in msg:
+        return "unsupported_format"
     if "too small" in msg:
         return "too_small"
     if "aspect ratio" in msg:
@@ -198,8 +209,10 @@ def whole_shard_ids(shards_dir: Path) -> set[int]:
 
 
 # --------------------------------------------------------------------------------- staging & promotion
-def promote_ready(staging: Path, shards_dir: Path) -> list[tuple[int, dict[str, Any]]]:
-    """Move every shard that img2dataset finished in ``staging`` into ``shards_dir``; stats file last."""
+def promote_ready(staging: Path, shards_dir: Path,
+                  inputs: ShardInputs | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """Move every shard that img2dataset finished in ``staging`` into ``shards_dir``; stats file last.
+    With ``inputs``, rows img2dataset failed to write are first added as failures (``complete_shard``)."""
     moved = []
     if not staging.is_dir():
         return moved
@@ -216,6 +229,8 @@ def promote_ready(staging: Path, shards_dir: Path) -> list[tuple[int, dict[str, 
         tar, parquet = staging / f"{name}.tar", staging / f"{name}.parquet"
         if not parquet.exists() or not tar.exists():
             continue
+        if inputs is not None and complete_shard(parquet, stats_path, int(name), inputs):
+            stats = json.loads(stats_path.read_text())
         os.replace(tar, shards_dir / tar.name)
         os.replace(parquet, shards_dir / parquet.name)
         os.replace(stats_path, shards_dir / stats_path.name)
@@ -271,7 +286,10 @@ def run_img2dataset(job: dict[str, Any], shards_dir: Path, expected: list[int], 
     stalled = False
     all_done_at: float | None = None
     waiting_for = set(expected)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", NO_ALBUMENTATIONS_UPDATE="1")
+    inputs = ShardInputs.from_job(job)
+    # OpenCV's own pixel limit, read at import: a second stop, for any format, before it allocates.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", NO_ALBUMENTATIONS_UPDATE="1",
+               OPENCV_IO_MAX_IMAGE_PIXELS=str(int(job["img2dataset"]["max_image_area"])))
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "poolsieve.pipeline.download_runner", str(job_path)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -279,7 +297,7 @@ def run_img2dataset(job: dict[str, Any], shards_dir: Path, expected: list[int], 
         try:
             while True:
                 returncode = proc.poll()
-                for shard_id, stats in promote_ready(staging, shards_dir):
+                for shard_id, stats in promote_ready(staging, shards_dir, inputs):
                     promoted.append(shard_id)
                     samples += int(stats["count"])
                     progress.update(1, items=int(stats["count"]))
@@ -425,6 +443,7 @@ def reconcile_duplicates(shards_dir: Path, candidates: set[int]) -> set[int]:
         stats.update(count=len(kept_status), successes=kept_status.count("success"),
                      failed_to_download=kept_status.count("failed_to_download"),
                      failed_to_resize=kept_status.count("failed_to_resize"), status_dict=dict(status_dict),
+                     failed_to_write=kept_status.count(NOT_WRITTEN_STATUS),
                      moved_to_later_shards=int(stats.get("moved_to_later_shards", 0)) + sum(drop))
         write_json(stats_path, stats)
         rewritten.add(shard_id)
@@ -522,10 +541,14 @@ def _download(ws: Any, cfg: DownloadConfig, runtime: Any, overwrite: bool) -> di
     if cfg.scale or cfg.metadata_source:
         from .hub_metadata import fetch_metadata
 
-        fetch_metadata(ws.metadata_dir, scale=cfg.scale, source=cfg.metadata_source,
-                       include_npz=cfg.download_npz, cache_dir=ws.root / ".hf_cache", overwrite=overwrite,
-                       endpoint=cfg.hub_endpoint)
+        fetched = fetch_metadata(ws.metadata_dir, scale=cfg.scale, source=cfg.metadata_source,
+                                 include_npz=cfg.download_npz, cache_dir=ws.root / ".hf_cache", overwrite=overwrite,
+                                 endpoint=cfg.hub_endpoint, drop_duplicate_uids=cfg.drop_duplicate_uids)
     files = ws.metadata_files()
+    if not (cfg.scale or cfg.metadata_source) or fetched["skipped"]:  # fetch_metadata checks what it brings
+        from .metadata_checks import check_metadata
+
+        check_metadata(files, drop_duplicate_uids=cfg.drop_duplicate_uids)
     if cfg.skip_shards:
         return {"metadata_files": len(files), "skipped_shards": True}
     plans = plan_shards(files, cfg.samples_per_shard)
@@ -571,6 +594,7 @@ def _download(ws: Any, cfg: DownloadConfig, runtime: Any, overwrite: bool) -> di
         raise PoolsieveError(f"{shards_dir}: {len(missing)} shard(s) did not finish ({_short_list(missing)}); "
                              f"rerun to resume. img2dataset's log: {shards_dir / RUNNER_LOG_NAME}"
                              + (f" (last line: {last.strip()[:200]})" if last else ""))
+    check_success_rate(report, cfg.min_success_rate, shards_dir)
     return report
 
 
@@ -695,7 +719,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download-npz", action="store_true", default=None, help="with --scale: also fetch the .npz embeddings")
     p.add_argument("--skip-shards", action="store_true", default=None, help="fetch the metadata only")
     p.add_argument("--processes", type=int, help="download processes (default: all CPUs)")
-    p.add_argument("--threads", type=int, help="threads per process (default 64)")
+    p.add_argument("--threads", type=int, help="fetch threads per process (default 32); up to 2 x threads fetched "
+                   "images of at most max_image_bytes (32 MiB) wait per process: 2 GiB by default")
+    p.add_argument("--max-image-area", type=float, metavar="PIXELS",
+                   help="refuse images whose header declares more pixels, before decoding (default 67108864 = "
+                   "8192^2; with transparency a sixth). Each process decodes one image at a time, in at most "
+                   "~12 bytes x this (768 MiB): peak decode memory <= processes x 12 B x max_image_area")
     p.add_argument("--retries", type=int, help="retries per url (default 2)")
     p.add_argument("--timeout", type=float, help="seconds per connect/read (default 10)")
     p.add_argument("--fetch-deadline", type=float, help="seconds one image may take in all (default 60)")
@@ -712,6 +741,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fetch from this otherwise denied network, e.g. 127.0.0.1/32 for a local server (repeatable)")
     p.add_argument("--retry-failed", action="store_true", default=None,
                    help="re-fetch only the failed samples into new shards")
+    p.add_argument("--min-success-rate", type=float, metavar="RATE",
+                   help="fail (exit 2) when fewer than this fraction of the samples were fetched (default 0.1)")
+    p.add_argument("--drop-duplicate-uids", action="store_true", default=None,
+                   help="drop metadata rows whose uid repeats an earlier row (default: refuse the file)")
 
 
 def config_from_cli(ctx: Any, args: argparse.Namespace) -> DownloadConfig:
@@ -726,7 +759,8 @@ def config_from_cli(ctx: Any, args: argparse.Namespace) -> DownloadConfig:
         "samples_per_shard": args.samples_per_shard, "distributor": args.distributor,
         "watchdog_seconds": args.watchdog_seconds, "blur_faces": args.blur_faces,
         "deny_networks": args.deny_network, "allow_networks": args.allow_network,
-        "retry_failed": args.retry_failed,
+        "retry_failed": args.retry_failed, "max_image_area": args.max_image_area,
+        "min_success_rate": args.min_success_rate, "drop_duplicate_uids": args.drop_duplicate_uids,
     })
 
 

@@ -12,8 +12,9 @@ Every worker process (multiprocessing or Ray) sets itself up before its first sh
   with a ``poolsieve-denied`` error and no connection is made;
 * img2dataset's url fetch gets a total deadline (a slow trickle cannot hold a shard forever) and a
   size cap, keeping img2dataset's user agent and X-Robots-Tag handling;
-* images whose header declares more than ``max_image_area`` pixels are refused before decoding
-  (decompression bombs);
+* only JPEG, PNG, WebP, GIF and BMP images reach img2dataset's decoder (OpenCV), and only when their
+  header declares at most ``max_image_area`` pixels (a sixth of it with transparency): decompression
+  bombs and formats whose size cannot be read first (Radiance HDR, ...) are refused with a reason;
 * under multiprocessing, a worker dies with its parent (``PR_SET_PDEATHSIG``), so a killed stage
   leaves no orphan still writing.
 """
@@ -111,26 +112,68 @@ def fetch_image(row: tuple[Any, str], timeout: float, user_agent_token: str | No
         return key, None, str(err)
 
 
+# The formats img2dataset's decoder (OpenCV) is given: PIL reads their size from the header, and
+# their leading bytes make OpenCV pick the decoder of the same format. Anything else (Radiance HDR, PFM,
+# EXR, JPEG 2000, TIFF, PNM, ... which OpenCV would decode in full before any size check) is refused.
+DECODED_FORMATS = {"JPEG": (b"\xff\xd8\xff",), "MPO": (b"\xff\xd8\xff",), "PNG": (b"\x89PNG\r\n\x1a\n",),
+                   "GIF": (b"GIF87a", b"GIF89a"), "BMP": (b"BM",), "WEBP": (b"RIFF",)}
+_OPENCV_ONLY = ((b"#?RADIANCE", "Radiance HDR"), (b"#?RGBE", "Radiance HDR"), (b"PF", "PFM"), (b"Pf", "PFM"),
+                (b"v/1\x01", "OpenEXR"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xffO\xffQ", "JPEG 2000"),
+                (b"\x59\xa6\x6a\x95", "Sun raster"))
+# Peak memory of img2dataset's resizer per image pixel (measured with OpenCV 4.14): up to 12 bytes for
+# an opaque image (8-bit RGB 6, 16-bit RGB 12), 76 with transparency (it mattes in float64). So
+# ``max_image_area`` opaque pixels and a sixth of that with transparency both fit in 12 B x max_image_area.
+OPAQUE_BYTES_PER_PIXEL = 12
+ALPHA_BYTES_PER_PIXEL = 76
+_ACCEPTED = "only JPEG, PNG, WebP, GIF and BMP are decoded: their size is read before decoding"
+
+
+def _has_alpha(im: Any, head: bytes) -> bool:
+    if im.format == "BMP":
+        return int.from_bytes(head[28:30], "little") == 32  # OpenCV keeps the fourth byte as alpha
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+
+
+def refusal(img_stream: io.BytesIO, max_image_area: float) -> str | None:
+    """Why the image must not be decoded (unknown format, too many pixels for its kind), or None."""
+    from PIL import Image
+
+    img_stream.seek(0)
+    head = img_stream.read(32)
+    img_stream.seek(0)
+    try:
+        with Image.open(img_stream) as im:  # reads the header only
+            w, h, fmt = *im.size, im.format
+            alpha = _has_alpha(im, head)
+    except Image.DecompressionBombError as e:
+        return f"image area too large: {e}"
+    except Exception:  # noqa: BLE001 - not an image PIL can read: refused undecoded
+        name = next((n for magic, n in _OPENCV_ONLY if head.startswith(magic)), None)
+        return f"image format refused: {name} ({_ACCEPTED})" if name else \
+            f"Image decoding error: not a JPEG, PNG, WebP, GIF or BMP image ({_ACCEPTED})"
+    if fmt not in DECODED_FORMATS or not head.startswith(DECODED_FORMATS[fmt]) \
+            or (fmt == "WEBP" and head[8:12] != b"WEBP"):
+        return f"image format refused: {fmt} ({_ACCEPTED})"
+    if w * h > max_image_area:
+        return f"image area too large: header declares {w}x{h} pixels"
+    if alpha and w * h * ALPHA_BYTES_PER_PIXEL > max_image_area * OPAQUE_BYTES_PER_PIXEL:
+        limit = int(max_image_area * OPAQUE_BYTES_PER_PIXEL / ALPHA_BYTES_PER_PIXEL)
+        return (f"image area too large: header declares {w}x{h} pixels with transparency (limit {limit}: "
+                "img2dataset mattes transparent images in float64)")
+    return None
+
+
 class BombCheckingResizer:
-    """Wraps img2dataset's Resizer: refuses an image whose header declares too many pixels."""
+    """Wraps img2dataset's Resizer: only images that ``refusal`` lets through reach its decoder."""
 
     def __init__(self, resizer: Any, max_image_area: float):
         self.resizer = resizer
         self.max_image_area = max_image_area
 
     def __call__(self, img_stream: io.BytesIO, blurring_bbox_list: Any = None) -> tuple:
-        from PIL import Image
-
-        try:
-            img_stream.seek(0)
-            with Image.open(img_stream) as im:  # reads the header only
-                w, h = im.size
-        except Image.DecompressionBombError as e:
-            return None, None, None, None, None, f"image area too large: {e}"
-        except Exception:  # noqa: BLE001 - let img2dataset's decoder judge what PIL cannot open
-            w = h = 0
-        if w * h > self.max_image_area:
-            return None, None, None, None, None, f"image area too large: header declares {w}x{h} pixels"
+        why = refusal(img_stream, self.max_image_area)
+        if why is not None:
+            return None, None, None, None, None, why
         img_stream.seek(0)
         return self.resizer(img_stream, blurring_bbox_list)
 

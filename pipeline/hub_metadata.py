@@ -76,15 +76,16 @@ def collect_files(folder: Path, include_npz: bool) -> dict[str, Path]:
 
 def fetch_metadata(dest: str | Path, *, scale: str | None = None, source: str | Path | None = None,
                    include_npz: bool = False, cache_dir: str | Path | None = None, overwrite: bool = False,
-                   endpoint: str | None = None, revision: str | None = None) -> dict[str, Any]:
+                   endpoint: str | None = None, revision: str | None = None,
+                   drop_duplicate_uids: bool = False) -> dict[str, Any]:
     """Fill ``dest`` (a workspace's ``metadata/``) from the hub (``scale``) or a local folder (``source``).
 
-    An existing non-empty ``dest`` is kept unless ``overwrite``. Every parquet is checked for the
-    CommonPool columns. Returns counts and where the files came from.
+    An existing non-empty ``dest`` is kept unless ``overwrite``. Every parquet is checked before it is
+    placed (``metadata_checks``: CommonPool columns and types, valid and unique uids; repeated uids are
+    refused, or dropped from the placed copies with ``drop_duplicate_uids``). Returns counts and where
+    the files came from.
     """
-    import pyarrow.parquet as pq
-
-    from poolsieve.core.formats import check_metadata_columns
+    from .metadata_checks import scan_metadata
 
     dest = Path(dest)
     if (scale is None) == (source is None):
@@ -105,16 +106,16 @@ def fetch_metadata(dest: str | Path, *, scale: str | None = None, source: str | 
     parquets = [p for name, p in files.items() if name.endswith(".parquet")]
     if not parquets:
         raise InputError(folder, "no .parquet metadata files there")
-    for p in parquets:
-        try:
-            names = pq.read_schema(p).names
-        except Exception as e:  # noqa: BLE001
-            raise InputError(p, f"not a readable parquet file ({e})") from None
-        check_metadata_columns(p, names)
+    scan = scan_metadata(parquets)
+    if not drop_duplicate_uids:
+        scan.refuse_duplicates()
     if overwrite and dest.is_dir():
         for old in [*dest.glob("*.parquet"), *dest.glob("*.npz")]:
             old.unlink()
     dest.mkdir(parents=True, exist_ok=True)
     for name, p in files.items():
         _place(p, dest / name)
-    return {"skipped": False, "parquet": len(parquets), "npz": len(files) - len(parquets), "source": origin}
+    out = {"skipped": False, "parquet": len(parquets), "npz": len(files) - len(parquets), "source": origin}
+    if drop_duplicate_uids:
+        out["duplicate_uids_dropped"] = scan.drop_repeats(dest)
+    return out
