@@ -69,6 +69,7 @@ def test_guard_refuses_denied_connections_before_any_packet(tmp_path: Path) -> N
 
 def test_fetch_limits_and_bomb_check(tmp_path: Path, monkeypatch) -> None:
     clear_proxy_env(monkeypatch)
+    monkeypatch.setattr(download_runner, "_limits", {})  # the worker's limits, restored after the test
     (tmp_path / "images").mkdir()
     data = encode_jpeg(draw_shape("circle", "red", 64, 64, np.random.default_rng(0)))
     (tmp_path / "images" / "a.jpg").write_bytes(data)
