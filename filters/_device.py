@@ -35,3 +35,8 @@ def resolve_device(device: str | None = "auto") -> str:
     if device == "cuda" and not cuda_available():
         raise ConfigError("device: cuda was asked for but torch sees no CUDA GPU")
     return device
+
+
+def task_resources(device: str) -> dict:
+    """Ray resources of a task that computes on ``device`` (a whole GPU when it is ``cuda``)."""
+    return {"num_gpus": 1} if device == "cuda" else {}

@@ -1,9 +1,13 @@
-"""k-means (Lloyd) with a seeded, backend-independent loop; nearest-centroid search on faiss or torch.
+"""k-means and nearest-centroid search on faiss (``faiss.Clustering``, ``IndexFlatL2`` / ``IndexFlatIP``).
 
-The loop (seeded initial sample, centroid means in float64, empty clusters reseeded with the points
-farthest from their centroid) runs in numpy; only the nearest-centroid search, where the time goes,
-runs on the device: faiss ``IndexFlat`` on CPU, faiss GPU or torch on CUDA. CPU and GPU therefore
-agree up to float rounding in that search.
+``kmeans`` is faiss's Lloyd k-means, seeded (``seed`` picks the initial centroids, faiss's own sampling),
+on every row given (faiss's subsampling to 256 rows per centroid is turned off: callers choose their
+sample). ``spherical`` renormalises the centroids to unit length after each update. It runs one faiss
+iteration at a time, each starting from the last centroids, so that progress can be shown.
+
+On CPU the result is deterministic (faiss splits the centroid updates over threads by centroid, not by
+row). ``device='cuda'`` runs the searches on faiss's GPU build (the ``[gpu]`` extra) when it is
+installed and sees a GPU, else on CPU faiss.
 """
 
 from __future__ import annotations
@@ -25,7 +29,19 @@ ASSIGN_CHUNK = 65536
 class KMeansResult:
     centroids: np.ndarray  # (k, d) float32
     iterations: int
-    inertia: float  # sum of squared distances of the training points to their centroid
+    inertia: float  # sum of squared distances (spherical: inner products) of the rows to their centroid
+
+
+def flat_index(dim: int, metric: str = "l2", device: str = "cpu"):
+    """A faiss exact index (squared L2 or inner product), on the GPU when ``device`` is cuda and faiss can."""
+    import faiss
+
+    if metric not in METRICS:
+        raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    index = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+    if device == "cuda" and faiss_gpu_available():
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
 
 
 def nearest_centroid(x: np.ndarray, centroids: np.ndarray, metric: str = "l2", device: str = "cpu",
@@ -33,74 +49,36 @@ def nearest_centroid(x: np.ndarray, centroids: np.ndarray, metric: str = "l2", d
     """For every row of ``x``: (index of the nearest centroid, squared L2 distance or inner product).
 
     ``metric='l2'`` picks the smallest squared L2 distance; ``'ip'`` the largest inner product
-    (DataComp's assignment). Rows are processed in chunks; ``desc`` shows progress.
+    (DataComp's assignment). Rows are searched in chunks; ``desc`` shows progress.
     """
-    if metric not in METRICS:
-        raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    n = len(x)
-    labels = np.empty(n, dtype=np.int64)
-    values = np.empty(n, dtype=np.float32)
+    labels, values = nearest_centroids(x, centroids, 1, metric, device, desc)
+    return labels[:, 0], values[:, 0]
+
+
+def nearest_centroids(x: np.ndarray, centroids: np.ndarray, count: int, metric: str = "l2", device: str = "cpu",
+                      desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` nearest centroids of every row, nearest first, with their distances (or inner products)."""
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    index = flat_index(centroids.shape[1], metric, device)
+    index.add(centroids)
+    count = min(count, len(centroids))
+    n = len(x)
+    labels = np.empty((n, count), dtype=np.int64)
+    values = np.empty((n, count), dtype=np.float32)
     progress = Progress(desc, total=n, unit="rows") if desc else None
-    search = _searcher(centroids, metric, device)
     for start in range(0, n, ASSIGN_CHUNK):
         chunk = np.ascontiguousarray(x[start:start + ASSIGN_CHUNK], dtype=np.float32)
-        lab, val = search(chunk)
-        labels[start:start + len(chunk)] = lab
-        values[start:start + len(chunk)] = val
+        values[start:start + len(chunk)], labels[start:start + len(chunk)] = index.search(chunk, count)
         if progress:
             progress.update(len(chunk))
     return labels, values
 
 
-def _searcher(centroids: np.ndarray, metric: str, device: str):
-    if device == "cuda" and not faiss_gpu_available():
-        return _torch_searcher(centroids, metric)
-    import faiss
-
-    index = faiss.IndexFlatL2(centroids.shape[1]) if metric == "l2" else faiss.IndexFlatIP(centroids.shape[1])
-    resources = None
-    if device == "cuda":
-        resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, index)
-    index.add(centroids)
-
-    def search(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        _ = resources  # the GPU index needs its resources alive
-        dist, idx = index.search(chunk, 1)
-        return idx[:, 0], dist[:, 0]
-
-    return search
-
-
-def _torch_searcher(centroids: np.ndarray, metric: str):
-    import torch
-
-    c = torch.from_numpy(centroids).cuda()
-    c_sq = (c * c).sum(1)
-
-    def search(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.no_grad():
-            q = torch.from_numpy(chunk).cuda()
-            ip = q @ c.T
-            if metric == "ip":
-                val, idx = ip.max(1)
-            else:
-                dist = (q * q).sum(1, keepdim=True) + c_sq[None, :] - 2 * ip
-                val, idx = dist.min(1)
-                val = val.clamp_min(0)
-        return idx.cpu().numpy(), val.float().cpu().numpy()
-
-    return search
-
-
 def kmeans(x: np.ndarray, k: int, *, niter: int = 20, seed: int = 0, spherical: bool = False,
            device: str = "auto", desc: str = "k-means") -> KMeansResult:
-    """Lloyd's k-means on the rows of ``x`` (squared L2), ``niter`` iterations or until stable.
+    """faiss k-means of the rows of ``x`` (squared L2), ``niter`` iterations. See the module docstring."""
+    import faiss
 
-    Initial centroids: ``k`` distinct rows drawn with ``numpy.random.default_rng(seed)``.
-    ``spherical`` renormalises centroids to unit length after each update (cosine k-means).
-    """
     n = len(x)
     if k < 1 or int(k) != k:
         raise ConfigError(f"k-means: number of clusters must be a positive integer, got {k!r}")
@@ -110,41 +88,19 @@ def kmeans(x: np.ndarray, k: int, *, niter: int = 20, seed: int = 0, spherical: 
         raise ConfigError(f"k-means: iterations must be >= 1, got {niter}")
     device = resolve_device(device)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    rng = np.random.default_rng(seed)
-    centroids = x[np.sort(rng.choice(n, size=k, replace=False))].copy()
-    labels = np.full(n, -1, dtype=np.int64)
+    params = faiss.ClusteringParameters()
+    params.niter = 1
+    params.seed = int(seed)
+    params.spherical = bool(spherical)
+    params.max_points_per_centroid = max(n // k + 1, 256)  # no subsampling
+    params.min_points_per_centroid = 1
+    clustering = faiss.Clustering(x.shape[1], int(k), params)
+    index = flat_index(x.shape[1], "l2", device)
     progress = Progress(f"{desc} ({n:,} rows, k={k:,})", total=niter, unit="iterations")
-    inertia = float("nan")
-    it = 0
-    for it in range(1, niter + 1):
-        new_labels, dist = nearest_centroid(x, centroids, "l2", device)
-        inertia = float(dist.astype(np.float64).sum())
-        stable = np.array_equal(new_labels, labels)
-        labels = new_labels
-        if stable:
-            progress.update(niter - it + 1)
-            break
-        centroids = _update_centroids(x, labels, dist, k, spherical)
+    for _ in range(niter):
+        clustering.train(x, index)  # starts from the centroids the previous call left
         progress.update(1)
-    return KMeansResult(centroids=centroids, iterations=it, inertia=inertia)
-
-
-def _update_centroids(x: np.ndarray, labels: np.ndarray, dist: np.ndarray, k: int, spherical: bool) -> np.ndarray:
-    """Mean of each cluster (float64 sums); an empty cluster takes the farthest not-yet-used point."""
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    starts = np.searchsorted(sorted_labels, np.arange(k))
-    counts = np.bincount(labels, minlength=k)
-    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
-    nonempty = counts > 0
-    sums[nonempty] = np.add.reduceat(x[order].astype(np.float64), starts[nonempty], axis=0)
-    centroids = np.zeros((k, x.shape[1]), dtype=np.float32)
-    centroids[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
-    empty = np.flatnonzero(~nonempty)
-    if len(empty):
-        farthest = np.argsort(-dist.astype(np.float64), kind="stable")[: len(empty)]
-        centroids[empty] = x[farthest]
-    if spherical:
-        norms = np.linalg.norm(centroids, axis=1, keepdims=True)
-        centroids /= np.maximum(norms, 1e-12)
-    return centroids
+    stats = clustering.iteration_stats
+    inertia = float(stats.at(stats.size() - 1).obj)
+    centroids = faiss.vector_to_array(clustering.centroids).reshape(k, x.shape[1])
+    return KMeansResult(centroids=centroids, iterations=niter, inertia=inertia)

@@ -21,6 +21,7 @@
 | score_shift | 0.115 | added to the score before clamping at 1e-7 |
 | gamma_forward / gamma_reverse | 1.0 / 1.0 | RBF widths of forward / reverse messages |
 | knn | auto | ``exact``, ``ivf``, or ``auto`` (exact up to ``exact_max_rows``) |
+| knn_impl | auto | IVF index: ``gemm`` (list-major GEMMs, the faster on CPU), ``faiss`` (faiss's IVF); ``auto``: ``faiss`` on a GPU faiss's GPU build sees, else ``gemm`` |
 | exact_max_rows | 50000 | largest pool searched exactly under ``auto`` |
 | recall | 0.95 | IVF recall@k target that picks ``nprobe`` |
 | nlist / nprobe | 2*sqrt(n) / calibrated | IVF lists and lists probed per query |
@@ -30,7 +31,7 @@
 
 Selection is over rows; a uid that repeats in the pool appears once in the subset. On a Ray runtime
 the graph is built shard by shard on workers against an index written once and
-memory-mapped (see ``_knn.sharded_knn_graph``); rows are gathered in shard order.
+memory-mapped (see ``knn.sharded``); rows are gathered in shard order.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from ._embeddings import (
     pick_embedding_key,
     row_counts,
 )
-from ._knn import KnnGraph, knn_graph, sharded_knn_graph
+from .knn import KnnGraph, knn_graph, sharded_knn_graph
 from .registry import ScoredPool, register
 
 EPSILON = 1e-7
@@ -122,7 +123,7 @@ def _check_positive(name: str, value: float) -> float:
 def build_graph(pool: ScoredPool, key: str, features: str, k: int, **knn_params) -> KnnGraph:
     """The pool's kNN graph: sharded on Ray workers when the pool's runtime is Ray, else in-process.
 
-    Each embedding of the features is an IVF part (see ``_knn``).
+    Each embedding of the features is an IVF part (see ``knn``).
     """
     parts = feature_widths(pool, key, features)
     if pool.runtime.executor == "ray":
@@ -144,7 +145,7 @@ def d2_run(pool: ScoredPool, *, fraction: float | None = None, count: int | None
            gamma_forward: float = 1.0, gamma_reverse: float = 1.0, knn: str = "auto",
            exact_max_rows: int = 50_000, recall: float = 0.95, nlist: int | None = None,
            nprobe: int | None = None, candidates: int | None = None, seed: int = 0,
-           device: str = "auto") -> D2Result:
+           device: str = "auto", knn_impl: str = "auto") -> D2Result:
     """Run D2 Pruning on the pool: the rows, the greedy selection order, the graph. See the module docstring."""
     check_features(features)
     gamma_forward = _check_positive("gamma_forward", gamma_forward)
@@ -160,7 +161,7 @@ def d2_run(pool: ScoredPool, *, fraction: float | None = None, count: int | None
     if n_select == 0 or len(df) < 2:
         return D2Result(pairs, np.arange(min(n_select, len(df)), dtype=np.int64), None)
     graph = build_graph(pool, key, features, k, method=knn, exact_max_rows=exact_max_rows, recall=recall,
-                        nlist=nlist, nprobe=nprobe, candidates=candidates, seed=seed, device=device)
+                        nlist=nlist, nprobe=nprobe, candidates=candidates, seed=seed, device=device, impl=knn_impl)
     graph_scores = forward_messages(node_scores(scores, _shift(score_shift)), graph, gamma_forward)
     return D2Result(pairs, greedy_select(graph_scores, graph, n_select, gamma_reverse), graph)
 
@@ -178,12 +179,12 @@ def d2_pruning(pool: ScoredPool, *, fraction: float | None = None, count: int | 
                gamma_forward: float = 1.0, gamma_reverse: float = 1.0, knn: str = "auto",
                exact_max_rows: int = 50_000, recall: float = 0.95, nlist: int | None = None,
                nprobe: int | None = None, candidates: int | None = None, seed: int = 0, device: str = "auto",
-               report: dict | None = None) -> np.ndarray:
+               knn_impl: str = "auto", report: dict | None = None) -> np.ndarray:
     """D2 Pruning: keep ``fraction`` (or ``count``) rows chosen by graph message passing."""
     params = {name: value for name, value in locals().items() if name not in ("pool", "report")}
     result = d2_run(pool, **params)
     if report is not None and result.graph is not None:
         g = result.graph
-        report.update(knn=g.method, nlist=g.nlist, nprobe=g.nprobe, calibrated_recall=g.calibrated_recall,
+        report.update(knn=g.method, knn_impl=g.impl, nlist=g.nlist, nprobe=g.nprobe, calibrated_recall=g.calibrated_recall,
                       candidates=g.candidates, selected=len(result.order))
     return np.unique(sort_pairs(result.pairs[result.order]))

@@ -2,8 +2,8 @@
 
 1. Caption filter (DataComp's ``caption_filter``): English caption (the score table's ``language``
    column, else fastText lid.176), more than 1 word and more than 5 characters.
-2. k-means (squared L2, seeded Lloyd; faiss search on CPU, faiss GPU / torch on CUDA) on the image
-   embeddings of the rows that pass, or on a seeded ``sample_ratio`` of them.
+2. k-means (faiss's, squared L2, seeded, as DataComp's ``faiss.Clustering``; on a GPU with faiss's GPU
+   build) on the image embeddings of the rows that pass, or on a seeded ``sample_ratio`` of them.
 3. Target clusters: each embedding of the target set (a labelled image set scored with the same model,
    ``<workspace>/references/<target>.npz`` or a path) goes to the centroid with the largest inner
    product; the target set is the union of those centroids.
@@ -14,7 +14,7 @@
 | target | imagenet | reference name (``references/<name>.npz``) or a path to an ``.npz`` with ``<key>_img`` |
 | embedding | l14, else b32 | model key of the image embeddings |
 | clusters | min(100000, rows // 10) | k-means clusters (DataComp: 100k) |
-| iterations | 20 | Lloyd iterations (stops early when stable) |
+| iterations | 20 | k-means iterations (DataComp: 20) |
 | sample_ratio | 1.0 | share of caption-filtered rows k-means trains on |
 | seed | 0 | initial centroids and the training sample |
 | caption_filter | true | apply step 1 (DataComp always does) |
@@ -36,10 +36,9 @@ from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import embedding_keys, uids_to_pairs
 from poolsieve.core.workspace import Workspace
 
-from ._device import resolve_device
+from ._device import resolve_device, task_resources
 from ._embeddings import pick_embedding_key
 from ._kmeans import kmeans, nearest_centroid
-from ._knn import task_resources
 from .registry import ScoredPool, register
 
 DATACOMP_CLUSTERS = 100_000

@@ -1,6 +1,6 @@
 """Semantic deduplication (SemDeDup, Abbas et al. 2023): k-means, then near-duplicates within each cluster.
 
-1. k-means (spherical by default, seeded) on the chosen embeddings (image by default), trained on a
+1. k-means (faiss's, spherical by default as SemDeDup's, seeded) on the chosen embeddings (image by default), trained on a
    seeded ``sample_ratio`` of the rows; every row goes to its nearest centroid.
 2. Within each cluster the rows are ranked (``order``): ``hard`` = farthest from the centroid first
    (SemDeDup's default ``keep_hard``), ``easy`` = nearest first, ``random`` = seeded shuffle; ties by row.
@@ -14,7 +14,7 @@
 | embedding | l14, else b32 | model key |
 | features | image | ``image``, ``text`` or ``image+text`` |
 | clusters | max(1, rows // 1000) | k-means clusters |
-| iterations | 20 | Lloyd iterations |
+| iterations | 20 | k-means iterations |
 | sample_ratio | 1.0 | share of rows k-means trains on |
 | spherical | true | unit-length centroids (cosine k-means) |
 | order | hard | ``hard``, ``easy`` or ``random`` |

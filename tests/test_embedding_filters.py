@@ -10,8 +10,11 @@ import pytest
 
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveWarning
 from poolsieve.core.formats import sort_pairs, uids_to_pairs, write_embeddings
-from poolsieve.filters import _knn
 from poolsieve.filters._kmeans import kmeans
+from poolsieve.filters.knn import index as knn_index
+from poolsieve.filters.knn import lists as knn_lists
+from poolsieve.filters.knn import sharded as knn_sharded
+from poolsieve.filters.knn.graph import knn_graph, recall_at_k
 from poolsieve.filters.d2_pruning import d2_run
 from poolsieve.filters.image_based import image_based_run
 from poolsieve.filters.registry import ScoredPool, get_filter
@@ -100,17 +103,12 @@ def brute_d2(scores, neighbors, dist, n_select, gamma_f=1.0, gamma_r=1.0, shift=
     return np.array(order)
 
 
-def brute_lloyd(x, k, niter, seed):
-    x = x.astype(np.float32)
-    rng = np.random.default_rng(seed)
-    c = x[np.sort(rng.choice(len(x), size=k, replace=False))].copy()
-    for _ in range(niter):
-        d = ((x[:, None, :].astype(np.float64) - c[None, :, :]) ** 2).sum(-1)
-        lab = d.argmin(1)
-        for j in range(k):
-            if (lab == j).any():
-                c[j] = x[lab == j].astype(np.float64).mean(0)
-    return c, lab
+def lloyd_step(x, c, spherical=False):
+    """One Lloyd update from centroids ``c`` (every cluster non-empty here)."""
+    x = x.astype(np.float64)
+    lab = ((x[:, None, :] - c[None, :, :].astype(np.float64)) ** 2).sum(-1).argmin(1)
+    new = np.stack([x[lab == j].mean(0) for j in range(len(c))])
+    return unit(new) if spherical else new
 
 
 # ------------------------------------------------------------------------------- kNN and k-means
@@ -118,7 +116,7 @@ def test_exact_knn_matches_brute_force_and_removes_self_by_id():
     rng = np.random.default_rng(0)
     x = clustered(rng, 600)
     x[10] = x[11]  # exact duplicates: the twin stays a neighbour at distance 0, self goes
-    g = _knn.knn_graph(x, 5, method="exact", device="cpu")
+    g = knn_graph(x, 5, method="exact", device="cpu")
     ref_i, ref_d = brute_knn(x, 5)
     assert np.array_equal(np.sort(g.neighbors, 1), np.sort(ref_i, 1))
     assert np.array_equal(g.neighbors[12:], ref_i[12:])
@@ -127,43 +125,45 @@ def test_exact_knn_matches_brute_force_and_removes_self_by_id():
     assert (g.neighbors != np.arange(600)[:, None]).all()
 
 
-def test_ivf_full_probe_is_exact_and_calibration_reaches_target():
+@pytest.mark.parametrize("impl", ["gemm", "faiss"])
+def test_ivf_full_probe_is_exact_and_calibration_reaches_target(impl):
     rng = np.random.default_rng(1)
     x = clustered(rng, 1500, centres=30, noise=0.4)
-    exact = _knn.knn_graph(x, 5, method="exact", device="cpu")
-    full = _knn.knn_graph(x, 5, method="ivf", nlist=16, nprobe=16, device="cpu")
-    assert np.array_equal(full.neighbors, exact.neighbors)
-    auto = _knn.knn_graph(x, 5, method="ivf", nlist=16, recall=0.9, device="cpu")
-    again = _knn.knn_graph(x, 5, method="ivf", nlist=16, recall=0.9, device="cpu")
+    exact = knn_graph(x, 5, method="exact", device="cpu")
+    full = knn_graph(x, 5, method="ivf", nlist=16, nprobe=16, device="cpu", impl=impl)
+    assert np.array_equal(full.neighbors, exact.neighbors) and full.impl == impl
+    auto = knn_graph(x, 5, method="ivf", nlist=16, recall=0.9, device="cpu", impl=impl)
+    again = knn_graph(x, 5, method="ivf", nlist=16, recall=0.9, device="cpu", impl=impl)
     assert auto.calibrated_recall >= 0.9 and auto.nprobe <= 16
-    assert _knn.recall_at_k(auto.neighbors, exact.neighbors) >= 0.85
+    assert recall_at_k(auto.neighbors, exact.neighbors) >= 0.85
     assert np.array_equal(auto.neighbors, again.neighbors)  # seeded: deterministic
 
 
-def test_ivf_per_part_indexes_rerank_to_the_exact_graph():
+@pytest.mark.parametrize("impl", ["gemm", "faiss"])
+def test_ivf_per_part_indexes_rerank_to_the_exact_graph(impl):
     rng = np.random.default_rng(4)
     img = clustered(rng, 1200, centres=20, noise=0.5)
     txt = clustered(rng, 1200, centres=20, noise=0.5)
     txt[::5] = txt[rng.permutation(1200)[::5]]  # mismatched pairs: near no cluster of the concatenation
     x = np.concatenate([img, txt], axis=1)
-    exact = _knn.knn_graph(x, 5, method="exact", device="cpu")
+    exact = knn_graph(x, 5, method="exact", device="cpu")
     # every list probed, every row a candidate: the re-rank is an exact search over image+text
-    full = _knn.knn_graph(x, 5, parts=(DIM, DIM), candidates=1199, method="ivf", nlist=12, nprobe=12)
+    full = knn_graph(x, 5, parts=(DIM, DIM), candidates=1199, method="ivf", nlist=12, nprobe=12, impl=impl)
     assert np.array_equal(full.neighbors, exact.neighbors)
     np.testing.assert_allclose(full.distances, exact.distances, atol=1e-4)
-    auto = _knn.knn_graph(x, 5, parts=(DIM, DIM), method="ivf", nlist=12, recall=0.9, device="cpu")
+    auto = knn_graph(x, 5, parts=(DIM, DIM), method="ivf", nlist=12, recall=0.9, device="cpu", impl=impl)
     assert auto.calibrated_recall >= 0.9
-    assert _knn.recall_at_k(auto.neighbors, exact.neighbors) >= 0.85
+    assert recall_at_k(auto.neighbors, exact.neighbors) >= 0.85
     assert (auto.neighbors != np.arange(1200)[:, None]).all()
     assert (np.diff(auto.distances, axis=1) >= 0).all()
     for row in auto.neighbors:  # a row proposed by both parts counts once
         assert len(np.unique(row)) == 5
     with pytest.raises(ConfigError):
-        _knn.knn_graph(x, 5, parts=(DIM, DIM + 1), method="ivf")
+        knn_graph(x, 5, parts=(DIM, DIM + 1), method="ivf")
     with pytest.raises(ConfigError):
-        _knn.knn_graph(x, 5, parts=(DIM, DIM), candidates=3, method="ivf")
+        knn_graph(x, 5, parts=(DIM, DIM), candidates=3, method="ivf")
     with pytest.warns(PoolsieveWarning, match="below the target"):  # too few candidates for the target
-        short = _knn.knn_graph(x, 5, parts=(DIM, DIM), candidates=5, method="ivf", nlist=12, recall=0.99)
+        short = knn_graph(x, 5, parts=(DIM, DIM), candidates=5, method="ivf", nlist=12, recall=0.99, impl=impl)
     assert short.calibrated_recall < 0.99 and short.nprobe == 12 and short.candidates == 5
 
 
@@ -174,8 +174,8 @@ def test_sorted_topk_shortlist_keeps_ties_in_id_order():
     d[7, 3:] = np.inf
     i = np.stack([rng.permutation(1000)[:90] for _ in range(200)])
     for k in (1, 3, 6):
-        got_d, got_i = _knn._sorted_topk(d, i, k)
-        ref_d, ref_i = _knn._sorted_topk_full(d, i, k)
+        got_d, got_i = knn_index.sorted_topk(d, i, k)
+        ref_d, ref_i = knn_index.sorted_topk_full(d, i, k)
         assert np.array_equal(got_i, ref_i) and np.array_equal(got_d, ref_d)
 
 
@@ -183,25 +183,30 @@ def test_ivf_lists_stay_balanced_when_a_mode_is_uncovered():
     """Spherical lists: low-norm centroids no longer swallow rows their own cluster misses."""
     rng = np.random.default_rng(5)
     x = clustered(rng, 8000, dim=32, centres=400, noise=0.5)
-    centroids = _knn.train_lists(x[_knn.training_rows(len(x), 60, 0)].astype(np.float32), 60, 0, "cpu")
+    centroids = knn_lists.train_lists(x[knn_lists.training_rows(len(x), 60, 0)].astype(np.float32), 60, 0, "cpu")
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5)
-    sizes = np.bincount(_knn.coarse_probes(x, centroids, 1, "cpu")[:, 0], minlength=60)
+    sizes = np.bincount(knn_lists.coarse_probes(x, centroids, 1, "cpu")[:, 0], minlength=60)
     assert sizes.max() < 5 * sizes.mean()
 
 
 def test_sharded_search_groups_whole_tables_in_order():
     tables = [Path(f"{i:05d}.parquet") for i in range(6)]
-    groups = _knn.table_groups(tables, [40, 70, 10, 100, 5, 5], 100)
+    groups = knn_sharded.table_groups(tables, [40, 70, 10, 100, 5, 5], 100)
     assert groups == [tables[:2], tables[2:4], tables[4:]]
-    assert _knn.table_groups(tables, [1] * 6, 10**6) == [tables]
+    assert knn_sharded.table_groups(tables, [1] * 6, 10**6) == [tables]
 
 
-def test_kmeans_matches_numpy_lloyd():
+@pytest.mark.parametrize("spherical", [False, True])
+def test_kmeans_iterations_are_numpy_lloyd_steps_and_deterministic(spherical):
     rng = np.random.default_rng(2)
     x = clustered(rng, 800, centres=8).astype(np.float32)
-    res = kmeans(x, 8, niter=5, seed=3, device="cpu")
-    ref_c, _ = brute_lloyd(x, 8, res.iterations if res.iterations < 5 else 5, 3)
-    np.testing.assert_allclose(res.centroids, ref_c, atol=1e-4)
+    four = kmeans(x, 8, niter=4, seed=3, spherical=spherical, device="cpu")
+    five = kmeans(x, 8, niter=5, seed=3, spherical=spherical, device="cpu")
+    np.testing.assert_allclose(five.centroids, lloyd_step(x, four.centroids, spherical), atol=1e-5)
+    assert np.array_equal(five.centroids, kmeans(x, 8, niter=5, seed=3, spherical=spherical).centroids)
+    assert not np.array_equal(five.centroids, kmeans(x, 8, niter=5, seed=4, spherical=spherical).centroids)
+    if spherical:
+        np.testing.assert_allclose(np.linalg.norm(five.centroids, axis=1), 1, atol=1e-5)
     with pytest.raises(ConfigError):
         kmeans(x[:5], 8)
 
@@ -237,7 +242,7 @@ def test_d2_params_and_count(workspace):
 
 def test_d2_sharded_on_ray_equals_in_process(workspace, ray_runtime):
     local, ray_pool = make_pool(workspace), make_pool(workspace, ray_runtime)
-    for params in ({"knn": "exact"}, {"knn": "ivf", "nlist": 8}):
+    for params in ({"knn": "exact"}, {"knn": "ivf", "nlist": 8}, {"knn": "ivf", "nlist": 8, "knn_impl": "faiss"}):
         a = d2_run(local, fraction=0.3, k=5, **params)
         b = d2_run(ray_pool, fraction=0.3, k=5, **params)
         assert np.array_equal(a.graph.neighbors, b.graph.neighbors), params
@@ -258,8 +263,9 @@ def test_image_based_matches_brute_force(workspace):
     emb = pool.load_embeddings(["b32_img"])["b32_img"].astype(np.float32)
     caption = (df["language"] == "en").to_numpy() & (df["text"].str.split().str.len() > 1).to_numpy() \
         & (df["text"].str.len() > 5).to_numpy()
-    ref_c, _ = brute_lloyd(emb[caption], 6, 10, 0)
-    np.testing.assert_allclose(res["centroids"], ref_c, atol=1e-4)
+    # k-means trains on exactly the caption-filtered rows, in pool order
+    ref_c = kmeans(emb[caption], 6, niter=10, seed=0, device="cpu").centroids
+    np.testing.assert_array_equal(res["centroids"], ref_c)
     target = np.load(workspace / "references" / "target.npz")["b32_img"].astype(np.float32)
     target_ids = np.unique((target @ ref_c.T).argmax(1))
     keep = caption & np.isin((emb @ ref_c.T).argmax(1), target_ids)

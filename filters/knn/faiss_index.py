@@ -1,0 +1,134 @@
+"""faiss's IVF index over the same lists: ``IndexIVFScalarQuantizer`` with fp16 codes (lossless for the
+pool's fp16 embeddings, half the memory of ``IndexIVFFlat``), squared L2, not by residual.
+
+The quantizer holds the centroids of ``lists.train_lists``; rows go to the lists given (their first
+probe, as for ``index.IvfIndex``), with row ids in order. Queries with known probes are searched with
+``search_preassigned`` in the order of their first list (neighbouring queries then scan the same lists
+while they are in cache). The index is written once (``faiss.write_index``) and read by Ray workers
+with ``faiss.IO_FLAG_MMAP``: its inverted lists stay on disk, memory-mapped. On ``cuda`` with faiss's GPU
+build (the ``[gpu]`` extra) the index is copied to every GPU (``index_cpu_to_all_gpus``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from poolsieve.core.progress import Progress
+
+from .._device import faiss_gpu_available
+from .lists import coarse_probes
+
+QUERY_CHUNK = 65536
+GPU_MAX_K = 2048  # faiss GPU searches return at most this many hits
+
+
+class FaissIvf:
+    """One feature part's faiss IVF index (CPU; a GPU copy is made per search call on ``cuda``)."""
+
+    def __init__(self, index, centroids: np.ndarray):
+        self.index = index
+        self.centroids = np.asarray(centroids, dtype=np.float32)
+
+    @property
+    def nlist(self) -> int:
+        return len(self.centroids)
+
+    @classmethod
+    def empty(cls, centroids: np.ndarray) -> FaissIvf:
+        """A trained index with no rows: quantizer = ``centroids``, fp16 codes."""
+        import faiss
+
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        nlist, dim = centroids.shape
+        quantizer = faiss.IndexFlatL2(dim)
+        quantizer.add(centroids)
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                              faiss.METRIC_L2, False)
+        index.train(centroids)  # the quantizer is full already; this only readies the fp16 codec
+        index.own_fields = True
+        quantizer.this.disown()
+        return cls(index, centroids)
+
+    def add(self, x: np.ndarray, labels: np.ndarray) -> None:
+        """Append rows ``x`` (ids continue from the rows already in) to the lists ``labels``."""
+        import faiss
+
+        for s in range(0, len(x), QUERY_CHUNK):
+            chunk = np.ascontiguousarray(x[s:s + QUERY_CHUNK], dtype=np.float32)
+            lab = np.ascontiguousarray(labels[s:s + len(chunk)], dtype=np.int64)
+            ids = np.arange(self.index.ntotal, self.index.ntotal + len(chunk), dtype=np.int64)
+            self.index.add_core(len(chunk), faiss.swig_ptr(chunk), faiss.swig_ptr(ids), faiss.swig_ptr(lab))
+
+    @classmethod
+    def build(cls, x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> FaissIvf:
+        out = cls.empty(centroids)
+        out.add(x, labels)
+        out.index.make_direct_map()
+        return out
+
+    def save(self, path: Path) -> None:
+        import faiss
+
+        if self.index.direct_map.no():
+            self.index.make_direct_map()
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> FaissIvf:
+        """The index at ``path``, its inverted lists memory-mapped."""
+        import faiss
+
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+        ivf = faiss.extract_index_ivf(index)
+        centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+        return cls(index, centroids)
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The float32 vectors of row ids ``ids`` (any shape; a trailing axis is added)."""
+        flat = np.ascontiguousarray(ids.ravel(), dtype=np.int64)
+        return self.index.reconstruct_batch(flat).reshape(*ids.shape, -1)
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int = 1, device: str = "cpu",
+               desc: str | None = None, probes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances, ids)`` of each query's ``k`` nearest rows, nearest first; -1 / inf where missing."""
+        nq = len(queries)
+        nprobe = max(1, min(nprobe, self.nlist))
+        dist = np.full((nq, k), np.inf, dtype=np.float32)
+        ids = np.full((nq, k), -1, dtype=np.int64)
+        progress = Progress(desc, total=nq, unit="queries") if desc else None
+        gpu = device == "cuda" and faiss_gpu_available() and k <= GPU_MAX_K
+        index = self._gpu_copy() if gpu else self.index
+        if not gpu:
+            self.index.nprobe = nprobe
+        for start in range(0, nq, QUERY_CHUNK):
+            q = np.ascontiguousarray(queries[start:start + QUERY_CHUNK], dtype=np.float32)
+            if gpu:
+                d, i = _gpu_search(index, q, k, nprobe)
+            else:
+                pr = probes[start:start + len(q), :nprobe] if probes is not None else None
+                if pr is None or pr.shape[1] < nprobe:
+                    pr = coarse_probes(q, self.centroids, nprobe, "cpu")
+                order = np.argsort(pr[:, 0], kind="stable")
+                pr = np.ascontiguousarray(pr[order], dtype=np.int64)
+                d, i = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
+                d[order], i[order] = self.index.search_preassigned(q[order], k, pr, np.zeros(pr.shape, np.float32))
+            i = np.where(i >= 0, i, -1)
+            dist[start:start + len(q)] = np.where(i >= 0, d, np.inf)
+            ids[start:start + len(q)] = i
+            if progress:
+                progress.update(len(q))
+        return dist, ids
+
+    def _gpu_copy(self):
+        import faiss
+
+        return faiss.index_cpu_to_all_gpus(self.index)
+
+
+def _gpu_search(index, q: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+    return index.search(q, k)

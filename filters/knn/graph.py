@@ -1,0 +1,277 @@
+"""Building a kNN graph in one process: exact, or IVF with ``nprobe`` calibrated to a recall target.
+
+``knn_graph`` asks for ``k + 1`` hits and removes each row's own id (by id, never by position; when the
+row is not among the hits the farthest hit goes).
+
+Features made of several parts (image+text: two embeddings side by side) get one IVF index per part:
+a row of a mismatched pair (a dog photo captioned "cheap flights") sits near no cluster of the
+concatenation, but near clusters of each part. Each part's index gathers ``candidates`` neighbours by
+that part's distance; their union is re-ranked by the exact distance on the whole row.
+
+``nprobe`` (unless given) is the smallest power of two whose recall@k on a seeded sample of rows,
+against exact search, meets ``recall``; the candidates per part (unless given) double first while
+even probing every list falls short of it.
+
+``impl`` picks the IVF index: ``gemm`` (``index.IvfIndex``, list-major GEMMs; the faster on CPU) or
+``faiss`` (``faiss_index.FaissIvf``); ``auto`` is ``faiss`` on a GPU that faiss's GPU build sees, else
+``gemm``. Both use the same lists, probes and re-rank, so they find the same candidates.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from poolsieve.core.errors import ConfigError, PoolsieveWarning
+from poolsieve.core.progress import Progress
+
+from .._device import faiss_gpu_available, resolve_device
+from .faiss_index import FaissIvf
+from .index import IvfIndex, as_float32, flat_index, index_from_labels, run_units, sorted_topk
+from .lists import (
+    MAX_CALIBRATED_NPROBE,
+    calibration_rows,
+    coarse_probes,
+    default_nlist,
+    train_lists,
+    training_rows,
+)
+
+METHODS = ("auto", "exact", "ivf")
+IMPLS = ("auto", "gemm", "faiss")
+RERANK_BLOCK = 512
+
+
+@dataclass
+class KnnGraph:
+    """Row ``i``'s ``k`` nearest other rows (global row ids, -1 when missing) and squared L2 distances."""
+
+    neighbors: np.ndarray  # (n, k) int64, nearest first
+    distances: np.ndarray  # (n, k) float32, inf where missing
+    method: str
+    nlist: int = 1
+    nprobe: int = 1
+    calibrated_recall: float | None = None
+    candidates: int | None = None  # rows each part's index proposed (several parts only)
+    impl: str = "gemm"
+
+
+def resolve_impl(impl: str, device: str) -> str:
+    """``auto`` -> ``faiss`` on a GPU faiss can use, else ``gemm``."""
+    if impl not in IMPLS:
+        raise ConfigError(f"knn_impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    if impl == "auto":
+        return "faiss" if device == "cuda" and faiss_gpu_available() else "gemm"
+    return impl
+
+
+def build_index(impl: str, part: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> IvfIndex | FaissIvf:
+    """One part's IVF index whose list of row ``r`` is ``labels[r]``."""
+    if impl == "faiss":
+        return FaissIvf.build(part, centroids, labels)
+    return index_from_labels(part, centroids, labels)
+
+
+def remove_self(dist: np.ndarray, ids: np.ndarray, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop each row's own id from its ``k + 1`` hits; where it is absent, drop the farthest hit."""
+    is_self = ids == query_ids[:, None]
+    absent = ~is_self.any(axis=1)
+    is_self[absent, -1] = True
+    keep = ~is_self
+    k = ids.shape[1] - 1
+    return dist[keep].reshape(-1, k), ids[keep].reshape(-1, k)
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean fraction of each row's exact neighbours (ids >= 0) found by the approximate search."""
+    hits = total = 0
+    for a, e in zip(approx, exact, strict=True):
+        e = e[e >= 0]
+        hits += len(np.intersect1d(a[a >= 0], e))
+        total += len(e)
+    return hits / max(total, 1)
+
+
+def check_knn_params(n: int, k: int, method: str, recall: float) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"knn method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k (neighbours) must be a positive integer, got {k!r}")
+    if n < 2:
+        raise ConfigError(f"a kNN graph needs at least 2 rows, got {n}")
+    if not 0 < recall <= 1:
+        raise ConfigError(f"recall target must be in (0, 1], got {recall!r}")
+
+
+def use_exact(n: int, method: str, exact_max_rows: int) -> bool:
+    return method == "exact" or (method == "auto" and n <= exact_max_rows)
+
+
+def part_slices(dim: int, parts: Sequence[int] | None) -> list[slice]:
+    """Column ranges of the feature parts (``parts``: their widths, summing to ``dim``; None: one part)."""
+    widths = [dim] if not parts else [int(w) for w in parts]
+    if sum(widths) != dim or min(widths) < 1:
+        raise ConfigError(f"feature parts {list(widths)} do not add up to the {dim} feature columns")
+    ends = np.cumsum(widths).tolist()
+    return [slice(e - w, e) for w, e in zip(widths, ends, strict=True)]
+
+
+def candidates_per_part(k: int, n_parts: int, candidates: int | None) -> int:
+    """Hits each part's index returns (self included): ``k + 1`` for one part, else ``candidates + 1``."""
+    if n_parts == 1:
+        return k + 1
+    if candidates is None:
+        candidates = 8 * k
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < k:
+        raise ConfigError(f"candidates (per feature part) must be an integer >= k ({k}), got {candidates!r}")
+    return candidates + 1
+
+
+def search_parts(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: Sequence[slice], k1: int, m1: int,
+                 nprobe: int, device: str, probes: Sequence[np.ndarray | None] | None = None,
+                 desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``k1`` nearest rows of each query over all parts: each part's ``m1`` candidates, re-ranked exactly."""
+    probes = probes or [None] * len(indexes)
+    cand_d, cand_i = [], []
+    for j, (index, sl, pr) in enumerate(zip(indexes, slices, probes, strict=True)):
+        known = pr if pr is not None and nprobe <= pr.shape[1] else None
+        part_desc = None if desc is None else (desc if len(indexes) == 1 else f"{desc}, part {j + 1}/{len(indexes)}")
+        d, i = index.search(queries[:, sl], m1, nprobe, device, desc=part_desc, probes=known)
+        cand_d.append(d)
+        cand_i.append(i)
+    if len(indexes) == 1:
+        return cand_d[0][:, :k1], cand_i[0][:, :k1]
+    return rerank(queries, indexes, slices, cand_d, cand_i, k1, desc=None if desc is None else f"{desc}, re-rank")
+
+
+def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: Sequence[slice], cand_d: list[np.ndarray],
+           cand_i: list[np.ndarray], k1: int, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k1`` nearest of each query's candidates by the distance over all parts.
+
+    ``cand_d[j]`` / ``cand_i[j]``: part ``j``'s hits and their part-``j`` distances. The other parts'
+    distances of each candidate are computed from the indexes' stored vectors; a row found by several
+    parts counts once.
+    """
+    n, m1 = len(queries), cand_i[0].shape[1]
+    out_d = np.empty((n, k1), dtype=np.float32)
+    out_i = np.empty((n, k1), dtype=np.int64)
+    progress = Progress(desc, total=n, unit="queries") if desc else None
+    lock = threading.Lock()
+
+    def rerank_block(start: int) -> None:
+        stop = min(n, start + RERANK_BLOCK)
+        ids = np.concatenate([c[start:stop] for c in cand_i], axis=1)
+        valid = ids >= 0
+        safe = np.where(valid, ids, 0)
+        dist = np.zeros(ids.shape, dtype=np.float32)
+        for j, (index, sl) in enumerate(zip(indexes, slices, strict=True)):
+            own = np.zeros(ids.shape[1], dtype=bool)
+            own[j * m1:(j + 1) * m1] = True
+            dist[:, own] += cand_d[j][start:stop]
+            q = as_float32(queries[start:stop, sl])
+            v = index.vectors_of(safe[:, ~own])
+            dot = np.matmul(v, q[:, :, None])[..., 0]
+            v_sq = np.einsum("ijk,ijk->ij", v, v)
+            dist[:, ~own] += np.maximum(np.einsum("ij,ij->i", q, q)[:, None] + v_sq - 2 * dot, 0)
+        order = np.argsort(ids, axis=1, kind="stable")
+        sorted_ids = np.take_along_axis(ids, order, axis=1)
+        dup = np.zeros(ids.shape, dtype=bool)
+        np.put_along_axis(dup, order[:, 1:], sorted_ids[:, 1:] == sorted_ids[:, :-1], axis=1)
+        drop = dup | ~valid
+        dist[drop] = np.inf
+        ids = np.where(drop, -1, ids)
+        out_d[start:stop], out_i[start:stop] = sorted_topk(dist, ids, k1)
+        if progress:
+            with lock:
+                progress.update(stop - start)
+
+    run_units(rerank_block, list(range(0, n, RERANK_BLOCK)), "cpu")
+    return out_d, out_i
+
+
+def choose_nprobe(search: Callable[[int, int], np.ndarray], exact: np.ndarray, nlist: int, target: float,
+                  m1: int, grow_candidates: bool, n: int) -> tuple[int, int, float]:
+    """``(nprobe, m1, recall)``: the smallest power-of-two ``nprobe`` whose recall@k reaches ``target``.
+
+    ``search(nprobe, m1)`` returns the calibration rows' neighbour ids (self removed); ``exact`` the
+    exact ones. With ``grow_candidates``, the candidates per part (``m1``) double first while even a
+    search of every list stays under ``target``.
+    """
+    if grow_candidates:
+        while m1 < n and recall_at_k(search(nlist, m1), exact) < target:
+            m1 = min(n, 2 * m1)
+    nprobe = 1
+    while True:
+        recall = recall_at_k(search(nprobe, m1), exact)
+        if recall >= target or nprobe >= nlist:
+            if recall < target:
+                warnings.warn(f"kNN recall@k {recall:.3f} with every one of the {nlist} IVF lists probed is below the "
+                              f"target {target}: raise the candidates per part ({m1 - 1}) or use knn=exact",
+                              PoolsieveWarning, stacklevel=3)
+            return min(nprobe, nlist), m1, recall
+        nprobe *= 2
+
+
+def knn_graph(features: np.ndarray, k: int, *, parts: Sequence[int] | None = None, candidates: int | None = None,
+              method: str = "auto", exact_max_rows: int = 50_000, nlist: int | None = None,
+              nprobe: int | None = None, recall: float = 0.95, seed: int = 0, device: str = "auto",
+              calibration_queries: int = 500, impl: str = "auto") -> KnnGraph:
+    """kNN graph of the rows of ``features`` (in one process). See the module docstring.
+
+    ``parts``: widths of the feature parts that get their own IVF index (e.g. ``(768, 768)`` for
+    image+text); ``candidates``: hits per part before the exact re-rank (default ``8 k``).
+    """
+    n = len(features)
+    check_knn_params(n, k, method, recall)
+    device = resolve_device(device)
+    impl = resolve_impl(impl, device)
+    kk = min(k, n - 1)
+    query_ids = np.arange(n, dtype=np.int64)
+    if use_exact(n, method, exact_max_rows):
+        d, i = flat_index(features).search(features, kk + 1, 1, device, desc="exact kNN")
+        d, i = remove_self(d, i, query_ids)
+        return KnnGraph(*_pad(i, d, k), method="exact", impl=impl)
+    slices = part_slices(features.shape[1], parts)
+    m1 = min(n, candidates_per_part(kk, len(slices), candidates))
+    nlist = nlist or default_nlist(n)
+    train = training_rows(n, nlist, seed)
+    indexes, probes = [], []
+    for j, sl in enumerate(slices):
+        part = features[:, sl]
+        centroids = train_lists(np.asarray(part[train]), nlist, seed, device)
+        # every row is both a base row and a query: its nearest lists give its own list and its probes
+        pr = coarse_probes(part, centroids, nprobe or MAX_CALIBRATED_NPROBE, device,
+                           desc=f"IVF coarse (part {j + 1}/{len(slices)})")
+        indexes.append(build_index(impl, part, centroids, pr[:, 0]))
+        probes.append(pr)
+    measured = None
+    if nprobe is None:
+        cal = calibration_rows(n, calibration_queries, seed)
+        queries = np.asarray(features[cal])
+        ed, ei = flat_index(features).search(queries, kk + 1, 1, device, desc="IVF calibration (exact)")
+        exact = remove_self(ed, ei, cal)[1]
+
+        def calibration_search(p: int, m: int) -> np.ndarray:
+            d, i = search_parts(queries, indexes, slices, kk + 1, m, p, device, [pr[cal] for pr in probes])
+            return remove_self(d, i, cal)[1]
+
+        nprobe, m1, measured = choose_nprobe(calibration_search, exact, nlist, recall, m1,
+                                             len(slices) > 1 and candidates is None, n)
+    d, i = search_parts(features, indexes, slices, kk + 1, m1, nprobe, device, probes,
+                        desc=f"IVF kNN (nlist={nlist}, nprobe={nprobe})")
+    d, i = remove_self(d, i, query_ids)
+    return KnnGraph(*_pad(i, d, k), method="ivf", nlist=nlist, nprobe=nprobe, calibrated_recall=measured,
+                    candidates=m1 - 1 if len(slices) > 1 else None, impl=impl)
+
+
+def _pad(ids: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if ids.shape[1] < k:
+        pad = k - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
+    return ids, dist
+

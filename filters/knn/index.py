@@ -1,0 +1,272 @@
+"""The list-major IVF-Flat index: inverted lists searched one list at a time with a BLAS GEMM.
+
+Distances are squared L2 in float32, computed as ``|q|^2 + |v|^2 - 2 q.v`` block by block (numpy on CPU,
+torch on CUDA). An ``IvfIndex`` holds the base vectors (fp16, grouped by inverted list) with their row
+ids; the exact index is the same structure with one list. A query probes its ``nprobe`` nearest lists;
+the queries of a chunk are grouped by list so that each list is one GEMM against all the queries that
+probe it.
+
+Why not faiss's ``IndexIVFFlat`` / ``IndexIVFScalarQuantizer`` (``faiss_index.py``): faiss scans the
+lists query by query with vector kernels, which on a CPU is bound by memory bandwidth; grouping the
+queries by list turns the same work into matrix products. On the benchmark pool (768-d, 2 cores, same
+lists and ``nprobe``) faiss's search took 3x as long (``benchmarks/embedding_filters.py --impl both``).
+The lists themselves (centroids, assignment) come from faiss (``lists.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from poolsieve.core.progress import Progress
+
+from .lists import coarse_probes
+
+QUERY_CHUNK = 131072
+QUERY_BLOCK = 4096
+BASE_BLOCK = 16384
+CANDIDATE_BUDGET = 2**25  # (query, candidate) pairs held per query chunk
+
+
+@dataclass
+class IvfIndex:
+    """Inverted lists of base vectors. ``offsets[l]:offsets[l+1]`` are list ``l``'s rows."""
+
+    centroids: np.ndarray  # (nlist, d) float32
+    offsets: np.ndarray  # (nlist + 1,) int64
+    vectors: np.ndarray  # (n, d) float16 or float32, list order (may be a memmap)
+    ids: np.ndarray  # (n,) int64 row ids, list order
+    sq_norms: np.ndarray  # (n,) float32
+    positions: np.ndarray  # (n,) int64: where row id r sits in list order (``ids[positions[r]] == r``)
+
+    FILES = ("centroids", "offsets", "vectors", "ids", "sq_norms", "positions")
+
+    @property
+    def nlist(self) -> int:
+        return len(self.centroids)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in self.FILES:
+            np.save(folder / f"{name}.npy", getattr(self, name))
+
+    @classmethod
+    def load(cls, folder: Path, mmap: bool = True) -> IvfIndex:
+        mode = "r" if mmap else None
+        return cls(**{name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in cls.FILES})
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The float32 vectors of row ids ``ids`` (any shape; a trailing axis is added)."""
+        pos = np.asarray(self.positions[ids.ravel()])
+        return as_float32(self.vectors[pos]).reshape(*ids.shape, -1)
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int = 1, device: str = "cpu",
+               desc: str | None = None, probes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances, ids)`` of each query's ``k`` nearest base rows, nearest first (ties: lower id).
+
+        ``probes``: the queries' lists, nearest first, when already known (only the first ``nprobe`` count).
+        """
+        nq = len(queries)
+        dist = np.full((nq, k), np.inf, dtype=np.float32)
+        ids = np.full((nq, k), -1, dtype=np.int64)
+        progress = Progress(desc, total=nq, unit="queries") if desc else None
+        nprobe = max(1, min(nprobe, self.nlist))
+        step = max(256, min(QUERY_CHUNK, CANDIDATE_BUDGET // (nprobe * k)))  # bounds the candidate arrays
+        for start in range(0, nq, step):
+            chunk = np.ascontiguousarray(queries[start:start + step], dtype=np.float32)
+            known = None if probes is None else probes[start:start + len(chunk), :nprobe]
+            d, i = self._search_chunk(chunk, k, nprobe, device, known)
+            dist[start:start + len(chunk)], ids[start:start + len(chunk)] = d, i
+            if progress:
+                progress.update(len(chunk))
+        return dist, ids
+
+    def _search_chunk(self, q: np.ndarray, k: int, nprobe: int, device: str,
+                      probes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        nq = len(q)
+        if self.nlist == 1:
+            probes = np.zeros((nq, 1), dtype=np.int64)
+        elif probes is None:
+            probes = coarse_probes(q, self.centroids, nprobe, device)
+        cand_d = np.full((nq, nprobe * k), np.inf, dtype=np.float32)
+        cand_i = np.full((nq, nprobe * k), -1, dtype=np.int64)
+        pair_query = np.repeat(np.arange(nq), nprobe)
+        pair_slot = np.tile(np.arange(nprobe), nq)
+        pair_list = probes.ravel()
+        order = np.argsort(pair_list, kind="stable")
+        pair_query, pair_slot, pair_list = pair_query[order], pair_slot[order], pair_list[order]
+        bounds = np.searchsorted(pair_list, np.arange(self.nlist + 1))
+        q_sq = np.einsum("ij,ij->i", q, q)
+
+        def search_list(lst: int) -> None:
+            lo, hi = int(self.offsets[lst]), int(self.offsets[lst + 1])
+            if hi == lo:
+                return
+            sel = slice(bounds[lst], bounds[lst + 1])
+            qi, slot = pair_query[sel], pair_slot[sel]
+            d, i = _list_topk(q[qi], q_sq[qi], self, lo, hi, k, device)
+            cols = slot[:, None] * k + np.arange(d.shape[1])[None, :]
+            cand_d[qi[:, None], cols] = d  # each (query, slot) belongs to one list: threads never overlap
+            cand_i[qi[:, None], cols] = i
+
+        if self.nlist == 1:  # exact: one big list, its base blocks in parallel
+            d, i = _list_topk(q, q_sq, self, 0, int(self.offsets[1]), k, device, parallel=True)
+            return sorted_topk(d, i, k)
+        run_units(search_list, np.flatnonzero(bounds[1:] > bounds[:-1]).tolist(), device)
+        return sorted_topk(cand_d, cand_i, k)
+
+
+def run_units(fn, lists: list[int], device: str) -> None:
+    """Run ``fn`` over independent units (lists, query blocks) on a thread per core, each with a
+    single-threaded BLAS: one multi-threaded BLAS call per small GEMM spends its time synchronising
+    (measured 3-10x slower on a busy 2-core machine)."""
+    threads = os.cpu_count() or 1
+    if device == "cuda" or threads == 1 or len(lists) < 2:
+        for lst in lists:
+            fn(lst)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _single_threaded_blas(), ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(fn, lists):
+            pass
+
+
+def _single_threaded_blas():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with the scientific stack
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _list_topk(q: np.ndarray, q_sq: np.ndarray, index: IvfIndex, lo: int, hi: int, k: int,
+               device: str, parallel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of queries ``q`` within base rows ``lo:hi``, in query blocks x base blocks.
+
+    ``parallel`` spreads the base blocks over threads (for the one big list of an exact search).
+    """
+    out_d, out_i = [], []
+    block_starts = list(range(lo, hi, BASE_BLOCK))
+    for qs in range(0, len(q), QUERY_BLOCK):
+        qb, qb_sq = q[qs:qs + QUERY_BLOCK], q_sq[qs:qs + QUERY_BLOCK]
+        parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+        def search_block(bs: int, qb=qb, qb_sq=qb_sq, parts=parts) -> None:
+            be = min(hi, bs + BASE_BLOCK)
+            d, local = block_topk(qb, qb_sq, as_float32(index.vectors[bs:be]), np.asarray(index.sq_norms[bs:be]),
+                                  k, device)
+            parts[bs] = (d, np.asarray(index.ids[bs:be])[local])
+
+        if parallel:
+            run_units(search_block, block_starts, device)
+        else:
+            for bs in block_starts:
+                search_block(bs)
+        d = np.concatenate([parts[bs][0] for bs in block_starts], axis=1)
+        i = np.concatenate([parts[bs][1] for bs in block_starts], axis=1)
+        if d.shape[1] > k:
+            d, i = sorted_topk(d, i, k)
+        out_d.append(d)
+        out_i.append(i)
+    return np.concatenate(out_d), np.concatenate(out_i)
+
+
+def as_float32(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
+def block_topk(q: np.ndarray, q_sq: np.ndarray, v: np.ndarray, v_sq: np.ndarray, k: int,
+               device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Squared L2 from every query to every base row; the ``min(k, len(v))`` smallest per query (unsorted)."""
+    kk = min(k, len(v))
+    if device == "cuda":
+        import torch
+
+        with torch.no_grad():
+            qt, vt = _cuda(q), _cuda(v)
+            dist = _cuda(q_sq)[:, None] + _cuda(v_sq)[None, :] - 2 * (qt @ vt.T)
+            d, i = torch.topk(dist.clamp_min_(0), kk, dim=1, largest=False)
+            return d.cpu().numpy(), i.cpu().numpy()
+    dist = q @ v.T
+    dist *= -2
+    dist += q_sq[:, None]
+    dist += v_sq[None, :]
+    np.maximum(dist, 0, out=dist)
+    if kk < len(v):
+        idx = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
+    else:
+        idx = np.broadcast_to(np.arange(len(v)), dist.shape).copy()
+    return np.take_along_axis(dist, idx, axis=1), idx
+
+
+def _cuda(a: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.require(a, np.float32, ["C", "W"])).cuda()
+
+
+def sorted_topk(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the ``k`` smallest distances, ascending; equal distances ordered by id."""
+    if d.shape[1] > 4 * k and len(d):
+        # sort only a shortlist: the 2k smallest hold every value <= the k-th smallest unless a row has
+        # more than 2k ties there; such rows (exact duplicates) are sorted whole
+        width = 2 * k
+        short = np.argpartition(d, width - 1, axis=1)[:, :width]
+        kth = np.partition(d, k - 1, axis=1)[:, k - 1]
+        whole = np.flatnonzero((d <= kth[:, None]).sum(axis=1) > width)
+        sd, si = sorted_topk(np.take_along_axis(d, short, 1), np.take_along_axis(i, short, 1), k)
+        if len(whole):
+            sd[whole], si[whole] = sorted_topk_full(d[whole], i[whole], k)
+        return sd, si
+    return sorted_topk_full(d, i, k)
+
+
+def sorted_topk_full(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    ids_key = np.where(i < 0, np.iinfo(np.int64).max, i)
+    order = np.lexsort((ids_key, d), axis=-1)[:, :k]
+    d, i = np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+    if d.shape[1] < k:
+        pad = k - d.shape[1]
+        d = np.pad(d, ((0, 0), (0, pad)), constant_values=np.inf)
+        i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+    return d, i
+
+
+
+def sq_norms(x: np.ndarray) -> np.ndarray:
+    """Squared L2 norm of every row in float32, in chunks (no full-size float32 copy)."""
+    out = np.empty(len(x), dtype=np.float32)
+    for s in range(0, len(x), QUERY_CHUNK):
+        x32 = np.asarray(x[s:s + QUERY_CHUNK], dtype=np.float32)
+        out[s:s + len(x32)] = np.einsum("ij,ij->i", x32, x32)
+    return out
+
+
+def flat_index(data: np.ndarray) -> IvfIndex:
+    data = np.asarray(data)
+    ids = np.arange(len(data), dtype=np.int64)
+    return IvfIndex(np.zeros((1, data.shape[1]), np.float32), np.array([0, len(data)], dtype=np.int64),
+                    data, ids, sq_norms(data), ids)
+
+
+
+def index_from_labels(data: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> IvfIndex:
+    """An IVF index whose list of row ``r`` is ``labels[r]``."""
+    order = np.argsort(labels, kind="stable")
+    offsets = np.searchsorted(labels[order], np.arange(len(centroids) + 1)).astype(np.int64)
+    vectors = np.asarray(data)[order]
+    return IvfIndex(centroids, offsets, vectors, order.astype(np.int64), sq_norms(vectors), inverse(order))
+
+
+def inverse(order: np.ndarray) -> np.ndarray:
+    """The inverse permutation: ``out[order[p]] = p``."""
+    out = np.empty(len(order), dtype=np.int64)
+    out[order] = np.arange(len(order), dtype=np.int64)
+    return out
+
