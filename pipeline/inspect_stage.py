@@ -68,10 +68,11 @@ def inspect_workspace(ws: Workspace) -> dict[str, Any]:
     evals_root = ws.root / "evals"
     if evals_root.is_dir():
         evals = {}
+        from poolsieve.eval.aggregate import read_eval_folder
+
         for ev in sorted(p for p in evals_root.iterdir() if p.is_dir()):
-            res = ev / "results.jsonl"
-            if res.exists():
-                lines = [json.loads(line) for line in res.read_text().splitlines() if line.strip()]
+            lines = list(read_eval_folder(ev).values())  # eval_results.jsonl + other_results.jsonl (own tasks)
+            if lines:
                 evals[ev.name] = {r.get("dataset", r.get("key", "?")): (r.get("metrics") or {}).get("main_metric")
                                   for r in lines}
         if evals:

@@ -25,6 +25,7 @@ from poolsieve.eval.tasks import (
     DIST_SHIFTS,
     IMAGENET,
     RETRIEVAL_GROUP,
+    SCORED_TASKS,
     TASK_TYPES,
     VTAB,
     get_task,
@@ -36,11 +37,12 @@ from poolsieve.pipeline.synthetic_pool import COLOURS, generate_clean_pairs
 
 # ------------------------------------------------------------------------------------ registry
 def test_registry_has_datacomps_38_tasks():
-    assert len(DATACOMP_TASKS) == 38
-    assert len({t.key for t in DATACOMP_TASKS}) == 38 and len({t.name for t in DATACOMP_TASKS}) == 38
+    assert len(DATACOMP_TASKS) == 40 and len(SCORED_TASKS) == 38  # FairFace, UTKFace: reported, not scored
+    assert {t.name for t in DATACOMP_TASKS} - {t.name for t in SCORED_TASKS} == {"FairFace", "UTKFace"}
+    assert len({t.key for t in DATACOMP_TASKS}) == 40 and len({t.name for t in DATACOMP_TASKS}) == 40
     groups = {g: sum(t.group == g for t in DATACOMP_TASKS) for g in (IMAGENET, DIST_SHIFTS, VTAB, RETRIEVAL_GROUP)}
     assert groups == {IMAGENET: 1, DIST_SHIFTS: 6, VTAB: 13, RETRIEVAL_GROUP: 3}
-    for t in DATACOMP_TASKS:
+    for t in SCORED_TASKS:
         assert t.task_type in TASK_TYPES and t.main_metric and t.size > 0
         assert t.wds_name.startswith("wds_") and "/" not in t.wds_name and t.hub_repo.startswith("djghosh/")
         if t.task_type == CLASSIFICATION:
@@ -49,20 +51,29 @@ def test_registry_has_datacomps_38_tasks():
     assert get_task("vtab/cifar100").wds_name == "wds_vtab-cifar100_test"
     assert get_task("CIFAR-100") is get_task("cifar100") is get_task("vtab/cifar100")
     assert [t.key for t in resolve_tasks("synthetic")] == ["synthetic_shape", "synthetic_colour"]
-    assert len(resolve_tasks("datacomp38,synthetic")) == 40
+    assert len(resolve_tasks("datacomp38,synthetic")) == 42
+    assert get_task("geode").wds_name == "wds_geode_test" and get_task("iwildcam").wds_name == "wds_wilds-iwildcam_test"
+    assert get_task("geode").clip_benchmark_name == "wds/geode"
+    assert get_task("MSCOCO").source == "hf" and get_task("WinoGAViL").hf_dataset == "nlphuji/winogavil"
     with pytest.raises(ConfigError, match="unknown task"):
         resolve_tasks("cifar10,nope")
 
 
 def test_aggregate_group_averages():
-    results = {t.key: {"key": t.key, "dataset": t.name, "group": t.group, "metrics": {"main_metric": i / 100}}
+    results = {t.key: {"key": t.key, "dataset": t.name, "group": t.group,
+                       "metrics": {"main_metric": i / 100 if t.main_metric else None}}
                for i, t in enumerate(DATACOMP_TASKS)}
     agg = aggregate(results)
-    values = {t.key: i / 100 for i, t in enumerate(DATACOMP_TASKS)}
+    values = {t.key: i / 100 for i, t in enumerate(DATACOMP_TASKS) if t.main_metric}
+    assert len(values) == 38
     assert agg["ImageNet"] == pytest.approx(values["imagenet1k"])
     assert agg["VTAB"] == pytest.approx(np.mean([values[t.key] for t in DATACOMP_TASKS if t.group == VTAB]))
-    assert agg["Average"] == pytest.approx(np.mean(list(values.values())))
+    assert agg["Average"] == pytest.approx(np.mean(list(values.values()))) and agg["incomplete"] is None
     assert agg["Synthetic"] is None
+    del results["mnist"]
+    agg = aggregate(results)
+    assert agg["Average"] is None and agg["incomplete"] == "incomplete: 37 of 38 tasks"
+    assert agg["VTAB"] is not None  # MNIST is in no group
 
 
 # ------------------------------------------------------------------------------------- metrics
@@ -148,9 +159,10 @@ def test_results_jsonl_summary_and_resume(tmp_path, capsys):
     ctx = cli.make_context(args)
     assert eval_cli.run_cli(ctx, args) == 0
     out = capsys.readouterr().out
-    assert "Synthetic shape" in out and "Average" in out
+    assert "Synthetic shape" in out and "Average" not in out  # DataComp's average needs DataComp's tasks
 
-    results_path = ws / "evals" / "clean" / "results.jsonl"
+    assert not (ws / "evals" / "clean" / "eval_results.jsonl").exists()
+    results_path = ws / "evals" / "clean" / "other_results.jsonl"
     lines = [json.loads(s) for s in results_path.read_text().splitlines()]
     assert [r["key"] for r in lines] == ["synthetic_shape", "synthetic_colour"]
     for r in lines:
@@ -158,7 +170,7 @@ def test_results_jsonl_summary_and_resume(tmp_path, capsys):
         assert 0 <= r["metrics"]["main_metric"] <= 1 and r["metrics"]["num_samples"] == 30
     summary = json.loads((ws / "evals" / "clean" / "summary.json").read_text())
     mean = np.mean([r["metrics"]["main_metric"] for r in lines])
-    assert summary["groups"]["Synthetic"] == pytest.approx(mean) == summary["groups"]["Average"]
+    assert summary["groups"]["Synthetic"] == pytest.approx(mean) and summary["groups"]["Average"] is None
 
     # A rerun finds both tasks done and evaluates nothing; a damaged file is reported by name.
     again = evaluate_model(ModelSpec("poolsieve-tiny", str(run / "epoch_1.pt")), "synthetic",
@@ -166,7 +178,7 @@ def test_results_jsonl_summary_and_resume(tmp_path, capsys):
     assert (again["evaluated"], again["skipped"]) == (0, 2)
     assert again["tasks"] == summary["tasks"]
     results_path.write_text(results_path.read_text() + "{broken\n")
-    with pytest.raises(InputError, match="results.jsonl: line 3 is not valid JSON"):
+    with pytest.raises(InputError, match="other_results.jsonl: line 3 is not valid JSON"):
         read_results(results_path)
 
     missing = cli.stage_parser("evaluate").parse_args(["-w", str(ws), "--executor", "local", "--subset", "nope"])
@@ -262,10 +274,13 @@ def test_retrieval_matches_brute_force_recall(tmp_path):
     import torch
     from PIL import Image
 
+    from poolsieve.eval.custom_tasks import custom_task
+
     model, preprocess, tokenizer = _random_model()
-    task = get_task("retrieval/flickr_1k_test_image_text_retrieval")
-    images, captions = _write_retrieval_wds(tmp_path / task.wds_name, 24)
-    metrics = evaluate_task(task, model, preprocess, tokenizer, batch_size=10, data_root=str(tmp_path))
+    images, captions = _write_retrieval_wds(tmp_path / "my_captions", 24)
+    task = custom_task(tmp_path / "my_captions")  # a user's own retrieval task (dataset_type.txt)
+    assert task.task_type == "zeroshot_retrieval" and task.name == "my_captions"
+    metrics = evaluate_task(task, model, preprocess, tokenizer, batch_size=10)
 
     with torch.no_grad():
         img = torch.nn.functional.normalize(model.encode_image(
@@ -281,9 +296,39 @@ def test_retrieval_matches_brute_force_recall(tmp_path):
     assert metrics["main_metric"] == pytest.approx((image_r1 + text_r1) / 2, abs=1e-6)
 
 
-def test_tasks_without_an_implementation_are_reported_not_faked(tmp_path, capsys):
-    summary = evaluate_model("poolsieve-tiny", "wilds/fmow,fairness/geode,misc/winogavil", tmp_path / "ev")
-    assert summary["unsupported"] == ["wilds/fmow", "fairness/geode", "misc/winogavil"]
-    assert summary["tasks"] == {} and summary["groups"]["Average"] is None
-    assert not (tmp_path / "ev" / "results.jsonl").exists()
-    assert "FMoW, GeoDE, WinoGAViL" in capsys.readouterr().err
+def test_custom_task_by_path_and_registered_name(tmp_path, capsys):
+    """A clip_benchmark wds folder evaluates by path or registered name and keeps its own name."""
+    from poolsieve.eval.custom_tasks import custom_task
+    from poolsieve.pipeline import cli
+
+    folder = tmp_path / "clipart_category"
+    images, labels, classnames, templates = _write_classification_wds(folder, 20)
+    task = custom_task(folder)
+    assert (task.name, task.key, task.task_type) == ("clipart_category", "custom/clipart_category", CLASSIFICATION)
+    model, preprocess, tokenizer = _random_model()
+    metrics = evaluate_task(task, model, preprocess, tokenizer, batch_size=8)
+    expected = _brute_force_accuracy(model, preprocess, tokenizer, images, labels, classnames, templates)
+    assert metrics["acc1"] == pytest.approx(expected, abs=1e-6) and metrics["main_metric"] == metrics["acc1"]
+
+    ws = tmp_path / "ws"
+    args = ["evaluate", "-w", str(ws), "--executor", "local", "--model", "poolsieve-tiny", "--tasks", str(folder)]
+    assert cli.main(args) == 0
+    line = json.loads((ws / "evals" / "poolsieve-tiny" / "other_results.jsonl").read_text())
+    assert line["dataset"] == "clipart_category" and line["key"] == "custom/clipart_category"
+    assert "clipart_category" in capsys.readouterr().out
+    from poolsieve.core.workspace import Workspace
+    from poolsieve.pipeline.inspect_stage import inspect_workspace
+
+    assert inspect_workspace(Workspace.open(ws))["evals"]["poolsieve-tiny"] == {"clipart_category": line["metrics"]["main_metric"]}
+
+    # registered in the config under another name; no templates file: clip_benchmark's defaults
+    (folder / "zeroshot_classification_templates.txt").unlink()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"evaluate:\n  custom_tasks:\n    clipart: {folder}\n")
+    assert cli.main(["evaluate", "-w", str(ws), "-c", str(config), "--executor", "local", "--model",
+                     "poolsieve-tiny", "--tasks", "clipart", "--output", str(tmp_path / "ev2")]) == 0
+    line = json.loads((tmp_path / "ev2" / "other_results.jsonl").read_text())
+    assert line["dataset"] == "clipart" and line["key"] == "custom/clipart"
+    assert cli.main(["evaluate", "-w", str(ws), "--executor", "local", "--model", "poolsieve-tiny",
+                     "--tasks", str(tmp_path / "nope_dir/")]) == 2
+    assert "not a task folder" in capsys.readouterr().err

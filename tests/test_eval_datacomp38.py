@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-
 from eval_minisets import MiniHub, all_repos, fill_hf_cache, write_wds_folders
+
 from poolsieve.eval.aggregate import DATACOMP_GROUPS, RESULTS_FILE, aggregate, read_results
 from poolsieve.eval.tasks import DATACOMP_TASKS, SCORED_TASKS
 
