@@ -16,6 +16,7 @@ from typing import Any
 from .errors import InputError, PoolsieveError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+HUB_PREFIXES = ("hf-hub:", "local-dir:")
 _registered = False
 
 
@@ -30,6 +31,25 @@ def register_model_configs() -> None:
     _registered = True
 
 
+def register_model_config(path: str | Path) -> str:
+    """Register one open_clip model config JSON (``--model-config``); return its architecture name (the
+    file name without ``.json``, as open_clip names configs)."""
+    import json
+
+    import open_clip
+
+    path = Path(path).expanduser()
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"not a readable model config JSON ({e})") from None
+    if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        raise InputError(path, "an open_clip model config needs embed_dim, vision_cfg and text_cfg")
+    register_model_configs()
+    open_clip.add_model_config(path)
+    return path.stem
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """``arch`` is an open_clip model name; ``pretrained`` a tag (``openai``, ``datacomp_xl_s13b_b90k``)
@@ -41,9 +61,13 @@ class ModelSpec:
 
     @classmethod
     def parse(cls, value: Any) -> ModelSpec:
+        """``ARCH``, ``ARCH:TAG``, ``ARCH:/path/ckpt.pt`` or a whole-model spec open_clip resolves itself
+        (``hf-hub:ORG/NAME[@REV]``, ``local-dir:PATH``), which is kept whole as the arch."""
         if isinstance(value, ModelSpec):
             return value
         if isinstance(value, str):
+            if value.startswith(HUB_PREFIXES):
+                return cls(value, None)
             arch, _, pre = value.partition(":")
             return cls(arch, pre or None)
         if isinstance(value, dict) and "arch" in value:
@@ -65,7 +89,7 @@ def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32"):
     import open_clip
 
     register_model_configs()
-    if spec.arch not in open_clip.list_models():
+    if not spec.arch.startswith(HUB_PREFIXES) and spec.arch not in open_clip.list_models():
         raise PoolsieveError(f"unknown open_clip architecture {spec.arch!r}")
     pretrained = spec.pretrained
     if spec.is_local_checkpoint:

@@ -4,7 +4,9 @@
 ``np.dtype("u8,u8")``, one-dimensional, sorted, no repeated uid, every uid a member of the pool. It then
 writes ``submissions/NAME/`` with the uid file, ``NAME.npy.sha256``, ``submission.json`` (sha256,
 size, pool fingerprint, the spec record from ``subsets/NAME.json``) and, when ``evals/NAME/`` holds
-results, a copy of them with their average.
+results, a copy of them with their average, and beside them the folder DataComp's ``evaluate.py``
+uploads to the hub: ``{scale}_scale/results.jsonl`` (the evaluation's ``eval_results.jsonl``) and
+``{scale}_scale/samples/NAME.npy`` (the uid file). The scale is ``--scale`` or the training run's.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class SubmitConfig:
     out: str | None = None
     tables: str | None = None
     evals: str | None = None
+    scale: str | None = None
 
 
 def subset_file(ws: Workspace, subset: str) -> tuple[str, Path]:
@@ -60,13 +63,31 @@ def check_in_pool(pairs: np.ndarray, pool_keys: np.ndarray, path: Path) -> None:
 
 
 def read_eval_results(folder: Path) -> dict[str, Any] | None:
-    """``{"tasks": n, "averages": {group: mean main metric, ..., "Average": x}}`` from ``results.jsonl``."""
-    from poolsieve.eval.aggregate import RESULTS_FILE, aggregate, read_results
+    """``{"tasks": n, "averages": {group: score, ..., "Average": x or None, "incomplete": ...}}``."""
+    from poolsieve.eval.aggregate import aggregate, read_eval_folder
 
-    results = read_results(folder / RESULTS_FILE)
+    results = read_eval_folder(folder)
     if not results:
         return None
     return {"tasks": len(results), "averages": aggregate(results), "folder": "eval"}
+
+
+def run_scale(ws: Workspace, name: str) -> str | None:
+    """The scale of the training run ``runs/NAME`` (None when there is none)."""
+    path = ws.run_dir(name) / "summary.json"
+    return read_json(path).get("scale") if path.exists() else None
+
+
+def write_datacomp_upload(staging: Path, name: str, uid_file: Path, eval_dir: Path, scale: str) -> str:
+    """``{scale}_scale/results.jsonl`` and ``{scale}_scale/samples/NAME.npy``, as DataComp's evaluate.py
+    names them in the hub commit it makes; returns the folder's name."""
+    from poolsieve.eval.aggregate import RESULTS_FILE
+
+    folder = staging / f"{scale}_scale"
+    (folder / "samples").mkdir(parents=True)
+    shutil.copyfile(eval_dir / RESULTS_FILE, folder / "results.jsonl")
+    shutil.copyfile(uid_file, folder / "samples" / f"{name}.npy")
+    return folder.name
 
 
 def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, overwrite: bool = False) -> dict[str, Any]:
@@ -107,7 +128,11 @@ def _write_submission(ws: Workspace, cfg: SubmitConfig, name: str, snapshot: Sub
     eval_dir = Path(cfg.evals).expanduser() if cfg.evals else ws.eval_dir(name)
     evals = read_eval_results(eval_dir) if eval_dir.is_dir() else None
     if cfg.evals and evals is None:
-        raise InputError(eval_dir, "no results.jsonl in this evaluation folder")
+        raise InputError(eval_dir, "no eval_results.jsonl in this evaluation folder")
+    from poolsieve.eval.aggregate import RESULTS_FILE
+
+    scale = cfg.scale or run_scale(ws, name)
+    upload = evals is not None and (eval_dir / RESULTS_FILE).exists() and scale is not None
     summary = {
         "name": name,
         "uid_file": f"{name}.npy",
@@ -117,6 +142,7 @@ def _write_submission(ws: Workspace, cfg: SubmitConfig, name: str, snapshot: Sub
         "pool": {"fingerprint": pool_fingerprint(tables), "tables": len(tables)},
         "spec": spec,
         "evaluation": evals,
+        "datacomp_upload": f"{scale}_scale" if upload else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +152,8 @@ def _write_submission(ws: Workspace, cfg: SubmitConfig, name: str, snapshot: Sub
         (staging / f"{name}.npy.sha256").write_text(f"{digest}  {name}.npy\n")
         if evals is not None:
             shutil.copytree(eval_dir, staging / "eval")
+        if upload:
+            write_datacomp_upload(staging, name, staging / f"{name}.npy", eval_dir, str(scale))
         write_json(staging / "submission.json", summary)
         os.chmod(staging, DIR_MODE)  # mkdtemp makes 0700; files inside have the umask's mode
         if out.exists():
@@ -142,11 +170,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="submission folder (default: WORKSPACE/submissions/NAME)")
     p.add_argument("--tables", help="score tables that define the pool (default: WORKSPACE/scores)")
     p.add_argument("--evals", help="evaluation folder to include (default: WORKSPACE/evals/NAME if present)")
+    p.add_argument("--scale", help="DataComp scale of the upload folder {scale}_scale/ (default: the run's)")
 
 
 def run_cli(ctx: Any, args: argparse.Namespace) -> int:
     cfg = build(SubmitConfig, ctx.section("submit"), "submit",
-                {"subset": args.subset, "out": args.out, "tables": args.tables, "evals": args.evals})
+                {"subset": args.subset, "out": args.out, "tables": args.tables, "evals": args.evals,
+                 "scale": args.scale})
     result = run_submit(ctx.workspace(), cfg, ctx.runtime, overwrite=ctx.overwrite)
     evals = result.get("evaluation")
     print_summary("submit", [
@@ -154,7 +184,10 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
         ("status", result["status"]),
         ("uids", f"{result['count']:,}"),
         ("sha256", result["sha256"]),
-        ("evaluation", f"{evals['tasks']} tasks, average {evals['averages'].get('Average')}" if evals else "none"),
+        ("evaluation", f"{evals['tasks']} tasks, " + (f"average {evals['averages']['Average']:.4f}"
+                        if evals["averages"].get("Average") is not None else str(evals["averages"].get("incomplete")))
+         if evals else "none"),
+        ("DataComp upload", result.get("datacomp_upload") or "none (needs eval_results.jsonl and a scale)"),
         ("folder", result["folder"]),
     ])
     return 0

@@ -78,13 +78,43 @@ def test_evaluation_results_included(ws):
               "group": "ImageNet", "metrics": {"main_metric": 0.25}},
              {"key": "cifar10", "dataset": "CIFAR-10", "task_type": "zeroshot_classification",
               "group": "VTAB", "metrics": {"main_metric": 0.75}}]
-    (ev / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (ev / "eval_results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     submit(ws, "few")
     folder = ws.root / "submissions" / "few"
     record = json.loads((folder / "submission.json").read_text())
-    assert record["evaluation"]["tasks"] == 2 and record["evaluation"]["averages"]["Average"] == 0.5
-    assert (folder / "eval" / "results.jsonl").read_text() == (ev / "results.jsonl").read_text()
-    assert record["spec"] is None
+    averages = record["evaluation"]["averages"]
+    assert record["evaluation"]["tasks"] == 2 and averages["ImageNet"] == 0.25
+    assert averages["Average"] is None and averages["incomplete"] == "incomplete: 2 of 38 tasks"
+    assert (folder / "eval" / "eval_results.jsonl").read_text() == (ev / "eval_results.jsonl").read_text()
+    assert record["spec"] is None and record["datacomp_upload"] is None  # no run, no --scale: no scale
+
+
+def test_datacomp_upload_layout(ws):
+    """What DataComp's evaluate.py pushes (its push_files_to_hub): {scale}_scale/results.jsonl, the
+    evaluation's eval_results.jsonl, and {scale}_scale/samples/<uid file name>, the uid file's bytes."""
+    from poolsieve.eval.tasks import DATACOMP_TASKS
+
+    write_subset(ws.subset_path("few"), sorted_pairs([1, 2, 3]))
+    ev = ws.eval_dir("few")
+    ev.mkdir(parents=True)
+    lines = [{"key": t.key, "dataset": t.name, "metrics": {"main_metric": 0.5 if t.main_metric else None}}
+             for t in DATACOMP_TASKS]
+    (ev / "eval_results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (ws.run_dir("few")).mkdir(parents=True)
+    (ws.run_dir("few") / "summary.json").write_text(json.dumps({"scale": "small", "model": "ViT-B-32"}))
+    out = submit(ws, "few")
+    folder = ws.root / "submissions" / "few"
+    upload = folder / "small_scale"
+    assert out["datacomp_upload"] == "small_scale"
+    assert sorted(str(p.relative_to(upload)) for p in upload.rglob("*")) == [
+        "results.jsonl", "samples", "samples/few.npy"]
+    assert (upload / "results.jsonl").read_bytes() == (ev / "eval_results.jsonl").read_bytes()
+    assert (upload / "samples" / "few.npy").read_bytes() == ws.subset_path("few").read_bytes()
+    record = json.loads((folder / "submission.json").read_text())
+    assert record["evaluation"]["averages"]["Average"] == 0.5
+    # --scale names another scale
+    out = run_submit(ws, SubmitConfig(subset="few", scale="medium"), LOCAL, overwrite=True)
+    assert (folder / "medium_scale" / "results.jsonl").exists() and not (folder / "small_scale").exists()
 
 
 def test_bad_dtype_refused(ws, tmp_path):
