@@ -66,7 +66,7 @@ def wds_repo_files(task: Task, n: int = 4) -> dict[str, bytes]:
         templates = [f"{o}:a photo of a {{c}}." for o in FAIRFACE_CLASSES] + [f"{o}:a face, {{c}}." for o in FAIRFACE_CLASSES]
         for i in range(n):
             race = i % 7
-            members += [(f"s{i:04d}.png", png(i)), (f"s{i:04d}.npy", _npy([i % 9, i % 2, race, int(race == 1)]))]
+            members += [(f"s{i:04d}.png", png(i)), (f"s{i:04d}.npy", _npy([i % 9, i % 2, race, int(race != 1)]))]
     else:
         ncls = 6
         classnames = [f"thing {c}" for c in range(ncls)]
