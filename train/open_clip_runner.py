@@ -14,6 +14,7 @@ The patches, each small and named for what it fixes in open_clip_train 3.3:
   back with ``weights_only=True``; an unreadable one ends the run with one line;
 - ``install_rank_shards``: with several processes, each samples (with replacement, as DataComp does)
   from its own ``rank::world_size`` slice of the shards, so ranks read disjoint shards;
+- ``install_cpu_ddp``: several CPU processes (gloo) train with DDP as they do on GPUs;
 - ``install_shard_log``: with ``POOLSIEVE_SHARD_LOG=DIR``, each process lists the shards it reads.
 """
 
@@ -151,6 +152,22 @@ def install_shard_log(folder: str) -> None:
     data.ResampledShards2 = LoggedShards
 
 
+def install_cpu_ddp() -> None:
+    """open_clip wraps its model as ``DDP(model, device_ids=[device])``, which torch refuses for a CPU
+    device; on CPUs (gloo) DDP is made without ``device_ids``, as torch asks."""
+    import torch
+
+    base = torch.nn.parallel.DistributedDataParallel
+
+    class CpuFriendlyDDP(base):
+        def __init__(self, module: Any, device_ids: Any = None, *args: Any, **kwargs: Any):
+            if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+                device_ids = None
+            super().__init__(module, device_ids, *args, **kwargs)
+
+    torch.nn.parallel.DistributedDataParallel = CpuFriendlyDDP
+
+
 def adopt_process_group() -> None:
     """Inside Ray Train the process group exists already: open_clip's own init becomes a no-op."""
     import torch.distributed as dist
@@ -241,6 +258,7 @@ def run(argv: Sequence[str]) -> int:
     install_epoch_seeded_shuffle(seed_from_argv(argv))
     install_atomic_checkpoints()
     install_rank_shards()
+    install_cpu_ddp()
     if os.environ.get("POOLSIEVE_SHARD_LOG"):
         install_shard_log(os.environ["POOLSIEVE_SHARD_LOG"])
     result = main(list(argv))
