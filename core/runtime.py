@@ -164,7 +164,6 @@ def get_result(ray: Any, ref: Any, what: str | None = None) -> Any:
         raise
     except (WorkerCrashedError, NodeDiedError, LocalRayletDiedError, ObjectLostError, OutOfMemoryError,
             RayActorError) as e:
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "").split(". ")[0]
         raise PoolsieveError(f"{what or 'a task'}: Ray lost the worker or node running it and gave up retrying "
-                             f"({type(e).__name__}: {first[:200]}); check the cluster (`ray status`) and rerun: "
-                             "finished units are kept") from None
+                             f"({type(e).__name__}: {first[:200]}); check the cluster (`ray status`) and rerun") from None

@@ -401,7 +401,7 @@ def _run_on_ray(runtime: Runtime, scan_units: list[ScanUnit], planner: OutputPla
                 scans_in_flight += 1
             done, _ = ray.wait(list(in_flight), num_returns=1)
             kind, i = in_flight.pop(done[0])
-            what = scan_units[i].tar_path if kind == "scan" else f"output shard {filtered_shard_name(i)}"
+            what = scan_units[i].tar_path if kind == "scan" else str(planner.out_dir / f"{filtered_shard_name(i)}.tar")
             result = get_result(ray, done[0], what)
             if kind == "write":
                 results.append(result)
