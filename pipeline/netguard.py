@@ -94,6 +94,7 @@ _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _COMPAT = ipaddress.ip_network("::/96")
 _TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_NETLOC_BAD = frozenset('\\"<>^`{|}')  # ASCII that RFC 3986 never allows in an authority
 
 
 class DeniedAddressError(OSError):
@@ -203,6 +204,9 @@ class NetworkPolicy:
                    f"(only {' and '.join(ALLOWED_SCHEMES)} urls are fetched)"
         if not parts.hostname:
             return f"{DENIED_MARK}: url has no host"
+        bad = [c for c in parts.netloc if c in _NETLOC_BAD or not c.isprintable() or c.isspace()]
+        if bad or parts.netloc.count("@") > 1:  # a proxy could read such a host differently from urllib
+            return f"{DENIED_MARK}: malformed url (host part {parts.netloc!r} has {bad[0] if bad else '@'!r})"
         return self.reason_for_host(parts.hostname)
 
     def check_url(self, url: str, resolve: bool = False) -> None:
@@ -267,7 +271,6 @@ def install_guard(deny: Sequence[str] = (), allow: Sequence[str] = (),
 
     def guarded_getaddrinfo(host: Any, port: Any = None, *args: Any, **kwargs: Any) -> Any:
         current = _installed
-        results = None
         if current is not None and isinstance(host, str):
             endpoints = getattr(_local, "endpoints", ())
             if (host.lower().strip("[]"), _port(port)) in endpoints:  # the user's proxy: trusted

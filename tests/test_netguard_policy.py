@@ -100,6 +100,12 @@ def test_names_schemes_and_resolution() -> None:
         reason = policy.reason_for_url(url)
         assert reason.startswith(f"{DENIED_MARK}: url scheme") and "only http and https" in reason, url
     assert "malformed url" in policy.reason_for_url("http://[::1/a.jpg")
+    # Hosts that a proxy could parse differently from urllib (the proxy, not this check, would resolve them):
+    for url in ("http://169.254.169.254\\@example.com/x", "http://a@169.254.169.254@example.com/",
+                "http://exa mple.com/", "http://example.com|169.254.169.254/"):
+        assert "malformed url" in policy.reason_for_url(url), url
+    assert policy.reason_for_url("http://user:p%40ss@example.com/a.jpg") is None
+    assert policy.reason_for_url("http://b\u00fccher.de/a.jpg") is None  # an IDN host
     assert "no host" in policy.reason_for_url("http:///a.jpg")
     assert policy.reason_for_url("HTTPS://example.com/a.jpg") is None
     with pytest.raises(DeniedAddressError, match="host localhost resolves to 127.0.0.1, which is in denied"):
