@@ -699,7 +699,9 @@ def _print_report(report: dict[str, Any]) -> None:
          + (f" (+ {report['shards'] - report['planned_shards']} retry)" if report["shards"] > report["planned_shards"] else "")),
         ("samples", report["samples"]),
         ("success rate", "n/a" if report["success_rate"] is None else f"{report['success_rate']:.2%}"
-         + (f" ({report['success_rate_excluding_denied']:.2%} of the not denied)" if report["denied"] else "")),
+         + (f" ({report['success_rate_excluding_denied']:.2%} of the not denied)"
+            if report["success_rate_excluding_denied"] is not None and report["denied"] else
+            " (every sample denied by the network guard: see --allow-network)" if report["denied"] else "")),
         ("failures", ", ".join(f"{k}={v}" for k, v in report["failures_by_reason"].items()) or "none"),
         ("this run", f"{run['mode']}: {run['shards_done']} shards, {run['samples']} samples in {run['seconds']}s"
          + (f" ({rate:,.1f} samples/s)" if rate else "") if run["shards_planned"] else

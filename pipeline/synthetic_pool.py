@@ -239,5 +239,19 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
     print_summary("generate", [("workspace", ws.root), ("samples", summary["samples"]),
                                ("metadata files", summary["metadata_files"]),
                                ("defects", ", ".join(f"{k}={v}" for k, v in sorted(summary["defects"].items()))),
-                               ("serve images with", f"python -m poolsieve.pipeline.image_server {ws.root}")])
+                               ("serve images with", f"python -m poolsieve.pipeline.image_server {ws.root}"),
+                               ("then download with", _download_hint(ws.root, spec.base_url))])
     return 0
+
+
+def _download_hint(root: Any, base_url: str) -> str:
+    """The download command for a generated pool: its server's address must be allowed (it is not global)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(base_url).hostname or "127.0.0.1"
+    try:
+        network = str(ipaddress.ip_network(host))
+    except ValueError:
+        network = "<the server's address>/32"
+    return f"poolsieve download -w {root} --allow-network {network}"
