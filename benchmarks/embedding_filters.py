@@ -1,10 +1,21 @@
 """Benchmark the embedding filters on a generated pool (default 1M rows, 768-d image + text, fp16).
 
-For each filter it prints wall time and peak memory (each filter runs in a fresh child process, so the
-peak is its own), and for D2's approximate kNN its recall@k against exact search on a sample of rows.
+For each filter and implementation it prints wall time and peak memory (each run is a fresh child
+process, so the peak is its own), and for D2's approximate kNN its recall@k against exact search on a
+sample of rows, side by side. Implementations (``--impl``):
+
+- ``handwritten``: the code before faiss took over (commit ``HANDWRITTEN_REV``: numpy Lloyd k-means,
+  hand-written IVF lists and list-major GEMM search), extracted with ``git archive`` and imported in
+  place of the working tree's ``poolsieve.filters`` / ``poolsieve.core``;
+- ``faiss``: the working tree with faiss everywhere (k-means on ``faiss.Clustering``, D2 with
+  ``knn_impl=faiss``: faiss IVF index, fp16 codes);
+- ``default``: the working tree's defaults (D2: faiss lists, list-major GEMM search); run only where
+  it differs from ``faiss`` (D2).
+
+``--impl both`` runs all three; kept sets are compared with the first implementation's (Jaccard).
 
     python benchmarks/embedding_filters.py --rows 1000000 --workdir /tmp/poolsieve-bench
-    python benchmarks/embedding_filters.py --rows 20000 --filters d2_pruning --recall-sample 2000
+    python benchmarks/embedding_filters.py --rows 20000 --filters d2_pruning --recall-sample 2000 --impl faiss
 
 The generated pool: ``rows / 50`` topic centres on the unit sphere; an image embedding is its topic
 centre plus isotropic noise of norm ``noise`` (0.6: cosine ~0.86 to the centre, ~0.74 between two rows
@@ -29,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 FILTERS = ("d2_pruning", "image_based", "dedup", "semdedup")
+IMPLS = ("handwritten", "faiss", "default")
+HANDWRITTEN_REV = "2767a16"  # the last commit with the hand-written k-means and IVF index
 WORDS = np.array(["a", "photo", "of", "the", "red", "blue", "small", "large", "dog", "cat", "car", "house", "tree", "beach", "city", "night", "art", "food", "portrait", "vintage", "modern", "black", "white", "green", "street", "mountain", "river", "flower"])
 
 
@@ -107,7 +120,30 @@ def filter_params(name: str, args: argparse.Namespace) -> dict:
     }[name]
     if name != "dedup":
         params["device"] = args.device
+    if name == "d2_pruning" and args.impl_one == "faiss":
+        params["knn_impl"] = "faiss"
     return params
+
+
+def impls_for(name: str, impl: str) -> list[str]:
+    """The implementations to run for filter ``name``: only D2 has a working-tree default apart from faiss."""
+    if name == "dedup":
+        return ["default"]
+    if impl == "both":
+        return ["handwritten", "faiss", "default"] if name == "d2_pruning" else ["handwritten", "faiss"]
+    return [impl]
+
+
+def handwritten_source(workdir: Path) -> Path:
+    """``poolsieve/{core,filters}`` of ``HANDWRITTEN_REV`` under ``workdir``, for PYTHONPATH."""
+    root = workdir / f"handwritten-{HANDWRITTEN_REV}"
+    if not (root / "poolsieve" / "filters").exists():
+        repo = Path(__file__).resolve().parent.parent
+        (root / "poolsieve").mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", HANDWRITTEN_REV, "core", "filters"],
+                                 check=True, stdout=subprocess.PIPE).stdout
+        subprocess.run(["tar", "-x", "-C", str(root / "poolsieve")], input=archive, check=True)
+    return root
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict:
@@ -119,7 +155,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     runtime = Runtime(executor="ray", num_cpus=args.num_cpus) if args.ray else Runtime(executor="local")
     pool = ScoredPool(ws.score_tables(), runtime)
     params = filter_params(name, args)
-    out: dict = {"filter": name, "params": params}
+    out: dict = {"filter": name, "impl": args.impl_one, "params": params}
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     if name == "d2_pruning":
@@ -127,12 +163,14 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
         get_filter(name)
         result = d2_run(pool, **params)
-        kept = len(np.unique(result.pairs[result.order]))
+        kept = np.unique(result.pairs[result.order])
         graph = result.graph
     else:
-        kept = len(get_filter(name)(pool, **params))
+        kept = get_filter(name)(pool, **params)
     out["wall_s"] = time.perf_counter() - t0
-    out["kept"] = kept
+    out["kept"] = len(kept)
+    out["kept_file"] = str(args.workdir / f"kept-{name}-{args.impl_one}.npy")
+    np.save(out["kept_file"], kept)
     out["load_avg_start"] = load0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out["cpu_s"] = usage.ru_utime + usage.ru_stime
@@ -158,7 +196,12 @@ def graph_device_is_cuda() -> bool:
 def measure_recall(pool, graph, sample: int, k: int) -> dict:
     """recall@k of the graph's neighbours against exact search, on ``sample`` seeded rows."""
     from poolsieve.filters._embeddings import load_all, pick_embedding_key
-    from poolsieve.filters._knn import flat_index, recall_at_k, remove_self
+
+    try:
+        from poolsieve.filters.knn.graph import recall_at_k, remove_self
+        from poolsieve.filters.knn.index import flat_index
+    except ImportError:  # the hand-written revision
+        from poolsieve.filters._knn import flat_index, recall_at_k, remove_self
 
     t0 = time.perf_counter()
     features = load_all(pool, pick_embedding_key(pool, None), "image+text")
@@ -188,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--ray", action="store_true", help="run on a local Ray (sharded kNN build)")
     p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--impl", default="both", choices=["both", *IMPLS])
     p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--impl-one", default="default", help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     if args.one:
@@ -200,15 +245,34 @@ def main(argv: list[str] | None = None) -> int:
           f"(ready in {time.perf_counter() - t0:.0f}s) at {args.workdir}", flush=True)
     results = []
     for name in args.filters.split(","):
-        cmd = [sys.executable, __file__, "--one", name, *argv]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if proc.returncode != 0:
-            print(f"{name}: failed (exit {proc.returncode})", flush=True)
-            continue
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        results.append(res)
-        print(json.dumps(res), flush=True)
-    print("\nfilter        wall_s   cpu_s  peak_GiB      kept  recall@k              kNN")
+        first = None
+        for impl in impls_for(name, args.impl):
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            if impl == "handwritten":
+                env["PYTHONPATH"] = os.pathsep.join([str(handwritten_source(args.workdir)), env.get("PYTHONPATH", "")])
+            cmd = [sys.executable, __file__, "--one", name, "--impl-one", impl, *argv]
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+            if proc.returncode != 0:
+                print(f"{name} ({impl}): failed (exit {proc.returncode})", flush=True)
+                continue
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            kept = np.load(res["kept_file"])
+            first = kept if first is None else first
+            res["jaccard_first"] = jaccard(first, kept)
+            results.append(res)
+            print(json.dumps(res), flush=True)
+    print_table(results)
+    return 0
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    union = len(np.union1d(a, b))
+    return len(np.intersect1d(a, b)) / union if union else 1.0
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"\nload average now: {' '.join(f'{v:.1f}' for v in os.getloadavg())} ({os.cpu_count()} cores)")
+    print("filter       impl         wall_s   cpu_s  peak_GiB     kept  same_as_1st  recall@k              kNN")
     for r in results:
         rec = f"{r['recall_at_k']:.3f} (n={r['recall_sample']})" if "recall_at_k" in r else "-"
         knn = "-"
@@ -216,9 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             knn = f"ivf nlist={r['nlist']} nprobe={r['nprobe']} candidates={r['candidates']}"
         elif r.get("method"):
             knn = r["method"]
-        print(f"{r['filter']:<12} {r['wall_s']:7.1f} {r['cpu_s']:7.1f}  {r['peak_rss_gib']:8.2f}  {r['kept']:8d}  "
-              f"{rec:<20}  {knn}")
-    return 0
+        print(f"{r['filter']:<12} {r['impl']:<11} {r['wall_s']:7.1f} {r['cpu_s']:7.1f}  {r['peak_rss_gib']:8.2f} "
+              f"{r['kept']:8d}  {r['jaccard_first']:11.4f}  {rec:<20}  {knn}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 """GPU run of the embedding-filter benchmark (same pool and sizes), plus a CPU/GPU agreement check.
 
-Needs a CUDA GPU visible to torch (faiss GPU is used for k-means searches when importable, else torch).
+Needs a CUDA GPU visible to torch. With faiss's GPU build (``pip install .[gpu]``) k-means and D2's
+faiss IVF index run on the GPU through faiss; without it they run on CPU faiss (D2's GEMM index still
+uses the GPU through torch).
 
     python benchmarks/embedding_filters_gpu.py --rows 1000000 --workdir /tmp/poolsieve-bench
     python benchmarks/embedding_filters_gpu.py --agreement-only --agreement-rows 20000
 
-1. Agreement: on a small generated pool, D2 (exact kNN), image_based and semdedup run on ``cpu`` and on
-   ``cuda``; it prints the fraction of identical neighbour lists and the Jaccard index of kept sets.
-2. Benchmark: ``embedding_filters.py --device cuda`` on the full pool (wall time, peak host memory,
-   recall@k; peak GPU memory per filter is printed by the child processes on stderr).
+1. Agreement: on a small generated pool, D2 (exact kNN, and IVF on faiss with fixed ``nprobe``),
+   image_based and semdedup run on ``cpu`` and on ``cuda``; it prints the fraction of identical
+   neighbour lists and the Jaccard index of kept sets.
+2. Benchmark: ``embedding_filters.py --device cuda`` on the full pool, every implementation side by side
+   (wall time, peak host memory, recall@k; peak GPU memory per run is printed by the child processes
+   on stderr).
 """
 
 from __future__ import annotations
@@ -40,15 +44,22 @@ def agreement(rows: int, workdir: Path) -> None:
     embedding_filters.generate_pool(workdir, rows, max(1, rows // 10_000), 768)
     pool = ScoredPool(Workspace.open(workdir).score_tables())
     out = {}
+    ivf = {"knn": "ivf", "nlist": 64, "nprobe": 8, "knn_impl": "faiss"}
     for device in ("cpu", "cuda"):
         t0 = time.perf_counter()
         d2 = d2_run(pool, fraction=0.3, k=5, knn="exact", device=device)
+        d2_ivf = d2_run(pool, fraction=0.3, k=5, device=device, **ivf)
         ib = image_based_run(pool, target="target", clusters=max(2, rows // 100), device=device)
         sd = semdedup_run(pool, eps=0.05, clusters=max(1, rows // 1000), device=device)
-        out[device] = (d2, ib, sd, time.perf_counter() - t0)
-    (d2c, ibc, sdc, tc), (d2g, ibg, sdg, tg) = out["cpu"], out["cuda"]
+        out[device] = (d2, ib, sd, time.perf_counter() - t0, d2_ivf)
+    (d2c, ibc, sdc, tc, ivc), (d2g, ibg, sdg, tg, ivg) = out["cpu"], out["cuda"]
     same_lists = float((d2c.graph.neighbors == d2g.graph.neighbors).all(axis=1).mean())
-    print(f"agreement on {rows:,} rows (cpu {tc:.1f}s, cuda {tg:.1f}s):")
+    from poolsieve.filters._device import faiss_gpu_available
+
+    print(f"agreement on {rows:,} rows (cpu {tc:.1f}s, cuda {tg:.1f}s; faiss GPU build: {faiss_gpu_available()}):")
+    print(f"  d2 faiss IVF (nprobe=8): identical neighbour lists "
+          f"{float((ivc.graph.neighbors == ivg.graph.neighbors).all(axis=1).mean()):.4f}; "
+          f"kept Jaccard {jaccard(ivc.pairs[ivc.order], ivg.pairs[ivg.order]):.4f}")
     print(f"  d2 exact kNN: identical neighbour lists {same_lists:.4f}; "
           f"max |distance diff| {np.abs(d2c.graph.distances - d2g.graph.distances).max():.2e}")
     print(f"  d2 kept Jaccard {jaccard(d2c.pairs[d2c.order], d2g.pairs[d2g.order]):.4f}; "

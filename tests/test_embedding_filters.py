@@ -11,12 +11,12 @@ import pytest
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveWarning
 from poolsieve.core.formats import sort_pairs, uids_to_pairs, write_embeddings
 from poolsieve.filters._kmeans import kmeans
+from poolsieve.filters.d2_pruning import d2_run
+from poolsieve.filters.image_based import image_based_run
 from poolsieve.filters.knn import index as knn_index
 from poolsieve.filters.knn import lists as knn_lists
 from poolsieve.filters.knn import sharded as knn_sharded
 from poolsieve.filters.knn.graph import knn_graph, recall_at_k
-from poolsieve.filters.d2_pruning import d2_run
-from poolsieve.filters.image_based import image_based_run
 from poolsieve.filters.registry import ScoredPool, get_filter
 from poolsieve.filters.semdedup import semdedup_run
 
@@ -367,6 +367,25 @@ def test_gpu_and_cpu_agree(workspace):
     sa = semdedup_run(pool, eps=0.15, clusters=4, device="cpu")
     sb = semdedup_run(pool, eps=0.15, clusters=4, device="cuda")
     assert np.array_equal(sa["pairs"], sb["pairs"])
+
+
+def _faiss_gpu() -> bool:
+    from poolsieve.filters._device import cuda_available, faiss_gpu_available
+
+    return cuda_available() and faiss_gpu_available()
+
+
+@pytest.mark.skipif(not _faiss_gpu(), reason="no GPU that faiss's GPU build sees")
+def test_faiss_gpu_and_cpu_agree(workspace):
+    pool = make_pool(workspace)
+    ivf = {"knn": "ivf", "nlist": 8, "nprobe": 8, "knn_impl": "faiss", "fraction": 0.3}
+    a, b = d2_run(pool, device="cpu", **ivf), d2_run(pool, device="cuda", **ivf)
+    assert b.graph.impl == "faiss"
+    np.testing.assert_allclose(a.graph.distances, b.graph.distances, atol=1e-4)
+    assert (a.graph.neighbors == b.graph.neighbors).all(axis=1).mean() > 0.99  # float ties may swap
+    x = pool.load_embeddings(["b32_img"])["b32_img"].astype(np.float32)
+    ca, cb = (kmeans(x, 6, niter=10, seed=0, device=d).centroids for d in ("cpu", "cuda"))
+    np.testing.assert_allclose(ca, cb, atol=1e-4)
 
 
 def test_filters_run_through_the_spec_call_with_reports(workspace):

@@ -25,11 +25,12 @@ GPU_MAX_K = 2048  # faiss GPU searches return at most this many hits
 
 
 class FaissIvf:
-    """One feature part's faiss IVF index (CPU; a GPU copy is made per search call on ``cuda``)."""
+    """One feature part's faiss IVF index (on CPU; copied to the GPUs by the first search on ``cuda``)."""
 
     def __init__(self, index, centroids: np.ndarray):
         self.index = index
         self.centroids = np.asarray(centroids, dtype=np.float32)
+        self._gpu = None  # the GPU copy, made on the first GPU search
 
     @property
     def nlist(self) -> int:
@@ -124,7 +125,9 @@ class FaissIvf:
     def _gpu_copy(self):
         import faiss
 
-        return faiss.index_cpu_to_all_gpus(self.index)
+        if self._gpu is None:
+            self._gpu = faiss.index_cpu_to_all_gpus(self.index)
+        return self._gpu
 
 
 def _gpu_search(index, q: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
