@@ -36,6 +36,9 @@ class Workspace:
     def lock(self, what: str, wait: float = 0.0) -> Iterator[Path]:
         """Hold the writer's lock of ``what`` (``"scores"``, ``"subsets/NAME"``, ``"filtered/NAME"``, ...):
         one process at a time writes it; another fails at once in one line (see ``core/locks.py``)."""
+        parts = Path(what).parts
+        if not parts or Path(what).is_absolute() or any(p in ("..", ".") for p in parts):
+            raise InputError(self.root / what, "not a folder inside the workspace")
         with exclusive(self.root / what, wait) as path:
             yield path
 

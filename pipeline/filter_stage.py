@@ -12,7 +12,9 @@ the config's ``filter.subsets`` mapping is made. Examples::
     poolsieve filter -w pool --tables /data/datacomp/metadata --spec basic      # DataComp metadata
 
 A subset whose files exist with the same spec and pool is skipped; one with another spec or pool is
-refused unless ``--overwrite``.
+refused unless ``--overwrite``. The record names the sha256 of the ``.npy`` it describes and the two
+change together (``core/subsets.py``): a pair that does not match, left by a run killed between its two
+writes, is remade. One process at a time makes a given name (the writer's lock of ``subsets/NAME``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ front of it are in, so writing overlaps scanning; the files are the same either 
 
 Output, in ``filtered/{name}/``: ``{:08d}.tar``, ``{:08d}_stats.json`` (``{"successes": n}``),
 ``meta.json`` (with DataComp's ``output_shard_count`` / ``output_shard_format``), ``sample_ids.npy``
-(a copy of the subset file) and ``missing_uids.npy`` (subset uids not found in the pool).
+(a copy of the subset file, written first: the tasks read this copy) and ``missing_uids.npy`` (subset
+uids not found in the pool). One reshard at a time writes a folder (the writer's lock of
+``filtered/{name}``); a subset file that changes before the end makes the run refuse to finish, and a
+task lost with its Ray node is re-run elsewhere (``Runtime.remote``).
 """
 
 from __future__ import annotations

@@ -377,7 +377,8 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
 
         if not args.name:
             raise ConfigError("--reference needs --name NAME (the file is references/NAME.npz)")
-        embed_reference(ws, args.reference, args.name, config, overwrite=ctx.overwrite)
+        with ws.lock(f"references/{args.name}"):
+            embed_reference(ws, args.reference, args.name, config, overwrite=ctx.overwrite)
         return 0
     if args.import_datacomp is not None:
         from .datacomp_import import import_datacomp
