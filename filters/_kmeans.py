@@ -3,7 +3,9 @@
 ``kmeans`` is faiss's Lloyd k-means, seeded (``seed`` picks the initial centroids, faiss's own sampling),
 on every row given (faiss's subsampling to 256 rows per centroid is turned off: callers choose their
 sample). ``spherical`` renormalises the centroids to unit length after each update. It runs one faiss
-iteration at a time, each starting from the last centroids, so that progress can be shown.
+iteration at a time, each starting from the last centroids, so that progress can be shown and the loop
+stops once an iteration leaves the centroids unchanged (the assignment is stable: every later
+iteration would repeat it, so the result is the one ``niter`` iterations give).
 
 On CPU the result is deterministic (faiss splits the centroid updates over threads by centroid, not by
 row). ``device='cuda'`` runs the searches on faiss's GPU build (the ``[gpu]`` extra) when it is
@@ -97,10 +99,15 @@ def kmeans(x: np.ndarray, k: int, *, niter: int = 20, seed: int = 0, spherical: 
     clustering = faiss.Clustering(x.shape[1], int(k), params)
     index = flat_index(x.shape[1], "l2", device)
     progress = Progress(f"{desc} ({n:,} rows, k={k:,})", total=niter, unit="iterations")
-    for _ in range(niter):
+    centroids = None
+    it = 0
+    for it in range(1, niter + 1):
         clustering.train(x, index)  # starts from the centroids the previous call left
+        previous, centroids = centroids, faiss.vector_to_array(clustering.centroids).reshape(k, x.shape[1])
+        if previous is not None and np.array_equal(previous, centroids):
+            progress.update(niter - it + 1)  # the assignment no longer changes: later iterations are no-ops
+            break
         progress.update(1)
     stats = clustering.iteration_stats
     inertia = float(stats.at(stats.size() - 1).obj)
-    centroids = faiss.vector_to_array(clustering.centroids).reshape(k, x.shape[1])
-    return KMeansResult(centroids=centroids, iterations=niter, inertia=inertia)
+    return KMeansResult(centroids=centroids, iterations=it, inertia=inertia)

@@ -14,7 +14,7 @@
 | target | imagenet | reference name (``references/<name>.npz``) or a path to an ``.npz`` with ``<key>_img`` |
 | embedding | l14, else b32 | model key of the image embeddings |
 | clusters | min(100000, rows // 10) | k-means clusters (DataComp: 100k) |
-| iterations | 20 | k-means iterations (DataComp: 20) |
+| iterations | 20 | k-means iterations (DataComp: 20; stops early when stable) |
 | sample_ratio | 1.0 | share of caption-filtered rows k-means trains on |
 | seed | 0 | initial centroids and the training sample |
 | caption_filter | true | apply step 1 (DataComp always does) |
