@@ -37,7 +37,7 @@ def bare_img2dataset(metadata_dir: Path, out: Path, args: argparse.Namespace) ->
 def poolsieve_download(root: Path, args: argparse.Namespace) -> float:
     from poolsieve.core.runtime import Runtime
     from poolsieve.core.workspace import Workspace
-    from poolsieve.pipeline.download import DownloadConfig, download
+    from poolsieve.pipeline.download.stage import DownloadConfig, download
 
     cfg = DownloadConfig(image_size=args.image_size, samples_per_shard=args.per_shard, processes=args.processes,
                          threads=args.threads, timeout=10.0, retries=0, allow_networks=["127.0.0.1/32"])
@@ -64,8 +64,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no update check over the network, for both
 
-    from poolsieve.pipeline.image_server import ImageServer
-    from poolsieve.pipeline.synthetic_pool import PoolSpec, generate_pool
+    from poolsieve.pipeline.demo.image_server import ImageServer
+    from poolsieve.pipeline.demo.synthetic_pool import PoolSpec, generate_pool
 
     base = args.keep or Path(tempfile.mkdtemp(prefix="poolsieve-bench-"))
     root = base / "ws"

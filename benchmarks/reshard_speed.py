@@ -42,7 +42,7 @@ from poolsieve.core.formats import uids_to_pairs, write_subset
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.tar_io import END_OF_ARCHIVE, padding, ustar_header
 from poolsieve.core.workspace import Workspace
-from poolsieve.pipeline.reshard import ReshardConfig, reshard
+from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard
 
 BLOCK_READ = 8 << 20
 

@@ -55,7 +55,7 @@ def main() -> None:
     from poolsieve.core.progress import format_table
     from poolsieve.core.runtime import Runtime
     from poolsieve.core.workspace import Workspace
-    from poolsieve.pipeline.score import ScoreConfig, score_pool
+    from poolsieve.pipeline.score.stage import ScoreConfig, score_pool
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=60_000)

@@ -48,7 +48,7 @@ def write_pool(shards_dir: Path, images: int, per_shard: int, size: int, seed: i
 def _write_shard(shards_dir: Path, shard: int, lo: int, hi: int, size: int, seed: int) -> None:
     import pandas as pd
 
-    from poolsieve.pipeline.synthetic_pool import COLOURS, SHAPES, draw_shape, encode_jpeg, english_caption
+    from poolsieve.core.shapes import COLOURS, SHAPES, draw_shape, encode_jpeg, english_caption
 
     rng = np.random.default_rng([seed, shard])
     name = f"{shard:05d}"
@@ -89,7 +89,7 @@ def bare_forward_rate(ws, arch: str, pretrained: str | None, device: str, precis
     """images/s of encode_image + encode_text alone, on the stage's own preprocessed batches."""
     import torch
 
-    from poolsieve.pipeline.encode import Encoder, ModelEntry, iter_prepared_chunks
+    from poolsieve.pipeline.score.encode import Encoder, ModelEntry, iter_prepared_chunks
 
     enc = Encoder([ModelEntry.parse({"arch": arch, "pretrained": pretrained})], device, precision, batch_size, threads)
     model, _ = enc.loaded[0]
@@ -130,7 +130,7 @@ def _sync(device: str) -> None:
 
 
 def stage_rate(ws, args, runtime, repeats: int) -> tuple[float, dict]:
-    from poolsieve.pipeline.score import ScoreConfig, score_pool
+    from poolsieve.pipeline.score.stage import ScoreConfig, score_pool
 
     config = ScoreConfig(models=[{"arch": args.arch, "pretrained": args.pretrained}], device=args.device,
                          precision=args.precision, batch_size=args.batch_size, decode=args.decode,
@@ -173,7 +173,7 @@ def main() -> None:
         if args.executor == "ray":
             runtime.ensure_ray()  # a cluster is up before a stage runs; its start is not the stage's cost
         if not args.threads:
-            from poolsieve.pipeline.encode import auto_threads
+            from poolsieve.pipeline.score.encode import auto_threads
 
             args.threads = auto_threads()  # chosen once, so that the stage and the bare forward use the same
         device = "cuda" if args.device == "auto" and _has_cuda() else ("cpu" if args.device == "auto" else args.device)

@@ -27,7 +27,7 @@ _RATE = re.compile(r"Batch \(t\): [0-9.]+, ([0-9.]+)/s")
 
 
 def write_data(folder: Path, images: int, image_size: int) -> None:
-    from poolsieve.train.seed_set import write_seed_set
+    from poolsieve.pipeline.demo.seed_set import write_seed_set
 
     write_seed_set(folder, images, seed=0, image_size=image_size, samples_per_shard=500)
 

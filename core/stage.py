@@ -10,7 +10,8 @@ declares, once:
 * ``reads`` / ``writes``: the workspace folders it reads and writes (documentation, ``inspect``);
 * ``run(workspace, config, runtime, *, overwrite=False) -> summary``: the work, unit by unit, through
   the runtime; the summary is a JSON-able dict;
-* ``report(summary)``: prints the one-screen summary at the end of a command (optional).
+* ``report(summary)``: prints the one-screen summary at the end of a command (optional);
+* ``per_subset``: the config names one ``subset``; ``poolsieve run`` runs the stage once per subset.
 
 ```python
 @dataclass
@@ -70,6 +71,7 @@ class Stage:
     writes: tuple[str, ...] = ()
     report: Callable[[dict[str, Any]], None] | None = None
     creates_workspace: bool = False  # the first stage of a pool may make the workspace folder
+    per_subset: bool = False  # config has a ``subset`` field; ``poolsieve run`` runs it once per subset
 
     # ------------------------------------------------------------------ command line and YAML
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """Held-out synthetic classification tasks: name the shape, name the colour.
 
-Images come from ``pipeline.synthetic_pool.generate_clean_pairs`` with seeds no pool or seed set uses,
+Images come from ``core.shapes.generate_clean_pairs`` with seeds no pool or seed set uses,
 so a model never saw them in training. Prompts are ensembles in the pool's caption style: the shape
 task averages ``"a photo of a {colour} {c}"``-style prompts over all colours, the colour task over
 all shapes, so each task asks about one attribute only.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from poolsieve.pipeline.synthetic_pool import COLOURS, SHAPES, generate_clean_pairs
+from poolsieve.core.shapes import COLOURS, SHAPES, generate_clean_pairs
 
 # Far from the seeds the pool (0..), tests and quickstart seed sets use.
 HELD_OUT_SEEDS = {"synthetic_shape": 90_210_001, "synthetic_colour": 90_210_002}

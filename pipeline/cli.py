@@ -1,6 +1,8 @@
 """``poolsieve``: one subcommand per stage, plus ``run`` (a whole experiment) and ``quickstart``.
 
-Each stage module provides ``add_arguments(parser)`` and ``run_cli(ctx, args) -> int``. Every
+A stage module declares ``STAGE`` (``poolsieve.core.stage.Stage``): its flags are derived from its
+config and ``run_stage`` runs it. A module may add CLI-only flags with ``add_arguments(parser)`` and
+take over the command with ``run_cli(ctx, args) -> int`` (``run``, ``quickstart``, ``generate``). Every
 subcommand takes ``--workspace`` and ``--config``; stages run their units on Ray (a local Ray is
 started for the run unless ``--ray-address`` names a cluster). A ``PoolsieveError`` ends the command
 with a one-line reason on stderr and exit code 2.
@@ -24,17 +26,17 @@ from poolsieve.core.workspace import Workspace
 
 # subcommand -> (module, one-line help). Modules import heavy dependencies inside functions only.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("poolsieve.pipeline.synthetic_pool", "generate the built-in synthetic pool (metadata + image server files)"),
-    "download": ("poolsieve.pipeline.download", "fetch the pool's images into webdataset shards with img2dataset"),
-    "score": ("poolsieve.pipeline.score", "CLIP scores and embeddings for every downloaded pair"),
-    "filter": ("poolsieve.pipeline.filter_stage", "make uid subsets from the score tables with filters and set algebra"),
-    "reshard": ("poolsieve.pipeline.reshard", "copy a uid subset out of the pool into training shards"),
+    "generate": ("poolsieve.pipeline.demo.synthetic_pool", "generate the built-in synthetic pool (metadata + image server files)"),
+    "download": ("poolsieve.pipeline.download.stage", "fetch the pool's images into webdataset shards with img2dataset"),
+    "score": ("poolsieve.pipeline.score.stage", "CLIP scores and embeddings for every downloaded pair"),
+    "filter": ("poolsieve.pipeline.filter.stage", "make uid subsets from the score tables with filters and set algebra"),
+    "reshard": ("poolsieve.pipeline.reshard.stage", "copy a uid subset out of the pool into training shards"),
     "train": ("poolsieve.train.cli", "train a fixed-budget CLIP on a resharded subset with open_clip"),
     "evaluate": ("poolsieve.eval.cli", "zero-shot evaluation of a trained model"),
-    "inspect": ("poolsieve.pipeline.inspect_stage", "summaries of a workspace: pool, scores, subsets, runs, evals"),
+    "inspect": ("poolsieve.pipeline.inspect.stage", "summaries of a workspace: pool, scores, subsets, runs, evals"),
     "submit": ("poolsieve.pipeline.submit", "validate a subset and write a DataComp submission folder"),
     "run": ("poolsieve.pipeline.experiment", "run a whole experiment from one YAML config"),
-    "quickstart": ("poolsieve.pipeline.quickstart", "end-to-end demo on the built-in pool (no network)"),
+    "quickstart": ("poolsieve.pipeline.demo.quickstart", "end-to-end demo on the built-in pool (no network)"),
 }
 
 
@@ -66,13 +68,32 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="redo units that are already complete")
 
 
+def add_module_arguments(p: argparse.ArgumentParser, mod: Any) -> None:
+    """The stage's option flags (from ``STAGE.config``) and the module's CLI-only flags."""
+    stage = getattr(mod, "STAGE", None)
+    if stage is not None:
+        stage.add_arguments(p)
+    if hasattr(mod, "add_arguments"):
+        mod.add_arguments(p)
+
+
 def stage_parser(command: str) -> argparse.ArgumentParser:
     """The parser of one subcommand alone (its own flags plus the common ones), for library and test use."""
     module, help_text = COMMANDS[command]
     p = argparse.ArgumentParser(prog=f"poolsieve {command}", description=help_text)
-    importlib.import_module(module).add_arguments(p)
+    add_module_arguments(p, importlib.import_module(module))
     add_common_options(p)
     return p
+
+
+def run_stage(stage: Any, ctx: StageContext, args: argparse.Namespace) -> int:
+    """One stage as a command: its config section plus the flags, its run, its one-screen summary."""
+    ws = ctx.workspace(create=stage.creates_workspace)
+    config = stage.config_from(ctx.section(stage.name), args)
+    summary = stage.run(ws, config, ctx.runtime, overwrite=ctx.overwrite)
+    if stage.report is not None:
+        stage.report(summary)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().split("\n\n")[0])
-        mod.add_arguments(p)
+        add_module_arguments(p, mod)
         add_common_options(p)
         p.set_defaults(_module=module)
     return parser
@@ -123,8 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         ctx = make_context(args)
+        mod = importlib.import_module(args._module)
         with ctx.runtime:
-            return int(importlib.import_module(args._module).run_cli(ctx, args) or 0)
+            if hasattr(mod, "run_cli"):
+                return int(mod.run_cli(ctx, args) or 0)
+            return run_stage(mod.STAGE, ctx, args)
     except PoolsieveError as e:
         print(f"poolsieve {args.command}: error: {e}", file=sys.stderr)
         return 2

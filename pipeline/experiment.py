@@ -63,44 +63,72 @@ def _without_subsets(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k != "subsets"}
 
 
+def load_stage(name: str) -> Any:
+    """The ``STAGE`` declared by the module of subcommand ``name`` (None until that stage declares one)."""
+    import importlib
+
+    from poolsieve.pipeline.cli import COMMANDS
+
+    return getattr(importlib.import_module(COMMANDS[name][0]), "STAGE", None)
+
+
 def run_experiment(ws: Workspace, config: dict[str, Any], runtime: Runtime, *, overwrite: bool = False,
                    only: list[str] | None = None) -> dict[str, Any]:
-    """Run the stages whose sections ``config`` has (or ``only`` these); return per-stage summaries."""
+    """Run the stages whose sections ``config`` has (or ``only`` these); return per-stage summaries.
+
+    Each stage gets its section as its config; a per-subset stage (reshard, train, evaluate) runs once
+    per subset with ``subset`` set. Every stage prints its one-screen summary as it ends.
+    """
     check_experiment(config, {"generate"})
     stages = [s for s in STAGES if s in config] if only is None else list(only)
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise ConfigError(f"unknown stage(s) {', '.join(bad)}; stages: {', '.join(STAGES)}")
     out: dict[str, Any] = {}
-    if "download" in stages:
-        from .download import DownloadConfig, download
+    for name in stages:
+        stage = load_stage(name)
+        if stage is None:
+            out[name] = _legacy_stage(name, ws, config, runtime, overwrite)
+            continue
+        values = section(config, name)
+        if stage.per_subset:
+            base = _without_subsets(values)
+            out[name] = {}
+            for subset in _subset_names(config, ws, name):
+                summary = stage.run(ws, stage.config_from({**base, "subset": subset}), runtime, overwrite=overwrite)
+                out[name][subset] = summary
+                if stage.report is not None:
+                    stage.report(summary)
+        else:
+            out[name] = stage.run(ws, stage.config_from(values), runtime, overwrite=overwrite)
+            if stage.report is not None:
+                stage.report(out[name])
+    return out
 
-        out["download"] = download(ws, build(DownloadConfig, section(config, "download"), "download"), runtime,
+
+def _legacy_stage(name: str, ws: Workspace, config: dict[str, Any], runtime: Runtime, overwrite: bool) -> Any:
+    if name == "download":
+        from poolsieve.pipeline.download.stage import DownloadConfig, download
+
+        return download(ws, build(DownloadConfig, section(config, "download"), "download"), runtime,
                                    overwrite=overwrite)
-    if "score" in stages:
-        from .score import ScoreConfig, score_pool
+    if name == "score":
+        from poolsieve.pipeline.score.stage import ScoreConfig, score_pool
 
-        out["score"] = score_pool(ws, build(ScoreConfig, section(config, "score"), "score"), runtime,
+        return score_pool(ws, build(ScoreConfig, section(config, "score"), "score"), runtime,
                                   overwrite=overwrite)
-    if "filter" in stages:
-        from .filter_stage import FilterConfig, run_filter
+    if name == "filter":
+        from poolsieve.pipeline.filter.stage import FilterConfig, run_filter
 
-        out["filter"] = run_filter(ws, build(FilterConfig, section(config, "filter"), "filter"), runtime,
+        return run_filter(ws, build(FilterConfig, section(config, "filter"), "filter"), runtime,
                                    overwrite=overwrite)
-    if "reshard" in stages:
-        from .reshard import ReshardConfig, reshard
-
-        base = _without_subsets(section(config, "reshard"))
-        out["reshard"] = {name: reshard(ws, build(ReshardConfig, {**base, "subset": name}, "reshard"), runtime,
-                                        overwrite=overwrite)
-                          for name in _subset_names(config, ws, "reshard")}
-    if "train" in stages:
+    if name == "train":
         from poolsieve.train.trainer import TrainConfig, train_clip
 
         cfg = build(TrainConfig, _without_subsets(section(config, "train")), "train")
-        out["train"] = {name: train_clip(ws.filtered_dir(name), ws.run_dir(name), cfg, overwrite=overwrite, name=name)
+        return {name: train_clip(ws.filtered_dir(name), ws.run_dir(name), cfg, overwrite=overwrite, name=name)
                         for name in _subset_names(config, ws, "train")}
-    if "evaluate" in stages:
+    if name == "evaluate":
         from poolsieve.core.models import ModelSpec
         from poolsieve.eval.evaluator import EvalConfig, evaluate_model
         from poolsieve.train.trainer import load_summary
@@ -111,8 +139,8 @@ def run_experiment(ws: Workspace, config: dict[str, Any], runtime: Runtime, *, o
             run = load_summary(ws.run_dir(name))
             results[name] = evaluate_model(ModelSpec(run["model"], run["checkpoint"]), cfg.tasks, ws.eval_dir(name),
                                            cfg, overwrite=overwrite, name=name)
-        out["evaluate"] = results
-    return out
+        return results
+    raise ConfigError(f"unknown stage {name!r}")
 
 
 def comparison_table(ws: Workspace, evaluations: dict[str, dict[str, Any]]) -> str:

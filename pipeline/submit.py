@@ -94,8 +94,7 @@ def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, overwrite: bo
     """Validate the subset, write the submission folder, return its summary."""
     from poolsieve.filters.no_filter import pool_keys
     from poolsieve.filters.registry import ScoredPool
-
-    from .filter_stage import score_table_files
+    from poolsieve.pipeline.filter.stage import score_table_files
 
     if not cfg.subset:
         raise ConfigError("which subset? pass --subset NAME (or a path to a .npy uid file)")
@@ -114,7 +113,7 @@ def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, overwrite: bo
 def _write_submission(ws: Workspace, cfg: SubmitConfig, name: str, snapshot: SubsetSnapshot, out: Path,
                       tables: list[Path], overwrite: bool) -> dict[str, Any]:
     """The submission folder, from exactly the bytes that were checked (staged, then renamed into place)."""
-    from .filter_stage import pool_fingerprint
+    from poolsieve.pipeline.filter.stage import pool_fingerprint
 
     pairs, digest = snapshot.pairs, snapshot.sha256
     done = out / "submission.json"

@@ -18,14 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from poolsieve.pipeline.synthetic_pool import (
-    COLOURS,
-    SHAPES,
-    draw_shape,
-    encode_jpeg,
-    english_caption,
-    make_uid,
-)
+from poolsieve.core.shapes import COLOURS, SHAPES, draw_shape, encode_jpeg, english_caption, make_uid
 
 
 @dataclass

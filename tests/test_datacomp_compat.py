@@ -19,7 +19,7 @@ from factories import make_samples, write_img2dataset_shards
 
 from poolsieve.core.formats import uids_to_pairs, write_subset
 from poolsieve.core.workspace import Workspace
-from poolsieve.pipeline.reshard import ReshardConfig, reshard
+from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard
 
 RESHARDER = os.environ.get("DATACOMP_RESHARDER")
 PYTHON = os.environ.get("DATACOMP_PYTHON")

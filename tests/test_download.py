@@ -11,15 +11,15 @@ from test_download_support import FAST, assert_shards_whole, make_served_pool, p
 
 from poolsieve.core.errors import InputError
 from poolsieve.core.runtime import Runtime
-from poolsieve.pipeline.download import (
+from poolsieve.pipeline.demo.image_server import ImageServer
+from poolsieve.pipeline.download.netguard import DEFAULT_DENY_NETWORKS
+from poolsieve.pipeline.download.stage import (
     FAILURES_NAME,
     REPORT_NAME,
     DownloadConfig,
     download,
     failure_reason,
 )
-from poolsieve.pipeline.image_server import ImageServer
-from poolsieve.pipeline.netguard import DEFAULT_DENY_NETWORKS
 
 FAULT_REASONS = {
     "http_404": "http_404",

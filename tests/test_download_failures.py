@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from factories import make_samples, write_img2dataset_shards
 
-from poolsieve.pipeline.download import (
+from poolsieve.pipeline.download.stage import (
     FAILURES_NAME,
     read_failures,
     reconcile_duplicates,

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from poolsieve.core.errors import InputError
-from poolsieve.pipeline.hub_metadata import SCALES, fetch_metadata
+from poolsieve.pipeline.download.hub_metadata import SCALES, fetch_metadata
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

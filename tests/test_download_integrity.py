@@ -25,8 +25,9 @@ from test_download_support import FAST, assert_shards_whole, make_served_pool, t
 
 from poolsieve.core.errors import InputError, PoolsieveError
 from poolsieve.core.runtime import Runtime
-from poolsieve.pipeline import download_runner
-from poolsieve.pipeline.download import (
+from poolsieve.core.shapes import draw_shape, encode_jpeg
+from poolsieve.pipeline.download import runner as download_runner
+from poolsieve.pipeline.download.stage import (
     FAILURES_NAME,
     REPORT_NAME,
     STAGING_NAME,
@@ -38,7 +39,6 @@ from poolsieve.pipeline.download import (
     run_img2dataset,
     update_failures,
 )
-from poolsieve.pipeline.synthetic_pool import draw_shape, encode_jpeg
 
 
 # ------------------------------------------------------------------------------- crafted images

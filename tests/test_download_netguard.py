@@ -14,16 +14,16 @@ import pytest
 from test_netguard_support import clear_proxy_env
 
 from poolsieve.core.errors import ConfigError
-from poolsieve.pipeline import download_runner
-from poolsieve.pipeline.image_server import ImageServer, bomb_jpeg
-from poolsieve.pipeline.netguard import (
+from poolsieve.core.shapes import draw_shape, encode_jpeg
+from poolsieve.pipeline.demo.image_server import ImageServer, bomb_jpeg
+from poolsieve.pipeline.download import runner as download_runner
+from poolsieve.pipeline.download.netguard import (
     DEFAULT_DENY_NETWORKS,
     DeniedAddressError,
     NetworkPolicy,
     install_guard,
     uninstall_guard,
 )
-from poolsieve.pipeline.synthetic_pool import draw_shape, encode_jpeg
 
 
 def test_deny_list_matches_networks_and_names() -> None:
@@ -103,8 +103,8 @@ def test_fetch_limits_and_bomb_check(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_cli_flags_override_the_config_section(tmp_path: Path) -> None:
-    from poolsieve.pipeline import download
     from poolsieve.pipeline.cli import make_context, stage_parser
+    from poolsieve.pipeline.download import stage as download
 
     config = tmp_path / "poolsieve.yaml"
     config.write_text("download: {threads: 3, samples_per_shard: 7, deny_networks: ['10.0.0.0/8']}\n")

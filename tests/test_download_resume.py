@@ -23,11 +23,11 @@ from test_download_support import (
 
 from poolsieve.core.errors import PoolsieveError
 from poolsieve.core.runtime import Runtime
-from poolsieve.pipeline.download import REPORT_NAME, DownloadConfig, DownloadStalled, download
+from poolsieve.pipeline.download.stage import REPORT_NAME, DownloadConfig, DownloadStalled, download
 
 STAGE_SCRIPT = """
 import sys
-from poolsieve.pipeline.download import DownloadConfig, download
+from poolsieve.pipeline.download.stage import DownloadConfig, download
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.workspace import Workspace
 download(Workspace.open(sys.argv[1]), DownloadConfig(samples_per_shard=10, image_size=64, processes=1, threads=2,

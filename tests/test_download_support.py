@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from poolsieve.core.workspace import Workspace
-from poolsieve.pipeline.image_server import ImageServer
-from poolsieve.pipeline.synthetic_pool import PoolSpec, generate_pool
+from poolsieve.pipeline.demo.image_server import ImageServer
+from poolsieve.pipeline.demo.synthetic_pool import PoolSpec, generate_pool
 
 # The pool is served on 127.0.0.1, which the network guard denies unless allowed.
 FAST = {"image_size": 64, "processes": 2, "threads": 4, "timeout": 2.0, "fetch_deadline": 3.0, "retries": 0,

@@ -15,7 +15,7 @@ from poolsieve.core.workspace import Workspace
 
 @pytest.mark.slow
 def test_quickstart_on_a_tiny_pool(tmp_path, ray_runtime, capsys):
-    from poolsieve.pipeline.quickstart import run_quickstart
+    from poolsieve.pipeline.demo.quickstart import run_quickstart
 
     ws = Workspace.create(tmp_path / "qs")
     args = argparse.Namespace(num_samples=400, seed_samples=1500, samples_seen=1024, clip_fraction=0.3,

@@ -15,6 +15,7 @@ import pytest
 
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.models import ModelSpec
+from poolsieve.core.shapes import COLOURS, generate_clean_pairs
 from poolsieve.eval.aggregate import aggregate, read_results
 from poolsieve.eval.evaluator import EvalConfig, evaluate_model
 from poolsieve.eval.hub_datasets import dataset_location
@@ -32,7 +33,6 @@ from poolsieve.eval.tasks import (
     resolve_tasks,
 )
 from poolsieve.eval.zeroshot import classification_metrics, evaluate_task
-from poolsieve.pipeline.synthetic_pool import COLOURS, generate_clean_pairs
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -317,7 +317,7 @@ def test_custom_task_by_path_and_registered_name(tmp_path, capsys):
     assert line["dataset"] == "clipart_category" and line["key"] == "custom/clipart_category"
     assert "clipart_category" in capsys.readouterr().out
     from poolsieve.core.workspace import Workspace
-    from poolsieve.pipeline.inspect_stage import inspect_workspace
+    from poolsieve.pipeline.inspect.stage import inspect_workspace
 
     assert inspect_workspace(Workspace.open(ws))["evals"]["poolsieve-tiny"] == {"clipart_category": line["metrics"]["main_metric"]}
 

@@ -14,7 +14,7 @@ from poolsieve.core.runtime import Runtime
 from poolsieve.core.workspace import Workspace
 from poolsieve.filters.spec import parse_cli_spec
 from poolsieve.pipeline import cli
-from poolsieve.pipeline.filter_stage import FilterConfig, pool_fingerprint, run_filter
+from poolsieve.pipeline.filter.stage import FilterConfig, pool_fingerprint, run_filter
 
 CAPTIONS = ["a photo of a dog playing in the park", "une photo de mon chat sur le canapé",
             "a red car parked on a quiet street", "ok"]

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from poolsieve.pipeline.image_server import (
+from poolsieve.core.shapes import draw_shape, encode_jpeg
+from poolsieve.pipeline.demo.image_server import (
     ImageServer,
     bomb_jpeg,
     declare_jpeg_size,
     free_port,
     truncate_jpeg,
 )
-from poolsieve.pipeline.synthetic_pool import draw_shape, encode_jpeg
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_jpeg_surgery_helpers() -> None:
 
 def test_command_line_server(image_root: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "poolsieve.pipeline.image_server", str(image_root.parent),
+    proc = subprocess.Popen([sys.executable, "-m", "poolsieve.pipeline.demo.image_server", str(image_root.parent),
                              "--port", str(port), "--fault", "/images/b.jpg=http_500"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

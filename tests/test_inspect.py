@@ -7,8 +7,8 @@ import pandas as pd
 
 from poolsieve.core.formats import uids_to_pairs, write_subset
 from poolsieve.core.workspace import Workspace
-from poolsieve.pipeline.inspect_stage import inspect_workspace
-from poolsieve.pipeline.report import write_report
+from poolsieve.pipeline.inspect.report import write_report
+from poolsieve.pipeline.inspect.stage import inspect_workspace
 
 
 def make_scored_workspace(root):

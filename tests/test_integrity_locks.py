@@ -25,7 +25,7 @@ from poolsieve.core.runtime import Runtime
 from poolsieve.core.subsets import SHA256_KEY, write_subset_pair
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline import cli
-from poolsieve.pipeline.reshard import ReshardConfig, reshard
+from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard
 
 CLI = [sys.executable, "-m", "poolsieve.pipeline.cli"]
 

@@ -23,7 +23,7 @@ from poolsieve.core.errors import PoolsieveError
 from poolsieve.core.formats import uids_to_pairs, write_subset
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.workspace import Workspace
-from poolsieve.pipeline.reshard import ReshardConfig, reshard
+from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard
 
 pytestmark = pytest.mark.slow  # two Ray nodes start and one dies: about a minute on two cores
 

@@ -13,8 +13,8 @@ import pytest
 from poolsieve.core.errors import InputError
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.workspace import Workspace
-from poolsieve.pipeline.datacomp_import import import_datacomp
-from poolsieve.pipeline.download import DownloadConfig, download
+from poolsieve.pipeline.download.stage import DownloadConfig, download
+from poolsieve.pipeline.score.datacomp_import import import_datacomp
 
 UIDS = [f"{i:032x}" for i in range(0xABC0, 0xABCA)]  # with letters, so .upper() changes them
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from poolsieve.core.errors import ConfigError
-from poolsieve.pipeline.download import DownloadConfig
-from poolsieve.pipeline.netguard import DENIED_MARK, DeniedAddressError, NetworkPolicy
+from poolsieve.pipeline.download.netguard import DENIED_MARK, DeniedAddressError, NetworkPolicy
+from poolsieve.pipeline.download.stage import DownloadConfig
 
 DEFAULT_TABLE = [
     # IPv4
@@ -117,7 +117,7 @@ def test_names_schemes_and_resolution() -> None:
 
 def test_config_and_cli_options(tmp_path) -> None:
     from poolsieve.pipeline.cli import make_context, stage_parser
-    from poolsieve.pipeline.download import config_from_cli
+    from poolsieve.pipeline.download.stage import config_from_cli
 
     assert DownloadConfig().deny_networks == [] and DownloadConfig().allow_networks == []
     for bad in ({"deny_networks": ["10.0.0.0/33"]}, {"allow_networks": ["localhost"]}):

@@ -16,11 +16,11 @@ from test_download_support import FAST, make_served_pool, tar_uids
 from test_netguard_support import RecordingProxy, clear_proxy_env
 
 from poolsieve.core.runtime import Runtime
-from poolsieve.pipeline import download_runner
-from poolsieve.pipeline.download import FAILURES_NAME, DownloadConfig, download
-from poolsieve.pipeline.image_server import ImageServer
-from poolsieve.pipeline.netguard import DENIED_MARK, install_guard, uninstall_guard
-from poolsieve.pipeline.synthetic_pool import draw_shape, encode_jpeg
+from poolsieve.core.shapes import draw_shape, encode_jpeg
+from poolsieve.pipeline.demo.image_server import ImageServer
+from poolsieve.pipeline.download import runner as download_runner
+from poolsieve.pipeline.download.netguard import DENIED_MARK, install_guard, uninstall_guard
+from poolsieve.pipeline.download.stage import FAILURES_NAME, DownloadConfig, download
 
 
 def _denied_targets(image_port: int, proxy_port: int) -> list[str]:

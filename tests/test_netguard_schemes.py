@@ -13,21 +13,21 @@ from test_download_support import FAST, make_served_pool, tar_uids
 from test_netguard_support import RecordingProxy, clear_proxy_env
 
 from poolsieve.core.runtime import Runtime
-from poolsieve.pipeline import download_runner
-from poolsieve.pipeline.download import FAILURES_NAME, DownloadConfig, download
-from poolsieve.pipeline.netguard import (
+from poolsieve.pipeline.download import runner as download_runner
+from poolsieve.pipeline.download.netguard import (
     DENIED_MARK,
     NetworkPolicy,
     build_opener,
     install_guard,
     uninstall_guard,
 )
+from poolsieve.pipeline.download.stage import FAILURES_NAME, DownloadConfig, download
 
 
 def _local_jpeg(tmp_path: Path) -> Path:
     import numpy as np
 
-    from poolsieve.pipeline.synthetic_pool import draw_shape, encode_jpeg
+    from poolsieve.core.shapes import draw_shape, encode_jpeg
 
     path = tmp_path / "secret.jpg"
     path.write_bytes(encode_jpeg(draw_shape("square", "blue", 48, 48, np.random.default_rng(1))))
@@ -62,7 +62,7 @@ def test_redirects_to_other_schemes_are_refused(tmp_path: Path, monkeypatch) -> 
     clear_proxy_env(monkeypatch)
     jpeg = _local_jpeg(tmp_path)
     (tmp_path / "images").mkdir()
-    from poolsieve.pipeline.image_server import ImageServer
+    from poolsieve.pipeline.demo.image_server import ImageServer
 
     with ImageServer(tmp_path) as origin:
         for target in (jpeg.as_uri(), "ftp://127.0.0.1/a.jpg"):

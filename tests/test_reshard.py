@@ -18,8 +18,8 @@ from factories import make_samples, write_img2dataset_shards
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import SUBSET_DTYPE, read_subset, uids_to_pairs, write_subset
 from poolsieve.core.workspace import Workspace
-from poolsieve.pipeline.reshard import ReshardConfig, reshard
-from poolsieve.pipeline.reshard_plan import buffered_shuffle_order
+from poolsieve.pipeline.reshard.plan import buffered_shuffle_order
+from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard
 
 SAFE_MEMBER = re.compile(r"^[0-9a-f]{32}-\d+\.(jpg|txt|json)$")
 
@@ -296,7 +296,7 @@ def test_empty_selection_writes_no_shards(pool, local_runtime):
 
 KILL_SCRIPT = """
 import sys
-from poolsieve.pipeline.reshard import ReshardConfig, reshard
+from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.workspace import Workspace
 reshard(Workspace.open(sys.argv[1]), ReshardConfig(subset="all", shard_size=7), Runtime(executor="local"))

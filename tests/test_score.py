@@ -23,7 +23,7 @@ from factories import make_samples, write_img2dataset_shards
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import embedding_keys, read_embeddings, read_score_table, score_column
 from poolsieve.core.workspace import Workspace
-from poolsieve.pipeline.score import ScoreConfig, score_pool
+from poolsieve.pipeline.score.stage import ScoreConfig, score_pool
 
 # Runtime(address=None) calls ray.init() without an address, which joins any Ray already running on this
 # machine (another test session's) and then fails on num_cpus. "local" makes it start its own, as documented.
@@ -141,7 +141,7 @@ def assert_same(a: dict, b: dict) -> None:
 def test_killed_run_resumes_only_missing_shards(scored, checkpoint, tmp_path, local_runtime):
     ws = Workspace.create(tmp_path / "ws")
     shutil.copytree(scored.shards_dir, ws.shards_dir)
-    cmd = [sys.executable, "-m", "poolsieve.pipeline.score", "-w", str(ws.root), "--executor", "local",
+    cmd = [sys.executable, "-m", "poolsieve.pipeline.score.stage", "-w", str(ws.root), "--executor", "local",
            "--model", f"poolsieve-tiny:{checkpoint}", "--chunk-size", "16"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -193,7 +193,7 @@ def test_truncated_tar_on_ray_names_the_shard(scored, checkpoint, tmp_path, ray_
 def test_checkpoint_that_does_not_fit_is_a_one_line_error(scored, tmp_path, capsys, ray_runtime):
     import torch
 
-    from poolsieve.pipeline.score import main
+    from poolsieve.pipeline.score.stage import main
 
     good = torch.load(save_tiny_checkpoint(tmp_path / "t.pt"))["state_dict"]
     good["visual.proj"] = torch.zeros(7, 7)

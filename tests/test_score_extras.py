@@ -16,7 +16,7 @@ from test_score import save_tiny_checkpoint
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import read_score_table, score_column
 from poolsieve.core.workspace import Workspace
-from poolsieve.pipeline.score import ScoreConfig
+from poolsieve.pipeline.score.stage import ScoreConfig
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def _plain_image_embedding(model, preprocess, jpeg: bytes) -> np.ndarray:
 
 
 def test_reference_folder_and_tars_embed_like_open_clip(tmp_path, checkpoint):
-    from poolsieve.pipeline.references import embed_reference, read_reference
+    from poolsieve.pipeline.score.references import embed_reference, read_reference
 
     samples = make_samples(6, seed=4, image_size=40)
     folder = tmp_path / "ref"
@@ -97,7 +97,7 @@ def test_reference_folder_and_tars_embed_like_open_clip(tmp_path, checkpoint):
     assert emb2.shape == (6, 128)
     assert embed_reference(ws, folder, "colours", config, quiet=True)["skipped"].startswith("exists")
     # From the command line, with a column key of one's own.
-    from poolsieve.pipeline.score import main
+    from poolsieve.pipeline.score.stage import main
 
     rc = main(["-w", str(ws.root), "--executor", "local", "-m", f"tiny=poolsieve-tiny:{checkpoint}",
                "--reference", str(folder), "--name", "cli"])
@@ -108,7 +108,7 @@ def test_reference_folder_and_tars_embed_like_open_clip(tmp_path, checkpoint):
 
 
 def test_model_entries_parse_keys():
-    from poolsieve.pipeline.encode import ModelEntry, parse_models
+    from poolsieve.pipeline.score.encode import ModelEntry, parse_models
 
     assert ModelEntry.parse("ViT-B-32:openai").key == "b32"
     assert ModelEntry.parse("ViT-L-14:openai").key == "l14"
@@ -125,7 +125,7 @@ def test_model_entries_parse_keys():
 # --------------------------------------------------------------------------- DataComp import
 def test_datacomp_import_keeps_downloaded_rows_aligned(tmp_path, local_runtime):
     from poolsieve.filters.registry import ScoredPool
-    from poolsieve.pipeline.datacomp_import import import_datacomp
+    from poolsieve.pipeline.score.datacomp_import import import_datacomp
 
     samples = make_samples(40, seed=5, fail_every=4)  # 10 failed downloads
     ws = Workspace.create(tmp_path / "ws")
@@ -173,7 +173,7 @@ def test_device_decode_path_matches_pil_closely(tmp_path, checkpoint):
     from PIL import Image
 
     from poolsieve.core.shard_reader import TarSample
-    from poolsieve.pipeline.encode import Encoder, ModelEntry, decode_on_device, prepare_chunk
+    from poolsieve.pipeline.score.encode import Encoder, ModelEntry, decode_on_device, prepare_chunk
 
     samples = make_samples(12, seed=6, image_size=48)
     enc = Encoder([ModelEntry.parse(f"poolsieve-tiny:{checkpoint}")], "cpu")

@@ -14,7 +14,7 @@ from poolsieve.core.formats import uids_to_pairs, write_subset
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline import cli
-from poolsieve.pipeline.filter_stage import FilterConfig, run_filter
+from poolsieve.pipeline.filter.stage import FilterConfig, run_filter
 from poolsieve.pipeline.submit import SubmitConfig, run_submit
 
 LOCAL = Runtime(executor="local")

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from poolsieve.core.formats import is_valid_uid, read_metadata, uids_to_pairs
-from poolsieve.pipeline.synthetic_pool import (
+from poolsieve.core.shapes import generate_clean_pairs
+from poolsieve.pipeline.demo.synthetic_pool import (
     DEFAULT_DEFECT_RATES,
     FOREIGN_TEMPLATES,
     SHORT_CAPTIONS,
     PoolSpec,
-    generate_clean_pairs,
     generate_pool,
 )
 

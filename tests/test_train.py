@@ -206,7 +206,7 @@ def test_train_cli_errors(tmp_path):
 
 
 def test_seed_set_is_a_training_folder(tmp_path):
-    from poolsieve.train.seed_set import write_seed_set
+    from poolsieve.pipeline.demo.seed_set import write_seed_set
 
     shards = write_seed_set(tmp_path / "seed", 250, seed=11, image_size=32, samples_per_shard=100)
     assert [p.name for p in shards] == ["00000000.tar", "00000001.tar", "00000002.tar"]

@@ -149,7 +149,7 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
     else:
         _print(summary)
     if args.html:
-        from .report import write_report
+        from poolsieve.pipeline.inspect.report import write_report
 
         print(f"report: {write_report(ws, summary)}")
     problems = list(summary.get("subset_problems", {}).values())

@@ -4,7 +4,7 @@
 ``{base_url}/images/{uid}.jpg``; this server answers those urls on 127.0.0.1 so that the download stage
 fetches them over HTTP with img2dataset exactly as it would fetch the web.
 
-    python -m poolsieve.pipeline.image_server WORKSPACE --port 8765
+    python -m poolsieve.pipeline.demo.image_server WORKSPACE --port 8765
 
 For tests, ``faults`` maps a url path (``/images/<uid>.jpg``) to a misbehaviour (see ``FAULTS``); the
 mapping can be changed while the server runs (``set_faults`` / ``clear_faults``: "the server recovers").
@@ -284,7 +284,7 @@ def serve_root(workspace_or_folder: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m poolsieve.pipeline.image_server",
+    parser = argparse.ArgumentParser(prog="python -m poolsieve.pipeline.demo.image_server",
                                      description="Serve a workspace's synthetic images over HTTP on 127.0.0.1.")
     parser.add_argument("workspace", type=Path, help="workspace (serves its synthetic/ folder) or any folder")
     parser.add_argument("--host", default="127.0.0.1")

@@ -46,14 +46,14 @@ def _port_is_free(port: int) -> bool:
 
 def ensure_pool(ws: Workspace, num_samples: int) -> dict[str, Any]:
     """Generate the built-in pool once; remember its image server address in ``synthetic/pool.json``."""
-    from .synthetic_pool import PoolSpec, generate_pool
+    from poolsieve.pipeline.demo.synthetic_pool import PoolSpec, generate_pool
 
     info_path = ws.root / "synthetic" / "pool.json"
     if info_path.exists() and any(ws.metadata_dir.glob("*.parquet")):
         info = read_json(info_path)
         if info.get("samples") == num_samples:
             return info
-    from .image_server import free_port
+    from poolsieve.pipeline.demo.image_server import free_port
 
     port = free_port()
     summary = generate_pool(ws.root, PoolSpec(num_samples=num_samples, samples_per_file=1000, image_size=256,
@@ -65,7 +65,7 @@ def ensure_pool(ws: Workspace, num_samples: int) -> dict[str, Any]:
 
 def ensure_seed_set(ws: Workspace, n: int, image_size: int = 64) -> Path:
     """Clean pairs (never part of the pool) as webdataset shards in ``<ws>/seed/``; written once."""
-    from poolsieve.train.seed_set import write_seed_set
+    from poolsieve.pipeline.demo.seed_set import write_seed_set
     from poolsieve.train.trainer import count_samples, list_shards
 
     folder = ws.root / SEED_SET
@@ -97,11 +97,10 @@ def experiment_config(scorer_checkpoint: str, clip_fraction: float, samples_seen
 
 
 def run_quickstart(ws: Workspace, runtime: Any, args: argparse.Namespace, overwrite: bool = False) -> dict[str, Any]:
+    from poolsieve.pipeline.demo.image_server import ImageServer
+    from poolsieve.pipeline.download.stage import DownloadConfig, download
+    from poolsieve.pipeline.experiment import comparison_table, run_experiment
     from poolsieve.train.trainer import TrainConfig, train_clip
-
-    from .download import DownloadConfig, download
-    from .experiment import comparison_table, run_experiment
-    from .image_server import ImageServer
 
     timings: dict[str, float] = {}
     t0 = time.monotonic()

@@ -64,7 +64,7 @@ def _tar_label(s: TarSample, tar: Path) -> str:
 def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, overwrite: bool = False,
                     quiet: bool = False) -> dict[str, Any]:
     """Embed ``source`` with ``config.models`` (a ``ScoreConfig``) in this process; return a summary."""
-    from .encode import Encoder, parse_models, prepare_chunk
+    from poolsieve.pipeline.score.encode import Encoder, parse_models, prepare_chunk
 
     out = ws.reference_path(name)
     if out.exists() and not overwrite:

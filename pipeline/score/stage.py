@@ -60,7 +60,7 @@ class ScoreConfig:
 def score_pool(ws: Workspace, config: ScoreConfig, runtime: Runtime, overwrite: bool = False,
                shards: Sequence[str] | None = None, quiet: bool = False) -> dict[str, Any]:
     """Score every whole shard of ``ws`` that has no complete score table yet; return a summary."""
-    from .encode import DECODE_MODES, parse_models
+    from poolsieve.pipeline.score.encode import DECODE_MODES, parse_models
 
     if config.decode not in DECODE_MODES:
         raise ConfigError(f"score.decode must be one of {', '.join(DECODE_MODES)}, got {config.decode!r}")
@@ -140,7 +140,7 @@ class RunStats:
 # ------------------------------------------------------------------------------- execution
 def _run_local(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreConfig, stats: RunStats,
                quiet: bool) -> None:
-    from .encode import Encoder, iter_prepared_chunks
+    from poolsieve.pipeline.score.encode import Encoder, iter_prepared_chunks
 
     encoder = Encoder(models, config.device, config.precision, config.batch_size, config.threads, config.decode)
     info = encoder.describe(config.chunk_size, config.language)
@@ -172,8 +172,7 @@ class _ShardState:
 def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreConfig, runtime: Runtime,
              stats: RunStats, quiet: bool) -> None:
     from poolsieve.core.runtime import get_result
-
-    from .encode import EncoderActor, iter_prepared_chunks
+    from poolsieve.pipeline.score.encode import EncoderActor, iter_prepared_chunks
 
     ray = runtime.ensure_ray()
     resources = ray.cluster_resources()
@@ -373,7 +372,7 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
     ws = ctx.workspace()
     config = config_from_args(ctx, args)
     if args.reference is not None:
-        from .references import embed_reference
+        from poolsieve.pipeline.score.references import embed_reference
 
         if not args.name:
             raise ConfigError("--reference needs --name NAME (the file is references/NAME.npz)")
@@ -381,7 +380,7 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
             embed_reference(ws, args.reference, args.name, config, overwrite=ctx.overwrite)
         return 0
     if args.import_datacomp is not None:
-        from .datacomp_import import import_datacomp
+        from poolsieve.pipeline.score.datacomp_import import import_datacomp
 
         with ws.lock("scores"):
             import_datacomp(ws, args.import_datacomp, ctx.runtime, overwrite=ctx.overwrite, language=config.language,
@@ -393,10 +392,10 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m poolsieve.pipeline.score``: this stage alone, with the same flags as ``poolsieve score``."""
+    """``python -m poolsieve.pipeline.score.stage``: this stage alone, with the same flags as ``poolsieve score``."""
     import sys
 
-    from .cli import add_common_options, make_context
+    from poolsieve.pipeline.cli import add_common_options, make_context
 
     parser = argparse.ArgumentParser(prog="poolsieve-score", description=(__doc__ or "").split("\n\n")[0])
     add_arguments(parser)

@@ -1,4 +1,4 @@
-"""Runs img2dataset in a process of its own: ``python -m poolsieve.pipeline.download_runner JOB.json``.
+"""Runs img2dataset in a process of its own: ``python -m poolsieve.pipeline.download.runner JOB.json``.
 
 The download stage (``download.py``) writes a job file and starts this module as a subprocess, so that
 img2dataset's spawn-based multiprocessing works whatever the caller is (CLI, pytest, a Ray worker) and
@@ -62,7 +62,7 @@ def setup_worker(guards: dict[str, Any]) -> None:
     from img2dataset import downloader as i2d_downloader
     from PIL import Image
 
-    from .netguard import install_guard
+    from poolsieve.pipeline.download.netguard import install_guard
 
     if guards.get("die_with_parent"):
         die_with_parent()
@@ -78,7 +78,7 @@ def fetch_image(row: tuple[Any, str], timeout: float, user_agent_token: str | No
     """img2dataset's ``download_image`` with a total deadline and a byte cap; same return contract."""
     from img2dataset.downloader import is_disallowed
 
-    from .netguard import open_url
+    from poolsieve.pipeline.download.netguard import open_url
 
     key, url = row
     deadline = _limits.get("fetch_deadline", 60.0)
@@ -304,7 +304,7 @@ def run_job(job: dict[str, Any]) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m poolsieve.pipeline.download_runner JOB.json", file=sys.stderr)
+        print("usage: python -m poolsieve.pipeline.download.runner JOB.json", file=sys.stderr)
         return 2
     job = json.loads(Path(argv[0]).read_text())
     parent = job.get("parent_pid")
@@ -316,8 +316,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    # Import by package name so that pickled objects name ``poolsieve.pipeline.download_runner``,
+    # Import by package name so that pickled objects name ``poolsieve.pipeline.download.runner``,
     # which spawn children and Ray workers can import (``__main__`` they could not).
-    from poolsieve.pipeline import download_runner as _runner
+    from poolsieve.pipeline.download import runner as _runner
 
     sys.exit(_runner.main(sys.argv[1:]))

@@ -125,7 +125,7 @@ def import_datacomp(ws: Workspace, source: str | Path, runtime: Runtime, overwri
                     language: bool = True, quiet: bool = False, drop_duplicate_uids: bool = False) -> dict[str, Any]:
     """Import every ``{stem}.parquet`` (+ ``{stem}.npz``) of ``source`` into ``ws.scores_dir``. uids are
     checked first across all files (``metadata_checks``): a repeat is refused, or dropped when asked."""
-    from .metadata_checks import scan_metadata
+    from poolsieve.pipeline.download.metadata_checks import scan_metadata
 
     files = parquet_files(source, "DataComp metadata")
     scan = scan_metadata(files, required=("uid", "text"))

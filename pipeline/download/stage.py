@@ -41,9 +41,13 @@ from typing import Any
 
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
 from poolsieve.core.locks import exclusive
-
-from .download_integrity import NOT_WRITTEN_STATUS, ShardInputs, check_success_rate, complete_shard
-from .netguard import DENIED_MARK, NetworkPolicy
+from poolsieve.pipeline.download.integrity import (
+    NOT_WRITTEN_STATUS,
+    ShardInputs,
+    check_success_rate,
+    complete_shard,
+)
+from poolsieve.pipeline.download.netguard import DENIED_MARK, NetworkPolicy
 
 REPORT_NAME = "download_report.json"
 FAILURES_NAME = "download_failures.parquet"
@@ -291,7 +295,7 @@ def run_img2dataset(job: dict[str, Any], shards_dir: Path, expected: list[int], 
     env = dict(os.environ, PYTHONUNBUFFERED="1", NO_ALBUMENTATIONS_UPDATE="1",
                OPENCV_IO_MAX_IMAGE_PIXELS=str(int(job["img2dataset"]["max_image_area"])))
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "poolsieve.pipeline.download_runner", str(job_path)],
+        proc = subprocess.Popen([sys.executable, "-m", "poolsieve.pipeline.download.runner", str(job_path)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
         try:
@@ -539,14 +543,14 @@ def _download(ws: Any, cfg: DownloadConfig, runtime: Any, overwrite: bool) -> di
     from poolsieve.core.formats import write_json
 
     if cfg.scale or cfg.metadata_source:
-        from .hub_metadata import fetch_metadata
+        from poolsieve.pipeline.download.hub_metadata import fetch_metadata
 
         fetched = fetch_metadata(ws.metadata_dir, scale=cfg.scale, source=cfg.metadata_source,
                                  include_npz=cfg.download_npz, cache_dir=ws.root / ".hf_cache", overwrite=overwrite,
                                  endpoint=cfg.hub_endpoint, drop_duplicate_uids=cfg.drop_duplicate_uids)
     files = ws.metadata_files()
     if not (cfg.scale or cfg.metadata_source) or fetched["skipped"]:  # fetch_metadata checks what it brings
-        from .metadata_checks import check_metadata
+        from poolsieve.pipeline.download.metadata_checks import check_metadata
 
         check_metadata(files, drop_duplicate_uids=cfg.drop_duplicate_uids)
     if cfg.skip_shards:

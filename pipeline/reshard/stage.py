@@ -19,7 +19,6 @@ task lost with its Ray node is re-run elsewhere (``Runtime.remote``).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -44,8 +43,9 @@ from poolsieve.core.formats import (
     write_json,
     write_subset,
 )
-from poolsieve.core.progress import Progress
+from poolsieve.core.progress import Progress, print_summary
 from poolsieve.core.runtime import Runtime, get_result
+from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import SubsetSnapshot, read_subset_snapshot
 from poolsieve.core.tar_io import (
     END_OF_ARCHIVE,
@@ -56,8 +56,7 @@ from poolsieve.core.tar_io import (
     write_buffers,
 )
 from poolsieve.core.workspace import Workspace
-
-from .reshard_plan import OutputPlanner, ShardScan, WriteUnit
+from poolsieve.pipeline.reshard.plan import OutputPlanner, ShardScan, WriteUnit
 
 PLAN_VERSION = 1
 OUTPUT_SHARD_FORMAT = "{:08d}.tar"
@@ -71,14 +70,13 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 @dataclass
 class ReshardConfig:
-    """``subset``: a subset name (``subsets/{name}.npy``) or a path to a ``.npy``; ``name``: the
-    output folder under ``filtered/`` (default: the subset file's stem)."""
+    """The ``reshard:`` section; each option is also a flag (``shard_size`` -> ``--shard-size``)."""
 
-    subset: str | None = None
-    name: str | None = None
-    shard_size: int = 10000
-    shuffle_bufsize: int = 0
-    seed: int = 0
+    subset: str | None = option(None, "subset name (subsets/NAME.npy) or path to a DataComp uid .npy file")
+    name: str | None = option(None, "output folder under filtered/ (default: the subset file's name)")
+    shard_size: int = option(10000, "samples per output shard (DataComp's)")
+    shuffle_bufsize: int = option(0, "shuffle buffer in samples (0: pool order)")
+    seed: int = option(0, "seed of the shuffle buffer")
 
 
 # ------------------------------------------------------------------------------------ pass 1
@@ -477,24 +475,9 @@ def _summary_from_meta(meta: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     return {"name": out_dir.name, "output_dir": str(out_dir), **{k: meta.get(k) for k in keys}}
 
 
-# --------------------------------------------------------------------------------------- CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--subset", help="subset name (subsets/NAME.npy) or path to a DataComp uid .npy file")
-    p.add_argument("--name", help="output folder under filtered/ (default: the subset file's name)")
-    p.add_argument("--shard-size", type=int, help="samples per output shard (default 10000, DataComp's)")
-    p.add_argument("--shuffle-bufsize", type=int, help="shuffle buffer in samples (default 0: pool order)")
-    p.add_argument("--seed", type=int, help="seed of the shuffle buffer (default 0)")
-
-
-def run_cli(ctx: Any, args: argparse.Namespace) -> int:
-    from poolsieve.core.config import build
-    from poolsieve.core.progress import print_summary
-
-    ws = ctx.workspace()
-    cfg = build(ReshardConfig, ctx.section("reshard"), "reshard", {
-        "subset": args.subset, "name": args.name, "shard_size": args.shard_size,
-        "shuffle_bufsize": args.shuffle_bufsize, "seed": args.seed})
-    s = reshard(ws, cfg, ctx.runtime, overwrite=ctx.overwrite)
+# ----------------------------------------------------------------------------------- summary
+def print_report(s: dict[str, Any]) -> None:
+    """The one-screen summary of a reshard."""
     rate = s["bytes_written"] / 1e6 / max(s["seconds"], 1e-9)
     rows = [("output", s["output_dir"]),
             ("samples written", f"{s['output_count']} in {s['output_shard_count']} shards "
@@ -511,4 +494,7 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
     phases = f" (scan {s['scan_seconds']:.1f} s, write {s['write_seconds']:.1f} s)" if "scan_seconds" in s else ""
     rows.append(("time", f"{s['seconds']:.1f} s{phases}, {rate:,.0f} MB/s written"))
     print_summary("reshard", rows)
-    return 0
+
+
+STAGE = Stage("reshard", "copy a uid subset out of the pool into training shards", ReshardConfig, run=reshard,
+              report=print_report, reads=("shards/", "subsets/"), writes=("filtered/",), per_subset=True)

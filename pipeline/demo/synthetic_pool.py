@@ -15,22 +15,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-SHAPES = ("circle", "square", "triangle")
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 40),
-    "blue": (30, 60, 220),
-    "yellow": (235, 210, 20),
-    "purple": (140, 40, 170),
-    "orange": (245, 130, 20),
-}
+from poolsieve.core.shapes import COLOURS, SHAPES, draw_shape, encode_jpeg, english_caption, make_uid
+
 DEFECTS = ("mismatched_caption", "non_english", "too_small", "extreme_aspect", "duplicate_image", "short_caption")
 DEFAULT_DEFECT_RATES = {
     "mismatched_caption": 0.15,
@@ -40,13 +32,6 @@ DEFAULT_DEFECT_RATES = {
     "duplicate_image": 0.04,
     "short_caption": 0.05,
 }
-CAPTION_TEMPLATES = (
-    "a photo of a {colour} {shape}",
-    "a {colour} {shape} on a plain background",
-    "picture of one {colour} {shape}",
-    "a simple drawing of a {colour} {shape}",
-    "the {shape} is {colour}",
-)
 # Non-English captions (German, French, Spanish, Italian) of the same content.
 FOREIGN_SHAPES = {
     "de": {"circle": "Kreis", "square": "Quadrat", "triangle": "Dreieck"},
@@ -69,41 +54,6 @@ FOREIGN_TEMPLATES = {
 SHORT_CAPTIONS = ("", "image", "photo", "img", "untitled")
 
 
-def draw_shape(shape: str, colour: str, width: int, height: int, rng: np.random.Generator):
-    """A PIL image of one coloured shape on a light, slightly noisy background."""
-    from PIL import Image, ImageDraw
-
-    bg = rng.integers(200, 256, size=3)
-    noise = rng.integers(-12, 13, size=(height, width, 3))
-    arr = np.clip(bg[None, None, :] + noise, 0, 255).astype(np.uint8)
-    img = Image.fromarray(arr, "RGB")
-    draw = ImageDraw.Draw(img)
-    side = min(width, height)
-    size = int(side * rng.uniform(0.45, 0.8))
-    x0 = int(rng.integers(0, max(1, width - size + 1)))
-    y0 = int(rng.integers(0, max(1, height - size + 1)))
-    fill = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in COLOURS[colour])
-    if shape == "circle":
-        draw.ellipse([x0, y0, x0 + size, y0 + size], fill=fill)
-    elif shape == "square":
-        draw.rectangle([x0, y0, x0 + size, y0 + size], fill=fill)
-    elif shape == "triangle":
-        draw.polygon([(x0 + size / 2, y0), (x0, y0 + size), (x0 + size, y0 + size)], fill=fill)
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
-    return img
-
-
-def encode_jpeg(img: Any, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def english_caption(shape: str, colour: str, rng: np.random.Generator) -> str:
-    return CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].format(colour=colour, shape=shape)
-
-
 @dataclass
 class PoolSpec:
     """How to generate a pool. ``base_url`` is where the image server will listen."""
@@ -114,10 +64,6 @@ class PoolSpec:
     seed: int = 0
     base_url: str = "http://127.0.0.1:8765"
     defect_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_DEFECT_RATES))
-
-
-def make_uid(rng: np.random.Generator) -> str:
-    return rng.bytes(16).hex()
 
 
 def generate_pool(root: str | Path, spec: PoolSpec) -> dict[str, Any]:
@@ -208,16 +154,6 @@ def generate_pool(root: str | Path, spec: PoolSpec) -> dict[str, Any]:
             "images_dir": str(images_dir), "base_url": spec.base_url}
 
 
-def generate_clean_pairs(n: int, seed: int, image_size: int = 64):
-    """Yield ``(uid, jpeg_bytes, caption, shape, colour)`` of clean pairs (a seed set or an eval set)."""
-    rng = np.random.default_rng([seed, 7919])
-    for _ in range(n):
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-        img = draw_shape(shape, colour, image_size, image_size, rng)
-        yield make_uid(rng), encode_jpeg(img), english_caption(shape, colour, rng), shape, colour
-
-
 # ------------------------------------------------------------------------------------------ CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, help="pairs in the pool (default 3000)")
@@ -239,7 +175,7 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
     print_summary("generate", [("workspace", ws.root), ("samples", summary["samples"]),
                                ("metadata files", summary["metadata_files"]),
                                ("defects", ", ".join(f"{k}={v}" for k, v in sorted(summary["defects"].items()))),
-                               ("serve images with", f"python -m poolsieve.pipeline.image_server {ws.root}"),
+                               ("serve images with", f"python -m poolsieve.pipeline.demo.image_server {ws.root}"),
                                ("then download with", _download_hint(ws.root, spec.base_url))])
     return 0
 

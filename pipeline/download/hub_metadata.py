@@ -85,7 +85,7 @@ def fetch_metadata(dest: str | Path, *, scale: str | None = None, source: str | 
     refused, or dropped from the placed copies with ``drop_duplicate_uids``). Returns counts and where
     the files came from.
     """
-    from .metadata_checks import scan_metadata
+    from poolsieve.pipeline.download.metadata_checks import scan_metadata
 
     dest = Path(dest)
     if (scale is None) == (source is None):

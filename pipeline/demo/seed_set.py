@@ -1,7 +1,7 @@
 """A clean seed set as a webdataset folder: what the scorer (a data-filtering network) trains on.
 
 No pretrained CLIP exists offline, so poolsieve's quickstart trains its own scorer on clean pairs
-drawn apart from the pool (``pipeline.synthetic_pool.generate_clean_pairs``), in the resharder's
+drawn apart from the pool (``core.shapes.generate_clean_pairs``), in the resharder's
 layout: ``{:08d}.tar`` with ``jpg``/``txt``/``json`` members and ``{:08d}_stats.json``.
 """
 
@@ -13,7 +13,7 @@ import tarfile
 from pathlib import Path
 
 from poolsieve.core.formats import atomic_path, write_json
-from poolsieve.pipeline.synthetic_pool import generate_clean_pairs
+from poolsieve.core.shapes import generate_clean_pairs
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

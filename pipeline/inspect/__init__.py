@@ -1,0 +1,2 @@
+"""The inspect stage: a one-screen summary of a workspace and the HTML report.
+"""
