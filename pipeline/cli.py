@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Curate image-text training data the DataComp way: download -> score once -> filter many "
         "ways -> reshard -> train -> evaluate -> submit.",
     )
+    parser.add_argument("--version", action="version", version=f"poolsieve {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         mod = importlib.import_module(module)
@@ -110,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
         add_common_options(p)
         p.set_defaults(_module=module)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("poolsieve")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
 
 
 def make_context(args: argparse.Namespace) -> StageContext:
