@@ -11,13 +11,15 @@ with a one-line reason on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import re
 import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from poolsieve.core.config import load_config, section
 from poolsieve.core.errors import ConfigError, PoolsieveError, PoolsieveWarning
@@ -79,8 +81,8 @@ def add_module_arguments(p: argparse.ArgumentParser, mod: Any) -> None:
 
 def stage_parser(command: str) -> argparse.ArgumentParser:
     """The parser of one subcommand alone (its own flags plus the common ones), for library and test use."""
-    module, help_text = COMMANDS[command]
-    p = argparse.ArgumentParser(prog=f"poolsieve {command}", description=help_text)
+    module, short = COMMANDS[command]
+    p = SuggestingParser(prog=f"poolsieve {command}", description=short)
     add_module_arguments(p, importlib.import_module(module))
     add_common_options(p)
     return p
@@ -96,20 +98,46 @@ def run_stage(stage: Any, ctx: StageContext, args: argparse.Namespace) -> int:
     return 0
 
 
+class SuggestingParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors name the closest subcommand or option to a misspelt one."""
+
+    def error(self, message: str) -> NoReturn:
+        bad = re.search(r"invalid choice: '([^']+)'|unrecognized arguments: (\S+)", message)
+        if bad:
+            word = bad.group(1) or bad.group(2)
+            choices = [c for a in self._actions for c in (a.choices or {} if a.nargs == argparse.PARSER else
+                                                              a.option_strings)]
+            close = difflib.get_close_matches(word.split("=")[0], choices, n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+        super().error(message)
+
+
+def help_text(doc: str) -> str:
+    """A module docstring as help: reST markup (``x``, :role:`x`) dropped, code fences unwrapped."""
+    text = re.sub(r"^```\w*\n", "", doc, flags=re.M)
+    text = re.sub(r":\w+:`([^`]*)`", r"\1", text)
+    return text.replace("``", "").strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = SuggestingParser(
         prog="poolsieve",
         description="Curate image-text training data the DataComp way: download -> score once -> filter many "
         "ways -> reshard -> train -> evaluate -> submit.",
     )
     parser.add_argument("--version", action="version", version=f"poolsieve {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (module, short) in COMMANDS.items():
         mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().split("\n\n")[0])
+        doc = help_text(mod.__doc__ or short)
+        # `run --help` shows the whole page (the experiment YAML); other stages their first paragraph
+        p = sub.add_parser(name, help=short, description=doc if name == "run" else doc.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         add_module_arguments(p, mod)
         add_common_options(p)
         p.set_defaults(_module=module)
+    parser.stage_parsers = sub.choices  # type: ignore[attr-defined]
     return parser
 
 
@@ -148,7 +176,9 @@ _default_format_warning = warnings.formatwarning
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's own parser names the closest of its options
+        parser.stage_parsers.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
         parser.print_help()
         return 0

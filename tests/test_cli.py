@@ -78,3 +78,32 @@ def test_own_warnings_print_on_one_line():
     assert cli._format_warning("recall 0.7 below 0.95", PoolsieveWarning, "x.py", 3) == \
         "poolsieve: warning: recall 0.7 below 0.95\n"
     assert "x.py:3" in cli._format_warning("other", DeprecationWarning, "x.py", 3, "")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("poolsieve ")
+
+
+@pytest.mark.parametrize("argv, suggestion", [
+    (["reshrd"], "did you mean reshard?"),
+    (["reshard", "--shard-sise", "3"], "did you mean --shard-size?"),
+    (["filter", "--lst-filters"], "did you mean --list-filters?"),
+])
+def test_misspelt_words_get_the_nearest_suggestion(argv, suggestion, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert suggestion in capsys.readouterr().err
+
+
+def test_run_help_shows_the_experiment_yaml_and_no_markup(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "\nworkspace: ./pool\n" in out and "evaluate: {tasks: datacomp38}" in out
+    for command in sorted(COMMANDS):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "``" not in capsys.readouterr().out, command
