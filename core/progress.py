@@ -1,4 +1,4 @@
-"""Progress lines (count, rate, ETA) for long work, and the one-screen summary at the end."""
+"""Progress (count, rate, ETA) for long work, in place on a terminal, and the one-screen summary at the end."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ def _fmt_seconds(s: float) -> str:
 
 
 class Progress:
-    """Prints ``desc: done/total units (items) | rate/s | ETA`` at most every ``interval`` seconds.
+    """Progress of long work: ``desc: done/total units | rate/s | ETA | elapsed``, on stderr.
 
-    Writes to stderr so that stdout stays for results. ``total`` may be unknown (``None``).
+    On a terminal it is one line updated in place (tqdm); otherwise (a log file, CI, a pipe) a plain
+    line at most every ``interval`` seconds. Either way the final state is printed once, by ``close``
+    or by the update that reaches ``total``. ``total`` may be unknown (``None``).
     """
 
     def __init__(self, desc: str, total: int | None, unit: str = "units", interval: float = 2.0,
@@ -33,12 +35,24 @@ class Progress:
         self.item_unit = ""
         self.start = time.monotonic()
         self._last = 0.0
+        self._printed: int | None = None  # ``done`` when the last plain line was printed
+        self._bar = None
+        if not quiet and _is_terminal(self.stream):
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", file=self.stream, dynamic_ncols=True,
+                             mininterval=0.5, leave=True)
 
     def update(self, n: int = 1, items: int = 0, item_unit: str = "samples") -> None:
         self.done += n
         self.items += items
         if items:
             self.item_unit = item_unit
+        if self._bar is not None:
+            if self.items:
+                self._bar.set_postfix_str(f"{self.items:,} {self.item_unit}", refresh=False)
+            self._bar.update(n)
+            return
         now = time.monotonic()
         if now - self._last >= self.interval or (self.total is not None and self.done >= self.total):
             self._last = now
@@ -48,9 +62,8 @@ class Progress:
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
-    def _print(self) -> None:
-        if self.quiet:
-            return
+    def line(self) -> str:
+        """The plain progress line for the current state."""
         el = max(self.elapsed, 1e-9)
         rate = self.done / el
         parts = [f"{self.desc}: {self.done}" + (f"/{self.total}" if self.total is not None else "") + f" {self.unit}"]
@@ -61,10 +74,27 @@ class Progress:
         if self.total is not None and self.done < self.total and rate > 0:
             parts.append(f"ETA {_fmt_seconds((self.total - self.done) / rate)}")
         parts.append(f"elapsed {_fmt_seconds(el)}")
-        print(" | ".join(parts), file=self.stream, flush=True)
+        return " | ".join(parts)
+
+    def _print(self) -> None:
+        if self.quiet or self._printed == self.done:
+            return
+        self._printed = self.done
+        print(self.line(), file=self.stream, flush=True)
 
     def close(self) -> None:
-        self._print()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        else:
+            self._print()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def print_summary(title: str, rows: Iterable[tuple[str, Any]], stream: TextIO | None = None) -> None:
