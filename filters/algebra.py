@@ -19,7 +19,7 @@ import numpy as np
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import SUBSET_DTYPE, file_sha256, read_subset
 
-from .registry import FILTERS, ScoredPool, get_filter, load_builtin_filters
+from .registry import FILTERS, ScoredPool, check_parameters, get_filter, load_builtin_filters
 from .spec import Node, parse_spec, render
 from .uidset import difference, from_subset, intersect, union
 
@@ -32,15 +32,9 @@ def is_filter(name: str) -> bool:
 def call_filter(pool: ScoredPool, name: str, params: Mapping[str, Any], details: dict) -> np.ndarray:
     """Run a registered filter with checked parameters; return sorted unique ``S16`` keys."""
     fn = get_filter(name)
-    signature = inspect.signature(fn)
-    accepted = [p for p in list(signature.parameters)[1:] if p != "report"]
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    unknown = [k for k in params if k not in accepted and not takes_any]
-    if unknown:
-        raise ConfigError(f"filter '{name}' has no parameter {', '.join(unknown)}; "
-                          f"it takes {', '.join(accepted) or 'none'}")
+    check_parameters(name, params)
     kwargs = dict(params)
-    if "report" in signature.parameters:
+    if "report" in inspect.signature(fn).parameters:
         kwargs["report"] = details
     result = np.asarray(fn(pool, **kwargs))
     if result.dtype != SUBSET_DTYPE:

@@ -16,7 +16,9 @@ decode are recorded in the tables but belong to no subset).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,15 +29,21 @@ from poolsieve.core.errors import ConfigError
 from poolsieve.core.formats import read_embeddings, read_score_table, uids_to_pairs
 from poolsieve.core.runtime import Runtime
 
-FilterFn = Callable[..., np.ndarray]
+FilterFn = Callable[..., Any]
 FILTERS: dict[str, FilterFn] = {}
+PARAMETERS_OF: dict[str, Callable[..., Any]] = {}  # filter name -> the function whose signature lists its parameters
+NOT_PARAMETERS = ("pool", "report")
 
 
-def register(name: str) -> Callable[[FilterFn], FilterFn]:
+def register(name: str, params: Callable[..., Any] | None = None) -> Callable[[FilterFn], FilterFn]:
+    """Register a filter under ``name``. Its keyword parameters are those of its own signature, or of
+    ``params`` when the filter passes ``**params`` through to a ``*_run`` function (written once, there)."""
+
     def deco(fn: FilterFn) -> FilterFn:
         if name in FILTERS and FILTERS[name] is not fn:
             raise ValueError(f"filter {name!r} registered twice")
         FILTERS[name] = fn
+        PARAMETERS_OF[name] = params or fn
         return fn
 
     return deco
@@ -46,6 +54,41 @@ def get_filter(name: str) -> FilterFn:
     if name not in FILTERS:
         raise ConfigError(f"unknown filter {name!r}; known: {', '.join(sorted(FILTERS))}")
     return FILTERS[name]
+
+
+def filter_parameters(name: str) -> tuple[list[inspect.Parameter], bool]:
+    """The named parameters of filter ``name`` (read from the signature, ``pool`` and ``report`` left out)
+    and whether it also takes any other keyword (``**params``)."""
+    get_filter(name)
+    signature = inspect.signature(PARAMETERS_OF[name])
+    named = [p for p in signature.parameters.values()
+             if p.name not in NOT_PARAMETERS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return named, any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+
+
+def check_parameters(name: str, params: Mapping[str, Any]) -> None:
+    """ConfigError naming the parameters that filter ``name`` does not take (a typo never falls back to a default)."""
+    named, takes_any = filter_parameters(name)
+    known = [p.name for p in named]
+    unknown = [k for k in params if k not in known]
+    if unknown and not takes_any:
+        raise ConfigError(f"filter '{name}' has no parameter {', '.join(unknown)}; it takes {', '.join(known) or 'none'}")
+
+
+def describe_filters() -> str:
+    """Every registered filter: its name and first docstring line, then its parameters with their defaults."""
+    load_builtin_filters()
+    lines = []
+    for name in sorted(FILTERS):
+        doc = (FILTERS[name].__doc__ or "").strip().splitlines()
+        lines.append(f"{name:20s} {doc[0] if doc else ''}".rstrip())
+        named, takes_any = filter_parameters(name)
+        shown = [p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in named]
+        if takes_any:
+            shown.append("...")
+        text = f"({', '.join(shown)})" if shown else "(no parameters)"
+        lines.append(textwrap.fill(text, 110, initial_indent=" " * 21, subsequent_indent=" " * 22))
+    return "\n".join(lines)
 
 
 # The modules that define poolsieve's filters, one filter (or one family) per module. Helpers that

@@ -117,11 +117,6 @@ def _legacy_stage(name: str, ws: Workspace, config: dict[str, Any], runtime: Run
 
         return score_pool(ws, build(ScoreConfig, section(config, "score"), "score"), runtime,
                                   overwrite=overwrite)
-    if name == "filter":
-        from poolsieve.pipeline.filter.stage import FilterConfig, run_filter
-
-        return run_filter(ws, build(FilterConfig, section(config, "filter"), "filter"), runtime,
-                                   overwrite=overwrite)
     if name == "train":
         from poolsieve.train.trainer import TrainConfig, train_clip
 

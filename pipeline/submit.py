@@ -11,7 +11,6 @@ uploads to the hub: ``{scale}_scale/results.jsonl`` (the evaluation's ``eval_res
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -22,27 +21,25 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.core.config import build
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import DIR_MODE, pairs_to_uids, read_json, write_json
 from poolsieve.core.locks import exclusive
 from poolsieve.core.progress import print_summary
 from poolsieve.core.runtime import Runtime
+from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import SubsetSnapshot, read_subset_snapshot
 from poolsieve.core.workspace import Workspace
 
 
 @dataclass
 class SubmitConfig:
-    """``subset``: a subset name or ``.npy`` path; ``out``: submission folder (default
-    ``WORKSPACE/submissions/NAME``); ``tables``: score tables (default ``WORKSPACE/scores``);
-    ``evals``: the evaluation to include (default: ``evals/NAME`` when it exists)."""
+    """The ``submit:`` section; each option is also a flag."""
 
-    subset: str | None = None
-    out: str | None = None
-    tables: str | None = None
-    evals: str | None = None
-    scale: str | None = None
+    subset: str | None = option(None, "subset name (subsets/NAME.npy) or path to a .npy uid file")
+    out: str | None = option(None, "submission folder (default: WORKSPACE/submissions/NAME)")
+    tables: str | None = option(None, "score tables that define the pool (default: WORKSPACE/scores)")
+    evals: str | None = option(None, "evaluation folder to include (default: WORKSPACE/evals/NAME if present)")
+    scale: str | None = option(None, "DataComp scale of the upload folder {scale}_scale/ (default: the run's)")
 
 
 def subset_file(ws: Workspace, subset: str) -> tuple[str, Path]:
@@ -90,7 +87,7 @@ def write_datacomp_upload(staging: Path, name: str, uid_file: Path, eval_dir: Pa
     return folder.name
 
 
-def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, overwrite: bool = False) -> dict[str, Any]:
+def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, *, overwrite: bool = False) -> dict[str, Any]:
     """Validate the subset, write the submission folder, return its summary."""
     from poolsieve.filters.no_filter import pool_keys
     from poolsieve.filters.registry import ScoredPool
@@ -164,19 +161,8 @@ def _write_submission(ws: Workspace, cfg: SubmitConfig, name: str, snapshot: Sub
     return {**summary, "status": "written", "folder": str(out)}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--subset", help="subset name (subsets/NAME.npy) or path to a .npy uid file")
-    p.add_argument("--out", help="submission folder (default: WORKSPACE/submissions/NAME)")
-    p.add_argument("--tables", help="score tables that define the pool (default: WORKSPACE/scores)")
-    p.add_argument("--evals", help="evaluation folder to include (default: WORKSPACE/evals/NAME if present)")
-    p.add_argument("--scale", help="DataComp scale of the upload folder {scale}_scale/ (default: the run's)")
-
-
-def run_cli(ctx: Any, args: argparse.Namespace) -> int:
-    cfg = build(SubmitConfig, ctx.section("submit"), "submit",
-                {"subset": args.subset, "out": args.out, "tables": args.tables, "evals": args.evals,
-                 "scale": args.scale})
-    result = run_submit(ctx.workspace(), cfg, ctx.runtime, overwrite=ctx.overwrite)
+def print_report(result: dict[str, Any]) -> None:
+    """The one-screen summary of a submission."""
     evals = result.get("evaluation")
     print_summary("submit", [
         ("subset", result["name"]),
@@ -189,4 +175,7 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
         ("DataComp upload", result.get("datacomp_upload") or "none (needs eval_results.jsonl and a scale)"),
         ("folder", result["folder"]),
     ])
-    return 0
+
+
+STAGE = Stage("submit", "validate a subset and write a DataComp submission folder", SubmitConfig, run=run_submit,
+              report=print_report, reads=("subsets/", "scores/", "evals/", "runs/"), writes=("submissions/",))

@@ -43,3 +43,16 @@ def test_html_report_has_plots_for_scores_and_subsets(tmp_path):
     assert page.count("<svg") == 2  # the score histogram (pool + subset) and the subset bars
     assert "clip_b32_similarity_score" in page and ">top<" in page
     assert f"{len(top):,}" in page
+
+
+def test_cli_json_and_html_are_options_of_the_stage(tmp_path, capsys):
+    import json
+
+    from poolsieve.pipeline.cli import main
+
+    ws, _, top = make_scored_workspace(tmp_path / "ws")
+    assert main(["inspect", "-w", str(ws.root), "--executor", "local", "--json", "--html"]) == 0
+    out = capsys.readouterr().out
+    printed = json.loads(out[:out.rindex("}") + 1])
+    assert printed["subsets"]["top"]["uids"] == len(top) and "show" not in printed
+    assert (ws.root / "report" / "index.html").exists() and out.strip().endswith("index.html")

@@ -23,30 +23,33 @@ import argparse
 import contextlib
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from poolsieve.core.config import build
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import parquet_files
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
+from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import check_subset_record, write_subset_pair
 from poolsieve.core.workspace import Workspace
 
 
 @dataclass
 class FilterConfig:
-    """``subsets``: subset name -> spec; ``tables``: folder of score tables (default: the workspace's
-    ``scores/``; a folder of DataComp metadata parquet works too); ``only``: names to make (default all)."""
+    """The ``filter:`` section. ``--spec`` subsets are made in addition to (and named over) ``subsets``;
+    given ``--spec``, only those are made."""
 
-    subsets: dict[str, Any] = field(default_factory=dict)
-    tables: str | None = None
-    only: list[str] | None = None
+    subsets: dict[str, Any] = option({}, "subset name -> spec (YAML only)", cli=False)
+    spec: list[str] | None = option(None, "YAML file, inline YAML mapping, 'NAME = EXPR' or an expression; repeatable",
+                                    short="-s", metavar="SPEC")
+    name: str | None = option(None, "subset name for a --spec that is one expression or one spec", short="-n")
+    tables: str | None = option(None, "folder of score tables (default: WORKSPACE/scores); DataComp metadata works")
+    only: list[str] | None = option(None, "names of the subsets to make (default: all)", cli=False)
 
 
 def score_table_files(ws: Workspace, tables: str | None) -> list[Path]:
@@ -87,13 +90,31 @@ def _incomplete(ws: Workspace, name: str) -> bool:
     return ws.subset_info_path(name).exists() and _saved_record(ws, name) is None
 
 
-def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bool = False) -> dict[str, Any]:
+def with_cli_specs(cfg: FilterConfig) -> FilterConfig:
+    """``cfg`` with its ``spec`` strings parsed into ``subsets`` (and ``only`` set to them)."""
+    from poolsieve.filters.algebra import is_filter
+    from poolsieve.filters.spec import parse_cli_spec
+
+    if not cfg.spec:
+        if cfg.name:
+            raise ConfigError("--name names the subset of a --spec; pass --spec too")
+        return cfg
+    if len(cfg.spec) > 1 and cfg.name:
+        raise ConfigError("--name names a single --spec; use 'NAME = EXPR' for several")
+    given: dict[str, Any] = {}
+    for text in cfg.spec:
+        given.update(parse_cli_spec(text, cfg.name, is_filter))
+    return replace(cfg, subsets={**cfg.subsets, **given}, only=list(given), spec=None, name=None)
+
+
+def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite: bool = False) -> dict[str, Any]:
     """Make every subset of ``cfg`` (or ``cfg.only``); return ``{name: {count, status, seconds, ...}}``.
 
     Each target's name is locked for the run: a second filter making the same name fails in one line.
     """
     from poolsieve.filters.spec import parse_spec
 
+    cfg = with_cli_specs(cfg)
     if not cfg.subsets:
         raise ConfigError("nothing to make: pass --spec or set 'filter: {subsets: {NAME: SPEC}}' in the config")
     targets = list(cfg.only or cfg.subsets)
@@ -152,7 +173,8 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
         saved = _saved_record(ws, name)
         if saved is not None and not overwrite:
             if up_to_date(name):
-                results[name] = {"status": "skipped (up to date)", "count": saved.get("count"), "seconds": 0.0}
+                results[name] = {"status": "skipped (up to date)", "count": saved.get("count"), "seconds": 0.0,
+                                 "path": str(ws.subset_path(name))}
                 continue
             why = ("another pool" if saved.get("spec") == resolved else f"another spec ({saved.get('expression')})")
             raise ConfigError(f"{ws.subset_path(name)}: subset '{name}' exists, made from {why}; "
@@ -197,44 +219,35 @@ a bare name is a subset defined in the same spec, a filter, or subsets/NAME.npy"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """CLI-only: the examples and ``--list-filters`` (every other flag comes from ``FilterConfig``)."""
     p.epilog = EXAMPLES
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--spec", "-s", action="append", metavar="SPEC",
-                   help="YAML file, inline YAML mapping, 'NAME = EXPR' or an expression; repeatable")
-    p.add_argument("--name", "-n", help="subset name for a --spec that is one expression or one spec")
-    p.add_argument("--tables", help="folder of score tables (default: WORKSPACE/scores); DataComp metadata works")
-    p.add_argument("--list-filters", action="store_true", help="list the registered filters and exit")
+    p.add_argument("--list-filters", action="store_true",
+                   help="list the registered filters with their parameters and defaults, and exit")
 
 
 def run_cli(ctx: Any, args: argparse.Namespace) -> int:
-    from poolsieve.filters.algebra import is_filter
-    from poolsieve.filters.registry import FILTERS, load_builtin_filters
-    from poolsieve.filters.spec import parse_cli_spec
-
+    """``--list-filters`` needs no workspace; everything else is the stage run as any other."""
     if args.list_filters:
-        load_builtin_filters()
-        for name in sorted(FILTERS):
-            doc = (FILTERS[name].__doc__ or "").strip().splitlines()
-            print(f"{name:20s} {doc[0] if doc else ''}")
+        from poolsieve.filters.registry import describe_filters
+
+        print(describe_filters())
         return 0
-    section = dict(ctx.section("filter"))
-    only = None
-    if args.spec:
-        if len(args.spec) > 1 and args.name:
-            raise ConfigError("--name names a single --spec; use 'NAME = EXPR' for several")
-        given: dict[str, Any] = {}
-        for text in args.spec:
-            given.update(parse_cli_spec(text, args.name, is_filter))
-        section["subsets"] = {**(section.get("subsets") or {}), **given}
-        only = list(given)
-    cfg = build(FilterConfig, section, "filter", {"tables": args.tables, "only": only})
-    ws = ctx.workspace()
-    start = time.perf_counter()
-    results = run_filter(ws, cfg, ctx.runtime, overwrite=ctx.overwrite)
+    from poolsieve.pipeline.cli import run_stage
+
+    return run_stage(STAGE, ctx, args)
+
+
+def print_report(results: dict[str, Any]) -> None:
+    """The one-screen summary of a filter run: one row per subset."""
     rows = [(name, r["status"], r["count"] if r["count"] is not None else "?",
              f"{100 * r['count'] / r['members']:.2f}%" if r.get("members") else "", f"{r['seconds']:.2f}")
             for name, r in results.items()]
     print(format_table(["subset", "status", "uids", "of pool", "seconds"], rows))
-    print_summary("filter", [("subsets", len(results)), ("folder", ws.subsets_dir),
-                             ("time", f"{time.perf_counter() - start:.2f} s")])
-    return 0
+    folder = next((str(Path(r["path"]).parent) for r in results.values() if r.get("path")), "subsets/")
+    print_summary("filter", [("subsets", len(results)), ("folder", folder),
+                             ("time", f"{sum(r['seconds'] for r in results.values()):.2f} s")])
+
+
+STAGE = Stage("filter", "make uid subsets from the score tables with filters and set algebra", FilterConfig,
+              run=run_filter, report=print_report, reads=("scores/", "subsets/"), writes=("subsets/",))

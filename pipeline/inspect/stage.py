@@ -8,18 +8,23 @@ training runs and evaluation summaries. ``--json`` prints the same as JSON; ``--
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from poolsieve.core.errors import InputError
+from poolsieve.core.runtime import Runtime
+from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import check_subset_record, subset_rows
 from poolsieve.core.workspace import Workspace
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--html", action="store_true", help="also write report/index.html with plots")
+@dataclass
+class InspectConfig:
+    """The ``inspect:`` section: how the summary is shown."""
+
+    json: bool = option(False, "print the summary as JSON")
+    html: bool = option(False, "also write report/index.html with plots")
 
 
 def inspect_workspace(ws: Workspace) -> dict[str, Any]:
@@ -141,19 +146,32 @@ def _print(summary: dict[str, Any]) -> None:
         print(f"  eval       {name}: {body}")
 
 
-def run_cli(ctx: Any, args: argparse.Namespace) -> int:
-    ws: Workspace = ctx.workspace()
+def run(ws: Workspace, cfg: InspectConfig, runtime: Runtime | None = None, *, overwrite: bool = False) -> dict[str, Any]:
+    """The workspace summary (``inspect_workspace``), the HTML report written when ``cfg.html``; how to show it
+    rides along under ``show`` (``"json"`` or ``"text"``)."""
     summary = inspect_workspace(ws)
-    if args.json:
+    if cfg.html:
+        from poolsieve.pipeline.inspect.report import write_report
+
+        summary["report"] = str(write_report(ws, summary))
+    return {**summary, "show": "json" if cfg.json else "text"}
+
+
+def report(result: dict[str, Any]) -> None:
+    """Print the summary (text or JSON); an unreadable subset then fails the command (everything else was shown)."""
+    summary = {k: v for k, v in result.items() if k != "show"}
+    if result.get("show") == "json":
         print(json.dumps(summary, indent=2, default=str))
     else:
         _print(summary)
-    if args.html:
-        from poolsieve.pipeline.inspect.report import write_report
-
-        print(f"report: {write_report(ws, summary)}")
+    if "report" in summary:
+        print(f"report: {summary['report']}")
     problems = list(summary.get("subset_problems", {}).values())
     if problems:  # everything else is shown; the exit status says something is wrong
         more = f" ({len(problems) - 1} more unreadable subset(s))" if len(problems) > 1 else ""
         raise InputError(None, problems[0] + more)
-    return 0
+
+
+STAGE = Stage("inspect", "summaries of a workspace: pool, scores, subsets, runs, evals", InspectConfig, run=run,
+              report=report, reads=("metadata/", "shards/", "scores/", "subsets/", "runs/", "evals/"),
+              writes=("report/",))
