@@ -107,16 +107,6 @@ def run_experiment(ws: Workspace, config: dict[str, Any], runtime: Runtime, *, o
 
 
 def _legacy_stage(name: str, ws: Workspace, config: dict[str, Any], runtime: Runtime, overwrite: bool) -> Any:
-    if name == "download":
-        from poolsieve.pipeline.download.stage import DownloadConfig, download
-
-        return download(ws, build(DownloadConfig, section(config, "download"), "download"), runtime,
-                                   overwrite=overwrite)
-    if name == "score":
-        from poolsieve.pipeline.score.stage import ScoreConfig, score_pool
-
-        return score_pool(ws, build(ScoreConfig, section(config, "score"), "score"), runtime,
-                                  overwrite=overwrite)
     if name == "train":
         from poolsieve.train.trainer import TrainConfig, train_clip
 

@@ -103,7 +103,7 @@ def test_fetch_limits_and_bomb_check(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_cli_flags_override_the_config_section(tmp_path: Path) -> None:
-    from poolsieve.pipeline.cli import make_context, stage_parser
+    from poolsieve.pipeline.cli import make_context, run_stage, stage_parser
     from poolsieve.pipeline.download import stage as download
 
     config = tmp_path / "poolsieve.yaml"
@@ -116,12 +116,12 @@ def test_cli_flags_override_the_config_section(tmp_path: Path) -> None:
     args = parser.parse_args(["-w", str(tmp_path / "ws"), "-c", str(config), "--threads", "5",
                               "--metadata-source", str(src), "--skip-shards", "--executor", "local"])
     ctx = make_context(args)
-    cfg = download.config_from_cli(ctx, args)
+    cfg = download.STAGE.config_from(ctx.section("download"), args)
     assert (cfg.threads, cfg.samples_per_shard, cfg.deny_networks) == (5, 7, ["10.0.0.0/8"])
     assert cfg.image_size == 512 and cfg.resize_mode == "keep_ratio_largest" and cfg.retries == 2
     assert cfg.blur_faces is True and cfg.retry_failed is False
-    assert download.run_cli(ctx, args) == 0
+    assert run_stage(download.STAGE, ctx, args) == 0
     assert (tmp_path / "ws" / "metadata" / "00000.parquet").exists()
     config.write_text("download: {resize_mode: stretch}\n")
     with pytest.raises(ConfigError, match="resize_mode"):
-        download.run_cli(make_context(args), args)
+        run_stage(download.STAGE, make_context(args), args)

@@ -88,16 +88,16 @@ def test_import_datacomp_checks_uids(tmp_path: Path) -> None:
     run = Runtime(executor="local")
     bad = _datacomp_source(tmp_path / "upper", {"a": [UIDS[0].upper(), *UIDS[1:3]]})
     with pytest.raises(InputError, match=rf"a\.parquet: bad uid '{UIDS[0].upper()}' at row 0"):
-        import_datacomp(ws, bad, run, language=False, quiet=True)
+        import_datacomp(ws, bad, run, language=False)
     ints = _datacomp_source(tmp_path / "ints", {"a": [1, 2, 3]})
     with pytest.raises(InputError, match=r"a\.parquet: column uid has type int64"):
-        import_datacomp(ws, ints, run, language=False, quiet=True)
+        import_datacomp(ws, ints, run, language=False)
     dup = _datacomp_source(tmp_path / "dup", {"a": UIDS[:3], "b": [UIDS[3], UIDS[2], UIDS[4]]})
     with pytest.raises(InputError, match=rf"b\.parquet: uid {UIDS[2]} at row 1 repeats row 2 of .*a\.parquet"):
-        import_datacomp(ws, dup, run, language=False, quiet=True)
+        import_datacomp(ws, dup, run, language=False)
     assert not ws.scores_dir.exists() or not list(ws.scores_dir.glob("*.parquet"))
 
-    summary = import_datacomp(ws, dup, run, language=False, quiet=True, drop_duplicate_uids=True)
+    summary = import_datacomp(ws, dup, run, language=False, drop_duplicate_uids=True)
     assert summary["repeated uids dropped"] == 1 and summary["rows kept"] == 5
     b = pd.read_parquet(ws.score_table_path("b"))
     assert list(b["uid"]) == [UIDS[3], UIDS[4]]

@@ -117,7 +117,7 @@ def test_names_schemes_and_resolution() -> None:
 
 def test_config_and_cli_options(tmp_path) -> None:
     from poolsieve.pipeline.cli import make_context, stage_parser
-    from poolsieve.pipeline.download.stage import config_from_cli
+    from poolsieve.pipeline.download.stage import STAGE
 
     assert DownloadConfig().deny_networks == [] and DownloadConfig().allow_networks == []
     for bad in ({"deny_networks": ["10.0.0.0/33"]}, {"allow_networks": ["localhost"]}):
@@ -130,8 +130,8 @@ def test_config_and_cli_options(tmp_path) -> None:
     args = stage_parser("download").parse_args(
         ["-w", str(tmp_path / "ws"), "-c", str(config), "--deny-network", "8.8.8.0/24",
          "--deny-network", "1.1.1.1/32", "--executor", "local"])
-    cfg = config_from_cli(make_context(args), args)
+    cfg = STAGE.config_from(make_context(args).section("download"), args)
     assert cfg.allow_networks == ["192.168.0.0/16"] and cfg.deny_networks == ["8.8.8.0/24", "1.1.1.1/32"]
     args = stage_parser("download").parse_args(
         ["-w", str(tmp_path / "ws"), "-c", str(config), "--allow-network", "127.0.0.1/32", "--executor", "local"])
-    assert config_from_cli(make_context(args), args).allow_networks == ["127.0.0.1/32"]
+    assert STAGE.config_from(make_context(args).section("download"), args).allow_networks == ["127.0.0.1/32"]

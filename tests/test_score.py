@@ -141,7 +141,7 @@ def assert_same(a: dict, b: dict) -> None:
 def test_killed_run_resumes_only_missing_shards(scored, checkpoint, tmp_path, local_runtime):
     ws = Workspace.create(tmp_path / "ws")
     shutil.copytree(scored.shards_dir, ws.shards_dir)
-    cmd = [sys.executable, "-m", "poolsieve.pipeline.score.stage", "-w", str(ws.root), "--executor", "local",
+    cmd = [sys.executable, "-m", "poolsieve.pipeline.cli", "score", "-w", str(ws.root), "--executor", "local",
            "--model", f"poolsieve-tiny:{checkpoint}", "--chunk-size", "16"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -183,9 +183,10 @@ def test_truncated_tar_on_ray_names_the_shard(scored, checkpoint, tmp_path, ray_
     shutil.copytree(scored.shards_dir, ws.shards_dir)
     bad = ws.shards_dir / "00001.tar"
     bad.write_bytes(bad.read_bytes()[:5000])
-    config = ScoreConfig(models=[f"poolsieve-tiny:{checkpoint}"], chunk_size=16, language=False)
+    config = ScoreConfig(models=[f"poolsieve-tiny:{checkpoint}"], chunk_size=16, language=False,
+                         shards=["00000", "00001"])
     with pytest.raises(InputError) as err:
-        score_pool(ws, config, ray_runtime, quiet=True, shards=["00000", "00001"])
+        score_pool(ws, config, ray_runtime, quiet=True)
     assert err.value.path == bad
     assert ws.score_table_path("00000").exists() and not ws.score_table_path("00001").exists()
 
@@ -193,7 +194,7 @@ def test_truncated_tar_on_ray_names_the_shard(scored, checkpoint, tmp_path, ray_
 def test_checkpoint_that_does_not_fit_is_a_one_line_error(scored, tmp_path, capsys, ray_runtime):
     import torch
 
-    from poolsieve.pipeline.score.stage import main
+    from poolsieve.pipeline.cli import main
 
     good = torch.load(save_tiny_checkpoint(tmp_path / "t.pt"))["state_dict"]
     good["visual.proj"] = torch.zeros(7, 7)
@@ -201,7 +202,7 @@ def test_checkpoint_that_does_not_fit_is_a_one_line_error(scored, tmp_path, caps
     torch.save({"state_dict": good}, wrong)
     ws = tmp_path / "ws"
     shutil.copytree(scored.shards_dir, ws / "shards")
-    rc = main(["-w", str(ws), "--executor", "local", "--model", f"poolsieve-tiny:{wrong}"])
+    rc = main(["score", "-w", str(ws), "--executor", "local", "--model", f"poolsieve-tiny:{wrong}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert str(wrong) in err[-1] and "does not fit" in err[-1] and "visual.proj" in err[-1]

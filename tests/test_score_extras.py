@@ -97,9 +97,9 @@ def test_reference_folder_and_tars_embed_like_open_clip(tmp_path, checkpoint):
     assert emb2.shape == (6, 128)
     assert embed_reference(ws, folder, "colours", config, quiet=True)["skipped"].startswith("exists")
     # From the command line, with a column key of one's own.
-    from poolsieve.pipeline.score.stage import main
+    from poolsieve.pipeline.cli import main
 
-    rc = main(["-w", str(ws.root), "--executor", "local", "-m", f"tiny=poolsieve-tiny:{checkpoint}",
+    rc = main(["score", "-w", str(ws.root), "--executor", "local", "-m", f"tiny=poolsieve-tiny:{checkpoint}",
                "--reference", str(folder), "--name", "cli"])
     assert rc == 0
     emb3, labels3 = read_reference(ws.reference_path("cli"), "tiny")
@@ -150,7 +150,7 @@ def test_datacomp_import_keeps_downloaded_rows_aligned(tmp_path, local_runtime):
         np.savez(src / f"part{f}.npz", **arrays)
         for i, s in enumerate(chunk):
             truth[s.uid] = (arrays["l14_img"][i], meta["clip_b32_similarity_score"][i])
-    summary = import_datacomp(ws, src, local_runtime, language=False, quiet=True)
+    summary = import_datacomp(ws, src, local_runtime, language=False)
     downloaded = {s.uid for s in samples[:30] if s.jpeg is not None}
     assert summary["rows read"] == 40 and summary["rows kept"] == len(downloaded)
     pool = ScoredPool(ws.score_tables())
@@ -164,7 +164,7 @@ def test_datacomp_import_keeps_downloaded_rows_aligned(tmp_path, local_runtime):
     assert (table["caption_words"] == table["text"].str.split().str.len()).all()
     np.savez(src / "part1.npz", b32_img=np.zeros((3, 512), np.float16))
     with pytest.raises(InputError, match="misaligned") as err:
-        import_datacomp(ws, src, local_runtime, overwrite=True, language=False, quiet=True)
+        import_datacomp(ws, src, local_runtime, overwrite=True, language=False)
     assert err.value.path == src / "part1.npz"
 
 

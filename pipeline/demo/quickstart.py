@@ -98,6 +98,7 @@ def experiment_config(scorer_checkpoint: str, clip_fraction: float, samples_seen
 
 def run_quickstart(ws: Workspace, runtime: Any, args: argparse.Namespace, overwrite: bool = False) -> dict[str, Any]:
     from poolsieve.pipeline.demo.image_server import ImageServer
+    from poolsieve.pipeline.download.stage import STAGE as DOWNLOAD
     from poolsieve.pipeline.download.stage import DownloadConfig, download
     from poolsieve.pipeline.experiment import comparison_table, run_experiment
     from poolsieve.train.trainer import TrainConfig, train_clip
@@ -112,9 +113,10 @@ def run_quickstart(ws: Workspace, runtime: Any, args: argparse.Namespace, overwr
     if port is None:
         raise PoolsieveError(f"port {pool['port']} of the built-in pool's image server is busy; free it and rerun")
     with ImageServer(ws.root / "synthetic", port=port):
-        download(ws, DownloadConfig(image_size=64, samples_per_shard=500, processes=2, threads=16, timeout=5.0,
-                                    watchdog_seconds=300.0, allow_networks=["127.0.0.1/32"]),  # our own server
-                 runtime, overwrite=overwrite)
+        DOWNLOAD.report(download(ws, DownloadConfig(image_size=64, samples_per_shard=500, processes=2, threads=16,
+                                                    timeout=5.0, watchdog_seconds=300.0,
+                                                    allow_networks=["127.0.0.1/32"]),  # our own server
+                                 runtime, overwrite=overwrite))
     timings["download"] = time.monotonic() - t
 
     t = time.monotonic()

@@ -35,12 +35,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
 from poolsieve.core.locks import exclusive
+from poolsieve.core.stage import Stage, option
+from poolsieve.pipeline.download.hub_metadata import SCALES
 from poolsieve.pipeline.download.integrity import (
     NOT_WRITTEN_STATUS,
     ShardInputs,
@@ -54,8 +56,10 @@ FAILURES_NAME = "download_failures.parquet"
 STATE_NAME = "download_state.json"
 STAGING_NAME = ".staging"
 RUNNER_LOG_NAME = ".download_runner.log"
+SCALE_NAMES = tuple(SCALES)
 RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
 DISTRIBUTORS = ("auto", "multiprocessing", "ray")
+ENCODE_FORMATS = ("jpg", "png", "webp")
 _STATS_RE = re.compile(r"^(\d+)_stats\.json$")
 EXIT_GRACE_SECONDS = 30.0  # all shards whole but the runner still up (a hang at the end): stop it
 
@@ -66,37 +70,60 @@ class DownloadStalled(PoolsieveError):
 
 @dataclass
 class DownloadConfig:
-    """The ``download`` section of a config. Defaults follow DataComp's ``download_upstream.py``."""
+    """The ``download:`` section; each option is also a flag. Defaults follow DataComp's ``download_upstream.py``;
+    img2dataset's and DataComp's own flag spellings (``--processes_count``, ``--download_npz``, ...) work too."""
 
-    metadata_source: str | None = None  # a local folder of parquets to copy into metadata/
-    scale: str | None = None  # small | medium | large | xlarge: fetch DataComp's metadata from the hub
-    download_npz: bool = False  # with --scale: also fetch the precomputed embeddings (.npz)
-    hub_endpoint: str | None = None  # a hub mirror (default: HF_ENDPOINT or huggingface.co)
-    skip_shards: bool = False  # fetch metadata only
-    image_size: int = 512
-    resize_mode: str = "keep_ratio_largest"
-    resize_only_if_bigger: bool = True
-    encode_format: str = "jpg"
-    encode_quality: int = 95
-    samples_per_shard: int = 10_000
-    processes: int | None = None  # default: all CPUs
-    threads: int = 32  # fetch threads per process; up to 2 x threads fetched images wait for decoding
-    retries: int = 2  # per-url retries inside img2dataset
-    timeout: float = 10.0  # seconds per connect / read
-    fetch_deadline: float = 60.0  # seconds one image may take in all (slow trickles end here)
-    max_image_bytes: int = 32 << 20
-    max_image_area: float = 64 << 20  # pixels (8192 x 8192); with transparency a sixth (see runner)
-    min_image_size: int = 0
-    blur_faces: bool = True  # blur ``face_bboxes`` when the metadata has them
-    deny_networks: list[str] = field(default_factory=list)  # denied on top of every non-global address
-    allow_networks: list[str] = field(default_factory=list)  # opened (e.g. 127.0.0.1/32 for a local server)
-    distributor: str = "auto"  # auto: ray with --ray-address, else img2dataset's multiprocessing
-    watchdog_seconds: float = 1800.0  # stop when no shard finished for this long
-    max_shard_retry: int = 1
-    retry_failed: bool = False
-    user_agent_token: str | None = None
-    min_success_rate: float = 0.1  # below it the run fails (a dead server, a pool the guard refuses)
-    drop_duplicate_uids: bool = False  # drop rows repeating an earlier uid instead of refusing the file
+    metadata_source: str | None = option(
+        None, "a local folder of metadata parquets (and .npz) to copy into metadata/ (DataComp's --metadata_dir "
+        "when it already holds them)", metavar="DIR",
+        aliases=("--metadata_dir",))
+    scale: str | None = option(None, "fetch DataComp's metadata for this scale from the Hugging Face hub first",
+                               choices=SCALE_NAMES)
+    download_npz: bool = option(False, "with --scale: also fetch the .npz embeddings", aliases=("--download_npz",))
+    hub_endpoint: str | None = option(None, "a Hugging Face hub mirror (default: HF_ENDPOINT or huggingface.co)",
+                                      metavar="URL")
+    skip_shards: bool = option(False, "fetch the metadata only", aliases=("--skip_shards",))
+    image_size: int = option(512, "resize the images' longest side to this", aliases=("--image_size",))
+    resize_mode: str = option("keep_ratio_largest", "img2dataset resize mode", choices=RESIZE_MODES,
+                              aliases=("--resize_mode",))
+    resize_only_if_bigger: bool = option(True, "never upscale small images (on, as in DataComp)",
+                                         aliases=("--resize_only_if_bigger",))
+    encode_format: str = option("jpg", "image format in the shards", choices=ENCODE_FORMATS,
+                                aliases=("--encode_format",))
+    encode_quality: int = option(95, "JPEG/WebP quality of the stored images", aliases=("--encode_quality",))
+    samples_per_shard: int = option(10_000, "samples per shard", aliases=("--number_sample_per_shard",))
+    processes: int | None = option(None, "download processes (default: all CPUs)", aliases=("--processes_count",))
+    threads: int = option(32, "fetch threads per process; up to 2 x threads fetched images of at most "
+                          "max_image_bytes wait per process (2 GiB with the defaults)", aliases=("--thread_count",))
+    retries: int = option(2, "retries per url inside img2dataset")
+    timeout: float = option(10.0, "seconds per connect / read")
+    fetch_deadline: float = option(60.0, "seconds one image may take in all (slow trickles end here)")
+    max_image_bytes: int = option(32 << 20, "bytes one image may have; larger ones are refused", metavar="BYTES")
+    max_image_area: float = option(
+        64 << 20, "refuse images whose header declares more pixels, before decoding (8192^2; with transparency a "
+        "sixth). Each process decodes one image at a time, in at most ~12 bytes x this: peak decode memory "
+        "<= processes x 12 B x max_image_area", metavar="PIXELS", aliases=("--max_image_area",))
+    min_image_size: int = option(0, "refuse images whose shorter side is smaller than this",
+                                 aliases=("--min_image_size",))
+    blur_faces: bool = option(True, "blur face_bboxes when the metadata has them (--no-blur-faces: keep them)")
+    deny_networks: list[str] = option(
+        [], "never fetch from this network (repeatable; adds to the default: every non-global address)",
+        flag="--deny-network", metavar="CIDR")
+    allow_networks: list[str] = option(
+        [], "fetch from this otherwise denied network, e.g. 127.0.0.1/32 for a local server (repeatable)",
+        flag="--allow-network", metavar="CIDR")
+    distributor: str = option("auto", "auto: ray with --ray-address, else img2dataset's multiprocessing",
+                              choices=DISTRIBUTORS)
+    watchdog_seconds: float = option(1800.0, "stop the workers when no shard finished for this long")
+    max_shard_retry: int = option(1, "img2dataset's re-runs of a shard that failed as a whole",
+                                  aliases=("--max_shard_retry",))
+    retry_failed: bool = option(False, "re-fetch only the failed samples into new shards")
+    user_agent_token: str | None = option(None, "added to img2dataset's user agent", aliases=("--user_agent_token",))
+    min_success_rate: float = option(
+        0.1, "fail (exit 2) when fewer than this fraction of the samples were fetched (a dead server, a pool "
+        "the network guard refuses)", metavar="RATE")
+    drop_duplicate_uids: bool = option(False, "drop metadata rows whose uid repeats an earlier row "
+                                       "(default: refuse the file)")
 
     def validate(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
@@ -587,7 +614,16 @@ def _download(ws: Any, cfg: DownloadConfig, runtime: Any, overwrite: bool) -> di
     clear_staging(staging)
     report = build_report(ws, cfg, planned, mode, outcome, expected, distributor)
     write_json(shards_dir / REPORT_NAME, report)
-    _print_report(report)
+    try:
+        check_outcome(report, outcome, cfg, shards_dir)
+    except PoolsieveError:
+        print_report(report)  # the summary of the failed run, then its one-line error
+        raise
+    return report
+
+
+def check_outcome(report: dict[str, Any], outcome: RunOutcome | None, cfg: DownloadConfig, shards_dir: Path) -> None:
+    """Raise one line when the watchdog stopped the run, shards are missing or too few samples were fetched."""
     missing = report["missing_shards"]
     if outcome is not None and outcome.stalled:
         raise DownloadStalled(
@@ -599,7 +635,6 @@ def _download(ws: Any, cfg: DownloadConfig, runtime: Any, overwrite: bool) -> di
                              f"rerun to resume. img2dataset's log: {shards_dir / RUNNER_LOG_NAME}"
                              + (f" (last line: {last.strip()[:200]})" if last else ""))
     check_success_rate(report, cfg.min_success_rate, shards_dir)
-    return report
 
 
 def _short_list(items: list[str], n: int = 8) -> str:
@@ -693,9 +728,13 @@ def build_report(ws: Any, cfg: DownloadConfig, planned: int, mode: str, outcome:
     }
 
 
-def _print_report(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any]) -> None:
+    """The one-screen summary of a download."""
     from poolsieve.core.progress import print_summary
 
+    if report.get("skipped_shards"):
+        print_summary("download", [("metadata files", report["metadata_files"]), ("shards", "skipped (--skip-shards)")])
+        return
     run = report["this_run"]
     rate = run.get("samples_per_s")
     rows = [
@@ -719,59 +758,11 @@ def _print_report(report: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metadata-source", help="a local folder of metadata parquets (and .npz) to copy into metadata/")
-    p.add_argument("--scale", choices=("small", "medium", "large", "xlarge"),
-                   help="fetch DataComp's metadata for this scale from the Hugging Face hub first")
-    p.add_argument("--download-npz", action="store_true", default=None, help="with --scale: also fetch the .npz embeddings")
-    p.add_argument("--skip-shards", action="store_true", default=None, help="fetch the metadata only")
-    p.add_argument("--processes", type=int, help="download processes (default: all CPUs)")
-    p.add_argument("--threads", type=int, help="fetch threads per process (default 32); up to 2 x threads fetched "
-                   "images of at most max_image_bytes (32 MiB) wait per process: 2 GiB by default")
-    p.add_argument("--max-image-area", type=float, metavar="PIXELS",
-                   help="refuse images whose header declares more pixels, before decoding (default 67108864 = "
-                   "8192^2; with transparency a sixth). Each process decodes one image at a time, in at most "
-                   "~12 bytes x this (768 MiB): peak decode memory <= processes x 12 B x max_image_area")
-    p.add_argument("--retries", type=int, help="retries per url (default 2)")
-    p.add_argument("--timeout", type=float, help="seconds per connect/read (default 10)")
-    p.add_argument("--fetch-deadline", type=float, help="seconds one image may take in all (default 60)")
-    p.add_argument("--image-size", type=int, help="resize the longest side to this (default 512)")
-    p.add_argument("--resize-mode", choices=RESIZE_MODES, help="img2dataset resize mode (default keep_ratio_largest)")
-    p.add_argument("--samples-per-shard", type=int, help="samples per shard (default 10000)")
-    p.add_argument("--distributor", choices=DISTRIBUTORS, help="auto: ray with --ray-address, else multiprocessing")
-    p.add_argument("--watchdog-seconds", type=float, help="stop when no shard finishes for this long (default 1800)")
-    p.add_argument("--no-blur-faces", dest="blur_faces", action="store_false", default=None,
-                   help="do not blur face_bboxes even when present")
-    p.add_argument("--deny-network", action="append", metavar="CIDR",
-                   help="never fetch from this network (repeatable; adds to the default: every non-global address)")
-    p.add_argument("--allow-network", action="append", metavar="CIDR",
-                   help="fetch from this otherwise denied network, e.g. 127.0.0.1/32 for a local server (repeatable)")
-    p.add_argument("--retry-failed", action="store_true", default=None,
-                   help="re-fetch only the failed samples into new shards")
-    p.add_argument("--min-success-rate", type=float, metavar="RATE",
-                   help="fail (exit 2) when fewer than this fraction of the samples were fetched (default 0.1)")
-    p.add_argument("--drop-duplicate-uids", action="store_true", default=None,
-                   help="drop metadata rows whose uid repeats an earlier row (default: refuse the file)")
+    """DataComp's ``--skip_bbox_blurring`` (the negation of ``blur_faces``), for its command lines as they are."""
+    p.add_argument("--skip_bbox_blurring", dest="blur_faces", action="store_false", default=None,
+                   help="DataComp's spelling of --no-blur-faces")
 
 
-def config_from_cli(ctx: Any, args: argparse.Namespace) -> DownloadConfig:
-    """The ``download`` config section with the command line's flags on top."""
-    from poolsieve.core.config import build
-
-    return build(DownloadConfig, ctx.section("download"), "download", {
-        "metadata_source": args.metadata_source, "scale": args.scale, "download_npz": args.download_npz,
-        "skip_shards": args.skip_shards, "processes": args.processes, "threads": args.threads,
-        "retries": args.retries, "timeout": args.timeout, "fetch_deadline": args.fetch_deadline,
-        "image_size": args.image_size, "resize_mode": args.resize_mode,
-        "samples_per_shard": args.samples_per_shard, "distributor": args.distributor,
-        "watchdog_seconds": args.watchdog_seconds, "blur_faces": args.blur_faces,
-        "deny_networks": args.deny_network, "allow_networks": args.allow_network,
-        "retry_failed": args.retry_failed, "max_image_area": args.max_image_area,
-        "min_success_rate": args.min_success_rate, "drop_duplicate_uids": args.drop_duplicate_uids,
-    })
-
-
-def run_cli(ctx: Any, args: argparse.Namespace) -> int:
-    cfg = config_from_cli(ctx, args)
-    ws = ctx.workspace(create=bool(cfg.scale or cfg.metadata_source))
-    report = download(ws, cfg, ctx.runtime, overwrite=ctx.overwrite)
-    return 0 if report.get("missing_shards", []) == [] else 1
+STAGE = Stage("download", "fetch the pool's images into webdataset shards with img2dataset", DownloadConfig,
+              run=download, report=print_report, reads=("metadata/",), writes=("metadata/", "shards/"),
+              creates_workspace=True)

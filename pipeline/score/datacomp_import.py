@@ -28,7 +28,6 @@ from poolsieve.core.formats import (
     uids_to_pairs,
     write_embeddings,
 )
-from poolsieve.core.progress import print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.workspace import Workspace
 
@@ -122,7 +121,7 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
 
 
 def import_datacomp(ws: Workspace, source: str | Path, runtime: Runtime, overwrite: bool = False,
-                    language: bool = True, quiet: bool = False, drop_duplicate_uids: bool = False) -> dict[str, Any]:
+                    language: bool = True, drop_duplicate_uids: bool = False) -> dict[str, Any]:
     """Import every ``{stem}.parquet`` (+ ``{stem}.npz``) of ``source`` into ``ws.scores_dir``. uids are
     checked first across all files (``metadata_checks``): a repeat is refused, or dropped when asked."""
     from poolsieve.pipeline.download.metadata_checks import scan_metadata
@@ -149,6 +148,4 @@ def import_datacomp(ws: Workspace, source: str | Path, runtime: Runtime, overwri
         "kept": "downloaded uids only" if downloaded is not None else "all rows (no downloaded shards)",
         "elapsed s": round(time.perf_counter() - t0, 2), "output": str(out_dir),
     }
-    if not quiet:
-        print_summary("score --import-datacomp", list(summary.items()))
     return summary

@@ -21,7 +21,7 @@ import numpy as np
 
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import atomic_path, embedding_keys
-from poolsieve.core.progress import Progress, print_summary
+from poolsieve.core.progress import Progress
 from poolsieve.core.shard_reader import IMAGE_EXTENSIONS, TarSample, iter_tar_samples
 from poolsieve.core.workspace import Workspace
 
@@ -63,15 +63,13 @@ def _tar_label(s: TarSample, tar: Path) -> str:
 
 def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, overwrite: bool = False,
                     quiet: bool = False) -> dict[str, Any]:
-    """Embed ``source`` with ``config.models`` (a ``ScoreConfig``) in this process; return a summary."""
+    """Embed ``source`` with ``config.models`` (a ``ScoreConfig``) in this process; return a summary
+    (``quiet``: no progress line)."""
     from poolsieve.pipeline.score.encode import Encoder, parse_models, prepare_chunk
 
     out = ws.reference_path(name)
     if out.exists() and not overwrite:
-        summary = {"reference": str(out), "skipped": "exists (use --overwrite to redo)"}
-        if not quiet:
-            print_summary("score --reference", list(summary.items()))
-        return summary
+        return {"reference": str(out), "skipped": "exists (use --overwrite to redo)"}
     t0 = time.perf_counter()
     models = parse_models(config.models, config.trust_checkpoint)
     encoder = Encoder(models, config.device, config.precision, config.batch_size, config.threads, "cpu")
@@ -120,8 +118,6 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
     summary = {"reference": str(out), "images": len(labels), "classes": len(set(labels)),
                "undecodable (left out)": failed, "models": ", ".join(m.key for m in models),
                "elapsed s": round(time.perf_counter() - t0, 2)}
-    if not quiet:
-        print_summary("score --reference", list(summary.items()))
     return summary
 
 

@@ -13,7 +13,6 @@ Also: ``--reference DIR --name NAME`` embeds a labelled image set into ``referen
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -35,39 +34,79 @@ from poolsieve.core.formats import (
 )
 from poolsieve.core.progress import Progress, print_summary
 from poolsieve.core.runtime import Runtime
+from poolsieve.core.stage import Stage, option
 from poolsieve.core.workspace import Workspace
+from poolsieve.pipeline.score.encode import DECODE_MODES
 
 DEFAULT_MODELS = ("ViT-B-32:openai",)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
 class ScoreConfig:
-    """The ``score:`` config section. Zeros mean "choose for me"."""
+    """The ``score:`` section; each option is also a flag. Zeros mean "choose for me"."""
 
-    models: list[Any] = field(default_factory=lambda: list(DEFAULT_MODELS))  # "ARCH[:TAG|PATH]" or {arch, pretrained, key}
-    device: str = "auto"          # auto | cpu | cuda
-    precision: str = "auto"       # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    batch_size: int = 0           # per forward; 0: 64 on CPU, probed on GPU
-    chunk_size: int = 0           # samples per decoded chunk handed to an encoder; 0: the batch size
-    decode: str = "cpu"           # cpu (PIL in CPU tasks) | gpu (nvjpeg in the encoder, when on a GPU)
-    encoders: int = 0             # encoder actors; 0: one per GPU, else one
-    decode_workers: int = 0       # shards read at once; 0: the CPUs the encoders leave free
-    threads: int = 0              # torch threads of a CPU encoder; 0: the cores not already busy
-    language: bool = True         # fastText language id of captions
-    trust_checkpoint: bool = False  # load local checkpoints that need full unpickling (runs code in them)
+    models: list[Any] = option(
+        list(DEFAULT_MODELS), "open_clip model, repeat for several; KEY names its columns "
+        "(default b32/l14 for OpenAI B/32, L/14, else the architecture); in YAML also {arch, pretrained, key}",
+        flag="--model", short="-m", metavar="[KEY=]ARCH[:PRETRAINED|CHECKPOINT]")
+    device: str = option("auto", "auto, cpu or cuda[:N]")
+    precision: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", choices=PRECISIONS)
+    batch_size: int = option(0, "images per forward (default: 64 on CPU, probed on GPU)")
+    chunk_size: int = option(0, "samples per decoded chunk handed to an encoder (default: the batch size)")
+    decode: str = option("cpu", "decode JPEGs with PIL in CPU tasks, or with nvjpeg in the encoder on a GPU",
+                         choices=DECODE_MODES)
+    encoders: int = option(0, "encoder actors (default: one per GPU, else one)")
+    decode_workers: int = option(0, "shards read and decoded at once (default: the CPUs the encoders leave free)")
+    threads: int = option(0, "torch threads of a CPU encoder (default: the cores not already busy)")
+    language: bool = option(True, "fastText language id of the captions (--no-language: skip it)")
+    trust_checkpoint: bool = option(False, "load local checkpoints that need full unpickling (can run code in "
+                                    "them; default: weights only)")
+    shards: list[str] = option([], "score only this shard (repeat; default: every whole shard)", flag="--shard",
+                               metavar="NAME")
+    import_datacomp: str | None = option(None, "instead of scoring: make score tables from DataComp's released "
+                                         "metadata parquets + npz embeddings in DIR", metavar="DIR")
+    drop_duplicate_uids: bool = option(False, "with import_datacomp: drop rows whose uid repeats an earlier row "
+                                       "(default: refuse the file)")
+    reference: str | None = option(None, "instead of scoring: embed a labelled image set (class subfolders or "
+                                   "webdataset tars) into references/NAME.npz", metavar="DIR")
+    reference_name: str | None = option(None, "name of the reference set (with --reference)", flag="--name",
+                                        metavar="NAME")
 
 
-def score_pool(ws: Workspace, config: ScoreConfig, runtime: Runtime, overwrite: bool = False,
-               shards: Sequence[str] | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Score every whole shard of ``ws`` that has no complete score table yet; return a summary."""
-    from poolsieve.pipeline.score.encode import DECODE_MODES, parse_models
+def run(ws: Workspace, config: ScoreConfig, runtime: Runtime, *, overwrite: bool = False) -> dict[str, Any]:
+    """The stage: score the pool (``scores/``), or import DataComp's scores, or embed a reference set."""
+    if config.reference is not None:
+        from poolsieve.pipeline.score.references import embed_reference
+
+        if not config.reference_name:
+            raise ConfigError("--reference needs --name NAME (the file is references/NAME.npz)")
+        with ws.lock(f"references/{config.reference_name}"):
+            summary = embed_reference(ws, config.reference, config.reference_name, config, overwrite=overwrite)
+        return {"mode": "reference", **summary}
+    if config.import_datacomp is not None:
+        from poolsieve.pipeline.score.datacomp_import import import_datacomp
+
+        with ws.lock("scores"):
+            summary = import_datacomp(ws, config.import_datacomp, runtime, overwrite=overwrite,
+                                      language=config.language, drop_duplicate_uids=config.drop_duplicate_uids)
+        return {"mode": "import", **summary}
+    with ws.lock("scores"):
+        return score_pool(ws, config, runtime, overwrite=overwrite)
+
+
+def score_pool(ws: Workspace, config: ScoreConfig, runtime: Runtime, *, overwrite: bool = False,
+               quiet: bool = False) -> dict[str, Any]:
+    """Score every whole shard of ``ws`` (or ``config.shards``) that has no complete score table yet; return
+    a summary. A shard that fails is named in one line after the others are scored (and the summary printed)."""
+    from poolsieve.pipeline.score.encode import parse_models
 
     if config.decode not in DECODE_MODES:
         raise ConfigError(f"score.decode must be one of {', '.join(DECODE_MODES)}, got {config.decode!r}")
     models = parse_models(config.models, config.trust_checkpoint)
     tars = ws.shard_tars()
-    if shards is not None:
-        wanted = set(shards)
+    if config.shards:
+        wanted = set(config.shards)
         tars = [t for t in tars if t.stem in wanted]
     if not tars:
         raise InputError(ws.shards_dir, "no whole shards to score (a shard is whole when its _stats.json exists)")
@@ -84,9 +123,9 @@ def score_pool(ws: Workspace, config: ScoreConfig, runtime: Runtime, overwrite: 
             _run_ray(ws, todo, models, config, runtime, stats, quiet)
     stats.seconds = time.perf_counter() - t0
     summary = stats.summary(ws, models)
-    if not quiet:
-        print_summary("score", [(k, v) for k, v in summary.items() if k != "failed_shards"])
     if stats.errors:
+        if not quiet:
+            report(summary)
         path, problem = stats.errors[0]
         more = f" ({len(stats.errors) - 1} more shard(s) failed too)" if len(stats.errors) > 1 else ""
         raise InputError(path, problem + more + "; the other shards are scored, rerun after fixing it")
@@ -120,6 +159,7 @@ class RunStats:
     def summary(self, ws: Workspace, models: Sequence[Any]) -> dict[str, Any]:
         rate = self.samples / self.seconds if self.seconds > 0 else 0.0
         return {
+            "mode": "score",
             "shards": self.total_shards,
             "scored now": self.scored,
             "already scored (skipped)": self.skipped,
@@ -330,88 +370,15 @@ def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str
             "encode_seconds": float(sum(getattr(c, "seconds", 0.0) for c in chunks))}
 
 
-# ------------------------------------------------------------------------------------- CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", action="append", dest="models", metavar="[KEY=]ARCH[:PRETRAINED|CHECKPOINT]",
-                   help="open_clip model, repeat for several (default ViT-B-32:openai, DataComp's b32); KEY names "
-                   "its columns (default b32/l14 for OpenAI B/32, L/14, else the architecture)")
-    p.add_argument("--device", help="auto (default), cpu or cuda")
-    p.add_argument("--precision", help="auto (default: bf16 on GPU, fp32 on CPU), fp32, bf16, fp16")
-    p.add_argument("--batch-size", type=int, help="images per forward (default: 64 on CPU, probed on GPU)")
-    p.add_argument("--chunk-size", type=int, help="samples per decoded chunk (default: the batch size)")
-    p.add_argument("--decode", choices=("cpu", "gpu"), help="decode JPEGs with PIL on CPU tasks or nvjpeg on the GPU")
-    p.add_argument("--encoders", type=int, help="encoder actors (default: one per GPU, else one)")
-    p.add_argument("--decode-workers", type=int, help="shards decoded at once (default: free CPUs)")
-    p.add_argument("--threads", type=int, help="torch threads of a CPU encoder (default: the cores not busy)")
-    p.add_argument("--no-language", action="store_true", help="skip caption language detection")
-    p.add_argument("--trust-checkpoint", action="store_true", default=None,
-                   help="load local checkpoints that need full unpickling (can run code in them; default: "
-                   "weights only)")
-    p.add_argument("--shard", action="append", dest="shards", metavar="NAME", help="score only this shard (repeat)")
-    g = p.add_argument_group("other inputs")
-    g.add_argument("--reference", type=Path, metavar="DIR",
-                   help="embed a labelled image set (class subfolders or webdataset tars) into references/NAME.npz")
-    g.add_argument("--name", help="name of the reference set (with --reference)")
-    g.add_argument("--import-datacomp", type=Path, metavar="DIR",
-                   help="make score tables from DataComp's released metadata parquets + npz embeddings")
-    g.add_argument("--drop-duplicate-uids", action="store_true",
-                   help="with --import-datacomp: drop rows whose uid repeats an earlier row (default: refuse)")
+# ----------------------------------------------------------------------------------- summary
+TITLES = {"score": "score", "reference": "score --reference", "import": "score --import-datacomp"}
 
 
-def config_from_args(ctx: Any, args: argparse.Namespace) -> ScoreConfig:
-    from poolsieve.core.config import build
-
-    return build(ScoreConfig, ctx.section("score"), "score", {
-        "models": args.models, "device": args.device, "precision": args.precision, "batch_size": args.batch_size,
-        "chunk_size": args.chunk_size, "decode": args.decode, "encoders": args.encoders,
-        "decode_workers": args.decode_workers, "threads": args.threads,
-        "language": False if args.no_language else None, "trust_checkpoint": args.trust_checkpoint})
+def report(summary: dict[str, Any]) -> None:
+    """The one-screen summary of a score, import or reference run."""
+    print_summary(TITLES[summary.get("mode", "score")],
+                  [(k, v) for k, v in summary.items() if k not in ("mode", "failed_shards")])
 
 
-def run_cli(ctx: Any, args: argparse.Namespace) -> int:
-    ws = ctx.workspace()
-    config = config_from_args(ctx, args)
-    if args.reference is not None:
-        from poolsieve.pipeline.score.references import embed_reference
-
-        if not args.name:
-            raise ConfigError("--reference needs --name NAME (the file is references/NAME.npz)")
-        with ws.lock(f"references/{args.name}"):
-            embed_reference(ws, args.reference, args.name, config, overwrite=ctx.overwrite)
-        return 0
-    if args.import_datacomp is not None:
-        from poolsieve.pipeline.score.datacomp_import import import_datacomp
-
-        with ws.lock("scores"):
-            import_datacomp(ws, args.import_datacomp, ctx.runtime, overwrite=ctx.overwrite, language=config.language,
-                            drop_duplicate_uids=args.drop_duplicate_uids)
-        return 0
-    with ws.lock("scores"):
-        score_pool(ws, config, ctx.runtime, overwrite=ctx.overwrite, shards=args.shards)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m poolsieve.pipeline.score.stage``: this stage alone, with the same flags as ``poolsieve score``."""
-    import sys
-
-    from poolsieve.pipeline.cli import add_common_options, make_context
-
-    parser = argparse.ArgumentParser(prog="poolsieve-score", description=(__doc__ or "").split("\n\n")[0])
-    add_arguments(parser)
-    add_common_options(parser)
-    args = parser.parse_args(argv)
-    try:
-        ctx = make_context(args)
-        with ctx.runtime:
-            return run_cli(ctx, args)
-    except PoolsieveError as e:
-        print(f"poolsieve score: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("poolsieve score: interrupted; completed shards are kept, rerun to resume", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+STAGE = Stage("score", "CLIP scores and embeddings for every downloaded pair", ScoreConfig, run=run, report=report,
+              reads=("shards/",), writes=("scores/", "references/"))
