@@ -75,8 +75,16 @@ class Stage:
 
     # ------------------------------------------------------------------ command line and YAML
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """One flag per option of ``config`` (those with ``cli=True``)."""
-        add_config_arguments(parser, self.config)
+        """One flag per option of ``config`` (those with ``cli=True``); a per-subset stage's ``--subset``
+        repeats (the command runs once per subset, see ``configs_from``)."""
+        add_config_arguments(parser, self.config, repeat=("subset",) if self.per_subset else ())
+
+    def configs_from(self, section: dict[str, Any], args: argparse.Namespace) -> list[Any]:
+        """One config per ``--subset`` given (a per-subset stage), else the one config."""
+        subsets = getattr(args, "subset", None) if self.per_subset else None
+        if isinstance(subsets, list) and subsets:
+            return [self.config_from(section, args, subset=s) for s in subsets]
+        return [self.config_from(section, args)]
 
     def config_from(self, section: dict[str, Any], args: argparse.Namespace | None = None,
                     **overrides: Any) -> Any:
@@ -122,8 +130,9 @@ def _help_of(f: dataclasses.Field, base: Any) -> str:
     return text.replace("%", "%%")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Derive one flag per option: bools as ``--x/--no-x``, lists repeatable, choices checked by argparse."""
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, repeat: Sequence[str] = ()) -> None:
+    """Derive one flag per option: bools as ``--x/--no-x``, lists (and the fields in ``repeat``) repeatable,
+    choices checked by argparse."""
     hints = typing.get_type_hints(cls)
     for f in cli_fields(cls):
         base, is_list = _base_type(hints.get(f.name, str))
@@ -137,7 +146,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["metavar"] = f.metadata["metavar"]
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif is_list:
+        elif is_list or f.name in repeat:
             kwargs.update(action="append", type=base if base in (int, float) else str)
         else:
             kwargs["type"] = base if base in (int, float) else str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,21 @@ class Workspace:
             raise InputError(self.root / what, "not a folder inside the workspace")
         with exclusive(self.root / what, wait) as path:
             yield path
+
+    # ---- paths stored in the workspace's own files (summaries, records, fingerprints)
+    def rel(self, path: str | Path) -> str:
+        """``path`` as the workspace stores it: relative to the root (``/``-separated) when it lies inside,
+        else absolute. Stored this way, a workspace copied or mounted elsewhere keeps its records valid."""
+        given = Path(path).expanduser()
+        for candidate in (Path(os.path.abspath(given)), given.resolve()):
+            if candidate.is_relative_to(self.root):
+                return candidate.relative_to(self.root).as_posix() or "."
+        return str(Path(os.path.abspath(given)))
+
+    def abs(self, stored: str | Path) -> Path:
+        """A path read from the workspace's files (``rel``'s output, or an older absolute one) on this machine."""
+        path = Path(stored).expanduser()
+        return path if path.is_absolute() else self.root / path
 
     # ---- folders
     @property

@@ -14,32 +14,40 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from poolsieve.core.config import build
+from poolsieve.core.errors import ConfigError
 from poolsieve.core.locks import exclusive
 from poolsieve.core.progress import format_table, print_summary
+from poolsieve.core.runtime import Runtime
+from poolsieve.core.stage import Stage
+from poolsieve.core.workspace import Workspace
 
 from .evaluator import EvalConfig, evaluate_model
-from .tasks import GROUPS, TASK_SETS
+from .tasks import GROUPS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--subset", action="append", help="evaluate the run of this subset (repeatable)")
-    p.add_argument("--model", help="evaluate this model instead: ARCH, ARCH:PRETRAINED_TAG, ARCH:/path/ckpt.pt "
-                                   "or hf-hub:ORG/NAME")
-    p.add_argument("--model-config", action="append", type=Path,
-                   help="register an open_clip model config JSON (its file name is the architecture name)")
+    """CLI-only flags (the options come from ``EvalConfig``)."""
     p.add_argument("--download", type=Path, metavar="DIR",
                    help="fetch the evaluation sets of --tasks (default datacomp38) into DIR, as DataComp's "
                         "download_evalsets.py lays them out; resumes a partial download")
-    p.add_argument("--output", type=Path, help="results folder for --model (default <workspace>/evals/<arch>)")
-    p.add_argument("--tasks", help=f"task set ({', '.join(TASK_SETS)}) or comma list of task keys")
-    p.add_argument("--data-root", help="local folder (or mirror url) with the wds_<task>_test datasets; "
-                                       "default: the Hugging Face hub at $HF_ENDPOINT")
-    p.add_argument("--batch-size", type=int, help="evaluation batch size (default 64)")
-    p.add_argument("--synthetic-samples", type=int, help="images per synthetic task (default 600)")
-    p.add_argument("--device", help="cpu, cuda or auto (default)")
-    p.add_argument("--trust-checkpoint", action="store_true", default=None,
-                   help="load a checkpoint that needs full unpickling (can run code in it; default: weights only)")
+
+
+def cli_action(ctx: Any, args: argparse.Namespace) -> int | None:
+    """``--download DIR``: fetch the evaluation sets; the evaluation (if one is named) then reads them.
+    An evaluation of ``--model`` may start a new workspace (its results folder goes there)."""
+    if args.model and ctx.workspace_path is not None:
+        ctx.workspace(create=True)
+    if not args.download:
+        return None
+    from .download import download_evalsets
+
+    downloaded = download_evalsets(args.download, args.tasks or "datacomp38")
+    if not (args.model or args.subset):
+        return 1 if downloaded["failed"] else 0
+    if downloaded["failed"]:
+        raise ConfigError(f"{len(downloaded['failed'])} evaluation set(s) failed to download")
+    args.data_root = args.data_root or str(args.download)
+    return None
 
 
 def checkpoint_of_run(run_dir: Path) -> tuple[str, str]:
@@ -50,46 +58,39 @@ def checkpoint_of_run(run_dir: Path) -> tuple[str, str]:
     return s["model"], s["checkpoint"]
 
 
-def run_cli(ctx: Any, args: argparse.Namespace) -> int:
-    from poolsieve.core.errors import ConfigError
+def _model_folder(arch: str) -> str:
+    return arch.replace("hf-hub:", "").replace("local-dir:", "").replace("/", "__").strip("_.") or "model"
+
+
+def evaluate(ws: Workspace, config: EvalConfig, runtime: Runtime | None = None, *,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate one model (a subset's trained run, or ``--model``) on ``config.tasks``; return the summary."""
     from poolsieve.core.models import ModelSpec, register_model_config
 
-    for path in args.model_config or []:
+    for path in config.model_config:
         register_model_config(path)
-    if args.download:
-        from .download import download_evalsets
-
-        downloaded = download_evalsets(args.download, args.tasks or "datacomp38")
-        if not (args.model or args.subset):
-            return 1 if downloaded["failed"] else 0
-        if downloaded["failed"]:
-            raise ConfigError(f"{len(downloaded['failed'])} evaluation set(s) failed to download")
-        args.data_root = args.data_root or str(args.download)
-    config = build(EvalConfig, ctx.section("evaluate"), "evaluate", {
-        "tasks": args.tasks, "data_root": args.data_root, "batch_size": args.batch_size,
-        "synthetic_samples": args.synthetic_samples, "device": args.device,
-        "trust_checkpoint": args.trust_checkpoint})
-    jobs: list[tuple[str, ModelSpec, Path]] = []
-    if args.model:
-        spec = ModelSpec.parse(args.model)
-        safe = spec.arch.replace("hf-hub:", "").replace("local-dir:", "").replace("/", "__").strip("_.") or "model"
-        out = args.output or ctx.workspace(create=True).eval_dir(safe)
-        jobs.append((out.name, spec, out))
-    if args.subset:
-        ws = ctx.workspace()
-        for name in args.subset:
-            arch, checkpoint = checkpoint_of_run(ws.run_dir(name))
-            jobs.append((name, ModelSpec(arch, checkpoint), ws.eval_dir(name)))
-    if not jobs:
+    if config.model and config.subset:
+        raise ConfigError("name one model to evaluate: --subset NAME or --model ARCH:CHECKPOINT, not both")
+    if config.model:
+        spec = ModelSpec.parse(config.model)
+        out = Path(config.output) if config.output else ws.eval_dir(_model_folder(spec.arch))
+    elif config.subset:
+        arch, checkpoint = checkpoint_of_run(ws.run_dir(config.subset))
+        spec, out = ModelSpec(arch, checkpoint), ws.eval_dir(config.subset)
+    else:
         raise ConfigError("name what to evaluate: --subset NAME (a run in runs/NAME/), --model ARCH:CHECKPOINT, "
                           "or --download DIR alone to fetch the evaluation sets")
-    summaries = []
-    for name, spec, out in jobs:
-        with exclusive(out):  # one writer per results folder
-            summaries.append(evaluate_model(spec, config.tasks, out, config, overwrite=ctx.overwrite, name=name))
-    print(results_table(summaries))
-    print_summary("evaluate", [("tasks", config.tasks), ("results", ", ".join(s["results"] for s in summaries))])
-    return 0
+    with exclusive(out):  # one writer per results folder
+        return evaluate_model(spec, config.tasks, out, config, overwrite=overwrite,
+                              name=config.subset or out.name, workspace=ws)
+
+
+def report(summary: dict[str, Any]) -> None:
+    """The one-screen summary of one model's evaluation."""
+    print(results_table([summary]))
+    status = (f"{summary['evaluated']} task(s) evaluated, {summary['skipped']} up to date"
+              if "evaluated" in summary else "")
+    print_summary("evaluate", [("model", summary["name"]), ("results", summary["results"]), ("tasks", status)])
 
 
 def results_table(summaries: list[dict[str, Any]]) -> str:
@@ -113,3 +114,7 @@ def results_table(summaries: list[dict[str, Any]]) -> str:
 
 def _num(v: Any) -> Any:
     return float("nan") if v is None else float(v)
+
+
+STAGE = Stage("evaluate", "zero-shot evaluation of a trained model", EvalConfig, run=evaluate, report=report,
+              reads=("runs/",), writes=("evals/",), per_subset=True)

@@ -13,6 +13,8 @@ from typing import Any
 
 from poolsieve.core.models import ModelSpec, load_model
 from poolsieve.core.progress import Progress
+from poolsieve.core.stage import option
+from poolsieve.core.workspace import Workspace
 
 from .aggregate import (
     OTHER_RESULTS_FILE,
@@ -23,22 +25,31 @@ from .aggregate import (
     results_file_for,
     write_summary,
 )
-from .tasks import Task, resolve_tasks
+from .tasks import TASK_SETS, Task, resolve_tasks
 
 
 @dataclass
 class EvalConfig:
-    """The ``evaluate:`` config section."""
+    """The ``evaluate:`` section; each option is also a flag (``data_root`` -> ``--data-root``)."""
 
-    tasks: str = "synthetic"
-    batch_size: int = 64
-    data_root: str | None = None
-    cache_dir: str | None = None
-    synthetic_samples: int | None = None
-    device: str = "auto"
-    num_workers: int = 0
-    custom_tasks: dict[str, str] | None = None  # name -> task folder (clip_benchmark webdataset layout)
-    trust_checkpoint: bool = False  # load a checkpoint that needs full unpickling (runs code in it)
+    subset: str | None = option(None, "evaluate the run of this subset, runs/NAME/ into evals/NAME/ (repeatable)")
+    model: str | None = option(None, "evaluate this model instead: ARCH, ARCH:PRETRAINED_TAG, ARCH:/path/ckpt.pt "
+                                     "or hf-hub:ORG/NAME")
+    output: str | None = option(None, "results folder for --model (default <workspace>/evals/<arch>)")
+    model_config: list[str] = option([], "register an open_clip model config JSON (its file name is the "
+                                         "architecture name; repeatable)", metavar="JSON")
+    tasks: str = option("synthetic", f"task set ({', '.join(TASK_SETS)}) or comma list of task keys")
+    batch_size: int = option(64, "evaluation batch size")
+    data_root: str | None = option(None, "local folder (or mirror url) with the wds_<task>_test datasets; "
+                                         "default: the Hugging Face hub at $HF_ENDPOINT")
+    cache_dir: str | None = option(None, "cache folder of the Hugging Face datasets (retrieval, WinoGAViL)")
+    synthetic_samples: int | None = option(None, "images per synthetic task (default 600)")
+    device: str = option("auto", "cpu, cuda or auto")
+    num_workers: int = option(0, "data loader workers of the evaluation")
+    custom_tasks: dict[str, str] | None = option(None, "name -> task folder (clip_benchmark webdataset layout)",
+                                                 cli=False)
+    trust_checkpoint: bool = option(False, "load a checkpoint that needs full unpickling (can run code in it; "
+                                           "default: weights only)")
 
 
 def pick_device(device: str) -> str:
@@ -51,8 +62,12 @@ def pick_device(device: str) -> str:
 
 def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Task], out_dir: str | Path,
                    config: EvalConfig | None = None, *, overwrite: bool = False,
-                   name: str | None = None) -> dict[str, Any]:
-    """Evaluate ``model_spec`` on ``tasks``; write the results files and ``summary.json`` in ``out_dir``."""
+                   name: str | None = None, workspace: Workspace | None = None) -> dict[str, Any]:
+    """Evaluate ``model_spec`` on ``tasks``; write the results files and ``summary.json`` in ``out_dir``.
+
+    Paths in ``summary.json`` are relative to ``workspace`` where they lie inside it (else as given), so a
+    copied workspace keeps its summaries; the counts of this call (evaluated, skipped) are returned only.
+    """
 
     config = config or EvalConfig()
     spec = ModelSpec.parse(model_spec)
@@ -85,6 +100,12 @@ def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Ta
             progress.update(1)
     results = read_eval_folder(out_dir)
     results = {t.key: results[t.key] for t in task_list if t.key in results}
-    return write_summary(out_dir, results, {"name": name or out_dir.name, "model": spec.arch,
-                                            "checkpoint": spec.pretrained, "results": str(out_dir / RESULTS_FILE),
-                                            "evaluated": len(todo), "skipped": len(task_list) - len(todo)})
+    def stored(path: str | Path | None) -> str | None:
+        return workspace.rel(path) if workspace is not None and path is not None else path
+
+    checkpoint = spec.pretrained if spec.pretrained is None or not Path(spec.pretrained).is_file() \
+        else stored(spec.pretrained)
+    summary = write_summary(out_dir, results, {"name": name or out_dir.name, "model": spec.arch,
+                                               "checkpoint": checkpoint,
+                                               "results": stored(str(out_dir / RESULTS_FILE))})
+    return dict(summary, evaluated=len(todo), skipped=len(task_list) - len(todo))

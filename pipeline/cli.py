@@ -1,8 +1,9 @@
 """``poolsieve``: one subcommand per stage, plus ``run`` (a whole experiment) and ``quickstart``.
 
 A stage module declares ``STAGE`` (``poolsieve.core.stage.Stage``): its flags are derived from its
-config and ``run_stage`` runs it. A module may add CLI-only flags with ``add_arguments(parser)`` and
-take over the command with ``run_cli(ctx, args) -> int`` (``run``, ``quickstart``, ``generate``). Every
+config and ``run_stage`` runs it. A module may add CLI-only flags with ``add_arguments(parser)``, act
+on them first with ``cli_action(ctx, args) -> int | None`` (an int ends the command), or take over the
+command with ``run_cli(ctx, args) -> int`` (``run``, ``quickstart``, ``generate``). Every
 subcommand takes ``--workspace`` and ``--config``; stages run their units on Ray (a local Ray is
 started for the run unless ``--ray-address`` names a cluster). A ``PoolsieveError`` ends the command
 with a one-line reason on stderr and exit code 2.
@@ -91,10 +92,10 @@ def stage_parser(command: str) -> argparse.ArgumentParser:
 def run_stage(stage: Any, ctx: StageContext, args: argparse.Namespace) -> int:
     """One stage as a command: its config section plus the flags, its run, its one-screen summary."""
     ws = ctx.workspace(create=stage.creates_workspace)
-    config = stage.config_from(ctx.section(stage.name), args)
-    summary = stage.run(ws, config, ctx.runtime, overwrite=ctx.overwrite)
-    if stage.report is not None:
-        stage.report(summary)
+    for config in stage.configs_from(ctx.section(stage.name), args):  # a per-subset stage: once per --subset
+        summary = stage.run(ws, config, ctx.runtime, overwrite=ctx.overwrite)
+        if stage.report is not None:
+            stage.report(summary)
     return 0
 
 
@@ -188,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ctx.runtime:
             if hasattr(mod, "run_cli"):
                 return int(mod.run_cli(ctx, args) or 0)
+            if hasattr(mod, "cli_action") and (rc := mod.cli_action(ctx, args)) is not None:
+                return int(rc)  # a CLI-only action (--list-scales, --download DIR) that ends the command
             return run_stage(mod.STAGE, ctx, args)
     except PoolsieveError as e:
         print(f"poolsieve {args.command}: error: {e}", file=sys.stderr)

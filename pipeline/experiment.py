@@ -26,7 +26,7 @@ import argparse
 import math
 from typing import Any
 
-from poolsieve.core.config import build, section
+from poolsieve.core.config import section
 from poolsieve.core.errors import ConfigError
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
@@ -64,20 +64,28 @@ def _without_subsets(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_stage(name: str) -> Any:
-    """The ``STAGE`` declared by the module of subcommand ``name`` (None until that stage declares one)."""
+    """The ``STAGE`` declared by the module of subcommand ``name``."""
     import importlib
 
     from poolsieve.pipeline.cli import COMMANDS
 
-    return getattr(importlib.import_module(COMMANDS[name][0]), "STAGE", None)
+    return importlib.import_module(COMMANDS[name][0]).STAGE
+
+
+def skipped_line(name: str, config: dict[str, Any], only: list[str] | None) -> str:
+    """The one line a stage that does not run prints, saying why."""
+    if only is not None:
+        return f"{name}: skipped (not in --only {','.join(only)})"
+    return f"{name}: skipped (the config has no '{name}:' section)"
 
 
 def run_experiment(ws: Workspace, config: dict[str, Any], runtime: Runtime, *, overwrite: bool = False,
-                   only: list[str] | None = None) -> dict[str, Any]:
+                   only: list[str] | None = None, report_skipped: bool = True) -> dict[str, Any]:
     """Run the stages whose sections ``config`` has (or ``only`` these); return per-stage summaries.
 
     Each stage gets its section as its config; a per-subset stage (reshard, train, evaluate) runs once
-    per subset with ``subset`` set. Every stage prints its one-screen summary as it ends.
+    per subset with ``subset`` set, in pipeline order. Every stage prints its one-screen summary as it
+    ends; a stage that does not run prints one line saying why (unless ``report_skipped`` is false).
     """
     check_experiment(config, {"generate"})
     stages = [s for s in STAGES if s in config] if only is None else list(only)
@@ -85,16 +93,20 @@ def run_experiment(ws: Workspace, config: dict[str, Any], runtime: Runtime, *, o
     if bad:
         raise ConfigError(f"unknown stage(s) {', '.join(bad)}; stages: {', '.join(STAGES)}")
     out: dict[str, Any] = {}
-    for name in stages:
-        stage = load_stage(name)
-        if stage is None:
-            out[name] = _legacy_stage(name, ws, config, runtime, overwrite)
+    for name in STAGES:
+        if name not in stages:
+            if report_skipped:
+                print(skipped_line(name, config, only))
             continue
+        stage = load_stage(name)
         values = section(config, name)
         if stage.per_subset:
             base = _without_subsets(values)
             out[name] = {}
-            for subset in _subset_names(config, ws, name):
+            subsets = _subset_names(config, ws, name)
+            if not subsets:
+                print(f"{name}: skipped (no subsets: none in subsets/ and none listed in the config)")
+            for subset in subsets:
                 summary = stage.run(ws, stage.config_from({**base, "subset": subset}), runtime, overwrite=overwrite)
                 out[name][subset] = summary
                 if stage.report is not None:
@@ -104,28 +116,6 @@ def run_experiment(ws: Workspace, config: dict[str, Any], runtime: Runtime, *, o
             if stage.report is not None:
                 stage.report(out[name])
     return out
-
-
-def _legacy_stage(name: str, ws: Workspace, config: dict[str, Any], runtime: Runtime, overwrite: bool) -> Any:
-    if name == "train":
-        from poolsieve.train.trainer import TrainConfig, train_clip
-
-        cfg = build(TrainConfig, _without_subsets(section(config, "train")), "train")
-        return {name: train_clip(ws.filtered_dir(name), ws.run_dir(name), cfg, overwrite=overwrite, name=name)
-                        for name in _subset_names(config, ws, "train")}
-    if name == "evaluate":
-        from poolsieve.core.models import ModelSpec
-        from poolsieve.eval.evaluator import EvalConfig, evaluate_model
-        from poolsieve.train.trainer import load_summary
-
-        cfg = build(EvalConfig, _without_subsets(section(config, "evaluate")), "evaluate")
-        results = {}
-        for name in _subset_names(config, ws, "evaluate"):
-            run = load_summary(ws.run_dir(name))
-            results[name] = evaluate_model(ModelSpec(run["model"], run["checkpoint"]), cfg.tasks, ws.eval_dir(name),
-                                           cfg, overwrite=overwrite, name=name)
-        return results
-    raise ConfigError(f"unknown stage {name!r}")
 
 
 def comparison_table(ws: Workspace, evaluations: dict[str, dict[str, Any]]) -> str:

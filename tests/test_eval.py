@@ -157,7 +157,7 @@ def test_results_jsonl_summary_and_resume(tmp_path, capsys):
     args = cli.stage_parser("evaluate").parse_args(["-w", str(ws), "--executor", "local", "--subset", "clean",
                                       "--synthetic-samples", "30", "--batch-size", "16"])
     ctx = cli.make_context(args)
-    assert eval_cli.run_cli(ctx, args) == 0
+    assert cli.run_stage(eval_cli.STAGE, ctx, args) == 0
     out = capsys.readouterr().out
     assert "Synthetic shape" in out and "Average" not in out  # DataComp's average needs DataComp's tasks
 
@@ -183,7 +183,7 @@ def test_results_jsonl_summary_and_resume(tmp_path, capsys):
 
     missing = cli.stage_parser("evaluate").parse_args(["-w", str(ws), "--executor", "local", "--subset", "nope"])
     with pytest.raises(InputError, match="runs/nope/summary.json"):
-        eval_cli.run_cli(cli.make_context(missing), missing)
+        cli.run_stage(eval_cli.STAGE, cli.make_context(missing), missing)
 
 
 # ------------------------------------------------------------------------------ hub datasets

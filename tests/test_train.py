@@ -139,7 +139,7 @@ def test_train_cli_two_subsets_see_the_same_budget(tmp_path, capsys):
                                        "large", "--samples-seen", str(BUDGET), "--batch-size", "32",
                                        "--threads", "1"])
     ctx = cli.make_context(args)
-    assert train_cli.run_cli(ctx, args) == 0
+    assert cli.run_stage(train_cli.STAGE, ctx, args) == 0
     out = capsys.readouterr().out
     assert "samples seen" in out and "== train" in out
 
@@ -167,12 +167,12 @@ def test_train_cli_two_subsets_see_the_same_budget(tmp_path, capsys):
     torch.set_grad_enabled(True)
 
     # A rerun skips finished runs; a rerun with another budget must be asked to overwrite.
-    assert train_cli.run_cli(ctx, args) == 0
+    assert cli.run_stage(train_cli.STAGE, ctx, args) == 0
     assert "skipped (done)" in capsys.readouterr().out
     other = cli.stage_parser("train").parse_args(["-w", str(ws), "--executor", "local", "--subset", "small",
                                         "--samples-seen", "1024"])
     with pytest.raises(ConfigError, match="runs/small holds a run with other data or settings"):
-        train_cli.run_cli(cli.make_context(other), other)
+        cli.run_stage(train_cli.STAGE, cli.make_context(other), other)
 
 
 def test_training_is_seeded(tmp_path):
@@ -197,10 +197,10 @@ def test_train_cli_errors(tmp_path):
     (tmp_path / "ws").mkdir()
     args = cli.stage_parser("train").parse_args(["-w", str(tmp_path / "ws"), "--executor", "local", "--subset", "nope"])
     with pytest.raises(InputError, match="filtered/nope: training data folder does not exist"):
-        train_cli.run_cli(cli.make_context(args), args)
+        cli.run_stage(train_cli.STAGE, cli.make_context(args), args)
     args = cli.stage_parser("train").parse_args(["-w", str(tmp_path / "ws"), "--executor", "local"])
     with pytest.raises(ConfigError, match="--subset"):
-        train_cli.run_cli(cli.make_context(args), args)
+        cli.run_stage(train_cli.STAGE, cli.make_context(args), args)
     with pytest.raises(ConfigError, match="must be positive"):
         TrainConfig(samples_seen=-5).recipe()
 

@@ -1,4 +1,4 @@
-"""Train a fixed-budget CLIP on a resharded subset with open_clip's own training code.
+"""The train stage: a fixed-budget CLIP on a resharded subset with open_clip's own training code.
 
 ``poolsieve train --subset NAME`` reads ``<workspace>/filtered/NAME/`` and writes ``<workspace>/runs/NAME/``,
 a DataComp training folder (``checkpoints/epoch_latest.pt``, ``info.pkl``, open_clip's ``params.txt`` and
@@ -15,113 +15,98 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from poolsieve.core.config import build
+from poolsieve.core.errors import ConfigError
 from poolsieve.core.progress import format_table, print_summary
+from poolsieve.core.runtime import Runtime
+from poolsieve.core.stage import Stage
+from poolsieve.core.workspace import Workspace
 
-from .scales import SCALES, scale_table
-from .trainer import TrainConfig, train_clip
+from .scales import scale_table
+from .trainer import TrainConfig, prepare_run, train_clip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--subset", action="append", help="subset(s) to train on, from filtered/NAME/ (repeatable)")
-    p.add_argument("--data", help="train on this webdataset folder instead of a subset; several joined by '::' "
-                                  "are mixed (DataComp's --data_dir)")
-    p.add_argument("--data-weights", help="sampling weights of the --data folders, joined by '::' (e.g. 1::2)")
-    p.add_argument("--output", type=Path, help="run folder for --data (default: <workspace>/runs/<folder name>)")
-    p.add_argument("--scale", choices=list(SCALES), help="training scale (default tiny)")
-    p.add_argument("--samples-seen", type=int, help="override the scale's budget of samples seen")
-    p.add_argument("--batch-size", type=int, help="override the scale's global batch size")
-    p.add_argument("--lr", type=float, help="override the scale's learning rate")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--workers", type=int, help="data loader workers per process (default 4, DataComp's; "
-                                               "fewer where the machine has fewer CPUs)")
-    p.add_argument("--threads", type=int, help="torch threads of the trainer (default: torch's choice; "
-                                               "1 is faster on a busy machine)")
-    p.add_argument("--precision", help="open_clip precision (default: fp32 on CPU, amp on GPUs, amp_bf16 at xlarge)")
-    p.add_argument("--gpus", type=int, help="GPUs of this machine to train on, one process each (torchrun)")
-    p.add_argument("--ray-workers", type=int, help="train on this many Ray Train workers (default with "
-                                                   "--ray-address: one per GPU of the cluster)")
-    p.add_argument("--nodes", type=int, help="nodes for --slurm-script (each with --gpus GPUs)")
-    p.add_argument("--slurm-script", type=Path, help="write an sbatch script for this run instead of training")
-    p.add_argument("--keep-checkpoints", action="store_true", default=None,
-                   help="keep every epoch's checkpoint (default: the last one and epoch_latest.pt)")
+    """CLI-only flags (the options come from ``TrainConfig``)."""
     p.add_argument("--list-scales", action="store_true", help="print the scale table and exit")
 
 
-def config_from(ctx: Any, args: argparse.Namespace) -> TrainConfig:
-    return build(TrainConfig, ctx.section("train"), "train", {
-        "scale": args.scale, "samples_seen": args.samples_seen, "batch_size": args.batch_size, "lr": args.lr,
-        "seed": args.seed, "workers": args.workers, "threads": args.threads, "precision": args.precision,
-        "gpus": args.gpus, "ray_workers": args.ray_workers, "nodes": args.nodes,
-        "data_weights": args.data_weights, "keep_checkpoints": args.keep_checkpoints})
-
-
-def _jobs(ctx: Any, args: argparse.Namespace) -> list[tuple[str, str | Path, Path]]:
-    from poolsieve.core.errors import ConfigError
-
-    jobs: list[tuple[str, str | Path, Path]] = []
-    if args.data is not None:
-        first = Path(args.data.split("::")[0])
-        name = first.name if "::" not in args.data else f"{first.name}-mix"
-        out = args.output or ctx.workspace(create=True).run_dir(name)
-        jobs.append((name, args.data, out))
-    if args.subset:
-        ws = ctx.workspace()
-        jobs += [(name, ws.filtered_dir(name), ws.run_dir(name)) for name in args.subset]
-    if not jobs:
-        raise ConfigError("name what to train on: --subset NAME (from filtered/NAME/) or --data FOLDER")
-    if args.data_weights and args.data is None:
-        raise ConfigError("--data-weights needs --data a::b (the folders it weights)")
-    return jobs
-
-
-def write_slurm(config: TrainConfig, jobs: list[tuple[str, str | Path, Path]], path: Path) -> int:
-    from poolsieve.core.errors import ConfigError
-
-    from .launch import slurm_script, write_slurm_script
-    from .trainer import prepare_run
-
-    if len(jobs) != 1:
-        raise ConfigError("--slurm-script writes one run's script: name one --subset or --data")
-    name, data, out = jobs[0]
-    world = (config.gpus or 1) * config.nodes
-    setup = prepare_run(data, out, config, world_size=world, cpus=None, gpu=True, name=name)
-    write_slurm_script(path, slurm_script(setup, config))
-    print(f"wrote {path}: {config.nodes} node(s) x {config.gpus or 1} GPU(s), run folder {setup.out_dir}; "
-          f"submit with `sbatch {path}`")
-    return 0
-
-
-def _writer_lock(ctx: Any, out: Path) -> contextlib.AbstractContextManager[Any]:
-    """The workspace's writer lock of a run folder inside it (``Workspace.lock``), where there is one."""
-    ws = ctx.workspace(create=True) if ctx.workspace_path else None
-    lock = getattr(ws, "lock", None)
-    if lock is None:
-        return contextlib.nullcontext()
-    try:
-        return lock(str(Path(out).resolve().relative_to(ws.root)))
-    except ValueError:  # a run folder outside the workspace (--output)
-        return contextlib.nullcontext()
-
-
-def run_cli(ctx: Any, args: argparse.Namespace) -> int:
+def cli_action(ctx: Any, args: argparse.Namespace) -> int | None:
+    """``--list-scales`` prints the table and ends the command; otherwise the stage runs (a run of
+    ``--data`` may start a new workspace, where its run folder goes)."""
     if args.list_scales:
         print(format_table(["scale", "model", "samples seen", "batch", "lr", "warmup"], scale_table()))
         return 0
-    config = config_from(ctx, args)
+    if args.data and ctx.workspace_path is not None:
+        ctx.workspace(create=True)
+    return None
+
+
+def job(ws: Workspace, config: TrainConfig) -> tuple[str, str, Path]:
+    """(run name, training data, run folder) of one config: a subset, or ``--data`` folders."""
+    if config.subset and config.data:
+        raise ConfigError("name one thing to train on: --subset NAME or --data FOLDER, not both")
+    if config.data_weights and not config.data:
+        raise ConfigError("--data-weights needs --data a::b (the folders it weights)")
+    if config.subset:
+        return config.subset, str(ws.filtered_dir(config.subset)), ws.run_dir(config.subset)
+    if config.data:
+        first = Path(config.data.split("::")[0])
+        name = first.name if "::" not in config.data else f"{first.name}-mix"
+        return name, config.data, Path(config.output) if config.output else ws.run_dir(name)
+    raise ConfigError("name what to train on: --subset NAME (from filtered/NAME/) or --data FOLDER")
+
+
+def _writer_lock(ws: Workspace, out: Path) -> contextlib.AbstractContextManager[Any]:
+    """The workspace's writer's lock of a run folder inside it; none for a folder elsewhere (--output)."""
+    try:
+        return ws.lock(str(out.resolve().relative_to(ws.root)))
+    except ValueError:
+        return contextlib.nullcontext()
+
+
+def write_slurm(config: TrainConfig, name: str, data: str, out: Path) -> dict[str, Any]:
+    from .launch import slurm_script, write_slurm_script
+
+    world = (config.gpus or 1) * config.nodes
+    setup = prepare_run(data, out, config, world_size=world, cpus=None, gpu=True, name=name)
+    path = Path(config.slurm_script or "")
+    write_slurm_script(path, slurm_script(setup, config))
+    return {"name": name, "slurm_script": str(path), "nodes": config.nodes, "gpus": config.gpus or 1,
+            "run_dir": str(setup.out_dir)}
+
+
+def train(ws: Workspace, config: TrainConfig, runtime: Runtime | None = None, *,
+          overwrite: bool = False) -> dict[str, Any]:
+    """Train one run (a subset's, or ``--data``'s) and return its summary; ``--slurm-script`` writes
+    the job script instead."""
     config.recipe()  # an unknown scale or a bad override stops here, before anything is read
-    jobs = _jobs(ctx, args)
-    if args.slurm_script:
-        return write_slurm(config, jobs, args.slurm_script)
-    rows = []
-    for name, data, out in jobs:
-        with _writer_lock(ctx, out):
-            s = train_clip(data, out, config, overwrite=ctx.overwrite, name=name, runtime=ctx.runtime)
-        rows.append((name, s["dataset_size"], s["samples_seen"], s.get("final_loss") or float("nan"),
-                     "skipped (done)" if s.get("skipped") else f"{s['seconds']:.0f}s", s["checkpoint"]))
-    print(format_table(["subset", "size", "samples seen", "final loss", "time", "checkpoint"], rows))
-    recipe = config.recipe()
-    print_summary("train", [("scale", f"{recipe.name} ({recipe.model}, {recipe.samples_seen} samples seen, "
-                                      f"batch {recipe.batch_size}, lr {recipe.learning_rate})"),
-                            ("runs", len(rows))])
-    return 0
+    name, data, out = job(ws, config)
+    if config.slurm_script:
+        return write_slurm(config, name, data, out)
+    with _writer_lock(ws, out):
+        summary = train_clip(data, out, config, overwrite=overwrite, name=name, runtime=runtime)
+    return dict(summary, scale_recipe=_recipe_line(config))
+
+
+def _recipe_line(config: TrainConfig) -> str:
+    r = config.recipe()
+    return f"{r.name} ({r.model}, {r.samples_seen} samples seen, batch {r.batch_size}, lr {r.learning_rate})"
+
+
+def report(s: dict[str, Any]) -> None:
+    """The one-screen summary of a training run (or of a written SLURM script)."""
+    if "slurm_script" in s:
+        print(f"wrote {s['slurm_script']}: {s['nodes']} node(s) x {s['gpus']} GPU(s), run folder {s['run_dir']}; "
+              f"submit with `sbatch {s['slurm_script']}`")
+        return
+    time = "skipped (done)" if s.get("skipped") else f"{s['seconds']:.0f}s"
+    final = s.get("final_loss")
+    print(format_table(["subset", "size", "samples seen", "final loss", "time", "checkpoint"],
+                       [(s["name"], s["dataset_size"], s["samples_seen"], float("nan") if final is None else final,
+                         time, s["checkpoint"])]))
+    print_summary("train", [("scale", s.get("scale_recipe", s.get("scale"))), ("run", s["name"]),
+                            ("status", "up to date (finished before)" if s.get("skipped") else "trained")])
+
+
+STAGE = Stage("train", "train a fixed-budget CLIP on a resharded subset with open_clip", TrainConfig,
+              run=train, report=report, reads=("filtered/",), writes=("runs/",), per_subset=True)

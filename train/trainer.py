@@ -24,17 +24,18 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveError, PoolsieveWarning
 from poolsieve.core.formats import atomic_path, read_json, write_json
 from poolsieve.core.progress import Progress
+from poolsieve.core.stage import option
 
 from .checkpoints import LATEST, prepare_resume, read_epoch, write_info
 from .open_clip_runner import ERROR_PREFIX
-from .scales import Scale, get_scale
+from .scales import SCALES, Scale, get_scale
 from .shards import ARG_LIMIT, DATA_FILE_FLAG, Source, train_data_string
 
 SUMMARY_FILE = "summary.json"
@@ -45,28 +46,39 @@ DATACOMP_WORKERS = 4  # DataComp's launcher default; it decides open_clip's roun
 
 @dataclass
 class TrainConfig:
-    """The ``train:`` config section. Unset recipe fields come from the scale table."""
+    """The ``train:`` section; each option is also a flag (``samples_seen`` -> ``--samples-seen``).
+    Unset recipe fields come from the scale table."""
 
-    scale: str = "tiny"
-    samples_seen: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    warmup: int | None = None
-    model: str | None = None
-    num_checkpoints: int | None = None
-    seed: int = 0
-    workers: int = DATACOMP_WORKERS  # data-loader workers per process (fewer where the CPUs are fewer)
-    threads: int | None = None  # torch intra-op threads of the trainer (None: torch's default)
-    gpus: int | None = None  # > 1: one process per GPU on this machine through torchrun (DDP)
-    ray_workers: int | None = None  # train on this many Ray Train workers (default with --ray-address)
-    nodes: int = 1  # for the SLURM script: nodes x gpus processes
-    precision: str = "auto"  # auto: fp32 on CPU; on GPUs amp, amp_bf16 at xlarge (DataComp's launcher)
-    accum_freq: int = 1
-    log_every_n_steps: int = 10
-    grad_clip_norm: float | None = None
-    data_weights: str | None = None  # with --data a::b: sampling weights 1::2 (DataComp's --data_weights)
-    keep_checkpoints: bool = False  # keep every epoch_<N>.pt (default: the last one and epoch_latest.pt)
-    extra_args: list[str] = field(default_factory=list)
+    subset: str | None = option(None, "train on this subset, from filtered/NAME/ into runs/NAME/ (repeatable)")
+    data: str | None = option(None, "train on this webdataset folder instead of a subset; several joined by '::' "
+                                    "are mixed (DataComp's --data_dir)")
+    output: str | None = option(None, "run folder for --data (default: <workspace>/runs/<folder name>)")
+    scale: str = option("tiny", "training scale", choices=tuple(SCALES))
+    samples_seen: int | None = option(None, "override the scale's budget of samples seen")
+    batch_size: int | None = option(None, "override the scale's global batch size")
+    lr: float | None = option(None, "override the scale's learning rate")
+    warmup: int | None = option(None, "override the scale's warmup steps")
+    model: str | None = option(None, "override the scale's open_clip architecture")
+    num_checkpoints: int | None = option(None, "override the scale's number of checkpoints (epochs)")
+    seed: int = option(0, "random seed")
+    workers: int = option(DATACOMP_WORKERS, "data loader workers per process (DataComp's; fewer where the "
+                                            "machine has fewer CPUs)")
+    threads: int | None = option(None, "torch threads of the trainer (default: torch's choice; 1 is faster "
+                                       "on a busy machine)")
+    gpus: int | None = option(None, "GPUs of this machine to train on, one process each (torchrun)")
+    ray_workers: int | None = option(None, "train on this many Ray Train workers (default with --ray-address: "
+                                           "one per GPU of the cluster)")
+    nodes: int = option(1, "nodes for --slurm-script (each with --gpus GPUs)")
+    slurm_script: str | None = option(None, "write an sbatch script for this run instead of training",
+                                      metavar="FILE")
+    precision: str = option("auto", "open_clip precision (auto: fp32 on CPU, amp on GPUs, amp_bf16 at xlarge)")
+    accum_freq: int = option(1, "gradient accumulation steps")
+    log_every_n_steps: int = option(10, "open_clip's log interval in steps")
+    grad_clip_norm: float | None = option(None, "clip gradients to this norm")
+    data_weights: str | None = option(None, "sampling weights of the --data folders, joined by '::' (e.g. 1::2)")
+    keep_checkpoints: bool = option(False, "keep every epoch's checkpoint (default: the last one and "
+                                           "epoch_latest.pt)")
+    extra_args: list[str] = option([], "more open_clip flags, passed as given", cli=False)
 
     def recipe(self) -> Scale:
         """The scale's recipe with this config's overrides applied."""
@@ -353,25 +365,52 @@ def prepare_run(data: str | Path | Sequence[str | Path], out_dir: str | Path, co
     record = {
         "name": name or out_dir.name, "data": folders, "data_weights": config.data_weights,
         "shards": len(shards), "dataset_size": dataset_size,
-        "train_data_sha256": hashlib.sha256((train_data + "|" + (factors or "")).encode()).hexdigest(),
-        "config": asdict(config), "recipe": asdict(recipe), "plan": asdict(plan),
-        "open_clip_args": argv,
+        "train_data_sha256": _sha256(portable(train_data, out_dir), factors),
+        "config": {k: v for k, v in asdict(config).items() if k not in WHERE_FIELDS},
+        "recipe": asdict(recipe), "plan": asdict(plan),
+        "open_clip_args": [portable(a, out_dir) for a in argv],
     }
     config_path = out_dir / CONFIG_FILE
-    if config_path.exists() and _comparable(read_json(config_path)) != _comparable(record):
-        raise ConfigError(f"{out_dir} holds a run with other data or settings; pass --overwrite to replace it")
+    if config_path.exists():
+        before = read_json(config_path)
+        if (before.get("train_data_sha256") not in (record["train_data_sha256"], _sha256(train_data, factors))
+                or _comparable(before, out_dir) != _comparable(record, out_dir)):
+            raise ConfigError(f"{out_dir} holds a run with other data or settings; pass --overwrite to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(config_path, record)
     return RunSetup(out_dir, argv, recipe, plan, workers, record)
 
 
-def _comparable(record: dict[str, Any]) -> tuple[Any, ...]:
-    """What must match for a rerun to continue a run: data and recipe, not the machine's worker count."""
-    args = list(record.get("open_clip_args") or [])
+# config fields that say where a run goes, not what it is (absent from train_config.json)
+WHERE_FIELDS = ("subset", "data", "output", "slurm_script")
+
+
+def _sha256(train_data: str, factors: str | None) -> str:
+    return hashlib.sha256((train_data + "|" + (factors or "")).encode()).hexdigest()
+
+
+def portable(arg: str, run_dir: Path) -> str:
+    """An open_clip argument as ``train_config.json`` stores it: absolute paths (alone or joined by
+    ``::``) inside the run's workspace (``runs/NAME/../..``) relative to the run folder, so a workspace
+    copied or mounted elsewhere holds the same record."""
+    base = run_dir.parent.parent
+
+    def one(part: str) -> str:
+        if os.path.isabs(part) and Path(part).is_relative_to(base):
+            return os.path.relpath(part, run_dir)
+        return part
+
+    return "::".join(one(p) for p in arg.split("::"))
+
+
+def _comparable(record: dict[str, Any], run_dir: Path) -> list[str]:
+    """What must match for a rerun to continue a run: data and recipe (wherever the workspace is now),
+    not the machine's worker count."""
+    args = [portable(a, run_dir) for a in record.get("open_clip_args") or []]
     if "--workers" in args:
         i = args.index("--workers")
         del args[i:i + 2]
-    return record.get("train_data_sha256"), args
+    return args
 
 
 # ------------------------------------------------------------------------------------ launching

@@ -132,7 +132,7 @@ def run_quickstart(ws: Workspace, runtime: Any, args: argparse.Namespace, overwr
     out: dict[str, Any] = {}
     for stage in ("score", "filter", "reshard", "train", "evaluate"):
         t = time.monotonic()
-        out.update(run_experiment(ws, config, runtime, overwrite=overwrite, only=[stage]))
+        out.update(run_experiment(ws, config, runtime, overwrite=overwrite, only=[stage], report_skipped=False))
         stage_times[stage] = time.monotonic() - t
     timings.update(stage_times)
     timings["total"] = time.monotonic() - t0
