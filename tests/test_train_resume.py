@@ -79,6 +79,38 @@ def test_killed_run_resumes_bit_for_bit(tmp_path):
     register_model_configs()
     model = open_clip.create_model("poolsieve-tiny", pretrained=load_summary(run)["checkpoint"])
     assert torch.equal(model.state_dict()["visual.conv1.weight"], a["visual.conv1.weight"])
+    assert_plain_open_clip_loads(run)
+
+
+PLAIN_OPEN_CLIP = """
+import sys
+import open_clip
+from safetensors.torch import save_file
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:{run}")
+tokenizer = open_clip.get_tokenizer("local-dir:{run}")
+assert not [m for m in sys.modules if m.startswith("poolsieve")], "poolsieve was imported"
+assert "poolsieve-tiny" not in open_clip.list_models()
+save_file(model.state_dict(), "plain.safetensors")
+print(preprocess.transforms[1].size, tokenizer(["a photo"]).shape[-1])
+"""
+
+
+def assert_plain_open_clip_loads(run: Path) -> None:
+    """The README's one line loads the run in a fresh python that never imports poolsieve, with the
+    weights, input size and context length of poolsieve's own load of ``epoch_latest.pt``."""
+    from safetensors.torch import load_file
+
+    from poolsieve.core.models import ModelSpec, load_model
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", PLAIN_OPEN_CLIP.format(run=run.name)], cwd=run.parent, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["(32,", "32)", "32"]  # CenterCrop to the 32 px input; 32 tokens
+    plain = load_file(run.parent / "plain.safetensors")
+    ours = load_model(ModelSpec("poolsieve-tiny", str(run / "checkpoints" / LATEST)))[0].state_dict()
+    torch.set_grad_enabled(True)
+    assert plain.keys() == ours.keys() and all(torch.equal(plain[k], ours[k]) for k in ours)
 
 
 def test_unloadable_checkpoint_ends_in_one_line(tmp_path):

@@ -7,6 +7,13 @@ A run folder is what DataComp's ``evaluate.py --train_output_dir`` reads::
     info.pkl                      DataComp's training record: scale, checkpoint, scale_config, data_dir
     params.txt, out.log           open_clip's flags and log
 
+and an open_clip model folder (the layout of open_clip's hub repos), loadable without poolsieve::
+
+    open_clip_config.json         {"model_cfg": the architecture's config, "preprocess_cfg": ...}
+    open_clip_model.safetensors   the final weights
+
+    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:runs/NAME")
+
 Checkpoints are untrusted input: they are read with ``weights_only=True`` (no pickled code runs).
 """
 
@@ -23,6 +30,8 @@ from poolsieve.core.formats import atomic_path
 
 LATEST = "epoch_latest.pt"
 INFO_FILE = "info.pkl"
+OPEN_CLIP_CONFIG = "open_clip_config.json"  # the names open_clip's local-dir: / hf-hub: loading looks for
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt")
 
 
@@ -98,3 +107,32 @@ def write_info(run_dir: Path, scale: str, scale_config: dict[str, Any], data_dir
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         pickle.dump(info, fh)
     return path
+
+
+def write_open_clip_folder(run_dir: Path, arch: str, checkpoint: Path) -> Path:
+    """Make ``run_dir`` an open_clip model folder: ``open_clip_config.json`` (``arch``'s config, with
+    poolsieve's own configs registered, and the preprocessing open_clip trained with) and the
+    checkpoint's weights as ``open_clip_model.safetensors``. Plain open_clip then loads the run with
+    ``create_model_and_transforms("local-dir:RUN_DIR")``, and the folder can be pushed to a hub repo."""
+    from dataclasses import asdict
+
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+    from safetensors.torch import save
+
+    from poolsieve.core.errors import PoolsieveError
+    from poolsieve.core.formats import write_json
+    from poolsieve.core.models import read_checkpoint_state, register_model_configs
+
+    register_model_configs()
+    model_cfg = open_clip.get_model_config(arch)
+    if model_cfg is None:
+        raise PoolsieveError(f"unknown open_clip architecture {arch!r}: cannot write {run_dir / OPEN_CLIP_CONFIG}")
+    preprocess = asdict(PreprocessCfg())  # what open_clip_train's transforms used: defaults at the model's size
+    preprocess["size"] = model_cfg["vision_cfg"].get("image_size", preprocess["size"])
+    state = read_checkpoint_state(checkpoint)
+    weights = run_dir / OPEN_CLIP_WEIGHTS
+    with atomic_path(weights) as tmp:
+        tmp.write_bytes(save({k: v.contiguous() for k, v in state.items()}, metadata={"format": "pt"}))
+    write_json(run_dir / OPEN_CLIP_CONFIG, {"model_cfg": model_cfg, "preprocess_cfg": preprocess})
+    return weights

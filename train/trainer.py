@@ -33,7 +33,7 @@ from poolsieve.core.formats import atomic_path, read_json, write_json
 from poolsieve.core.progress import Progress
 from poolsieve.core.stage import option
 
-from .checkpoints import LATEST, prepare_resume, read_epoch, write_info
+from .checkpoints import LATEST, prepare_resume, read_epoch, write_info, write_open_clip_folder
 from .open_clip_runner import ERROR_PREFIX
 from .scales import SCALES, Scale, get_scale
 from .shards import ARG_LIMIT, DATA_FILE_FLAG, Source, train_data_string
@@ -538,7 +538,7 @@ def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, con
 
 
 def finish_run(out_dir: str | Path, *, seconds: float | None = None, resumed_samples: int = 0) -> dict[str, Any]:
-    """Write ``summary.json`` and DataComp's ``info.pkl`` for a run whose training has ended.
+    """Write ``summary.json``, DataComp's ``info.pkl`` and the open_clip model files of a finished run.
 
     Everything comes from the run folder (``train_config.json``, open_clip's ``out.log``), so any
     launcher can call it: ``python -m poolsieve.train.trainer finish RUN_DIR`` ends a SLURM job.
@@ -587,6 +587,7 @@ def finish_run(out_dir: str | Path, *, seconds: float | None = None, resumed_sam
                     "model": recipe["model"], "beta2": recipe["beta2"]}
     data = "::".join(str((out_dir / d).resolve()) for d in record["data"])
     write_info(out_dir, recipe["name"], scale_config, data)
+    write_open_clip_folder(out_dir, recipe["model"], checkpoint)  # plain open_clip: "local-dir:RUN_DIR"
     return _resolved(summary, out_dir)
 
 
