@@ -84,7 +84,9 @@ def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32"):
     """Return ``(model.eval(), preprocess, tokenizer)``; callers encode under ``torch.inference_mode()``.
 
     A local checkpoint that does not fit ``spec.arch`` raises an InputError naming the file and the
-    first mismatching tensors instead of open_clip's long traceback.
+    first mismatching tensors instead of open_clip's long traceback. Weights from the hub (a pretrained
+    tag, ``hf-hub:``) come from its cache when the hub does not answer: weights not cached there fail
+    at once in one line saying what to use instead (no minute of retries).
     """
     import open_clip
 
@@ -100,26 +102,68 @@ def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32"):
             model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=None,
                                                                          precision=precision, device=device)
         _load_local_checkpoint(model, path, trust=spec.trust_checkpoint)
+        tokenizer = open_clip.get_tokenizer(spec.arch)
     else:
+        hub = spec.arch.startswith("hf-hub:") or bool(pretrained)
+        unreachable = hub_unreachable() if hub else None
+        name = spec.arch + (f":{pretrained}" if pretrained else "")
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=pretrained,
-                                                                         precision=precision, device=device)
-        except RuntimeError as e:
-            raise PoolsieveError(f"cannot load {spec.arch} pretrained={pretrained!r}: {e}") from None
+            with _quiet_root_logger(logging.CRITICAL), _hub_offline(unreachable is not None):
+                model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=pretrained,
+                                                                             precision=precision, device=device)
+                tokenizer = open_clip.get_tokenizer(spec.arch)
+        except Exception as e:  # noqa: BLE001 - open_clip raises RuntimeError, OSError, ValueError, hub errors
+            if unreachable:
+                raise PoolsieveError(f"cannot load {name}: {unreachable} and its weights are not in the local cache; "
+                                     f"{OFFLINE_HINT}") from None
+            raise PoolsieveError(f"cannot load {name}: {_last_line(e)}") from None
     model.eval()
-    tokenizer = open_clip.get_tokenizer(spec.arch)
     return model, preprocess, tokenizer
 
 
+OFFLINE_HINT = ("give a local checkpoint instead (ARCH:/path/to/checkpoint.pt, or local-dir:RUN_FOLDER for a "
+                "poolsieve run), or score with the quickstart's own scorer "
+                "(poolsieve-tiny:WORKSPACE/runs/scorer/checkpoints/epoch_latest.pt, made by `poolsieve quickstart`)")
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """None when the Hugging Face hub (``$HF_ENDPOINT``, through any configured proxy) answers one request
+    within ``timeout`` seconds, else why not (also when ``HF_HUB_OFFLINE`` is set)."""
+    import huggingface_hub.constants as hub
+    import requests
+
+    if hub.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    try:
+        requests.head(hub.ENDPOINT, timeout=timeout, allow_redirects=False)
+    except requests.RequestException as e:
+        return f"the hub at {hub.ENDPOINT} is unreachable ({type(e).__name__})"
+    return None
+
+
 @contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's documented offline mode for the block: files come from its cache, never retried."""
+    import huggingface_hub.constants as hub
+
+    saved = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = saved or offline
     try:
         yield
     finally:
-        root.setLevel(level)
+        hub.HF_HUB_OFFLINE = saved
+
+
+@contextlib.contextmanager
+def _quiet_root_logger(level: int = logging.ERROR) -> Iterator[None]:
+    """open_clip logs to the root logger; below ``level`` nothing shows in the block (the caller reports)."""
+    root = logging.getLogger()
+    saved = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(saved)
 
 
 def read_checkpoint_state(path: Path, trust: bool = False) -> dict[str, Any]:

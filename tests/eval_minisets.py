@@ -142,7 +142,8 @@ def fill_hf_cache(root: Path, endpoint: str, repos: list[str]) -> None:
 
 class HubHandler(http.server.BaseHTTPRequestHandler):
     """The hub endpoints huggingface_hub and datasets use: repo info, tree listing, file resolve (with
-    Range requests). ``stall`` names a file whose first GET sends half its bytes and then hangs."""
+    Range requests), for dataset repos and model repos alike. ``stall`` names a file whose first GET sends
+    half its bytes and then hangs."""
 
     repos: dict[str, dict[str, bytes]] = {}
     seen: list[str] = []
@@ -189,8 +190,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
             return self._send(200, json.dumps(out).encode())
         return self._send(404, b"{}")
 
-    def _file(self, parts: list[str], head: bool) -> None:
-        repo, name = "/".join(parts[1:3]), "/".join(parts[5:])
+    def _file(self, repo: str, name: str, head: bool) -> None:
         data = self.repos.get(repo, {}).get(name)
         if data is None:
             return self._send(404, headers={"X-Error-Code": "EntryNotFound"}, head=head)
@@ -215,10 +215,12 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
     def _route(self, head: bool = False) -> None:
         self.seen.append(f"{self.command} {self.path} range={self.headers.get('Range')}")
         parts = unquote(urlsplit(self.path).path).strip("/").split("/")
-        if parts[:2] == ["api", "datasets"]:
+        if parts[:2] in (["api", "datasets"], ["api", "models"]):
             return self._api(parts)
-        if parts[0] == "datasets" and len(parts) > 5:
-            return self._file(parts, head)
+        if parts[0] == "datasets" and len(parts) > 5 and parts[3] == "resolve":
+            return self._file("/".join(parts[1:3]), "/".join(parts[5:]), head)
+        if len(parts) > 4 and parts[2] == "resolve":  # a model repo: /ORG/NAME/resolve/REV/FILE
+            return self._file("/".join(parts[:2]), "/".join(parts[4:]), head)
         return self._send(404, head=head)
 
     def do_GET(self) -> None:  # noqa: N802
