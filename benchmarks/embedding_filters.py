@@ -163,10 +163,10 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
         get_filter(name)
         result = d2_run(pool, **params)
-        kept = np.unique(result.pairs[result.order])
+        kept = np.unique(result.keys[result.order])
         graph = result.graph
     else:
-        kept = get_filter(name)(pool, **params)
+        kept = get_filter(name)(pool, **params).keys
     out["wall_s"] = time.perf_counter() - t0
     out["kept"] = len(kept)
     out["kept_file"] = str(args.workdir / f"kept-{name}-{args.impl_one}.npy")

@@ -59,14 +59,14 @@ def agreement(rows: int, workdir: Path) -> None:
     print(f"agreement on {rows:,} rows (cpu {tc:.1f}s, cuda {tg:.1f}s; faiss GPU build: {faiss_gpu_available()}):")
     print(f"  d2 faiss IVF (nprobe=8): identical neighbour lists "
           f"{float((ivc.graph.neighbors == ivg.graph.neighbors).all(axis=1).mean()):.4f}; "
-          f"kept Jaccard {jaccard(ivc.pairs[ivc.order], ivg.pairs[ivg.order]):.4f}")
+          f"kept Jaccard {jaccard(ivc.keys[ivc.order], ivg.keys[ivg.order]):.4f}")
     print(f"  d2 exact kNN: identical neighbour lists {same_lists:.4f}; "
           f"max |distance diff| {np.abs(d2c.graph.distances - d2g.graph.distances).max():.2e}")
-    print(f"  d2 kept Jaccard {jaccard(d2c.pairs[d2c.order], d2g.pairs[d2g.order]):.4f}; "
+    print(f"  d2 kept Jaccard {jaccard(d2c.keys[d2c.order], d2g.keys[d2g.order]):.4f}; "
           f"identical order {np.array_equal(d2c.order, d2g.order)}")
     print(f"  image_based: max |centroid diff| {np.abs(ibc['centroids'] - ibg['centroids']).max():.2e}; "
-          f"kept Jaccard {jaccard(ibc['pairs'], ibg['pairs']):.4f}")
-    print(f"  semdedup kept Jaccard {jaccard(sdc['pairs'], sdg['pairs']):.4f}", flush=True)
+          f"kept Jaccard {jaccard(ibc['uids'].keys, ibg['uids'].keys):.4f}")
+    print(f"  semdedup kept Jaccard {jaccard(sdc['uids'].keys, sdg['uids'].keys):.4f}", flush=True)
 
 
 def main() -> int:

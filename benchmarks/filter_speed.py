@@ -166,7 +166,7 @@ def main() -> int:
             uids, times = timed(lambda rt=rt, ours=ours: ours(ScoredPool(paths, rt)), args.repeats)
             med = statistics.median(times)
             rows.append((name, variant, kind, len(uids), med, times[0], ref_med, len(ref_uids), ref_med / med,
-                         bool(np.array_equal(uids, ref_uids))))
+                         bool(np.array_equal(uids.to_pairs(), ref_uids))))
     ray_runtime.shutdown()
 
     print(f"\npool: {args.rows:,} rows, {args.files} parquet files; {args.workers} workers; median of "

@@ -3,7 +3,8 @@
 Formats follow DataComp wherever DataComp defines one, so that its users switch without converting:
 
 * pool metadata: CommonPool parquet columns (``uid`` as 32 hex chars, ``url``, ``text``, sizes, ...);
-* subset files: ``np.dtype("u8,u8")`` pairs ``(int(uid[:16], 16), int(uid[16:], 16))``, sorted;
+* subset files: ``np.dtype("u8,u8")`` pairs ``(int(uid[:16], 16), int(uid[16:], 16))``, sorted (uids
+  themselves, as ``UidSet``, are ``core/uids.py``'s);
 * embeddings: ``.npz`` with ``<model>_img`` / ``<model>_txt`` fp16 arrays (``b32`` / ``l14`` for the
   OpenAI ViT-B-32 / ViT-L-14 models), row-aligned with the parquet score table;
 * score columns: ``clip_<model>_similarity_score`` (DataComp's metadata names for b32 / l14);
@@ -25,124 +26,34 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-
-# --------------------------------------------------------------------------------------- uids
-UID_HEX_LEN = 32
-SUBSET_DTYPE = np.dtype("u8,u8")
-_UID_RE = re.compile(r"^[0-9a-f]{32}$")
-
-
-def is_valid_uid(uid: str) -> bool:
-    return isinstance(uid, str) and bool(_UID_RE.match(uid))
-
-
-def uid_to_pair(uid: str) -> tuple[int, int]:
-    """``"0123...ef"`` (32 hex chars) -> ``(high, low)`` unsigned 64-bit halves."""
-    if not is_valid_uid(uid):
-        raise ValueError(f"not a 32-hex-char uid: {uid!r}")
-    return int(uid[:16], 16), int(uid[16:32], 16)
-
-
-_HEX_LUT = np.full(256, 255, dtype=np.uint8)
-_HEX_LUT[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
-_NIBBLE_WEIGHTS = (np.uint64(16) ** np.arange(15, -1, -1, dtype=np.uint64)).astype(np.uint64)
-
-
-def uids_to_pairs(uids: Sequence[str] | np.ndarray, source: str | Path | None = None) -> np.ndarray:
-    """Vectorised uid strings -> structured ``u8,u8`` array (same order). Raises on a bad uid."""
-    arr = np.asarray(uids)
-    out = np.empty(len(arr), dtype=SUBSET_DTYPE)
-    if len(arr) == 0:
-        return out
-    try:
-        raw = arr.astype("S33")
-    except (UnicodeEncodeError, ValueError, TypeError):
-        raw = np.array([u.encode("ascii", "replace") if isinstance(u, str) else b"?" for u in arr], dtype="S33")
-    lengths = np.char.str_len(raw)
-    nibbles = _HEX_LUT[np.frombuffer(raw.astype("S32").tobytes(), dtype=np.uint8).reshape(len(arr), 32)]
-    bad = (lengths != UID_HEX_LEN) | (nibbles == 255).any(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InputError(source, f"bad uid {arr[i]!r} at row {i}: a uid is 32 lowercase hex characters")
-    n = nibbles.astype(np.uint64)
-    out["f0"] = n[:, :16] @ _NIBBLE_WEIGHTS
-    out["f1"] = n[:, 16:] @ _NIBBLE_WEIGHTS
-    return out
-
-
-def pairs_to_uids(pairs: np.ndarray) -> list[str]:
-    """Structured ``u8,u8`` array -> 32-hex-char uid strings."""
-    return [f"{int(a):016x}{int(b):016x}" for a, b in zip(pairs["f0"], pairs["f1"], strict=True)]
-
-
-def uid_column_pairs(column: Any, source: str | Path | None = None) -> np.ndarray:
-    """A metadata ``uid`` column (arrow) -> pairs. Refuses, naming ``source`` and the first bad row, a
-    column that is not of string type (integer uids), a missing uid, and a uid that is not 32 lowercase hex."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        first = column[0].as_py() if len(column) else None
-        raise InputError(source, f"column uid has type {column.type} (row 0: {first!r}); "
-                                 "a uid is a string of 32 lowercase hex characters")
-    if column.null_count:
-        i = int(np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))[0])
-        raise InputError(source, f"uid missing at row {i}")
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if len(arr) and pc.all(pc.equal(pc.binary_length(arr), UID_HEX_LEN)).as_py():
-        # every uid is 32 bytes: read them straight from arrow's data buffer (no Python strings)
-        wide = np.int64 if pa.types.is_large_string(arr.type) else np.int32
-        offsets = np.frombuffer(arr.buffers()[1], dtype=wide)[arr.offset:arr.offset + len(arr) + 1]
-        raw = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].reshape(len(arr), UID_HEX_LEN)
-        nibbles = _HEX_LUT[raw]
-        bad = (nibbles == 255).any(axis=1)
-        if not bad.any():
-            n = nibbles.astype(np.uint64)
-            out = np.empty(len(arr), dtype=SUBSET_DTYPE)
-            out["f0"], out["f1"] = n[:, :16] @ _NIBBLE_WEIGHTS, n[:, 16:] @ _NIBBLE_WEIGHTS
-            return out
-    return uids_to_pairs(arr.to_numpy(zero_copy_only=False), source=source)  # names the first bad row
-
-
-def find_duplicate_uids(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``pairs`` whose uid is at an earlier row, and for each that first row (both by repeat row)."""
-    empty = np.zeros(0, dtype=np.int64)
-    if len(pairs) < 2:
-        return empty, empty
-    keys = _byte_keys(pairs)
-    order = np.argsort(keys, kind="stable")  # equal uids stay in row order: the first one leads its run
-    ordered = keys[order]
-    same = ordered[1:] == ordered[:-1]
-    if not same.any():
-        return empty, empty
-    positions = np.arange(len(ordered))
-    run_start = np.maximum.accumulate(np.where(np.r_[True, ~same], positions, 0))
-    dup = np.flatnonzero(np.r_[False, same])
-    repeats, firsts = order[dup], order[run_start[dup]]
-    by_row = np.argsort(repeats, kind="stable")
-    return repeats[by_row].astype(np.int64), firsts[by_row].astype(np.int64)
-
+from .uids import (  # noqa: F401 - SUBSET_DTYPE, is_valid_uid, uids_to_pairs, pairs_to_uids: the subset file's uids
+    SUBSET_DTYPE,
+    UidSet,
+    hex_to_keys,
+    is_valid_uid,
+    keys_to_hex,
+    keys_to_pairs,
+    pairs_to_keys,
+    pairs_to_uids,
+    sort_keys,
+    uids_to_pairs,
+)
 
 # ------------------------------------------------------------------------------------ subsets
-def _byte_keys(pairs: np.ndarray) -> np.ndarray:
-    """Pairs as 16-byte big-endian keys: byte order equals numeric order, and sorts ~20x faster."""
-    return np.ascontiguousarray(pairs.astype(np.dtype(">u8,>u8"))).view("S16").reshape(len(pairs))
+# uids are decoded, sorted and compared in core/uids.py; a subset file is where they become DataComp's pairs.
+# (SUBSET_DTYPE, is_valid_uid, uids_to_pairs and pairs_to_uids are imported above from there.)
 
 
-def sort_pairs(pairs: np.ndarray, unique: bool = False) -> np.ndarray:
-    """Sort ``u8,u8`` pairs numerically (and drop repeats if ``unique``)."""
-    keys = np.sort(_byte_keys(pairs))
-    if unique and len(keys) > 1:
-        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
-    return keys.view(np.dtype(">u8,>u8")).astype(SUBSET_DTYPE)
-
-
-def write_subset(path: str | Path, pairs: np.ndarray, *, allow_repeats: bool = False) -> Path:
-    """Write a DataComp subset file: sorted ``u8,u8`` pairs, unique unless ``allow_repeats``."""
-    pairs = np.asarray(pairs)
-    if pairs.dtype != SUBSET_DTYPE:
-        raise InputError(path, f"subset dtype is {pairs.dtype}, expected {SUBSET_DTYPE}")
-    pairs = sort_pairs(pairs, unique=not allow_repeats)
+def write_subset(path: str | Path, uids: UidSet | np.ndarray, *, allow_repeats: bool = False) -> Path:
+    """Write a DataComp subset file: sorted ``u8,u8`` pairs of a ``UidSet`` (written as is), or of
+    ``u8,u8`` pairs given in any order (sorted here; unique unless ``allow_repeats``)."""
+    if isinstance(uids, UidSet):
+        pairs = uids.to_pairs()
+    else:
+        pairs = np.asarray(uids)
+        if pairs.dtype != SUBSET_DTYPE:
+            raise InputError(path, f"subset dtype is {pairs.dtype}, expected {SUBSET_DTYPE}")
+        pairs = keys_to_pairs(sort_keys(pairs_to_keys(pairs), unique=not allow_repeats))
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, pairs)
     return Path(path)
@@ -155,20 +66,20 @@ def validate_subset(pairs: np.ndarray, path: str | Path | None = None, *, allow_
         raise InputError(path, f"subset must be one-dimensional, got shape {pairs.shape}")
     if len(pairs) < 2:
         return
-    hi, lo = pairs["f0"], pairs["f1"]
-    decreasing = (hi[1:] < hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] < lo[:-1]))
+    keys = pairs_to_keys(pairs)
+    decreasing = keys[1:] < keys[:-1]
     if decreasing.any():
         i = int(np.flatnonzero(decreasing)[0]) + 1
         raise InputError(path, f"subset is not sorted: row {i} is smaller than row {i - 1}")
     if not allow_repeats:
-        equal = (hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])
+        equal = keys[1:] == keys[:-1]
         if equal.any():
             i = int(np.flatnonzero(equal)[0]) + 1
-            raise InputError(path, f"subset has a repeated uid at row {i} ({pairs_to_uids(pairs[i:i + 1])[0]})")
+            raise InputError(path, f"subset has a repeated uid at row {i} ({keys_to_hex(keys[i:i + 1])[0]})")
 
 
 def read_subset(path: str | Path, *, allow_repeats: bool = False) -> np.ndarray:
-    """Load and validate a subset file (dtype, 1-d, sorted, unique unless ``allow_repeats``)."""
+    """Load and validate a subset file (dtype, 1-d, sorted, unique unless ``allow_repeats``): its pairs."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "subset file does not exist")
@@ -180,13 +91,9 @@ def read_subset(path: str | Path, *, allow_repeats: bool = False) -> np.ndarray:
     return pairs
 
 
-def pairs_in(pool_pairs: np.ndarray, subset_sorted: np.ndarray) -> np.ndarray:
-    """Boolean mask: which of ``pool_pairs`` are in the sorted ``subset_sorted`` (binary search)."""
-    if len(subset_sorted) == 0 or len(pool_pairs) == 0:
-        return np.zeros(len(pool_pairs), dtype=bool)
-    idx = np.searchsorted(subset_sorted, pool_pairs)
-    idx = np.minimum(idx, len(subset_sorted) - 1)
-    return subset_sorted[idx] == pool_pairs
+def read_uidset(path: str | Path) -> UidSet:
+    """A subset file as a ``UidSet`` (validated: sorted and unique, so taken as is)."""
+    return UidSet.from_pairs(read_subset(path), sorted_unique=True)
 
 
 # ----------------------------------------------------------------------------------- metadata
@@ -236,7 +143,7 @@ def read_metadata(path: str | Path, columns: Sequence[str] | None = None, requir
     table = pq.read_table(path, columns=list(columns) if columns else None)
     df = table.to_pandas()
     if "uid" in df.columns:
-        uids_to_pairs(df["uid"].to_numpy(), source=path)
+        hex_to_keys(df["uid"].to_numpy(), source=path)
     return df
 
 

@@ -23,7 +23,6 @@ import numpy as np
 
 from .errors import InputError
 from .formats import (
-    SUBSET_DTYPE,
     atomic_path,
     file_sha256,
     read_json,
@@ -31,6 +30,7 @@ from .formats import (
     write_json,
     write_subset,
 )
+from .uids import SUBSET_DTYPE, UidSet
 
 SHA256_KEY = "npy_sha256"
 
@@ -39,11 +39,12 @@ def record_path(npy: str | Path) -> Path:
     return Path(npy).with_suffix(".json")
 
 
-def write_subset_pair(npy: str | Path, pairs: np.ndarray, record: dict[str, Any]) -> dict[str, Any]:
-    """Write subset file ``npy`` and its record (``record`` plus the file's ``count`` and sha256); return it."""
+def write_subset_pair(npy: str | Path, uids: UidSet | np.ndarray, record: dict[str, Any]) -> dict[str, Any]:
+    """Write subset file ``npy`` (a ``UidSet``, or ``u8,u8`` pairs) and its record (``record`` plus the file's
+    ``count`` and sha256); return the record."""
     npy = Path(npy)
     with atomic_path(npy) as tmp:
-        write_subset(tmp, pairs)
+        write_subset(tmp, uids)
         rows = int(np.load(tmp, mmap_mode="r", allow_pickle=False).shape[0])
         record = {**record, "count": rows, SHA256_KEY: file_sha256(tmp)}
         write_json(record_path(npy), record)  # first: until the .npy lands, the record matches no file

@@ -14,14 +14,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import SUBSET_DTYPE, file_sha256, read_subset
+from poolsieve.core.formats import file_sha256, read_uidset
+from poolsieve.core.uids import UidSet
 
 from .registry import FILTERS, ScoredPool, check_parameters, get_filter, load_builtin_filters
 from .spec import Node, parse_spec, render
-from .uidset import difference, from_subset, intersect, union
 
 
 def is_filter(name: str) -> bool:
@@ -29,17 +27,17 @@ def is_filter(name: str) -> bool:
     return name in FILTERS
 
 
-def call_filter(pool: ScoredPool, name: str, params: Mapping[str, Any], details: dict) -> np.ndarray:
-    """Run a registered filter with checked parameters; return sorted unique ``S16`` keys."""
+def call_filter(pool: ScoredPool, name: str, params: Mapping[str, Any], details: dict) -> UidSet:
+    """Run a registered filter with checked parameters; return its uid set."""
     fn = get_filter(name)
     check_parameters(name, params)
     kwargs = dict(params)
     if "report" in inspect.signature(fn).parameters:
         kwargs["report"] = details
-    result = np.asarray(fn(pool, **kwargs))
-    if result.dtype != SUBSET_DTYPE:
-        raise ConfigError(f"filter '{name}' returned dtype {result.dtype}, expected {SUBSET_DTYPE}")
-    return from_subset(result)
+    result = fn(pool, **kwargs)
+    if not isinstance(result, UidSet):
+        raise ConfigError(f"filter '{name}' returned {type(result).__name__}, expected a UidSet")
+    return result
 
 
 class Evaluator:
@@ -47,30 +45,30 @@ class Evaluator:
 
     ``definitions`` maps subset names of the current spec document to their (raw or parsed) specs;
     ``subset_file(name)`` gives the path of a saved subset; ``load_defined(name)`` may return the
-    keys of a defined subset that is already saved and up to date (so it is not recomputed).
+    uids of a defined subset that is already saved and up to date (so it is not recomputed).
     """
 
     def __init__(self, pool: ScoredPool, definitions: Mapping[str, Any] | None = None,
                  subset_file: Callable[[str], Path] | None = None,
-                 load_defined: Callable[[str], np.ndarray | None] | None = None):
+                 load_defined: Callable[[str], UidSet | None] | None = None):
         self.pool = pool
         self.definitions = {k: parse_spec(v, k) for k, v in (definitions or {}).items()}
         self.subset_file = subset_file
         self.load_defined = load_defined
-        self._cache: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
-        self._pool_keys: np.ndarray | None = None
+        self._cache: dict[str, tuple[UidSet, dict[str, Any]]] = {}
+        self._pool_uids: UidSet | None = None
         self._active: list[str] = []
         self.steps: list[dict[str, Any]] = []
         self.inputs: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ public
-    def pool_keys(self) -> np.ndarray:
+    def pool_uids(self) -> UidSet:
         """Every member of the pool (what ``not`` complements against)."""
-        if self._pool_keys is None:
-            from .no_filter import pool_keys
+        if self._pool_uids is None:
+            from .no_filter import no_filter
 
-            self._pool_keys = pool_keys(self.pool)
-        return self._pool_keys
+            self._pool_uids = no_filter(self.pool)
+        return self._pool_uids
 
     def resolve(self, node: Node, within: str | None = None) -> Node:
         """Replace bare names by what they refer to (defined subset, filter, or subset file).
@@ -96,17 +94,17 @@ class Evaluator:
             out["not"] = self.resolve(node["not"], within)
         return out
 
-    def evaluate(self, node: Node, within: str | None = None) -> np.ndarray:
-        """Sorted unique ``S16`` keys of a (parsed) spec node."""
+    def evaluate(self, node: Node, within: str | None = None) -> UidSet:
+        """The uid set of a (parsed) spec node."""
         return self._eval(self.resolve(node, within))
 
-    def evaluate_defined(self, name: str) -> np.ndarray:
+    def evaluate_defined(self, name: str) -> UidSet:
         if name not in self.definitions:
             raise ConfigError(f"no subset named '{name}' in the spec")
         return self._subset(name)
 
     # ------------------------------------------------------------------ internals
-    def _eval(self, node: Node) -> np.ndarray:
+    def _eval(self, node: Node) -> UidSet:
         key = json.dumps(node, sort_keys=True, default=str)
         if key in self._cache:
             keys, done = self._cache[key]
@@ -123,14 +121,14 @@ class Evaluator:
             keys = self._subset(node["subset"])
         elif "not" in node:
             inner = self._eval(node["not"])
-            keys = difference(self.pool_keys(), inner)
-            step["counts"] = [len(self.pool_keys()), len(keys)]
+            keys = self.pool_uids() - inner
+            step["counts"] = [len(self.pool_uids()), len(keys)]
         else:
             op = "and" if "and" in node else "or"
             parts = [self._eval(p) for p in node[op]]
             keys, running = parts[0], [len(parts[0])]
             for part in parts[1:]:
-                keys = intersect(keys, part) if op == "and" else union([keys, part])
+                keys = keys & part if op == "and" else keys | part
                 running.append(len(keys))
             step["counts"] = running
         step["count"] = len(keys)
@@ -139,7 +137,7 @@ class Evaluator:
         self._cache[key] = (keys, step)
         return keys
 
-    def _subset(self, name: str) -> np.ndarray:
+    def _subset(self, name: str) -> UidSet:
         if name in self.definitions:
             if name in self._active:
                 cycle = " -> ".join([*self._active[self._active.index(name):], name])
@@ -158,16 +156,14 @@ class Evaluator:
         path = self.subset_file(name)
         if not path.exists():
             raise InputError(path, f"subset '{name}' does not exist (make it with `poolsieve filter`)")
-        saved = from_subset(read_subset(path))
-        keys = intersect(saved, self.pool_keys())  # a subset of another pool contributes only this pool's uids
+        saved = read_uidset(path)
+        keys = saved & self.pool_uids()  # a subset of another pool contributes only this pool's uids
         self.inputs.append({"subset": name, "path": str(path), "sha256": file_sha256(path), "count": len(saved),
                             "outside_pool": len(saved) - len(keys)})
         return keys
 
 
 def evaluate_spec(pool: ScoredPool, spec: Any, definitions: Mapping[str, Any] | None = None,
-                  subset_file: Callable[[str], Path] | None = None) -> np.ndarray:
-    """Library shortcut: a spec (YAML value or expression) -> DataComp subset array (sorted ``u8,u8``)."""
-    from .uidset import to_subset
-
-    return to_subset(Evaluator(pool, definitions, subset_file).evaluate(parse_spec(spec)))
+                  subset_file: Callable[[str], Path] | None = None) -> UidSet:
+    """Library shortcut: a spec (YAML value or expression) -> its uid set (``.to_pairs()``: DataComp's array)."""
+    return Evaluator(pool, definitions, subset_file).evaluate(parse_spec(spec))

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from poolsieve.core.uids import UidSet
+
 from .columns import float_column, per_table
 from .registry import ScoredPool, register
 
@@ -75,13 +77,9 @@ def decide_basic(table: Any, language: str, min_words: int, min_chars: int, min_
 @register("basic_filter")
 @register("basic")
 def basic(pool: ScoredPool, *, language: str = "en", min_words: int = 3, min_chars: int = 6,
-          min_side: float = 200, max_aspect: float = 3.0, recompute_language: bool = False) -> np.ndarray:
+          min_side: float = 200, max_aspect: float = 3.0, recompute_language: bool = False) -> UidSet:
     """English captions of >2 words and >5 characters on images >= 200 px a side, aspect <= 3."""
-    from .uidset import to_subset
-
     decide = partial(decide_basic, language=language, min_words=int(min_words), min_chars=int(min_chars),
                      min_side=float(min_side), max_aspect=float(max_aspect),
                      recompute_language=bool(recompute_language))
-    keys = per_table(pool, decide, ["text", "original_width", "original_height"], "basic",
-                     optional=["language"])
-    return to_subset(keys)
+    return per_table(pool, decide, ["text", "original_width", "original_height"], "basic", optional=["language"])

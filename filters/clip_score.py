@@ -23,10 +23,10 @@ import numpy as np
 
 from poolsieve.core.errors import ConfigError
 from poolsieve.core.formats import score_column
+from poolsieve.core.uids import UidSet
 
 from .columns import as_task, float_column, member_keys, per_table, read_members
 from .registry import ScoredPool, register
-from .uidset import normalize, to_subset, union
 
 DEFAULT_COLUMN = "clip_b32_similarity_score"
 # a bucket with more rows than this is split once more on the low 16 bits before its scores are gathered
@@ -57,15 +57,15 @@ def shard_histogram(path: Path, column: str, shift: int, bucket: int | None) -> 
     return len(values), buckets, counts
 
 
-def shard_cut(path: Path, column: str, shift: int, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(keys above the bucket, keys inside it, their scores)`` for one shard."""
+def shard_cut(path: Path, column: str, shift: int, bucket: int) -> tuple[UidSet, np.ndarray, np.ndarray]:
+    """``(uids above the bucket, keys inside it, their scores)`` for one shard."""
     table, values = _scores(path, column)
     uids = member_keys(table, path)
     valid = ~np.isnan(values)
     level = np.zeros(len(values), dtype=np.int64) - 1
     level[valid] = (order_keys(values[valid]) >> np.uint32(shift)).astype(np.int64)
     inside = level == bucket
-    return normalize(uids[level > bucket]), uids[inside], values[inside]
+    return UidSet(uids[level > bucket]), uids[inside], values[inside]
 
 
 def decide_threshold(table: Any, column: str, threshold: float) -> np.ndarray:
@@ -90,8 +90,8 @@ def _bucket_of_rank(buckets: np.ndarray, counts: np.ndarray, rank: int) -> tuple
     return int(buckets[::-1][i]), above, int(desc_counts[i])
 
 
-def fraction_cut(pool: ScoredPool, column: str, fraction: float, report: dict | None = None) -> np.ndarray:
-    """Sorted keys of the top ``fraction`` of the pool by ``column``, ties at the cut kept."""
+def fraction_cut(pool: ScoredPool, column: str, fraction: float, report: dict | None = None) -> UidSet:
+    """The top ``fraction`` of the pool by ``column``, ties at the cut kept."""
     members, buckets, counts = _merge_histograms(pool.map(
         as_task(shard_histogram, column=column, shift=16, bucket=None), "clip_score histogram"))
     scored = int(counts.sum())
@@ -99,7 +99,7 @@ def fraction_cut(pool: ScoredPool, column: str, fraction: float, report: dict | 
     if report is not None:
         report.update(members=members, scored=scored, rank=rank)
     if scored == 0:
-        return np.zeros(0, dtype="S16")
+        return UidSet()
     if rank >= scored:  # the cut falls on NaN scores (DataComp would keep nothing) or past the end
         rank = scored - 1
     shift, (bucket, above, inside) = 16, _bucket_of_rank(buckets, counts, rank)
@@ -109,19 +109,19 @@ def fraction_cut(pool: ScoredPool, column: str, fraction: float, report: dict | 
         fine_bucket, fine_above, inside = _bucket_of_rank(fine, fine_counts, rank - above)
         shift, bucket, above = 0, fine_bucket, above + fine_above
     parts = pool.map(as_task(shard_cut, column=column, shift=shift, bucket=bucket), "clip_score cut")
-    kept_above = union([p[0] for p in parts])
+    kept_above = UidSet.union_of([p[0] for p in parts])
     cand_keys = np.concatenate([p[1] for p in parts])
     cand_values = np.concatenate([p[2] for p in parts])
     threshold = -np.sort(-cand_values)[rank - above]
     if report is not None:
         report.update(threshold=float(threshold), gathered=int(len(cand_values)))
-    return union([kept_above, cand_keys[cand_values >= threshold]])
+    return kept_above | UidSet(cand_keys[cand_values >= threshold])
 
 
 @register("clip_score")
 def clip_score(pool: ScoredPool, *, column: str | None = None, model: str | None = None,
                threshold: float | None = None, fraction: float | None = None,
-               report: dict | None = None) -> np.ndarray:
+               report: dict | None = None) -> UidSet:
     """``score >= threshold``, or the top ``fraction`` of the whole pool (ties at the cut kept)."""
     if column is not None and model is not None:
         raise ConfigError("clip_score takes 'column' or 'model' (a model key such as l14), not both")
@@ -131,10 +131,9 @@ def clip_score(pool: ScoredPool, *, column: str | None = None, model: str | None
     if fraction is not None:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ConfigError(f"clip_score: fraction must be a number in (0, 1], got {fraction!r}")
-        return to_subset(fraction_cut(pool, column, float(fraction), report))
+        return fraction_cut(pool, column, float(fraction), report)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise ConfigError(f"clip_score: threshold must be a number, got {threshold!r}")
     if report is not None:
         report.update(threshold=float(threshold))
-    return to_subset(per_table(pool, partial(decide_threshold, column=column, threshold=float(threshold)),
-                               [column], "clip_score"))
+    return per_table(pool, partial(decide_threshold, column=column, threshold=float(threshold)), [column], "clip_score")

@@ -3,7 +3,7 @@
 Filters that decide row by row run ``per_table`` over the pool's tables (Ray tasks by default):
 each task reads only the columns it needs with pyarrow, keeps the pool's members (``status ==
 "success"``; a table without ``status``, such as DataComp's metadata parquet, is all members) and
-returns the selected uids as sorted ``S16`` keys. Nothing is converted to pandas.
+returns the selected uids as a ``UidSet``. Nothing is converted to pandas.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from poolsieve.core.errors import InputError
-
-from .uidset import hex_uids_to_keys, normalize, union
+from poolsieve.core.uids import UidSet, hex_to_keys
 
 
 def table_columns(path: Path) -> list[str]:
@@ -53,7 +52,7 @@ def read_members(path: Path, columns: Sequence[str], optional: Sequence[str] = (
 
 def member_keys(table: Any, path: Path) -> np.ndarray:
     """``S16`` keys of a members table, in row order."""
-    return hex_uids_to_keys(table["uid"], source=path)
+    return hex_to_keys(table["uid"], source=path)
 
 
 def float_column(table: Any, name: str) -> np.ndarray:
@@ -68,11 +67,11 @@ def float_column(table: Any, name: str) -> np.ndarray:
 
 
 def select_rows(path: Path, columns: Sequence[str], decide: Callable[[Any], np.ndarray],
-                optional: Sequence[str] = (), need: str = "") -> np.ndarray:
-    """Read a table's members, ``decide(table) -> bool mask``, return the kept uids as sorted keys."""
+                optional: Sequence[str] = (), need: str = "") -> UidSet:
+    """Read a table's members, ``decide(table) -> bool mask``, return the kept uids."""
     table = read_members(path, columns, optional, need)
     mask = np.asarray(decide(table), dtype=bool)
-    return normalize(member_keys(table, path)[mask])
+    return UidSet(member_keys(table, path)[mask])
 
 
 def as_task(fn: Callable[..., Any], **kwargs: Any) -> Callable[[Path], Any]:
@@ -86,12 +85,12 @@ def as_task(fn: Callable[..., Any], **kwargs: Any) -> Callable[[Path], Any]:
 
 
 def per_table(pool: Any, decide: Callable[[Any], np.ndarray], columns: Sequence[str], desc: str,
-              optional: Sequence[str] = ()) -> np.ndarray:
-    """Run a row decision over every table of ``pool`` and return the union of kept uids (sorted keys).
+              optional: Sequence[str] = ()) -> UidSet:
+    """Run a row decision over every table of ``pool`` and return the union of kept uids.
 
     ``decide`` must be picklable (a module-level function or a ``functools.partial`` of one): it runs
     in Ray workers.
     """
     parts = pool.map(as_task(select_rows, columns=list(columns), decide=decide, optional=list(optional), need=desc),
                      desc, items=len, item_unit="uids kept")
-    return union(parts)
+    return UidSet.union_of(parts)

@@ -44,8 +44,8 @@ import numpy as np
 
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import score_column as score_column_name
-from poolsieve.core.formats import sort_pairs
 from poolsieve.core.progress import Progress
+from poolsieve.core.uids import UidSet
 
 from ._embeddings import (
     check_features,
@@ -134,7 +134,7 @@ def build_graph(pool: ScoredPool, key: str, features: str, k: int, **knn_params)
 
 @dataclass
 class D2Result:
-    pairs: np.ndarray  # uid pairs of the pool's rows, row order
+    keys: np.ndarray  # uid keys (``S16``) of the pool's rows, row order
     order: np.ndarray  # row ids in selection order
     graph: KnnGraph | None
 
@@ -157,13 +157,13 @@ def d2_run(pool: ScoredPool, *, fraction: float | None = None, count: int | None
     if np.isnan(scores).any():
         raise InputError(pool.tables[0].parent, f"score column {column} has {int(np.isnan(scores).sum())} missing values")
     n_select = selection_size(len(df), fraction, count)
-    pairs = pool.uid_pairs()
+    keys = pool.uid_keys()
     if n_select == 0 or len(df) < 2:
-        return D2Result(pairs, np.arange(min(n_select, len(df)), dtype=np.int64), None)
+        return D2Result(keys, np.arange(min(n_select, len(df)), dtype=np.int64), None)
     graph = build_graph(pool, key, features, k, method=knn, exact_max_rows=exact_max_rows, recall=recall,
                         nlist=nlist, nprobe=nprobe, candidates=candidates, seed=seed, device=device, impl=knn_impl)
     graph_scores = forward_messages(node_scores(scores, _shift(score_shift)), graph, gamma_forward)
-    return D2Result(pairs, greedy_select(graph_scores, graph, n_select, gamma_reverse), graph)
+    return D2Result(keys, greedy_select(graph_scores, graph, n_select, gamma_reverse), graph)
 
 
 def _shift(value: float) -> float:
@@ -179,7 +179,7 @@ def d2_pruning(pool: ScoredPool, *, fraction: float | None = None, count: int | 
                gamma_forward: float = 1.0, gamma_reverse: float = 1.0, knn: str = "auto",
                exact_max_rows: int = 50_000, recall: float = 0.95, nlist: int | None = None,
                nprobe: int | None = None, candidates: int | None = None, seed: int = 0, device: str = "auto",
-               knn_impl: str = "auto", report: dict | None = None) -> np.ndarray:
+               knn_impl: str = "auto", report: dict | None = None) -> UidSet:
     """D2 Pruning: keep ``fraction`` (or ``count``) rows chosen by graph message passing."""
     params = {name: value for name, value in locals().items() if name not in ("pool", "report")}
     result = d2_run(pool, **params)
@@ -187,4 +187,4 @@ def d2_pruning(pool: ScoredPool, *, fraction: float | None = None, count: int | 
         g = result.graph
         report.update(knn=g.method, knn_impl=g.impl, nlist=g.nlist, nprobe=g.nprobe, calibrated_recall=g.calibrated_recall,
                       candidates=g.candidates, selected=len(result.order))
-    return np.unique(sort_pairs(result.pairs[result.order]))
+    return UidSet(result.keys[result.order])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from poolsieve.core.errors import ConfigError
-from poolsieve.core.formats import sort_pairs
+from poolsieve.core.uids import UidSet
 
 from ._embeddings import check_param_names
 from .registry import ScoredPool, register
@@ -49,13 +49,13 @@ def exact_keep(pool: ScoredPool, by: list[str]) -> np.ndarray:
 
 
 @register("dedup")
-def dedup(pool: ScoredPool, method: str = "exact", by: list[str] | tuple[str, ...] = EXACT_KEYS, **params) -> np.ndarray:
+def dedup(pool: ScoredPool, method: str = "exact", by: list[str] | tuple[str, ...] = EXACT_KEYS, **params) -> UidSet:
     """Drop duplicates: exact (sha256 of the image bytes, uid) or semantic (SemDeDup)."""
     if method not in METHODS:
         raise ConfigError(f"dedup: method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "semantic":
         check_param_names("dedup (semantic)", params, semdedup_run)
-        return semdedup_run(pool, **params)["pairs"]
+        return semdedup_run(pool, **params)["uids"]
     if params:
         raise ConfigError(f"filter dedup (exact): unknown parameter(s) {', '.join(sorted(params))}; known: method, by")
     by = [by] if isinstance(by, str) else list(by)
@@ -63,4 +63,4 @@ def dedup(pool: ScoredPool, method: str = "exact", by: list[str] | tuple[str, ..
     if bad or not by:
         raise ConfigError(f"dedup: by must list keys from {', '.join(EXACT_KEYS)}, got {by!r}")
     keep = exact_keep(pool, by)
-    return np.unique(sort_pairs(pool.uid_pairs()[keep]))
+    return UidSet(pool.uid_keys()[keep])

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import embedding_keys, uids_to_pairs
+from poolsieve.core.formats import embedding_keys
+from poolsieve.core.uids import UidSet, hex_to_keys
 from poolsieve.core.workspace import Workspace
 
 from ._device import resolve_device, task_resources
@@ -105,7 +106,7 @@ def _check(clusters, iterations, sample_ratio) -> None:
 def image_based_run(pool: ScoredPool, *, target: str = "imagenet", embedding: str | None = None,
                     clusters: int | None = None, iterations: int = 20, sample_ratio: float = 1.0, seed: int = 0,
                     caption_filter: bool = True, language: str = "en", device: str = "auto") -> dict:
-    """Run the filter; returns the kept uid pairs plus the centroids and target clusters (for inspection)."""
+    """Run the filter; returns the kept uids plus the centroids and target clusters (for inspection)."""
     _check(clusters, iterations, sample_ratio)
     device = resolve_device(device)
     key = pick_embedding_key(pool, embedding)
@@ -140,22 +141,21 @@ def image_based_run(pool: ScoredPool, *, target: str = "imagenet", embedding: st
         i, table = i_table
         uids, emb = _image_rows(table, image_key)
         labels, _ = nearest_centroid(emb[masks[i]], centroids, "ip", device)
-        return uids_to_pairs(uids[masks[i]][np.isin(labels, target_ids)], source=table)
+        return UidSet(hex_to_keys(uids[masks[i]][np.isin(labels, target_ids)], source=table))
 
     kept = pool.runtime.map(keep, list(enumerate(pool.tables)), "image_based assign", **task_resources(device))
-    pairs = np.unique(np.concatenate(kept)) if kept else np.zeros(0, np.dtype("u8,u8"))
-    return {"pairs": pairs, "centroids": centroids, "target_clusters": target_ids, "caption_pass": n_pass}
+    return {"uids": UidSet.union_of(kept), "centroids": centroids, "target_clusters": target_ids, "caption_pass": n_pass}
 
 
 @register("image_based")
 def image_based(pool: ScoredPool, *, target: str = "imagenet", embedding: str | None = None,
                 clusters: int | None = None, iterations: int = 20, sample_ratio: float = 1.0, seed: int = 0,
                 caption_filter: bool = True, language: str = "en", device: str = "auto",
-                report: dict | None = None) -> np.ndarray:
+                report: dict | None = None) -> UidSet:
     """Rows near the target distribution (DataComp's image-based filter)."""
     params = {name: value for name, value in locals().items() if name not in ("pool", "report")}
     result = image_based_run(pool, **params)
     if report is not None:
         report.update(clusters=len(result["centroids"]), target_clusters=len(result["target_clusters"]),
                       caption_pass=result["caption_pass"])
-    return result["pairs"]
+    return result["uids"]

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from poolsieve.core.uids import UidSet
+
 from .basic import language_mask
 from .columns import float_column, per_table
 from .registry import ScoredPool, register
@@ -26,10 +28,8 @@ def decide_laion2b(table: Any, column: str, threshold: float, language: str, rec
 
 @register("laion2b")
 def laion2b(pool: ScoredPool, *, column: str = "clip_b32_similarity_score", threshold: float = 0.28,
-            language: str = "en", recompute_language: bool = False) -> np.ndarray:
+            language: str = "en", recompute_language: bool = False) -> UidSet:
     """English captions whose B/32 CLIP score is at least 0.28."""
-    from .uidset import to_subset
-
     decide = partial(decide_laion2b, column=column, threshold=float(threshold), language=language,
                      recompute_language=bool(recompute_language))
-    return to_subset(per_table(pool, decide, ["text", column], "laion2b", optional=["language"]))
+    return per_table(pool, decide, ["text", column], "laion2b", optional=["language"])

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from poolsieve.core.uids import UidSet
+
 from .columns import per_table
 from .registry import ScoredPool, register
 
@@ -14,14 +16,7 @@ def keep_all(table: Any) -> np.ndarray:
     return np.ones(table.num_rows, dtype=bool)
 
 
-def pool_keys(pool: ScoredPool) -> np.ndarray:
-    """Sorted unique ``S16`` keys of every member of the pool."""
-    return per_table(pool, keep_all, [], "no_filter")
-
-
 @register("no_filter")
-def no_filter(pool: ScoredPool) -> np.ndarray:
+def no_filter(pool: ScoredPool) -> UidSet:
     """The whole pool."""
-    from .uidset import to_subset
-
-    return to_subset(pool_keys(pool))
+    return per_table(pool, keep_all, [], "no_filter")

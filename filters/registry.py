@@ -1,13 +1,13 @@
 """The filter registry and the view of a scored pool that every filter reads.
 
 A filter reads score tables (and, for embedding filters, the row-aligned npz embeddings) and returns
-a uid set: a sorted, unique ``np.dtype("u8,u8")`` array. No image I/O, no model calls.
+a ``UidSet`` (``poolsieve.core.uids``: sorted unique 16-byte keys). No image I/O, no model calls.
 
 ```python
 @register("clip_score")
 def clip_score(pool: ScoredPool, *, column: str = "clip_b32_similarity_score", fraction=None, threshold=None):
     ...
-    return uid_pairs  # sorted, unique
+    return UidSet(kept_keys)  # sorted and deduplicated by UidSet
 ```
 
 The pool's members are the score-table rows whose ``status`` is ``"success"`` (rows that failed to
@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from poolsieve.core.errors import ConfigError
-from poolsieve.core.formats import read_embeddings, read_score_table, uids_to_pairs
+from poolsieve.core.formats import read_embeddings, read_score_table
 from poolsieve.core.runtime import Runtime
+from poolsieve.core.uids import hex_to_keys
 
 FilterFn = Callable[..., Any]
 FILTERS: dict[str, FilterFn] = {}
@@ -92,7 +93,7 @@ def describe_filters() -> str:
 
 
 # The modules that define poolsieve's filters, one filter (or one family) per module. Helpers that
-# are not filters (columns, uidset, spec, algebra, the kNN and k-means code) are simply not listed.
+# are not filters (columns, spec, algebra, the kNN and k-means code) are simply not listed.
 BUILTIN_FILTER_MODULES: tuple[str, ...] = (
     "no_filter", "basic", "clip_score", "text_based", "laion2b",
     "image_based", "dedup", "semdedup", "d2_pruning",
@@ -130,10 +131,10 @@ class ScoredPool:
             frames.append(df.reset_index(drop=True))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
-    def uid_pairs(self, table: Path | None = None) -> np.ndarray:
-        """``u8,u8`` pairs of the successful rows, in row order (not sorted)."""
+    def uid_keys(self, table: Path | None = None) -> np.ndarray:
+        """``S16`` uid keys of the successful rows, in row order (not sorted; ``UidSet(keys[mask])`` makes a set)."""
         df = self.read_columns([], table)
-        return uids_to_pairs(df["uid"].to_numpy(), source=table)
+        return hex_to_keys(df["uid"].to_numpy(), source=table)
 
     def load_embeddings(self, keys: Sequence[str], table: Path | None = None) -> dict[str, np.ndarray]:
         """Embeddings (``{key: (rows, dim)}``) of the successful rows, aligned with ``read_columns``."""

@@ -30,8 +30,8 @@ import math
 import numpy as np
 
 from poolsieve.core.errors import ConfigError
-from poolsieve.core.formats import sort_pairs
 from poolsieve.core.progress import Progress
+from poolsieve.core.uids import UidSet
 
 from ._device import resolve_device
 from ._embeddings import check_features, load_all, pick_embedding_key
@@ -99,7 +99,7 @@ def semdedup_run(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None =
                  clusters: int | None = None, iterations: int = 20, sample_ratio: float = 1.0,
                  spherical: bool = True, order: str = "hard", against: str = "kept", seed: int = 0,
                  device: str = "auto") -> dict:
-    """Run SemDeDup on the pool; returns the kept pairs, the labels and the centroids."""
+    """Run SemDeDup on the pool; returns the kept uids, the labels and the centroids."""
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 <= eps <= 2:
         raise ConfigError(f"semdedup: eps must be a number in [0, 2], got {eps!r}")
     if order not in ORDERS:
@@ -112,10 +112,10 @@ def semdedup_run(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None =
     device = resolve_device(device)
     key = pick_embedding_key(pool, embedding)
     x = load_all(pool, key, features)
-    pairs = pool.uid_pairs()
+    keys = pool.uid_keys()
     n = len(x)
     if n == 0:
-        return {"pairs": pairs, "labels": np.zeros(0, np.int64), "centroids": None, "keep": np.zeros(0, bool)}
+        return {"uids": UidSet(keys), "labels": np.zeros(0, np.int64), "centroids": None, "keep": np.zeros(0, bool)}
     k = clusters or max(1, n // 1000)
     size = n if sample_ratio >= 1 else max(k, int(n * sample_ratio))
     if size > n or k > n:
@@ -125,17 +125,17 @@ def semdedup_run(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None =
                        desc="SemDeDup k-means").centroids
     labels, _ = nearest_centroid(x, centroids, "l2", device, desc="SemDeDup assign")
     keep = semdedup_keep(x, labels, centroids, float(eps), order, against, seed)
-    return {"pairs": np.unique(sort_pairs(pairs[keep])), "labels": labels, "centroids": centroids, "keep": keep}
+    return {"uids": UidSet(keys[keep]), "labels": labels, "centroids": centroids, "keep": keep}
 
 
 @register("semdedup")
 def semdedup(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None = None, features: str = "image",
              clusters: int | None = None, iterations: int = 20, sample_ratio: float = 1.0,
              spherical: bool = True, order: str = "hard", against: str = "kept", seed: int = 0,
-             device: str = "auto", report: dict | None = None) -> np.ndarray:
+             device: str = "auto", report: dict | None = None) -> UidSet:
     """Semantic deduplication: drop near-duplicates (cosine > 1 - eps) within k-means clusters."""
     params = {name: value for name, value in locals().items() if name not in ("pool", "report")}
     result = semdedup_run(pool, **params)
     if report is not None and result["centroids"] is not None:
         report.update(clusters=len(result["centroids"]), removed=int((~result["keep"]).sum()))
-    return result["pairs"]
+    return result["uids"]

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from poolsieve.core.errors import ConfigError
+from poolsieve.core.uids import UidSet
 
 from .basic import language_mask
 from .columns import per_table
@@ -110,10 +111,8 @@ def decide_text_based(table: Any, phrases: Sequence[str], max_words: int, langua
 
 @register("text_based")
 def text_based(pool: ScoredPool, *, classes: str | list[str] = "imagenet1k", language: str | None = "en",
-               recompute_language: bool = False) -> np.ndarray:
+               recompute_language: bool = False) -> UidSet:
     """English captions that name a class of ``classes`` (a clip_benchmark task or a list of names)."""
-    from .uidset import to_subset
-
     names = task_classnames(classes) if isinstance(classes, str) else [str(c) for c in classes]
     phrases = class_phrases(names)
     if not phrases:
@@ -121,4 +120,4 @@ def text_based(pool: ScoredPool, *, classes: str | list[str] = "imagenet1k", lan
     max_words = max(len(p.split()) for p in phrases)
     decide = partial(decide_text_based, phrases=phrases, max_words=max_words, language=language,
                      recompute_language=bool(recompute_language))
-    return to_subset(per_table(pool, decide, ["text"], "text_based", optional=["language"]))
+    return per_table(pool, decide, ["text"], "text_based", optional=["language"])

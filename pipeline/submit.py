@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import DIR_MODE, pairs_to_uids, read_json, write_json
+from poolsieve.core.formats import DIR_MODE, read_json, write_json
 from poolsieve.core.locks import exclusive
 from poolsieve.core.progress import print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import SubsetSnapshot, read_subset_snapshot
+from poolsieve.core.uids import UidSet, keys_to_hex
 from poolsieve.core.workspace import Workspace
 
 
@@ -49,14 +50,13 @@ def subset_file(ws: Workspace, subset: str) -> tuple[str, Path]:
     return subset, ws.subset_path(subset)
 
 
-def check_in_pool(pairs: np.ndarray, pool_keys: np.ndarray, path: Path) -> None:
-    from poolsieve.filters.uidset import contains, pairs_to_keys
-
-    missing = ~contains(pool_keys, pairs_to_keys(pairs))
+def check_in_pool(uids: UidSet, pool: UidSet, path: Path) -> None:
+    """InputError naming how many uids of the subset are not members of the pool, and the first one."""
+    missing = ~pool.isin(uids.keys)
     if missing.any():
         first = int(np.flatnonzero(missing)[0])
-        raise InputError(path, f"{int(missing.sum())} of {len(pairs)} uids are not in the pool, e.g. row {first} "
-                               f"({pairs_to_uids(pairs[first:first + 1])[0]})")
+        raise InputError(path, f"{int(missing.sum())} of {len(uids)} uids are not in the pool, e.g. row {first} "
+                               f"({keys_to_hex(uids.keys[first:first + 1])[0]})")
 
 
 def read_eval_results(folder: Path) -> dict[str, Any] | None:
@@ -89,7 +89,7 @@ def write_datacomp_upload(staging: Path, name: str, uid_file: Path, eval_dir: Pa
 
 def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, *, overwrite: bool = False) -> dict[str, Any]:
     """Validate the subset, write the submission folder, return its summary."""
-    from poolsieve.filters.no_filter import pool_keys
+    from poolsieve.filters.no_filter import no_filter
     from poolsieve.filters.registry import ScoredPool
     from poolsieve.pipeline.filter.stage import score_table_files
 
@@ -101,7 +101,7 @@ def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, *, overwrite:
     if len(pairs) == 0:
         raise InputError(path, "subset is empty")
     tables = score_table_files(ws, cfg.tables)
-    check_in_pool(pairs, pool_keys(ScoredPool(tables, runtime)), path)
+    check_in_pool(UidSet.from_pairs(pairs, sorted_unique=True), no_filter(ScoredPool(tables, runtime)), path)
     out = Path(cfg.out).expanduser() if cfg.out else ws.root / "submissions" / name
     with exclusive(out):
         return _write_submission(ws, cfg, name, snapshot, out, tables, overwrite)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveWarning
-from poolsieve.core.formats import sort_pairs, uids_to_pairs, write_embeddings
+from poolsieve.core.formats import write_embeddings
+from poolsieve.core.uids import UidSet
 from poolsieve.filters._kmeans import kmeans
 from poolsieve.filters.d2_pruning import d2_run
 from poolsieve.filters.image_based import image_based_run
@@ -222,8 +223,8 @@ def test_d2_exact_graph_matches_brute_force_order(workspace):
     expected = brute_d2(scores, ref_i, res.graph.distances, int(0.4 * len(x)))
     assert np.array_equal(res.order, expected)
     kept = get_filter("d2_pruning")(pool, fraction=0.4, k=4, knn="exact", device="cpu")
-    assert np.array_equal(kept, np.unique(sort_pairs(res.pairs[expected])))
-    assert len(res.pairs) == 497  # the three failed rows are not pool members
+    assert kept == UidSet(res.keys[expected])
+    assert len(res.keys) == 497  # the three failed rows are not pool members
 
 
 def test_d2_params_and_count(workspace):
@@ -252,7 +253,7 @@ def test_d2_sharded_on_ray_equals_in_process(workspace, ray_runtime):
     assert not list((workspace / "scores").glob(".knn-index-*"))  # the shared index is cleaned up
     a = image_based_run(local, target="target", clusters=6, sample_ratio=0.5)
     b = image_based_run(ray_pool, target="target", clusters=6, sample_ratio=0.5)
-    assert np.array_equal(a["pairs"], b["pairs"]) and np.array_equal(a["centroids"], b["centroids"])
+    assert a["uids"] == b["uids"] and np.array_equal(a["centroids"], b["centroids"])
 
 
 # ------------------------------------------------------------------------------ image-based
@@ -269,19 +270,19 @@ def test_image_based_matches_brute_force(workspace):
     target = np.load(workspace / "references" / "target.npz")["b32_img"].astype(np.float32)
     target_ids = np.unique((target @ ref_c.T).argmax(1))
     keep = caption & np.isin((emb @ ref_c.T).argmax(1), target_ids)
-    expected = np.unique(uids_to_pairs(df["uid"].to_numpy()[keep]))
-    assert np.array_equal(res["pairs"], expected)
+    expected = UidSet.from_hex(df["uid"].to_numpy()[keep])
+    assert res["uids"] == expected
     assert 0 < len(expected) < caption.sum()
     again = get_filter("image_based")(pool, target=str(workspace / "references" / "target.npz"), clusters=6,
                                       iterations=10)
-    assert np.array_equal(again, expected)
+    assert again == expected
 
 
 def test_image_based_sample_ratio_seeded_and_bad_input(workspace):
     pool = make_pool(workspace)
     a = image_based_run(pool, target="target", clusters=5, sample_ratio=0.5, seed=4)
     b = image_based_run(pool, target="target", clusters=5, sample_ratio=0.5, seed=4)
-    assert np.array_equal(a["pairs"], b["pairs"]) and np.array_equal(a["centroids"], b["centroids"])
+    assert a["uids"] == b["uids"] and np.array_equal(a["centroids"], b["centroids"])
     with pytest.raises(InputError, match="imagenet"):
         image_based_run(pool, clusters=5)
     with pytest.raises(ConfigError):
@@ -302,12 +303,12 @@ def test_exact_dedup_matches_reference(workspace):
             seen_sha.add(sha)
         if not dup:
             kept.append(uid)
-    expected = np.unique(uids_to_pairs(np.array(kept)))
+    expected = UidSet.from_hex(kept)
     got = get_filter("dedup")(pool)
-    assert np.array_equal(got, expected)
+    assert got == expected
     assert len(got) == len(df) - 3 - 2 - 2  # sha twins (3), cross-shard sha (2), repeated uid (2)
     only_uid = get_filter("dedup")(pool, by=["uid"])
-    assert len(only_uid) == len(np.unique(pool.uid_pairs()))
+    assert len(only_uid) == len(np.unique(pool.uid_keys()))
     with pytest.raises(ConfigError):
         get_filter("dedup")(pool, by=["url"])
     with pytest.raises(ConfigError):
@@ -341,7 +342,7 @@ def test_semdedup_matches_brute_force(workspace, order, against):
     assert np.array_equal(res["keep"], expected)
     assert 0 < (~expected).sum() < len(x) // 2
     via_dedup = get_filter("dedup")(pool, method="semantic", eps=0.15, clusters=4, order=order, against=against)
-    assert np.array_equal(via_dedup, res["pairs"])
+    assert via_dedup == res["uids"]
 
 
 def test_semdedup_drops_the_planted_duplicate_only_once(workspace):
@@ -363,10 +364,10 @@ def test_gpu_and_cpu_agree(workspace):
     ia = image_based_run(pool, target="target", clusters=6, device="cpu")
     ib = image_based_run(pool, target="target", clusters=6, device="cuda")
     np.testing.assert_allclose(ia["centroids"], ib["centroids"], atol=1e-4)
-    assert np.array_equal(ia["pairs"], ib["pairs"])
+    assert ia["uids"] == ib["uids"]
     sa = semdedup_run(pool, eps=0.15, clusters=4, device="cpu")
     sb = semdedup_run(pool, eps=0.15, clusters=4, device="cuda")
-    assert np.array_equal(sa["pairs"], sb["pairs"])
+    assert sa["uids"] == sb["uids"]
 
 
 def _faiss_gpu() -> bool:

@@ -8,11 +8,12 @@ import pytest
 
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import SUBSET_DTYPE, uids_to_pairs
+from poolsieve.core.uids import UidSet, hex_to_keys, keys_to_pairs
 from poolsieve.filters import clip_score as clip_score_module
-from poolsieve.filters.algebra import Evaluator, evaluate_spec
+from poolsieve.filters.algebra import Evaluator
+from poolsieve.filters.algebra import evaluate_spec as evaluate_uids
 from poolsieve.filters.registry import ScoredPool, get_filter
 from poolsieve.filters.spec import parse_expression, parse_spec, render
-from poolsieve.filters.uidset import from_subset, hex_uids_to_keys, keys_to_pairs, normalize, to_subset
 
 
 def uid(i: int) -> str:
@@ -71,9 +72,16 @@ def pool(pool_dir):
 
 
 def run(pool, name, **params):
+    """A filter's uid set as DataComp's subset array."""
     out = get_filter(name)(pool, **params)
-    assert out.dtype == SUBSET_DTYPE
-    return out
+    assert isinstance(out, UidSet)
+    pairs = out.to_pairs()
+    assert pairs.dtype == SUBSET_DTYPE
+    return pairs
+
+
+def evaluate_spec(pool, spec):
+    return evaluate_uids(pool, spec).to_pairs()
 
 
 def test_no_filter_is_every_member(pool):
@@ -164,7 +172,7 @@ def test_fraction_cut_equals_datacomp_on_many_shards(tmp_path, monkeypatch, fine
     for fraction in (0.001, 0.1, 0.3, 0.5, 0.97, 0.99):
         expected = pairs_of(reference_fraction_cut(values, fraction))
         report: dict = {}
-        got = clip_score_module.clip_score(pool, column="score", fraction=fraction, report=report)
+        got = clip_score_module.clip_score(pool, column="score", fraction=fraction, report=report).to_pairs()
         assert np.array_equal(got, expected), fraction
         assert report["threshold"] == -np.sort(-values)[int(n * fraction)]
 
@@ -174,20 +182,20 @@ def test_fraction_cut_float32_column_with_nan(tmp_path):
     pd.DataFrame({"uid": [uid(i) for i in range(8)], "s": values}).to_parquet(tmp_path / "a.parquet")
     pool = ScoredPool([tmp_path / "a.parquet"])
     # int(8 * .25) = 2 -> desc [.3 .25 .2 .2 .2 ...] -> threshold .2, NaN never kept
-    assert np.array_equal(clip_score_module.clip_score(pool, column="s", fraction=0.25), pairs_of([0, 1, 3, 5, 6]))
+    assert np.array_equal(clip_score_module.clip_score(pool, column="s", fraction=0.25).to_pairs(), pairs_of([0, 1, 3, 5, 6]))
 
 
 def test_uid_keys_roundtrip_and_errors():
     uids = [uid(i) for i in range(50)] + ["0" * 32, "f" * 32]
     pairs = uids_to_pairs(uids)
-    keys = hex_uids_to_keys(uids)
+    keys = hex_to_keys(uids)
     assert np.array_equal(keys_to_pairs(keys), pairs)
-    assert np.array_equal(to_subset(keys), np.unique(np.sort(pairs, order=["f0", "f1"])))
-    assert np.array_equal(from_subset(pairs[::-1]), normalize(keys))
+    assert np.array_equal(UidSet(keys).to_pairs(), np.unique(np.sort(pairs, order=["f0", "f1"])))
+    assert UidSet.from_pairs(pairs[::-1]) == UidSet(keys)
     with pytest.raises(InputError, match="bad uid 'XYZ' at row 1"):
-        hex_uids_to_keys([uid(0), "XYZ"])
+        hex_to_keys([uid(0), "XYZ"])
     with pytest.raises(InputError, match="row 0"):
-        hex_uids_to_keys(["0" * 31 + "G"])
+        hex_to_keys(["0" * 31 + "G"])
 
 
 # ------------------------------------------------------------------------------------ set algebra
@@ -225,14 +233,14 @@ def test_named_definitions_steps_and_reuse(pool):
     ev = Evaluator(pool, {"clip": "clip_score(column=clip_l14_similarity_score, fraction=0.2)",
                           "both": "basic & clip", "neither": "~(basic | clip)"})
     both = ev.evaluate_defined("both")
-    assert np.array_equal(keys_to_pairs(both), pairs_of([0, 3, 4, 10, 12, 15, 18, 21]))
+    assert np.array_equal(both.to_pairs(), pairs_of([0, 3, 4, 10, 12, 15, 18, 21]))
     steps = {s["step"]: s for s in ev.steps}
     assert steps["basic"]["count"] == 8
     assert steps["clip_score(column=clip_l14_similarity_score, fraction=0.2)"]["details"]["threshold"] == 0.3
     assert steps["basic & clip"]["counts"] == [8, 8]
     first = len(ev.steps)
     neither = ev.evaluate_defined("neither")
-    assert np.array_equal(keys_to_pairs(neither), pairs_of([2, 11]))  # 11: two words, l14 .10
+    assert np.array_equal(neither.to_pairs(), pairs_of([2, 11]))  # 11: two words, l14 .10
     reused = [s for s in ev.steps[first:] if s.get("reused")]
     assert {s["step"] for s in reused} == {"basic", "clip"}
 

@@ -8,6 +8,7 @@ import pytest
 from poolsieve.core import formats
 from poolsieve.core.config import build, load_config
 from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.uids import UidSet, find_duplicates, hex_to_keys
 
 
 def test_uid_pair_round_trip_matches_datacomp_definition():
@@ -47,10 +48,45 @@ def test_subset_validation_errors(tmp_path):
     assert len(formats.read_subset(tmp_path / "rep.npy", allow_repeats=True)) == 2
 
 
-def test_pairs_in_is_a_sorted_lookup():
-    subset = formats.sort_pairs(formats.uids_to_pairs(["1" * 32, "3" * 32]))
-    pool = formats.uids_to_pairs(["0" * 32, "1" * 32, "2" * 32, "3" * 32, "4" * 32])
-    assert formats.pairs_in(pool, subset).tolist() == [False, True, False, True, False]
+def test_uidset_membership_is_a_sorted_lookup():
+    subset = UidSet.from_hex(["3" * 32, "1" * 32, "3" * 32])
+    pool = hex_to_keys(["0" * 32, "1" * 32, "2" * 32, "3" * 32, "4" * 32])
+    assert subset.isin(pool).tolist() == [False, True, False, True, False]
+    assert subset.to_hex() == ["1" * 32, "3" * 32] and "3" * 32 in subset and "2" * 32 not in subset
+
+
+def test_uidset_algebra_matches_python_sets():
+    rng = np.random.default_rng(3)
+    a_hex = [f"{v:032x}" for v in rng.integers(0, 2**62, 300)] + ["00" * 16, "ff" * 16]
+    b_hex = a_hex[::3] + [f"{v:032x}" for v in rng.integers(0, 2**62, 100)]
+    a, b = UidSet.from_hex(a_hex), UidSet.from_hex(b_hex)
+    assert set((a & b).to_hex()) == set(a_hex) & set(b_hex)
+    assert set((a | b).to_hex()) == set(a_hex) | set(b_hex)
+    assert set((a - b).to_hex()) == set(a_hex) - set(b_hex)
+    assert (a | b).to_hex() == sorted(set(a_hex) | set(b_hex))  # byte order is numeric order
+    pairs = (a | b).to_pairs()
+    assert [(int(u[:16], 16), int(u[16:], 16)) for u in (a | b).to_hex()] == pairs.tolist()
+
+
+def test_uidset_written_as_is_and_read_back(tmp_path):
+    uids = UidSet.from_hex(["f" * 32, "0" * 32, "1" * 32])
+    path = formats.write_subset(tmp_path / "s.npy", uids)
+    assert np.load(path).tolist() == uids.to_pairs().tolist()
+    assert formats.read_uidset(path) == uids
+
+
+def test_arrow_uid_column_checks():
+    import pyarrow as pa
+
+    good = pa.chunked_array([["1" * 32, "2" * 32], ["3" * 32]])
+    assert hex_to_keys(good).tolist() == hex_to_keys(["1" * 32, "2" * 32, "3" * 32]).tolist()
+    with pytest.raises(InputError, match=r"x\.parquet: uid missing at row 1"):
+        hex_to_keys(pa.array(["1" * 32, None]), source="x.parquet")
+    with pytest.raises(InputError, match="column uid has type int64"):
+        hex_to_keys(pa.array([1, 2]), source="x.parquet")
+    with pytest.raises(InputError, match="bad uid 'G{32}' at row 1"):
+        hex_to_keys(pa.array(["1" * 32, "G" * 32]))
+    assert find_duplicates(hex_to_keys(["1" * 32, "2" * 32, "1" * 32]))[0].tolist() == [2]
 
 
 def test_embeddings_must_align_with_rows(tmp_path):

@@ -21,10 +21,8 @@ from poolsieve.core.formats import (
     METADATA_REQUIRED,
     atomic_path,
     check_metadata_columns,
-    find_duplicate_uids,
-    pairs_to_uids,
-    uid_column_pairs,
 )
+from poolsieve.core.uids import KEY_DTYPE, find_duplicates, hex_to_keys, keys_to_hex
 
 TEXT_COLUMNS = ("url", "text")
 
@@ -93,7 +91,7 @@ def scan_metadata(files: Sequence[Path], required: Sequence[str] = METADATA_REQU
     """Check columns, column types and uids of ``files`` (in order) and find repeated uids."""
     import pyarrow.parquet as pq
 
-    all_pairs, sizes = [], []
+    all_keys, sizes = [], []
     for path in files:
         try:
             schema = pq.read_schema(path)
@@ -107,18 +105,18 @@ def scan_metadata(files: Sequence[Path], required: Sequence[str] = METADATA_REQU
             raise
         except Exception as e:  # noqa: BLE001 - an unreadable file is bad input
             raise InputError(path, f"not a readable parquet file ({e})") from None
-        pairs = uid_column_pairs(column, source=path)
-        all_pairs.append(pairs)
-        sizes.append(len(pairs))
+        keys = hex_to_keys(column, source=path)
+        all_keys.append(keys)
+        sizes.append(len(keys))
     offsets = np.cumsum([0, *sizes])
-    repeats_at, firsts_at = find_duplicate_uids(np.concatenate(all_pairs) if all_pairs else np.zeros(0, "u8,u8"))
+    repeats_at, firsts_at = find_duplicates(np.concatenate(all_keys) if all_keys else np.zeros(0, KEY_DTYPE))
     per_file = [repeats_at[(repeats_at >= lo) & (repeats_at < hi)] - lo
                 for lo, hi in zip(offsets[:-1], offsets[1:], strict=True)]
     first = None
     if len(repeats_at):
         r, f = int(repeats_at[0]), int(firsts_at[0])
         ri, fi = int(np.searchsorted(offsets, r, "right") - 1), int(np.searchsorted(offsets, f, "right") - 1)
-        uid = pairs_to_uids(all_pairs[ri][r - offsets[ri]:r - offsets[ri] + 1])[0]
+        uid = keys_to_hex(all_keys[ri][r - offsets[ri]:r - offsets[ri] + 1])[0]
         where = f"row {f - offsets[fi]}" + ("" if fi == ri else f" of {files[fi]}")
         first = (files[ri], f"uid {uid} at row {r - offsets[ri]} repeats {where}")
     return MetadataScan(list(files), per_file, first)

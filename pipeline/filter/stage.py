@@ -28,14 +28,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import parquet_files
+from poolsieve.core.formats import parquet_files, read_uidset
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import check_subset_record, write_subset_pair
+from poolsieve.core.uids import UidSet
 from poolsieve.core.workspace import Workspace
 
 
@@ -139,7 +138,6 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
     from poolsieve.filters.algebra import Evaluator
     from poolsieve.filters.registry import ScoredPool
     from poolsieve.filters.spec import render
-    from poolsieve.filters.uidset import from_subset, to_subset
 
     pool = ScoredPool(tables, runtime)
     made: set[str] = set()
@@ -161,10 +159,8 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
                 and saved.get("spec") == evaluator.resolve(parsed[name], within=name)
                 and saved.get("pool", {}).get("fingerprint") == fingerprint)
 
-    def load_defined(name: str) -> np.ndarray | None:
-        from poolsieve.core.formats import read_subset
-
-        return from_subset(read_subset(ws.subset_path(name))) if up_to_date(name) else None
+    def load_defined(name: str) -> UidSet | None:
+        return read_uidset(ws.subset_path(name)) if up_to_date(name) else None
 
     evaluator = Evaluator(pool, parsed, subset_file=saved_subset_file, load_defined=load_defined)
     results: dict[str, Any] = {}
@@ -182,27 +178,26 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
         status = "remade (was incomplete)" if _incomplete(ws, name) else "made"
         start = time.perf_counter()
         first_step, first_input = len(evaluator.steps), len(evaluator.inputs)
-        keys = evaluator.evaluate_defined(name)
-        members = len(evaluator.pool_keys())
-        pairs = to_subset(keys)
+        uids = evaluator.evaluate_defined(name)
+        members = len(evaluator.pool_uids())
         seconds = time.perf_counter() - start
         record = {
             "name": name,
             "expression": render(resolved),
             "spec": resolved,
             "given": cfg.subsets[name],
-            "count": int(len(pairs)),
+            "count": len(uids),
             "pool": {"fingerprint": fingerprint, "members": members, "tables": len(tables),
                      "table_folder": str(tables[0].parent) if tables else None},
-            "fraction_of_pool": round(len(pairs) / members, 6) if members else 0.0,
+            "fraction_of_pool": round(len(uids) / members, 6) if members else 0.0,
             "inputs": evaluator.inputs[first_input:],
             "steps": evaluator.steps[first_step:],
             "seconds": round(seconds, 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        write_subset_pair(ws.subset_path(name), pairs, record)
+        write_subset_pair(ws.subset_path(name), uids, record)  # the one conversion to DataComp's pairs
         made.add(name)
-        results[name] = {"status": status, "count": int(len(pairs)), "members": members, "seconds": round(seconds, 3),
+        results[name] = {"status": status, "count": len(uids), "members": members, "seconds": round(seconds, 3),
                          "expression": record["expression"], "path": str(ws.subset_path(name))}
     return results
 

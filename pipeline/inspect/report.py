@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.core.formats import atomic_path, pairs_in, read_subset, uids_to_pairs
+from poolsieve.core.formats import atomic_path, read_subset
+from poolsieve.core.uids import UidSet, hex_to_keys
 from poolsieve.core.workspace import Workspace
 
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
@@ -76,8 +77,8 @@ def _score_plots(ws: Workspace, summary: dict[str, Any]) -> list[str]:
     df = pd.concat(frames, ignore_index=True)
     if "status" in df:
         df = df[df["status"] == "success"]
-    pairs = uids_to_pairs(df["uid"].to_numpy())
-    members = {name: pairs_in(pairs, np.unique(read_subset(ws.subset_path(name), allow_repeats=True)))
+    keys = hex_to_keys(df["uid"].to_numpy())
+    members = {name: UidSet.from_pairs(read_subset(ws.subset_path(name), allow_repeats=True)).isin(keys)
                for name in summary.get("subsets", {})}
     plots = []
     for col in columns:
