@@ -172,16 +172,11 @@ def _shift(value: float) -> float:
     return float(value)
 
 
-@register("d2_pruning")
-def d2_pruning(pool: ScoredPool, *, fraction: float | None = None, count: int | None = None,
-               embedding: str | None = None, features: str = "image+text", k: int = 5,
-               score_column: str | None = None, score_shift: float = REFERENCE_SHIFT,
-               gamma_forward: float = 1.0, gamma_reverse: float = 1.0, knn: str = "auto",
-               exact_max_rows: int = 50_000, recall: float = 0.95, nlist: int | None = None,
-               nprobe: int | None = None, candidates: int | None = None, seed: int = 0, device: str = "auto",
-               knn_impl: str = "auto", report: dict | None = None) -> UidSet:
-    """D2 Pruning: keep ``fraction`` (or ``count``) rows chosen by graph message passing."""
-    params = {name: value for name, value in locals().items() if name not in ("pool", "report")}
+@register("d2_pruning", params=d2_run)
+def d2_pruning(pool: ScoredPool, *, report: dict | None = None, **params) -> UidSet:
+    """D2 Pruning: keep ``fraction`` (or ``count``) rows chosen by graph message passing.
+
+    The parameters are ``d2_run``'s (its signature is the one list of them and their defaults)."""
     result = d2_run(pool, **params)
     if report is not None and result.graph is not None:
         g = result.graph

@@ -147,13 +147,11 @@ def image_based_run(pool: ScoredPool, *, target: str = "imagenet", embedding: st
     return {"uids": UidSet.union_of(kept), "centroids": centroids, "target_clusters": target_ids, "caption_pass": n_pass}
 
 
-@register("image_based")
-def image_based(pool: ScoredPool, *, target: str = "imagenet", embedding: str | None = None,
-                clusters: int | None = None, iterations: int = 20, sample_ratio: float = 1.0, seed: int = 0,
-                caption_filter: bool = True, language: str = "en", device: str = "auto",
-                report: dict | None = None) -> UidSet:
-    """Rows near the target distribution (DataComp's image-based filter)."""
-    params = {name: value for name, value in locals().items() if name not in ("pool", "report")}
+@register("image_based", params=image_based_run)
+def image_based(pool: ScoredPool, *, report: dict | None = None, **params) -> UidSet:
+    """Rows near the target distribution (DataComp's image-based filter).
+
+    The parameters are ``image_based_run``'s (its signature is the one list of them and their defaults)."""
     result = image_based_run(pool, **params)
     if report is not None:
         report.update(clusters=len(result["centroids"]), target_clusters=len(result["target_clusters"]),

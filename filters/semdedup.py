@@ -128,13 +128,11 @@ def semdedup_run(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None =
     return {"uids": UidSet(keys[keep]), "labels": labels, "centroids": centroids, "keep": keep}
 
 
-@register("semdedup")
-def semdedup(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None = None, features: str = "image",
-             clusters: int | None = None, iterations: int = 20, sample_ratio: float = 1.0,
-             spherical: bool = True, order: str = "hard", against: str = "kept", seed: int = 0,
-             device: str = "auto", report: dict | None = None) -> UidSet:
-    """Semantic deduplication: drop near-duplicates (cosine > 1 - eps) within k-means clusters."""
-    params = {name: value for name, value in locals().items() if name not in ("pool", "report")}
+@register("semdedup", params=semdedup_run)
+def semdedup(pool: ScoredPool, *, report: dict | None = None, **params) -> UidSet:
+    """Semantic deduplication: drop near-duplicates (cosine > 1 - eps) within k-means clusters.
+
+    The parameters are ``semdedup_run``'s (its signature is the one list of them and their defaults)."""
     result = semdedup_run(pool, **params)
     if report is not None and result["centroids"] is not None:
         report.update(clusters=len(result["centroids"]), removed=int((~result["keep"]).sum()))
