@@ -12,14 +12,10 @@ from test_download_support import FAST, assert_shards_whole, make_served_pool, p
 from poolsieve.core.errors import InputError
 from poolsieve.core.runtime import Runtime
 from poolsieve.pipeline.demo.image_server import ImageServer
+from poolsieve.pipeline.download.failures import FAILURES_NAME, failure_reason
 from poolsieve.pipeline.download.netguard import DEFAULT_DENY_NETWORKS
-from poolsieve.pipeline.download.stage import (
-    FAILURES_NAME,
-    REPORT_NAME,
-    DownloadConfig,
-    download,
-    failure_reason,
-)
+from poolsieve.pipeline.download.report import REPORT_NAME
+from poolsieve.pipeline.download.stage import DownloadConfig, download
 
 FAULT_REASONS = {
     "http_404": "http_404",

@@ -10,13 +10,13 @@ from pathlib import Path
 import pandas as pd
 from factories import make_samples, write_img2dataset_shards
 
-from poolsieve.pipeline.download.stage import (
+from poolsieve.pipeline.download.failures import (
     FAILURES_NAME,
     read_failures,
     reconcile_duplicates,
     update_failures,
-    whole_shard_ids,
 )
+from poolsieve.pipeline.download.plan import whole_shard_ids
 
 
 def test_failure_table_is_incremental_and_retries_replace_failed_rows(tmp_path: Path) -> None:

@@ -27,18 +27,10 @@ from poolsieve.core.errors import InputError, PoolsieveError
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.shapes import draw_shape, encode_jpeg
 from poolsieve.pipeline.download import runner as download_runner
-from poolsieve.pipeline.download.stage import (
-    FAILURES_NAME,
-    REPORT_NAME,
-    STAGING_NAME,
-    DownloadConfig,
-    _job,
-    clear_staging,
-    download,
-    failure_reason,
-    run_img2dataset,
-    update_failures,
-)
+from poolsieve.pipeline.download.failures import FAILURES_NAME, failure_reason, update_failures
+from poolsieve.pipeline.download.process import STAGING_NAME, clear_staging, make_job, run_img2dataset
+from poolsieve.pipeline.download.report import REPORT_NAME
+from poolsieve.pipeline.download.stage import DownloadConfig, download
 
 
 # ------------------------------------------------------------------------------- crafted images
@@ -189,7 +181,7 @@ def test_samples_the_writer_drops_are_recorded_and_retried(tmp_path: Path) -> No
     shards.mkdir()
     (shards / STAGING_NAME).mkdir()
     try:
-        job = _job(ws, cfg, binary, set(), 0, None, 5, "multiprocessing", None)
+        job = make_job(ws, cfg, binary, set(), 0, None, 5, "multiprocessing", None)
         outcome = run_img2dataset(job, shards, [0, 1], cfg.watchdog_seconds)
         assert sorted(outcome.promoted) == [0, 1]
         assert tar_uids(shards) == {}  # nothing was written...

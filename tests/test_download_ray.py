@@ -10,7 +10,8 @@ import pytest
 from test_download_support import FAST, assert_shards_whole, make_served_pool, parquet_rows, tar_uids
 
 from poolsieve.core.runtime import Runtime
-from poolsieve.pipeline.download.stage import RUNNER_LOG_NAME, DownloadConfig, download
+from poolsieve.pipeline.download.process import RUNNER_LOG_NAME
+from poolsieve.pipeline.download.stage import DownloadConfig, download
 
 
 @pytest.fixture

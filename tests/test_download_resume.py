@@ -23,7 +23,8 @@ from test_download_support import (
 
 from poolsieve.core.errors import PoolsieveError
 from poolsieve.core.runtime import Runtime
-from poolsieve.pipeline.download.stage import REPORT_NAME, DownloadConfig, DownloadStalled, download
+from poolsieve.pipeline.download.report import REPORT_NAME
+from poolsieve.pipeline.download.stage import DownloadConfig, DownloadStalled, download
 
 STAGE_SCRIPT = """
 import sys

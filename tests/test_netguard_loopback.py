@@ -12,7 +12,9 @@ from test_netguard_support import clear_proxy_env
 
 from poolsieve.core.errors import PoolsieveError
 from poolsieve.core.runtime import Runtime
-from poolsieve.pipeline.download.stage import FAILURES_NAME, REPORT_NAME, DownloadConfig, download
+from poolsieve.pipeline.download.failures import FAILURES_NAME
+from poolsieve.pipeline.download.report import REPORT_NAME
+from poolsieve.pipeline.download.stage import DownloadConfig, download
 
 
 def test_loopback_pool_is_denied_without_allow_network(tmp_path: Path, monkeypatch, capsys) -> None:

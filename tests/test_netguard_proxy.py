@@ -19,8 +19,9 @@ from poolsieve.core.runtime import Runtime
 from poolsieve.core.shapes import draw_shape, encode_jpeg
 from poolsieve.pipeline.demo.image_server import ImageServer
 from poolsieve.pipeline.download import runner as download_runner
+from poolsieve.pipeline.download.failures import FAILURES_NAME
 from poolsieve.pipeline.download.netguard import DENIED_MARK, install_guard, uninstall_guard
-from poolsieve.pipeline.download.stage import FAILURES_NAME, DownloadConfig, download
+from poolsieve.pipeline.download.stage import DownloadConfig, download
 
 
 def _denied_targets(image_port: int, proxy_port: int) -> list[str]:

@@ -14,6 +14,7 @@ from test_netguard_support import RecordingProxy, clear_proxy_env
 
 from poolsieve.core.runtime import Runtime
 from poolsieve.pipeline.download import runner as download_runner
+from poolsieve.pipeline.download.failures import FAILURES_NAME
 from poolsieve.pipeline.download.netguard import (
     DENIED_MARK,
     NetworkPolicy,
@@ -21,7 +22,7 @@ from poolsieve.pipeline.download.netguard import (
     install_guard,
     uninstall_guard,
 )
-from poolsieve.pipeline.download.stage import FAILURES_NAME, DownloadConfig, download
+from poolsieve.pipeline.download.stage import DownloadConfig, download
 
 
 def _local_jpeg(tmp_path: Path) -> Path:

@@ -1,6 +1,6 @@
 """Runs img2dataset in a process of its own: ``python -m poolsieve.pipeline.download.runner JOB.json``.
 
-The download stage (``download.py``) writes a job file and starts this module as a subprocess, so that
+The download stage (``process.py``) writes a job file and starts this module as a subprocess, so that
 img2dataset's spawn-based multiprocessing works whatever the caller is (CLI, pytest, a Ray worker) and
 the watchdog has one process group to kill. The job names the input parquet files, the shard ids to
 skip, the first shard id, the staging folder that img2dataset writes into, and img2dataset's settings.

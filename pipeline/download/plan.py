@@ -1,0 +1,66 @@
+"""img2dataset's shard plan: which metadata rows become which shard, and which shards are whole.
+
+img2dataset cuts each metadata file into ``ceil(rows / samples_per_shard)`` shards whose ids run on from
+file to file. A shard is whole once its tar and its ``_stats.json`` are in ``shards/`` (the stats file is
+moved last, see ``process.promote_ready``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from poolsieve.core.errors import InputError
+
+STATS_RE = re.compile(r"^(\d+)_stats\.json$")
+
+
+@dataclass
+class FilePlan:
+    path: Path
+    rows: int
+    first_shard: int
+    shards: int
+
+
+def plan_shards(files: list[Path], per_shard: int) -> list[FilePlan]:
+    """img2dataset's sharding: each file is cut into ceil(rows / per_shard) shards, ids run on."""
+    import pyarrow.parquet as pq
+
+    from poolsieve.core.formats import check_metadata_columns
+
+    plans, next_id = [], 0
+    for f in files:
+        try:
+            meta = pq.read_metadata(f)
+            names = pq.read_schema(f).names
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f, f"not a readable parquet file ({e})") from None
+        check_metadata_columns(f, names)
+        n = math.ceil(meta.num_rows / per_shard)
+        plans.append(FilePlan(f, meta.num_rows, next_id, n))
+        next_id += n
+    return plans
+
+
+def shard_digits(max_id: int) -> int:
+    return max(5, len(str(max(max_id, 0))))
+
+
+def whole_shards(shards_dir: Path) -> dict[int, str]:
+    """Shard id -> name of the shards whose tar and ``_stats.json`` are in ``shards/`` (stats move last)."""
+    if not shards_dir.is_dir():
+        return {}
+    names = {p.name for p in shards_dir.iterdir()}
+    out = {}
+    for name in names:
+        m = STATS_RE.match(name)
+        if m and f"{m.group(1)}.tar" in names:
+            out[int(m.group(1))] = m.group(1)
+    return out
+
+
+def whole_shard_ids(shards_dir: Path) -> set[int]:
+    return set(whole_shards(shards_dir))
