@@ -188,9 +188,10 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
             "given": cfg.subsets[name],
             "count": len(uids),
             "pool": {"fingerprint": fingerprint, "members": members, "tables": len(tables),
-                     "table_folder": str(tables[0].parent) if tables else None},
+                     "table_folder": ws.rel(tables[0].parent) if tables else None},
             "fraction_of_pool": round(len(uids) / members, 6) if members else 0.0,
-            "inputs": evaluator.inputs[first_input:],
+            "inputs": [dict(i, path=ws.rel(i["path"])) if "path" in i else i  # relative: the workspace can move
+                       for i in evaluator.inputs[first_input:]],
             "steps": evaluator.steps[first_step:],
             "seconds": round(seconds, 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
