@@ -13,6 +13,18 @@ from poolsieve.eval.aggregate import DATACOMP_GROUPS, RESULTS_FILE, aggregate, r
 from poolsieve.eval.tasks import DATACOMP_TASKS, SCORED_TASKS
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The miniature's batches are tiny: on two shared cores, torch's second thread costs 10-30x in waiting
+    (encode_text of two prompts: 140-410 ms with 2 threads, 12-16 ms with 1, at load average 7)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def evalsets(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalsets")
