@@ -1,22 +1,38 @@
 """Where stages run their units: Ray tasks (local Ray or a cluster) or, for debugging, in-process.
 
-A unit is one shard or one parquet file. ``Runtime.map`` runs a function over units, shows progress
-and returns results in unit order. Errors a unit raises reach the caller as the original exception
-(a ``PoolsieveError`` stays a one-line user error), not as a Ray traceback.
+A unit is one shard or one parquet file. Every stage's Ray use goes through these primitives; each has
+an in-process twin (``executor="local"``) with the same results, run one unit at a time:
 
-Tasks made with ``Runtime.remote`` (``map`` uses it) are re-run, up to ``task_retries`` times, when
+* ``map``: results in unit order, with progress;
+* ``ordered_map``: lazily, in unit order, at most ``max_in_flight`` units running or waiting to be
+  handed over (so a consumer can start on unit 0 while later units still run);
+* ``stream``: ``(unit, result)`` as units complete, at most ``max_in_flight`` running; units are drawn
+  from the iterable only when a slot is free, so it may be a generator fed by earlier results;
+* ``stream_generators``: each unit's generator runs as a task that hands its items over one by one
+  (Ray's streaming generators, with backpressure); yields ``(unit, item)`` and ``(unit, END)``;
+  on Ray an item is an object reference that tasks and actors take as it is, locally the item itself;
+* ``actor_pool``: a few long-lived workers holding state (models on a GPU); ``ActorPool.stream``
+  sends each item to the least busy one.
+
+Errors a unit raises reach the caller as the original exception (a ``PoolsieveError`` stays a one-line
+user error), not as a Ray traceback. A stream that ends early (an error, the consumer stops) cancels
+what it started and waits for those tasks to stop, so the caller can remove their files.
+
+Tasks made with ``Runtime.remote`` (every primitive uses it) are re-run, up to ``task_retries`` times, when
 Ray loses the worker or the node running them (a node that dies, a worker killed for memory): Ray's
 ``max_retries`` counts only such system failures, and ``retry_exceptions`` stays off, so an exception
 the unit raises itself is never retried. Units must therefore be idempotent (they write to a
-temporary name and rename, see DESIGN.md). When the retries are used up, ``get_result`` raises a
-one-line ``PoolsieveError`` naming the unit.
+temporary name and rename, see DESIGN.md). An actor lost with its node is restarted as often, with
+the arguments it was made with, and the calls it had in hand are re-sent. When the retries are used up,
+``get_result`` raises a one-line ``PoolsieveError`` naming the unit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,6 +44,8 @@ R = TypeVar("R")
 
 EXECUTORS = ("ray", "local")
 TASK_RETRIES = 3  # re-runs of a task whose worker or node was lost (Ray's own default)
+CANCEL_WAIT_SECONDS = 60.0  # how long a stream that ends early waits for the tasks it cancelled to stop
+END = object()  # ``stream_generators``: this unit's generator has no more items
 
 
 @dataclass
@@ -85,6 +103,115 @@ class Runtime:
         return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=self.task_retries,
                           retry_exceptions=False, **options)(_as_function(fn))
 
+    def resources(self) -> dict[str, float]:
+        """What units can use: the Ray cluster's resources, or this process's CPUs and GPUs."""
+        if self.executor == "ray":
+            return dict(self.ensure_ray().cluster_resources())
+        out: dict[str, float] = {"CPU": float(_process_cpus())}
+        with contextlib.suppress(ImportError):
+            import torch
+
+            out["GPU"] = float(torch.cuda.device_count())
+        return out
+
+    def _limit(self, ray: Any, num_cpus: float) -> int:
+        """Default in-flight bound: twice the tasks the free CPUs can run at once."""
+        return max(1, int(ray.available_resources().get("CPU", 1) / max(num_cpus, 1e-3)) * 2)
+
+
+    # ---------------------------------------------------------------- streaming units
+    def ordered_map(self, fn: Callable[[U], R], units: Iterable[U], *, max_in_flight: int | None = None,
+                    num_cpus: float = 1, num_gpus: float = 0) -> Iterator[R]:
+        """Yield ``fn(unit)`` in unit order while later units run; at most ``max_in_flight`` units are
+        running or done and waiting for the ones before them."""
+        if self.executor == "local":
+            for u in units:
+                yield fn(u)
+            return
+        ray = self.ensure_ray()
+        remote = self.remote(fn, num_cpus=num_cpus, num_gpus=num_gpus)
+        limit = max(1, max_in_flight or self._limit(ray, num_cpus))
+        source = enumerate(units)
+        pending: dict[Any, tuple[int, U]] = {}
+        done: dict[int, R] = {}
+        next_out, exhausted = 0, False
+        try:
+            while True:
+                while not exhausted and len(pending) + len(done) < limit:
+                    item = next(source, None)
+                    if item is None:
+                        exhausted = True
+                    else:
+                        pending[remote.remote(item[1])] = item
+                if next_out in done:
+                    yield done.pop(next_out)
+                    next_out += 1
+                    continue
+                if not pending:
+                    return
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                i, u = pending.pop(ready[0])
+                done[i] = get_result(ray, ready[0], _describe(u))
+        finally:
+            _cancel(ray, list(pending), force=True)
+
+    def stream(self, fn: Callable[[U], R], units: Iterable[U], *, max_in_flight: int | None = None,
+               num_cpus: float = 1, num_gpus: float = 0) -> Iterator[tuple[U, R]]:
+        """Yield ``(unit, fn(unit))`` as units complete, at most ``max_in_flight`` running; the next unit is
+        drawn from ``units`` only when a slot is free. Locally: one unit at a time, in order."""
+        if self.executor == "local":
+            for u in units:
+                yield u, fn(u)
+            return
+        ray = self.ensure_ray()
+        remote = self.remote(fn, num_cpus=num_cpus, num_gpus=num_gpus)
+        limit = max(1, max_in_flight or self._limit(ray, num_cpus))
+        yield from _as_completed(ray, units, lambda u: remote.remote(u), limit, force_cancel=True)
+
+    def stream_generators(self, fn: Callable[[U], Iterator[Any]], units: Iterable[U], *,
+                          max_in_flight: int | None = None, buffered: int = 2,
+                          num_cpus: float = 1) -> Iterator[tuple[U, Any]]:
+        """Run the generator ``fn(unit)`` of each unit (``max_in_flight`` at once) and yield ``(unit, item)``
+        as items are made, then ``(unit, END)``. On Ray a task runs at most ``buffered`` items ahead of
+        the consumer and an item is an object reference (pass it on to a task or an actor as it is)."""
+        if self.executor == "local":
+            for u in units:
+                for item in fn(u):
+                    yield u, item
+                yield u, END
+            return
+        ray = self.ensure_ray()
+        remote = self.remote(fn, num_cpus=num_cpus, num_returns="streaming",
+                             _generator_backpressure_num_objects=buffered)
+        limit = max(1, max_in_flight or self._limit(ray, num_cpus))
+        source = iter(units)
+        active: dict[Any, U] = {}
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(active) < limit:
+                    u = next(source, _NOTHING)
+                    if u is _NOTHING:
+                        exhausted = True
+                    else:
+                        active[remote.remote(u)] = u
+                if not active:
+                    return
+                ready, _ = ray.wait(list(active), num_returns=1)
+                gen = ready[0]
+                try:
+                    item = next(gen)
+                except StopIteration:
+                    yield active.pop(gen), END
+                    continue
+                yield active[gen], item
+        finally:
+            _cancel(ray, list(active), force=False, wait=False)
+
+    def actor_pool(self, cls: type, size: int, *args: Any, num_cpus: float = 1, num_gpus: float = 0) -> ActorPool:
+        """``size`` workers ``cls(*args)`` (one, in this process, for the local executor); close it when done."""
+        return ActorPool(self, cls, size, args, num_cpus, num_gpus)
+
     # ---------------------------------------------------------------- mapping units
     def map(self, fn: Callable[[U], R], units: Sequence[U], desc: str, *, num_cpus: float = 1,
             num_gpus: float = 0, max_in_flight: int | None = None,
@@ -103,7 +230,7 @@ class Runtime:
 
         ray = self.ensure_ray()
         remote = self.remote(fn, num_cpus=num_cpus, num_gpus=num_gpus)
-        limit = max_in_flight or max(1, int(ray.available_resources().get("CPU", 1) / max(num_cpus, 1e-3)) * 2)
+        limit = max_in_flight or self._limit(ray, num_cpus)
         pending: dict[Any, int] = {}
         next_i = 0
         try:
@@ -122,13 +249,123 @@ class Runtime:
         return results
 
 
+class ActorPool:
+    """Long-lived workers ``cls(*args)``: Ray actors (restarted with the same arguments when lost with their
+    node, their calls re-sent), or one instance in this process for the local executor."""
+
+    def __init__(self, runtime: Runtime, cls: type, size: int, args: tuple, num_cpus: float, num_gpus: float):
+        self.local = runtime.executor == "local"
+        self._ray = None if self.local else runtime.ensure_ray()
+        if self.local:
+            self.actors: list[Any] = [cls(*args)]
+        else:
+            actor_cls = self._ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=runtime.task_retries,
+                                         max_task_retries=runtime.task_retries)(cls)
+            self.actors = [actor_cls.remote(*args) for _ in range(max(1, size))]
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def call_all(self, method: str, *args: Any) -> list[Any]:
+        """``method(*args)`` on every worker; the results in worker order."""
+        if self.local:
+            return [getattr(a, method)(*args) for a in self.actors]
+        refs = [getattr(a, method).remote(*args) for a in self.actors]
+        return [get_result(self._ray, ref, f"{method} on a worker") for ref in refs]
+
+    def stream(self, method: str, items: Iterable[tuple[Any, Any]], per_worker: int = 2) -> Iterator[tuple[Any, Any]]:
+        """For each ``(key, arg)``: ``method(arg)`` on the least busy worker (at most ``per_worker`` calls
+        each); yield ``(key, result)`` as calls complete. Locally: one call at a time, in order."""
+        if self.local:
+            for key, arg in items:
+                yield key, getattr(self.actors[0], method)(arg)
+            return
+        load = [0] * len(self.actors)
+        worker_of: dict[Any, int] = {}
+
+        def submit(item: tuple[Any, Any]) -> Any:
+            a = load.index(min(load))
+            load[a] += 1
+            ref = getattr(self.actors[a], method).remote(item[1])
+            worker_of[ref] = a
+            return ref
+
+        def release(ref: Any) -> None:
+            load[worker_of.pop(ref)] -= 1
+
+        for item, result in _as_completed(self._ray, items, submit, per_worker * len(self.actors),
+                                          force_cancel=False, on_done=release):
+            yield item[0], result
+
+    def close(self) -> None:
+        if not self.local:
+            for a in self.actors:
+                with contextlib.suppress(Exception):
+                    self._ray.kill(a)
+        self.actors = []
+
+    def __enter__(self) -> ActorPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+_NOTHING = object()
+
+
+def _as_completed(ray: Any, units: Iterable[Any], submit: Callable[[Any], Any], limit: int, *, force_cancel: bool,
+                  on_done: Callable[[Any], None] | None = None) -> Iterator[tuple[Any, Any]]:
+    """Submit units while fewer than ``limit`` run; yield ``(unit, result)`` as they complete."""
+    source = iter(units)
+    pending: dict[Any, Any] = {}
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(pending) < limit:
+                u = next(source, _NOTHING)
+                if u is _NOTHING:
+                    exhausted = True
+                else:
+                    pending[submit(u)] = u
+            if not pending:
+                return
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            u = pending.pop(ready[0])
+            if on_done is not None:
+                on_done(ready[0])
+            yield u, get_result(ray, ready[0], _describe(u))
+    finally:
+        _cancel(ray, list(pending), force=force_cancel)
+
+
+def _cancel(ray: Any, refs: list[Any], *, force: bool, wait: bool = True) -> None:
+    """Cancel what a stream started; wait (a while) for the tasks to stop before their files are cleaned up."""
+    for ref in refs:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=force)
+    if wait and refs:
+        with contextlib.suppress(Exception):
+            ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_SECONDS)
+
+
+def _process_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _as_function(fn: Callable[[U], R]) -> Callable[[U], R]:
     """``ray.remote`` takes plain functions only: wrap a ``functools.partial`` or other callable."""
     if inspect.isfunction(fn):
         return fn
-
-    def unit(u: U) -> R:
-        return fn(u)
+    if inspect.isgeneratorfunction(fn):
+        def unit(u: U) -> Any:
+            yield from fn(u)
+    else:
+        def unit(u: U) -> R:
+            return fn(u)
 
     unit.__name__ = unit.__qualname__ = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "unit")
     return unit

@@ -448,20 +448,45 @@ class Encoder:
 
 
 class EncoderActor:
-    """An ``Encoder`` for a Ray actor: models load in ``setup`` (a task), so that a bad checkpoint reaches
-    the driver as its own ``InputError`` rather than as a dead actor."""
+    """An ``Encoder`` as a long-lived worker (``Runtime.actor_pool``). It is made with the encoder's
+    arguments and loads the models in ``setup`` (a call of its own), so that a bad checkpoint reaches the
+    driver as its own ``InputError`` rather than as a dead actor; a worker restarted after its node died
+    loads them again on its first ``encode``."""
 
-    def __init__(self) -> None:
+    def __init__(self, models: Sequence[ModelEntry], device: str, precision: str, batch_size: int, threads: int,
+                 decode: str, chunk_size: int, language: bool) -> None:
+        self.args = (models, device, precision, batch_size, threads, decode)
+        self.chunk_size, self.language = chunk_size, language
         self.encoder: Encoder | None = None
 
-    def setup(self, models: Sequence[ModelEntry], device: str, precision: str, batch_size: int, threads: int,
-              decode: str, chunk_size: int, language: bool) -> dict[str, Any]:
-        self.encoder = Encoder(models, device, precision, batch_size, threads, decode)
-        return self.encoder.describe(chunk_size, language)
+    def setup(self) -> dict[str, Any]:
+        if self.encoder is None:
+            self.encoder = Encoder(*self.args)
+        return self.encoder.describe(self.chunk_size, self.language)
 
-    def encode(self, chunk: PreparedChunk) -> EncodedChunk:
-        assert self.encoder is not None, "setup() first"
+    def encode(self, chunk: PreparedChunk | ShardFailure) -> EncodedChunk | ShardFailure:
+        if isinstance(chunk, ShardFailure):
+            return chunk
+        self.setup()
+        assert self.encoder is not None
         return self.encoder.encode(chunk)
+
+
+@dataclass(frozen=True)
+class ShardFailure:
+    """What ``read_chunks`` hands over, after the shard's good chunks, when the shard is bad input."""
+
+    tar: str
+    problem: str
+
+
+def read_chunks(tar_path: str | Path, plan: ChunkPlan) -> Iterator[PreparedChunk | ShardFailure]:
+    """``iter_prepared_chunks``, with bad input (a truncated tar, a sample without uid) handed over as a
+    ``ShardFailure`` instead of raised, so that the other shards go on."""
+    try:
+        yield from iter_prepared_chunks(tar_path, plan)
+    except InputError as e:
+        yield ShardFailure(str(tar_path), e.problem)
 
 
 def _probe_rate(model: Any, dtype: Any, batch: int, device: str, prep: ImagePrep) -> float:

@@ -2,10 +2,10 @@
 
 For each whole shard ``shards/{shard}.tar`` this writes ``scores/{shard}.npz`` (L2-normalised fp16
 ``<key>_img`` / ``<key>_txt``) and then ``scores/{shard}.parquet`` (one row per sample in tar order,
-``clip_<key>_similarity_score`` per model), so a shard whose parquet exists is whole. On Ray, CPU
-tasks read and decode shards (streaming chunks with backpressure) and encoder actors, one per GPU
-(or one on a CPU-only cluster), encode them; the driver writes. ``--executor local`` does the same in
-one process.
+``clip_<key>_similarity_score`` per model), so a shard whose parquet exists is whole. CPU tasks read
+and decode shards (``Runtime.stream_generators``: chunks handed over with backpressure) and encoder
+workers, one per GPU or one on a CPU-only cluster (``Runtime.actor_pool``), encode them; the driver
+writes. ``--executor local`` does the same in one process.
 
 Also: ``--reference DIR --name NAME`` embeds a labelled image set into ``references/NAME.npz``, and
 ``--import-datacomp DIR`` turns DataComp's released metadata parquets + npz embeddings into score tables.
@@ -13,6 +13,7 @@ Also: ``--reference DIR --name NAME`` embeds a labelled image set into ``referen
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
+from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import (
     SCORE_TABLE_BASE_COLUMNS,
     atomic_path,
@@ -117,10 +118,7 @@ def score_pool(ws: Workspace, config: ScoreConfig, runtime: Runtime, *, overwrit
     t0 = time.perf_counter()
     stats = RunStats(total_shards=len(tars), skipped=len(tars) - len(todo))
     if todo:
-        if runtime.executor == "local":
-            _run_local(ws, todo, models, config, stats, quiet)
-        else:
-            _run_ray(ws, todo, models, config, runtime, stats, quiet)
+        _run(ws, todo, models, config, runtime, stats, quiet)
     stats.seconds = time.perf_counter() - t0
     summary = stats.summary(ws, models)
     if stats.errors:
@@ -178,153 +176,94 @@ class RunStats:
 
 
 # ------------------------------------------------------------------------------- execution
-def _run_local(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreConfig, stats: RunStats,
-               quiet: bool) -> None:
-    from poolsieve.pipeline.score.encode import Encoder, iter_prepared_chunks
-
-    encoder = Encoder(models, config.device, config.precision, config.batch_size, config.threads, config.decode)
-    info = encoder.describe(config.chunk_size, config.language)
-    stats.device, stats.batch_size, stats.threads = info["device"], info["batch_size"], info["threads"]
-    progress = Progress("score", total=len(tars), unit="shards", quiet=quiet)
-    for tar in tars:
-        try:
-            chunks = [encoder.encode(c) for c in iter_prepared_chunks(tar, info["plan"])]
-        except InputError as e:
-            stats.errors.append((tar, e.problem))
-            progress.update(1)
-            continue
-        written = write_shard(ws, tar.stem, chunks, info["dims"])
-        stats.add(written)
-        progress.update(1, written["rows"], "images")
-    progress.close()
-
-
 @dataclass
 class _ShardState:
     tar: Path
-    generator: Any = None
     chunks: dict[int, Any] = field(default_factory=dict)
     dispatched: int = 0
     decoded_all: bool = False
     failed: bool = False
 
 
-def _run_ray(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreConfig, runtime: Runtime,
-             stats: RunStats, quiet: bool) -> None:
-    from poolsieve.core.runtime import get_result
-    from poolsieve.pipeline.score.encode import EncoderActor, iter_prepared_chunks
-
-    ray = runtime.ensure_ray()
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = int(resources.get("CPU", 1))
+def _encoders(config: ScoreConfig, runtime: Runtime) -> tuple[int, str, int, int, bool]:
+    """(encoder workers, their device, CPUs each, CPUs in all, on GPUs) for this runtime's resources."""
+    resources = runtime.resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     use_gpu = config.device.startswith("cuda") or (config.device == "auto" and gpus > 0)
     if use_gpu and gpus == 0:
-        raise ConfigError("score: device cuda asked for, but the Ray cluster has no GPU")
+        where = "the Ray cluster" if runtime.executor == "ray" else "this machine"
+        raise ConfigError(f"score: device cuda asked for, but {where} has no GPU")
     n_enc = config.encoders or (gpus if use_gpu else 1)
     device = ("cuda" if use_gpu else "cpu") if config.device == "auto" else config.device
     enc_cpus = 1 if not use_gpu else min(2, max(1, cpus // max(1, n_enc) // 4))
-    actor_cls = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=enc_cpus, max_restarts=0)(EncoderActor)
-    actors = [actor_cls.remote() for _ in range(n_enc)]
-    try:
-        infos = [a.setup.remote(models, device, config.precision, config.batch_size, config.threads, config.decode,
-                                config.chunk_size, config.language) for a in actors]
-        info = [get_result(ray, ref) for ref in infos][0]
-    except BaseException:
-        for a in actors:
-            ray.kill(a)
-        raise
-    stats.device, stats.batch_size, stats.threads = info["device"], info["batch_size"], info["threads"]
-    plan, dims = info["plan"], info["dims"]
-    decoders = config.decode_workers or max(1, cpus - n_enc * enc_cpus)
-    reader = ray.remote(num_cpus=1, num_returns="streaming", max_retries=0,
-                        _generator_backpressure_num_objects=2)(iter_prepared_chunks)
-    progress = Progress("score", total=len(tars), unit="shards", quiet=quiet)
-    todo = deque(tars)
-    active: dict[Any, _ShardState] = {}          # generator -> shard
-    ready_chunks: deque[tuple[_ShardState, int, Any]] = deque()
-    in_flight: dict[Any, tuple[_ShardState, int, int]] = {}  # encode ref -> (shard, chunk, actor)
-    load = [0] * n_enc
-    per_actor = 3
-    writer = ThreadPoolExecutor(1, thread_name_prefix="score-writer")  # writes never stall the encoders
-    writes: deque[Any] = deque()
-    buffer_limit = 2 * n_enc
-    states: list[_ShardState] = []
+    return n_enc, device, enc_cpus, cpus, use_gpu
 
-    def finish_if_done(state: _ShardState) -> None:
-        if state.failed or not state.decoded_all or len(state.chunks) < state.dispatched:
-            return
-        chunks = [state.chunks[i] for i in sorted(state.chunks)]
-        state.chunks.clear()
-        writes.append(writer.submit(write_shard, ws, state.tar.stem, chunks, dims))
-        while writes and writes[0].done():
-            collect(writes.popleft())
 
-    def collect(future: Any) -> None:
-        written = future.result()
-        stats.add(written)
-        progress.update(1, written["rows"], "images")
+def _run(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreConfig, runtime: Runtime,
+         stats: RunStats, quiet: bool) -> None:
+    """Readers (``read_chunks``, one streaming task per shard) hand decoded chunks to encoder workers
+    (``EncoderActor``, one per GPU or one on CPUs); a writer thread assembles each shard once all its
+    chunks are encoded, so writes never stall the encoders. ``--executor local``: the same, one chunk at a
+    time in this process."""
+    from poolsieve.core.runtime import END
+    from poolsieve.pipeline.score.encode import EncoderActor, ShardFailure, read_chunks
 
-    def fail(state: _ShardState, error: BaseException) -> None:
-        if state.failed:
-            return
-        if not isinstance(error, InputError):
-            raise error
-        state.failed = True
-        state.chunks.clear()
-        stats.errors.append((state.tar, error.problem))
-        progress.update(1)
+    n_enc, device, enc_cpus, cpus, use_gpu = _encoders(config, runtime)
+    with runtime.actor_pool(EncoderActor, n_enc, models, device, config.precision, config.batch_size,
+                            config.threads, config.decode, config.chunk_size, config.language,
+                            num_cpus=enc_cpus, num_gpus=1 if use_gpu else 0) as pool:
+        info = pool.call_all("setup")[0]
+        stats.device, stats.batch_size, stats.threads = info["device"], info["batch_size"], info["threads"]
+        dims = info["dims"]
+        decoders = config.decode_workers or max(1, cpus - len(pool) * enc_cpus)
+        states = {t: _ShardState(t) for t in tars}
+        progress = Progress("score", total=len(tars), unit="shards", quiet=quiet)
+        writer = ThreadPoolExecutor(1, thread_name_prefix="score-writer")
+        writes: deque[Any] = deque()
 
-    try:
-        while todo or active or ready_chunks or in_flight:
-            while todo and len(active) < decoders:
-                state = _ShardState(todo.popleft())
-                state.generator = reader.remote(state.tar, plan)
-                active[state.generator] = state
-                states.append(state)
-            while ready_chunks and min(load) < per_actor:
-                state, index, ref = ready_chunks.popleft()
+        def collect(future: Any) -> None:
+            written = future.result()
+            stats.add(written)
+            progress.update(1, written["rows"], "images")
+
+        def finish_if_done(state: _ShardState) -> None:
+            if state.failed or not state.decoded_all or len(state.chunks) < state.dispatched:
+                return
+            chunks = [state.chunks[i] for i in sorted(state.chunks)]
+            state.chunks.clear()
+            writes.append(writer.submit(write_shard, ws, state.tar.stem, chunks, dims))
+            while writes and writes[0].done():
+                collect(writes.popleft())
+
+        def chunks() -> Any:
+            """(shard, chunk index), chunk: as the readers hand them over; a shard is marked read at its end."""
+            read = functools.partial(read_chunks, plan=info["plan"])
+            for tar, item in runtime.stream_generators(read, tars, max_in_flight=decoders):
+                state = states[tar]
+                if item is END:
+                    state.decoded_all = True
+                    finish_if_done(state)
+                elif not state.failed:
+                    state.dispatched += 1
+                    yield (state, state.dispatched - 1), item
+
+        try:
+            for (state, index), encoded in pool.stream("encode", chunks(), per_worker=3):
                 if state.failed:
                     continue
-                a = load.index(min(load))
-                load[a] += 1
-                in_flight[actors[a].encode.remote(ref)] = (state, index, a)
-            waitable = list(in_flight) + (list(active) if len(ready_chunks) < buffer_limit else [])
-            if not waitable:
-                continue
-            done, _ = ray.wait(waitable, num_returns=1)
-            for ref in done:
-                if ref in in_flight:
-                    state, index, a = in_flight.pop(ref)
-                    load[a] -= 1
-                    try:
-                        state.chunks[index] = get_result(ray, ref)
-                    except PoolsieveError as e:
-                        fail(state, e)
-                        continue
-                    finish_if_done(state)
-                else:
-                    state = active[ref]
-                    try:
-                        chunk_ref = next(ref)
-                    except StopIteration:
-                        del active[ref]
-                        state.decoded_all = True
-                        finish_if_done(state)
-                        continue
-                    ready_chunks.append((state, state.dispatched, chunk_ref))
-                    state.dispatched += 1
-        while writes:
-            collect(writes.popleft())
-    finally:
-        writer.shutdown(wait=True)
-        for ref in in_flight:
-            ray.cancel(ref, force=False)
-        for gen in active:
-            ray.cancel(gen, force=False)
-        for a in actors:
-            ray.kill(a)
-        progress.close()
+                if isinstance(encoded, ShardFailure):
+                    state.failed = True
+                    state.chunks.clear()
+                    stats.errors.append((state.tar, encoded.problem))
+                    progress.update(1)
+                    continue
+                state.chunks[index] = encoded
+                finish_if_done(state)
+            while writes:
+                collect(writes.popleft())
+        finally:
+            writer.shutdown(wait=True)
+            progress.close()
 
 
 # ---------------------------------------------------------------------------------- writing
