@@ -114,6 +114,12 @@ class Runtime:
             out["GPU"] = float(torch.cuda.device_count())
         return out
 
+    def cpus(self) -> int:
+        """CPUs units can use: the Ray cluster's, or this process's."""
+        if self.executor == "ray":
+            return max(1, int(self.ensure_ray().cluster_resources().get("CPU", 1)))
+        return _process_cpus()
+
     def _limit(self, ray: Any, num_cpus: float) -> int:
         """Default in-flight bound: twice the tasks the free CPUs can run at once."""
         return max(1, int(ray.available_resources().get("CPU", 1) / max(num_cpus, 1e-3)) * 2)

@@ -19,11 +19,13 @@ task lost with its Ray node is re-run elsewhere (``Runtime.remote``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ from poolsieve.core.formats import (
     write_subset,
 )
 from poolsieve.core.progress import Progress, print_summary
-from poolsieve.core.runtime import Runtime, get_result
+from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import SubsetSnapshot, read_subset_snapshot
 from poolsieve.core.tar_io import (
@@ -313,10 +315,9 @@ def _reshard_locked(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, overwri
     snapshot.write_copy(out_dir / SUBSET_COPY_NAME)  # the tasks read this copy, never the subset file
     planner = OutputPlanner(out_dir, [str(t) for t in tars], cfg.shard_size, cfg.shuffle_bufsize, cfg.seed)
     scan_units = [ScanUnit(str(t), str(out_dir / SUBSET_COPY_NAME)) for t in tars]
-    run = _run_on_ray if runtime.executor == "ray" else _run_in_process
     submitted: list[WriteUnit] = []
     try:
-        scans, results, skipped = run(runtime, scan_units, planner, submitted)
+        scans, results, skipped = _run_units(runtime, scan_units, planner, submitted)
         _check_unchanged(snapshot, out_dir)
     except BaseException:
         _roll_back(out_dir, submitted, new_plan)
@@ -363,73 +364,38 @@ def _roll_back(out_dir: Path, units: list[WriteUnit], new_plan: bool) -> None:
         (out_dir / SUBSET_COPY_NAME).unlink(missing_ok=True)
 
 
-def _run_in_process(runtime: Runtime, scan_units: list[ScanUnit], planner: OutputPlanner,
-                    submitted: list[WriteUnit]) -> tuple[list[ShardScan], list[dict], int]:
-    """Scan every pool shard, then write the output shards that are not whole yet."""
-    scans = runtime.map(scan_shard, scan_units, "reshard scan", items=lambda s: s.samples, item_unit="samples")
-    units = [u for scan in scans for u in planner.add(scan)] + planner.finish()
-    todo = [u for u in units if not _is_whole(u)]
-    submitted.extend(todo)
-    results = runtime.map(write_shard, todo, "reshard write", items=lambda r: r["samples"])
-    return scans, results, len(units) - len(todo)
-
-
-def _run_on_ray(runtime: Runtime, scan_units: list[ScanUnit], planner: OutputPlanner,
-                submitted: list[WriteUnit]) -> tuple[list[ShardScan], list[dict], int]:
-    """Scans and writes as Ray tasks, overlapped: an output shard is written as soon as the scans
-    in front of it are in, so the disk is busy while later pool shards are still being scanned."""
-    ray = runtime.ensure_ray()
-    scan_task = runtime.remote(scan_shard)  # retried on another node when its worker or node dies
-    write_task = runtime.remote(write_shard)
-    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+def _run_units(runtime: Runtime, scan_units: list[ScanUnit], planner: OutputPlanner,
+               submitted: list[WriteUnit]) -> tuple[list[ShardScan], list[dict], int]:
+    """Scans and writes overlapped: scans come back in pool-shard order (``Runtime.ordered_map``) and an
+    output shard is written (``Runtime.stream``) as soon as the scans in front of it are in, so the disk
+    is busy while later pool shards are still being scanned. In-process the same, one unit at a time."""
+    cpus = runtime.cpus()
     scan_progress = Progress("reshard scan", total=len(scan_units), unit="shards")
     write_progress = Progress("reshard write", total=None, unit="shards")
-    scans: list[ShardScan | None] = [None] * len(scan_units)
-    ready_writes: list[WriteUnit] = []
-    results: list[dict] = []
-    in_flight: dict[Any, tuple[str, int]] = {}
-    next_scan = next_plan = skipped = 0
-    scans_in_flight = 0
-    try:
-        while next_scan < len(scan_units) or in_flight or ready_writes:
-            while ready_writes and len(in_flight) < cpus + 1:  # writes first: they free memory and disk
-                unit = ready_writes.pop(0)
-                submitted.append(unit)
-                in_flight[write_task.remote(unit)] = ("write", unit.index)
-            while next_scan < len(scan_units) and len(in_flight) < cpus + 1 and scans_in_flight < cpus:
-                in_flight[scan_task.remote(scan_units[next_scan])] = ("scan", next_scan)
-                next_scan += 1
-                scans_in_flight += 1
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            kind, i = in_flight.pop(done[0])
-            what = scan_units[i].tar_path if kind == "scan" else str(planner.out_dir / f"{filtered_shard_name(i)}.tar")
-            result = get_result(ray, done[0], what)
-            if kind == "write":
-                results.append(result)
-                write_progress.update(1, result["samples"])
-                continue
-            scans_in_flight -= 1
-            scans[i] = result
-            scan_progress.update(1, result.samples)
-            while next_plan < len(scans) and scans[next_plan] is not None:
-                units = planner.add(scans[next_plan])
-                next_plan += 1
-                if next_plan == len(scans):
-                    units += planner.finish()
-                for unit in units:
-                    if _is_whole(unit):
-                        skipped += 1
-                    else:
-                        ready_writes.append(unit)
-    except BaseException:
-        for ref in in_flight:
-            ray.cancel(ref, force=True)
-        if in_flight:  # let cancelled writes stop before their files are removed
-            ray.wait(list(in_flight), num_returns=len(in_flight), timeout=60)
-        raise
+    scans: list[ShardScan] = []
+    skipped = 0
+
+    def write_units() -> Iterator[WriteUnit]:
+        nonlocal skipped
+        for scan in runtime.ordered_map(scan_shard, scan_units, max_in_flight=cpus):
+            scans.append(scan)
+            scan_progress.update(1, scan.samples)
+            units = planner.add(scan) + (planner.finish() if len(scans) == len(scan_units) else [])
+            for unit in units:
+                if _is_whole(unit):
+                    skipped += 1
+                else:
+                    submitted.append(unit)
+                    yield unit
+
+    with contextlib.closing(write_units()) as units:
+        results = []
+        for _, result in runtime.stream(write_shard, units, max_in_flight=cpus + 1):
+            results.append(result)
+            write_progress.update(1, result["samples"])
     if results:
         write_progress.close()
-    return [s for s in scans if s is not None], results, skipped
+    return scans, results, skipped
 
 
 def _meta(ws: Workspace, subset_path: Path, subset: np.ndarray, unique_subset: np.ndarray, found: np.ndarray,
