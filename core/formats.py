@@ -186,6 +186,12 @@ SCORE_TABLE_BASE_COLUMNS = (
     "error",
 )
 
+# The score table's ``status`` values: a sample whose image decoded (img2dataset's word for a fetched
+# sample in its shard parquets too), or one that did not (``error`` says why). Pool members are the
+# ``STATUS_SUCCESS`` rows.
+STATUS_SUCCESS = "success"
+STATUS_DECODE_ERROR = "decode_error"
+
 
 
 def score_table_schema(model_keys: Iterable[str]) -> Any:

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from poolsieve.core.formats import STATUS_SUCCESS
 from poolsieve.pipeline.download.integrity import NOT_WRITTEN_STATUS
 from poolsieve.pipeline.download.netguard import DENIED_MARK
 from poolsieve.pipeline.download.plan import whole_shard_ids, whole_shards
@@ -22,8 +23,8 @@ FAILURES_NAME = "download_failures.parquet"
 
 def failure_reason(status: str | None, error: str | None) -> str:
     """A short reason for a failed sample: http_404, timeout, decode, too_small, denied, ..."""
-    if status == "success":
-        return "success"
+    if status == STATUS_SUCCESS:
+        return STATUS_SUCCESS
     if status == NOT_WRITTEN_STATUS:
         return "not_written"
     msg = (error or "").lower()
@@ -84,7 +85,7 @@ def collect_failures(shards_dir: Path, only: set[int] | None = None):
             continue
         names = pq.read_schema(path).names
         table = pq.read_table(path, columns=[c for c in cols if c in names]).to_pandas()
-        bad = table[table["status"] != "success"].copy()
+        bad = table[table["status"] != STATUS_SUCCESS].copy()
         if len(bad):
             bad.insert(1, "shard", shard_id)
             frames.append(bad)
@@ -163,7 +164,7 @@ def reconcile_duplicates(shards_dir: Path, candidates: set[int]) -> set[int]:
     for shard_id, t in tables.items():
         uids = t.column("uid").to_pylist()
         status = t.column("status").to_pylist()
-        drop = [latest[u] != shard_id and s != "success" for u, s in zip(uids, status, strict=True)]
+        drop = [latest[u] != shard_id and s != STATUS_SUCCESS for u, s in zip(uids, status, strict=True)]
         if not any(drop):
             continue
         parquet_path = parquets[shard_id]
@@ -176,9 +177,9 @@ def reconcile_duplicates(shards_dir: Path, candidates: set[int]) -> set[int]:
         stats = json.loads(stats_path.read_text())
         kept_status = keep.column("status").to_pylist()
         kept_errors = keep.column("error_message").to_pylist()
-        status_dict = Counter("success" if s == "success" else (e or s) for s, e in zip(kept_status, kept_errors,
+        status_dict = Counter(STATUS_SUCCESS if s == STATUS_SUCCESS else (e or s) for s, e in zip(kept_status, kept_errors,
                                                                                           strict=True))
-        stats.update(count=len(kept_status), successes=kept_status.count("success"),
+        stats.update(count=len(kept_status), successes=kept_status.count(STATUS_SUCCESS),
                      failed_to_download=kept_status.count("failed_to_download"),
                      failed_to_resize=kept_status.count("failed_to_resize"), status_dict=dict(status_dict),
                      failed_to_write=kept_status.count(NOT_WRITTEN_STATUS),

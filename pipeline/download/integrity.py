@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from poolsieve.core.errors import PoolsieveError
+from poolsieve.core.formats import STATUS_SUCCESS
 
 NOT_WRITTEN_STATUS = "failed_to_write"
 NOT_WRITTEN_ERROR = "not written: img2dataset's writer failed on this sample (see its log, .download_runner.log)"
@@ -102,9 +103,9 @@ def complete_shard(parquet: Path, stats_path: Path, shard_id: int, inputs: Shard
     status = full.column("status").to_pylist()
     counts = Counter(status)
     status_dict = dict(stats.get("status_dict") or {})
-    status_dict["success"] = counts.get("success", 0)
+    status_dict[STATUS_SUCCESS] = counts.get(STATUS_SUCCESS, 0)
     status_dict[NOT_WRITTEN_ERROR] = counts.get(NOT_WRITTEN_STATUS, 0)
-    stats.update(count=len(status), successes=counts.get("success", 0),
+    stats.update(count=len(status), successes=counts.get(STATUS_SUCCESS, 0),
                  failed_to_download=counts.get("failed_to_download", 0),
                  failed_to_resize=counts.get("failed_to_resize", 0),
                  failed_to_write=counts.get(NOT_WRITTEN_STATUS, 0), status_dict=status_dict)

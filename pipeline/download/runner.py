@@ -24,11 +24,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from poolsieve.core.processes import die_with_parent
 
 # albumentations (imported by img2dataset) checks PyPI for updates at import unless told not to: no
 # traffic that the crawl did not ask for.
@@ -39,19 +40,6 @@ _limits: dict[str, Any] = {}
 
 
 # ----------------------------------------------------------------------------- worker set-up
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def setup_worker(guards: dict[str, Any]) -> None:
     """Install the deny list, the fetch limits and (multiprocessing) parent-death kill, once per process."""
     global _worker_ready

@@ -20,6 +20,7 @@ import numpy as np
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import (
     SCORE_TABLE_BASE_COLUMNS,
+    STATUS_SUCCESS,
     atomic_path,
     check_metadata_columns,
     parquet_files,
@@ -45,7 +46,7 @@ def downloaded_index(ws: Workspace) -> Any | None:
         if not (p.parent / f"{p.stem}_stats.json").exists():
             continue
         df = pd.read_parquet(p, columns=["uid", "key", "status", "width", "height"])
-        frames.append(df[df["status"] == "success"].drop(columns="status"))
+        frames.append(df[df["status"] == STATUS_SUCCESS].drop(columns="status"))
     if not frames:
         return None
     return pd.concat(frames, ignore_index=True).drop_duplicates("uid").set_index("uid")
@@ -106,7 +107,7 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
         table["language"], table["language_score"] = codes.astype(object), conf
     else:
         table["language"], table["language_score"] = None, np.full(len(meta), np.nan, np.float32)
-    table["status"], table["error"] = "success", None
+    table["status"], table["error"] = STATUS_SUCCESS, None
     table = table[list(SCORE_TABLE_BASE_COLUMNS)]
     for k in DATACOMP_KEYS:
         col = score_column(k)

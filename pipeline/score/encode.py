@@ -27,14 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from poolsieve.core.devices import resolve_device, resolve_precision
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import model_key
+from poolsieve.core.formats import STATUS_DECODE_ERROR, STATUS_SUCCESS, model_key
 from poolsieve.core.models import ModelSpec
 from poolsieve.core.shard_reader import TarSample, iter_tar_samples
 
 DECODE_MODES = ("cpu", "gpu")
-STATUS_SUCCESS = "success"
-STATUS_DECODE_ERROR = "decode_error"
 GPU_DECODABLE = ("JPEG",)
 
 
@@ -293,22 +292,6 @@ def auto_threads() -> int:
     return max(1, min(cores, round(cores - busy + 1)))
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"score: device {device!r} asked for, but torch sees no CUDA device")
-    return device
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    if precision == "auto":
-        return "bf16" if device.startswith("cuda") else "fp32"
-    return precision
-
-
 class Encoder:
     """Holds every model of a score run on one device and encodes prepared chunks."""
 
@@ -318,7 +301,7 @@ class Encoder:
 
         from poolsieve.core.models import load_model
 
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, who="score.device")
         self.precision = resolve_precision(precision, self.device)
         self.threads = threads or auto_threads()
         if self.device == "cpu":

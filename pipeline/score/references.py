@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from poolsieve.core.errors import InputError
-from poolsieve.core.formats import atomic_path, embedding_keys
+from poolsieve.core.formats import STATUS_SUCCESS, atomic_path, embedding_keys
 from poolsieve.core.progress import Progress
 from poolsieve.core.shard_reader import IMAGE_EXTENSIONS, TarSample, iter_tar_samples
 from poolsieve.core.workspace import Workspace
@@ -91,7 +91,7 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
             s.meta.setdefault("uid", None)
         chunk = prepare_chunk(samples, plan, name, 0, 0)
         encoded = encoder.encode(chunk)
-        keep = np.asarray(encoded.columns["status"]) == "success"
+        keep = np.asarray(encoded.columns["status"]) == STATUS_SUCCESS
         good = keep[chunk.ok]
         for m in models:
             embeddings[m.key].append(encoded.image[m.key][good])

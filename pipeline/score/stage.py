@@ -24,9 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from poolsieve.core.devices import INFERENCE_PRECISIONS
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import (
     SCORE_TABLE_BASE_COLUMNS,
+    STATUS_SUCCESS,
     atomic_path,
     embedding_keys,
     score_column,
@@ -40,7 +42,6 @@ from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.score.encode import DECODE_MODES
 
 DEFAULT_MODELS = ("ViT-B-32:openai",)
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -52,7 +53,7 @@ class ScoreConfig:
         "(default b32/l14 for OpenAI B/32, L/14, else the architecture); in YAML also {arch, pretrained, key}",
         flag="--model", short="-m", metavar="[KEY=]ARCH[:PRETRAINED|CHECKPOINT]")
     device: str = option("auto", "auto, cpu or cuda[:N]")
-    precision: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", choices=PRECISIONS)
+    precision: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", choices=INFERENCE_PRECISIONS)
     batch_size: int = option(0, "images per forward (default: 64 on CPU, probed on GPU)")
     chunk_size: int = option(0, "samples per decoded chunk handed to an encoder (default: the batch size)")
     decode: str = option("cpu", "decode JPEGs with PIL in CPU tasks, or with nvjpeg in the encoder on a GPU",
@@ -305,7 +306,7 @@ def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str
     write_embeddings(ws.embeddings_path(shard), arrays)
     with atomic_path(ws.score_table_path(shard)) as tmp:
         pq.write_table(pa.Table.from_pandas(df, schema=score_table_schema(dims), preserve_index=False), tmp)
-    return {"rows": n, "decode_errors": int((df["status"] != "success").sum()),
+    return {"rows": n, "decode_errors": int((df["status"] != STATUS_SUCCESS).sum()),
             "encode_seconds": float(sum(getattr(c, "seconds", 0.0) for c in chunks))}
 
 
