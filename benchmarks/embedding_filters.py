@@ -163,10 +163,12 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
         get_filter(name)
         result = d2_run(pool, **params)
-        kept = np.unique(result.keys[result.order])
+        rows = result.pairs if hasattr(result, "pairs") else result.keys  # pairs: the hand-written revision
+        kept = np.unique(rows[result.order])
         graph = result.graph
     else:
-        kept = get_filter(name)(pool, **params).keys
+        chosen = get_filter(name)(pool, **params)
+        kept = chosen if isinstance(chosen, np.ndarray) else chosen.keys
     out["wall_s"] = time.perf_counter() - t0
     out["kept"] = len(kept)
     out["kept_file"] = str(args.workdir / f"kept-{name}-{args.impl_one}.npy")
@@ -257,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             res = json.loads(proc.stdout.strip().splitlines()[-1])
             kept = np.load(res["kept_file"])
+            if kept.dtype.names:  # u8,u8 pairs from the hand-written revision
+                from poolsieve.core.uids import pairs_to_keys
+
+                kept = pairs_to_keys(kept)
             first = kept if first is None else first
             res["jaccard_first"] = jaccard(first, kept)
             results.append(res)
