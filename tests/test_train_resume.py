@@ -92,12 +92,19 @@ assert not [m for m in sys.modules if m.startswith("poolsieve")], "poolsieve was
 assert "poolsieve-tiny" not in open_clip.list_models()
 save_file(model.state_dict(), "plain.safetensors")
 print(preprocess.transforms[1].size, tokenizer(["a photo"]).shape[-1])
+# what DataComp's evaluate.py does with info.pkl (eval_utils/wds_eval.py create_model)
+import pickle
+info = pickle.load(open("{run}/info.pkl", "rb"))
+datacomp, _, _ = open_clip.create_model_and_transforms(info["scale_config"]["model"], pretrained=str(info["checkpoint"]))
+assert all((a == b).all() for a, b in zip(datacomp.state_dict().values(), model.state_dict().values(), strict=True))
+print(info["scale_config"]["model"])
 """
 
 
 def assert_plain_open_clip_loads(run: Path) -> None:
     """The README's one line loads the run in a fresh python that never imports poolsieve, with the
-    weights, input size and context length of poolsieve's own load of ``epoch_latest.pt``."""
+    weights, input size and context length of poolsieve's own load of ``epoch_latest.pt``; so does
+    DataComp's evaluate.py's call on ``info.pkl`` (poolsieve-tiny is named there as the run folder)."""
     from safetensors.torch import load_file
 
     from poolsieve.core.models import ModelSpec, load_model
@@ -106,7 +113,7 @@ def assert_plain_open_clip_loads(run: Path) -> None:
     out = subprocess.run([sys.executable, "-c", PLAIN_OPEN_CLIP.format(run=run.name)], cwd=run.parent, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["(32,", "32)", "32"]  # CenterCrop to the 32 px input; 32 tokens
+    assert out.stdout.split() == ["(32,", "32)", "32", f"local-dir:{run.resolve()}"]  # 32 px input; 32 tokens
     plain = load_file(run.parent / "plain.safetensors")
     ours = load_model(ModelSpec("poolsieve-tiny", str(run / "checkpoints" / LATEST)))[0].state_dict()
     torch.set_grad_enabled(True)

@@ -95,6 +95,15 @@ def prepare_resume(checkpoint_dir: Path) -> tuple[int, str | None]:
     return latest_epoch or 0, note
 
 
+def info_model(arch: str, run_dir: Path) -> str:
+    """``scale_config['model']`` of ``info.pkl``: the open_clip architecture name, or for poolsieve's own
+    architectures (which an open_clip without poolsieve, e.g. DataComp's environment, does not know) the
+    run folder as a ``local-dir:`` spec, which that open_clip loads (see ``write_open_clip_folder``)."""
+    from poolsieve.core.models import MODEL_CONFIG_DIR
+
+    return f"local-dir:{run_dir.resolve()}" if (MODEL_CONFIG_DIR / f"{arch}.json").is_file() else arch
+
+
 def write_info(run_dir: Path, scale: str, scale_config: dict[str, Any], data_dir: str) -> Path:
     """DataComp's ``info.pkl``: what its ``evaluate.py`` reads (``scale_config['model']``, ``checkpoint``).
 

@@ -33,7 +33,7 @@ from poolsieve.core.formats import atomic_path, read_json, write_json
 from poolsieve.core.progress import Progress
 from poolsieve.core.stage import option
 
-from .checkpoints import LATEST, prepare_resume, read_epoch, write_info, write_open_clip_folder
+from .checkpoints import LATEST, info_model, prepare_resume, read_epoch, write_info, write_open_clip_folder
 from .open_clip_runner import ERROR_PREFIX
 from .scales import SCALES, Scale, get_scale
 from .shards import ARG_LIMIT, DATA_FILE_FLAG, Source, train_data_string
@@ -584,10 +584,10 @@ def finish_run(out_dir: str | Path, *, seconds: float | None = None, resumed_sam
     write_json(out_dir / SUMMARY_FILE, summary)
     scale_config = {"batch_size": recipe["batch_size"], "learning_rate": recipe["learning_rate"],
                     "train_num_samples": recipe["samples_seen"], "warmup": recipe["warmup"],
-                    "model": recipe["model"], "beta2": recipe["beta2"]}
+                    "model": info_model(recipe["model"], out_dir), "beta2": recipe["beta2"]}
     data = "::".join(str((out_dir / d).resolve()) for d in record["data"])
-    write_info(out_dir, recipe["name"], scale_config, data)
     write_open_clip_folder(out_dir, recipe["model"], checkpoint)  # plain open_clip: "local-dir:RUN_DIR"
+    write_info(out_dir, recipe["name"], scale_config, data)
     return _resolved(summary, out_dir)
 
 
