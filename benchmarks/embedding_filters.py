@@ -190,7 +190,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
 
 def graph_device_is_cuda() -> bool:
-    from poolsieve.filters._device import cuda_available
+    from poolsieve.core.devices import cuda_available
 
     return cuda_available()
 

@@ -12,6 +12,28 @@ from .errors import InputError
 from .formats import metadata_files
 from .locks import exclusive
 
+# ------------------------------------------------------------------------------ the shard layout
+# A shard is ``NAME.tar`` (+ ``NAME.parquet``) and ``NAME_stats.json``; the stats file is written last,
+# so a shard is whole exactly when its tar and its stats file are both there. Pool shards are
+# ``shards/{:05d}``, resharded and seed-set shards ``{:08d}``.
+SHARD_STATS_SUFFIX = "_stats.json"
+
+
+def shard_stats_path(shard_file: Path) -> Path:
+    """The ``_stats.json`` of the shard that ``shard_file`` (its .tar or .parquet) belongs to."""
+    return shard_file.with_name(f"{shard_file.stem}{SHARD_STATS_SUFFIX}")
+
+
+def is_whole_shard(tar: Path) -> bool:
+    return tar.exists() and shard_stats_path(tar).exists()
+
+
+def whole_shard_tars(folder: Path) -> list[Path]:
+    """The whole shards of ``folder``, sorted by name (none when the folder does not exist)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.tar") if shard_stats_path(p).exists())
+
 
 @dataclass(frozen=True)
 class Workspace:
@@ -117,9 +139,7 @@ class Workspace:
         """Pool shards (``shards/{:05d}.tar``) that are whole: their ``_stats.json`` exists."""
         if not self.shards_dir.is_dir():
             raise InputError(self.shards_dir, "no downloaded shards (run `poolsieve download` first)")
-        return sorted(
-            p for p in self.shards_dir.glob("*.tar") if (p.parent / f"{p.stem}_stats.json").exists()
-        )
+        return whole_shard_tars(self.shards_dir)
 
     def score_tables(self) -> list[Path]:
         if not self.scores_dir.is_dir():

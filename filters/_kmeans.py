@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from poolsieve.core.devices import resolve_device
 from poolsieve.core.errors import ConfigError
 from poolsieve.core.progress import Progress
 
-from ._device import faiss_gpu_available, resolve_device
+from ._device import faiss_gpu_available
 
 METRICS = ("l2", "ip")
 ASSIGN_CHUNK = 65536

@@ -22,12 +22,24 @@ from poolsieve.core.uids import UidSet
 from .columns import float_column, per_table
 from .registry import ScoredPool, register
 
+CAPTION_STATS = ["caption_words", "caption_length"]  # written by score; counted here for tables without them
 
-def caption_mask(table: Any, min_words: int, min_chars: int) -> np.ndarray:
+
+def caption_stats(table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(words, characters) of each caption: score's stored counts, or counted from ``text`` when absent."""
     from poolsieve.core.language import count_chars, count_words
 
-    text = table["text"]
-    return (count_words(text) >= min_words) & (count_chars(text) >= min_chars)
+    names = table.column_names
+    words = (np.asarray(table["caption_words"].fill_null(0)) if "caption_words" in names
+             else count_words(table["text"]))
+    chars = (np.asarray(table["caption_length"].fill_null(0)) if "caption_length" in names
+             else count_chars(table["text"]))
+    return words, chars
+
+
+def caption_mask(table: Any, min_words: int, min_chars: int) -> np.ndarray:
+    words, chars = caption_stats(table)
+    return (words >= min_words) & (chars >= min_chars)
 
 
 def image_mask(table: Any, min_side: float, max_aspect: float) -> np.ndarray:
@@ -82,4 +94,5 @@ def basic(pool: ScoredPool, *, language: str = "en", min_words: int = 3, min_cha
     decide = partial(decide_basic, language=language, min_words=int(min_words), min_chars=int(min_chars),
                      min_side=float(min_side), max_aspect=float(max_aspect),
                      recompute_language=bool(recompute_language))
-    return per_table(pool, decide, ["text", "original_width", "original_height"], "basic", optional=["language"])
+    return per_table(pool, decide, ["text", "original_width", "original_height"], "basic",
+                     optional=["language", *CAPTION_STATS])

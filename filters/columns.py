@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from poolsieve.core.errors import InputError
+from poolsieve.core.formats import STATUS_SUCCESS
 from poolsieve.core.uids import UidSet, hex_to_keys
 
 
@@ -44,7 +45,7 @@ def read_members(path: Path, columns: Sequence[str], optional: Sequence[str] = (
     has_status = "status" in names
     table = pq.read_table(path, columns=[*want, "status"] if has_status and "status" not in want else want)
     if has_status:
-        table = table.filter(pc.equal(table["status"], "success"))
+        table = table.filter(pc.equal(table["status"], STATUS_SUCCESS))
         if "status" not in want:
             table = table.drop_columns(["status"])
     return table

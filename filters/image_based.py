@@ -29,42 +29,38 @@ runtime, so only the k-means training sample sits in one process.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from poolsieve.core.devices import resolve_device, task_resources
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import embedding_keys
 from poolsieve.core.uids import UidSet, hex_to_keys
 from poolsieve.core.workspace import Workspace
 
-from ._device import resolve_device, task_resources
 from ._embeddings import pick_embedding_key
 from ._kmeans import kmeans, nearest_centroid
+from .basic import CAPTION_STATS, caption_stats, language_mask
+from .columns import read_members
 from .registry import ScoredPool, register
 
 DATACOMP_CLUSTERS = 100_000
 
 
-def caption_filter_mask(texts, languages: np.ndarray | None, language: str = "en") -> np.ndarray:
-    """DataComp's caption filter: language == ``language``, words > 1, characters > 5."""
-    from poolsieve.core.language import count_chars, count_words, detect_language_codes
-
-    words, chars = count_words(texts), count_chars(texts)
-    if languages is None:
-        languages = detect_language_codes(texts)
-    return (np.asarray(languages) == language) & (words > 1) & (chars > 5)
+def caption_filter_mask(table: Any, language: str = "en") -> np.ndarray:
+    """DataComp's caption filter over a members table: words > 1, characters > 5, language == ``language``
+    (score's stored counts and language where the table has them, computed otherwise)."""
+    words, chars = caption_stats(table)
+    return language_mask(table, (words > 1) & (chars > 5), language, recompute=False)
 
 
 def _caption_mask(table: Path, caption_filter: bool, language: str) -> np.ndarray:
     """Which of one table's successful rows pass the caption filter."""
-    import pyarrow.parquet as pq
-
-    pool = ScoredPool([Path(table)])
-    has_language = "language" in pq.read_schema(table).names
-    df = pool.read_columns(["text", "language"] if has_language else ["text"])
+    members = read_members(Path(table), ["text"], optional=["language", *CAPTION_STATS], uid=False)
     if not caption_filter:
-        return np.ones(len(df), dtype=bool)
-    return caption_filter_mask(df["text"].tolist(), df["language"].to_numpy() if has_language else None, language)
+        return np.ones(members.num_rows, dtype=bool)
+    return caption_filter_mask(members, language)
 
 
 def _image_rows(table: Path, image_key: str) -> tuple[np.ndarray, np.ndarray]:

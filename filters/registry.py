@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from poolsieve.core.errors import ConfigError
-from poolsieve.core.formats import read_embeddings, read_score_table
+from poolsieve.core.formats import STATUS_SUCCESS, read_embeddings, read_score_table
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.uids import hex_to_keys
 
@@ -125,7 +125,7 @@ class ScoredPool:
         for p in paths:
             df = read_score_table(p, columns=[*cols, "status"] if _has_status(p) else cols)
             if "status" in df.columns:
-                df = df[df["status"] == "success"]
+                df = df[df["status"] == STATUS_SUCCESS]
                 if "status" not in columns:
                     df = df.drop(columns="status")
             frames.append(df.reset_index(drop=True))
@@ -145,7 +145,7 @@ class ScoredPool:
             n = len(status) if status is not None else len(read_score_table(p, columns=["uid"]))
             arrays = read_embeddings(p.with_suffix(".npz"), keys, n_rows=n)
             for k in keys:
-                parts[k].append(arrays[k] if status is None else arrays[k][status == "success"])
+                parts[k].append(arrays[k] if status is None else arrays[k][status == STATUS_SUCCESS])
         return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float16) for k, v in parts.items()}
 
     def map(self, fn: Callable[[Path], Any], desc: str, **kwargs: Any) -> list[Any]:

@@ -29,11 +29,11 @@ import math
 
 import numpy as np
 
+from poolsieve.core.devices import resolve_device
 from poolsieve.core.errors import ConfigError
 from poolsieve.core.progress import Progress
 from poolsieve.core.uids import UidSet
 
-from ._device import resolve_device
 from ._embeddings import check_features, load_all, pick_embedding_key
 from ._kmeans import kmeans, nearest_centroid
 from .registry import ScoredPool, register

@@ -371,7 +371,8 @@ def test_gpu_and_cpu_agree(workspace):
 
 
 def _faiss_gpu() -> bool:
-    from poolsieve.filters._device import cuda_available, faiss_gpu_available
+    from poolsieve.core.devices import cuda_available
+    from poolsieve.filters._device import faiss_gpu_available
 
     return cuda_available() and faiss_gpu_available()
 

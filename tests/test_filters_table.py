@@ -292,3 +292,17 @@ def test_language_column_without_values_is_computed(tmp_path):
     pool = ScoredPool([tmp_path / "0.parquet"])
     assert np.array_equal(run(pool, "basic"), pairs_of([0]))  # 2 keeps its stored "fr"
     assert np.array_equal(run(pool, "basic", recompute_language=True), pairs_of([0, 2]))
+
+
+def test_basic_reads_scores_caption_counts_and_counts_only_without_them(tmp_path):
+    """score writes caption_words/caption_length; basic uses them instead of recounting (a table that
+    lacks them, like DataComp's metadata, is counted)."""
+    rows = [dict(uid=uid(i), text="one two three four", original_width=300, original_height=300, language="en")
+            for i in range(3)]
+    plain = pd.DataFrame(rows)
+    plain.to_parquet(tmp_path / "plain.parquet")
+    stored = plain.assign(caption_words=[4, 2, 4], caption_length=[18, 18, 3])  # rows 1 and 2 fail on counts
+    stored.to_parquet(tmp_path / "stored.parquet")
+    basic = get_filter("basic")
+    assert basic(ScoredPool([tmp_path / "plain.parquet"])) == UidSet.from_hex([uid(i) for i in range(3)])
+    assert basic(ScoredPool([tmp_path / "stored.parquet"])) == UidSet.from_hex([uid(0)])

@@ -32,6 +32,7 @@ from poolsieve.core.errors import ConfigError, InputError, PoolsieveError, Pools
 from poolsieve.core.formats import atomic_path, read_json, write_json
 from poolsieve.core.progress import Progress
 from poolsieve.core.stage import option
+from poolsieve.core.workspace import is_whole_shard, shard_stats_path
 
 from .checkpoints import LATEST, info_model, prepare_resume, read_epoch, write_info, write_open_clip_folder
 from .open_clip_runner import ERROR_PREFIX
@@ -170,8 +171,7 @@ def list_shards(data: str | Path | Sequence[str | Path]) -> list[Path]:
         shards = sorted(p for p in folder.glob("*.tar") if not p.name.startswith("."))
         if not shards:
             raise InputError(folder, "no .tar shards in the training data folder")
-        stats = {p.name for p in folder.glob("*_stats.json")}
-        no_stats = [p for p in shards if f"{p.stem}_stats.json" not in stats]
+        no_stats = [p for p in shards if not is_whole_shard(p)]
         if 0 < len(no_stats) < len(shards):
             raise InputError(no_stats[0], "shard has no _stats.json while others do: the reshard is not finished "
                                           "(rerun `poolsieve reshard`)")
@@ -209,7 +209,7 @@ def count_samples(shards: Sequence[Path]) -> int:
 
     total = 0
     for shard in shards:
-        stats = shard.with_name(f"{shard.stem}_stats.json")
+        stats = shard_stats_path(shard)
         if stats.exists():
             data = read_json(stats)
             for key in ("successes", "num_samples", "count"):

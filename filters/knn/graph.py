@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from poolsieve.core.devices import resolve_device
 from poolsieve.core.errors import ConfigError, PoolsieveWarning
 from poolsieve.core.progress import Progress
 
-from .._device import faiss_gpu_available, resolve_device
+from .._device import faiss_gpu_available
 from .faiss_index import FaissIvf
 from .index import IvfIndex, as_float32, flat_index, index_from_labels, run_units, sorted_topk
 from .lists import (

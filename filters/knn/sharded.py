@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from poolsieve.core.devices import resolve_device, task_resources
 from poolsieve.core.progress import Progress
 
-from .._device import resolve_device, task_resources
 from .faiss_index import FaissIvf
 from .graph import (
     KnnGraph,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from poolsieve.core.formats import atomic_path, write_json
 from poolsieve.core.shapes import generate_clean_pairs
+from poolsieve.core.workspace import shard_stats_path
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -39,6 +40,6 @@ def write_seed_set(folder: str | Path, num_samples: int, seed: int, image_size: 
                 _add(tar, f"{key}.txt", caption.encode())
                 _add(tar, f"{key}.json", json.dumps({"uid": uid, "caption": caption, "key": key,
                                                      "shape": shape, "colour": colour}).encode())
-        write_json(folder / f"{shard:08d}_stats.json", {"successes": count})
+        write_json(shard_stats_path(path), {"successes": count})
         shards.append(path)
     return shards

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from poolsieve.core.formats import STATUS_SUCCESS
+from poolsieve.core.workspace import shard_stats_path
 from poolsieve.pipeline.download.integrity import NOT_WRITTEN_STATUS
 from poolsieve.pipeline.download.netguard import DENIED_MARK
 from poolsieve.pipeline.download.plan import whole_shard_ids, whole_shards
@@ -168,7 +169,7 @@ def reconcile_duplicates(shards_dir: Path, candidates: set[int]) -> set[int]:
         if not any(drop):
             continue
         parquet_path = parquets[shard_id]
-        stats_path = parquet_path.with_name(f"{parquet_path.stem}_stats.json")
+        stats_path = shard_stats_path(parquet_path)
         full = pq.read_table(parquet_path)
         keep = full.filter(pc.invert(pc.is_in(full.column("uid"), value_set=_pa_array(
             [u for u, d in zip(uids, drop, strict=True) if d]))))

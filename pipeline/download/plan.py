@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from poolsieve.core.errors import InputError
+from poolsieve.core.workspace import whole_shard_tars
 
 STATS_RE = re.compile(r"^(\d+)_stats\.json$")
 
@@ -51,15 +52,7 @@ def shard_digits(max_id: int) -> int:
 
 def whole_shards(shards_dir: Path) -> dict[int, str]:
     """Shard id -> name of the shards whose tar and ``_stats.json`` are in ``shards/`` (stats move last)."""
-    if not shards_dir.is_dir():
-        return {}
-    names = {p.name for p in shards_dir.iterdir()}
-    out = {}
-    for name in names:
-        m = STATS_RE.match(name)
-        if m and f"{m.group(1)}.tar" in names:
-            out[int(m.group(1))] = m.group(1)
-    return out
+    return {int(tar.stem): tar.stem for tar in whole_shard_tars(shards_dir) if tar.stem.isdigit()}
 
 
 def whole_shard_ids(shards_dir: Path) -> set[int]:

@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from poolsieve.core.workspace import shard_stats_path
 from poolsieve.pipeline.download.failures import update_failures
 from poolsieve.pipeline.download.plan import shard_digits, whole_shards
 from poolsieve.pipeline.download.process import RunOutcome
@@ -25,7 +26,7 @@ def build_report(ws: Any, cfg: DownloadConfig, planned: int, mode: str, outcome:
     whole = set(whole_names)
     samples = successes = 0
     for name in whole_names.values():
-        stats = json.loads((shards_dir / f"{name}_stats.json").read_text())
+        stats = json.loads(shard_stats_path(shards_dir / f"{name}.tar").read_text())
         samples += int(stats.get("count", 0))
         successes += int(stats.get("successes", 0))
     failures = update_failures(shards_dir)

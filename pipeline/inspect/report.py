@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.core.formats import atomic_path, read_subset
+from poolsieve.core.formats import STATUS_SUCCESS, atomic_path, read_subset
 from poolsieve.core.uids import UidSet, hex_to_keys
 from poolsieve.core.workspace import Workspace
 
@@ -76,7 +76,7 @@ def _score_plots(ws: Workspace, summary: dict[str, Any]) -> list[str]:
 
     df = pd.concat(frames, ignore_index=True)
     if "status" in df:
-        df = df[df["status"] == "success"]
+        df = df[df["status"] == STATUS_SUCCESS]
     keys = hex_to_keys(df["uid"].to_numpy())
     members = {name: UidSet.from_pairs(read_subset(ws.subset_path(name), allow_repeats=True)).isin(keys)
                for name in summary.get("subsets", {})}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from poolsieve.core.errors import InputError
+from poolsieve.core.formats import STATUS_SUCCESS
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import check_subset_record, subset_rows
@@ -41,7 +42,7 @@ def inspect_workspace(ws: Workspace) -> dict[str, Any]:
             reasons: dict[str, int] = {}
             for s in stats:
                 for k, v in (s.get("status_dict") or {}).items():
-                    if k != "success":
+                    if k != STATUS_SUCCESS:
                         reasons[k] = reasons.get(k, 0) + int(v)
             out["shards"] = {"shards": len(stats), "urls": sum(s.get("count", 0) for s in stats),
                              "successes": sum(s.get("successes", 0) for s in stats),
@@ -132,7 +133,7 @@ def _print(summary: dict[str, Any]) -> None:
         print(f"  scores     {s['rows']:,} rows in {s['tables']} table(s); status {s['status']}")
         for c, q in s["score_columns"].items():
             print(f"             {c}: mean {q['mean']}  p10 {q['p10']}  p50 {q['p50']}  p90 {q['p90']}")
-    total = summary.get("scores", {}).get("status", {}).get("success")
+    total = summary.get("scores", {}).get("status", {}).get(STATUS_SUCCESS)
     for name, sub in summary.get("subsets", {}).items():
         share = f" ({sub['uids'] / total:.1%} of pool)" if total else ""
         print(f"  subset     {name}: {sub['uids']:,} uids{share}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from poolsieve.core.formats import SUBSET_DTYPE, filtered_shard_name, pairs_to_uids
+from poolsieve.core.workspace import shard_stats_path
 
 
 def _empty(dtype: type | np.dtype = np.int64):
@@ -177,8 +178,8 @@ class OutputPlanner:
         index = self.shards_planned
         self.shards_planned += 1
         self.copies_planned += len(out_keys)
-        name = filtered_shard_name(index)
-        return WriteUnit(index, str(self.out_dir / f"{name}.tar"), str(self.out_dir / f"{name}_stats.json"),
+        tar = self.out_dir / f"{filtered_shard_name(index)}.tar"
+        return WriteUnit(index, str(tar), str(shard_stats_path(tar)),
                          self.sources, src.astype(np.int32), out_keys, np.array(span_start, np.int64),
                          np.array(span_end, np.int64), np.array(mstart, np.int64), np.array(mcount, np.int64),
                          exts, np.array(offsets, np.int64), np.array(sizes, np.int64))

@@ -57,7 +57,7 @@ from poolsieve.core.tar_io import (
     ustar_header,
     write_buffers,
 )
-from poolsieve.core.workspace import Workspace
+from poolsieve.core.workspace import Workspace, is_whole_shard, shard_stats_path
 from poolsieve.pipeline.reshard.plan import OutputPlanner, ShardScan, WriteUnit
 
 PLAN_VERSION = 1
@@ -259,7 +259,7 @@ def _complete(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
         return None
     for i in range(int(meta.get("output_shard_count", 0))):
         name = filtered_shard_name(i)
-        if not ((out_dir / f"{name}.tar").exists() and (out_dir / f"{name}_stats.json").exists()):
+        if not is_whole_shard(out_dir / f"{name}.tar"):
             return None
     return meta
 
@@ -429,7 +429,7 @@ def _meta(ws: Workspace, subset_path: Path, subset: np.ndarray, unique_subset: n
 
 def _stats_successes(tar: Path) -> int | None:
     try:
-        value = json.loads((tar.parent / f"{tar.stem}_stats.json").read_text()).get("successes")
+        value = json.loads(shard_stats_path(tar).read_text()).get("successes")
     except (OSError, ValueError, AttributeError):
         return None
     return int(value) if isinstance(value, int) else None

@@ -30,7 +30,7 @@ from poolsieve.core.formats import (
     write_embeddings,
 )
 from poolsieve.core.runtime import Runtime
-from poolsieve.core.workspace import Workspace
+from poolsieve.core.workspace import Workspace, shard_stats_path
 
 DATACOMP_KEYS = ("b32", "l14")
 
@@ -43,7 +43,7 @@ def downloaded_index(ws: Workspace) -> Any | None:
         return None
     frames = []
     for p in sorted(ws.shards_dir.glob("*.parquet")):
-        if not (p.parent / f"{p.stem}_stats.json").exists():
+        if not shard_stats_path(p).exists():
             continue
         df = pd.read_parquet(p, columns=["uid", "key", "status", "width", "height"])
         frames.append(df[df["status"] == STATUS_SUCCESS].drop(columns="status"))
