@@ -195,12 +195,7 @@ class Runtime:
         exhausted = False
         try:
             while True:
-                while not exhausted and len(active) < limit:
-                    u = next(source, _NOTHING)
-                    if u is _NOTHING:
-                        exhausted = True
-                    else:
-                        active[remote.remote(u)] = u
+                exhausted = exhausted or not _top_up(source, active, limit, remote.remote)
                 if not active:
                     return
                 ready, _ = ray.wait(list(active), num_returns=1)
@@ -320,6 +315,16 @@ class ActorPool:
 _NOTHING = object()
 
 
+def _top_up(source: Iterator[Any], active: dict[Any, Any], limit: int, submit: Callable[[Any], Any]) -> bool:
+    """Submit units from ``source`` until ``limit`` are active (``ref -> unit``); False once it is exhausted."""
+    while len(active) < limit:
+        u = next(source, _NOTHING)
+        if u is _NOTHING:
+            return False
+        active[submit(u)] = u
+    return True
+
+
 def _as_completed(ray: Any, units: Iterable[Any], submit: Callable[[Any], Any], limit: int, *, force_cancel: bool,
                   on_done: Callable[[Any], None] | None = None) -> Iterator[tuple[Any, Any]]:
     """Submit units while fewer than ``limit`` run; yield ``(unit, result)`` as they complete."""
@@ -328,12 +333,7 @@ def _as_completed(ray: Any, units: Iterable[Any], submit: Callable[[Any], Any], 
     exhausted = False
     try:
         while True:
-            while not exhausted and len(pending) < limit:
-                u = next(source, _NOTHING)
-                if u is _NOTHING:
-                    exhausted = True
-                else:
-                    pending[submit(u)] = u
+            exhausted = exhausted or not _top_up(source, pending, limit, submit)
             if not pending:
                 return
             ready, _ = ray.wait(list(pending), num_returns=1)
