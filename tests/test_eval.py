@@ -320,6 +320,8 @@ def test_custom_task_by_path_and_registered_name(tmp_path, capsys):
     from poolsieve.pipeline.inspect.stage import inspect_workspace
 
     assert inspect_workspace(Workspace.open(ws))["evals"]["poolsieve-tiny"] == {"clipart_category": line["metrics"]["main_metric"]}
+    assert cli.main(["inspect", "-w", str(ws), "--executor", "local", "--html"]) == 0
+    assert "<td>clipart_category</td>" in (ws / "report" / "index.html").read_text()
 
     # registered in the config under another name; no templates file: clip_benchmark's defaults
     (folder / "zeroshot_classification_templates.txt").unlink()
