@@ -34,7 +34,7 @@ class Progress:
         self.items = 0
         self.item_unit = ""
         self.start = time.monotonic()
-        self._last = 0.0
+        self._last = float("-inf")  # the first update prints at once
         self._printed: int | None = None  # ``done`` when the last plain line was printed
         self._bar = None
         if not quiet and _is_terminal(self.stream):

@@ -19,7 +19,8 @@ def test_plain_lines_print_the_final_state_once() -> None:
         p.update(1, items=10)
     p.close()
     lines = out.getvalue().splitlines()
-    assert len(lines) == 1  # the update that reached the total; close() does not repeat it
+    assert len(lines) == 2  # the first update, then the one that reached the total; close() does not repeat it
+    assert lines[0].startswith("scan: 1/3 shards")
     assert lines[-1].startswith("scan: 3/3 shards | 30 samples") and "ETA" not in lines[-1]
 
 
