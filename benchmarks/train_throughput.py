@@ -11,11 +11,16 @@ and prints samples/s of both, in steady state (median per-step rate after a warm
 own per-step log for the stage) and over the whole run (process start, model build and checkpoints
 included for the stage; model build included for the bare loop), with their ratios.
 Target on a CPU machine with the tiny model: steady-state ratio >= 0.9.
+
+On a shared machine other processes decide most of a CPU step's time (NOTES: 30-40x slower at load
+average 15), so the bare loop runs both just before and just after the stage and its two medians are
+averaged; the load average at each point is printed beside the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
@@ -46,8 +51,9 @@ def stage(data: Path, out: Path, args: argparse.Namespace) -> tuple[float, float
     return statistics.median(rates[args.warmup:]), whole
 
 
-def bare(args: argparse.Namespace) -> tuple[float, float]:
-    """(steady, whole) samples/s of the same model, loss and optimizer on one in-memory batch."""
+def bare(args: argparse.Namespace, steps: int) -> tuple[float, float]:
+    """(steady, whole) samples/s of ``steps`` steps of the same model, loss and optimizer on one in-memory
+    batch (``args.warmup`` more are left out of the steady median)."""
     import open_clip
     import torch
     from open_clip.loss import ClipLoss
@@ -72,7 +78,7 @@ def bare(args: argparse.Namespace) -> tuple[float, float]:
     precision = resolve_precision(args.precision, "", device == "cuda")  # what the stage resolves
     dtype = torch.bfloat16 if "bf16" in precision else torch.float16
     amp = precision.startswith("amp") and device == "cuda"
-    steps = max(args.warmup + 5, args.samples // args.batch)
+    steps += args.warmup
     times = []
     model.train()
     for _ in range(steps):
@@ -102,12 +108,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="auto")
     p.add_argument("--warmup", type=int, default=10, help="steps left out of the steady-state median")
     args = p.parse_args(argv)
+    half = max(5, args.samples // args.batch // 2)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         write_data(data, args.images, args.image_size)
+        loads = [os.getloadavg()[0]]
+        before = bare(args, half)
+        loads.append(os.getloadavg()[0])
         stage_steady, stage_whole = stage(data, Path(tmp) / "run", args)
-    bare_steady, bare_whole = bare(args)
-    print(f"model {args.model}, batch {args.batch}, {args.samples} samples, threads {args.threads}")
+        loads.append(os.getloadavg()[0])
+        after = bare(args, half)
+        loads.append(os.getloadavg()[0])
+    bare_steady, bare_whole = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    print(f"model {args.model}, batch {args.batch}, {args.samples} samples, threads {args.threads}, "
+          f"{os.cpu_count()} CPUs")
+    print("load average (1 min) before bare / before stage / after stage / after bare: "
+          + " / ".join(f"{x:.2f}" for x in loads))
+    print(f"bare steady before / after the stage: {before[0]:.1f}/s / {after[0]:.1f}/s")
     print(f"{'':<12}{'stage (shards)':>16}{'bare (memory)':>16}{'ratio':>8}")
     print(f"{'steady':<12}{stage_steady:>14.1f}/s{bare_steady:>14.1f}/s{stage_steady / bare_steady:>8.2f}")
     print(f"{'whole run':<12}{stage_whole:>14.1f}/s{bare_whole:>14.1f}/s{stage_whole / bare_whole:>8.2f}")
