@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from poolsieve.core.devices import resolve_device
 from poolsieve.core.models import ModelSpec, load_model
 from poolsieve.core.progress import Progress
 from poolsieve.core.stage import option
@@ -52,14 +53,6 @@ class EvalConfig:
                                            "default: weights only)")
 
 
-def pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Task], out_dir: str | Path,
                    config: EvalConfig | None = None, *, overwrite: bool = False,
                    name: str | None = None, workspace: Workspace | None = None) -> dict[str, Any]:
@@ -84,7 +77,7 @@ def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Ta
             (out_dir / name).unlink(missing_ok=True)
     done = read_eval_folder(out_dir)
     todo = [t for t in task_list if t.key not in done]
-    device = pick_device(config.device)
+    device = resolve_device(config.device, who="evaluate.device")
     if todo:
         from .zeroshot import evaluate_task
 

@@ -19,17 +19,21 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from poolsieve.core import devices
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveError, PoolsieveWarning
 from poolsieve.core.formats import atomic_path, read_json, write_json
+from poolsieve.core.processes import die_with_parent
 from poolsieve.core.progress import Progress
 from poolsieve.core.stage import option
 from poolsieve.core.workspace import is_whole_shard, shard_stats_path
@@ -272,15 +276,8 @@ def open_clip_args(train_data: list[str], run_dir: Path, recipe: Scale, plan: Tr
 
 def resolve_precision(precision: str, scale: str = "", gpu: bool | None = None) -> str:
     """``auto``: fp32 on CPU; on GPUs amp, or amp_bf16 at xlarge as DataComp's launcher does."""
-    if precision != "auto":
-        return precision
-    if gpu is None:
-        import torch
-
-        gpu = torch.cuda.is_available()
-    if not gpu:
-        return "fp32"
-    return "amp_bf16" if scale == "xlarge" else "amp"
+    device = ("cuda" if gpu else "cpu") if gpu is not None else devices.resolve_device("auto")
+    return devices.resolve_precision(precision, device, gpu_default="amp_bf16" if scale == "xlarge" else "amp")
 
 
 _TRAIN_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \((\d+)%\)\](.*)")
@@ -429,17 +426,6 @@ def runner_env(config: TrainConfig) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies, so a killed ``poolsieve train`` leaves no trainer behind."""
-    if sys.platform.startswith("linux"):
-        import contextlib
-        import ctypes
-        import signal
-
-        with contextlib.suppress(OSError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def failure_line(lines: Sequence[str], what: str, log_path: Path) -> str:
     """One line for a failed run: the runner's own error line, else the last line that says error."""
     for line in reversed(lines):
@@ -459,7 +445,7 @@ def _run_local(setup: RunSetup, config: TrainConfig, progress: Progress, done_be
     steps_done = done_before
     plan = setup.plan
     with open(log_path, "a") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                      text=True, env=env, preexec_fn=_die_with_parent) as proc:
+                                                      text=True, env=env, preexec_fn=partial(die_with_parent, signal.SIGTERM)) as proc:
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
