@@ -116,7 +116,7 @@ def reshard_killing_a_node(cluster: Any, ws: Workspace, cfg: ReshardConfig, runt
     deadline, polls, task = time.monotonic() + 120, 0, None
     while thread.is_alive() and time.monotonic() < deadline and not (task := freeze_busy_worker(pids)):
         polls += 1
-        if polls % 200 == 0:  # workers the raylet started since
+        if polls % 10 == 0:  # workers the raylet started since (a task may land on a fresh one)
             pids = worker_pids(raylet_pid)
         time.sleep(0.001)
     outcome["killed_during"] = task
