@@ -38,9 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.core.formats import uids_to_pairs, write_subset
+from poolsieve.core.formats import write_subset
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.tar_io import END_OF_ARCHIVE, padding, ustar_header
+from poolsieve.core.uids import uids_to_pairs
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard
 

@@ -26,22 +26,18 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .uids import (  # noqa: F401 - SUBSET_DTYPE, is_valid_uid, uids_to_pairs, pairs_to_uids: the subset file's uids
+from .uids import (
     SUBSET_DTYPE,
     UidSet,
     hex_to_keys,
-    is_valid_uid,
     keys_to_hex,
     keys_to_pairs,
     pairs_to_keys,
-    pairs_to_uids,
     sort_keys,
-    uids_to_pairs,
 )
 
 # ------------------------------------------------------------------------------------ subsets
 # uids are decoded, sorted and compared in core/uids.py; a subset file is where they become DataComp's pairs.
-# (SUBSET_DTYPE, is_valid_uid, uids_to_pairs and pairs_to_uids are imported above from there.)
 
 
 def write_subset(path: str | Path, uids: UidSet | np.ndarray, *, allow_repeats: bool = False) -> Path:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from factories import make_samples, write_img2dataset_shards
 
-from poolsieve.core.formats import uids_to_pairs, write_subset
+from poolsieve.core.formats import write_subset
+from poolsieve.core.uids import uids_to_pairs
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard
 

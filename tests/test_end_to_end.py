@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from poolsieve.core.formats import pairs_to_uids, read_subset
+from poolsieve.core.formats import read_subset
+from poolsieve.core.uids import pairs_to_uids
 from poolsieve.core.workspace import Workspace
 
 

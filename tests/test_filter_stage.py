@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from poolsieve.core.errors import ConfigError
-from poolsieve.core.formats import SUBSET_DTYPE, read_subset, uids_to_pairs, write_subset
+from poolsieve.core.formats import read_subset, write_subset
 from poolsieve.core.runtime import Runtime
+from poolsieve.core.uids import SUBSET_DTYPE, uids_to_pairs
 from poolsieve.core.workspace import Workspace
 from poolsieve.filters.spec import parse_cli_spec
 from poolsieve.pipeline import cli

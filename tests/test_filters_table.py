@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import SUBSET_DTYPE, uids_to_pairs
-from poolsieve.core.uids import UidSet, hex_to_keys, keys_to_pairs
+from poolsieve.core.uids import SUBSET_DTYPE, UidSet, hex_to_keys, keys_to_pairs, uids_to_pairs
 from poolsieve.filters import clip_score as clip_score_module
 from poolsieve.filters.algebra import Evaluator
 from poolsieve.filters.algebra import evaluate_spec as evaluate_uids

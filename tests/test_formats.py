@@ -8,40 +8,40 @@ import pytest
 from poolsieve.core import formats
 from poolsieve.core.config import build, load_config
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.uids import UidSet, find_duplicates, hex_to_keys
+from poolsieve.core.uids import UidSet, find_duplicates, hex_to_keys, pairs_to_uids, uids_to_pairs
 
 
 def test_uid_pair_round_trip_matches_datacomp_definition():
     uids = ["0123456789abcdef0123456789abcdef", "ffffffffffffffff0000000000000001", "00" * 16]
-    pairs = formats.uids_to_pairs(uids)
+    pairs = uids_to_pairs(uids)
     assert pairs.dtype == np.dtype("u8,u8")
     for uid, (hi, lo) in zip(uids, pairs.tolist(), strict=True):
         assert (hi, lo) == (int(uid[:16], 16), int(uid[16:32], 16))
-    assert formats.pairs_to_uids(pairs) == uids
+    assert pairs_to_uids(pairs) == uids
 
 
 @pytest.mark.parametrize("bad", ["0123", "g" * 32, "0123456789ABCDEF0123456789abcdef", "0" * 33])
 def test_bad_uid_is_refused_with_row(bad):
     with pytest.raises(InputError, match="bad uid .* at row 1"):
-        formats.uids_to_pairs(["0" * 32, bad], source="x.parquet")
+        uids_to_pairs(["0" * 32, bad], source="x.parquet")
 
 
 def test_subset_write_sorts_dedups_and_reads_back(tmp_path):
-    pairs = formats.uids_to_pairs(["f" * 32, "0" * 32, "f" * 32, "1" * 32])
+    pairs = uids_to_pairs(["f" * 32, "0" * 32, "f" * 32, "1" * 32])
     path = formats.write_subset(tmp_path / "s.npy", pairs)
     back = formats.read_subset(path)
-    assert formats.pairs_to_uids(back) == ["0" * 32, "1" * 32, "f" * 32]
+    assert pairs_to_uids(back) == ["0" * 32, "1" * 32, "f" * 32]
 
 
 def test_subset_validation_errors(tmp_path):
-    unsorted = formats.uids_to_pairs(["f" * 32, "0" * 32])
+    unsorted = uids_to_pairs(["f" * 32, "0" * 32])
     np.save(tmp_path / "unsorted.npy", unsorted)
     with pytest.raises(InputError, match="not sorted"):
         formats.read_subset(tmp_path / "unsorted.npy")
     np.save(tmp_path / "dtype.npy", np.arange(4, dtype=np.int64))
     with pytest.raises(InputError, match="dtype"):
         formats.read_subset(tmp_path / "dtype.npy")
-    repeated = formats.uids_to_pairs(["0" * 32, "0" * 32])
+    repeated = uids_to_pairs(["0" * 32, "0" * 32])
     np.save(tmp_path / "rep.npy", repeated)
     with pytest.raises(InputError, match="repeated"):
         formats.read_subset(tmp_path / "rep.npy")

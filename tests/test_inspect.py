@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from poolsieve.core.formats import uids_to_pairs, write_subset
+from poolsieve.core.formats import write_subset
+from poolsieve.core.uids import uids_to_pairs
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.inspect.report import write_report
 from poolsieve.pipeline.inspect.stage import inspect_workspace

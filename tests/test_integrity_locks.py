@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 from factories import make_samples, write_img2dataset_shards
 
-from poolsieve.core.formats import read_subset, uids_to_pairs
+from poolsieve.core.formats import read_subset
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.subsets import SHA256_KEY, write_subset_pair
+from poolsieve.core.uids import uids_to_pairs
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline import cli
 from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard

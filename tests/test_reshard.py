@@ -16,7 +16,8 @@ import pytest
 from factories import make_samples, write_img2dataset_shards
 
 from poolsieve.core.errors import InputError
-from poolsieve.core.formats import SUBSET_DTYPE, read_subset, uids_to_pairs, write_subset
+from poolsieve.core.formats import read_subset, write_subset
+from poolsieve.core.uids import SUBSET_DTYPE, uids_to_pairs
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.reshard.plan import buffered_shuffle_order
 from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard

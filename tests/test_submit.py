@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import uids_to_pairs, write_subset
+from poolsieve.core.formats import write_subset
 from poolsieve.core.runtime import Runtime
+from poolsieve.core.uids import uids_to_pairs
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline import cli
 from poolsieve.pipeline.filter.stage import FilterConfig, run_filter

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from poolsieve.core.formats import is_valid_uid, read_metadata, uids_to_pairs
+from poolsieve.core.formats import read_metadata
 from poolsieve.core.shapes import generate_clean_pairs
+from poolsieve.core.uids import is_valid_uid, uids_to_pairs
 from poolsieve.pipeline.demo.synthetic_pool import (
     DEFAULT_DEFECT_RATES,
     FOREIGN_TEMPLATES,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from poolsieve.core.formats import SUBSET_DTYPE, filtered_shard_name, pairs_to_uids
+from poolsieve.core.formats import filtered_shard_name
+from poolsieve.core.uids import SUBSET_DTYPE, pairs_to_uids
 from poolsieve.core.workspace import shard_stats_path
 
 

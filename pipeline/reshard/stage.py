@@ -34,14 +34,10 @@ import numpy as np
 
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import (
-    SUBSET_DTYPE,
     atomic_path,
     file_sha256,
     filtered_shard_name,
-    is_valid_uid,
-    pairs_to_uids,
     read_json,
-    uids_to_pairs,
     write_json,
     write_subset,
 )
@@ -57,6 +53,7 @@ from poolsieve.core.tar_io import (
     ustar_header,
     write_buffers,
 )
+from poolsieve.core.uids import SUBSET_DTYPE, is_valid_uid, pairs_to_uids, uids_to_pairs
 from poolsieve.core.workspace import Workspace, is_whole_shard, shard_stats_path
 from poolsieve.pipeline.reshard.plan import OutputPlanner, ShardScan, WriteUnit
 

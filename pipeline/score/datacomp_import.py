@@ -26,10 +26,10 @@ from poolsieve.core.formats import (
     parquet_files,
     score_column,
     score_table_schema,
-    uids_to_pairs,
     write_embeddings,
 )
 from poolsieve.core.runtime import Runtime
+from poolsieve.core.uids import uids_to_pairs
 from poolsieve.core.workspace import Workspace, shard_stats_path
 
 DATACOMP_KEYS = ("b32", "l14")
