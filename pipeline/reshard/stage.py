@@ -2,7 +2,7 @@
 
 Pass 1 (a Ray task per pool shard) walks the tar's headers, reads each sample's ``.json`` for its
 uid and keeps the samples in the subset (sorted-array lookup); no image is decoded. The planner
-(``reshard_plan.py``) gives every kept sample a global position (pool-shard order, then key order,
+(``plan.py``) gives every kept sample a global position (pool-shard order, then key order,
 optionally a seeded shuffle buffer) and cuts output shards of ``shard_size``: every shard is full
 but the last. Pass 2 (a Ray task per output shard) copies the members' raw bytes under new keys
 ``{uid}-{j}`` (DataComp's naming; a uid listed k times is written k times as ``-0 .. -(k-1)``) and
