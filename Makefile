@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.poolsieve-installed
 install: $(STAMP)
 
 # torch/torchvision are pinned here (the builds on this machine's disk); pyproject keeps ranges.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml .ci/system-deps
+	.ci/system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
