@@ -4,7 +4,10 @@
 ``{base_url}/images/{uid}.jpg``; this server answers those urls on 127.0.0.1 so that the download stage
 fetches them over HTTP with img2dataset exactly as it would fetch the web.
 
-    python -m poolsieve.pipeline.demo.image_server WORKSPACE --port 8765
+    python -m poolsieve.pipeline.demo.image_server WORKSPACE --host 127.0.0.1 --port 8765
+
+``serve_command`` writes that line for a pool generated with a given ``base_url`` (host, port and any
+path prefix of the urls), as ``poolsieve generate`` prints it.
 
 For tests, ``faults`` maps a url path (``/images/<uid>.jpg``) to a misbehaviour (see ``FAULTS``); the
 mapping can be changed while the server runs (``set_faults`` / ``clear_faults``: "the server recovers").
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import shlex
+import shutil
 import struct
 import sys
 import threading
@@ -175,13 +180,15 @@ class ImageServer:
     """Serve files under ``root`` (e.g. ``<workspace>/synthetic``) over HTTP on ``host:port``.
 
     Use as a context manager (``with ImageServer(root) as srv: srv.url``) or call ``start``/``stop``.
-    ``port=0`` picks a free port.
+    ``port=0`` picks a free port. ``prefix`` (``/pool``) is a url path in front of the files' paths, for
+    urls made with a ``base_url`` that has one.
     """
 
     def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0,
                  faults: dict[str, str] | None = None, verbose: bool = False, trickle_interval: float = 0.2,
-                 latency: float = 0.0):
+                 latency: float = 0.0, prefix: str = ""):
         self.root = Path(root).resolve()
+        self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.latency = latency  # seconds to wait before answering each request (a slow web)
         self.host, self.port = host, port
         self.trickle_interval = trickle_interval
@@ -225,7 +232,11 @@ class ImageServer:
             return self._counts[self._key(path_or_url)]
 
     def resolve(self, path: str) -> Path | None:
-        """The file a url path names, or None (missing, or outside ``root``)."""
+        """The file a url path names, or None (missing, outside ``root``, or not under the prefix)."""
+        if self.prefix:
+            if not path.startswith(self.prefix + "/"):
+                return None
+            path = path[len(self.prefix):]
         candidate = (self.root / path.lstrip("/")).resolve()
         if self.root not in candidate.parents or not candidate.is_file():
             return None
@@ -234,7 +245,7 @@ class ImageServer:
     # ---------------------------------------------------------------- lifecycle
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.host}:{self.port}{self.prefix}"
 
     def start(self) -> ImageServer:
         if not self.root.is_dir():
@@ -283,12 +294,29 @@ def serve_root(workspace_or_folder: str | Path) -> Path:
     return p / "synthetic" if (p / "synthetic").is_dir() else p
 
 
+def serve_command(folder: str | Path, base_url: str) -> str:
+    """The shell command that serves ``folder`` where urls made with ``base_url`` point: its host, its port
+    (the scheme's default when the url names none) and its path prefix. The interpreter is ``python`` when
+    that is the one running now, else this one's path, so the line works as it is copied."""
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or not parts.hostname:
+        from poolsieve.core.errors import ConfigError
+
+        raise ConfigError(f"base url {base_url!r}: the image server answers http://HOST[:PORT][/PREFIX] urls")
+    python = "python" if shutil.which("python") == sys.executable else shlex.quote(sys.executable)
+    argv = [str(folder), "--host", parts.hostname, "--port", str(parts.port or 80)]
+    if parts.path.strip("/"):
+        argv += ["--prefix", "/" + parts.path.strip("/")]
+    return f"{python} -m poolsieve.pipeline.demo.image_server " + " ".join(shlex.quote(a) for a in argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m poolsieve.pipeline.demo.image_server",
                                      description="Serve a workspace's synthetic images over HTTP on 127.0.0.1.")
     parser.add_argument("workspace", type=Path, help="workspace (serves its synthetic/ folder) or any folder")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--prefix", default="", help="url path in front of images/... (a --base-url with a path)")
     parser.add_argument("--fault", action="append", default=[], metavar="PATH=KIND",
                         help=f"inject a fault for one url path; kinds: {', '.join(FAULTS)}")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each answer")
@@ -296,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     faults = dict(f.split("=", 1) for f in args.fault)
     server = ImageServer(serve_root(args.workspace), args.host, args.port, faults, verbose=args.verbose,
-                         latency=args.latency)
+                         latency=args.latency, prefix=args.prefix)
     try:
         server.start()
     except Exception as e:  # noqa: BLE001 - one line for the user
