@@ -1,7 +1,9 @@
 """Validate a subset and write a DataComp submission folder.
 
 ``poolsieve submit -w pool --subset NAME`` checks ``subsets/NAME.npy`` (or any ``.npy`` path): dtype
-``np.dtype("u8,u8")``, one-dimensional, sorted, no repeated uid, every uid a member of the pool. It then
+``np.dtype("u8,u8")``, one-dimensional, sorted, every uid a member of the pool. A uid may repeat (DataComp's
+format allows upsampling: a repeated uid is trained on as often as it appears); the summary counts the
+rows and the distinct uids. It then
 writes ``submissions/NAME/`` with the uid file, ``NAME.npy.sha256``, ``submission.json`` (sha256,
 size, pool fingerprint, the spec record from ``subsets/NAME.json``) and, when ``evals/NAME/`` holds
 results, a copy of them with their average, and beside them the folder DataComp's ``evaluate.py``
@@ -96,12 +98,13 @@ def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, *, overwrite:
     if not cfg.subset:
         raise ConfigError("which subset? pass --subset NAME (or a path to a .npy uid file)")
     name, path = subset_file(ws, cfg.subset)
-    snapshot = read_subset_snapshot(path)  # one read: dtype, 1-d, sorted, unique; its record must describe it
+    # one read: dtype, 1-d, sorted (repeats allowed: upsampling); its record must describe it
+    snapshot = read_subset_snapshot(path, allow_repeats=True)
     pairs = snapshot.pairs
     if len(pairs) == 0:
         raise InputError(path, "subset is empty")
     tables = score_table_files(ws, cfg.tables)
-    check_in_pool(UidSet.from_pairs(pairs, sorted_unique=True), no_filter(ScoredPool(tables, runtime)), path)
+    check_in_pool(UidSet.from_pairs(pairs), no_filter(ScoredPool(tables, runtime)), path)
     out = Path(cfg.out).expanduser() if cfg.out else ws.root / "submissions" / name
     with exclusive(out):
         return _write_submission(ws, cfg, name, snapshot, out, tables, overwrite)
@@ -134,6 +137,7 @@ def _write_submission(ws: Workspace, cfg: SubmitConfig, name: str, snapshot: Sub
         "uid_file": f"{name}.npy",
         "sha256": digest,
         "count": int(len(pairs)),
+        "distinct_uids": len(UidSet.from_pairs(pairs)),
         "bytes": len(snapshot.data),
         "pool": {"fingerprint": pool_fingerprint(tables), "tables": len(tables)},
         "spec": spec,
@@ -167,7 +171,8 @@ def print_report(result: dict[str, Any]) -> None:
     print_summary("submit", [
         ("subset", result["name"]),
         ("status", result["status"]),
-        ("uids", f"{result['count']:,}"),
+        ("uids", f"{result['count']:,}" + (f" ({result['distinct_uids']:,} distinct: some repeat)"
+                                           if result.get("distinct_uids", result["count"]) != result["count"] else "")),
         ("sha256", result["sha256"]),
         ("evaluation", f"{evals['tasks']} tasks, " + (f"average {evals['averages']['Average']:.4f}"
                         if evals["averages"].get("Average") is not None else str(evals["averages"].get("incomplete")))

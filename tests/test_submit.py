@@ -132,12 +132,23 @@ def test_unsorted_refused(ws, tmp_path):
         submit(ws, str(path))
 
 
-def test_repeated_uid_refused(ws, tmp_path):
+def test_repeated_uids_accepted(ws, tmp_path):
+    """DataComp's format allows upsampling: a uid may repeat in a (sorted) submission; it is kept as given."""
     path = tmp_path / "twice.npy"
     pairs = sorted_pairs([1, 2, 3])
-    np.save(path, np.sort(np.concatenate([pairs, pairs[1:2]]), order=["f0", "f1"]))
-    with pytest.raises(InputError, match=r"twice.npy: subset has a repeated uid at row 2"):
-        submit(ws, str(path))
+    np.save(path, np.sort(np.concatenate([pairs, pairs[1:2], pairs[1:2]]), order=["f0", "f1"]))
+    out = submit(ws, str(path))
+    assert (out["count"], out["distinct_uids"]) == (5, 3)
+    folder = ws.root / "submissions" / "twice"
+    assert (folder / "twice.npy").read_bytes() == path.read_bytes()
+    assert np.array_equal(np.load(folder / "twice.npy"), np.load(path))
+    # a repeat of a uid outside the pool is still refused, and so is an unsorted file with repeats
+    np.save(tmp_path / "foreign.npy", sorted_pairs([1, 99, 99]))
+    with pytest.raises(InputError, match=r"foreign.npy: 1 of 2 uids are not in the pool"):
+        submit(ws, str(tmp_path / "foreign.npy"))
+    np.save(tmp_path / "unsorted.npy", np.concatenate([pairs, pairs[:1]]))
+    with pytest.raises(InputError, match=r"unsorted.npy: subset is not sorted"):
+        submit(ws, str(tmp_path / "unsorted.npy"))
 
 
 def test_unknown_uids_refused(ws, tmp_path):
