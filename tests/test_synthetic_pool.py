@@ -6,6 +6,7 @@ import hashlib
 import io
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -15,14 +16,21 @@ from poolsieve.core.shapes import generate_clean_pairs
 from poolsieve.core.uids import is_valid_uid, uids_to_pairs
 from poolsieve.pipeline.demo.synthetic_pool import (
     DEFAULT_DEFECT_RATES,
+    DIFFICULTY_COLUMN,
+    EVAL_IMAGE_SIZE,
     FOREIGN_TEMPLATES,
+    LABEL_COLUMN,
+    RETRIEVAL_TASK,
     SHORT_CAPTIONS,
     PoolSpec,
+    eval_leaks,
+    evaluation_images,
     generate_pool,
 )
 
 N = 600
-SPEC = PoolSpec(num_samples=N, samples_per_file=250, image_size=96, seed=3, base_url="http://127.0.0.1:9999")
+SPEC = PoolSpec(num_samples=N, samples_per_file=250, image_size=96, seed=3, base_url="http://127.0.0.1:9999",
+                eval_samples=100, retrieval_samples=40, target_samples=30)
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +49,17 @@ def test_schema_files_and_uids(pool) -> None:
     assert files == ["00000.parquet", "00001.parquet", "00002.parquet"]
     assert [len(pd.read_parquet(root / "metadata" / f)) for f in files] == [250, 250, 100]
     assert summary["samples"] == N and summary["metadata_files"] == 3
-    assert list(meta.columns) == ["uid", "url", "text", "original_width", "original_height", "sha256"]
+    # CommonPool's columns first and unchanged; poolsieve's label columns after them, prefixed
+    assert list(meta.columns) == ["uid", "url", "text", "original_width", "original_height", "sha256",
+                                  LABEL_COLUMN, DIFFICULTY_COLUMN]
     assert meta["uid"].map(is_valid_uid).all() and meta["uid"].is_unique
     assert len(uids_to_pairs(meta["uid"].to_numpy())) == N
     assert (meta["url"] == SPEC.base_url + "/images/" + meta["uid"] + ".jpg").all()
     assert list(labels["uid"]) == list(meta["uid"])
-    assert set(labels.columns) >= {"shape", "colour", "defect", "language", "caption_shape", "caption_colour"}
+    assert set(labels.columns) >= {"shape", "colour", "defect", "language", "caption_shape", "caption_colour",
+                                   "difficulty"}
+    assert list(meta[LABEL_COLUMN]) == list(labels["defect"])
+    assert list(meta[DIFFICULTY_COLUMN]) == list(labels["difficulty"])
 
 
 def test_defect_rates_within_tolerance(pool) -> None:
@@ -68,6 +81,8 @@ def test_images_bytes_sizes_and_hashes(pool) -> None:
             assert im.format == "JPEG" and im.size == (r.original_width, r.original_height)
         if r.defect == "too_small":
             assert max(im.size) < 100
+        elif r.defect == "eval_copy":
+            assert im.size == (EVAL_IMAGE_SIZE, EVAL_IMAGE_SIZE)
         elif r.defect == "extreme_aspect":
             assert max(im.size) / min(im.size) >= 3
         else:
@@ -88,7 +103,54 @@ def test_captions_follow_the_defects(pool) -> None:
     assert set(rows.loc[rows["defect"] == "short_caption", "text"]) <= set(SHORT_CAPTIONS)
     dups = rows[rows["defect"] == "duplicate_image"]
     clean_hashes = set(clean["sha256"])
-    assert len(dups) and dups["sha256"].isin(clean_hashes).mean() >= 0.9
+    assert len(dups) and dups["sha256"].isin(clean_hashes).all()
+    assert dups["copy_of"].isin(set(clean["uid"])).all()
+    off = rows[rows["defect"] == "off_task"]
+    assert len(off) and not any(s in t for t in off["text"] for s in ("circle", "square", "triangle"))
+
+
+def test_near_duplicates_are_close_but_not_equal(pool) -> None:
+    root, meta, labels, _ = pool
+    rows = meta.merge(labels, on="uid").set_index("uid")
+    near = rows[rows["defect"] == "near_duplicate"]
+    assert len(near) and not near["sha256"].isin(set(rows.loc[rows["defect"] == "none", "sha256"])).any()
+
+    def pixels(uid: str) -> np.ndarray:
+        with Image.open(root / "synthetic" / "images" / f"{uid}.jpg") as im:
+            return np.asarray(im.convert("L").resize((16, 16)), dtype=np.float64)
+
+    for uid, r in near.iterrows():
+        source = rows.loc[r.copy_of]
+        assert source.defect == "none" and (source.shape, source.colour) == (r.shape, r.colour)
+        other = rows[(rows["defect"] == "none") & (rows.index != r.copy_of)].index[0]
+        assert np.abs(pixels(uid) - pixels(r.copy_of)).mean() < np.abs(pixels(uid) - pixels(other)).mean()
+
+
+def test_easy_and_hard_examples(pool) -> None:
+    _, _, labels, summary = pool
+    shapes = labels[labels["defect"].isin(["none", "mismatched_caption", "non_english", "short_caption"])]
+    assert set(shapes["difficulty"]) == {"easy", "hard"}
+    assert abs((shapes["difficulty"] == "hard").mean() - SPEC.hard_rate) < 0.08
+    assert summary["hard"] == int((labels["difficulty"] == "hard").sum())
+
+
+def test_evaluation_sets_and_no_unlabelled_leak(pool) -> None:
+    root, meta, labels, _ = pool
+    tars = sorted(p.name for p in (root / "synthetic" / "eval_images").glob("*.tar"))
+    assert tars == sorted(["synthetic_shape.tar", "synthetic_colour.tar", f"{RETRIEVAL_TASK}.tar"])
+    task = root / "synthetic" / "tasks" / RETRIEVAL_TASK
+    assert (task / "dataset_type.txt").read_text().strip() == "retrieval"
+    assert (task / "test" / "0.tar").is_file() and (root / "synthetic" / "target" / "target.tar").is_file()
+    # the classification images are exactly those the evaluate stage draws for the synthetic tasks
+    from poolsieve.eval.synthetic_tasks import make_synthetic_task
+
+    ours = [im.jpeg for im in evaluation_images(SPEC) if im.task == "synthetic_shape"]
+    assert ours[:20] == make_synthetic_task("synthetic_shape", 20).images
+    # byte copies of evaluation images: exactly the planted, labelled ones
+    leaks = eval_leaks(root)
+    planted = set(meta.loc[meta[LABEL_COLUMN] == "eval_copy", "uid"])
+    assert planted and set(leaks["uid"]) == planted
+    assert (leaks[LABEL_COLUMN] == "eval_copy").all()
 
 
 def test_deterministic_and_seed_dependent(pool, tmp_path: Path) -> None:
