@@ -190,14 +190,19 @@ STATUS_DECODE_ERROR = "decode_error"
 
 
 
-def score_table_schema(model_keys: Iterable[str]) -> Any:
-    """The score table's arrow schema: the same types in every shard, empty ones included."""
+def score_table_schema(model_keys: Iterable[str], float64_keys: Iterable[str] = ()) -> Any:
+    """The score table's arrow schema: the same types in every shard, empty ones included.
+
+    Score columns are float32 (what ``score`` computes), except those of ``float64_keys``: scores
+    imported from a float64 source stay float64, so every cut equals the source's own."""
     import pyarrow as pa
 
     types = {"original_width": pa.int32(), "original_height": pa.int32(), "width": pa.int32(), "height": pa.int32(),
              "caption_length": pa.int64(), "caption_words": pa.int64(), "language_score": pa.float32()}
     fields = [pa.field(name, types.get(name, pa.string())) for name in SCORE_TABLE_BASE_COLUMNS]
-    return pa.schema(fields + [pa.field(score_column(key), pa.float32()) for key in model_keys])
+    wide = set(float64_keys)
+    return pa.schema(fields + [pa.field(score_column(key), pa.float64() if key in wide else pa.float32())
+                               for key in model_keys])
 
 def read_score_table(path: str | Path, columns: Sequence[str] | None = None):
     """Read one score table (pandas). Checks that ``uid`` exists and the requested columns exist."""

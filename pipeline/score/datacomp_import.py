@@ -7,6 +7,8 @@ and ``scores/{stem}.npz`` from them, so users who downloaded them need not recom
 
 When the workspace has downloaded shards, only the uids that img2dataset fetched are kept (with their
 shard key and stored size), so filters choose among images that exist; otherwise every row is kept.
+Scores keep the source's precision (a float64 column stays float64), so every threshold or fraction cut
+equals the one DataComp's scripts make on the same metadata.
 """
 
 from __future__ import annotations
@@ -109,13 +111,14 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
         table["language"], table["language_score"] = None, np.full(len(meta), np.nan, np.float32)
     table["status"], table["error"] = STATUS_SUCCESS, None
     table = table[list(SCORE_TABLE_BASE_COLUMNS)]
+    wide = [k for k in DATACOMP_KEYS if score_column(k) in meta and meta[score_column(k)].dtype == np.float64]
     for k in DATACOMP_KEYS:
         col = score_column(k)
-        if col in meta:
-            table[col] = meta[col].astype("float32").to_numpy()
+        if col in meta:  # float64 stays float64: a row 1e-9 from a cut falls on the side DataComp puts it
+            table[col] = meta[col].astype("float64" if k in wide else "float32").to_numpy()
     out_npz, out_parquet = out_dir / f"{parquet.stem}.npz", out_dir / f"{parquet.stem}.parquet"
     write_embeddings(out_npz, {k: v[keep] for k, v in arrays.items()})
-    schema = score_table_schema(k for k in DATACOMP_KEYS if score_column(k) in table)
+    schema = score_table_schema((k for k in DATACOMP_KEYS if score_column(k) in table), float64_keys=wide)
     with atomic_path(out_parquet) as tmp:
         pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False), tmp)
     return {"rows_in": int(len(keep)), "rows_out": int(keep.sum())}

@@ -322,3 +322,9 @@ def report(summary: dict[str, Any]) -> None:
 
 STAGE = Stage("score", "CLIP scores and embeddings for every downloaded pair", ScoreConfig, run=run, report=report,
               reads=("shards/",), writes=("scores/", "references/"))
+
+
+def cli_action(ctx: Any, args: Any) -> None:
+    """``--import-datacomp`` may be a pool's first stage: it makes the workspace folder when it does not exist."""
+    if ctx.workspace_path is not None and STAGE.config_from(ctx.section("score"), args).import_datacomp is not None:
+        ctx.workspace(create=True)
