@@ -12,12 +12,17 @@ def clip_score(pool: ScoredPool, *, column: str = "clip_b32_similarity_score", f
 
 The pool's members are the score-table rows whose ``status`` is ``"success"`` (rows that failed to
 decode are recorded in the tables but belong to no subset).
+
+A filter that keeps less than ``FEW_KEPT`` (10%) of the pool's members warns with the numbers and the
+parameter to change: the one it declares with ``register(name, keeps="PARAM: advice")`` (semdedup's
+``eps``), else its parameter list (``few_kept_warning``).
 """
 
 from __future__ import annotations
 
 import inspect
 import textwrap
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.core.errors import ConfigError
+from poolsieve.core.errors import ConfigError, PoolsieveWarning
 from poolsieve.core.formats import STATUS_SUCCESS, read_embeddings, read_score_table
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.uids import hex_to_keys
@@ -34,20 +39,51 @@ FilterFn = Callable[..., Any]
 FILTERS: dict[str, FilterFn] = {}
 PARAMETERS_OF: dict[str, Callable[..., Any]] = {}  # filter name -> the function whose signature lists its parameters
 NOT_PARAMETERS = ("pool", "report")
+KEEPS: dict[str, str] = {}  # filter name -> "PARAM: how it changes what is kept", as the filter declares it
+FEW_KEPT = 0.10  # a filter keeping less than this share of the pool's members warns
 
 
-def register(name: str, params: Callable[..., Any] | None = None) -> Callable[[FilterFn], FilterFn]:
+def register(name: str, params: Callable[..., Any] | None = None, *,
+             keeps: str | None = None) -> Callable[[FilterFn], FilterFn]:
     """Register a filter under ``name``. Its keyword parameters are those of its own signature, or of
-    ``params`` when the filter passes ``**params`` through to a ``*_run`` function (written once, there)."""
+    ``params`` when the filter passes ``**params`` through to a ``*_run`` function (written once, there).
+    ``keeps`` names the parameter that controls how much the filter keeps, with a word on which way
+    (``"eps: a smaller eps drops fewer rows"``); the warning for a filter that keeps little quotes it."""
 
     def deco(fn: FilterFn) -> FilterFn:
         if name in FILTERS and FILTERS[name] is not fn:
             raise ValueError(f"filter {name!r} registered twice")
         FILTERS[name] = fn
         PARAMETERS_OF[name] = params or fn
+        if keeps:
+            KEEPS[name] = keeps
         return fn
 
     return deco
+
+
+def few_kept_warning(name: str, params: Mapping[str, Any], kept: int, members: int) -> str | None:
+    """The warning for filter ``name`` (called with ``params``) keeping ``kept`` of ``members`` rows: the
+    numbers and the parameter to change; ``None`` when it keeps at least ``FEW_KEPT`` of them."""
+    if members == 0 or kept >= FEW_KEPT * members:
+        return None
+    if name in KEEPS:
+        param = KEEPS[name].split(":", 1)[0].strip()
+        now = f"{params[param]!r}" if param in params else "the default"
+        hint = f"its {KEEPS[name]} (now {now})"
+    else:
+        named, _ = filter_parameters(name)
+        hint = f"check its parameters ({', '.join(p.name for p in named) or 'none'})"
+    return (f"filter '{name}' kept {kept:,} of {members:,} rows ({100 * kept / members:.1f}%, under "
+            f"{FEW_KEPT:.0%}): {hint}")
+
+
+def warn_if_few_kept(name: str, params: Mapping[str, Any], kept: int, members: int) -> str | None:
+    """Warn (``PoolsieveWarning``, one line on the terminal) when the filter kept few rows; return the text."""
+    message = few_kept_warning(name, params, kept, members)
+    if message:
+        warnings.warn(message, PoolsieveWarning, stacklevel=2)
+    return message
 
 
 def get_filter(name: str) -> FilterFn:
@@ -96,7 +132,7 @@ def describe_filters() -> str:
 # are not filters (columns, spec, algebra, the kNN and k-means code) are simply not listed.
 BUILTIN_FILTER_MODULES: tuple[str, ...] = (
     "no_filter", "basic", "clip_score", "text_based", "laion2b",
-    "image_based", "dedup", "semdedup", "d2_pruning",
+    "image_based", "dedup", "semdedup", "d2_pruning", "decontaminate",
 )
 
 
@@ -114,6 +150,7 @@ class ScoredPool:
 
     tables: Sequence[Path]
     runtime: Runtime = field(default_factory=lambda: Runtime(executor="local"))
+    _members: int | None = field(default=None, init=False, repr=False)
 
     def read_columns(self, columns: Sequence[str], table: Path | None = None):
         """DataFrame of ``columns`` (plus ``uid``) over the pool's successful rows, in shard order."""
@@ -148,9 +185,25 @@ class ScoredPool:
                 parts[k].append(arrays[k] if status is None else arrays[k][status == STATUS_SUCCESS])
         return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float16) for k, v in parts.items()}
 
+    def member_count(self) -> int:
+        """Rows that are members of the pool (``status`` success, every row of a table without one); read once."""
+        if self._members is None:
+            self._members = sum(_member_rows(p) for p in self.tables)
+        return self._members
+
     def map(self, fn: Callable[[Path], Any], desc: str, **kwargs: Any) -> list[Any]:
         """Run ``fn(table_path)`` over every score table on the runtime (Ray tasks by default)."""
         return self.runtime.map(fn, list(self.tables), desc, **kwargs)
+
+
+def _member_rows(path: Path) -> int:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not _has_status(path):
+        return pq.ParquetFile(path).metadata.num_rows
+    status = pq.read_table(path, columns=["status"])["status"]
+    return int(pc.sum(pc.equal(status, STATUS_SUCCESS)).as_py() or 0)
 
 
 def _has_status(path: Path) -> bool:

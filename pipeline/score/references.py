@@ -3,7 +3,8 @@
 The image-based filter keeps pool images near a target set (DataComp's ImageNet-cluster baseline).
 ``poolsieve score --reference DIR --name NAME`` embeds that set with the same models and the same
 preprocessing as the pool, into ``<ws>/references/NAME.npz`` with ``<key>_img`` (fp16, L2-normalised)
-per model, ``labels`` (str) and ``sources`` (where each row came from).
+per model, ``labels`` (str), ``sources`` (where each row came from) and ``sha256`` (hex digest of each
+image's bytes: what the ``decontaminate`` filter matches pool images against).
 
 ``DIR`` is either a folder of class subfolders (``DIR/<label>/*.jpg``, as torchvision's ImageFolder)
 or webdataset tars (``DIR/*.tar`` or one ``.tar``) whose label is the sample's ``.cls``, else its json
@@ -12,6 +13,7 @@ or webdataset tars (``DIR/*.tar`` or one ``.tar``) whose label is the sample's `
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +80,7 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
     embeddings: dict[str, list[np.ndarray]] = {m.key: [] for m in models}
     labels: list[str] = []
     sources: list[str] = []
+    hashes: list[str] = []
     failed = 0
     progress = Progress(f"reference {name}", total=None, unit="images", quiet=quiet)
     batch: list[tuple[TarSample, str, str]] = []
@@ -97,6 +100,7 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
             embeddings[m.key].append(encoded.image[m.key][good])
         labels.extend(lab for (_, lab, _), k in zip(batch, keep, strict=True) if k)
         sources.extend(src for (_, _, src), k in zip(batch, keep, strict=True) if k)
+        hashes.extend(hashlib.sha256(s.image).hexdigest() for s, k in zip(samples, keep, strict=True) if k)
         failed += int((~keep).sum())
         progress.update(len(batch))
         batch.clear()
@@ -113,6 +117,7 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
         arrays[embedding_keys(m.key)[0]] = np.concatenate(embeddings[m.key]).astype(np.float16)
     arrays["labels"] = np.asarray(labels, dtype=str)
     arrays["sources"] = np.asarray(sources, dtype=str)
+    arrays["sha256"] = np.asarray(hashes, dtype=str)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     summary = {"reference": str(out), "images": len(labels), "classes": len(set(labels)),

@@ -1,0 +1,147 @@
+"""``decontaminate``: drop pool samples whose image is one of the evaluation tasks' images, or nearly.
+
+DataComp removed from its pool every image that duplicates or nearly duplicates an image of its
+evaluation tasks, so that no model trains on its own test set. This filter does the same against a
+reference set of the evaluation images (made once by the score stage, which does the image work:
+``poolsieve score --reference EVAL_IMAGES --name eval_tasks`` writes ``references/eval_tasks.npz`` with
+each image's ``sha256`` and its embedding by the pool's models).
+
+A pool row is dropped when
+
+1. exact: its image's sha256 is one of the reference's. Both digests a row has are matched: the score
+   table's ``sha256`` (of the downloaded bytes) and the metadata's ``sha256`` (of the bytes at the url,
+   CommonPool's column, found by uid in ``metadata/*.parquet`` when the workspace has it);
+2. near: the cosine similarity of its image embedding to some reference image is at least
+   ``threshold``.
+
+| param | default | meaning |
+| --- | --- | --- |
+| reference | eval_tasks | a reference name in ``references/`` or a path to an npz |
+| embedding | l14, else b32 | model key of the embeddings compared |
+| threshold | 0.98 | cosine at or above which a pool image is a near copy; ``null``: exact matches only |
+| exact | true | also drop sha256 matches |
+
+The threshold depends on the model: a model whose embeddings tell instances apart (DataComp used a
+copy-detection model) allows a lower one than a CLIP whose embeddings gather a whole class. Check what
+it removes (``poolsieve inspect``) before trusting it on a new pool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.formats import embedding_keys
+from poolsieve.core.uids import UidSet, hex_to_keys
+from poolsieve.core.workspace import Workspace
+
+from ._embeddings import pick_embedding_key
+from .columns import read_members
+from .registry import ScoredPool, register
+from .semdedup import unit_rows
+
+ROWS_PER_BLOCK_BUDGET = 2**25  # (pool row, reference image) similarities held at once
+
+
+def reference_path(pool: ScoredPool, reference: str) -> Path:
+    path = Path(reference)
+    if path.suffix != ".npz":
+        path = Workspace(Path(pool.tables[0]).parent.parent).reference_path(reference)
+    if not path.exists():
+        raise InputError(path, f"reference set {reference!r} not found (embed the evaluation images first: "
+                               f"poolsieve score --reference FOLDER --name {path.stem})")
+    return path
+
+
+def load_reference(path: Path, image_key: str | None, exact: bool) -> tuple[set[str], np.ndarray | None]:
+    """(sha256 digests, unit image embeddings or None) of the reference set."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            if exact and "sha256" not in files:
+                raise InputError(path, "has no sha256 digests (embed it again with this version of `score --reference`)")
+            hashes = {str(h) for h in z["sha256"]} if exact else set()
+            if image_key is None:
+                return hashes, None
+            if image_key not in files:
+                raise InputError(path, f"has no {image_key} (keys: {', '.join(sorted(files))}); embed it with the "
+                                       "pool's model")
+            emb = z[image_key]
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+        raise InputError(path, f"not a readable .npz file ({e})") from None
+    if emb.ndim != 2 or len(emb) == 0:
+        raise InputError(path, f"{image_key} has shape {emb.shape}, expected (rows >= 1, dim)")
+    return hashes, unit_rows(emb)
+
+
+def metadata_digests(pool: ScoredPool) -> dict[str, str]:
+    """uid -> sha256 of the bytes at the url, from the workspace's metadata (empty when it has none)."""
+    import pyarrow.parquet as pq
+
+    ws = Workspace(Path(pool.tables[0]).parent.parent)
+    out: dict[str, str] = {}
+    folder = ws.metadata_dir
+    for f in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+        if "sha256" not in pq.read_schema(f).names:
+            continue
+        t = pq.read_table(f, columns=["uid", "sha256"]).to_pydict()
+        out.update((u, h) for u, h in zip(t["uid"], t["sha256"], strict=True) if u and h)
+    return out
+
+
+def max_similarity(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Each row's highest cosine similarity to any reference row (both unit length), block by block."""
+    out = np.full(len(x), -1.0, dtype=np.float32)
+    block = max(1, ROWS_PER_BLOCK_BUDGET // max(1, len(ref)))
+    for lo in range(0, len(x), block):
+        out[lo:lo + block] = (x[lo:lo + block] @ ref.T).max(axis=1)
+    return out
+
+
+def contaminated(table: Path, hashes: set[str], by_uid: dict[str, str], ref: np.ndarray | None,
+                 image_key: str | None, threshold: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(uids, exact-match mask, near-match mask) over one table's member rows."""
+    members = read_members(Path(table), [], optional=["sha256"])
+    uids = np.asarray(members["uid"].to_pylist(), dtype=object)
+    exact = np.zeros(len(uids), dtype=bool)
+    if hashes:
+        stored = members["sha256"].to_pylist() if "sha256" in members.column_names else [None] * len(uids)
+        exact = np.fromiter(((h in hashes) or (by_uid.get(u) in hashes) for u, h in zip(uids, stored, strict=True)),
+                            dtype=bool, count=len(uids))
+    near = np.zeros(len(uids), dtype=bool)
+    if ref is not None and image_key is not None and len(uids):
+        emb = ScoredPool([Path(table)]).load_embeddings([image_key])[image_key]
+        if emb.shape[1] != ref.shape[1]:
+            raise InputError(table, f"embeddings are {emb.shape[1]}-d but the reference's are {ref.shape[1]}-d")
+        near = max_similarity(unit_rows(emb), ref) >= threshold
+    return uids, exact, near
+
+
+@register("decontaminate")
+def decontaminate(pool: ScoredPool, *, reference: str = "eval_tasks", embedding: str | None = None,
+                  threshold: float | None = 0.98, exact: bool = True, report: dict | None = None) -> UidSet:
+    """Drop exact (sha256) and near (embedding cosine >= threshold) copies of the evaluation images."""
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not -1 <= threshold <= 1):
+        raise ConfigError(f"decontaminate: threshold must be a cosine in [-1, 1] or null, got {threshold!r}")
+    if threshold is None and not exact:
+        raise ConfigError("decontaminate: with threshold null and exact false nothing would be compared")
+    image_key = embedding_keys(pick_embedding_key(pool, embedding))[0] if threshold is not None else None
+    hashes, ref = load_reference(reference_path(pool, reference), image_key, bool(exact))
+    by_uid = metadata_digests(pool) if hashes else {}
+
+    def one(table: Path) -> Any:
+        uids, is_exact, is_near = contaminated(table, hashes, by_uid, ref, image_key, threshold)
+        keep = ~(is_exact | is_near)
+        return UidSet(hex_to_keys(uids[keep], source=table)), int(is_exact.sum()), int((is_near & ~is_exact).sum())
+
+    parts = pool.map(one, "decontaminate")
+    if report is not None:
+        report.update(exact_copies=sum(p[1] for p in parts), near_copies=sum(p[2] for p in parts),
+                      reference_images=len(ref) if ref is not None else len(hashes))
+    return UidSet.union_of(p[0] for p in parts)
