@@ -18,7 +18,14 @@ from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import file_sha256, read_uidset
 from poolsieve.core.uids import UidSet
 
-from .registry import FILTERS, ScoredPool, check_parameters, get_filter, load_builtin_filters
+from .registry import (
+    FILTERS,
+    ScoredPool,
+    check_parameters,
+    get_filter,
+    load_builtin_filters,
+    warn_if_few_kept,
+)
 from .spec import Node, parse_spec, render
 
 
@@ -37,6 +44,9 @@ def call_filter(pool: ScoredPool, name: str, params: Mapping[str, Any], details:
     result = fn(pool, **kwargs)
     if not isinstance(result, UidSet):
         raise ConfigError(f"filter '{name}' returned {type(result).__name__}, expected a UidSet")
+    warning = warn_if_few_kept(name, params, len(result), pool.member_count())
+    if warning:
+        details["warning"] = warning
     return result
 
 

@@ -43,7 +43,9 @@ def read_members(path: Path, columns: Sequence[str], optional: Sequence[str] = (
         raise InputError(path, f"score table lacks column(s) {', '.join(missing)}{why}; it has {', '.join(names)}")
     want += [c for c in optional if c in names and c not in want]
     has_status = "status" in names
-    table = pq.read_table(path, columns=[*want, "status"] if has_status and "status" not in want else want)
+    # ParquetFile.read: a third of read_table's time per file, and no pyarrow.dataset (which imports pandas)
+    with pq.ParquetFile(path) as f:
+        table = f.read(columns=[*want, "status"] if has_status and "status" not in want else want)
     if has_status:
         table = table.filter(pc.equal(table["status"], STATUS_SUCCESS))
         if "status" not in want:

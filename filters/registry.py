@@ -202,7 +202,8 @@ def _member_rows(path: Path) -> int:
 
     if not _has_status(path):
         return pq.ParquetFile(path).metadata.num_rows
-    status = pq.read_table(path, columns=["status"])["status"]
+    with pq.ParquetFile(path) as f:
+        status = f.read(columns=["status"])["status"]
     return int(pc.sum(pc.equal(status, STATUS_SUCCESS)).as_py() or 0)
 
 

@@ -128,7 +128,7 @@ def semdedup_run(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None =
     return {"uids": UidSet(keys[keep]), "labels": labels, "centroids": centroids, "keep": keep}
 
 
-@register("semdedup", params=semdedup_run)
+@register("semdedup", params=semdedup_run, keeps="eps: a smaller eps drops fewer near-duplicates")
 def semdedup(pool: ScoredPool, *, report: dict | None = None, **params) -> UidSet:
     """Semantic deduplication: drop near-duplicates (cosine > 1 - eps) within k-means clusters.
 

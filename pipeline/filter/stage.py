@@ -11,6 +11,15 @@ the config's ``filter.subsets`` mapping is made. Examples::
     poolsieve filter -w pool --spec subsets.yaml
     poolsieve filter -w pool --tables /data/datacomp/metadata --spec basic      # DataComp metadata
 
+Where the filters run: in this process unless Ray pays for itself. Ray is used when ``--ray-address``
+names a cluster (already running: nothing to start), when this process already runs Ray (``run``
+after ``score``), or when the files the filters read exceed ``--ray-above-mb`` (default 2000 MB: the
+score tables, plus the ``.npz`` embeddings when a filter of the spec takes an ``embedding``
+parameter). Starting and stopping a local Ray costs about 6 s on 2 cores, while one process filters
+1M rows of score table (about 75 MB) in 1-2 s, so below that size Ray would only add its start-up.
+``--executor local`` always filters in this process; ``--ray-above-mb 0`` always uses Ray. The
+subsets are the same either way.
+
 A subset whose files exist with the same spec and pool is skipped; one with another spec or pool is
 refused unless ``--overwrite``. The record names the sha256 of the ``.npy`` it describes and the two
 change together (``core/subsets.py``): a pair that does not match, left by a run killed between its two
@@ -22,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -37,6 +47,8 @@ from poolsieve.core.subsets import check_subset_record, write_subset_pair
 from poolsieve.core.uids import UidSet
 from poolsieve.core.workspace import Workspace
 
+RAY_ABOVE_MB = 2000.0
+
 
 @dataclass
 class FilterConfig:
@@ -49,6 +61,8 @@ class FilterConfig:
     name: str | None = option(None, "subset name for a --spec that is one expression or one spec", short="-n")
     tables: str | None = option(None, "folder of score tables (default: WORKSPACE/scores); DataComp metadata works")
     only: list[str] | None = option(None, "names of the subsets to make (default: all)", cli=False)
+    ray_above_mb: float = option(RAY_ABOVE_MB, "start a local Ray only when the files the filters read exceed "
+                                 "this many MB (below, Ray's start-up costs more than it saves); 0: always")
 
 
 def score_table_files(ws: Workspace, tables: str | None) -> list[Path]:
@@ -87,6 +101,38 @@ def _saved_record(ws: Workspace, name: str) -> dict[str, Any] | None:
 def _incomplete(ws: Workspace, name: str) -> bool:
     """A ``.npy`` / ``.json`` pair that a killed run left half written (or only one of the two)."""
     return ws.subset_info_path(name).exists() and _saved_record(ws, name) is None
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def reads_embeddings(spec: Any) -> bool:
+    """Whether a (parsed) spec calls a filter that reads the embeddings (one with an ``embedding`` parameter)."""
+    from poolsieve.filters.algebra import is_filter
+    from poolsieve.filters.registry import filter_parameters
+
+    if isinstance(spec, dict):
+        name = spec.get("filter") or spec.get("ref")
+        if isinstance(name, str) and is_filter(name):
+            named, _ = filter_parameters(name)
+            if any(p.name == "embedding" for p in named) or "embedding" in (spec.get("params") or {}):
+                return True
+        return any(reads_embeddings(v) for v in spec.values())
+    if isinstance(spec, list):
+        return any(reads_embeddings(v) for v in spec)
+    return False
+
+
+def filter_runtime(runtime: Runtime, tables: list[Path], embeddings: bool, ray_above_mb: float) -> Runtime:
+    """The runtime the filters run on: ``runtime`` when it is in-process, joins a cluster, already runs, or
+    the files to read (tables, plus embeddings when ``embeddings``) exceed ``ray_above_mb``; else in-process."""
+    if runtime.executor == "local" or runtime.address or _ray_running():
+        return runtime
+    files = [*tables, *(t.with_suffix(".npz") for t in tables if embeddings)]
+    size = sum(p.stat().st_size for p in files if p.exists())
+    return runtime if size > ray_above_mb * 1e6 else Runtime(executor="local")
 
 
 def with_cli_specs(cfg: FilterConfig) -> FilterConfig:
@@ -139,7 +185,8 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
     from poolsieve.filters.registry import ScoredPool
     from poolsieve.filters.spec import render
 
-    pool = ScoredPool(tables, runtime)
+    embeddings = any(reads_embeddings(spec) for spec in parsed.values())
+    pool = ScoredPool(tables, filter_runtime(runtime, tables, embeddings, cfg.ray_above_mb))
     made: set[str] = set()
     checked: dict[tuple[int, int, int], None] = {}
 
@@ -179,7 +226,7 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
         start = time.perf_counter()
         first_step, first_input = len(evaluator.steps), len(evaluator.inputs)
         uids = evaluator.evaluate_defined(name)
-        members = len(evaluator.pool_uids())
+        members = pool.member_count()
         seconds = time.perf_counter() - start
         record = {
             "name": name,
