@@ -39,11 +39,36 @@ def test_inspect_counts_rows_status_and_subsets(tmp_path):
 
 
 def test_html_report_has_plots_for_scores_and_subsets(tmp_path):
+    import json
+
     ws, _, top = make_scored_workspace(tmp_path / "ws")
     page = write_report(ws, inspect_workspace(ws)).read_text()
-    assert page.count("<svg") == 2  # the score histogram (pool + subset) and the subset bars
+    assert page.count('<svg class="chart"') == 1  # the score histogram (pool + subset); one column, no scatter
     assert "clip_b32_similarity_score" in page and ">top<" in page
-    assert f"{len(top):,}" in page
+    assert f"{len(top):,}" in page  # the funnel's subset row
+    # kept and dropped examples of the subset (no shards here: cards without images), reasons given
+    assert page.count('class="card"') == 24 and "outside top" in page
+    # the JSON summary is a file beside the page, linked; no absolute path in either
+    assert 'href="summary.json"' in page and "<pre>" not in page and str(ws.root) not in page
+    summary = json.loads((ws.report_dir / "summary.json").read_text())
+    assert summary["subsets"]["top"]["uids"] == len(top) and summary["workspace"] == "ws"
+
+
+def test_report_is_the_same_on_every_render(tmp_path):
+    ws, _, _ = make_scored_workspace(tmp_path / "ws")
+    first = write_report(ws, inspect_workspace(ws)).read_bytes()
+    assert write_report(ws, inspect_workspace(ws)).read_bytes() == first  # seeded samples
+
+
+def test_sampling_bounds_the_rows_read(tmp_path):
+    from poolsieve.pipeline.inspect.report_data import sample_pool
+
+    ws, _, top = make_scored_workspace(tmp_path / "ws")
+    sample = sample_pool(ws, ["top"], pool_rows=190, max_rows=50)
+    assert len(sample.frame) == 50 and sample.tables_read == 1 and not sample.is_whole_pool
+    assert set(sample.frame["status"]) == {"success"}
+    inside = set(sample.frame["uid"][sample.members["top"]])
+    assert inside == set(sample.frame["uid"]) & set(top)
 
 
 def test_cli_json_and_html_are_options_of_the_stage(tmp_path, capsys):

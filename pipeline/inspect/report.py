@@ -1,8 +1,13 @@
-"""``report/index.html``: the workspace summary as one self-contained page with plots (inline SVG).
+"""``report/index.html``: a page a data curator keeps open, and ``report/summary.json`` beside it.
 
-Plots: the distribution of every CLIP score column with each subset's share drawn over it, subset
-sizes, and the evaluation results per subset. No plotting library and no network: the page opens
-anywhere.
+Sections: the funnel (pool -> downloaded -> scored -> each subset's steps -> resharded -> trained);
+score distributions per column with each subset's part and its threshold, and a scatter of two scores;
+per subset, grids of kept and of dropped examples (thumbnails from the shards, caption, scores, the
+pool's labels, why a pair went) and, for a labelled pool, what share of each label it keeps; training
+loss curves; the evaluation side by side. Everything is inline (SVG, CSS, JPEG data URIs): the page
+opens offline and from a copied folder. Plots and grids use a seeded sample of the pool
+(``report_data.MAX_ROWS`` members), so a 12.8M-row pool renders in seconds. No absolute path is
+written into either file.
 """
 
 from __future__ import annotations
@@ -14,112 +19,210 @@ from typing import Any
 
 import numpy as np
 
-from poolsieve.core.formats import STATUS_SUCCESS, atomic_path, read_subset
-from poolsieve.core.uids import UidSet, hex_to_keys
+from poolsieve.core.formats import STATUS_SUCCESS, atomic_path
 from poolsieve.core.workspace import Workspace
+from poolsieve.pipeline.inspect import charts
+from poolsieve.pipeline.inspect.funnel import funnel_html, funnel_rows
+from poolsieve.pipeline.inspect.grids import cards_from_rows, grid_html, load_thumbnails
+from poolsieve.pipeline.inspect.reasons import Explainer, score_thresholds, short_column
+from poolsieve.pipeline.inspect.report_data import (
+    PoolSample,
+    label_text,
+    primary_label,
+    sample_pool,
+    score_range,
+    seeded_rng,
+    subset_records,
+)
+from poolsieve.pipeline.inspect.results import eval_table, loss_chart, runs_table
 
-_PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
+SUMMARY_NAME = "summary.json"
+GRID_SIZE = 12
+BINS = 40
+SCATTER_POINTS = 3000
+STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;margin:0;background:#f6f8fa}
+main{max-width:1180px;margin:0 auto;padding:16px 24px 48px}
+header{background:#24292f;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
+header a{color:#9ecbff}nav a{margin-right:14px}
+h2{margin:28px 0 8px;padding-bottom:4px;border-bottom:1px solid #d0d7de;font-size:18px}
+h3{margin:22px 0 6px;font-size:16px}h4{margin:12px 0 4px;font-size:14px}
+section{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:4px 16px 14px;margin-top:16px}
+.note{color:#57606a;font-size:12.5px;margin:2px 0 8px}
+svg.chart{display:block;max-width:100%;height:auto;margin:8px 0;font-size:11px}
+svg .chart-title{font-size:13px;font-weight:600}svg .axis-title{font-size:12px;fill:#24292f}
+svg .tick-label{fill:#57606a}svg .grid{stroke:#e5e8eb}svg .plot-area{fill:none;stroke:#afb8c1}
+svg .legend text{font-size:11.5px;fill:#24292f}
+table{border-collapse:collapse;margin:6px 0;font-size:13px}
+th,td{border-bottom:1px solid #e5e8eb;padding:3px 10px;text-align:left;vertical-align:top}
+th{background:#f6f8fa}.num{text-align:right;font-variant-numeric:tabular-nums}
+td.best{font-weight:700;background:#dafbe1}tr.group td{background:#f6f8fa;font-weight:600}
+tr.group td.best{background:#aceebb}
+table.funnel{width:100%}.funnel .bar-cell{width:28%}.funnel .bar{height:12px;background:#4e79a7;border-radius:2px}
+.funnel tr.level1 td:first-child{padding-left:22px;font-weight:600}.funnel tr.level2 td:first-child{padding-left:40px}
+.funnel tr.level2 .bar{background:#a0bcd8}.funnel .detail{color:#57606a;font-size:12px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(132px,1fr));gap:10px}
+.card{margin:0;border:1px solid #d0d7de;border-radius:6px;padding:6px;background:#fff;font-size:11.5px}
+.card img,.card .no-image{display:block;width:112px;height:112px;object-fit:contain;margin:0 auto 4px;
+background:#f0f2f4}.card .no-image{line-height:112px;text-align:center;color:#8c959f}
+.card .caption{overflow-wrap:anywhere}.card .score{color:#0969da}.card .label{color:#8250df}
+.card .reason{color:#cf222e}.pair{display:grid;grid-template-columns:1fr 1fr;gap:18px}
+details summary{cursor:pointer;margin:10px 0 4px;color:#0969da}
+@media (max-width:900px){.pair{grid-template-columns:1fr}}
+"""
 
 
-def _histogram_svg(title: str, edges: np.ndarray, series: list[tuple[str, np.ndarray]], width: int = 640,
-                   height: int = 220) -> str:
-    """Overlaid step histograms (counts per bin) with a legend."""
-    pad_l, pad_b, pad_t = 48, 28, 24
-    top = max((float(c.max()) for _, c in series if len(c)), default=1.0) or 1.0
-    plot_w, plot_h = width - pad_l - 8, height - pad_b - pad_t
-    x = lambda v: pad_l + (v - edges[0]) / max(edges[-1] - edges[0], 1e-12) * plot_w  # noqa: E731
-    y = lambda c: pad_t + plot_h - c / top * plot_h  # noqa: E731
-    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">',
-             f'<text x="{pad_l}" y="15" font-size="13" font-weight="bold">{html.escape(title)}</text>',
-             f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{pad_l + plot_w}" y2="{pad_t + plot_h}" stroke="#999"/>']
-    for i, (name, counts) in enumerate(series):
-        pts = []
-        for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True):
-            pts += [f"{x(lo):.1f},{y(c):.1f}", f"{x(hi):.1f},{y(c):.1f}"]
-        colour = _PALETTE[i % len(_PALETTE)]
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{" ".join(pts)}"/>')
-        parts.append(f'<text x="{pad_l + plot_w - 150}" y="{pad_t + 14 * (i + 1)}" font-size="11" '
-                     f'fill="{colour}">{html.escape(name)}</text>')
-    for v in (edges[0], (edges[0] + edges[-1]) / 2, edges[-1]):
-        parts.append(f'<text x="{x(v):.1f}" y="{height - 8}" font-size="10" text-anchor="middle">{v:.3f}</text>')
-    parts.append(f'<text x="4" y="{pad_t + 10}" font-size="10">{int(top)}</text></svg>')
-    return "".join(parts)
+def _portable(value: Any, root: str) -> Any:
+    """``value`` with every path under the workspace made relative to it (the summary file travels)."""
+    if isinstance(value, dict):
+        return {k: _portable(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v, root) for v in value]
+    if isinstance(value, str) and (value == root or value.startswith(root + "/")):
+        return value[len(root) + 1:] or "."
+    return value
 
 
-def _bars_svg(title: str, items: list[tuple[str, float]], fmt: str = "{:,.0f}", width: int = 640) -> str:
-    row, pad_l = 20, 160
-    height = 30 + row * len(items)
-    top = max((v for _, v in items), default=1.0) or 1.0
-    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">',
-             f'<text x="4" y="15" font-size="13" font-weight="bold">{html.escape(title)}</text>']
-    for i, (name, v) in enumerate(items):
-        yy = 26 + i * row
-        w = (width - pad_l - 80) * v / top
-        parts.append(f'<text x="4" y="{yy + 12}" font-size="11">{html.escape(name)}</text>')
-        parts.append(f'<rect x="{pad_l}" y="{yy}" width="{w:.1f}" height="{row - 6}" '
-                     f'fill="{_PALETTE[i % len(_PALETTE)]}"/>')
-        parts.append(f'<text x="{pad_l + w + 4:.1f}" y="{yy + 12}" font-size="11">{fmt.format(v)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _score_plots(ws: Workspace, summary: dict[str, Any]) -> list[str]:
-    import pyarrow.parquet as pq
-
-    columns = list(summary.get("scores", {}).get("score_columns", {}))
-    if not columns:
-        return []
-    tables = ws.score_tables()
-    frames = [pq.read_table(p, columns=[c for c in ["uid", "status", *columns] if c in pq.read_schema(p).names])
-              .to_pandas() for p in tables]
-    import pandas as pd
-
-    df = pd.concat(frames, ignore_index=True)
-    if "status" in df:
-        df = df[df["status"] == STATUS_SUCCESS]
-    keys = hex_to_keys(df["uid"].to_numpy())
-    members = {name: UidSet.from_pairs(read_subset(ws.subset_path(name), allow_repeats=True)).isin(keys)
-               for name in summary.get("subsets", {})}
-    plots = []
-    for col in columns:
-        values = df[col].to_numpy(dtype=np.float64)
-        ok = ~np.isnan(values)
+def _scores_section(sample: PoolSample, records: dict[str, dict[str, Any]]) -> list[str]:
+    frame = sample.frame
+    thresholds = score_thresholds(records)
+    subsets = [n for n, m in sample.members.items() if 0 < m.sum() < len(m)]  # a subset of everything adds nothing
+    out = []
+    n = max(len(frame), 1)
+    for col in sample.score_columns:
+        values = frame[col].to_numpy(dtype=np.float64)
+        ok = np.isfinite(values)
         if not ok.any():
             continue
-        edges = np.linspace(values[ok].min(), values[ok].max() + 1e-9, 41)
-        series = [("pool", np.histogram(values[ok], edges)[0])]
-        series += [(name, np.histogram(values[ok & mask], edges)[0]) for name, mask in members.items()]
-        plots.append(_histogram_svg(col, edges, series))
-    return plots
+        marks = [(name, v) for name, c, v in thresholds if c == col]
+        lo, hi = score_range(values[ok], [v for _, v in marks])
+        edges = np.linspace(lo, hi, BINS + 1)
+        clipped = np.clip(values, lo, hi)
+
+        def share(mask: np.ndarray, clipped: np.ndarray = clipped, ok: np.ndarray = ok,
+                  edges: np.ndarray = edges) -> np.ndarray:
+            return np.histogram(clipped[ok & mask], edges)[0] * 100.0 / n
+
+        series = [charts.Series(name, share(sample.members[name])) for name in subsets]
+        out.append(charts.histogram_svg(f"{col}: distribution in the pool and in each subset", edges,
+                                        share(np.ones(len(frame), dtype=bool)), series, marks,
+                                        x_title=f"{short_column(col)} (cosine similarity)",
+                                        y_title="share of pool (%)"))
+    if len(sample.score_columns) >= 2:
+        a, b = sample.score_columns[:2]
+        rows = seeded_rng("scatter").permutation(len(frame))[:SCATTER_POINTS]
+        label = primary_label(sample)
+        if label is not None:
+            groups = frame[label].astype(str).to_numpy()[rows]
+        elif subsets:
+            inside = sample.members[subsets[-1]][rows]
+            groups = np.where(inside, f"in {subsets[-1]}", f"not in {subsets[-1]}")
+        else:
+            groups = np.full(len(rows), "pool")
+        out.append(charts.scatter_svg(f"{short_column(a)} against {short_column(b)} ({len(rows):,} sampled pairs)",
+                                      frame[a].to_numpy(dtype=np.float64)[rows],
+                                      frame[b].to_numpy(dtype=np.float64)[rows], np.asarray(groups, dtype=object),
+                                      short_column(a), short_column(b)))
+    return out
+
+
+def _label_table(sample: PoolSample) -> str:
+    """For a labelled pool: per label value, the share of the sampled pairs each subset keeps."""
+    label = primary_label(sample)
+    if label is None or not sample.members:
+        return ""
+    values = sample.frame[label].astype(str).to_numpy()
+    names = list(sample.members)
+    out = ['<table class="results"><thead><tr><th>' + html.escape(label) + '</th><th class="num">pairs</th>'
+           + "".join(f'<th class="num">kept by {html.escape(n)}</th>' for n in names) + "</tr></thead><tbody>"]
+    uniq, counts = np.unique(values, return_counts=True)
+    for value, count in sorted(zip(uniq, counts, strict=True), key=lambda vc: -vc[1]):
+        rows = values == value
+        cells = "".join(f'<td class="num">{sample.members[n][rows].mean():.0%}</td>' for n in names)
+        out.append(f'<tr><td>{html.escape(value)}</td><td class="num">{count:,}</td>{cells}</tr>')
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _subset_sections(ws: Workspace, sample: PoolSample, records: dict[str, dict[str, Any]]) -> list[str]:
+    frame = sample.frame
+    explainer = Explainer(sample, records)
+    labels = [label_text(frame.iloc[i], sample.label_columns) for i in range(len(frame))]
+    scores = [(c, short_column(c)) for c in sample.score_columns]
+    chosen: list[tuple[str, list[int], list[int], list[str]]] = []
+    for name, member in sample.members.items():
+        rng = seeded_rng("grid", name)
+        kept, dropped = np.flatnonzero(member), np.flatnonzero(~member)
+        kept = np.sort(rng.permutation(kept)[:GRID_SIZE])
+        dropped = np.sort(rng.permutation(dropped)[:GRID_SIZE])
+        reasons = explainer.dropped_reasons(name) if len(dropped) else []
+        chosen.append((name, list(kept), list(dropped), reasons))
+    wanted = {(str(frame.iloc[i]["shard"]), str(frame.iloc[i].get("key", ""))) for _, k, d, _ in chosen
+              for i in [*k, *d]}
+    thumbs = load_thumbnails(ws, sorted(wanted))
+    out = []
+    for name, kept, dropped, reasons in chosen:
+        record = records.get(name) or {}
+        member = sample.members[name]
+        head = (f'<h3 id="subset-{html.escape(name, quote=True)}">{html.escape(name)}</h3>'
+                f'<p class="note">{html.escape(record.get("expression") or "")} · keeps {member.mean():.1%} of '
+                f"the {len(member):,} sampled pool members</p>")
+        grids = [grid_html(f"kept ({GRID_SIZE} at random)", cards_from_rows(frame, kept, scores, labels), thumbs),
+                 grid_html(f"dropped ({GRID_SIZE} at random)",
+                           cards_from_rows(frame, dropped, scores, labels, reasons or None), thumbs)]
+        out.append(head + '<div class="pair">' + "".join(f"<div>{g}</div>" for g in grids) + "</div>")
+    return out
+
+
+def _references(ws: Workspace) -> str:
+    refs = sorted(ws.references_dir.glob("*.npz")) if ws.references_dir.is_dir() else []
+    if not refs:
+        return ""
+    items = "".join(f"<li>{html.escape(p.stem)} ({p.stat().st_size / 1e6:.1f} MB)</li>" for p in refs)
+    return f"<h3>Reference sets</h3><ul>{items}</ul>"
 
 
 def write_report(ws: Workspace, summary: dict[str, Any]) -> Path:
-    """Write ``report/index.html`` from an ``inspect_workspace`` summary; return its path."""
-    body = [f"<h1>poolsieve workspace</h1><p><code>{html.escape(str(ws.root))}</code></p>"]
-    if "shards" in summary:
-        s = summary["shards"]
-        body.append(f"<h2>Download</h2><p>{s['successes']:,} of {s['urls']:,} urls downloaded in "
-                    f"{s['shards']} shard(s).</p>")
-        if s["failures_by_reason"]:
-            body.append(_bars_svg("failures by reason", list(s["failures_by_reason"].items())[:10]))
+    """Write ``report/index.html`` and ``report/summary.json`` from an ``inspect_workspace`` summary."""
+    root = str(ws.root)
+    portable = _portable({**summary, "workspace": ws.root.name}, root)
+    subsets = list(summary.get("subsets") or {})
+    records = subset_records(ws, subsets)
+    nav, body = [], []
+
+    def section(anchor: str, title: str, parts: list[str]) -> None:
+        parts = [p for p in parts if p]
+        if parts:
+            nav.append(f'<a href="#{anchor}">{html.escape(title)}</a>')
+            body.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{"".join(parts)}</section>')
+
+    section("funnel", "Funnel", [funnel_html(funnel_rows(ws, summary, records)), _references(ws)])
     if "scores" in summary:
-        body.append("<h2>Scores</h2>")
-        body += _score_plots(ws, summary)
-    if "subsets" in summary:
-        body.append("<h2>Subsets</h2>")
-        body.append(_bars_svg("uids per subset", [(k, v["uids"]) for k, v in summary["subsets"].items()]))
-    if "evals" in summary:
-        body.append("<h2>Evaluation</h2><table><tr><th>subset</th><th>task</th><th>main metric</th></tr>")
-        for name, tasks in summary["evals"].items():
-            for task, value in tasks.items():
-                shown = f"{value:.3f}" if isinstance(value, (int, float)) else html.escape(str(value))
-                body.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(task)}</td><td>{shown}</td></tr>")
-        body.append("</table>")
-    body.append(f"<h2>Summary (JSON)</h2><pre>{html.escape(json.dumps(summary, indent=2, default=str))}</pre>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>poolsieve report</title><style>"
-            "body{font-family:sans-serif;max-width:900px;margin:2em auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:2px 8px}pre{background:#f6f6f6;padding:8px;overflow:auto}"
-            "</style></head><body>" + "".join(body) + "</body></html>")
+        pool_rows = int(summary["scores"]["status"].get(STATUS_SUCCESS, summary["scores"]["rows"]))
+        sample = sample_pool(ws, subsets, pool_rows)
+        how = ("every pool member" if sample.is_whole_pool else
+               f"{len(sample.frame):,} of {sample.pool_rows:,} pool members from {sample.tables_read} of "
+               f"{sample.tables_total} score tables, chosen with a fixed seed")
+        note = f'<p class="note">Plots and examples use {how}.</p>'
+        section("scores", "Scores", [note, *_scores_section(sample, records)])
+        if sample.members:
+            section("subsets", "Subsets: kept and dropped examples",
+                    [note, _label_table(sample), *_subset_sections(ws, sample, records)])
+    runs = summary.get("runs") or {}
+    if runs:
+        section("training", "Training", [loss_chart(runs), runs_table(runs)])
+    if summary.get("evals"):
+        section("evaluation", "Evaluation", [eval_table(ws.root, list(summary["evals"]))])
+    ws.report_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(ws.report_dir / SUMMARY_NAME) as tmp:
+        tmp.write_text(json.dumps(portable, indent=2, default=str))
+    title = f"poolsieve report: {ws.root.name}"
+    page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+            f"<header><h1>{html.escape(title)}</h1><nav>{''.join(nav)}"
+            f'<a href="{SUMMARY_NAME}" id="summary-link">summary (JSON)</a></nav></header>'
+            f"<main>{''.join(body)}</main></body></html>")
     out = ws.report_dir / "index.html"
     with atomic_path(out) as tmp:
         tmp.write_text(page)

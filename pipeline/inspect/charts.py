@@ -1,0 +1,239 @@
+"""Hand-written SVG charts for the HTML report: histograms, scatter plots and line charts.
+
+Every chart has the same frame: a title, a plot area (``rect.plot-area``) with ticks and tick labels on
+both axes, an axis title under the x axis and beside the y axis, and the legend in a column to the right
+of the plot area, never over the data. Names and numbers are escaped; nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948", "#9c755f", "#ff9da7",
+           "#bab0ac")
+WIDTH, HEIGHT = 880, 300
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 190, 30, 48  # the right margin holds the legend
+LEGEND_CHARS = 24
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) covering ``[lo, hi]``."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return [0.0]
+    if hi <= lo:
+        hi = lo + (abs(lo) or 1.0)
+    raw = (hi - lo) / max(count, 1)
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * 0.999)
+    first = math.floor(lo / step + 1e-9) * step
+    ticks = []
+    v = first
+    while v < hi + step * 0.999:
+        ticks.append(round(v, 12))
+        v += step
+    return ticks
+
+
+def tick_label(value: float, step: float) -> str:
+    """A tick's text: thousands as ``12k``, otherwise just the decimals the step needs."""
+    if abs(step) >= 1000 and value % 1000 == 0:
+        return f"{value / 1000:,.0f}k"
+    decimals = max(0, -math.floor(math.log10(abs(step)) + 1e-9)) if step else 0
+    if step and round(step * 10 ** decimals, 9) % 1:
+        decimals += 1
+    return f"{value:,.{decimals}f}"
+
+
+@dataclass
+class Frame:
+    """The x and y ranges of a chart and where its plot area lies."""
+
+    x_ticks: list[float]
+    y_ticks: list[float]
+    width: int = WIDTH
+    height: int = HEIGHT
+
+    @property
+    def left(self) -> float:
+        return MARGIN_LEFT
+
+    @property
+    def right(self) -> float:
+        return self.width - MARGIN_RIGHT
+
+    @property
+    def top(self) -> float:
+        return MARGIN_TOP
+
+    @property
+    def bottom(self) -> float:
+        return self.height - MARGIN_BOTTOM
+
+    def x(self, v: float) -> float:
+        lo, hi = self.x_ticks[0], self.x_ticks[-1]
+        return self.left + (v - lo) / ((hi - lo) or 1.0) * (self.right - self.left)
+
+    def y(self, v: float) -> float:
+        lo, hi = self.y_ticks[0], self.y_ticks[-1]
+        return self.bottom - (v - lo) / ((hi - lo) or 1.0) * (self.bottom - self.top)
+
+
+def _esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _frame_svg(frame: Frame, title: str, x_title: str, y_title: str) -> list[str]:
+    """The chart's title, plot area, grid lines, ticks with labels and the two axis titles."""
+    f = frame
+    out = [f'<svg class="chart" viewBox="0 0 {f.width} {f.height}" width="{f.width}" height="{f.height}" '
+           f'role="img" aria-label="{_esc(title)}" xmlns="http://www.w3.org/2000/svg">',
+           f'<text class="chart-title" x="{f.left}" y="18">{_esc(title)}</text>',
+           f'<rect class="plot-area" x="{f.left}" y="{f.top}" width="{f.right - f.left}" '
+           f'height="{f.bottom - f.top}"/>']
+    x_step = f.x_ticks[1] - f.x_ticks[0] if len(f.x_ticks) > 1 else 1.0
+    y_step = f.y_ticks[1] - f.y_ticks[0] if len(f.y_ticks) > 1 else 1.0
+    out.append('<g class="ticks x">')
+    for v in f.x_ticks:
+        px = f.x(v)
+        out.append(f'<line class="grid" x1="{px:.1f}" y1="{f.top}" x2="{px:.1f}" y2="{f.bottom + 4}"/>'
+                   f'<text class="tick-label" x="{px:.1f}" y="{f.bottom + 17}" text-anchor="middle">'
+                   f'{tick_label(v, x_step)}</text>')
+    out.append('</g><g class="ticks y">')
+    for v in f.y_ticks:
+        py = f.y(v)
+        out.append(f'<line class="grid" x1="{f.left - 4}" y1="{py:.1f}" x2="{f.right}" y2="{py:.1f}"/>'
+                   f'<text class="tick-label" x="{f.left - 7}" y="{py + 4:.1f}" text-anchor="end">'
+                   f'{tick_label(v, y_step)}</text>')
+    out.append("</g>")
+    mid_y = (f.top + f.bottom) / 2
+    out.append(f'<text class="axis-title x" x="{(f.left + f.right) / 2:.1f}" y="{f.height - 10}" '
+               f'text-anchor="middle">{_esc(x_title)}</text>')
+    out.append(f'<text class="axis-title y" x="14" y="{mid_y:.1f}" text-anchor="middle" '
+               f'transform="rotate(-90 14 {mid_y:.1f})">{_esc(y_title)}</text>')
+    return out
+
+
+@dataclass
+class LegendEntry:
+    label: str
+    colour: str
+    kind: str = "line"  # line, dashed, area, dot
+
+
+def _legend_svg(frame: Frame, entries: Sequence[LegendEntry]) -> str:
+    """A column of swatches and labels right of the plot area (long labels shortened, full text on hover)."""
+    x0 = frame.right + 16
+    out = ['<g class="legend">']
+    for i, e in enumerate(entries):
+        y = frame.top + 8 + 18 * i
+        if e.kind == "area":
+            swatch = f'<rect x="{x0}" y="{y - 6}" width="18" height="10" fill="{e.colour}" opacity="0.45"/>'
+        elif e.kind == "dot":
+            swatch = f'<circle cx="{x0 + 9}" cy="{y - 1}" r="4" fill="{e.colour}"/>'
+        else:
+            dash = ' stroke-dasharray="5 3"' if e.kind == "dashed" else ""
+            swatch = (f'<line x1="{x0}" y1="{y - 1}" x2="{x0 + 18}" y2="{y - 1}" stroke="{e.colour}" '
+                      f'stroke-width="2"{dash}/>')
+        label = e.label if len(e.label) <= LEGEND_CHARS else e.label[:LEGEND_CHARS - 1] + "…"
+        out.append(f'<g class="legend-item"><title>{_esc(e.label)}</title>{swatch}'
+                   f'<text x="{x0 + 24}" y="{y + 3}">{_esc(label)}</text></g>')
+    out.append("</g>")
+    return "".join(out)
+
+
+@dataclass
+class Series:
+    name: str
+    values: np.ndarray  # histogram: share per bin; line: y values
+    x: np.ndarray | None = None
+
+
+def histogram_svg(title: str, edges: np.ndarray, pool: np.ndarray, subsets: Sequence[Series],
+                  thresholds: Sequence[tuple[str, float]] = (), x_title: str = "score",
+                  y_title: str = "share of pool (%)") -> str:
+    """The pool's distribution as a shaded area, each subset's part of it as a step line, and dashed
+    vertical lines at the thresholds (``(label, value)``); heights are percentages of the pool."""
+    top = max([float(pool.max()) if len(pool) else 0.0] + [float(s.values.max()) for s in subsets if len(s.values)])
+    frame = Frame(nice_ticks(float(edges[0]), float(edges[-1]), 6), nice_ticks(0.0, top or 1.0, 4))
+    out = _frame_svg(frame, title, x_title, y_title)  # the ticks' range covers the bins and the heights
+    out.append('<g class="data">')
+
+    def steps(counts: np.ndarray) -> list[tuple[float, float]]:
+        pts = [(frame.x(float(edges[0])), frame.y(0.0))]
+        for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True):
+            pts += [(frame.x(float(lo)), frame.y(float(c))), (frame.x(float(hi)), frame.y(float(c)))]
+        pts.append((frame.x(float(edges[-1])), frame.y(0.0)))
+        return pts
+
+    def points(pts: list[tuple[float, float]]) -> str:
+        return " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
+
+    out.append(f'<polygon class="pool" fill="#9aa5b1" opacity="0.45" points="{points(steps(pool))}"/>')
+    legend = [LegendEntry("pool", "#9aa5b1", "area")]
+    for i, s in enumerate(subsets):
+        colour = PALETTE[i % len(PALETTE)]
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.8" points="{points(steps(s.values))}"/>')
+        legend.append(LegendEntry(s.name, colour))
+    names = [s.name for s in subsets]
+    for label, value in thresholds:
+        colour = PALETTE[names.index(label) % len(PALETTE)] if label in names else "#333"
+        px = frame.x(value)
+        out.append(f'<line class="threshold" x1="{px:.1f}" y1="{frame.top}" x2="{px:.1f}" y2="{frame.bottom}" '
+                   f'stroke="{colour}" stroke-width="1.5" stroke-dasharray="5 3"/>')
+        legend.append(LegendEntry(f"{label} ≥ {value:.3f}", colour, "dashed"))
+    out.append("</g>")
+    out.append(_legend_svg(frame, legend))
+    out.append("</svg>")
+    return "".join(out)
+
+
+def scatter_svg(title: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_title: str, y_title: str) -> str:
+    """Points coloured by group (legend: group and count), ranges from the 0.5% and 99.5% quantiles."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y, groups = x[ok], y[ok], groups[ok]
+    if not len(x):
+        x = y = np.zeros(1)
+        groups = np.array(["-"], dtype=object)
+    x_lo, x_hi = np.quantile(x, [0.005, 0.995])
+    y_lo, y_hi = np.quantile(y, [0.005, 0.995])
+    frame = Frame(nice_ticks(float(x_lo), float(x_hi), 6), nice_ticks(float(y_lo), float(y_hi), 5))
+    out = _frame_svg(frame, title, x_title, y_title)
+    names, counts = np.unique(groups.astype(str), return_counts=True)
+    order = [n for _, n in sorted(zip(-counts, names, strict=True))]
+    colour = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(order)}
+    out.append('<g class="data">')
+    x_min, x_max, y_min, y_max = frame.x_ticks[0], frame.x_ticks[-1], frame.y_ticks[0], frame.y_ticks[-1]
+    for xv, yv, g in zip(np.clip(x, x_min, x_max), np.clip(y, y_min, y_max), groups.astype(str), strict=True):
+        out.append(f'<circle cx="{frame.x(float(xv)):.1f}" cy="{frame.y(float(yv)):.1f}" r="2" '
+                   f'fill="{colour[g]}" opacity="0.6"/>')
+    out.append("</g>")
+    count = dict(zip(names, counts, strict=True))
+    out.append(_legend_svg(frame, [LegendEntry(f"{n} ({count[n]:,})", colour[n], "dot") for n in order]))
+    out.append("</svg>")
+    return "".join(out)
+
+
+def line_chart_svg(title: str, series: Sequence[Series], x_title: str, y_title: str) -> str:
+    """One polyline per series (``x`` and ``values``), with a legend of series names."""
+    xs = np.concatenate([s.x for s in series if s.x is not None and len(s.x)] or [np.zeros(1)])
+    ys = np.concatenate([s.values for s in series if len(s.values)] or [np.zeros(1)])
+    ys = ys[np.isfinite(ys)] if np.isfinite(ys).any() else np.zeros(1)
+    frame = Frame(nice_ticks(0.0, float(xs.max()) or 1.0, 6), nice_ticks(min(0.0, float(ys.min())), float(ys.max()), 5))
+    out = _frame_svg(frame, title, x_title, y_title)
+    out.append('<g class="data">')
+    legend = []
+    for i, s in enumerate(series):
+        colour = PALETTE[i % len(PALETTE)]
+        pts = " ".join(f"{frame.x(float(a)):.1f},{frame.y(float(b)):.1f}"
+                       for a, b in zip(s.x if s.x is not None else [], s.values, strict=True) if np.isfinite(b))
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.8" points="{pts}"/>')
+        legend.append(LegendEntry(s.name, colour))
+    out.append("</g>")
+    out.append(_legend_svg(frame, legend))
+    out.append("</svg>")
+    return "".join(out)

@@ -1,0 +1,99 @@
+"""The funnel: how many pairs are left at each stage, from the pool's urls to each subset's training run.
+
+pool (metadata rows) -> downloaded (failures by reason, from the shards' stats) -> scored (pool
+members: decoded images) -> every step of each subset's spec (the counts its record keeps) ->
+resharded (``filtered/NAME/meta.json``) -> trained (``runs/*/summary.json`` of runs on that subset).
+Each row is a bar as a share of the first stage that has a count.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from poolsieve.core.formats import STATUS_SUCCESS, read_json
+from poolsieve.core.workspace import Workspace
+
+
+@dataclass
+class Row:
+    stage: str
+    count: int | None
+    detail: str = ""
+    level: int = 0  # indentation: 0 pool-wide, 1 a subset, 2 a step of a subset's spec
+
+
+def runs_by_subset(summary: dict[str, Any]) -> dict[str, list[str]]:
+    """Subset name -> the runs trained on its reshard (a ``filtered/NAME`` data folder, or the run's name)."""
+    out: dict[str, list[str]] = {}
+    for run, info in (summary.get("runs") or {}).items():
+        names = {Path(str(d)).name for d in info.get("data") or [] if Path(str(d)).parent.name == "filtered"}
+        for name in names or {run}:
+            out.setdefault(name, []).append(run)
+    return out
+
+
+def _number(value: Any) -> str:
+    return f"{value:,.3g}" if isinstance(value, float) else str(value)
+
+
+def funnel_rows(ws: Workspace, summary: dict[str, Any], records: dict[str, dict[str, Any]]) -> list[Row]:
+    rows: list[Row] = []
+    if "metadata" in summary:
+        rows.append(Row("pool (metadata rows)", summary["metadata"]["rows"],
+                        f"{summary['metadata']['files']} parquet file(s)"))
+    if "shards" in summary:
+        s = summary["shards"]
+        reasons = ", ".join(f"{reason}: {n:,}" for reason, n in list(s["failures_by_reason"].items())[:6])
+        rows.append(Row("downloaded", s["successes"], f"of {s['urls']:,} urls in {s['shards']} shard(s)"
+                        + (f"; failed: {reasons}" if reasons else "")))
+    if "scores" in summary:
+        status = summary["scores"]["status"]
+        others = ", ".join(f"{k}: {v:,}" for k, v in status.items() if k != STATUS_SUCCESS)
+        rows.append(Row("scored (pool members)", status.get(STATUS_SUCCESS, summary["scores"]["rows"]),
+                        f"{summary['scores']['rows']:,} rows" + (f"; {others}" if others else "")))
+    trained = runs_by_subset(summary)
+    for name, sub in (summary.get("subsets") or {}).items():
+        record = records.get(name) or {}
+        rows.append(Row(f"subset {name}", sub["uids"], record.get("expression") or "", 1))
+        steps = [s for s in record.get("steps") or [] if isinstance(s, dict) and "count" in s]
+        if len(steps) > 1 or (steps and steps[0].get("step") != record.get("expression")):
+            for step in steps:
+                extra = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                  for k, v in (step.get("details") or {}).items() if k == "threshold")
+                rows.append(Row(f"step {step.get('step')}", int(step["count"]),
+                                ("reused" if step.get("reused") else extra), 2))
+        meta_path = ws.filtered_dir(name) / "meta.json"
+        if meta_path.exists():
+            try:
+                meta = read_json(meta_path)
+                rows.append(Row(f"resharded {name}", int(meta.get("output_count") or 0),
+                                f"{meta.get('output_shard_count')} shard(s); {meta.get('missing_unique_uids', 0):,} "
+                                "uid(s) not found in the shards", 2))
+            except Exception:  # noqa: BLE001 - an unreadable meta.json only leaves its row out
+                pass
+        for run in trained.get(name, []):
+            info = summary["runs"][run]
+            seen = info.get("samples_seen")
+            rows.append(Row(f"trained {run}", info.get("dataset_size"),
+                            f"{seen:,} samples seen ({_number(info.get('passes_over_data'))} passes)" if seen else
+                            str(info.get("status", "")), 2))
+    return rows
+
+
+def funnel_html(rows: list[Row]) -> str:
+    if not rows:
+        return ""
+    base = next((r.count for r in rows if r.count), 1) or 1
+    out = ['<table class="funnel"><thead><tr><th>stage</th><th class="num">pairs</th><th class="num">share</th>'
+           '<th class="bar-cell"></th><th>detail</th></tr></thead><tbody>']
+    for r in rows:
+        share = (r.count or 0) / base
+        count = f"{r.count:,}" if r.count is not None else "?"
+        out.append(f'<tr class="level{r.level}"><td>{html.escape(r.stage)}</td><td class="num">{count}</td>'
+                   f'<td class="num">{share:.1%}</td><td class="bar-cell"><div class="bar" '
+                   f'style="width:{min(share, 1.0) * 100:.1f}%"></div></td><td class="detail">{html.escape(r.detail)}</td></tr>')
+    out.append("</tbody></table>")
+    return "".join(out)

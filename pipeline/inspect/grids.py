@@ -1,0 +1,124 @@
+"""Grids of example pairs: thumbnails read from the workspace's shards, with caption, score and reason.
+
+Thumbnails are cut from the pool's own tars (the score table's ``key`` names the member; the tar index
+is read once per shard, and only the chosen members' bytes), checked against a pixel limit before
+decoding, shrunk, and embedded as small JPEG data URIs, so the page works from a copied folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from poolsieve.core.errors import InputError
+from poolsieve.core.shard_reader import IMAGE_EXTENSIONS
+from poolsieve.core.tar_io import read_index, split_key
+from poolsieve.core.workspace import Workspace
+
+THUMB_SIDE = 112
+MAX_MEMBER_BYTES = 32 << 20
+MAX_PIXELS = 64_000_000
+CAPTION_CHARS = 90
+
+
+@dataclass
+class Card:
+    """One example: where its image is, and the lines printed under it."""
+
+    shard: str
+    key: str
+    caption: str
+    scores: list[tuple[str, float]]
+    label: str = ""
+    reason: str = ""
+
+
+def thumbnail_uri(data: bytes, side: int = THUMB_SIDE) -> str | None:
+    """A small JPEG data URI of an image, or None when it cannot be decoded safely."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_PIXELS:
+                return None
+            img.draft("RGB", (side, side))  # JPEG: decode at a reduced scale
+            img = img.convert("RGB")
+            img.thumbnail((side, side))
+            out = io.BytesIO()
+            img.save(out, "JPEG", quality=72)
+    except Exception:  # noqa: BLE001 - any image that fails to decode just has no thumbnail
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+def load_thumbnails(ws: Workspace, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """``(shard, key)`` -> data URI for the wanted samples found in ``shards/{shard}.tar``."""
+    by_shard: dict[str, set[str]] = {}
+    for shard, key in wanted:
+        by_shard.setdefault(shard, set()).add(key)
+    out: dict[tuple[str, str], str] = {}
+    for shard, keys in sorted(by_shard.items()):
+        tar = ws.shards_dir / f"{shard}.tar"
+        try:
+            members = read_index(tar)
+        except InputError:
+            continue  # a missing or damaged shard: its cards show no image
+        found = {}
+        for m in members:
+            split = split_key(m.name)
+            if split and split[1] in IMAGE_EXTENSIONS and Path(split[0]).name in keys:
+                found.setdefault(Path(split[0]).name, m)
+        if not found:
+            continue
+        fd = os.open(tar, os.O_RDONLY)
+        try:
+            for key, m in found.items():
+                if m.size <= MAX_MEMBER_BYTES:
+                    uri = thumbnail_uri(os.pread(fd, m.size, m.data_offset))
+                    if uri is not None:
+                        out[(shard, key)] = uri
+        finally:
+            os.close(fd)
+    return out
+
+
+def _card_html(card: Card, uri: str | None) -> str:
+    caption = card.caption if len(card.caption) <= CAPTION_CHARS else card.caption[:CAPTION_CHARS - 1] + "…"
+    image = (f'<img src="{uri}" alt="{html.escape(card.caption, quote=True)}" loading="eager">' if uri
+             else '<div class="no-image">no image</div>')
+    scores = " · ".join(f"{html.escape(name)} {value:.3f}" for name, value in card.scores)
+    lines = [f'<div class="caption" title="{html.escape(card.caption, quote=True)}">{html.escape(caption) or "<i>(empty)</i>"}</div>']
+    if scores:
+        lines.append(f'<div class="score">{scores}</div>')
+    if card.label:
+        lines.append(f'<div class="label">label: {html.escape(card.label)}</div>')
+    if card.reason:
+        lines.append(f'<div class="reason">{html.escape(card.reason)}</div>')
+    return f'<figure class="card">{image}<figcaption>{"".join(lines)}</figcaption></figure>'
+
+
+def grid_html(title: str, cards: Sequence[Card], thumbs: dict[tuple[str, str], str], note: str = "") -> str:
+    """A titled grid of cards (``note`` under the title); an empty list says so."""
+    head = f'<h4>{html.escape(title)}</h4>' + (f'<p class="note">{html.escape(note)}</p>' if note else "")
+    if not cards:
+        return head + '<p class="note">none in the sample</p>'
+    return head + '<div class="grid">' + "".join(_card_html(c, thumbs.get((c.shard, c.key))) for c in cards) + "</div>"
+
+
+def cards_from_rows(frame: Any, rows: Sequence[int], score_columns: Sequence[tuple[str, str]],
+                    labels: Sequence[str], reasons: Sequence[str] | None = None) -> list[Card]:
+    """Cards for ``rows`` of a sampled frame (``score_columns``: (column, shown name) pairs)."""
+    out = []
+    for i in rows:
+        row = frame.iloc[int(i)]
+        scores = [(shown, float(row[c])) for c, shown in score_columns if c in row and row[c] == row[c]]
+        text = row.get("text")
+        out.append(Card(str(row["shard"]), str(row.get("key", "")), "" if text is None else str(text), scores,
+                        labels[int(i)], reasons[int(i)] if reasons is not None else ""))
+    return out

@@ -1,0 +1,166 @@
+"""What the HTML report plots, read from a workspace without loading a whole pool.
+
+``sample_pool`` reads score tables in a seeded random order until it holds ``max_rows`` pool members
+(the ``success`` rows), so a 12.8M-row pool costs a few tables; a small pool is read whole. Each row
+knows its shard and tar key (for thumbnails), its scores, its membership of every subset, and the
+pool's labels where the workspace has them (``synthetic/labels.parquet`` of the built-in pool, or
+label/defect columns of the metadata). Embeddings are never read.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from poolsieve.core.errors import InputError
+from poolsieve.core.formats import STATUS_SUCCESS, read_json, read_subset
+from poolsieve.core.uids import UidSet, hex_to_keys
+from poolsieve.core.workspace import Workspace
+
+SEED = 0
+MAX_ROWS = 50_000
+ROW_COLUMNS = ("uid", "key", "text", "original_width", "original_height", "language", "caption_words",
+               "caption_length", "status", "error")
+LABELS_FILE = Path("synthetic") / "labels.parquet"
+
+
+def is_score_column(name: str) -> bool:
+    return name.startswith("clip_") and name.endswith("_score")
+
+
+def is_label_column(name: str) -> bool:
+    """A column of per-sample truth labels (``defect``, ``defects``, ``label``, ``shape_label``, ...)."""
+    lowered = name.lower()
+    return "defect" in lowered or "label" in lowered
+
+
+def seeded_rng(*parts: str | int) -> np.random.Generator:
+    """A generator fixed by ``parts`` (names hashed with crc32): the same sample on every render."""
+    return np.random.default_rng([SEED, *(p if isinstance(p, int) else zlib.crc32(p.encode()) for p in parts)])
+
+
+@dataclass
+class PoolSample:
+    """Sampled pool members: one row per member, with where it lives, its scores and its subsets."""
+
+    frame: Any  # pandas DataFrame: ROW_COLUMNS present in the tables, score columns, "shard", label columns
+    score_columns: list[str]
+    label_columns: list[str]
+    members: dict[str, np.ndarray] = field(default_factory=dict)  # subset -> bool per row
+    tables_read: int = 0
+    tables_total: int = 0
+    pool_rows: int = 0  # members in the whole pool (success rows of every table)
+
+    @property
+    def is_whole_pool(self) -> bool:
+        return self.tables_read == self.tables_total
+
+
+def sample_pool(ws: Workspace, subset_names: list[str], pool_rows: int, max_rows: int = MAX_ROWS) -> PoolSample:
+    """Up to ``max_rows`` pool members from score tables taken in a seeded order (``pool_rows``: the
+    members of the whole pool, as inspect counted them)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    tables = ws.score_tables()
+    order = seeded_rng("tables").permutation(len(tables))
+    frames, kept = [], 0
+    score_columns: list[str] = []
+    for i in order:
+        path = tables[int(i)]
+        names = pq.read_schema(path).names
+        score_columns = score_columns or [c for c in names if is_score_column(c)]
+        df = pq.read_table(path, columns=[c for c in (*ROW_COLUMNS, *score_columns) if c in names]).to_pandas()
+        if "status" in df:
+            df = df[df["status"] == STATUS_SUCCESS]
+        df["shard"] = path.stem
+        frames.append(df)
+        kept += len(df)
+        if kept >= max_rows:
+            break
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["uid", "shard"])
+    if len(frame) > max_rows:
+        frame = frame.iloc[np.sort(seeded_rng("rows").choice(len(frame), max_rows, replace=False))]
+        frame = frame.reset_index(drop=True)
+    frame, label_columns = _with_labels(ws, frame)
+    keys = hex_to_keys(frame["uid"].to_numpy()) if len(frame) else np.zeros(0, dtype="S16")
+    members = {}
+    for name in subset_names:
+        try:
+            members[name] = UidSet.from_pairs(read_subset(ws.subset_path(name), allow_repeats=True)).isin(keys)
+        except (InputError, OSError, ValueError):
+            continue  # inspect reports an unreadable subset; the page just leaves it out
+    return PoolSample(frame, score_columns, label_columns, members, tables_read=len(frames), tables_total=len(tables),
+                      pool_rows=pool_rows)
+
+
+def _with_labels(ws: Workspace, frame: Any) -> tuple[Any, list[str]]:
+    """``frame`` joined (on uid) with label columns from the built-in pool's side table or the metadata."""
+    import pyarrow.parquet as pq
+
+    sources = [ws.root / LABELS_FILE] if (ws.root / LABELS_FILE).is_file() else []
+    sources += ws.metadata_files() if ws.metadata_dir.is_dir() else []
+    found: list[str] = []
+    wanted = set(frame["uid"]) if len(frame) else set()
+    for source in sources:
+        try:
+            names = pq.read_schema(source).names
+        except Exception:  # noqa: BLE001 - an unreadable side file just means no labels from it
+            continue
+        cols = [c for c in names if c != "uid" and c not in frame.columns and c not in found
+                and (source.name == LABELS_FILE.name or is_label_column(c))]
+        if "uid" not in names or not cols or not wanted:
+            continue
+        labels = pq.read_table(source, columns=["uid", *cols]).to_pandas()
+        labels = labels[labels["uid"].isin(wanted)].drop_duplicates("uid")
+        if labels.empty:
+            continue
+        frame = frame.merge(labels, on="uid", how="left")
+        found += cols
+    return frame, found
+
+
+def label_text(row: Any, label_columns: list[str]) -> str:
+    """The row's defect labels as short text (``none``/empty values left out)."""
+    primary = [c for c in label_columns if is_label_column(c)] or label_columns[:1]
+    parts = []
+    for c in primary:
+        value = row.get(c)
+        if isinstance(value, (list, tuple, np.ndarray)):
+            value = ", ".join(str(v) for v in value)
+        if value is None or (isinstance(value, float) and np.isnan(value)) or str(value) in ("", "none", "clean"):
+            continue
+        parts.append(str(value))
+    return "; ".join(parts)
+
+
+def primary_label(sample: PoolSample) -> str | None:
+    """The label column to colour scatter points by: a defect column if there is one."""
+    labels = [c for c in sample.label_columns if is_label_column(c)]
+    return labels[0] if labels else None
+
+
+def subset_records(ws: Workspace, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each subset's ``subsets/NAME.json`` (empty when missing or unreadable)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = read_json(ws.subset_info_path(name))
+        except Exception:  # noqa: BLE001 - a subset without a record still has its members
+            out[name] = {}
+    return out
+
+
+def score_range(values: np.ndarray, extra: list[float]) -> tuple[float, float]:
+    """The histogram's range: the 0.5%..99.5% quantiles (outliers go to the end bins), widened to the
+    thresholds drawn on it."""
+    lo, hi = (np.quantile(values, [0.005, 0.995]) if len(values) else (0.0, 1.0))
+    lo, hi = min([float(lo), *extra]), max([float(hi), *extra])
+    if hi <= lo:
+        hi = lo + 1e-3
+    pad = (hi - lo) * 0.02
+    return lo - pad, hi + pad
