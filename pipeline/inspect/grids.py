@@ -112,13 +112,14 @@ def grid_html(title: str, cards: Sequence[Card], thumbs: dict[tuple[str, str], s
 
 
 def cards_from_rows(frame: Any, rows: Sequence[int], score_columns: Sequence[tuple[str, str]],
-                    labels: Sequence[str], reasons: Sequence[str] | None = None) -> list[Card]:
-    """Cards for ``rows`` of a sampled frame (``score_columns``: (column, shown name) pairs)."""
+                    labels: dict[int, str], reasons: dict[int, str] | None = None) -> list[Card]:
+    """Cards for ``rows`` of a sampled frame (``score_columns``: (column, shown name) pairs; ``labels`` and
+    ``reasons`` by row)."""
     out = []
-    for i in rows:
-        row = frame.iloc[int(i)]
+    for i in (int(r) for r in rows):
+        row = frame.iloc[i]
         scores = [(shown, float(row[c])) for c, shown in score_columns if c in row and row[c] == row[c]]
         text = row.get("text")
-        out.append(Card(str(row["shard"]), str(row.get("key", "")), "" if text is None else str(text), scores,
-                        labels[int(i)], reasons[int(i)] if reasons is not None else ""))
+        out.append(Card(str(row["shard"]), str(row.get("key", "")), text if isinstance(text, str) else "", scores,
+                        labels.get(i, ""), (reasons or {}).get(i, "")))
     return out

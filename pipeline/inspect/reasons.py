@@ -99,40 +99,42 @@ EXPLAINERS: dict[str, Callable[[Any, dict[str, Any], dict[str, Any]], Why]] = {
 
 
 class Explainer:
-    """Reasons per sampled row for the subsets of one workspace."""
+    """Reasons for chosen rows of a pool sample (``rows``: their positions in ``sample.frame``)."""
 
-    def __init__(self, sample: PoolSample, records: dict[str, dict[str, Any]]):
-        self.sample = sample
+    def __init__(self, sample: PoolSample, records: dict[str, dict[str, Any]], rows: Any):
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.frame = sample.frame.iloc[self.rows]
+        self.members = {name: m[self.rows] for name, m in sample.members.items()}
         self.records = records
         self.details = {s.get("step"): s.get("details") or {} for r in records.values()
                         for s in r.get("steps") or [] if isinstance(s, dict)}
         self.alone = {json.dumps(r.get("spec"), sort_keys=True): name for name, r in records.items()
-                      if r.get("spec") and name in sample.members}
+                      if r.get("spec") and name in self.members}
 
     def dropped_reasons(self, name: str) -> list[str]:
-        """A reason per sampled row (meaningful for rows outside subset ``name``)."""
+        """A reason per chosen row, for a row outside subset ``name``."""
         record = self.records.get(name) or {}
         spec = record.get("spec")
         fallback = f"outside {record.get('expression') or name}"
         if not isinstance(spec, dict):
-            return [fallback] * len(self.sample.frame)
+            return [fallback] * len(self.rows)
         _, why = self._walk(spec, within=name)
         return [w or fallback for w in why]
 
     def _walk(self, node: dict[str, Any], within: str) -> Why:
-        n = len(self.sample.frame)
+        n = len(self.rows)
         text = render(node)
-        if "subset" in node and node["subset"] in self.sample.members and node["subset"] != within:
-            return self.sample.members[node["subset"]], [f"not in {node['subset']}"] * n
+        if "subset" in node and node["subset"] in self.members and node["subset"] != within:
+            return self.members[node["subset"]], [f"not in {node['subset']}"] * n
         if "filter" in node:
             kept, why = None, [""] * n
             explain = EXPLAINERS.get(node["filter"])
             if explain is not None:
-                kept, why = explain(self.sample.frame, _defaults(node["filter"], dict(node.get("params") or {})),
+                kept, why = explain(self.frame, _defaults(node["filter"], dict(node.get("params") or {})),
                                     self.details.get(text, {}))
             saved = self.alone.get(json.dumps(node, sort_keys=True))
             if saved is not None and saved != within:
-                kept = self.sample.members[saved]
+                kept = self.members[saved]
             return kept, [w or text for w in why]
         if "not" in node:
             kept, _ = self._walk(node["not"], within)

@@ -146,30 +146,28 @@ def _label_table(sample: PoolSample) -> str:
 
 def _subset_sections(ws: Workspace, sample: PoolSample, records: dict[str, dict[str, Any]]) -> list[str]:
     frame = sample.frame
-    explainer = Explainer(sample, records)
-    labels = [label_text(frame.iloc[i], sample.label_columns) for i in range(len(frame))]
     scores = [(c, short_column(c)) for c in sample.score_columns]
-    chosen: list[tuple[str, list[int], list[int], list[str]]] = []
+    chosen: list[tuple[str, np.ndarray, np.ndarray]] = []
     for name, member in sample.members.items():
         rng = seeded_rng("grid", name)
-        kept, dropped = np.flatnonzero(member), np.flatnonzero(~member)
-        kept = np.sort(rng.permutation(kept)[:GRID_SIZE])
-        dropped = np.sort(rng.permutation(dropped)[:GRID_SIZE])
-        reasons = explainer.dropped_reasons(name) if len(dropped) else []
-        chosen.append((name, list(kept), list(dropped), reasons))
-    wanted = {(str(frame.iloc[i]["shard"]), str(frame.iloc[i].get("key", ""))) for _, k, d, _ in chosen
-              for i in [*k, *d]}
-    thumbs = load_thumbnails(ws, sorted(wanted))
+        kept = np.sort(rng.permutation(np.flatnonzero(member))[:GRID_SIZE])
+        dropped = np.sort(rng.permutation(np.flatnonzero(~member))[:GRID_SIZE])
+        chosen.append((name, kept, dropped))
+    rows = np.unique(np.concatenate([np.concatenate([k, d]) for _, k, d in chosen] or [np.zeros(0, dtype=np.int64)]))
+    thumbs = load_thumbnails(ws, [(str(frame["shard"].iat[i]), str(frame["key"].iat[i]) if "key" in frame else "")
+                                  for i in rows])
+    labels = {int(i): label_text(frame.iloc[int(i)], sample.label_columns) for i in rows}
     out = []
-    for name, kept, dropped, reasons in chosen:
+    for name, kept, dropped in chosen:
         record = records.get(name) or {}
         member = sample.members[name]
+        reasons = dict(zip(dropped.tolist(), Explainer(sample, records, dropped).dropped_reasons(name), strict=True))
         head = (f'<h3 id="subset-{html.escape(name, quote=True)}">{html.escape(name)}</h3>'
                 f'<p class="note">{html.escape(record.get("expression") or "")} · keeps {member.mean():.1%} of '
                 f"the {len(member):,} sampled pool members</p>")
-        grids = [grid_html(f"kept ({GRID_SIZE} at random)", cards_from_rows(frame, kept, scores, labels), thumbs),
-                 grid_html(f"dropped ({GRID_SIZE} at random)",
-                           cards_from_rows(frame, dropped, scores, labels, reasons or None), thumbs)]
+        grids = [grid_html(f"kept ({len(kept)} at random)", cards_from_rows(frame, kept, scores, labels), thumbs),
+                 grid_html(f"dropped ({len(dropped)} at random)",
+                           cards_from_rows(frame, dropped, scores, labels, reasons), thumbs)]
         out.append(head + '<div class="pair">' + "".join(f"<div>{g}</div>" for g in grids) + "</div>")
     return out
 

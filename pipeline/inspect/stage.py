@@ -3,7 +3,7 @@
 Pool metadata (rows, files), downloaded shards (successes, failures by reason), score tables (rows,
 status counts, score columns with quantiles), subsets (size, share of the pool, how each was made),
 training runs and evaluation summaries. ``--json`` prints the same as JSON; ``--html`` also writes
-``report/index.html`` with plots.
+``report/index.html`` (plots, example grids, funnel, curves; see report.py) and ``report/summary.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class InspectConfig:
     """The ``inspect:`` section: how the summary is shown."""
 
     json: bool = option(False, "print the summary as JSON")
-    html: bool = option(False, "also write report/index.html with plots")
+    html: bool = option(False, "also write report/index.html (plots, example grids, funnel) and report/summary.json")
 
 
 def inspect_workspace(ws: Workspace) -> dict[str, Any]:
