@@ -4,7 +4,10 @@
   ``POOLSIEVE_LID_MODEL`` to use another file such as ``lid.176.bin``), top-1 label of the caption
   with ``"\\n"`` replaced by a space, loaded once per process;
 * words: ``len(text.split())`` (any Unicode whitespace, runs collapsed);
-* characters: ``len(text)`` (code points).
+* characters: ``len(text)`` (code points);
+* gcld3 language (DataComp's LAION-2B reproduction only): ``NNetLanguageIdentifier(min_num_bytes=0,
+  max_num_bytes=1000).FindLanguage(text).language`` of the caption with ``"\n"`` replaced by a
+  space (gcld3 is optional: ``pip install gcld3`` builds it once protoc and libprotobuf are installed).
 
 Everything takes whole columns: a sequence of ``str`` (``None`` for a missing caption) or a pyarrow
 string array. A missing caption has language ``""``, confidence 0, no words and no characters.
@@ -135,3 +138,32 @@ def count_chars(texts: Sequence[str | None] | Any) -> np.ndarray:
 
     arr = as_string_array(texts)
     return np.asarray(pc.utf8_length(arr.fill_null("")).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+GCLD3_HINT = ("gcld3 is not installed: apt-get install protobuf-compiler libprotobuf-dev, then "
+              "pip install 'poolsieve[gcld3]' (or pip install gcld3)")
+
+
+@functools.lru_cache(maxsize=1)
+def gcld3_model() -> Any:
+    """gcld3's identifier with DataComp's settings (no minimum length, the first 1000 bytes), once per process."""
+    try:
+        import gcld3
+    except ImportError:
+        raise InputError(None, GCLD3_HINT) from None
+    return gcld3.NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)
+
+
+def detect_gcld3_codes(texts: Sequence[str | None] | Any) -> np.ndarray:
+    """gcld3's language code of each caption (``"\n"`` -> space); ``""`` for a missing caption."""
+    import pyarrow.compute as pc
+
+    arr = as_string_array(texts)
+    if len(arr) == 0:
+        return np.array([], dtype="<U3")
+    missing = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    find = gcld3_model().FindLanguage
+    lines = pc.replace_substring(arr.fill_null(""), "\n", " ").to_pylist()
+    codes = np.array([find(text=line).language for line in lines])
+    codes[missing] = ""
+    return codes

@@ -1,19 +1,22 @@
-"""``text_based``: English captions that name an ImageNet class.
+"""``text_based``: DataComp's text-based baseline, and a class-name variant.
 
-DataComp's text-based baseline keeps English captions with a word whose first WordNet synset is an
-ImageNet-21k class (NLTK's WordNet, not available offline). poolsieve keeps English captions that
-contain a class name of a classification task from clip_benchmark's ``en_classnames.json``
-(``classes: imagenet1k`` by default; any key of that file works, or a list of names):
-
-* names and captions are lower-cased and every run of characters other than letters and digits
+* ``text_based`` (DataComp's): keeps an English caption (fastText lid.176, as ``basic`` reads it)
+  with a word whose first WordNet synset is one of the 21,843 ImageNet-21k classes. Words are
+  ``text.split()`` (whitespace only: ``"necklace."`` is a word WordNet does not have, ``"Dogs"``
+  is lower-cased and reduced to ``dog`` by nltk's morphology); a word's first synset is the first of
+  nltk's ``wordnet.synsets(word)`` (nouns, then verbs, adjectives, adverbs), compared by WordNet
+  offset with the ImageNet-21k ids (``core/wordnet.py``: WordNet 3.0 from Debian's ``wordnet-base``
+  and ``wordnet-sense-index``, the synset list from timm). Each distinct word is looked up once.
+* ``text_based_in1k``: English captions that contain a class name of a clip_benchmark task
+  (``classes: imagenet1k`` by default; any key of its ``en_classnames.json``, or a list of names).
+  Names and captions are lower-cased and every run of characters other than letters and digits
   becomes one space (``"T-shirt"`` matches ``"t shirt"``); a parenthesised note in a class name is
-  dropped and ``"a / b"`` gives both ``a`` and ``b``;
-* a class name matches a run of whole words of the caption, also with a plural ``s`` / ``es``
-  (``"tiger sharks"`` names ``tiger shark``).
+  dropped and ``"a / b"`` gives both ``a`` and ``b``; a class name matches a run of whole words, also
+  with a plural ``s`` / ``es`` (``"tiger sharks"`` names ``tiger shark``). Vectorised: the captions'
+  word n-grams are looked up in a hash set with pyarrow.
 
-Matching is vectorised: the captions' word n-grams (n up to the longest class name) are looked up
-in a hash set with pyarrow. Parameters: ``classes``, ``language: en`` (``null`` for any language),
-``recompute_language: false``.
+Parameters: ``language: en`` (``null`` for any language), ``recompute_language: false``; the class-name
+variant also ``classes``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def classnames_file() -> Path:
 
     spec = importlib.util.find_spec("clip_benchmark")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("text_based needs clip_benchmark (pip install clip_benchmark) for its class names")
+        raise ConfigError("text_based_in1k needs clip_benchmark (pip install clip_benchmark) for its class names")
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "en_classnames.json"
 
 
@@ -52,7 +55,7 @@ def classnames_file() -> Path:
 def task_classnames(task: str) -> tuple[str, ...]:
     table = json.loads(classnames_file().read_text())
     if task not in table:
-        raise ConfigError(f"text_based: no class names for {task!r}; clip_benchmark has {', '.join(sorted(table))}")
+        raise ConfigError(f"text_based_in1k: no class names for {task!r}; clip_benchmark has {', '.join(sorted(table))}")
     return tuple(table[task])
 
 
@@ -103,21 +106,60 @@ def names_class(texts: Any, phrases: Sequence[str], max_words: int) -> np.ndarra
     return hit
 
 
-def decide_text_based(table: Any, phrases: Sequence[str], max_words: int, language: str | None,
-                      recompute_language: bool) -> np.ndarray:
+def decide_class_names(table: Any, phrases: Sequence[str], max_words: int, language: str | None,
+                       recompute_language: bool) -> np.ndarray:
     named = names_class(table["text"], phrases, max_words)
     return named if language is None else language_mask(table, named, language, recompute_language)
 
 
+def names_imagenet21k_synset(texts: Any) -> np.ndarray:
+    """Boolean mask: which captions have a word (``text.split()``) whose first WordNet synset is an
+    ImageNet-21k class. A missing caption has no words."""
+    import pyarrow.compute as pc
+
+    from poolsieve.core.language import as_string_array
+    from poolsieve.core.wordnet import first_sense_in_imagenet21k
+
+    texts = as_string_array(texts)
+    hit = np.zeros(len(texts), dtype=bool)
+    if len(texts) == 0:
+        return hit
+    pieces = pc.utf8_split_whitespace(texts.fill_null(""))  # the same separators as str.split()
+    parents = np.asarray(pc.list_parent_indices(pieces))
+    words = pieces.flatten()
+    nonempty = np.asarray(pc.greater(pc.binary_length(words), 0).to_numpy(zero_copy_only=False), dtype=bool)
+    if not nonempty.any():
+        return hit
+    encoded = pc.dictionary_encode(words.filter(nonempty))
+    word_hit = first_sense_in_imagenet21k(encoded.dictionary.to_pylist())
+    hit[parents[nonempty][word_hit[np.asarray(encoded.indices)]]] = True
+    return hit
+
+
+def decide_text_based(table: Any, language: str | None, recompute_language: bool) -> np.ndarray:
+    named = names_imagenet21k_synset(table["text"])
+    return named if language is None else language_mask(table, named, language, recompute_language)
+
+
 @register("text_based")
-def text_based(pool: ScoredPool, *, classes: str | list[str] = "imagenet1k", language: str | None = "en",
-               recompute_language: bool = False) -> UidSet:
+def text_based(pool: ScoredPool, *, language: str | None = "en", recompute_language: bool = False) -> UidSet:
+    """DataComp's text-based cut: English captions with a word whose first WordNet sense is an ImageNet-21k class."""
+    from poolsieve.core.wordnet import imagenet21k_offsets, wordnet_dir
+
+    wordnet_dir(), imagenet21k_offsets()  # missing WordNet files or synset list: one error, here
+    decide = partial(decide_text_based, language=language, recompute_language=bool(recompute_language))
+    return per_table(pool, decide, ["text"], "text_based", optional=["language"])
+
+
+@register("text_based_in1k")
+def text_based_in1k(pool: ScoredPool, *, classes: str | list[str] = "imagenet1k", language: str | None = "en",
+                    recompute_language: bool = False) -> UidSet:
     """English captions that name a class of ``classes`` (a clip_benchmark task or a list of names)."""
     names = task_classnames(classes) if isinstance(classes, str) else [str(c) for c in classes]
     phrases = class_phrases(names)
     if not phrases:
-        raise ConfigError("text_based: no class names to look for")
+        raise ConfigError("text_based_in1k: no class names to look for")
     max_words = max(len(p.split()) for p in phrases)
-    decide = partial(decide_text_based, phrases=phrases, max_words=max_words, language=language,
+    decide = partial(decide_class_names, phrases=phrases, max_words=max_words, language=language,
                      recompute_language=bool(recompute_language))
-    return per_table(pool, decide, ["text"], "text_based", optional=["language"])
+    return per_table(pool, decide, ["text"], "text_based_in1k", optional=["language"])

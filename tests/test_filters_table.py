@@ -133,18 +133,20 @@ def test_missing_column_names_file(pool, pool_dir):
         run(pool, "clip_score", column="clip_h14_similarity_score", threshold=0.3)
 
 
-def test_laion2b(pool):
+def test_laion2b_fasttext(pool):
     # English (column first, else computed) and b32 >= 0.28; no caption-length or size rules.
     # Out: 2 (column de), 4 (.20), 12 (.27), 13 (.10), 17 (French)
-    assert np.array_equal(run(pool, "laion2b"), pairs_of([0, 3, 10, 11, 14, 15, 16, 18, 19, 20, 21]))
+    # (laion2b itself, with DataComp's gcld3: tests/test_laion2b_datacomp.py)
+    assert np.array_equal(run(pool, "laion2b_fasttext"), pairs_of([0, 3, 10, 11, 14, 15, 16, 18, 19, 20, 21]))
 
 
-def test_text_based(pool):
+def test_text_based_in1k(pool):
     # goldfish (0; 1 not a member), T-shirt -> "t shirt" (4), tiger sharks -> plural of "tiger shark" (10)
-    assert np.array_equal(run(pool, "text_based"), pairs_of([0, 4, 10]))
-    assert np.array_equal(run(pool, "text_based", classes=["sofa", "Eiffel Tower"]),
+    # (text_based itself, DataComp's WordNet/ImageNet-21k rule: tests/test_text_based_datacomp.py)
+    assert np.array_equal(run(pool, "text_based_in1k"), pairs_of([0, 4, 10]))
+    assert np.array_equal(run(pool, "text_based_in1k", classes=["sofa", "Eiffel Tower"]),
                           pairs_of([14, 15, 16, 18, 19]))
-    assert np.array_equal(run(pool, "text_based", classes=["tour eiffel"], language=None), pairs_of([3, 17]))
+    assert np.array_equal(run(pool, "text_based_in1k", classes=["tour eiffel"], language=None), pairs_of([3, 17]))
 
 
 def reference_fraction_cut(values: np.ndarray, fraction: float) -> np.ndarray:
