@@ -82,3 +82,13 @@ def test_cli_json_and_html_are_options_of_the_stage(tmp_path, capsys):
     printed = json.loads(out[:out.rindex("}") + 1])
     assert printed["subsets"]["top"]["uids"] == len(top) and "show" not in printed
     assert (ws.root / "report" / "index.html").exists() and out.strip().endswith("index.html")
+
+
+def test_chart_ticks_are_round_and_cover_the_range():
+    from poolsieve.pipeline.inspect.charts import nice_ticks, tick_label
+
+    ticks = nice_ticks(0.113, 0.392, 6)
+    assert ticks[0] <= 0.113 and ticks[-1] >= 0.392 and len(ticks) >= 4
+    step = ticks[1] - ticks[0]
+    assert [tick_label(t, step) for t in ticks[:3]] == ["0.10", "0.15", "0.20"]
+    assert tick_label(12000, 2000) == "12k" and tick_label(2.5, 2.5) == "2.5"

@@ -17,8 +17,13 @@ import numpy as np
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948", "#9c755f", "#ff9da7",
            "#bab0ac")
 WIDTH, HEIGHT = 880, 300
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 190, 30, 48  # the right margin holds the legend
-LEGEND_CHARS = 24
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 210, 30, 48  # the right margin holds the legend
+LEGEND_CHARS, LEGEND_ROW = 25, 18
+
+
+def height_for(legend_rows: int) -> int:
+    """The chart's height: the usual one, or taller when the legend needs more rows."""
+    return max(HEIGHT, MARGIN_TOP + 8 + LEGEND_ROW * legend_rows + MARGIN_BOTTOM)
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -130,7 +135,7 @@ def _legend_svg(frame: Frame, entries: Sequence[LegendEntry]) -> str:
     x0 = frame.right + 16
     out = ['<g class="legend">']
     for i, e in enumerate(entries):
-        y = frame.top + 8 + 18 * i
+        y = frame.top + 8 + LEGEND_ROW * i
         if e.kind == "area":
             swatch = f'<rect x="{x0}" y="{y - 6}" width="18" height="10" fill="{e.colour}" opacity="0.45"/>'
         elif e.kind == "dot":
@@ -159,7 +164,8 @@ def histogram_svg(title: str, edges: np.ndarray, pool: np.ndarray, subsets: Sequ
     """The pool's distribution as a shaded area, each subset's part of it as a step line, and dashed
     vertical lines at the thresholds (``(label, value)``); heights are percentages of the pool."""
     top = max([float(pool.max()) if len(pool) else 0.0] + [float(s.values.max()) for s in subsets if len(s.values)])
-    frame = Frame(nice_ticks(float(edges[0]), float(edges[-1]), 6), nice_ticks(0.0, top or 1.0, 4))
+    frame = Frame(nice_ticks(float(edges[0]), float(edges[-1]), 6), nice_ticks(0.0, top or 1.0, 4),
+                  height=height_for(1 + len(subsets) + len(thresholds)))
     out = _frame_svg(frame, title, x_title, y_title)  # the ticks' range covers the bins and the heights
     out.append('<g class="data">')
 
@@ -201,9 +207,10 @@ def scatter_svg(title: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_
         groups = np.array(["-"], dtype=object)
     x_lo, x_hi = np.quantile(x, [0.005, 0.995])
     y_lo, y_hi = np.quantile(y, [0.005, 0.995])
-    frame = Frame(nice_ticks(float(x_lo), float(x_hi), 6), nice_ticks(float(y_lo), float(y_hi), 5))
-    out = _frame_svg(frame, title, x_title, y_title)
     names, counts = np.unique(groups.astype(str), return_counts=True)
+    frame = Frame(nice_ticks(float(x_lo), float(x_hi), 6), nice_ticks(float(y_lo), float(y_hi), 5),
+                  height=height_for(len(names)))
+    out = _frame_svg(frame, title, x_title, y_title)
     order = [n for _, n in sorted(zip(-counts, names, strict=True))]
     colour = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(order)}
     out.append('<g class="data">')
@@ -223,7 +230,8 @@ def line_chart_svg(title: str, series: Sequence[Series], x_title: str, y_title: 
     xs = np.concatenate([s.x for s in series if s.x is not None and len(s.x)] or [np.zeros(1)])
     ys = np.concatenate([s.values for s in series if len(s.values)] or [np.zeros(1)])
     ys = ys[np.isfinite(ys)] if np.isfinite(ys).any() else np.zeros(1)
-    frame = Frame(nice_ticks(0.0, float(xs.max()) or 1.0, 6), nice_ticks(min(0.0, float(ys.min())), float(ys.max()), 5))
+    frame = Frame(nice_ticks(0.0, float(xs.max()) or 1.0, 6), nice_ticks(min(0.0, float(ys.min())), float(ys.max()), 5),
+                  height=height_for(len(series)))
     out = _frame_svg(frame, title, x_title, y_title)
     out.append('<g class="data">')
     legend = []

@@ -88,6 +88,9 @@ def _scores_section(sample: PoolSample, records: dict[str, dict[str, Any]]) -> l
     thresholds = score_thresholds(records)
     subsets = [n for n, m in sample.members.items() if 0 < m.sum() < len(m)]  # a subset of everything adds nothing
     out = []
+    if len(subsets) > len(charts.PALETTE):
+        out.append(f'<p class="note">The histograms draw the first {len(charts.PALETTE)} of {len(subsets)} subsets.</p>')
+        subsets = subsets[:len(charts.PALETTE)]
     n = max(len(frame), 1)
     for col in sample.score_columns:
         values = frame[col].to_numpy(dtype=np.float64)
