@@ -7,6 +7,7 @@ registered with open_clip on import, in every process that loads a model (Ray wo
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,9 +122,94 @@ def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32"):
     return model, preprocess, tokenizer
 
 
-OFFLINE_HINT = ("give a local checkpoint instead (ARCH:/path/to/checkpoint.pt, or local-dir:RUN_FOLDER for a "
-                "poolsieve run), or score with the quickstart's own scorer "
-                "(poolsieve-tiny:WORKSPACE/runs/scorer/checkpoints/epoch_latest.pt, made by `poolsieve quickstart`)")
+OFFLINE_HINT = ("pass a local checkpoint instead (ARCH:/path/to/checkpoint.pt, or local-dir:RUN_FOLDER for a "
+                "poolsieve run), or train a scorer from your own seed data: `poolsieve train-scorer -w WORKSPACE "
+                "--seed SUBSET_OR_FOLDER` prints the --model to score with (the quickstart's own scorer is made "
+                "this way: poolsieve-tiny:WORKSPACE/runs/scorer/checkpoints/epoch_latest.pt)")
+
+
+def check_model_spec(spec: ModelSpec, *, weights: bool = True) -> None:
+    """Fail in one line, before any work, when ``spec`` cannot load: an unknown architecture, an unknown
+    pretrained tag, a local checkpoint or model folder that does not exist; with ``weights``, also hub
+    weights that are neither in the local cache nor downloadable (the hub does not answer, or
+    ``HF_HUB_OFFLINE`` is set). Nothing is loaded or downloaded: it takes a fraction of a second
+    (at most one request of a few seconds, only for weights not cached)."""
+    import open_clip
+
+    register_model_configs()
+    name = spec.arch + (f":{spec.pretrained}" if spec.pretrained else "")
+    if spec.arch.startswith("local-dir:"):
+        folder = Path(spec.arch.removeprefix("local-dir:")).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise InputError(folder, "not an open_clip model folder (no open_clip_config.json)")
+        return
+    if spec.arch.startswith("hf-hub:"):
+        repo, _, revision = spec.arch.removeprefix("hf-hub:").partition("@")
+        if weights and not _hub_cached(repo, ("open_clip_config.json",), revision or None):
+            _require_hub(name)
+        return
+    known = open_clip.list_models()
+    if spec.arch not in known:
+        close = difflib.get_close_matches(spec.arch, known, n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (`open_clip.list_models()` lists them)"
+        raise PoolsieveError(f"unknown open_clip architecture {spec.arch!r}{hint}")
+    if not spec.pretrained:
+        return
+    if spec.is_local_checkpoint:
+        path = Path(spec.pretrained).expanduser()
+        if not path.is_file():
+            raise InputError(path, "checkpoint file does not exist")
+        return
+    cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(spec.arch)
+        more = f" and {len(tags) - 6} more" if len(tags) > 6 else ""
+        known_tags = f"; its tags: {', '.join(tags[:6])}{more}" if tags else "; it has no pretrained tags"
+        raise PoolsieveError(f"{name}: {spec.pretrained!r} is neither a pretrained tag of {spec.arch} nor an "
+                             f"existing checkpoint file{known_tags}")
+    if weights and not _pretrained_cached(cfg):
+        _require_hub(name)
+
+
+def _require_hub(name: str) -> None:
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise PoolsieveError(f"cannot load {name}: {unreachable} and its weights are not in the local cache; "
+                             f"{OFFLINE_HINT}")
+
+
+def _hub_cached(repo: str, filenames: tuple[str, ...], revision: str | None = None) -> bool:
+    """Whether one of ``filenames`` of hub repo ``repo`` is in huggingface_hub's local cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        try:
+            if isinstance(try_to_load_from_cache(repo, filename, revision=revision), str):
+                return True
+        except Exception:  # noqa: BLE001, S112 - a malformed repo id is simply not cached
+            continue
+    return False
+
+
+def _pretrained_cached(cfg: dict[str, Any]) -> bool:
+    """Whether open_clip would find a pretrained tag's weights (``cfg``: its pretrained config) without a
+    download: the hub file or its safetensors twin in the hub cache, else the URL's file in ``~/.cache/clip``."""
+    import os
+
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, has_hf_hub
+
+    if "file" in cfg:
+        return Path(cfg["file"]).is_file()
+    if cfg.get("hf_hub") and has_hf_hub():
+        repo, filename = os.path.split(cfg["hf_hub"])  # "org/name/" means open_clip's default file name
+        filename = filename or HF_WEIGHTS_NAME
+        safe = HF_SAFE_WEIGHTS_NAME if filename == HF_WEIGHTS_NAME else (
+            filename[:-4] + ".safetensors" if filename.endswith((".bin", ".pth")) else filename)
+        names = [safe, filename]
+        return _hub_cached(repo, tuple(dict.fromkeys(names)))
+    if cfg.get("url"):
+        return (Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])).is_file()
+    return False
 
 
 def hub_unreachable(timeout: float = 5.0) -> str | None:

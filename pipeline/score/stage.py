@@ -5,7 +5,10 @@ For each whole shard ``shards/{shard}.tar`` this writes ``scores/{shard}.npz`` (
 ``clip_<key>_similarity_score`` per model), so a shard whose parquet exists is whole. CPU tasks read
 and decode shards (``Runtime.stream_generators``: chunks handed over with backpressure) and encoder
 workers, one per GPU or one on a CPU-only cluster (``Runtime.actor_pool``), encode them; the driver
-writes. ``--executor local`` does the same in one process.
+writes. ``--executor local`` does the same in one process. A scored pool given a model its tables lack
+gets exactly that model's columns and embeddings added; every model is checked before any work.
+Without pretrained weights (offline, or a new domain), ``poolsieve train-scorer`` trains a scorer on
+your own seed data and prints the ``--model`` to pass here.
 
 Also: ``--reference DIR --name NAME`` embeds a labelled image set into ``references/NAME.npz``, and
 ``--import-datacomp DIR`` turns DataComp's released metadata parquets + npz embeddings into score tables.
@@ -14,6 +17,7 @@ Also: ``--reference DIR --name NAME`` embeds a labelled image set into ``referen
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -38,6 +42,7 @@ from poolsieve.core.formats import (
 from poolsieve.core.progress import Progress, print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
+from poolsieve.core.stall import StallWatch
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.score.encode import DECODE_MODES
 
@@ -50,7 +55,8 @@ class ScoreConfig:
 
     models: list[Any] = option(
         list(DEFAULT_MODELS), "open_clip model, repeat for several; KEY names its columns "
-        "(default b32/l14 for OpenAI B/32, L/14, else the architecture); in YAML also {arch, pretrained, key}",
+        "(default b32/l14 for OpenAI B/32, L/14, else the architecture); in YAML also {arch, pretrained, key}; "
+        "no pretrained weights (offline, a new domain)? `poolsieve train-scorer` makes a scorer from your seed data",
         flag="--model", short="-m", metavar="[KEY=]ARCH[:PRETRAINED|CHECKPOINT]")
     device: str = option("auto", "auto, cpu or cuda[:N]")
     precision: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", choices=INFERENCE_PRECISIONS)
@@ -99,27 +105,40 @@ def run(ws: Workspace, config: ScoreConfig, runtime: Runtime, *, overwrite: bool
 
 def score_pool(ws: Workspace, config: ScoreConfig, runtime: Runtime, *, overwrite: bool = False,
                quiet: bool = False) -> dict[str, Any]:
-    """Score every whole shard of ``ws`` (or ``config.shards``) that has no complete score table yet; return
-    a summary. A shard that fails is named in one line after the others are scored (and the summary printed)."""
+    """Score every whole shard of ``ws`` (or ``config.shards``) with every model it lacks; return a summary.
+
+    Every model spec is checked before any work (``check_model_spec``): an unknown architecture or tag
+    or a missing checkpoint fails at once, and so do weights that cannot be had, for the models some
+    shard needs. A shard without a score table gets one with all the models; a scored shard that lacks
+    some of them gets exactly those added (columns and embeddings), its other columns kept as they are.
+    A shard that fails is named in one line after the others are scored (and the summary printed)."""
+    from poolsieve.core.models import check_model_spec
     from poolsieve.pipeline.score.encode import parse_models
 
     if config.decode not in DECODE_MODES:
         raise ConfigError(f"score.decode must be one of {', '.join(DECODE_MODES)}, got {config.decode!r}")
     models = parse_models(config.models, config.trust_checkpoint)
+    for m in models:
+        check_model_spec(m.spec, weights=False)
     tars = ws.shard_tars()
     if config.shards:
         wanted = set(config.shards)
         tars = [t for t in tars if t.stem in wanted]
     if not tars:
         raise InputError(ws.shards_dir, "no whole shards to score (a shard is whole when its _stats.json exists)")
-    todo = [t for t in tars if overwrite or not shard_is_scored(ws, t.stem)]
-    for t in todo:  # temporary files a killed run left behind
-        for stale in ws.scores_dir.glob(f".{t.stem}.*.tmp"):
-            stale.unlink(missing_ok=True)
+    jobs = plan_jobs(ws, tars, models, overwrite)
+    needed = {m.key for job in jobs for m in job.models}
+    for m in models:
+        if m.key in needed:
+            check_model_spec(m.spec, weights=True)
+    for job in jobs:
+        for t in job.tars:  # temporary files a killed run left behind
+            for stale in ws.scores_dir.glob(f".{t.stem}.*.tmp"):
+                stale.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    stats = RunStats(total_shards=len(tars), skipped=len(tars) - len(todo))
-    if todo:
-        _run(ws, todo, models, config, runtime, stats, quiet)
+    stats = RunStats(total_shards=len(tars), skipped=len(tars) - sum(len(j.tars) for j in jobs))
+    for job in jobs:
+        _run(ws, job, config, runtime, stats, quiet)
     stats.seconds = time.perf_counter() - t0
     summary = stats.summary(ws, models)
     if stats.errors:
@@ -132,7 +151,56 @@ def score_pool(ws: Workspace, config: ScoreConfig, runtime: Runtime, *, overwrit
 
 
 def shard_is_scored(ws: Workspace, shard: str) -> bool:
+    """Whether the shard has a whole score table (whatever its models)."""
     return ws.score_table_path(shard).exists() and ws.embeddings_path(shard).exists()
+
+
+_SCORE_COLUMN = re.compile(r"^clip_(.+)_similarity_score$")
+
+
+def scored_keys(ws: Workspace, shard: str) -> set[str] | None:
+    """The model keys a shard's score table holds (score column and both embeddings), or None when it has
+    no whole table (the npz is written before the parquet, so a parquet means a whole pair)."""
+    import pyarrow.parquet as pq
+
+    table, npz = ws.score_table_path(shard), ws.embeddings_path(shard)
+    if not (table.exists() and npz.exists()):
+        return None
+    try:
+        names = pq.read_schema(table).names
+    except Exception as e:  # noqa: BLE001 - any unreadable file is named
+        raise InputError(table, f"not a readable score table ({e}); remove it or rerun with --overwrite") from None
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            arrays = set(z.files)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(npz, f"not a readable .npz file ({e}); remove it or rerun with --overwrite") from None
+    keys = {m.group(1) for name in names if (m := _SCORE_COLUMN.match(name))}
+    return {k for k in keys if set(embedding_keys(k)) <= arrays}
+
+
+@dataclass
+class ScoreJob:
+    """Shards that need the same models: new tables (``adding`` False) or columns added to scored ones."""
+
+    models: list[Any]
+    tars: list[Path]
+    adding: bool = False
+
+
+def plan_jobs(ws: Workspace, tars: Sequence[Path], models: Sequence[Any], overwrite: bool) -> list[ScoreJob]:
+    """What each shard needs: every model (no table yet, or ``overwrite``), the models its table lacks, or
+    nothing; shards that need the same are one job."""
+    jobs: dict[tuple[bool, tuple[str, ...]], ScoreJob] = {}
+    for t in tars:
+        present = None if overwrite else scored_keys(ws, t.stem)
+        missing = [m for m in models if present is None or m.key not in present]
+        if not missing:
+            continue
+        adding = present is not None
+        job = jobs.setdefault((adding, tuple(m.key for m in missing)), ScoreJob(missing, [], adding))
+        job.tars.append(t)
+    return list(jobs.values())
 
 
 @dataclass
@@ -140,6 +208,7 @@ class RunStats:
     total_shards: int = 0
     skipped: int = 0
     scored: int = 0
+    added: dict[str, int] = field(default_factory=dict)  # model key -> scored shards it was added to
     samples: int = 0
     decode_errors: int = 0
     encode_seconds: float = 0.0
@@ -150,9 +219,13 @@ class RunStats:
     errors: list[tuple[Path, str]] = field(default_factory=list)
 
     def add(self, written: dict[str, Any]) -> None:
-        self.scored += 1
+        if written.get("added"):
+            for key in written["added"]:
+                self.added[key] = self.added.get(key, 0) + 1
+        else:
+            self.scored += 1
+            self.decode_errors += written["decode_errors"]
         self.samples += written["rows"]
-        self.decode_errors += written["decode_errors"]
         self.encode_seconds += written["encode_seconds"]
 
     def summary(self, ws: Workspace, models: Sequence[Any]) -> dict[str, Any]:
@@ -161,6 +234,7 @@ class RunStats:
             "mode": "score",
             "shards": self.total_shards,
             "scored now": self.scored,
+            "models added to scored shards": ", ".join(f"{k} ({n} shard(s))" for k, n in self.added.items()) or "-",
             "already scored (skipped)": self.skipped,
             "failed shards": len(self.errors),
             "samples": self.samples,
@@ -186,44 +260,93 @@ class _ShardState:
     failed: bool = False
 
 
-def _encoders(config: ScoreConfig, runtime: Runtime) -> tuple[int, str, int, int, bool]:
-    """(encoder workers, their device, CPUs each, CPUs in all, on GPUs) for this runtime's resources."""
+@dataclass(frozen=True)
+class Resources:
+    """How a score run uses the cluster: encoder workers and reader tasks, and the CPUs each reserves."""
+
+    encoders: int
+    device: str
+    encoder_cpus: float
+    readers: int
+    reader_cpus: float
+    cpus: float
+    use_gpu: bool
+
+
+def plan_resources(config: ScoreConfig, runtime: Runtime) -> Resources:
+    """Encoders (one per GPU, else one) and readers (the CPUs the encoders leave free) for this runtime.
+
+    Every CPU count runs: when the encoders would leave no whole CPU to a reader (``--num-cpus 1``, or
+    as many GPUs as CPUs), encoders and readers share the CPUs in fractions instead of waiting for
+    each other forever."""
     resources = runtime.resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+    gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1)) or 1.0
     use_gpu = config.device.startswith("cuda") or (config.device == "auto" and gpus > 0)
     if use_gpu and gpus == 0:
         where = "the Ray cluster" if runtime.executor == "ray" else "this machine"
         raise ConfigError(f"score: device cuda asked for, but {where} has no GPU")
     n_enc = config.encoders or (gpus if use_gpu else 1)
     device = ("cuda" if use_gpu else "cpu") if config.device == "auto" else config.device
-    enc_cpus = 1 if not use_gpu else min(2, max(1, cpus // max(1, n_enc) // 4))
-    return n_enc, device, enc_cpus, cpus, use_gpu
+    enc_cpus = 1.0 if not use_gpu else float(min(2, max(1, int(cpus) // max(1, n_enc) // 4)))
+    free = cpus - n_enc * enc_cpus
+    readers = config.decode_workers or max(1, int(free))
+    reader_cpus = 1.0
+    if free < 1:
+        enc_cpus = round(cpus / 2 / n_enc, 4)
+        reader_cpus = round(cpus / 2 / readers, 4)
+    return Resources(n_enc, device, enc_cpus, readers, reader_cpus, cpus, use_gpu)
 
 
-def _run(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreConfig, runtime: Runtime,
-         stats: RunStats, quiet: bool) -> None:
+def _run(ws: Workspace, job: ScoreJob, config: ScoreConfig, runtime: Runtime, stats: RunStats, quiet: bool) -> None:
     """Readers (``read_chunks``, one streaming task per shard) hand decoded chunks to encoder workers
     (``EncoderActor``, one per GPU or one on CPUs); a writer thread assembles each shard once all its
     chunks are encoded, so writes never stall the encoders. ``--executor local``: the same, one chunk at a
-    time in this process."""
+    time in this process. A stall watch says what the run waits for when nothing finishes for a while."""
     from poolsieve.core.runtime import END
     from poolsieve.pipeline.score.encode import EncoderActor, ShardFailure, read_chunks
 
-    n_enc, device, enc_cpus, cpus, use_gpu = _encoders(config, runtime)
-    with runtime.actor_pool(EncoderActor, n_enc, models, device, config.precision, config.batch_size,
-                            config.threads, config.decode, config.chunk_size, config.language,
-                            num_cpus=enc_cpus, num_gpus=1 if use_gpu else 0) as pool:
+    res = plan_resources(config, runtime)
+    tars, models = job.tars, job.models
+    states = {t: _ShardState(t) for t in tars}
+    count = {"setup": False, "reading": 0, "at_encoders": 0, "writing": 0}
+
+    def waiting_for() -> str:
+        parts = []
+        if not count["setup"]:
+            parts.append(f"{res.encoders} encoder worker(s) to start and load {', '.join(m.key for m in models)} "
+                         f"({res.encoder_cpus:g} CPU{', 1 GPU' if res.use_gpu else ''} each)")
+        else:
+            parts.append(f"{count['reading']} reader task(s) pending or running ({res.reader_cpus:g} CPU each)")
+            parts.append(f"{count['at_encoders']} chunk(s) at the encoder(s)")
+            parts.append(f"{count['writing']} shard(s) being written")
+        if runtime.executor == "ray":
+            import ray
+
+            free = ray.available_resources()
+            parts.append(f"Ray: {free.get('CPU', 0):g} of {res.cpus:g} CPU free"
+                         + (f", {free.get('GPU', 0):g} GPU free" if res.use_gpu else ""))
+        return "; ".join(parts)
+
+    watch = StallWatch("score", waiting_for)
+    with watch, runtime.actor_pool(EncoderActor, res.encoders, models, res.device, config.precision,
+                                   config.batch_size, config.threads, config.decode, config.chunk_size,
+                                   config.language and not job.adding, num_cpus=res.encoder_cpus,
+                                   num_gpus=1 if res.use_gpu else 0) as pool:
         info = pool.call_all("setup")[0]
+        count["setup"] = True
+        watch.tick()
         stats.device, stats.batch_size, stats.threads = info["device"], info["batch_size"], info["threads"]
         dims = info["dims"]
-        decoders = config.decode_workers or max(1, cpus - len(pool) * enc_cpus)
-        states = {t: _ShardState(t) for t in tars}
-        progress = Progress("score", total=len(tars), unit="shards", quiet=quiet)
+        what = "add " + ", ".join(dims) if job.adding else "score"
+        progress = Progress(what, total=len(tars), unit="shards", quiet=quiet)
         writer = ThreadPoolExecutor(1, thread_name_prefix="score-writer")
         writes: deque[Any] = deque()
+        write = add_to_shard if job.adding else write_shard
 
         def collect(future: Any) -> None:
             written = future.result()
+            count["writing"] -= 1
+            watch.tick()
             stats.add(written)
             progress.update(1, written["rows"], "images")
 
@@ -232,24 +355,36 @@ def _run(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreConfig
                 return
             chunks = [state.chunks[i] for i in sorted(state.chunks)]
             state.chunks.clear()
-            writes.append(writer.submit(write_shard, ws, state.tar.stem, chunks, dims))
+            count["writing"] += 1
+            writes.append(writer.submit(write, ws, state.tar.stem, chunks, dims))
             while writes and writes[0].done():
                 collect(writes.popleft())
+
+        def units() -> Any:
+            for t in tars:
+                count["reading"] += 1
+                yield t
 
         def chunks() -> Any:
             """(shard, chunk index), chunk: as the readers hand them over; a shard is marked read at its end."""
             read = functools.partial(read_chunks, plan=info["plan"])
-            for tar, item in runtime.stream_generators(read, tars, max_in_flight=decoders):
+            for tar, item in runtime.stream_generators(read, units(), max_in_flight=res.readers,
+                                                       num_cpus=res.reader_cpus):
+                watch.tick()
                 state = states[tar]
                 if item is END:
+                    count["reading"] -= 1
                     state.decoded_all = True
                     finish_if_done(state)
                 elif not state.failed:
                     state.dispatched += 1
+                    count["at_encoders"] += 1
                     yield (state, state.dispatched - 1), item
 
         try:
             for (state, index), encoded in pool.stream("encode", chunks(), per_worker=3):
+                count["at_encoders"] -= 1
+                watch.tick()
                 if state.failed:
                     continue
                 if isinstance(encoded, ShardFailure):
@@ -268,12 +403,18 @@ def _run(ws: Workspace, tars: list[Path], models: list[Any], config: ScoreConfig
 
 
 # ---------------------------------------------------------------------------------- writing
-def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str, int]) -> dict[str, Any]:
-    """Assemble a shard's encoded chunks into ``scores/{shard}.npz`` then ``scores/{shard}.parquet``."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+@dataclass
+class _Assembled:
+    """A shard's encoded chunks put together: table columns, and per model key its embeddings and scores."""
 
+    columns: dict[str, list[Any]]
+    rows: int
+    arrays: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+    encode_seconds: float
+
+
+def _assemble(chunks: Sequence[Any], dims: dict[str, int]) -> _Assembled:
     columns: dict[str, list[Any]] = {}
     for c in chunks:
         for name, values in c.columns.items():
@@ -293,7 +434,17 @@ def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str
             txt[ok_rows] = np.concatenate([c.text[key] for c in chunks])
             sc[ok_rows] = np.concatenate([c.scores[key] for c in chunks])
         arrays[img_key], arrays[txt_key], scores[key] = img, txt, sc
-    df = pd.DataFrame({name: columns.get(name, []) for name in SCORE_TABLE_BASE_COLUMNS})
+    return _Assembled(columns, n, arrays, scores, float(sum(getattr(c, "seconds", 0.0) for c in chunks)))
+
+
+def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str, int]) -> dict[str, Any]:
+    """Assemble a shard's encoded chunks into ``scores/{shard}.npz`` then ``scores/{shard}.parquet``."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    got = _assemble(chunks, dims)
+    df = pd.DataFrame({name: got.columns.get(name, []) for name in SCORE_TABLE_BASE_COLUMNS})
     for name in ("original_width", "original_height", "width", "height"):
         df[name] = pd.array(df[name], dtype="Int32")
     for name in ("caption_length", "caption_words"):
@@ -301,13 +452,41 @@ def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str
     df["language_score"] = df["language_score"].astype("float32")
     for name in ("uid", "key", "text", "sha256", "language", "status", "error"):
         df[name] = df[name].astype(object)
-    for key, sc in scores.items():
+    for key, sc in got.scores.items():
         df[score_column(key)] = sc
-    write_embeddings(ws.embeddings_path(shard), arrays)
+    write_embeddings(ws.embeddings_path(shard), got.arrays)
     with atomic_path(ws.score_table_path(shard)) as tmp:
         pq.write_table(pa.Table.from_pandas(df, schema=score_table_schema(dims), preserve_index=False), tmp)
-    return {"rows": n, "decode_errors": int((df["status"] != STATUS_SUCCESS).sum()),
-            "encode_seconds": float(sum(getattr(c, "seconds", 0.0) for c in chunks))}
+    return {"rows": got.rows, "decode_errors": int((df["status"] != STATUS_SUCCESS).sum()),
+            "encode_seconds": got.encode_seconds}
+
+
+def add_to_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str, int]) -> dict[str, Any]:
+    """Add the models in ``dims`` to a scored shard: their embeddings to ``scores/{shard}.npz`` (the others
+    kept as stored), then their score columns after the table's own (its columns kept as stored). Each
+    file is written to a temporary name and renamed into place."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    got = _assemble(chunks, dims)
+    table_path, npz_path = ws.score_table_path(shard), ws.embeddings_path(shard)
+    table = pq.read_table(table_path)
+    uids = table.column("uid").to_pylist()
+    if uids != got.columns.get("uid", []):
+        raise InputError(table_path, f"its {len(uids)} rows are not the {got.rows} samples of "
+                                     f"shards/{shard}.tar in order; rerun with --overwrite to score it anew")
+    with np.load(npz_path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(got.arrays)
+    for key, sc in got.scores.items():
+        name = score_column(key)
+        if name in table.column_names:  # a column without its embeddings: replaced with the new one
+            table = table.drop_columns([name])
+        table = table.append_column(pa.field(name, pa.float32()), pa.array(sc, pa.float32()))
+    write_embeddings(npz_path, arrays)
+    with atomic_path(table_path) as tmp:
+        pq.write_table(table, tmp)
+    return {"rows": got.rows, "decode_errors": 0, "encode_seconds": got.encode_seconds, "added": list(dims)}
 
 
 # ----------------------------------------------------------------------------------- summary
