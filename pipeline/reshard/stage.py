@@ -1,7 +1,7 @@
 """Copy a uid subset out of the pool's shards into fixed-size training shards (DataComp's resharder layout).
 
-Pass 1 (a Ray task per pool shard) walks the tar's headers, reads each sample's ``.json`` for its
-uid and keeps the samples in the subset (sorted-array lookup); no image is decoded. The planner
+Pass 1 (a Ray task per pool shard) reads the tar front to back in large blocks, parsing its headers
+and each sample's ``.json`` (for its uid) from memory, and keeps the samples in the subset (sorted-array lookup); no image is decoded. The planner
 (``plan.py``) gives every kept sample a global position (pool-shard order, then key order,
 optionally a seeded shuffle buffer) and cuts output shards of ``shard_size``: every shard is full
 but the last. Pass 2 (a Ray task per output shard) copies the members' raw bytes under new keys
@@ -47,8 +47,9 @@ from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import SubsetSnapshot, read_subset_snapshot
 from poolsieve.core.tar_io import (
     END_OF_ARCHIVE,
-    iter_members,
+    Member,
     padding,
+    read_tar,
     split_key,
     ustar_header,
     write_buffers,
@@ -85,13 +86,13 @@ class ScanUnit:
     subset_path: str
 
 
-def _group_samples(tar_path: Path) -> tuple[list[tuple[str, dict]], int]:
+def _group_samples(members: list[Member]) -> tuple[list[tuple[str, dict]], int]:
     """Members grouped into samples by key, as webdataset groups them (consecutive names)."""
     samples: list[tuple[str, dict]] = []
     skipped = 0
     key: str | None = None
     fields: dict = {}
-    for member in iter_members(tar_path):
+    for member in members:
         parts = split_key(member.name)
         if parts is None:
             skipped += 1
@@ -107,9 +108,15 @@ def _group_samples(tar_path: Path) -> tuple[list[tuple[str, dict]], int]:
     return samples, skipped
 
 
-def _uid_of(fd: int, member: Any) -> str | None:
+def _is_json(name: str) -> bool:
+    return name[-5:].lower() == ".json"
+
+
+def _uid_of(data: bytes | None) -> str | None:
+    if data is None:  # larger than tar_io's CAPTURE_LIMIT: not an img2dataset record
+        return None
     try:
-        uid = json.loads(os.pread(fd, member.size, member.data_offset).decode("utf-8")).get("uid")
+        uid = json.loads(data.decode("utf-8")).get("uid")
     except (ValueError, AttributeError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
     return uid if is_valid_uid(uid) else None
@@ -119,21 +126,18 @@ def scan_shard(unit: ScanUnit) -> ShardScan:
     """Pass 1: the samples of one pool tar whose uid is in the subset (a Ray task)."""
     tar_path = Path(unit.tar_path)
     subset = np.load(unit.subset_path, mmap_mode="r", allow_pickle=False)
-    samples, skipped = _group_samples(tar_path)
+    members, jsons = read_tar(tar_path, capture=_is_json)
+    samples, skipped = _group_samples(members)
     scan = ShardScan(str(tar_path), samples=len(samples), skipped_members=skipped)
     with_uid: list[tuple[str, dict]] = []
     uid_strings: list[str] = []
-    fd = os.open(tar_path, os.O_RDONLY)
-    try:
-        for key, fields in samples:
-            uid = _uid_of(fd, fields["json"]) if "json" in fields else None
-            if uid is None:
-                scan.samples_without_uid += 1
-                continue
-            with_uid.append((key, fields))
-            uid_strings.append(uid)
-    finally:
-        os.close(fd)
+    for key, fields in samples:
+        uid = _uid_of(jsons.get(fields["json"].data_offset)) if "json" in fields else None
+        if uid is None:
+            scan.samples_without_uid += 1
+            continue
+        with_uid.append((key, fields))
+        uid_strings.append(uid)
     if not with_uid or len(subset) == 0:
         return scan
     pairs = uids_to_pairs(uid_strings, source=tar_path)
