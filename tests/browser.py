@@ -168,3 +168,33 @@ PAGE_CHECKS = """(() => {
   return {charts, images, summaryLink: link ? link.getAttribute('href') : null,
           summaryHref: link ? link.href : null, sections: [...document.querySelectorAll('section h2')].map(h => h.textContent)};
 })()"""
+
+
+def shoot_sections(page: str | Path, out_dir: str | Path, width: int = 1280) -> list[Path]:
+    """Full-page and per-section PNGs of an HTML file; returns their paths (and prints any page errors)."""
+    out_dir = Path(out_dir)
+    shots = []
+    with Chromium(width=width) as browser:
+        browser.open(Path(page).resolve().as_uri())
+        shots.append(browser.screenshot(out_dir / "report-full.png"))
+        boxes = browser.evaluate("[...document.querySelectorAll('section')].map(s => {const r = s.getBoundingClientRect();"
+                                 " return [s.id, r.left + scrollX, r.top + scrollY, r.width, r.height]; })")
+        size = browser.call("Page.getLayoutMetrics")["cssContentSize"]
+        browser.call("Emulation.setDeviceMetricsOverride", width=width, height=int(size["height"]) + 1,
+                     deviceScaleFactor=1, mobile=False)
+        for name, x, y, w, h in boxes:
+            data = browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                                clip={"x": x, "y": y, "width": w, "height": min(h, 4000), "scale": 1})["data"]
+            path = out_dir / f"report-{name}.png"
+            path.write_bytes(base64.b64decode(data))
+            shots.append(path)
+        for error in browser.errors():
+            print("page error:", error)
+    return shots
+
+
+if __name__ == "__main__":  # python tests/browser.py REPORT.html OUT_DIR
+    import sys
+
+    for shot in shoot_sections(sys.argv[1], sys.argv[2]):
+        print(shot)

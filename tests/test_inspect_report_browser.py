@@ -124,8 +124,10 @@ def test_report_in_headless_chromium(tmp_path):
                    or t[2] < svg[1] - 0.5 or t[4] > svg[3] + 0.5]
         assert not clipped, (c["title"], clipped)
     # the threshold each clip_score subset recorded is drawn on its column's histogram
-    page_text = page
-    assert "clip30 ≥" in page_text and "basic_clip ≥ 0.200" in page_text
+    assert "clip30 ≥" in page and "basic_clip ≥ 0.200" in page
+    # dropped pairs say why (basic's failing test, the clip cut) and carry the pool's defect label
+    assert "basic: image 64 px &lt; 200" in page and "basic: language de ≠ en" in page
+    assert "b32 score 0." in page and "&lt; 0.3" in page and "label: too_small" in page
     link = Path(found["summaryHref"].removeprefix("file://"))
     assert found["summaryLink"] == "summary.json" and link.is_file()
     assert json.loads(link.read_text())["subsets"]["basic"]["uids"] > 0
