@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "filter": ("poolsieve.pipeline.filter.stage", "make uid subsets from the score tables with filters and set algebra"),
     "reshard": ("poolsieve.pipeline.reshard.stage", "copy a uid subset out of the pool into training shards"),
     "train": ("poolsieve.train.cli", "train a fixed-budget CLIP on a resharded subset with open_clip"),
+    "train-scorer": ("poolsieve.pipeline.train_scorer", "train a CLIP scorer on your own seed data (for score, "
+                     "when no pretrained weights can be had)"),
     "evaluate": ("poolsieve.eval.cli", "zero-shot evaluation of a trained model"),
     "inspect": ("poolsieve.pipeline.inspect.stage", "summaries of a workspace: pool, scores, subsets, runs, evals"),
     "submit": ("poolsieve.pipeline.submit", "validate a subset and write a DataComp submission folder"),
