@@ -1,10 +1,10 @@
 """``poolsieve quickstart``: the whole pipeline on the built-in pool, offline, in a few minutes on 2 cores.
 
 generate a pool of coloured-shape pairs with labelled defects -> serve it on 127.0.0.1 and download it
-with img2dataset -> train a tiny CLIP scorer on a separate clean seed set (the data-filtering-network
-idea: no pretrained weights exist offline) -> score the pool -> subsets: no filter, DataComp's basic
-filter, CLIP score top 30% -> reshard each -> train a tiny CLIP on each with the same number of
-samples seen -> zero-shot evaluation on held-out shape and colour tasks -> one table.
+with img2dataset -> train a tiny CLIP scorer on a separate clean seed set (`poolsieve train-scorer`; the
+data-filtering-network idea: no pretrained weights exist offline) -> score the pool -> subsets: no
+filter, DataComp's basic filter, CLIP score top 30% -> reshard each -> train a tiny CLIP on each with
+the same number of samples seen -> zero-shot evaluation on held-out shape and colour tasks -> one table.
 
 Rerunning resumes: every step skips what is already complete in the workspace.
 """
@@ -101,7 +101,7 @@ def run_quickstart(ws: Workspace, runtime: Any, args: argparse.Namespace, overwr
     from poolsieve.pipeline.download.stage import STAGE as DOWNLOAD
     from poolsieve.pipeline.download.stage import DownloadConfig, download
     from poolsieve.pipeline.experiment import comparison_table, run_experiment
-    from poolsieve.train.trainer import TrainConfig, train_clip
+    from poolsieve.pipeline.train_scorer import ScorerConfig, train_scorer
 
     timings: dict[str, float] = {}
     t0 = time.monotonic()
@@ -121,9 +121,10 @@ def run_quickstart(ws: Workspace, runtime: Any, args: argparse.Namespace, overwr
 
     t = time.monotonic()
     seed = ensure_seed_set(ws, args.seed_samples)
-    # Half the tiny budget: colour, which tells mismatched captions apart, is learned long before that.
-    scorer = train_clip(seed, ws.run_dir(SCORER), TrainConfig(scale="tiny", samples_seen=SCORER_SAMPLES_SEEN, seed=1),
-                        overwrite=overwrite, name=SCORER)
+    # `poolsieve train-scorer --seed WS/seed --samples-seen 6144 --random-seed 1`: half the tiny budget, as
+    # colour, which tells mismatched captions apart, is learned long before that.
+    scorer = train_scorer(ws, ScorerConfig(seed=str(seed), name=SCORER, samples_seen=SCORER_SAMPLES_SEEN, random_seed=1),
+                          overwrite=overwrite)
     timings["train scorer"] = time.monotonic() - t
 
     config = experiment_config(scorer["checkpoint"], args.clip_fraction, args.samples_seen, args.eval_samples)
