@@ -54,7 +54,7 @@ def _numbers(frame: Any, column: str) -> np.ndarray:
     return np.asarray(frame[column], dtype=np.float64)
 
 
-def _basic(frame: Any, p: dict[str, Any], details: dict[str, Any]) -> Why:
+def _basic(frame: Any, p: dict[str, Any], details: dict[str, Any], generic: bool) -> Why:
     """DataComp's basic rule, test by test (the filter's own parameters and defaults)."""
     w, h = _numbers(frame, "original_width"), _numbers(frame, "original_height")
     short, long = np.fmin(w, h), np.fmax(w, h)
@@ -67,41 +67,48 @@ def _basic(frame: Any, p: dict[str, Any], details: dict[str, Any]) -> Why:
              else np.array([len(t) for t in texts]) if texts is not None else np.full(len(frame), np.nan))
     language = frame["language"].astype(object).to_numpy() if "language" in frame else np.full(len(frame), None)
     want = str(p.get("language", "en"))
-    tests: list[tuple[np.ndarray, Callable[[int], str]]] = [
-        (~(short >= float(p["min_side"])), lambda i: f"image {short[i]:.0f} px < {float(p['min_side']):.0f}"),
-        (~(aspect <= float(p["max_aspect"])), lambda i: f"aspect {aspect[i]:.1f} > {float(p['max_aspect']):g}"),
-        (~(words >= int(p["min_words"])), lambda i: f"{words[i]:.0f} word(s) < {int(p['min_words'])}"),
-        (~(chars >= int(p["min_chars"])), lambda i: f"{chars[i]:.0f} char(s) < {int(p['min_chars'])}"),
+    side, ratio, min_words, min_chars = float(p["min_side"]), float(p["max_aspect"]), int(p["min_words"]), int(p["min_chars"])
+    # (failed, the test in general, the test with this row's value)
+    tests: list[tuple[np.ndarray, str, Callable[[int], str]]] = [
+        (~(short >= side), f"image < {side:.0f} px", lambda i: f"image {short[i]:.0f} px < {side:.0f}"),
+        (~(aspect <= ratio), f"aspect > {ratio:g}", lambda i: f"aspect {aspect[i]:.1f} > {ratio:g}"),
+        (~(words >= min_words), f"< {min_words} words", lambda i: f"{words[i]:.0f} word(s) < {min_words}"),
+        (~(chars >= min_chars), f"< {min_chars} chars", lambda i: f"{chars[i]:.0f} char(s) < {min_chars}"),
         (np.array([v is not None and v == v and v != want for v in language], dtype=bool),
-         lambda i: f"language {language[i]} ≠ {want}"),
+         f"language ≠ {want}", lambda i: f"language {language[i]} ≠ {want}"),
     ]
     kept = np.ones(len(frame), dtype=bool)
     why = [""] * len(frame)
-    for failed, text in tests:
+    for failed, kind, text in tests:
         for i in np.flatnonzero(failed):
-            why[i] = f"{why[i]}, {text(i)}" if why[i] else f"basic: {text(i)}"
+            reason = kind if generic else text(i)
+            why[i] = f"{why[i]}, {reason}" if why[i] else f"basic: {reason}"
         kept &= ~failed
     return kept, why
 
 
-def _clip_score(frame: Any, p: dict[str, Any], details: dict[str, Any]) -> Why:
+def _clip_score(frame: Any, p: dict[str, Any], details: dict[str, Any], generic: bool) -> Why:
     column = clip_score_column(p)
     threshold = details.get("threshold", p.get("threshold"))
     if threshold is None or column not in frame:
         return None, [""] * len(frame)
     values = _numbers(frame, column)
     kept = values >= float(threshold)
+    if generic:
+        return kept, [f"{short_column(column)} < {float(threshold):.3f}"] * len(frame)
     return kept, [f"{short_column(column)} {v:.3f} < {float(threshold):.3f}" for v in values]
 
 
-EXPLAINERS: dict[str, Callable[[Any, dict[str, Any], dict[str, Any]], Why]] = {
+EXPLAINERS: dict[str, Callable[[Any, dict[str, Any], dict[str, Any], bool], Why]] = {
     "basic": _basic, "basic_filter": _basic, "clip_score": _clip_score}
 
 
 class Explainer:
-    """Reasons for chosen rows of a pool sample (``rows``: their positions in ``sample.frame``)."""
+    """Reasons for chosen rows of a pool sample (``rows``: their positions in ``sample.frame``); ``generic``:
+    the failed tests without the rows' own values (``image < 200 px``), for counting reasons."""
 
-    def __init__(self, sample: PoolSample, records: dict[str, dict[str, Any]], rows: Any):
+    def __init__(self, sample: PoolSample, records: dict[str, dict[str, Any]], rows: Any, generic: bool = False):
+        self.generic = generic
         self.rows = np.asarray(rows, dtype=np.int64)
         self.frame = sample.frame.iloc[self.rows]
         self.members = {name: m[self.rows] for name, m in sample.members.items()}
@@ -131,7 +138,7 @@ class Explainer:
             explain = EXPLAINERS.get(node["filter"])
             if explain is not None:
                 kept, why = explain(self.frame, _defaults(node["filter"], dict(node.get("params") or {})),
-                                    self.details.get(text, {}))
+                                    self.details.get(text, {}), self.generic)
             saved = self.alone.get(json.dumps(node, sort_keys=True))
             if saved is not None and saved != within:
                 kept = self.members[saved]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -167,12 +168,25 @@ def _subset_sections(ws: Workspace, sample: PoolSample, records: dict[str, dict[
         reasons = dict(zip(dropped.tolist(), Explainer(sample, records, dropped).dropped_reasons(name), strict=True))
         head = (f'<h3 id="subset-{html.escape(name, quote=True)}">{html.escape(name)}</h3>'
                 f'<p class="note">{html.escape(record.get("expression") or "")} · keeps {member.mean():.1%} of '
-                f"the {len(member):,} sampled pool members</p>")
+                f"the {len(member):,} sampled pool members</p>") + _reason_counts(sample, records, name)
         grids = [grid_html(f"kept ({len(kept)} at random)", cards_from_rows(frame, kept, scores, labels), thumbs),
                  grid_html(f"dropped ({len(dropped)} at random)",
                            cards_from_rows(frame, dropped, scores, labels, reasons), thumbs)]
         out.append(head + '<div class="pair">' + "".join(f"<div>{g}</div>" for g in grids) + "</div>")
     return out
+
+
+def _reason_counts(sample: PoolSample, records: dict[str, dict[str, Any]], name: str) -> str:
+    """Why the sampled pairs outside ``name`` went, counted by failed test (most common first)."""
+    dropped = np.flatnonzero(~sample.members[name])
+    if not len(dropped):
+        return ""
+    counts = Counter(Explainer(sample, records, dropped, generic=True).dropped_reasons(name))
+    rows = "".join(f'<tr><td>{html.escape(reason)}</td><td class="num">{n:,}</td>'
+                   f'<td class="num">{n / len(dropped):.1%}</td></tr>' for reason, n in counts.most_common(8))
+    more = f'<p class="note">and {len(counts) - 8} other combinations</p>' if len(counts) > 8 else ""
+    return ('<table class="results reasons"><thead><tr><th>why pairs went</th><th class="num">pairs</th>'
+            f'<th class="num">of dropped</th></tr></thead><tbody>{rows}</tbody></table>{more}')
 
 
 def _references(ws: Workspace) -> str:
