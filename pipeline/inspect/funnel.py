@@ -58,8 +58,10 @@ def funnel_rows(ws: Workspace, summary: dict[str, Any], records: dict[str, dict[
     for name, sub in (summary.get("subsets") or {}).items():
         record = records.get(name) or {}
         rows.append(Row(f"subset {name}", sub["uids"], record.get("expression") or "", 1))
-        steps = [s for s in record.get("steps") or [] if isinstance(s, dict) and "count" in s]
-        if len(steps) > 1 or (steps and steps[0].get("step") != record.get("expression")):
+        # the steps of the spec, the last one (the whole expression: the subset itself) left out
+        steps = [s for s in record.get("steps") or [] if isinstance(s, dict) and "count" in s
+                 and s.get("step") != record.get("expression")]
+        if steps:
             for step in steps:
                 extra = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                   for k, v in (step.get("details") or {}).items() if k == "threshold")
