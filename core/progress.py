@@ -37,7 +37,7 @@ class Progress:
         self._last = float("-inf")  # the first update prints at once
         self._printed: int | None = None  # ``done`` when the last plain line was printed
         self._bar = None
-        if not quiet and _is_terminal(self.stream):
+        if not quiet and is_terminal(self.stream):
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", file=self.stream, dynamic_ncols=True,
@@ -90,7 +90,7 @@ class Progress:
             self._print()
 
 
-def _is_terminal(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):

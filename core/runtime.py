@@ -69,8 +69,21 @@ class Runtime:
         import ray
 
         if not ray.is_initialized():
+            import logging
+            import sys
+
+            from .progress import is_terminal
+            from .stage_log import route_ray_output
+
             os.environ.setdefault("RAY_DEDUP_LOGS", "0")
             os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+            if not is_terminal(sys.stdout):  # workers' lines that Ray prints itself: no colour codes
+                os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+            # Ray's own records (its token-authentication banner, ...) go through the root logger, hence
+            # to the command's log (core/stage_log.py); with configure_logging=False Ray drops its
+            # handler and, its logger not propagating, they would reach stderr as they are. Workers'
+            # output reaches this process (log_to_driver) and goes to the same log (route_ray_output).
+            logging.getLogger("ray").propagate = True
             kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True,
                                       "configure_logging": False}
             if self.address:
@@ -81,6 +94,7 @@ class Runtime:
                 ray.init(**kwargs)
             except ConnectionError as e:
                 raise PoolsieveError(f"cannot reach the Ray cluster at {self.address!r}: {e}") from None
+            route_ray_output()
             self._started = True
         return ray
 

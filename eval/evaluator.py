@@ -15,6 +15,7 @@ from poolsieve.core.devices import resolve_device
 from poolsieve.core.models import ModelSpec, load_model
 from poolsieve.core.progress import Progress
 from poolsieve.core.stage import option
+from poolsieve.core.stage_log import library_output
 from poolsieve.core.workspace import Workspace
 
 from .aggregate import (
@@ -85,10 +86,11 @@ def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Ta
         progress = Progress(f"evaluate {name or out_dir.name}", total=len(todo), unit="tasks", interval=0.0)
         for task in todo:
             start = time.monotonic()
-            metrics = evaluate_task(task, model, preprocess, tokenizer, device=device,
-                                    batch_size=config.batch_size, data_root=config.data_root,
-                                    cache_dir=config.cache_dir, synthetic_samples=config.synthetic_samples,
-                                    num_workers=config.num_workers)
+            with library_output():  # clip_benchmark's progress bars go to the command's log
+                metrics = evaluate_task(task, model, preprocess, tokenizer, device=device,
+                                        batch_size=config.batch_size, data_root=config.data_root,
+                                        cache_dir=config.cache_dir, synthetic_samples=config.synthetic_samples,
+                                        num_workers=config.num_workers)
             append_result(out_dir / results_file_for(task), result_line(task, metrics, time.monotonic() - start))
             progress.update(1)
     results = read_eval_folder(out_dir)

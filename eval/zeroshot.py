@@ -77,11 +77,8 @@ def evaluate_task(task: Task, model: Any, preprocess: Any, tokenizer: Any, *, de
                   batch_size: int = 64, data_root: str | None = None, cache_dir: str | None = None,
                   synthetic_samples: int | None = None, num_workers: int = 0) -> dict[str, Any]:
     """Metrics of ``task`` (with ``main_metric``; ``num_samples`` where known)."""
-    import os
-
     import torch
 
-    os.environ.setdefault("TQDM_DISABLE", "1")  # clip_benchmark's bars; poolsieve shows its own progress
     from . import special_tasks
     from .hub_datasets import load_wds_dataset, make_dataloader
 

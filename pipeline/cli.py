@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 from poolsieve.core.config import load_config, section
 from poolsieve.core.errors import ConfigError, PoolsieveError, PoolsieveWarning
 from poolsieve.core.runtime import EXECUTORS, Runtime
+from poolsieve.core.stage_log import capture, log_path
 from poolsieve.core.workspace import Workspace
 
 # subcommand -> (module, one-line help). Modules import heavy dependencies inside functions only.
@@ -188,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ctx = make_context(args)
         mod = importlib.import_module(args._module)
-        with ctx.runtime:
+        log = log_path(ctx.workspace_path, args.command) if ctx.workspace_path is not None else None
+        with capture(log, f"poolsieve {' '.join(sys.argv[1:] if argv is None else argv)}"), ctx.runtime:
             if hasattr(mod, "run_cli"):
                 return int(mod.run_cli(ctx, args) or 0)
             if hasattr(mod, "cli_action") and (rc := mod.cli_action(ctx, args)) is not None:
