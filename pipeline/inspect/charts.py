@@ -46,6 +46,8 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 def tick_label(value: float, step: float) -> str:
     """A tick's text: thousands as ``12k``, otherwise just the decimals the step needs."""
+    if value == 0:
+        return "0"
     if abs(step) >= 1000 and value % 1000 == 0:
         return f"{value / 1000:,.0f}k"
     decimals = max(0, -math.floor(math.log10(abs(step)) + 1e-9)) if step else 0

@@ -225,7 +225,7 @@ def write_report(ws: Workspace, summary: dict[str, Any]) -> Path:
                     [note, _label_table(sample), *_subset_sections(ws, sample, records)])
     runs = summary.get("runs") or {}
     if runs:
-        section("training", "Training", [loss_chart(runs), runs_table(runs)])
+        section("training", "Training", [loss_chart(ws.root, runs), runs_table(runs)])
     if summary.get("evals"):
         section("evaluation", "Evaluation", [eval_table(ws.root, list(summary["evals"]))])
     ws.report_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Training and evaluation sections: loss curves per run, and the evaluation side by side per subset.
 
 Loss points come from each run's ``summary.json`` (``losses``: samples seen and loss, parsed from
-open_clip's log by the trainer). The evaluation table has one row per evaluated subset and DataComp's
+open_clip's log by the trainer), or for a run still going from that log itself. The evaluation table has one row per evaluated subset and DataComp's
 group scores and Average as columns (eval/aggregate.py's rule, so an incomplete set of the 38 tasks has
 no Average), the best of each column marked; every task follows, folded, one column per subset.
 """
@@ -21,10 +21,25 @@ from poolsieve.pipeline.inspect.charts import Series, line_chart_svg
 AVERAGE = "Average"
 
 
-def loss_chart(runs: dict[str, Any]) -> str:
+def _log_losses(run_dir: Path) -> list[dict[str, Any]]:
+    """Loss points of a run still going (no summary.json yet), from open_clip's ``out.log``."""
+    from poolsieve.train.trainer import parse_train_line
+
+    try:
+        lines = (run_dir / "out.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    records = [r for line in lines if (r := parse_train_line(line))]
+    return [{"samples_seen": r["epoch"] * r["samples_per_epoch"] + r["epoch_samples"], "loss": r["loss"]}
+            for r in records]
+
+
+def loss_chart(ws_root: Path, runs: dict[str, Any]) -> str:
+    """Loss against samples seen, one line per run (a run without summary.json: its log so far)."""
     series = []
     for name, info in runs.items():
-        points = [p for p in info.get("losses") or [] if isinstance(p, dict)
+        losses = info.get("losses") if "losses" in info else _log_losses(ws_root / "runs" / name)
+        points = [p for p in losses or [] if isinstance(p, dict)
                   and isinstance(p.get("samples_seen"), (int, float)) and isinstance(p.get("loss"), (int, float))]
         if points:
             series.append(Series(name, np.array([p["loss"] for p in points], dtype=np.float64),
@@ -35,7 +50,7 @@ def loss_chart(runs: dict[str, Any]) -> str:
 
 
 def runs_table(runs: dict[str, Any]) -> str:
-    cols = [("scale", "scale"), ("samples seen", "samples_seen"), ("dataset size", "dataset_size"),
+    cols = [("status", "status"), ("scale", "scale"), ("samples seen", "samples_seen"), ("dataset size", "dataset_size"),
             ("passes", "passes_over_data"), ("final loss", "final_loss"), ("seconds", "seconds"),
             ("samples/s", "samples_per_second")]
     out = ['<table class="results"><thead><tr><th>run</th>' + "".join(f'<th class="num">{c}</th>' for c, _ in cols)
@@ -43,7 +58,7 @@ def runs_table(runs: dict[str, Any]) -> str:
     for name, info in runs.items():
         cells = []
         for _, key in cols:
-            v = info.get(key)
+            v = info.get(key, "done" if key == "status" else None)
             cells.append(f"{v:,.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int)
                          else html.escape(str(v)) if v is not None else "")
         out.append(f"<tr><td>{html.escape(name)}</td>" + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>")

@@ -68,7 +68,7 @@ def inspect_workspace(ws: Workspace) -> dict[str, Any]:
         runs = {}
         for run in sorted(p for p in runs_root.iterdir() if p.is_dir()):
             summary = run / "summary.json"
-            runs[run.name] = json.loads(summary.read_text()) if summary.exists() else {"status": "no summary.json"}
+            runs[run.name] = json.loads(summary.read_text()) if summary.exists() else {"status": "not finished (no summary.json)"}
         if runs:
             out["runs"] = runs
     evals_root = ws.root / "evals"
