@@ -26,7 +26,7 @@ What each defect is, and which filter is meant to catch it:
 | extreme_aspect | aspect ratio 6 | basic (aspect) |
 | short_caption | empty or one-word caption | basic (words) |
 | duplicate_image | the same bytes as a clean image, new uid and caption | dedup (exact) |
-| near_duplicate | a clean image shifted a few pixels and re-encoded | SemDeDup, D2 |
+| near_duplicate | a clean image a few levels brighter or darker, re-encoded | SemDeDup |
 | off_task | a pattern (stripes, dots, ...) in colours no task asks about: the pool's shift | image-based |
 | eval_copy | the bytes of an evaluation-task image | decontaminate |
 | eval_near_copy | an evaluation-task image upscaled and re-encoded | decontaminate |
@@ -195,14 +195,13 @@ def _assign_defects(spec: PoolSpec, rng: np.random.Generator) -> np.ndarray:
 
 
 def _perturb(data: bytes, rng: np.random.Generator) -> bytes:
-    """A near copy: shifted by 2-4 pixels, brightness nudged, re-encoded at another JPEG quality."""
+    """A near copy: brightness nudged by a few levels, re-encoded at another JPEG quality (other bytes,
+    the same picture: what re-uploads and re-compressions of one image look like)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.int16)
-    shift = int(rng.integers(2, 5)) * (1 if rng.random() < 0.5 else -1)
-    arr = np.roll(arr, shift, axis=int(rng.integers(2)))
-    arr = np.clip(arr + int(rng.integers(-8, 9)), 0, 255).astype(np.uint8)
+    arr = np.clip(arr + int(rng.choice([-4, -3, -2, 2, 3, 4])), 0, 255).astype(np.uint8)
     return encode_jpeg(Image.fromarray(arr, "RGB"), quality=int(rng.integers(70, 86)))
 
 
