@@ -24,7 +24,10 @@ Ray loses the worker or the node running them (a node that dies, a worker killed
 the unit raises itself is never retried. Units must therefore be idempotent (they write to a
 temporary name and rename, see DESIGN.md). An actor lost with its node is restarted as often, with
 the arguments it was made with, and the calls it had in hand are re-sent. When the retries are used up,
-``get_result`` raises a one-line ``PoolsieveError`` naming the unit.
+``get_result`` raises a one-line ``PoolsieveError`` naming the unit. When no node left in the cluster
+could ever run the work (its only nodes with CPUs or GPUs died), the wait ends after ``node_wait_seconds``
+(time for an autoscaler to add nodes) with a one-line ``PoolsieveError``; finished units are kept, so the
+rerun on a repaired cluster resumes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -44,6 +48,8 @@ R = TypeVar("R")
 
 EXECUTORS = ("ray", "local")
 TASK_RETRIES = 3  # re-runs of a task whose worker or node was lost (Ray's own default)
+NODE_WAIT_SECONDS = 300.0  # how long work no alive node can run waits for nodes before the stage ends
+POLL_SECONDS = 5.0  # how often a wait checks that some alive node can still run the work
 CANCEL_WAIT_SECONDS = 60.0  # how long a stream that ends early waits for the tasks it cancelled to stop
 END = object()  # ``stream_generators``: this unit's generator has no more items
 
@@ -56,6 +62,7 @@ class Runtime:
     address: str | None = None
     num_cpus: int | None = None
     task_retries: int = TASK_RETRIES
+    node_wait_seconds: float = NODE_WAIT_SECONDS
     _started: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -138,6 +145,30 @@ class Runtime:
         """Default in-flight bound: twice the tasks the free CPUs can run at once."""
         return max(1, int(ray.available_resources().get("CPU", 1) / max(num_cpus, 1e-3)) * 2)
 
+    def _wait_any(self, ray: Any, refs: list[Any], need: dict[str, float]) -> Any:
+        """The first of ``refs`` to be ready. While none is, check every ``POLL_SECONDS`` that some alive node
+        has the resources ``need`` (one task's or actor's); after ``node_wait_seconds`` without one, end the
+        stage in one line (Ray itself would wait forever for a node that can run them)."""
+        unplaceable_since: float | None = None
+        while True:
+            ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_SECONDS)
+            if ready:
+                return ready[0]
+            if _some_node_fits(ray, need):
+                unplaceable_since = None
+                continue
+            now = time.monotonic()
+            unplaceable_since = unplaceable_since or now
+            if now - unplaceable_since >= self.node_wait_seconds:
+                wanted = ", ".join(f"{v:g} {k}" for k, v in need.items() if v) or "any node"
+                raise PoolsieveError(
+                    f"no node of the Ray cluster can run this stage's work any more (each unit needs {wanted}; "
+                    f"waited {self.node_wait_seconds:g} s for one to join); the finished units are kept: "
+                    "rerun once the cluster has such nodes (`ray status`)")
+
+    def _waiter(self, need: dict[str, float]) -> Callable[[Any, list[Any]], Any]:
+        return lambda ray, refs: self._wait_any(ray, refs, need)
+
 
     # ---------------------------------------------------------------- streaming units
     def ordered_map(self, fn: Callable[[U], R], units: Iterable[U], *, max_in_flight: int | None = None,
@@ -169,9 +200,9 @@ class Runtime:
                     continue
                 if not pending:
                     return
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                i, u = pending.pop(ready[0])
-                done[i] = get_result(ray, ready[0], _describe(u))
+                ready = self._wait_any(ray, list(pending), {"CPU": num_cpus, "GPU": num_gpus})
+                i, u = pending.pop(ready)
+                done[i] = get_result(ray, ready, _describe(u))
         finally:
             _cancel(ray, list(pending), force=True)
 
@@ -186,7 +217,8 @@ class Runtime:
         ray = self.ensure_ray()
         remote = self.remote(fn, num_cpus=num_cpus, num_gpus=num_gpus)
         limit = max(1, max_in_flight or self._limit(ray, num_cpus))
-        yield from _as_completed(ray, units, lambda u: remote.remote(u), limit, force_cancel=True)
+        yield from _as_completed(ray, units, lambda u: remote.remote(u), limit, force_cancel=True,
+                                 wait=self._waiter({"CPU": num_cpus, "GPU": num_gpus}))
 
     def stream_generators(self, fn: Callable[[U], Iterator[Any]], units: Iterable[U], *,
                           max_in_flight: int | None = None, buffered: int = 2,
@@ -212,8 +244,7 @@ class Runtime:
                 exhausted = exhausted or not _top_up(source, active, limit, remote.remote)
                 if not active:
                     return
-                ready, _ = ray.wait(list(active), num_returns=1)
-                gen = ready[0]
+                gen = self._wait_any(ray, list(active), {"CPU": num_cpus})
                 try:
                     item = next(gen)
                 except StopIteration:
@@ -253,11 +284,10 @@ class Runtime:
                 while next_i < len(units) and len(pending) < limit:
                     pending[remote.remote(units[next_i])] = next_i
                     next_i += 1
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    i = pending.pop(ref)
-                    results[i] = get_result(ray, ref, _describe(units[i]))
-                    progress.update(1, items(results[i]) if items else 0, item_unit)
+                ref = self._wait_any(ray, list(pending), {"CPU": num_cpus, "GPU": num_gpus})
+                i = pending.pop(ref)
+                results[i] = get_result(ray, ref, _describe(units[i]))
+                progress.update(1, items(results[i]) if items else 0, item_unit)
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -271,6 +301,7 @@ class ActorPool:
     def __init__(self, runtime: Runtime, cls: type, size: int, args: tuple, num_cpus: float, num_gpus: float):
         self.local = runtime.executor == "local"
         self._ray = None if self.local else runtime.ensure_ray()
+        self._wait = runtime._waiter({"CPU": num_cpus, "GPU": num_gpus})
         if self.local:
             self.actors: list[Any] = [cls(*args)]
         else:
@@ -286,6 +317,8 @@ class ActorPool:
         if self.local:
             return [getattr(a, method)(*args) for a in self.actors]
         refs = [getattr(a, method).remote(*args) for a in self.actors]
+        for ref in refs:  # placed and done, or the cluster has no node for them
+            self._wait(self._ray, [ref])
         return [get_result(self._ray, ref, f"{method} on a worker") for ref in refs]
 
     def stream(self, method: str, items: Iterable[tuple[Any, Any]], per_worker: int = 2) -> Iterator[tuple[Any, Any]]:
@@ -309,7 +342,7 @@ class ActorPool:
             load[worker_of.pop(ref)] -= 1
 
         for item, result in _as_completed(self._ray, items, submit, per_worker * len(self.actors),
-                                          force_cancel=False, on_done=release):
+                                          force_cancel=False, on_done=release, wait=self._wait):
             yield item[0], result
 
     def close(self) -> None:
@@ -340,8 +373,10 @@ def _top_up(source: Iterator[Any], active: dict[Any, Any], limit: int, submit: C
 
 
 def _as_completed(ray: Any, units: Iterable[Any], submit: Callable[[Any], Any], limit: int, *, force_cancel: bool,
-                  on_done: Callable[[Any], None] | None = None) -> Iterator[tuple[Any, Any]]:
-    """Submit units while fewer than ``limit`` run; yield ``(unit, result)`` as they complete."""
+                  wait: Callable[[Any, list[Any]], Any], on_done: Callable[[Any], None] | None = None
+                  ) -> Iterator[tuple[Any, Any]]:
+    """Submit units while fewer than ``limit`` run; yield ``(unit, result)`` as they complete (``wait(ray, refs)``
+    returns the first ready one)."""
     source = iter(units)
     pending: dict[Any, Any] = {}
     exhausted = False
@@ -350,11 +385,11 @@ def _as_completed(ray: Any, units: Iterable[Any], submit: Callable[[Any], Any], 
             exhausted = exhausted or not _top_up(source, pending, limit, submit)
             if not pending:
                 return
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            u = pending.pop(ready[0])
+            ready = wait(ray, list(pending))
+            u = pending.pop(ready)
             if on_done is not None:
-                on_done(ready[0])
-            yield u, get_result(ray, ready[0], _describe(u))
+                on_done(ready)
+            yield u, get_result(ray, ready, _describe(u))
     finally:
         _cancel(ray, list(pending), force=force_cancel)
 
@@ -367,6 +402,16 @@ def _cancel(ray: Any, refs: list[Any], *, force: bool, wait: bool = True) -> Non
     if wait and refs:
         with contextlib.suppress(Exception):
             ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_SECONDS)
+
+
+def _some_node_fits(ray: Any, need: dict[str, float]) -> bool:
+    """Whether an alive node of the cluster has ``need`` in all (busy or not)."""
+    try:
+        nodes = ray.nodes()
+    except Exception:  # noqa: BLE001 - the state API unavailable: do not end the stage on that
+        return True
+    return any(node.get("Alive") and all(node.get("Resources", {}).get(k, 0) >= v for k, v in need.items() if v)
+               for node in nodes)
 
 
 def _process_cpus() -> int:

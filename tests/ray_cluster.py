@@ -39,8 +39,8 @@ def ray_cluster(head_cpus: int = 1) -> Iterator[Any]:
         cluster.shutdown()
 
 
-def add_worker(cluster: Any, cpus: int = 1) -> Any:
-    node = cluster.add_node(num_cpus=cpus)
+def add_worker(cluster: Any, cpus: int = 1, resources: dict[str, float] | None = None) -> Any:
+    node = cluster.add_node(num_cpus=cpus, resources=resources or {})
     cluster.wait_for_nodes()
     return node
 
@@ -103,11 +103,12 @@ def kill_node(cluster: Any, node: Any) -> None:
 
 
 def run_killing_a_node(cluster: Any, run: Callable[[], Any], titles: tuple[str, ...], *, cpus: int = 1,
-                       warm: bool = True, timeout: float = 300) -> dict[str, Any]:
-    """Add a worker node of ``cpus`` CPUs, call ``run()`` in a thread, and kill the node once one of its
+                       resources: dict[str, float] | None = None, warm: bool = True,
+                       timeout: float = 300) -> dict[str, Any]:
+    """Add a worker node of ``cpus`` CPUs (and custom ``resources``), call ``run()`` in a thread, and kill the node once one of its
     workers runs a task titled ``titles``. Returns ``{"result" or "error", "killed_during": title or None}``;
     ``run`` must end within ``timeout`` seconds of the kill."""
-    node = add_worker(cluster, cpus)
+    node = add_worker(cluster, cpus, resources)
     if warm:
         warm_up(node)
     raylet_pid = node.all_processes["raylet"][0].process.pid

@@ -1,5 +1,6 @@
 """Issue 13, finding 10 (Ray): a reshard task lost with its node is retried, and when retries are used up the
-run ends in one line naming the unit, with nothing left under the final names.
+run ends in one line naming the unit, with nothing left under the final names. Issue 16: when no node left
+can run the tasks, the run ends in one line too, and the rerun on a repaired cluster resumes.
 
 A real two-node Ray cluster runs on this machine (a head and a worker node, one CPU each); the worker
 node's raylet is SIGKILLed while one of its workers is running a reshard task, found by the process title
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 from factories import make_samples, write_img2dataset_shards
-from ray_cluster import ray_cluster, run_killing_a_node
+from ray_cluster import add_worker, ray_cluster, run_killing_a_node
 
 from poolsieve.core.errors import PoolsieveError
 from poolsieve.core.formats import write_subset
@@ -73,3 +74,27 @@ def test_task_lost_with_its_node_is_retried_then_refused_in_one_line(tmp_path, c
     assert str(ws.shards_dir) in text or str(ws.filtered_dir("once")) in text, text  # names the unit
     once = ws.filtered_dir("once")
     assert [p.name for p in once.iterdir() if not p.name.startswith(".")] == [], "nothing under the final names"
+
+
+def test_cluster_left_without_cpus_ends_in_one_line_and_the_rerun_resumes(tmp_path):
+    """The head has no CPUs: once the one worker node dies, nothing can run reshard's tasks."""
+    ws = Workspace.create(tmp_path / "ws")
+    samples = make_samples(600, seed=2, image_size=48)
+    write_img2dataset_shards(ws.shards_dir, samples, per_shard=30)
+    write_subset(ws.subset_path("all"), uids_to_pairs([s.uid for s in samples[::2]]))
+    one_process = reshard(ws, ReshardConfig(subset="all", name="local", shard_size=7), Runtime(executor="local"))
+    cfg = ReshardConfig(subset="all", shard_size=7)
+    with ray_cluster(head_cpus=0) as cluster:
+        runtime = Runtime(executor="ray", address=cluster.address, node_wait_seconds=3)
+        runtime.ensure_ray()
+        stranded = run_killing_a_node(cluster, lambda: reshard(ws, cfg, runtime), TASK_TITLES)
+        assert stranded["killed_during"], "the node died before it ran any reshard task"
+        error = stranded.get("error")
+        assert isinstance(error, PoolsieveError), error
+        assert "\n" not in str(error) and "no node of the Ray cluster can run" in str(error), str(error)
+
+        add_worker(cluster)  # the cluster repaired: the same command resumes
+        resumed = reshard(ws, cfg, runtime)
+    assert resumed["output_count"] == one_process["output_count"] == 300
+    assert tar_bytes(ws.filtered_dir("all")) == tar_bytes(ws.filtered_dir("local"))
+    assert not list(ws.filtered_dir("all").glob(".*.tmp"))
