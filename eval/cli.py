@@ -6,6 +6,11 @@ writes ``<workspace>/evals/NAME/eval_results.jsonl`` (DataComp's file, one line 
 ``--tasks`` takes ``synthetic`` (default), ``datacomp38``, task keys, task folders or names registered
 under ``evaluate: custom_tasks:``. ``--download DIR`` fetches DataComp's evaluation sets into DIR in the
 layout of DataComp's ``download_evalsets.py``; ``--data-root DIR`` reads them from there.
+
+Evaluation runs in the command's own process (one model, task sets of thousands of images: nothing worth
+spreading over nodes), on its GPU if it has one; with ``--ray-address`` (or in ``poolsieve run`` on a
+cluster) it runs there the same way and writes the same results, and a worker node lost meanwhile does not
+touch it. A killed evaluation resumes: finished tasks are kept.
 """
 
 from __future__ import annotations
