@@ -99,14 +99,16 @@ def seed_shards(ws: Workspace, config: ScorerConfig, runtime: Runtime | None, *,
     if not config.seed:
         raise ConfigError("train-scorer needs seed data: --seed SUBSET_OR_NPY_OR_FOLDER (or --seed-filter SPEC)")
     value = config.seed
+    if value.endswith(".npy") or ("/" not in value and ws.subset_path(value).exists()):
+        return _reshard(ws, value, config, runtime, overwrite)
     folder = Path(value).expanduser()
-    if not folder.is_absolute() and (ws.root / folder).exists():
+    if not folder.is_absolute() and (ws.root / folder).is_dir():
         folder = ws.root / folder
     if folder.is_dir():
         if any(p.suffix == ".tar" for p in folder.iterdir()):
             return str(folder), f"webdataset shards in {folder}"
         return write_pair_shards(folder, ws.root / "seeds" / config.name, overwrite=overwrite)
-    if value.endswith(".npy") or ws.subset_path(value).exists() or "/" not in value:
+    if "/" not in value:  # a subset name: its error names subsets/NAME.npy
         return _reshard(ws, value, config, runtime, overwrite)
     raise InputError(folder, "seed data not found: give a subset name, a uid .npy file or a folder")
 
@@ -142,7 +144,7 @@ def _reshard(ws: Workspace, subset: str, config: ScorerConfig, runtime: Runtime 
 
 def write_pair_shards(folder: Path, out_dir: Path, *, overwrite: bool = False) -> tuple[str, str]:
     """Image/caption pairs (``x.jpg`` + ``x.txt`` side by side, in subfolders too) as webdataset shards in
-    ``out_dir``. Images open's headers are checked (an image format, at most ``MAX_PIXELS``); pairs without
+    ``out_dir``. Each image's header is checked (an image format, at most ``MAX_PIXELS``); pairs without
     a caption or with a bad image are left out and counted. Written once (``--overwrite`` rewrites)."""
     from PIL import Image
 

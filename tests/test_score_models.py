@@ -183,3 +183,11 @@ def test_one_cpu_runs_on_ray(scored_a, models, tmp_path):
     assert sorted(p.stem for p in ws.scores_dir.glob("*.parquet")) == [t.stem for t in ws.shard_tars()]
     for shard, (df, _) in tables(ws).items():
         pd.testing.assert_frame_equal(df, tables(scored_a)[shard][0])
+
+
+def test_reference_embedding_checks_its_models_first(tmp_path, capsys):
+    (tmp_path / "refs" / "cat").mkdir(parents=True)
+    rc = main(["score", "-w", str(tmp_path), "--executor", "local", "--reference", str(tmp_path / "refs"),
+               "--name", "r", "-m", "ViT-B-33:openai"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "unknown open_clip architecture 'ViT-B-33'" in err[0]

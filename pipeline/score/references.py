@@ -67,6 +67,7 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
                     quiet: bool = False) -> dict[str, Any]:
     """Embed ``source`` with ``config.models`` (a ``ScoreConfig``) in this process; return a summary
     (``quiet``: no progress line)."""
+    from poolsieve.core.models import check_model_spec
     from poolsieve.pipeline.score.encode import Encoder, parse_models, prepare_chunk
 
     out = ws.reference_path(name)
@@ -74,6 +75,8 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
         return {"reference": str(out), "skipped": "exists (use --overwrite to redo)"}
     t0 = time.perf_counter()
     models = parse_models(config.models, config.trust_checkpoint)
+    for m in models:  # before any image is read
+        check_model_spec(m.spec)
     encoder = Encoder(models, config.device, config.precision, config.batch_size, config.threads, "cpu")
     plan = encoder.plan(config.chunk_size, language=False)
     plan.decode = "cpu"
