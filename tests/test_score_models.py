@@ -191,3 +191,19 @@ def test_reference_embedding_checks_its_models_first(tmp_path, capsys):
                "--name", "r", "-m", "ViT-B-33:openai"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "unknown open_clip architecture 'ViT-B-33'" in err[0]
+
+
+@pytest.mark.parametrize("cpus, gpus, encoders, decode_workers", [
+    (1, 0, 0, 0), (2, 0, 0, 0), (1, 0, 3, 0), (1, 0, 0, 4), (8, 8, 0, 0), (16, 1, 0, 0), (0.5, 0, 0, 0), (3, 0, 0, 8),
+])
+def test_encoders_and_a_reader_always_fit_the_cpus(cpus, gpus, encoders, decode_workers):
+    """Whatever the cluster, the encoders plus one reader fit in its CPUs (else each waits for the other)."""
+    from poolsieve.pipeline.score.stage import plan_resources
+
+    cfg = ScoreConfig(encoders=encoders, decode_workers=decode_workers)
+    res = plan_resources(cfg, {"CPU": cpus, "GPU": gpus})
+    assert res.encoders * res.encoder_cpus + res.reader_cpus <= cpus
+    assert res.encoder_cpus > 0 and res.reader_cpus > 0 and res.readers >= 1
+    assert res.use_gpu == (gpus > 0) and res.encoders == (encoders or gpus or 1)
+    if cpus >= res.encoders + 1 and not gpus:  # room enough: whole CPUs, as before
+        assert (res.encoder_cpus, res.reader_cpus) == (1.0, 1.0)

@@ -17,6 +17,7 @@ Also: ``--reference DIR --name NAME`` embeds a labelled image set into ``referen
 from __future__ import annotations
 
 import functools
+import math
 import re
 import time
 from collections import deque
@@ -273,17 +274,16 @@ class Resources:
     use_gpu: bool
 
 
-def plan_resources(config: ScoreConfig, runtime: Runtime) -> Resources:
-    """Encoders (one per GPU, else one) and readers (the CPUs the encoders leave free) for this runtime.
+def plan_resources(config: ScoreConfig, resources: dict[str, float], where: str = "this machine") -> Resources:
+    """Encoders (one per GPU, else one) and readers (the CPUs the encoders leave free) for a cluster with
+    ``resources`` (Ray's ``{"CPU": n, "GPU": m}``).
 
     Every CPU count runs: when the encoders would leave no whole CPU to a reader (``--num-cpus 1``, or
-    as many GPUs as CPUs), encoders and readers share the CPUs in fractions instead of waiting for
-    each other forever."""
-    resources = runtime.resources()
+    as many GPUs as CPUs), encoders and readers share the CPUs in fractions (rounded down, so that they
+    all fit) instead of waiting for each other forever."""
     gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1)) or 1.0
     use_gpu = config.device.startswith("cuda") or (config.device == "auto" and gpus > 0)
     if use_gpu and gpus == 0:
-        where = "the Ray cluster" if runtime.executor == "ray" else "this machine"
         raise ConfigError(f"score: device cuda asked for, but {where} has no GPU")
     n_enc = config.encoders or (gpus if use_gpu else 1)
     device = ("cuda" if use_gpu else "cpu") if config.device == "auto" else config.device
@@ -292,8 +292,8 @@ def plan_resources(config: ScoreConfig, runtime: Runtime) -> Resources:
     readers = config.decode_workers or max(1, int(free))
     reader_cpus = 1.0
     if free < 1:
-        enc_cpus = round(cpus / 2 / n_enc, 4)
-        reader_cpus = round(cpus / 2 / readers, 4)
+        enc_cpus = math.floor(cpus / 2 / n_enc * 1e4) / 1e4  # Ray counts CPUs in units of 1/10,000
+        reader_cpus = math.floor(cpus / 2 / readers * 1e4) / 1e4
     return Resources(n_enc, device, enc_cpus, readers, reader_cpus, cpus, use_gpu)
 
 
@@ -305,7 +305,8 @@ def _run(ws: Workspace, job: ScoreJob, config: ScoreConfig, runtime: Runtime, st
     from poolsieve.core.runtime import END
     from poolsieve.pipeline.score.encode import EncoderActor, ShardFailure, read_chunks
 
-    res = plan_resources(config, runtime)
+    res = plan_resources(config, runtime.resources(),
+                         "the Ray cluster" if runtime.executor == "ray" else "this machine")
     tars, models = job.tars, job.models
     states = {t: _ShardState(t) for t in tars}
     count = {"setup": False, "reading": 0, "at_encoders": 0, "writing": 0}
