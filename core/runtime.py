@@ -48,7 +48,7 @@ R = TypeVar("R")
 
 EXECUTORS = ("ray", "local")
 TASK_RETRIES = 3  # re-runs of a task whose worker or node was lost (Ray's own default)
-NODE_WAIT_SECONDS = 300.0  # how long work no alive node can run waits for nodes before the stage ends
+NODE_WAIT_SECONDS = 600.0  # how long work no alive node can run waits for nodes (an autoscaler adding some) before the stage ends
 POLL_SECONDS = 5.0  # how often a wait checks that some alive node can still run the work
 CANCEL_WAIT_SECONDS = 60.0  # how long a stream that ends early waits for the tasks it cancelled to stop
 END = object()  # ``stream_generators``: this unit's generator has no more items
