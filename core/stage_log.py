@@ -222,7 +222,9 @@ def _ray_lines(data: dict[str, Any], ray_worker: Any, ignore_prefix: bool) -> No
         ray_worker.print_to_stdstream(data, ignore_prefix=ignore_prefix)
         return
     who = data.get("actor_name") or data.get("task_name") or ""
-    prefix = f"({who + ' ' if who else ''}pid={data.get('pid')}{', ip=' + str(data['ip']) if data.get('ip') else ''}) "
+    ip = data.get("ip")
+    where = f", ip={ip}" if ip and ip != data.get("localhost") else ""  # another node's, as Ray writes it
+    prefix = f"({who + ' ' if who else ''}pid={data.get('pid')}{where}) "
     lines = [str(line) for line in data.get("lines", [])]
     if data.get("pid") == "autoscaler":  # its event summaries only, as Ray itself prints them
         lines = list(ray_worker.filter_autoscaler_events(lines))
