@@ -16,7 +16,9 @@ What it adds to a bare img2dataset call:
   ``--allow-network`` opens them (the built-in pool's 127.0.0.1); refused urls are recorded as denied
   and never connected to;
 * each fetch has a total deadline and a size cap; images declaring huge sizes are refused undecoded;
-* ``--retry-failed`` re-fetches only failed samples into new shards and keeps each uid in one place;
+* ``--retry-failed`` re-fetches only failed samples into new shards, made as the pool's shards were
+  (samples per shard, image size and format as ``download_state.json`` records them, whatever flags
+  are given), and keeps each uid in one place;
 * ``shards/download_failures.parquet`` lists every failed sample with its reason and
   ``shards/download_report.json`` has success rate, failures by reason and throughput.
 
@@ -30,7 +32,9 @@ success-rate floor), ``failures.py`` (reasons, the failures file, retry reconcil
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from typing import Any
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
 from poolsieve.core.locks import exclusive
 from poolsieve.core.stage import Stage, option
+from poolsieve.core.workspace import whole_shard_tars
 from poolsieve.pipeline.download.failures import reconcile
 from poolsieve.pipeline.download.hub_metadata import SCALES
 from poolsieve.pipeline.download.integrity import check_success_rate
@@ -54,6 +59,10 @@ from poolsieve.pipeline.download.process import (
 from poolsieve.pipeline.download.report import REPORT_NAME, build_report, print_report, short_list
 
 STATE_NAME = "download_state.json"
+# What makes a shard what it is: its layout and how its images were made. ``--retry-failed`` makes its
+# shards with the values the pool's shards were made with (recorded in STATE_NAME), whatever is given.
+SHARD_SETTINGS = ("samples_per_shard", "image_size", "resize_mode", "resize_only_if_bigger", "encode_format",
+                  "encode_quality", "min_image_size", "blur_faces")
 SCALE_NAMES = tuple(SCALES)
 RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
 DISTRIBUTORS = ("auto", "multiprocessing", "ray")
@@ -113,7 +122,8 @@ class DownloadConfig:
     watchdog_seconds: float = option(1800.0, "stop the workers when no shard finished for this long")
     max_shard_retry: int = option(1, "img2dataset's re-runs of a shard that failed as a whole",
                                   aliases=("--max_shard_retry",))
-    retry_failed: bool = option(False, "re-fetch only the failed samples into new shards")
+    retry_failed: bool = option(False, "re-fetch only the failed samples into new shards, made with the settings "
+                                "the pool's shards were made with (samples per shard, image size, format)")
     user_agent_token: str | None = option(None, "added to img2dataset's user agent", aliases=("--user_agent_token",))
     min_success_rate: float = option(
         0.1, "fail (exit 2) when fewer than this fraction of the samples were fetched (a dead server, a pool "
@@ -180,6 +190,71 @@ def _check_state(shards_dir: Path, state: dict[str, Any], overwrite: bool) -> No
                              f"{state[key]} (metadata or settings changed); use --overwrite to start again")
 
 
+def recorded_settings(shards_dir: Path) -> dict[str, Any]:
+    """The ``SHARD_SETTINGS`` the pool's shards were made with, as far as the download recorded them:
+    ``download_state.json``'s ``shard_settings`` (written since this was added), else the settings of
+    ``download_report.json`` and the state's ``samples_per_shard``; for a pool with neither, the shard
+    size read off the shards' stats (a shard's count, plus rows a retry moved out, is at most the size,
+    and the first shard of each metadata file is full unless the file is smaller)."""
+    from poolsieve.core.formats import read_json
+
+    fields = {f.name: f for f in dataclasses.fields(DownloadConfig)}
+    state_path, report_path = shards_dir / STATE_NAME, shards_dir / REPORT_NAME
+    state = read_json(state_path) if state_path.exists() else {}
+    found: dict[str, Any] = {}
+    source = state_path
+    if isinstance(state, dict) and isinstance(state.get("shard_settings"), dict):
+        found = dict(state["shard_settings"])
+    elif report_path.exists():
+        report = read_json(report_path)
+        settings = report.get("settings") if isinstance(report, dict) else None
+        found, source = (dict(settings), report_path) if isinstance(settings, dict) else ({}, state_path)
+    if isinstance(state, dict) and "samples_per_shard" in state:
+        found["samples_per_shard"], source = state["samples_per_shard"], state_path
+    if "samples_per_shard" not in found:
+        sizes = [_original_count(tar) for tar in whole_shard_tars(shards_dir)]
+        if sizes and max(sizes) > 0:
+            found["samples_per_shard"] = max(sizes)
+    out = {}
+    for key in SHARD_SETTINGS:
+        if key not in found:
+            continue
+        value, kind = found[key], type(fields[key].default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise InputError(source, f"records {key}={value!r}, not a {kind.__name__}; use --overwrite to start again")
+        out[key] = value
+    return out
+
+
+def _original_count(tar: Path) -> int:
+    """Rows a shard was made with: its count plus the rows a retry moved to later shards."""
+    import json
+
+    from poolsieve.core.workspace import shard_stats_path
+
+    try:
+        stats = json.loads(shard_stats_path(tar).read_text())
+        return int(stats.get("count", 0)) + int(stats.get("moved_to_later_shards", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def settings_for_retry(shards_dir: Path, cfg: DownloadConfig) -> DownloadConfig:
+    """``cfg`` with the settings the pool's shards were made with (a retry's shards are made the same
+    way, in the same layout); says on stderr which given values it does not use."""
+    recorded = recorded_settings(shards_dir)
+    changed = {k: v for k, v in recorded.items() if getattr(cfg, k) != v}
+    if not changed:
+        return cfg
+    print("download --retry-failed: making the retry shards as the pool's were made: "
+          + ", ".join(f"{k}={v} (not {getattr(cfg, k)})" for k, v in changed.items()), file=sys.stderr, flush=True)
+    cfg = dataclasses.replace(cfg, **changed)
+    cfg.validate()
+    return cfg
+
+
 def download(ws: Any, cfg: DownloadConfig, runtime: Any, *, overwrite: bool = False) -> dict[str, Any]:
     """Fetch the workspace's metadata into whole shards; return the download report (a dict)."""
     cfg.validate()
@@ -204,12 +279,15 @@ def _download(ws: Any, cfg: DownloadConfig, runtime: Any, overwrite: bool) -> di
         check_metadata(files, drop_duplicate_uids=cfg.drop_duplicate_uids)
     if cfg.skip_shards:
         return {"metadata_files": len(files), "skipped_shards": True}
+    shards_dir = ws.shards_dir
+    if cfg.retry_failed:
+        cfg = settings_for_retry(shards_dir, cfg)
     plans = plan_shards(files, cfg.samples_per_shard)
     planned = sum(p.shards for p in plans)
-    shards_dir = ws.shards_dir
     shards_dir.mkdir(parents=True, exist_ok=True)
     state = {"samples_per_shard": cfg.samples_per_shard, "planned_shards": planned,
-             "metadata_files": [p.path.name for p in plans]}
+             "metadata_files": [p.path.name for p in plans],
+             "shard_settings": {k: getattr(cfg, k) for k in SHARD_SETTINGS}}
     _check_state(shards_dir, state, overwrite)
     staging = shards_dir / STAGING_NAME
     clear_staging(staging)  # leftovers of a killed run: partial tars are never promoted
