@@ -92,6 +92,17 @@ def warm_up(node: Any) -> None:
     ray.get(ray.remote(num_cpus=1, scheduling_strategy=on_node)(lambda: os.getpid()).remote())
 
 
+def hold_cpus(node: Any, cpus: int, seconds: float) -> list[Any]:
+    """Hold ``cpus`` CPUs of ``node`` for ``seconds`` (sleeping tasks), so that work placed meanwhile lands on
+    other nodes; returns the tasks' references."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    sleep = ray.remote(num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))(
+        lambda: time.sleep(seconds))
+    return [sleep.remote() for _ in range(cpus)]
+
+
 def kill_node(cluster: Any, node: Any) -> None:
     """The node dies as a machine does: its raylet and every worker on it at once, then its other processes."""
     raylet_pid = node.all_processes["raylet"][0].process.pid

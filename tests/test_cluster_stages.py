@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import shutil
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import ray
 from factories import make_samples, write_img2dataset_shards
-from ray_cluster import ray_cluster, run_killing_a_node
+from ray_cluster import hold_cpus, ray_cluster, run_killing_a_node
 from test_download_support import FAST, assert_shards_whole, make_served_pool
 from test_score import save_tiny_checkpoint
 
@@ -94,11 +96,20 @@ def expect_survived(outcome: dict[str, Any]) -> Any:
 
 
 def test_score_survives_a_lost_node(pool, cluster, cluster_runtime, tmp_path):
+    """The encoder worker is made while the head's CPUs are held, so it lands on the worker node, which dies
+    while it encodes: the encoder restarts on the head, its calls are re-sent and lost readers re-run."""
     ws, checkpoint = pool
     again = copy_workspace(ws, tmp_path / "ws", "shards")
-    outcome = run_killing_a_node(cluster, lambda: score_pool(again, score_config(checkpoint), cluster_runtime,
-                                                             quiet=True),
-                                 ("ray::read_chunks", "ray::EncoderActor.encode"))
+
+    def score() -> dict[str, Any]:
+        held = hold_cpus(cluster.head_node, HEAD_CPUS, seconds=8)
+        time.sleep(2)  # the head's CPUs are taken before the encoder is placed
+        summary = score_pool(again, score_config(checkpoint), cluster_runtime, quiet=True)
+        ray.get(held)
+        return summary
+
+    outcome = run_killing_a_node(cluster, score, ("ray::EncoderActor.encode",))
+    assert outcome["killed_during"] == "ray::EncoderActor.encode"
     summary = expect_survived(outcome)
     assert summary["scored now"] == 6 and summary["failed shards"] == 0
     assert_same_scores(score_tables(again), score_tables(ws))
