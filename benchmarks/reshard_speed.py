@@ -14,8 +14,21 @@ input and subset:
   includes interpreter start-up; its own "processed ... in X s" figure (workers only) is shown too
   and the ratio uses the faster of the two.
 
-MB/s is pool bytes / seconds for every column. Two modes: ``cached`` (page cache warm, no flush:
-CPU and memory bound) and ``synced`` (each timing ends with ``sync``: written bytes reach the disk).
+MB/s is pool bytes / seconds for every column. Three modes: ``cached`` (page cache warm, no flush:
+CPU and memory bound), ``synced`` (each timing ends with ``sync``: written bytes reach the disk) and
+``cold`` (before each timing the pool is evicted from the page cache: ``sync`` then
+``POSIX_FADV_DONTNEED`` on every pool file, checked with ``mincore``). ``cold`` times poolsieve on Ray
+and in-process (``--executor local``), DataComp, and ``cat`` of the pool tars into one file (the
+ceiling: the same bytes read once, sequentially), and prints poolsieve's speed as a fraction of
+``cat``'s and as a multiple of DataComp's.
+
+``--variants readers,writers`` times the tar libraries against poolsieve's own code on the same
+shards: pass 1's read (every header plus each ``.json``, cold) by tar_io's block reader, by a
+``pread`` per header (the reader it replaced), by ``tarfile`` (seeking through a 16 MiB buffer, and
+streaming) and by webdataset's ``tar_file_iterator``; pass 2's write of the same output shards by
+tar_io's ``writev`` copy, by ``tarfile.addfile`` and by ``webdataset.TarWriter`` (members checked
+equal). This is the measurement behind keeping the hand-written reader and writer.
+
 The pool is deleted afterwards unless ``--keep``.
 
     python benchmarks/reshard_speed.py --datacomp-resharder /work/datacomp-src/resharder.py \\
@@ -25,6 +38,8 @@ The pool is deleted afterwards unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import io
 import json
 import os
 import re
@@ -32,7 +47,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +57,11 @@ import numpy as np
 
 from poolsieve.core.formats import write_subset
 from poolsieve.core.runtime import Runtime
-from poolsieve.core.tar_io import END_OF_ARCHIVE, padding, ustar_header
+from poolsieve.core.tar_io import BLOCK, END_OF_ARCHIVE, padding, read_tar, ustar_header
 from poolsieve.core.uids import uids_to_pairs
 from poolsieve.core.workspace import Workspace
-from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard
+from poolsieve.pipeline.reshard.plan import OutputPlanner, WriteUnit
+from poolsieve.pipeline.reshard.stage import ReshardConfig, ScanUnit, reshard, scan_shard, write_shard
 
 BLOCK_READ = 8 << 20
 
@@ -111,6 +129,221 @@ def timed(fn, synced: bool) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
+# ------------------------------------------------------------------------------ cold page cache
+def evict(paths: list[Path]) -> None:
+    """Drop ``paths`` from the page cache: flush dirty pages, then ``POSIX_FADV_DONTNEED`` each file."""
+    os.sync()
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def resident_fraction(paths: list[Path]) -> float:
+    """Fraction of the files' pages in the page cache (``mincore`` on a read-only mapping of each)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    page = os.sysconf("SC_PAGE_SIZE")
+    resident = total = 0
+    for p in paths:
+        size = p.stat().st_size
+        if size == 0:
+            continue
+        pages = -(-size // page)
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+            if addr in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), f"mmap {p}")
+            vec = ctypes.create_string_buffer(pages)
+            try:
+                if libc.mincore(addr, size, vec) != 0:
+                    raise OSError(ctypes.get_errno(), f"mincore {p}")
+            finally:
+                libc.munmap(addr, size)
+        finally:
+            os.close(fd)
+        resident += sum(b & 1 for b in vec.raw)
+        total += pages
+    return resident / max(total, 1)
+
+
+def cat_into_file(paths: list[Path], out_path: Path) -> None:
+    """``cat POOL_TARS > out_path``: the cold ceiling (every pool byte read once, in order)."""
+    with open(out_path, "wb") as out:
+        subprocess.run(["cat", *map(str, paths)], stdout=out, check=True)
+
+
+# ------------------------------------------------------------------------ tar library variants
+def scan_blocks(path: Path) -> int:
+    """tar_io's block reader (what reshard's pass 1 uses): headers and .json parsed from 16 MiB reads."""
+    return len(read_tar(path, capture=lambda name: name.endswith(".json"))[1])
+
+
+def scan_pread(path: Path) -> int:
+    """The reader the block reader replaced: a ``pread`` per header, a ``pread`` per .json (no checks)."""
+    found, offset, size = 0, 0, path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while offset + BLOCK <= size:
+            header = os.pread(fd, BLOCK, offset)
+            if header == b"\0" * BLOCK:
+                break
+            n = int(header[124:135], 8)
+            if header[:100].split(b"\0", 1)[0].endswith(b".json"):
+                json.loads(os.pread(fd, n, offset + BLOCK))
+                found += 1
+            offset += BLOCK + -(-n // BLOCK) * BLOCK
+    finally:
+        os.close(fd)
+    return found
+
+
+def scan_tarfile(path: Path) -> int:
+    """``tarfile`` in random-access mode over a 16 MiB buffered file (it seeks past member data)."""
+    found = 0
+    with open(path, "rb", buffering=16 << 20) as f, tarfile.open(fileobj=f, mode="r:") as tf:
+        for m in tf:
+            if m.isreg() and m.name.endswith(".json"):
+                json.loads(tf.extractfile(m).read())
+                found += 1
+    return found
+
+
+def scan_tarfile_stream(path: Path) -> int:
+    """``tarfile`` in stream mode (``r|``, its default buffer): every byte passes through Python."""
+    found = 0
+    with open(path, "rb", buffering=0) as f, tarfile.open(fileobj=f, mode="r|") as tf:
+        for m in tf:
+            if m.isreg() and m.name.endswith(".json"):
+                json.loads(tf.extractfile(m).read())
+                found += 1
+    return found
+
+
+def scan_webdataset(path: Path) -> int:
+    """webdataset's ``tar_file_iterator`` (DataComp's reader): reads every member's data."""
+    from webdataset.tariterators import tar_file_iterator
+
+    found = 0
+    with open(path, "rb", buffering=16 << 20) as f:
+        for item in tar_file_iterator(f):
+            if item["fname"].endswith(".json"):
+                json.loads(item["data"])
+                found += 1
+    return found
+
+
+SCANNERS: dict[str, Callable[[Path], int]] = {
+    "tar_io blocks": scan_blocks, "pread per header": scan_pread, "tarfile r: 16MiB": scan_tarfile,
+    "tarfile r| stream": scan_tarfile_stream, "webdataset": scan_webdataset}
+
+
+def _unit_members(unit: WriteUnit) -> list[tuple[str, bytes]]:
+    """The (name, bytes) pairs an output shard holds, read from the pool tars."""
+    out = []
+    for i, key in enumerate(unit.out_keys):
+        with open(unit.sources[int(unit.source[i])], "rb") as f:
+            first, count = int(unit.member_start[i]), int(unit.member_count[i])
+            for m in range(first, first + count):
+                f.seek(int(unit.member_offset[m]))
+                out.append((f"{key}.{unit.member_ext[m]}", f.read(int(unit.member_size[m]))))
+    return out
+
+
+def write_tarfile(unit: WriteUnit) -> None:
+    """An output shard written with ``tarfile.addfile`` (deterministic ustar headers)."""
+    with tarfile.open(unit.tar_path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in _unit_members(unit):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            tf.addfile(info, io.BytesIO(data))
+
+
+def write_webdataset(unit: WriteUnit) -> None:
+    """An output shard written with ``webdataset.TarWriter`` (DataComp's writer)."""
+    import webdataset as wds
+
+    with wds.TarWriter(unit.tar_path, mtime=0, encoder=False) as sink:
+        sample: dict = {}
+        for name, data in _unit_members(unit):
+            key, ext = name.split(".", 1)
+            if sample and sample["__key__"] != key:
+                sink.write(sample)
+                sample = {}
+            sample["__key__"] = key
+            sample[ext] = data
+        if sample:
+            sink.write(sample)
+
+
+WRITERS: dict[str, Callable[[WriteUnit], Any]] = {
+    "tar_io writev": write_shard, "tarfile addfile": write_tarfile, "webdataset TarWriter": write_webdataset}
+
+
+def tar_members(path: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(path) as tf:
+        return [(m.name, tf.extractfile(m).read()) for m in tf.getmembers()]
+
+
+def run_variants(which: set[str], ws: Workspace, tars: list[Path], shards: int, repeats: int) -> None:
+    """Time each tar library against tar_io on the same shards (reads cold, writes warm); median of repeats."""
+    import webdataset  # noqa: F401 - imported before the clocks start
+
+    tars = tars[:shards]
+    nbytes = sum(t.stat().st_size for t in tars)
+    if "readers" in which:
+        print(f"\n== readers, cold: pass 1 over {len(tars)} pool tars ({nbytes / 1e9:.2f} GB), median of {repeats}")
+        found: dict[str, int] = {}
+        times: dict[str, list[float]] = {k: [] for k in SCANNERS}
+        for _ in range(repeats):
+            for name, scan in SCANNERS.items():
+                evict(tars)
+                start = time.perf_counter()
+                found[name] = sum(scan(t) for t in tars)
+                times[name].append(time.perf_counter() - start)
+        base = statistics.median(times["tar_io blocks"])
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            print(f"  {name:<20} {med:7.2f} s  {nbytes / 1e6 / med:7.0f} MB/s  {base / med:5.2f} x tar_io  "
+                  f"({found[name]} .json; load {os.getloadavg()[0]:.1f})")
+        if len(set(found.values())) != 1:
+            raise SystemExit(f"readers disagree on the .json count: {found}")
+    if "writers" in which:
+        out_dir = ws.root / "variants"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir()
+        planner = OutputPlanner(out_dir, [str(t) for t in tars], 10000)
+        units = [u for t in tars for u in planner.add(scan_shard(ScanUnit(str(t), str(ws.subset_path("bench")))))]
+        units += planner.finish()
+        out_bytes = 0
+        times = {k: [] for k in WRITERS}
+        members: dict[str, list] = {}
+        for _ in range(repeats):
+            for name, write in WRITERS.items():
+                read_all(tars)  # warm input: the write is what is timed
+                start = time.perf_counter()
+                for unit in units:
+                    write(unit)
+                times[name].append(time.perf_counter() - start)
+                members[name] = sorted(tar_members(Path(units[0].tar_path)))
+                out_bytes = sum(Path(u.tar_path).stat().st_size for u in units)
+        print(f"\n== writers, warm input: pass 2 writing {len(units)} output shards (~{out_bytes / 1e9:.2f} GB), "
+              f"median of {repeats}")
+        base = statistics.median(times["tar_io writev"])
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            print(f"  {name:<20} {med:7.2f} s  {base / med:5.2f} x tar_io  (load {os.getloadavg()[0]:.1f})")
+        if any(m != members["tar_io writev"] for m in members.values()):
+            raise SystemExit("writers disagree on the members of the first output shard")
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
 def run_datacomp(args: argparse.Namespace, ws: Workspace, out_dir: Path) -> tuple[int, float | None]:
     """Run DataComp's resharder; return (samples written, its own workers-only seconds)."""
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -128,6 +361,66 @@ def run_datacomp(args: argparse.Namespace, ws: Workspace, out_dir: Path) -> tupl
     return int(meta["output_count"]), float(own.group(1)) if own else None
 
 
+def run_mode(mode: str, args: argparse.Namespace, ws: Workspace, tars: list[Path], pool_bytes: int,
+             cfg: ReshardConfig, runtime: Runtime, local: Runtime, scratch: Path, have_dc: bool) -> None:
+    """Time every method ``args.repeats`` times in one mode, interleaved, and print medians and ratios."""
+    cold, synced = mode == "cold", mode == "synced"
+    ceiling = "cat > file" if cold else "ceiling"
+    times: dict[str, list[float]] = {ceiling: [], "poolsieve ray": []}
+    if cold:
+        times["poolsieve local"] = []
+    if have_dc:
+        times.update({"datacomp": [], "datacomp workers": []})
+    resident: list[float] = []
+    loads: list[float] = []
+    out_bytes = 0
+
+    def prepare() -> None:
+        shutil.rmtree(ws.filtered_dir("bench"), ignore_errors=True)
+        scratch.unlink(missing_ok=True)
+        if cold:
+            evict(tars)
+            resident.append(resident_fraction(tars))
+        else:
+            read_all(tars)  # same warm page cache for everyone
+        loads.append(os.getloadavg()[0])
+
+    for _ in range(args.repeats):
+        for name, rt in (("poolsieve ray", runtime), ("poolsieve local", local)):
+            if name in times:
+                prepare()
+                seconds, summary = timed(lambda r=rt: reshard(ws, cfg, r, overwrite=True), synced)
+                times[name].append(seconds)
+                out_bytes = summary["bytes_written"]
+        prepare()
+        if cold:
+            times[ceiling].append(timed(lambda: cat_into_file(tars, scratch), synced)[0])
+        else:
+            times[ceiling].append(timed(lambda b=out_bytes: sequential_copy(tars, scratch, b), synced)[0])
+        scratch.unlink(missing_ok=True)
+        if have_dc:
+            prepare()
+            seconds, (count, own) = timed(lambda: run_datacomp(args, ws, ws.root / "datacomp"), synced)
+            times["datacomp"].append(seconds)
+            if own is not None:
+                times["datacomp workers"].append(own)
+            if count != summary["output_count"]:
+                raise SystemExit(f"outputs differ: DataComp wrote {count} samples, poolsieve {summary['output_count']}")
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    rate = {k: pool_bytes / 1e6 / s for k, s in med.items()}
+    print(f"\n== {mode}: {pool_bytes / 1e9:.2f} GB pool, {out_bytes / 1e9:.2f} GB written, median of "
+          f"{args.repeats}; load average {min(loads):.1f}..{max(loads):.1f}"
+          + (f"; pool resident after eviction {max(resident):.1%}" if cold else ""))
+    for k, s in med.items():
+        spread = f"(runs {min(times[k]):.2f}..{max(times[k]):.2f} s)"
+        print(f"  {k:<17} {s:7.2f} s  {rate[k]:8.0f} MB/s  {rate[k] / rate[ceiling]:5.2f} x {ceiling}  {spread}")
+    dc_best = max((rate[k] for k in ("datacomp", "datacomp workers") if k in rate), default=None)
+    for k in ("poolsieve ray", "poolsieve local"):
+        if k in rate:
+            print(f"  {k} / {ceiling} = {rate[k] / rate[ceiling]:.2f} (target >= 0.7)"
+                  + (f"; / datacomp = {rate[k] / dc_best:.2f} (target >= {'2' if cold else '1'})" if dc_best else ""))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pool-dir", type=Path, default=Path("/tmp/poolsieve-reshard-bench"))
@@ -138,7 +431,9 @@ def main() -> int:
     p.add_argument("--shard-size", type=int, default=10000)
     p.add_argument("--num-cpus", type=int, default=os.cpu_count())
     p.add_argument("--repeats", type=int, default=3, help="timings per method and mode (median is shown)")
-    p.add_argument("--modes", default="cached,synced", help="comma list of cached, synced")
+    p.add_argument("--modes", default="cached,synced,cold", help="comma list of cached, synced, cold")
+    p.add_argument("--variants", default="", help="comma list of readers, writers: tar libraries vs tar_io")
+    p.add_argument("--variant-shards", type=int, default=4, help="pool tars the variants run over")
     p.add_argument("--datacomp-resharder", default=os.environ.get("DATACOMP_RESHARDER"))
     p.add_argument("--datacomp-python", default=os.environ.get("DATACOMP_PYTHON", sys.executable))
     p.add_argument("--seed", type=int, default=0)
@@ -155,50 +450,27 @@ def main() -> int:
     write_subset(ws.subset_path("bench"), uids_to_pairs(chosen))
     os.sync()
     print(f"pool: {len(tars)} shards, {len(uids)} samples, {pool_bytes / 1e9:.2f} GB at {ws.root} "
-          f"(ready in {time.perf_counter() - t0:.0f} s); subset: {len(chosen)} uids ({args.fraction:.0%})")
+          f"(ready in {time.perf_counter() - t0:.0f} s); subset: {len(chosen)} uids ({args.fraction:.0%}); "
+          f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}")
     have_dc = bool(args.datacomp_resharder) and Path(args.datacomp_resharder).is_file()
     if not have_dc:
         print("datacomp: skipped (pass --datacomp-resharder PATH/resharder.py and --datacomp-python PYTHON, "
               "or set DATACOMP_RESHARDER / DATACOMP_PYTHON)")
 
     runtime = Runtime(executor="ray", num_cpus=args.num_cpus)
-    runtime.ensure_ray()
+    local = Runtime(executor="local")
     cfg = ReshardConfig(subset="bench", shard_size=args.shard_size)
-    reshard(ws, cfg, runtime, overwrite=True)  # untimed: Ray's worker processes start, as on a running cluster
     scratch = ws.root / "ceiling.bin"
-    rows = []
     try:
-        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-            synced = mode == "synced"
-            times: dict[str, list[float]] = {"ceiling": [], "poolsieve": [], "datacomp": [], "datacomp workers": []}
-            read_all(tars)  # same warm page cache for everyone
-            out_bytes = 0
-            for _ in range(args.repeats):
-                seconds, summary = timed(lambda: reshard(ws, cfg, runtime, overwrite=True), synced)
-                times["poolsieve"].append(seconds)
-                out_bytes = summary["bytes_written"]
-                times["ceiling"].append(timed(lambda b=out_bytes: sequential_copy(tars, scratch, b), synced)[0])
-                scratch.unlink()
-                if have_dc:
-                    seconds, (count, own) = timed(lambda: run_datacomp(args, ws, ws.root / "datacomp"), synced)
-                    times["datacomp"].append(seconds)
-                    if own is not None:
-                        times["datacomp workers"].append(own)
-                    if count != summary["output_count"]:
-                        raise SystemExit(f"outputs differ: DataComp wrote {count} samples, "
-                                         f"poolsieve {summary['output_count']}")
-            med = {k: statistics.median(v) for k, v in times.items() if v}
-            rate = {k: pool_bytes / 1e6 / s for k, s in med.items()}
-            print(f"\n== {mode}: {pool_bytes / 1e9:.2f} GB pool, {out_bytes / 1e9:.2f} GB written, "
-                  f"median of {args.repeats}")
-            for k, s in med.items():
-                spread = f"(runs {min(times[k]):.2f}..{max(times[k]):.2f} s)"
-                print(f"  {k:<17} {s:7.2f} s  {rate[k]:8.0f} MB/s  {rate[k] / rate['ceiling']:5.2f} x ceiling  {spread}")
-            dc_best = max((rate[k] for k in ("datacomp", "datacomp workers") if k in rate), default=None)
-            verdict = (f"poolsieve / ceiling = {rate['poolsieve'] / rate['ceiling']:.2f} (target >= 0.7)"
-                       + (f"; poolsieve / datacomp = {rate['poolsieve'] / dc_best:.2f} (target > 1)" if dc_best else ""))
-            print(f"  {verdict}")
-            rows.append((mode, rate))
+        variants = {v.strip() for v in args.variants.split(",") if v.strip()}
+        if variants:
+            run_variants(variants, ws, tars, args.variant_shards, args.repeats)
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        if modes:
+            runtime.ensure_ray()
+            reshard(ws, cfg, runtime, overwrite=True)  # untimed: Ray's workers start, as on a running cluster
+        for mode in modes:
+            run_mode(mode, args, ws, tars, pool_bytes, cfg, runtime, local, scratch, have_dc)
     finally:
         runtime.shutdown()
         if not args.keep:
