@@ -90,6 +90,18 @@ class Progress:
             self._print()
 
 
+def print_line(text: str, stream: TextIO | None = None) -> None:
+    """One line of poolsieve's own (a warning) on ``stream`` (stderr): above any progress bar drawn in place
+    there, which is redrawn below it, so that the two never share a line."""
+    stream = stream or sys.stderr
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is not None:  # only a Progress on a terminal imports it; it clears and redraws its bars
+        tqdm_module.tqdm.write(text, file=stream)
+    else:
+        print(text, file=stream)
+    stream.flush()
+
+
 def is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()

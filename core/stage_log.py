@@ -149,6 +149,7 @@ def capture(path: Path | None, title: str = "") -> Iterator[StageLog | None]:
         yield _active
         return
     from .errors import PoolsieveWarning
+    from .progress import print_line
 
     log = StageLog(Path(path), sys.stderr, f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {title or 'poolsieve'}\n")
     root = logging.getLogger()
@@ -157,8 +158,9 @@ def capture(path: Path | None, title: str = "") -> Iterator[StageLog | None]:
 
     def showwarning(message: Any, category: type[Warning], filename: str, lineno: int,
                     file: TextIO | None = None, line: str | None = None) -> None:
-        if issubclass(category, PoolsieveWarning):
-            saved[1](message, category, filename, lineno, file or log.terminal, line)
+        if issubclass(category, PoolsieveWarning):  # the CLI's one-line format, above any progress bar
+            print_line(warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n"),
+                       file or log.terminal)
         else:
             log.write(warnings.formatwarning(message, category, filename, lineno, line))
 
@@ -217,6 +219,8 @@ def route_ray_output() -> None:
 
 
 def _ray_lines(data: dict[str, Any], ray_worker: Any, ignore_prefix: bool) -> None:
+    from .progress import print_line
+
     log = _active
     if log is None:
         ray_worker.print_to_stdstream(data, ignore_prefix=ignore_prefix)
@@ -232,4 +236,4 @@ def _ray_lines(data: dict[str, Any], ray_worker: Any, ignore_prefix: bool) -> No
     for line in lines:
         m = _WORKER_WARNING.search(line)
         if m:
-            print(f"poolsieve: warning: {m.group(1)}", file=log.terminal, flush=True)
+            print_line(f"poolsieve: warning: {m.group(1)}", log.terminal)

@@ -153,10 +153,12 @@ def test_hub_retries_and_library_records_go_to_the_log(tmp_path, capsys) -> None
         datasets.utils.logging.get_logger("datasets.load").warning("datasets says something")
         logging.getLogger("some.library").info("a library note")
         warnings.warn("a library's warning", UserWarning, stacklevel=1)
+        warnings.warn("poolsieve's own", PoolsieveWarning, stacklevel=1)
     out = capsys.readouterr()
     log = path.read_text()
     for text in ("Retrying in 1s [Retry 1/5]", "datasets says something", "a library note", "a library's warning"):
         assert text in log and text not in out.err + out.out
+    assert "poolsieve's own" in out.err and "poolsieve's own" not in log
     assert logging.getLogger("datasets").handlers == datasets_handlers  # put back as they were
 
 
@@ -167,6 +169,35 @@ def test_a_command_that_fails_before_its_workspace_exists_creates_nothing(tmp_pa
     assert main(["score", "-w", str(missing), "--executor", "local"]) == 2
     assert not missing.exists()
     assert "workspace does not exist" in capsys.readouterr().err
+
+
+def test_a_warning_during_a_bar_in_place_gets_a_line_of_its_own() -> None:
+    import fcntl
+    import select
+    import struct
+    import termios
+
+    from poolsieve.core.progress import Progress, print_line
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    with os.fdopen(slave, "w") as tty:
+        p = Progress("score", total=4, unit="shards", stream=tty)
+        p.update(1)
+        print_line("poolsieve: warning: something short", tty)
+        p.update(3)
+        p.close()
+    chunks = []
+    while select.select([master], [], [], 0.5)[0]:
+        try:
+            chunks.append(os.read(master, 65536))
+        except OSError:
+            break
+    os.close(master)
+    text = b"".join(chunks).decode().replace("\r\n", "\n")  # the terminal ends lines with \r\n
+    lines = [line.rsplit("\r", 1)[-1].strip() for line in text.split("\n")]  # what stays visible on each
+    assert "poolsieve: warning: something short" in lines  # alone on its line, not glued to the bar
+    assert "4/4" in lines[-2] or "4/4" in lines[-1]  # the bar is redrawn below it and ends complete
 
 
 # ------------------------------------------------------------------------------ generate's commands
