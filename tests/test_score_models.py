@@ -3,6 +3,7 @@ every model spec is checked before any work, in one line and at once; any CPU co
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from factories import make_samples, write_img2dataset_shards
 
+from poolsieve.core.errors import PoolsieveWarning
 from poolsieve.core.formats import embedding_keys, read_score_table, score_column
 from poolsieve.core.stall import StallWatch
 from poolsieve.core.workspace import Workspace
@@ -111,6 +114,13 @@ def test_adding_a_model_scores_it_on_every_shard_and_keeps_the_rest(scored_a, mo
         assert list(df.columns)[-3:] == [score_column(k) for k in "abc"]
         pd.testing.assert_frame_equal(df.drop(columns=[score_column("c")]), after[shard][0])
         assert set(embedding_keys("c")) <= set(emb)
+    # Each table records which model made each key; another model named with a taken key is not silently skipped.
+    records = json.loads(pq.read_schema(ws.score_table_path("00000")).metadata[b"poolsieve.models"])
+    assert records == {k: m.split("=", 1)[1] for k, m in zip("abc", models, strict=True)}
+    with pytest.warns(PoolsieveWarning, match=rf"clip_a_similarity_score of {NUM_SHARDS} shard\(s\) was made by "
+                                              r"poolsieve-tiny:\S+/a\.pt, not by poolsieve-tiny:\S+/c\.pt"):
+        summary = score_pool(ws, config("a=" + c.split("=", 1)[1]), local_runtime, quiet=True)
+    assert summary["already scored (skipped)"] == NUM_SHARDS
 
 
 def test_a_new_shard_gets_a_table_while_scored_ones_get_the_missing_model(scored_a, models, tmp_path, local_runtime):

@@ -17,9 +17,11 @@ Also: ``--reference DIR --name NAME`` embeds a labelled image set into ``referen
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 import time
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from poolsieve.core.devices import INFERENCE_PRECISIONS
-from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.errors import ConfigError, InputError, PoolsieveWarning
 from poolsieve.core.formats import (
     SCORE_TABLE_BASE_COLUMNS,
     STATUS_SUCCESS,
@@ -180,6 +182,30 @@ def scored_keys(ws: Workspace, shard: str) -> set[str] | None:
     return {k for k in keys if set(embedding_keys(k)) <= arrays}
 
 
+MODELS_METADATA = b"poolsieve.models"  # score table metadata: {model key: the model that made its columns}
+
+
+def model_record(ws: Workspace, entry: Any) -> str:
+    """How a score table records the model of a key: ``ARCH[:TAG|CHECKPOINT]``, a checkpoint inside the
+    workspace relative to it (so a copied workspace records the same model)."""
+    pretrained = entry.spec.pretrained
+    if pretrained and entry.spec.is_local_checkpoint:
+        pretrained = ws.rel(pretrained)
+    return entry.spec.arch + (f":{pretrained}" if pretrained else "")
+
+
+def recorded_models(ws: Workspace, shard: str) -> dict[str, str]:
+    """The models a shard's score table records for its keys (none for tables written before records)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(ws.score_table_path(shard)).metadata or {}
+    try:
+        records = json.loads(meta.get(MODELS_METADATA, b"{}"))
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in records.items()} if isinstance(records, dict) else {}
+
+
 @dataclass
 class ScoreJob:
     """Shards that need the same models: new tables (``adding`` False) or columns added to scored ones."""
@@ -191,16 +217,30 @@ class ScoreJob:
 
 def plan_jobs(ws: Workspace, tars: Sequence[Path], models: Sequence[Any], overwrite: bool) -> list[ScoreJob]:
     """What each shard needs: every model (no table yet, or ``overwrite``), the models its table lacks, or
-    nothing; shards that need the same are one job."""
+    nothing; shards that need the same are one job. A key whose columns another model made is kept, with
+    a warning."""
     jobs: dict[tuple[bool, tuple[str, ...]], ScoreJob] = {}
+    others: dict[str, tuple[str, int]] = {}  # key -> (the model that made its columns, shards)
     for t in tars:
         present = None if overwrite else scored_keys(ws, t.stem)
         missing = [m for m in models if present is None or m.key not in present]
+        kept = [m for m in models if m not in missing]
+        if kept:
+            records = recorded_models(ws, t.stem)
+            for m in kept:
+                made_by = records.get(m.key)
+                if made_by is not None and made_by != model_record(ws, m):
+                    others[m.key] = (made_by, others.get(m.key, ("", 0))[1] + 1)
         if not missing:
             continue
         adding = present is not None
         job = jobs.setdefault((adding, tuple(m.key for m in missing)), ScoreJob(missing, [], adding))
         job.tars.append(t)
+    for key, (made_by, shards) in others.items():
+        asked = next(model_record(ws, m) for m in models if m.key == key)
+        warnings.warn(f"{score_column(key)} of {shards} shard(s) was made by {made_by}, not by {asked} named now: "
+                      f"kept as it is (name the new model with a key of its own, KEY={asked}, or pass --overwrite "
+                      "to score anew)", PoolsieveWarning, stacklevel=3)
     return list(jobs.values())
 
 
@@ -343,6 +383,7 @@ def _run(ws: Workspace, job: ScoreJob, config: ScoreConfig, runtime: Runtime, st
         writer = ThreadPoolExecutor(1, thread_name_prefix="score-writer")
         writes: deque[Any] = deque()
         write = add_to_shard if job.adding else write_shard
+        records = {m.key: model_record(ws, m) for m in models}
 
         def collect(future: Any) -> None:
             written = future.result()
@@ -357,7 +398,7 @@ def _run(ws: Workspace, job: ScoreJob, config: ScoreConfig, runtime: Runtime, st
             chunks = [state.chunks[i] for i in sorted(state.chunks)]
             state.chunks.clear()
             count["writing"] += 1
-            writes.append(writer.submit(write, ws, state.tar.stem, chunks, dims))
+            writes.append(writer.submit(write, ws, state.tar.stem, chunks, dims, records))
             while writes and writes[0].done():
                 collect(writes.popleft())
 
@@ -438,8 +479,10 @@ def _assemble(chunks: Sequence[Any], dims: dict[str, int]) -> _Assembled:
     return _Assembled(columns, n, arrays, scores, float(sum(getattr(c, "seconds", 0.0) for c in chunks)))
 
 
-def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str, int]) -> dict[str, Any]:
-    """Assemble a shard's encoded chunks into ``scores/{shard}.npz`` then ``scores/{shard}.parquet``."""
+def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str, int],
+                records: dict[str, str] | None = None) -> dict[str, Any]:
+    """Assemble a shard's encoded chunks into ``scores/{shard}.npz`` then ``scores/{shard}.parquet``, whose
+    metadata records the model of each key (``records``)."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -457,12 +500,14 @@ def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str
         df[score_column(key)] = sc
     write_embeddings(ws.embeddings_path(shard), got.arrays)
     with atomic_path(ws.score_table_path(shard)) as tmp:
-        pq.write_table(pa.Table.from_pandas(df, schema=score_table_schema(dims), preserve_index=False), tmp)
+        table = pa.Table.from_pandas(df, schema=score_table_schema(dims), preserve_index=False)
+        pq.write_table(_with_records(table, records or {}), tmp)
     return {"rows": got.rows, "decode_errors": int((df["status"] != STATUS_SUCCESS).sum()),
             "encode_seconds": got.encode_seconds}
 
 
-def add_to_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str, int]) -> dict[str, Any]:
+def add_to_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str, int],
+                 records: dict[str, str] | None = None) -> dict[str, Any]:
     """Add the models in ``dims`` to a scored shard: their embeddings to ``scores/{shard}.npz`` (the others
     kept as stored), then their score columns after the table's own (its columns kept as stored). Each
     file is written to a temporary name and renamed into place."""
@@ -486,8 +531,19 @@ def add_to_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[st
         table = table.append_column(pa.field(name, pa.float32()), pa.array(sc, pa.float32()))
     write_embeddings(npz_path, arrays)
     with atomic_path(table_path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(_with_records(table, records or {}), tmp)
     return {"rows": got.rows, "decode_errors": 0, "encode_seconds": got.encode_seconds, "added": list(dims)}
+
+
+def _with_records(table: Any, records: dict[str, str]) -> Any:
+    """``table`` with ``records`` merged into the models its metadata records."""
+    meta = dict(table.schema.metadata or {})
+    try:
+        before = json.loads(meta.get(MODELS_METADATA, b"{}"))
+    except ValueError:
+        before = {}
+    merged = {**(before if isinstance(before, dict) else {}), **records}
+    return table.replace_schema_metadata({**meta, MODELS_METADATA: json.dumps(merged, sort_keys=True).encode()})
 
 
 # ----------------------------------------------------------------------------------- summary
