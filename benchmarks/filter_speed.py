@@ -1,34 +1,46 @@
-"""Filter speed, side by side: poolsieve vs DataComp's reference logic on the same parquet files.
+"""Filter speed as a user times it: whole ``poolsieve filter`` commands vs DataComp's ``baselines.py``.
 
-    python benchmarks/filter_speed.py                     # 1M rows in 100 files (generated once, cached)
-    python benchmarks/filter_speed.py --rows 100000 --files 10 --repeats 1
+    python benchmarks/filter_speed.py                       # 1M rows in 100 files (generated once, cached)
+    python benchmarks/filter_speed.py --rows 100000 --files 10 --repeats 1 --ray
+
+Both sides are timed from the shell's point of view: the process starts, imports what it needs,
+reads the same parquet files, writes its ``.npy`` and exits. DataComp's side is its own script,
+``baselines.py`` (``--datacomp``, default ``/tmp/datacomp/baselines.py``), run by its own interpreter
+(``--datacomp-python``, default ``/tmp/dcenv/bin/python``) with ``--num_workers --workers``. Its code is
+untouched; ``benchmarks/datacomp_offline/`` on its ``PYTHONPATH`` only makes its ``download("fasttext")``
+return the ``lid.176.ftz`` poolsieve uses (``lid.176.bin`` cannot be fetched here), so its spawned workers
+load that model file. poolsieve's side is ``poolsieve filter -w WS --tables POOL --spec ...`` as installed,
+with its defaults (a pool this size is filtered in-process: no Ray start); ``--ray`` adds a column with
+``--ray-above-mb 0`` (a local Ray started and stopped by the command).
 
 The pool: DataComp-metadata columns (uid, url, text, original_width/height, clip_b32/l14 scores;
 captions of 1-40 words, 60% English, 1% with a newline; scores rounded to 4 decimals so the cut has
 ties) plus the ``status``, ``language`` and ``language_score`` columns ``poolsieve score`` writes
-(computed once when the pool is generated, time printed).
+(computed once when the pool is generated, time printed). ``basic`` runs twice on poolsieve's side:
+reading the stored ``language`` column (score once, filter many) and detecting the language again
+(``recompute_language=true``, what DataComp's script always does).
 
-For ``basic`` and ``clip_score`` (L/14 score, fraction 0.3) it prints poolsieve's time, the time of
-DataComp's reference logic (``datacomp_reference.py``: the same per-row pandas work in a spawn pool,
-``--workers`` processes, run first, before Ray starts), their ratio and whether the uid sets are
-identical. ``basic`` runs twice on poolsieve's side: reading the ``language`` column (the normal
-score-once-filter-many path) and recomputing the language from the captions (``recompute_language``,
-what a DataComp metadata file without that column costs). poolsieve runs on a local Ray with
-``--workers`` CPUs started before timing (start-up printed apart) and in one process (``local``).
-Times are medians over ``--repeats`` runs; the first run is printed too (Ray workers start cold).
+Each case runs the two commands alternately ``--repeats`` times and prints the medians of their wall
+time and of their CPU time (user + system, of the command and every process it started; unlike the wall
+time it barely moves when other work loads the machine), the 1-minute load average before the runs,
+whether the two ``.npy`` files hold the same uids (and the same bytes), and DataComp's time over poolsieve's.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
 
 WORDS = {
     "en": ("a photo of the dog cat car house tree beautiful red blue green small big old new man woman child "
@@ -109,78 +121,114 @@ def generate_pool(folder: Path, rows: int, files: int, workers: int, seed: int =
     return paths
 
 
-def timed(fn, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return result, times
+CASES = (  # label, poolsieve spec, DataComp's baselines.py arguments (the two of issue 19's goal first)
+    ("clip_score L/14 fraction 0.3", "clip_score(model=l14, fraction=0.3)",
+     ["--name", "clip_score", "--arch", "l14", "--fraction", "0.3"]),
+    ("basic (language stored)", "basic", ["--name", "basic_filter"]),
+    ("clip_score B/32 threshold 0.3", "clip_score(model=b32, threshold=0.3)",
+     ["--name", "clip_score", "--arch", "b32", "--threshold", "0.3"]),
+    ("basic (language detected)", "basic(recompute_language=true)", ["--name", "basic_filter"]),
+    ("no_filter", "no_filter", ["--name", "no_filter"]),
+)
+
+
+def run_timed(cmd: list[str], env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> tuple[float, float, float]:
+    """(wall seconds of the whole command, CPU seconds of it and every process it started, 1-minute load
+    average just before it); exits on failure."""
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu, load
+
+
+def datacomp_env(args: argparse.Namespace) -> dict[str, str]:
+    from poolsieve.core.language import lid_model_path
+
+    return {**os.environ, "PYTHONPATH": str(HERE / "datacomp_offline"), "NO_ALBUMENTATIONS_UPDATE": "1",
+            "POOLSIEVE_DC_REPO": str(Path(args.datacomp).parent), "POOLSIEVE_DC_ASSETS": f"fasttext={lid_model_path()}"}
+
+
+def poolsieve_command() -> list[str]:
+    script = Path(sys.executable).parent / "poolsieve"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "poolsieve.pipeline.cli"]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pool", type=Path, default=Path("/tmp/poolsieve-bench/pool"))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/poolsieve-bench/filter-speed"),
+                    help="poolsieve's workspace and DataComp's outputs")
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--files", type=int, default=100)
-    ap.add_argument("--workers", type=int, default=2, help="processes for the reference; CPUs for poolsieve's Ray")
+    ap.add_argument("--workers", type=int, default=2, help="DataComp's --num_workers (and pool generation)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--fraction", type=float, default=0.3)
+    ap.add_argument("--datacomp", default=os.environ.get("DATACOMP_BASELINES", "/tmp/datacomp/baselines.py"))
+    ap.add_argument("--datacomp-python", default=os.environ.get("DATACOMP_PYTHON", "/tmp/dcenv/bin/python"))
+    ap.add_argument("--ray", action="store_true", help="also time poolsieve with a local Ray (--ray-above-mb 0)")
+    ap.add_argument("--only", help="comma list of case labels' first words to run (clip_score, basic, no_filter)")
     args = ap.parse_args()
 
-    import os
-
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    import datacomp_reference as reference
-
-    from poolsieve.core.runtime import Runtime
-    from poolsieve.filters.registry import ScoredPool, get_filter
-
     paths = generate_pool(args.pool, args.rows, args.files, args.workers)
-    str_paths = [str(p) for p in paths]
-
-    print("-- DataComp reference logic", flush=True)
-    reference_runs = {
-        "basic": timed(lambda: reference.basic(str_paths, args.workers), args.repeats),
-        "clip_score": timed(lambda: reference.clip_score_fraction(str_paths, SCORE_COLUMN, args.fraction,
-                                                                  args.workers)[0], args.repeats),
-    }
-
-    start = time.perf_counter()
-    ray_runtime = Runtime(executor="ray", num_cpus=args.workers)
-    ray_runtime.ensure_ray()
-    ray_start = time.perf_counter() - start
-    runtimes = {"ray": ray_runtime, "local": Runtime(executor="local")}
-    cases = {
-        ("basic", "language column"): ("basic", lambda pool: get_filter("basic")(pool)),
-        ("basic", "language computed"): ("basic", lambda pool: get_filter("basic")(pool, recompute_language=True)),
-        (f"clip_score l14 fraction {args.fraction}", "score column"): (
-            "clip_score", lambda pool: get_filter("clip_score")(pool, column=SCORE_COLUMN, fraction=args.fraction)),
-    }
+    shutil.rmtree(args.work, ignore_errors=True)
+    (args.work / "ws").mkdir(parents=True)
+    (args.work / "datacomp").mkdir()
+    env = datacomp_env(args)
+    ours = poolsieve_command()
+    cases = [c for c in CASES if not args.only or c[0].split()[0] in args.only.split(",")]
     rows = []
-    for (name, variant), (ref_name, ours) in cases.items():
-        print(f"-- poolsieve {name} ({variant})", flush=True)
-        ref_uids, ref_times = reference_runs[ref_name]
-        ref_med = statistics.median(ref_times)
-        for kind, rt in runtimes.items():
-            uids, times = timed(lambda rt=rt, ours=ours: ours(ScoredPool(paths, rt)), args.repeats)
-            med = statistics.median(times)
-            rows.append((name, variant, kind, len(uids), med, times[0], ref_med, len(ref_uids), ref_med / med,
-                         bool(np.array_equal(uids.to_pairs(), ref_uids))))
-    ray_runtime.shutdown()
+    for i, (label, spec, dc_args) in enumerate(cases):
+        name = f"case{i}"
+        dc_out = args.work / "datacomp" / f"{name}.npy"
+        dc_cmd = [args.datacomp_python, args.datacomp, *dc_args, "--metadata_dir", str(args.pool),
+                  "--save_path", str(dc_out), "--num_workers", str(args.workers)]
+        ps_cmd = [*ours, "filter", "-w", str(args.work / "ws"), "--tables", str(args.pool),
+                  "--spec", f"{name} = {spec}", "--overwrite"]
+        variants = {"poolsieve": ps_cmd, **({"poolsieve+ray": [*ps_cmd, "--ray-above-mb", "0"]} if args.ray else {})}
+        times: dict[str, list[float]] = {k: [] for k in ("datacomp", *variants)}
+        cpus: dict[str, list[float]] = {k: [] for k in times}
+        loads: list[float] = []
+        print(f"-- {label}", flush=True)
+        for _ in range(args.repeats):
+            for kind, cmd in {"datacomp": dc_cmd, **variants}.items():
+                seconds, cpu, load = (run_timed(cmd, env=env, cwd=Path(args.datacomp).parent)
+                                      if kind == "datacomp" else run_timed(cmd))
+                times[kind].append(seconds)
+                cpus[kind].append(cpu)
+                loads.append(load)
+            print("   " + "  ".join(f"{k} {v[-1]:.2f} s (CPU {cpus[k][-1]:.2f} s)" for k, v in times.items())
+                  + f"  (load {loads[-1]:.1f})", flush=True)
+        theirs = np.load(dc_out)
+        mine_path = args.work / "ws" / "subsets" / f"{name}.npy"
+        same = bool(np.array_equal(theirs, np.load(mine_path)))
+        same_bytes = dc_out.read_bytes() == mine_path.read_bytes()
+        med = {k: statistics.median(v) for k, v in times.items()}
+        cpu = {k: statistics.median(v) for k, v in cpus.items()}
+        rows.append((label, med, cpu, len(theirs), same, same_bytes, min(loads), max(loads)))
+        print("   median: " + "  ".join(f"{k} {v:.2f} s (CPU {cpu[k]:.2f} s)" for k, v in med.items())
+              + "  speed-up " + "  ".join(f"{med['datacomp'] / v:.1f}x (CPU {cpu['datacomp'] / cpu[k]:.1f}x)"
+                                          for k, v in med.items() if k != "datacomp")
+              + f"  uids {len(theirs):,} {'identical' if same else 'DIFFERENT'}", flush=True)
 
-    print(f"\npool: {args.rows:,} rows, {args.files} parquet files; {args.workers} workers; median of "
-          f"{args.repeats}; Ray start-up (not in the poolsieve/ray times): {ray_start:.1f} s; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    header = ("filter", "caption language", "executor", "uids", "poolsieve s", "1st run s", "DataComp ref s",
-              "ref uids", "speed-up", "identical")
-    widths = [28, 17, 8, 9, 11, 9, 14, 9, 8, 9]
+    print(f"\npool: {args.rows:,} rows in {args.files} parquet files ({sum(p.stat().st_size for p in paths) / 1e6:.0f} MB); "
+          f"DataComp --num_workers {args.workers}; {os.cpu_count()} CPUs; whole commands, median of {args.repeats}")
+    kinds = ["datacomp", "poolsieve", *(["poolsieve+ray"] if args.ray else [])]
+    header = ["case", *(f"{k} s (CPU s)" for k in kinds), *(f"{k} speed-up (CPU)" for k in kinds[1:]), "uids",
+              "identical", "load (1 min)"]
+    widths = [30, *([22] * len(kinds)), *([25] * (len(kinds) - 1)), 9, 10, 12]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    for r in rows:
-        cells = [r[0], r[1], r[2], f"{r[3]:,}", f"{r[4]:.2f}", f"{r[5]:.2f}", f"{r[6]:.2f}", f"{r[7]:,}",
-                 f"{r[8]:.1f}x", "yes" if r[9] else "NO"]
+    for label, med, cpu, count, same, same_bytes, lo, hi in rows:
+        cells = [label, *(f"{med[k]:.2f} ({cpu[k]:.2f})" for k in kinds),
+                 *(f"{med['datacomp'] / med[k]:.1f}x ({cpu['datacomp'] / cpu[k]:.1f}x)" for k in kinds[1:]),
+                 f"{count:,}", "bytes" if same_bytes else ("uids" if same else "NO"), f"{lo:.1f}-{hi:.1f}"]
         print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
-    return 0 if all(r[9] for r in rows) else 1
+    return 0 if all(r[4] for r in rows) else 1
 
 
 if __name__ == "__main__":
