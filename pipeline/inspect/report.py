@@ -28,6 +28,8 @@ from poolsieve.pipeline.inspect.grids import cards_from_rows, grid_html, load_th
 from poolsieve.pipeline.inspect.reasons import Explainer, score_thresholds, short_column
 from poolsieve.pipeline.inspect.report_data import (
     PoolSample,
+    bin_count,
+    dense_window,
     label_text,
     primary_label,
     sample_pool,
@@ -39,7 +41,9 @@ from poolsieve.pipeline.inspect.results import eval_table, loss_chart, runs_tabl
 
 SUMMARY_NAME = "summary.json"
 GRID_SIZE = 12
-BINS = 40
+# a close-up histogram when half the pool lies in under this share of the plotted range (a normal
+# distribution: 0.26, so only a narrow peak with long tails gets one)
+ZOOM_BELOW = 0.12
 SCATTER_POINTS = 3000
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;margin:0;background:#f6f8fa}
@@ -84,6 +88,26 @@ def _portable(value: Any, root: str) -> Any:
     return value
 
 
+def _histogram(sample: PoolSample, col: str, values: np.ndarray, ok: np.ndarray, lo: float, hi: float,
+               subsets: list[str], marks: list[tuple[str, float]], zoom: bool) -> str:
+    """The pool's and each subset's share per bin of ``col`` over ``[lo, hi]``. The whole range puts
+    the few values beyond it (under 0.5% each side) in the end bins; a close-up leaves them out."""
+    n = max(len(values), 1)
+    if zoom:
+        ok = ok & (values >= lo) & (values <= hi)
+    edges = np.linspace(lo, hi, bin_count(values[ok], lo, hi) + 1)
+    clipped = np.clip(values, lo, hi)
+
+    def share(mask: np.ndarray) -> np.ndarray:
+        return np.histogram(clipped[ok & mask], edges)[0] * 100.0 / n
+
+    title = (f"{col}: close-up where {ok.mean():.0%} of the pool lies" if zoom
+             else f"{col}: distribution in the pool and in each subset")
+    series = [charts.Series(name, share(sample.members[name])) for name in subsets]
+    return charts.histogram_svg(title, edges, share(np.ones(len(values), dtype=bool)), series, marks,
+                                x_title=f"{short_column(col)} (cosine similarity)", y_title="share of pool (%)")
+
+
 def _scores_section(sample: PoolSample, records: dict[str, dict[str, Any]]) -> list[str]:
     frame = sample.frame
     thresholds = score_thresholds(records)
@@ -92,7 +116,6 @@ def _scores_section(sample: PoolSample, records: dict[str, dict[str, Any]]) -> l
     if len(subsets) > len(charts.PALETTE):
         out.append(f'<p class="note">The histograms draw the first {len(charts.PALETTE)} of {len(subsets)} subsets.</p>')
         subsets = subsets[:len(charts.PALETTE)]
-    n = max(len(frame), 1)
     for col in sample.score_columns:
         values = frame[col].to_numpy(dtype=np.float64)
         ok = np.isfinite(values)
@@ -100,18 +123,13 @@ def _scores_section(sample: PoolSample, records: dict[str, dict[str, Any]]) -> l
             continue
         marks = [(name, v) for name, c, v in thresholds if c == col]
         lo, hi = score_range(values[ok], [v for _, v in marks])
-        edges = np.linspace(lo, hi, BINS + 1)
-        clipped = np.clip(values, lo, hi)
-
-        def share(mask: np.ndarray, clipped: np.ndarray = clipped, ok: np.ndarray = ok,
-                  edges: np.ndarray = edges) -> np.ndarray:
-            return np.histogram(clipped[ok & mask], edges)[0] * 100.0 / n
-
-        series = [charts.Series(name, share(sample.members[name])) for name in subsets]
-        out.append(charts.histogram_svg(f"{col}: distribution in the pool and in each subset", edges,
-                                        share(np.ones(len(frame), dtype=bool)), series, marks,
-                                        x_title=f"{short_column(col)} (cosine similarity)",
-                                        y_title="share of pool (%)"))
+        out.append(_histogram(sample, col, values, ok, lo, hi, subsets, marks, zoom=False))
+        d_lo, d_hi = dense_window(values[ok], 0.5)
+        if d_hi - d_lo < ZOOM_BELOW * (hi - lo):  # half the pool sits in a narrow peak: show it close up
+            pad = (d_hi - d_lo) or 1e-3
+            d_lo, d_hi = max(lo, d_lo - pad), min(hi, d_hi + pad)
+            inside = [(name, v) for name, v in marks if d_lo <= v <= d_hi]
+            out.append(_histogram(sample, col, values, ok, d_lo, d_hi, subsets, inside, zoom=True))
     if len(sample.score_columns) >= 2:
         a, b = sample.score_columns[:2]
         rows = seeded_rng("scatter").permutation(len(frame))[:SCATTER_POINTS]

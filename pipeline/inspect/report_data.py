@@ -164,3 +164,24 @@ def score_range(values: np.ndarray, extra: list[float]) -> tuple[float, float]:
         hi = lo + 1e-3
     pad = (hi - lo) * 0.02
     return lo - pad, hi + pad
+
+
+def bin_count(values: np.ndarray, lo: float, hi: float, least: int = 30, most: int = 100) -> int:
+    """Bins over ``[lo, hi]`` by the Freedman-Diaconis rule (width 2 IQR / n^(1/3)), kept within
+    ``[least, most]``: a narrow peak gets bins fine enough to show its shape."""
+    if len(values) < 2:
+        return least
+    q1, q3 = np.quantile(values, [0.25, 0.75])
+    width = 2.0 * float(q3 - q1) / len(values) ** (1 / 3)
+    return int(np.clip(np.ceil((hi - lo) / width), least, most)) if width > 0 else most
+
+
+def dense_window(values: np.ndarray, mass: float = 0.8) -> tuple[float, float]:
+    """The shortest interval that holds ``mass`` of the values (where most of the pool lies)."""
+    v = np.sort(values)
+    k = max(1, int(np.ceil(mass * len(v))))
+    if len(v) <= k:
+        return float(v[0]), float(v[-1])
+    widths = v[k - 1:] - v[:len(v) - k + 1]
+    i = int(np.argmin(widths))
+    return float(v[i]), float(v[i + k - 1])
