@@ -234,9 +234,9 @@ def _check_checksums(headers: list[tuple[int, bytes]], path: Path) -> None:
         return
     import numpy as np
 
-    rows = np.frombuffer(b"".join(h for _, h in headers), dtype=np.uint8).reshape(-1, BLOCK).astype(np.int64)
-    field = rows[:, 148:156]
-    actual = rows.sum(axis=1) - field.sum(axis=1) + 8 * 32
+    rows = np.frombuffer(b"".join(h for _, h in headers), dtype=np.uint8).reshape(-1, BLOCK)
+    field = rows[:, 148:156].astype(np.int64)
+    actual = rows.sum(axis=1, dtype=np.int64) - field.sum(axis=1) + 8 * 32
     digit = (field >= 48) & (field <= 55)
     after = np.cumsum(digit[:, ::-1], axis=1)[:, ::-1] - digit
     stored = (np.where(digit, field - 48, 0) * (8 ** np.minimum(after, 20))).sum(axis=1)
