@@ -92,3 +92,19 @@ def test_chart_ticks_are_round_and_cover_the_range():
     step = ticks[1] - ticks[0]
     assert [tick_label(t, step) for t in ticks[:3]] == ["0.10", "0.15", "0.20"]
     assert tick_label(12000, 2000) == "12k" and tick_label(2.5, 2.5) == "2.5"
+
+
+def test_histogram_range_bins_and_close_up_follow_the_data():
+    from poolsieve.pipeline.inspect.report_data import bin_count, dense_window, score_range
+
+    rng = np.random.default_rng(0)
+    peak = np.concatenate([rng.normal(0.9, 0.02, 7000), rng.uniform(-0.9, 0.6, 3000)])  # a scorer's shape
+    lo, hi = score_range(peak, [0.95])
+    assert lo < -0.85 and 0.95 < hi < 1.1
+    d_lo, d_hi = dense_window(peak, 0.5)
+    assert 0.85 < d_lo < d_hi < 0.95 and (d_hi - d_lo) < 0.12 * (hi - lo)  # the close-up is drawn
+    normal = rng.normal(0.3, 0.05, 10000)
+    n_lo, n_hi = score_range(normal, [])
+    w_lo, w_hi = dense_window(normal, 0.5)
+    assert (w_hi - w_lo) > 0.12 * (n_hi - n_lo)  # no close-up for a plain bell curve
+    assert 30 <= bin_count(normal, n_lo, n_hi) <= 100 and bin_count(peak[:7000], 0.8, 1.0) > 30
