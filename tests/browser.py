@@ -83,7 +83,11 @@ class Chromium:
                 return msg.get("result", {})
             self.events.append(msg)
 
-    def wait_for(self, event: str) -> dict[str, Any]:
+    def wait_for(self, event: str, since: int = 0) -> dict[str, Any]:
+        """The first ``event`` among the events from index ``since`` on (already seen, or still to come)."""
+        for msg in self.events[since:]:
+            if msg.get("method") == event:
+                return msg
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             msg = json.loads(self.ws.recv())
@@ -95,8 +99,9 @@ class Chromium:
     def open(self, url: str) -> None:
         self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height, deviceScaleFactor=1,
                   mobile=False)
+        since = len(self.events)
         self.call("Page.navigate", url=url)
-        self.wait_for("Page.loadEventFired")
+        self.wait_for("Page.loadEventFired", since)
 
     def evaluate(self, expression: str) -> Any:
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
