@@ -35,6 +35,12 @@ def runs_by_subset(summary: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
+def _threshold(step: dict[str, Any]) -> str:
+    """``threshold 0.902`` when the step recorded the threshold it cut at, else empty."""
+    value = (step.get("details") or {}).get("threshold")
+    return f"threshold {value:.4g}" if isinstance(value, (int, float)) else ""
+
+
 def _number(value: Any) -> str:
     return f"{value:,.3g}" if isinstance(value, float) else str(value)
 
@@ -57,16 +63,16 @@ def funnel_rows(ws: Workspace, summary: dict[str, Any], records: dict[str, dict[
     trained = runs_by_subset(summary)
     for name, sub in (summary.get("subsets") or {}).items():
         record = records.get(name) or {}
-        rows.append(Row(f"subset {name}", sub["uids"], record.get("expression") or "", 1))
+        whole = [s for s in record.get("steps") or [] if isinstance(s, dict) and s.get("step") == record.get("expression")]
+        rows.append(Row(f"subset {name}", sub["uids"], (record.get("expression") or "")
+                        + "".join(f"; {_threshold(s)}" for s in whole[-1:] if _threshold(s)), 1))
         # the steps of the spec, the last one (the whole expression: the subset itself) left out
         steps = [s for s in record.get("steps") or [] if isinstance(s, dict) and "count" in s
                  and s.get("step") != record.get("expression")]
         if steps:
             for step in steps:
-                extra = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                  for k, v in (step.get("details") or {}).items() if k == "threshold")
                 rows.append(Row(f"step {step.get('step')}", int(step["count"]),
-                                ("reused" if step.get("reused") else extra), 2))
+                                ("reused" if step.get("reused") else _threshold(step)), 2))
         meta_path = ws.filtered_dir(name) / "meta.json"
         if meta_path.exists():
             try:
@@ -93,9 +99,10 @@ def funnel_html(rows: list[Row]) -> str:
            '<th class="bar-cell"></th><th>detail</th></tr></thead><tbody>']
     for r in rows:
         share = (r.count or 0) / base
-        count = f"{r.count:,}" if r.count is not None else "?"
+        count = f"{r.count:,}" if r.count is not None else ""
+        shown = f"{share:.1%}" if r.count is not None else ""
         out.append(f'<tr class="level{r.level}"><td>{html.escape(r.stage)}</td><td class="num">{count}</td>'
-                   f'<td class="num">{share:.1%}</td><td class="bar-cell"><div class="bar" '
+                   f'<td class="num">{shown}</td><td class="bar-cell"><div class="bar" '
                    f'style="width:{min(share, 1.0) * 100:.1f}%"></div></td><td class="detail">{html.escape(r.detail)}</td></tr>')
     out.append("</tbody></table>")
     return "".join(out)
