@@ -45,6 +45,7 @@ RAW_SUBSETS = ("clip30", "image_clip45", "d2_pruning", "clip45", "basic_clip30")
 BASELINE = "no_filter"
 SCORER_SAMPLES_SEEN = 6144
 CLASSIFICATION_TASKS = ("Synthetic shape", "Synthetic colour")
+SAMPLES_SEEN: dict[str, int] = {}  # run -> samples its training saw (the trainer rounds the budget up)
 TOY = {"num_samples": 400, "eval_samples": 60, "retrieval_samples": 40, "target_samples": 60,
        "samples_seen": 512, "scorer_samples_seen": 1024, "seed_samples": 400, "seeds": 1}
 
@@ -159,7 +160,8 @@ def train_and_evaluate(ws: Any, name: str, seed: int, train: dict[str, Any], eva
 
     run = f"{name}__s{seed}"
     config = load_stage("train").config_from({k: v for k, v in train.items() if k != "subsets"} | {"seed": seed})
-    train_clip(ws.filtered_dir(name), ws.run_dir(run), config, name=run)
+    trained = train_clip(ws.filtered_dir(name), ws.run_dir(run), config, name=run)
+    SAMPLES_SEEN[run] = int(trained["samples_seen"])
     arch, checkpoint = checkpoint_of_run(ws.run_dir(run))
     eval_config = load_stage("evaluate").config_from({k: v for k, v in evaluate.items() if k != "subsets"})
     summary = evaluate_model(ModelSpec(arch, checkpoint), eval_config.tasks, ws.eval_dir(run), eval_config,
@@ -337,7 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tasks, quality = quality_rows(results, sizes, {n: s for n, (_, s, _) in subsets.items()})
     kinds, defects = defect_rows(ws, list(subsets))
     timings["total"] = time.monotonic() - t0
-    out = {"tasks": tasks, "quality": quality, "labels": kinds, "defects": defects, "timings": timings,
+    out = {"samples_seen": sorted(set(SAMPLES_SEEN.values())), "tasks": tasks, "quality": quality, "labels": kinds, "defects": defects, "timings": timings,
            "seeds": seeds, "train": train, "pool": pool, "scorers": {k: ws.rel(v) for k, v in checkpoints.items()}}
     (args.json or ws.root / "filter_quality.json").write_text(json.dumps(out, indent=1, default=float))
     return out
@@ -347,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = run(args)
     print()
-    print(f"Zero-shot results of a tiny CLIP trained on each subset ({out['train'].get('samples_seen')} samples "
-          f"seen, {len(out['seeds'])} training seed(s); mean over seeds):")
+    seen = " or ".join(f"{n:,}" for n in out["samples_seen"])
+    print(f"Zero-shot results of a tiny CLIP trained on each subset ({seen} samples seen, "
+          f"{len(out['seeds'])} training seed(s); mean over seeds):")
     print(format_quality(out["tasks"], out["quality"]))
     print()
     print("What each subset removed, per labelled defect of the pool (share removed; clean: share kept):")

@@ -105,6 +105,9 @@ def test_captions_follow_the_defects(pool) -> None:
     clean_hashes = set(clean["sha256"])
     assert len(dups) and dups["sha256"].isin(clean_hashes).all()
     assert dups["copy_of"].isin(set(clean["uid"])).all()
+    position = {u: i for i, u in enumerate(rows["uid"])}
+    after = [position[r.uid] > position[r.copy_of] for r in dups.itertuples()]
+    assert sum(after) >= 0.9 * len(after)  # keeping the first of a group keeps the original
     off = rows[rows["defect"] == "off_task"]
     assert len(off) and not any(s in t for t in off["text"] for s in ("circle", "square", "triangle"))
 

@@ -39,6 +39,7 @@ clutter): D2 pruning's balance of easy and hard. Everything is a deterministic f
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
 import io
 import json
@@ -264,7 +265,9 @@ def generate_pool(root: str | Path, spec: PoolSpec) -> dict[str, Any]:
         difficulty = ""
         source = ""
         if defect in COPY_DEFECTS and clean:
-            j = clean[int(srng.integers(len(clean)))]
+            # the source comes earlier in the pool where it can, so "keep the first" keeps the original
+            earlier = clean[:bisect.bisect_left(clean, i)] or clean
+            j = earlier[int(srng.integers(len(earlier)))]
             shape, colour, difficulty = labels[j]["shape"], labels[j]["colour"], labels[j]["difficulty"]
             data = (images_dir / f"{rows[j]['uid']}.jpg").read_bytes()
             if defect == "near_duplicate":
