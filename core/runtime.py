@@ -289,8 +289,7 @@ class Runtime:
                 results[i] = get_result(ray, ref, _describe(units[i]))
                 progress.update(1, items(results[i]) if items else 0, item_unit)
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            _cancel(ray, list(pending), force=True, wait=False)
         return results
 
 
@@ -346,7 +345,7 @@ class ActorPool:
             yield item[0], result
 
     def close(self) -> None:
-        if not self.local:
+        if not self.local and self._ray.is_initialized():
             for a in self.actors:
                 with contextlib.suppress(Exception):
                     self._ray.kill(a)
@@ -395,7 +394,11 @@ def _as_completed(ray: Any, units: Iterable[Any], submit: Callable[[Any], Any], 
 
 
 def _cancel(ray: Any, refs: list[Any], *, force: bool, wait: bool = True) -> None:
-    """Cancel what a stream started; wait (a while) for the tasks to stop before their files are cleaned up."""
+    """Cancel what a stream started; wait (a while) for the tasks to stop before their files are cleaned up.
+    Nothing to do once this process has left Ray (its tasks end with it): a stream closed late, by the
+    garbage collector after ``Runtime.shutdown``, must not call Ray (that would start or join a Ray again)."""
+    if not refs or not ray.is_initialized():
+        return
     for ref in refs:
         with contextlib.suppress(Exception):
             ray.cancel(ref, force=force)
@@ -437,11 +440,19 @@ def _as_function(fn: Callable[[U], R]) -> Callable[[U], R]:
 
 
 def _describe(unit: Any) -> str:
-    """A unit as the user knows it: its file when it has one."""
+    """A unit as the user knows it: its file when it has one (or an element of it has, for a tuple)."""
+    return _file_of(unit) or (unit if isinstance(unit, str) else str(unit)[:200])
+
+
+def _file_of(unit: Any) -> str | None:
+    if isinstance(unit, os.PathLike):
+        return os.fspath(unit)
+    if isinstance(unit, tuple):
+        return next((f for f in map(_file_of, unit) if f is not None), None)
     for attr in ("tar_path", "path", "tar"):
         if isinstance(getattr(unit, attr, None), (str, os.PathLike)):
             return str(getattr(unit, attr))
-    return unit if isinstance(unit, str) else str(unit)[:200]
+    return None
 
 
 def get_result(ray: Any, ref: Any, what: str | None = None) -> Any:

@@ -188,3 +188,14 @@ def test_evaluate_with_ray_address_equals_one_machine(pool, cluster, tmp_path):
 
     assert metrics(tmp_path / "ray") == metrics(tmp_path / "local")
     assert len(metrics(tmp_path / "local")) == 2
+
+
+def test_a_stream_closed_after_the_driver_left_ray_does_not_rejoin(cluster, cluster_runtime):
+    """A stage's stream that the garbage collector closes after ``Runtime.shutdown`` (an error ended the
+    command) must not call Ray: Ray would start or join a cluster again and the command would not exit."""
+    stream = cluster_runtime.stream(lambda x: time.sleep(x) or x, [0, 30, 30], max_in_flight=3)
+    assert next(stream) == (0, 0)
+    ray.shutdown()
+    stream.close()  # its cleanup runs now
+    assert not ray.is_initialized()
+    cluster_runtime.ensure_ray()  # the next test's driver
