@@ -13,10 +13,11 @@ the config's ``filter.subsets`` mapping is made. Examples::
 
 Where the filters run: in this process unless Ray pays for itself. Ray is used when ``--ray-address``
 names a cluster (already running: nothing to start), when this process already runs Ray (``run``
-after ``score``), or when the files the filters read exceed ``--ray-above-mb`` (default 2000 MB: the
+after ``score``), or when the files the filters read exceed ``--ray-above-mb`` (default 500 MB: the
 score tables, plus the ``.npz`` embeddings when a filter of the spec takes an ``embedding``
-parameter). Starting and stopping a local Ray costs about 6 s on 2 cores, while one process filters
-1M rows of score table (about 75 MB) in 1-2 s, so below that size Ray would only add its start-up.
+parameter). Starting and stopping a local Ray costs about 6 s on 2 cores; one process filters 1M rows
+of score table (about 75 MB) with ``clip_score`` or ``basic`` in 2-3 CPU seconds, so Ray's two
+workers win back their start-up only past about 12 s of such work, near 500 MB (6-7M rows).
 ``--executor local`` always filters in this process; ``--ray-above-mb 0`` always uses Ray. The
 subsets are the same either way.
 
@@ -47,7 +48,7 @@ from poolsieve.core.subsets import check_subset_record, write_subset_pair
 from poolsieve.core.uids import UidSet
 from poolsieve.core.workspace import Workspace
 
-RAY_ABOVE_MB = 2000.0
+RAY_ABOVE_MB = 500.0
 
 
 @dataclass
