@@ -5,8 +5,8 @@ The terminal shows poolsieve's own output only: progress, summaries, one-line er
 has a workspace, at ``<workspace>/logs/<command>.log``), everything else goes to that file:
 
 * log records of every library (Ray's start-up and token-authentication banners, the Hugging Face
-  hub's per-retry warnings, open_clip's notes, ...): a handler on the root logger, and the libraries'
-  own terminal handlers (huggingface_hub, datasets) pointed at the file;
+  hub's per-retry warnings, open_clip's notes, ...): a handler on the root logger, which also takes
+  the place of the libraries' own terminal handlers (Ray's, datasets', ...) for the command;
 * warnings other than poolsieve's own (webdataset's, torch's, ...);
 * the output of Ray's workers that Ray forwards to this process (``route_ray_output``), without its
   colour codes; a ``PoolsieveWarning`` raised in a worker still reaches the terminal as one line;
@@ -53,7 +53,7 @@ class StageLog:
         self.terminal = terminal  # where poolsieve's own messages go while libraries write here
         self.handler = _Handler(logging.INFO)  # on the root logger and on each logger claimed
         self.claimed: list[tuple[logging.Logger, logging.Handler]] = []  # terminal handlers taken off
-        self.fed: list[logging.Logger] = []  # loggers that do not propagate, given ``handler``
+        self.fed: list[logging.Logger] = []  # loggers given ``handler`` in their place
         self._file: TextIO | None = None
         self._pending = [header] if header else []
         self._lock = threading.Lock()
@@ -88,12 +88,7 @@ class StageLog:
                 self._file = None
 
 
-_active: StageLog | None = None
-
-
-def active() -> StageLog | None:
-    """The log of the running command, or None."""
-    return _active
+_active: StageLog | None = None  # the log of the running command
 
 
 class _Handler(logging.Handler):
