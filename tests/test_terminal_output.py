@@ -99,6 +99,7 @@ def _colour_task(folder: Path, n: int = 12) -> Path:
     return folder
 
 
+@pytest.mark.slow  # a subprocess that imports torch, open_clip and clip_benchmark: 15-70 s on 2 busy cores
 def test_evaluate_keeps_clip_benchmark_bars_and_webdataset_warnings_in_the_log(tmp_path: Path) -> None:
     task = _colour_task(tmp_path / "colours")
     ws = tmp_path / "ws"
@@ -217,6 +218,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 60) -> No
     raise AssertionError(f"nothing listens on port {port}")
 
 
+@pytest.mark.slow  # three subprocesses, one a real img2dataset download over HTTP: 15-60 s on 2 busy cores
 def test_generate_prints_serve_and_download_commands_that_work_as_printed(tmp_path: Path) -> None:
     from poolsieve.pipeline.demo.image_server import free_port
 
