@@ -153,11 +153,6 @@ def score_pool(ws: Workspace, config: ScoreConfig, runtime: Runtime, *, overwrit
     return summary
 
 
-def shard_is_scored(ws: Workspace, shard: str) -> bool:
-    """Whether the shard has a whole score table (whatever its models)."""
-    return ws.score_table_path(shard).exists() and ws.embeddings_path(shard).exists()
-
-
 _SCORE_COLUMN = re.compile(r"^clip_(.+)_similarity_score$")
 
 
