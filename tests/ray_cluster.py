@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-# Nodes are declared dead within about two seconds of their raylet's death.
-FAST_HEALTH_CHECKS = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+# Nodes are declared dead within about two seconds of their raylet's death. Ray's memory monitor is off: it
+# kills workers when the whole machine runs short, and on a shared test machine others use the memory.
+SYSTEM_CONFIG = {"health_check_period_ms": 500, "health_check_failure_threshold": 3, "memory_monitor_refresh_ms": 0}
 
 
 @contextlib.contextmanager
@@ -31,7 +32,7 @@ def ray_cluster(head_cpus: int = 1) -> Iterator[Any]:
     if ray.is_initialized():  # a Ray of another test: this one drives its own cluster
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": head_cpus, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS})
+        "num_cpus": head_cpus, "include_dashboard": False, "_system_config": SYSTEM_CONFIG})
     try:
         yield cluster
     finally:
