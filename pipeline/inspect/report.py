@@ -63,7 +63,7 @@ th,td{border-bottom:1px solid #e5e8eb;padding:3px 10px;text-align:left;vertical-
 th{background:#f6f8fa}.num{text-align:right;font-variant-numeric:tabular-nums}
 td.best{font-weight:700;background:#dafbe1}tr.group td{background:#f6f8fa;font-weight:600}
 tr.group td.best{background:#aceebb}
-table.funnel{width:100%}.funnel .bar-cell{width:28%}.funnel .bar{height:12px;background:#4e79a7;border-radius:2px}
+table.funnel{width:100%}.funnel td:first-child{white-space:nowrap}.funnel .bar-cell{width:24%}.funnel .bar{height:12px;background:#4e79a7;border-radius:2px}
 .funnel tr.level1 td:first-child{padding-left:22px;font-weight:600}.funnel tr.level2 td:first-child{padding-left:40px}
 .funnel tr.level2 .bar{background:#a0bcd8}.funnel .detail{color:#57606a;font-size:12px}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(132px,1fr));gap:10px}
