@@ -2,7 +2,9 @@
 survives the loss of its worker node midway, and its output equals a one-machine run.
 
 The worker node is SIGKILLed (raylet and workers) while one of its workers runs the stage's task, found by
-its process title (see ``ray_cluster``). Reshard's own test is ``test_integrity_ray_node.py``.
+its process title (see ``ray_cluster``): download's shard tasks, score's readers and encoder worker,
+image_based's per-table tasks. Evaluate runs in the driver's own process, so its test checks that it works
+and gives the same results with ``--ray-address``. Reshard's own test is ``test_integrity_ray_node.py``.
 """
 
 from __future__ import annotations
