@@ -11,7 +11,8 @@ untouched; ``benchmarks/datacomp_offline/`` on its ``PYTHONPATH`` only makes its
 return the ``lid.176.ftz`` poolsieve uses (``lid.176.bin`` cannot be fetched here), so its spawned workers
 load that model file. poolsieve's side is ``poolsieve filter -w WS --tables POOL --spec ...`` as installed,
 with its defaults (a pool this size is filtered in-process: no Ray start); ``--ray`` adds a column with
-``--ray-above-mb 0`` (a local Ray started and stopped by the command).
+``--ray-above-mb 0`` (a local Ray started and stopped by the command; its CPU figure misses the Ray
+workers', which are not the command's own children, so only its wall time compares).
 
 The pool: DataComp-metadata columns (uid, url, text, original_width/height, clip_b32/l14 scores;
 captions of 1-40 words, 60% English, 1% with a newline; scores rounded to 4 decimals so the cut has
