@@ -36,7 +36,7 @@ def make_served_pool(root: Path, n: int, per_file: int, seed: int = 0, **server_
     server = ImageServer(root / "synthetic", **server_kwargs).start()
     rates = {"too_small": 0.05, "non_english": 0.05}
     generate_pool(root, PoolSpec(num_samples=n, samples_per_file=per_file, image_size=96, seed=seed,
-                                 base_url=server.url, defect_rates=rates))
+                                 base_url=server.url, defect_rates=rates, hard_rate=0.0))  # hard shapes blur little
     ws = Workspace.open(root)
     meta = pd.concat([pd.read_parquet(f) for f in ws.metadata_files()], ignore_index=True)
     return ServedPool(ws, server, meta)
