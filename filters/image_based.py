@@ -36,6 +36,7 @@ import numpy as np
 from poolsieve.core.devices import resolve_device, task_resources
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import embedding_keys
+from poolsieve.core.language import count_fasttext_tokens
 from poolsieve.core.uids import UidSet, hex_to_keys
 from poolsieve.core.workspace import Workspace
 
@@ -50,8 +51,12 @@ DATACOMP_CLUSTERS = 100_000
 
 def caption_filter_mask(table: Any, language: str = "en") -> np.ndarray:
     """DataComp's caption filter over a members table: words > 1, characters > 5, language == ``language``
-    (score's stored counts and language where the table has them, computed otherwise)."""
+    (score's stored language where the table has it, computed otherwise). Words are counted as DataComp
+    counts them here, with fastText's tokenizer (a newline is a token); basic's ``str.split`` count is
+    used only for a table without captions."""
     words, chars = caption_stats(table)
+    if "text" in table.column_names:
+        words = count_fasttext_tokens(table["text"])
     return language_mask(table, (words > 1) & (chars > 5), language, recompute=False)
 
 

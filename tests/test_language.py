@@ -84,3 +84,22 @@ def test_language_module_is_light():
     code = "import sys, poolsieve.core.language; print('fasttext' in sys.modules, 'pyarrow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_fasttext_token_count_follows_fasttexts_tokenizer() -> None:
+    """fastText's readWord: split on `` \\n\\r\\t\\v\\f\\0`` only, one end-of-sentence token per newline."""
+    from poolsieve.core.language import count_fasttext_tokens
+
+    texts = ["a\nb", "a \n b", "a\n\nb", "", None, "x\u00a0y z", "a\tb\rc", "  lead trail  ", "a\x00b", "\n"]
+    assert list(count_fasttext_tokens(texts)) == [3, 3, 4, 0, 0, 2, 3, 2, 2, 1]
+
+
+def test_image_based_caption_filter_counts_words_as_datacomp() -> None:
+    """DataComp's image_based caption filter counts fastText tokens: 'landscape\\n' has 2, so it passes."""
+    import pyarrow as pa
+
+    from poolsieve.filters.image_based import caption_filter_mask
+
+    table = pa.table({"text": ["landscape\n", "landscape", "a red car"], "language": ["en", "en", "en"],
+                      "caption_words": [1, 1, 3], "caption_length": [10, 9, 9]})
+    assert list(caption_filter_mask(table)) == [True, False, True]
