@@ -93,3 +93,39 @@ def check_param_names(filter_name: str, params: dict, allowed) -> None:
     unknown = sorted(set(params) - set(names))
     if unknown:
         raise ConfigError(f"filter {filter_name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(names)}")
+
+
+def reference_file(pool: ScoredPool, name: str, missing_hint: str) -> Path:
+    """A reference set (``references/<name>.npz`` of the pool's workspace) or a path to an ``.npz``."""
+    from poolsieve.core.workspace import Workspace
+
+    path = Path(name)
+    if path.suffix != ".npz":
+        path = Workspace(Path(pool.tables[0]).parent.parent).reference_path(name)
+    if not path.exists():
+        raise InputError(path, f"reference set {name!r} not found ({missing_hint})")
+    return path
+
+
+def read_reference_arrays(path: Path, image_key: str | None, sha256: bool = False) -> tuple[np.ndarray | None, set[str]]:
+    """(image embeddings ``[rows >= 1, dim]`` or None when ``image_key`` is None, sha256 digests when
+    asked) of a reference ``.npz``; anything unreadable or misshapen is bad input naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            if sha256 and "sha256" not in files:
+                raise InputError(path, "has no sha256 digests (embed it again with this version of `score --reference`)")
+            hashes = {str(h) for h in z["sha256"]} if sha256 else set()
+            if image_key is None:
+                return None, hashes
+            if image_key not in files:
+                raise InputError(path, f"has no {image_key} (keys: {', '.join(sorted(files))}); embed it with the "
+                                       "pool's model")
+            emb = z[image_key]
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+        raise InputError(path, f"not a readable .npz file ({e})") from None
+    if emb.ndim != 2 or len(emb) == 0:
+        raise InputError(path, f"{image_key} has shape {emb.shape}, expected (rows >= 1, dim)")
+    return emb, hashes

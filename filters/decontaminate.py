@@ -40,7 +40,7 @@ from poolsieve.core.formats import embedding_keys
 from poolsieve.core.uids import UidSet, hex_to_keys
 from poolsieve.core.workspace import Workspace
 
-from ._embeddings import pick_embedding_key
+from ._embeddings import pick_embedding_key, read_reference_arrays, reference_file
 from .columns import read_members
 from .registry import ScoredPool, register
 from .semdedup import unit_rows
@@ -48,37 +48,13 @@ from .semdedup import unit_rows
 ROWS_PER_BLOCK_BUDGET = 2**25  # (pool row, reference image) similarities held at once
 
 
-def reference_path(pool: ScoredPool, reference: str) -> Path:
-    path = Path(reference)
-    if path.suffix != ".npz":
-        path = Workspace(Path(pool.tables[0]).parent.parent).reference_path(reference)
-    if not path.exists():
-        raise InputError(path, f"reference set {reference!r} not found (embed the evaluation images first: "
-                               f"poolsieve score --reference FOLDER --name {path.stem})")
-    return path
-
-
-def load_reference(path: Path, image_key: str | None, exact: bool) -> tuple[set[str], np.ndarray | None]:
+def load_reference(pool: ScoredPool, reference: str, image_key: str | None,
+                   exact: bool) -> tuple[set[str], np.ndarray | None]:
     """(sha256 digests, unit image embeddings or None) of the reference set."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            files = set(z.files)
-            if exact and "sha256" not in files:
-                raise InputError(path, "has no sha256 digests (embed it again with this version of `score --reference`)")
-            hashes = {str(h) for h in z["sha256"]} if exact else set()
-            if image_key is None:
-                return hashes, None
-            if image_key not in files:
-                raise InputError(path, f"has no {image_key} (keys: {', '.join(sorted(files))}); embed it with the "
-                                       "pool's model")
-            emb = z[image_key]
-    except InputError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
-        raise InputError(path, f"not a readable .npz file ({e})") from None
-    if emb.ndim != 2 or len(emb) == 0:
-        raise InputError(path, f"{image_key} has shape {emb.shape}, expected (rows >= 1, dim)")
-    return hashes, unit_rows(emb)
+    path = reference_file(pool, reference, "embed the evaluation images first: "
+                                           f"poolsieve score --reference FOLDER --name {Path(reference).stem}")
+    emb, hashes = read_reference_arrays(path, image_key, sha256=exact)
+    return hashes, None if emb is None else unit_rows(emb)
 
 
 def metadata_digests(pool: ScoredPool) -> dict[str, str]:
@@ -134,7 +110,7 @@ def decontaminate(pool: ScoredPool, *, reference: str = "eval_tasks", embedding:
     if threshold is None and not exact:
         raise ConfigError("decontaminate: with threshold null and exact false nothing would be compared")
     image_key = embedding_keys(pick_embedding_key(pool, embedding))[0] if threshold is not None else None
-    hashes, ref = load_reference(reference_path(pool, reference), image_key, bool(exact))
+    hashes, ref = load_reference(pool, reference, image_key, bool(exact))
     by_uid = metadata_digests(pool) if hashes else {}
 
     def one(table: Path) -> Any:

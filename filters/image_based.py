@@ -38,9 +38,8 @@ from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import embedding_keys
 from poolsieve.core.language import count_fasttext_tokens
 from poolsieve.core.uids import UidSet, hex_to_keys
-from poolsieve.core.workspace import Workspace
 
-from ._embeddings import pick_embedding_key
+from ._embeddings import pick_embedding_key, read_reference_arrays, reference_file
 from ._kmeans import kmeans, nearest_centroid
 from .basic import CAPTION_STATS, caption_stats, language_mask
 from .columns import read_members
@@ -76,23 +75,8 @@ def _image_rows(table: Path, image_key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def load_target(pool: ScoredPool, target: str, image_key: str) -> np.ndarray:
     """The target set's image embeddings: a reference name in the workspace or a path to an npz."""
-    path = Path(target)
-    if path.suffix != ".npz":
-        path = Workspace(Path(pool.tables[0]).parent.parent).reference_path(target)
-    if not path.exists():
-        raise InputError(path, f"target set {target!r} not found (score a labelled image set into references/ first)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if image_key not in z.files:
-                raise InputError(path, f"has no {image_key} (keys: {', '.join(z.files)}); score it with the pool's model")
-            emb = z[image_key]
-    except InputError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
-        raise InputError(path, f"not a readable .npz file ({e})") from None
-    if emb.ndim != 2 or len(emb) == 0:
-        raise InputError(path, f"{image_key} has shape {emb.shape}, expected (rows >= 1, dim)")
-    return emb
+    path = reference_file(pool, target, "score a labelled image set into references/ first")
+    return read_reference_arrays(path, image_key)[0]
 
 
 def _check(clusters, iterations, sample_ratio) -> None:
