@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.workspace import Workspace
@@ -62,10 +63,17 @@ def records(ws: Workspace) -> dict[str, tuple[bytes, dict]]:
     return out
 
 
-def test_small_pools_are_filtered_in_process(tmp_path: Path) -> None:
+def test_small_pools_are_filtered_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import poolsieve.pipeline.filter.stage as filter_stage
+
     ws = make_pool(tmp_path / "pool")
     tables = ws.score_tables()
     ray = Runtime(executor="ray")
+    # A Ray already running in this process (another test's) is always used: checked first, then the
+    # size rule on its own.
+    monkeypatch.setattr(filter_stage, "_ray_running", lambda: True)
+    assert filter_runtime(ray, tables, False, RAY_ABOVE_MB) is ray
+    monkeypatch.setattr(filter_stage, "_ray_running", lambda: False)
     assert filter_runtime(ray, tables, False, RAY_ABOVE_MB).executor == "local"  # a few kB: in-process
     assert filter_runtime(ray, tables, False, 0) is ray  # over the limit: the Ray runtime, still not started
     cluster = Runtime(executor="ray", address="127.0.0.1:1")
