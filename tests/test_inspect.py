@@ -108,3 +108,12 @@ def test_histogram_range_bins_and_close_up_follow_the_data():
     w_lo, w_hi = dense_window(normal, 0.5)
     assert (w_hi - w_lo) > 0.12 * (n_hi - n_lo)  # no close-up for a plain bell curve
     assert 30 <= bin_count(normal, n_lo, n_hi) <= 100 and bin_count(peak[:7000], 0.8, 1.0) > 30
+
+
+def test_a_label_read_from_two_sources_is_shown_once() -> None:
+    """The built-in pool carries its defect in the metadata and in labels.parquet: one label on the card."""
+    from poolsieve.pipeline.inspect.report_data import label_text
+
+    row = {"poolsieve_defect": "near_duplicate", "defect": "near_duplicate", "other": "x"}
+    assert label_text(row, ["poolsieve_defect", "defect"]) == "near_duplicate"
+    assert label_text({"poolsieve_defect": "none", "defect": "none"}, ["poolsieve_defect", "defect"]) == ""

@@ -134,7 +134,8 @@ def label_text(row: Any, label_columns: list[str]) -> str:
             value = ", ".join(str(v) for v in value)
         if value is None or (isinstance(value, float) and np.isnan(value)) or str(value) in ("", "none", "clean"):
             continue
-        parts.append(str(value))
+        if str(value) not in parts:  # the same label from the metadata and from labels.parquet once
+            parts.append(str(value))
     return "; ".join(parts)
 
 
