@@ -204,21 +204,12 @@ def scan_pread(path: Path) -> int:
     return found
 
 
-def scan_tarfile(path: Path) -> int:
-    """``tarfile`` in random-access mode over a 16 MiB buffered file (it seeks past member data)."""
+def scan_tarfile(path: Path, stream: bool = False) -> int:
+    """``tarfile`` in random-access mode over a 16 MiB buffered file (it seeks past member data), or in
+    stream mode (``r|``, its default buffer: every byte passes through Python)."""
     found = 0
-    with open(path, "rb", buffering=16 << 20) as f, tarfile.open(fileobj=f, mode="r:") as tf:
-        for m in tf:
-            if m.isreg() and m.name.endswith(".json"):
-                json.loads(tf.extractfile(m).read())
-                found += 1
-    return found
-
-
-def scan_tarfile_stream(path: Path) -> int:
-    """``tarfile`` in stream mode (``r|``, its default buffer): every byte passes through Python."""
-    found = 0
-    with open(path, "rb", buffering=0) as f, tarfile.open(fileobj=f, mode="r|") as tf:
+    buffering = 0 if stream else 16 << 20
+    with open(path, "rb", buffering=buffering) as f, tarfile.open(fileobj=f, mode="r|" if stream else "r:") as tf:
         for m in tf:
             if m.isreg() and m.name.endswith(".json"):
                 json.loads(tf.extractfile(m).read())
@@ -241,7 +232,7 @@ def scan_webdataset(path: Path) -> int:
 
 SCANNERS: dict[str, Callable[[Path], int]] = {
     "tar_io blocks": scan_blocks, "pread per header": scan_pread, "tarfile r: 16MiB": scan_tarfile,
-    "tarfile r| stream": scan_tarfile_stream, "webdataset": scan_webdataset}
+    "tarfile r| stream": lambda p: scan_tarfile(p, stream=True), "webdataset": scan_webdataset}
 
 
 def _unit_members(unit: WriteUnit) -> list[tuple[str, bytes]]:
