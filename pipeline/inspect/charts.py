@@ -56,6 +56,12 @@ def tick_label(value: float, step: float) -> str:
     return f"{value:,.{decimals}f}"
 
 
+def _along(v: float, ticks: list[float], start: float, end: float) -> float:
+    """Where ``v`` falls between ``start`` (the first tick) and ``end`` (the last) on the page."""
+    lo, hi = ticks[0], ticks[-1]
+    return start + (v - lo) / ((hi - lo) or 1.0) * (end - start)
+
+
 @dataclass
 class Frame:
     """The x and y ranges of a chart and where its plot area lies."""
@@ -82,12 +88,10 @@ class Frame:
         return self.height - MARGIN_BOTTOM
 
     def x(self, v: float) -> float:
-        lo, hi = self.x_ticks[0], self.x_ticks[-1]
-        return self.left + (v - lo) / ((hi - lo) or 1.0) * (self.right - self.left)
+        return _along(v, self.x_ticks, self.left, self.right)
 
     def y(self, v: float) -> float:
-        lo, hi = self.y_ticks[0], self.y_ticks[-1]
-        return self.bottom - (v - lo) / ((hi - lo) or 1.0) * (self.bottom - self.top)
+        return _along(v, self.y_ticks, self.bottom, self.top)
 
 
 def _esc(text: object) -> str:
