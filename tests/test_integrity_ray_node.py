@@ -9,12 +9,13 @@ Ray gives a busy worker (``ray::scan_shard`` / ``ray::write_shard``).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from factories import make_samples, write_img2dataset_shards
-from ray_cluster import add_worker, ray_cluster, run_killing_a_node
+from ray_cluster import add_worker, hold_cpus, ray_cluster, run_killing_a_node
 
 from poolsieve.core.errors import PoolsieveError
 from poolsieve.core.formats import write_subset
@@ -36,8 +37,20 @@ def cluster():
 
 
 def reshard_killing_a_node(cluster: Any, ws: Workspace, cfg: ReshardConfig, runtime: Runtime) -> dict[str, Any]:
-    """Start the reshard on a head and a worker node; SIGKILL the worker node while it runs a task."""
-    outcome = run_killing_a_node(cluster, lambda: reshard(ws, cfg, runtime, overwrite=True), TASK_TITLES)
+    """Start the reshard on a head and a worker node; SIGKILL the worker node while it runs a task. The head's
+    CPU is held for the first seconds, so that the first tasks land on the worker node (on a fast head they
+    could all run there before the worker node took one)."""
+    import ray
+
+    def run() -> dict[str, Any]:
+        held = hold_cpus(cluster.head_node, 1, seconds=6)
+        time.sleep(2)  # the head's CPU is taken before reshard places its tasks
+        try:
+            return reshard(ws, cfg, runtime, overwrite=True)
+        finally:
+            ray.get(held)
+
+    outcome = run_killing_a_node(cluster, run, TASK_TITLES)
     if "result" in outcome:
         outcome["summary"] = outcome.pop("result")
     return outcome
