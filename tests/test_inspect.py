@@ -117,3 +117,20 @@ def test_a_label_read_from_two_sources_is_shown_once() -> None:
     row = {"poolsieve_defect": "near_duplicate", "defect": "near_duplicate", "other": "x"}
     assert label_text(row, ["poolsieve_defect", "defect"]) == "near_duplicate"
     assert label_text({"poolsieve_defect": "none", "defect": "none"}, ["poolsieve_defect", "defect"]) == ""
+
+
+def test_label_table_reports_removal_recall_and_precision() -> None:
+    """8 pairs, 4 defective: a subset that removes 3 defects and 1 clean pair has recall 75%, precision 75%."""
+    from poolsieve.pipeline.inspect.report import _label_table
+    from poolsieve.pipeline.inspect.report_data import PoolSample
+
+    labels = ["none", "none", "none", "none", "mismatch", "mismatch", "too_small", "too_small"]
+    kept = np.array([True, True, True, False, False, False, False, True])
+    sample = PoolSample(pd.DataFrame({"poolsieve_defect": labels}), [], ["poolsieve_defect"], {"clip30": kept})
+    page = _label_table(sample)
+    assert "defects removed (recall)</th><td class=\"num\">4</td><td class=\"num\">75%" in page
+    assert "removed that were defects (precision)</th><td class=\"num\">4</td><td class=\"num\">75%" in page
+    assert "<td>mismatch</td><td class=\"num\">2</td><td class=\"num\">0%" in page  # both mismatches removed
+    unlabelled = PoolSample(pd.DataFrame({"poolsieve_defect": ["a", "b"]}), [], ["poolsieve_defect"],
+                            {"s": np.array([True, False])})
+    assert "recall" not in _label_table(unlabelled)  # no value names the clean pairs: no removal figures

@@ -27,6 +27,7 @@ from poolsieve.pipeline.inspect.funnel import funnel_html, funnel_rows
 from poolsieve.pipeline.inspect.grids import cards_from_rows, grid_html, load_thumbnails
 from poolsieve.pipeline.inspect.reasons import Explainer, score_thresholds, short_column
 from poolsieve.pipeline.inspect.report_data import (
+    CLEAN_LABELS,
     PoolSample,
     bin_count,
     dense_window,
@@ -149,7 +150,9 @@ def _scores_section(sample: PoolSample, records: dict[str, dict[str, Any]]) -> l
 
 
 def _label_table(sample: PoolSample) -> str:
-    """For a labelled pool: per label value, the share of the sampled pairs each subset keeps."""
+    """For a labelled pool: per label value, the share of the sampled pairs each subset keeps; where the
+    labels name clean pairs (``none``/``clean``), each subset's removal recall over all defects and its
+    removal precision (the share of the pairs it removed that were defective)."""
     label = primary_label(sample)
     if label is None or not sample.members:
         return ""
@@ -162,8 +165,26 @@ def _label_table(sample: PoolSample) -> str:
         rows = values == value
         cells = "".join(f'<td class="num">{sample.members[n][rows].mean():.0%}</td>' for n in names)
         out.append(f'<tr><td>{html.escape(value)}</td><td class="num">{count:,}</td>{cells}</tr>')
-    out.append("</tbody></table>")
+    clean = np.isin(values, list(CLEAN_LABELS))
+    if clean.any() and (~clean).any():  # removal figures: the share of defects removed, of removed that were defects
+        out.append("</tbody><tfoot>")
+        for title, figure in (("defects removed (recall)", _removal_recall),
+                              ("removed that were defects (precision)", _removal_precision)):
+            cells = "".join(f'<td class="num">{figure(sample.members[n], clean)}</td>' for n in names)
+            out.append(f'<tr><th>{title}</th><td class="num">{int((~clean).sum()):,}</td>{cells}</tr>')
+        out.append("</tfoot></table>")
+    else:
+        out.append("</tbody></table>")
     return "".join(out)
+
+
+def _removal_recall(member: np.ndarray, clean: np.ndarray) -> str:
+    return f"{(~member[~clean]).mean():.0%}"
+
+
+def _removal_precision(member: np.ndarray, clean: np.ndarray) -> str:
+    removed = ~member
+    return f"{(~clean[removed]).mean():.0%}" if removed.any() else "-"
 
 
 def _subset_sections(ws: Workspace, sample: PoolSample, records: dict[str, dict[str, Any]]) -> list[str]:

@@ -124,6 +124,9 @@ def _with_labels(ws: Workspace, frame: Any) -> tuple[Any, list[str]]:
     return frame, found
 
 
+CLEAN_LABELS = ("none", "clean")  # label values that mean "no defect"
+
+
 def label_text(row: Any, label_columns: list[str]) -> str:
     """The row's defect labels as short text (``none``/empty values left out)."""
     primary = [c for c in label_columns if is_label_column(c)] or label_columns[:1]
@@ -132,7 +135,7 @@ def label_text(row: Any, label_columns: list[str]) -> str:
         value = row.get(c)
         if isinstance(value, (list, tuple, np.ndarray)):
             value = ", ".join(str(v) for v in value)
-        if value is None or (isinstance(value, float) and np.isnan(value)) or str(value) in ("", "none", "clean"):
+        if value is None or (isinstance(value, float) and np.isnan(value)) or str(value) in ("", *CLEAN_LABELS):
             continue
         if str(value) not in parts:  # the same label from the metadata and from labels.parquet once
             parts.append(str(value))
