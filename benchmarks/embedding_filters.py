@@ -61,6 +61,8 @@ def generate_pool(root: Path, rows: int, shards: int, dim: int, seed: int = 0, k
     spec = {"rows": rows, "shards": shards, "dim": dim, "seed": seed, "key": key, "noise": noise}
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return
+    for stale in root.glob("exact-knn-*.npy"):  # exact neighbours of a pool generated before
+        stale.unlink()
     rng = np.random.default_rng(seed)
     topics = max(2, rows // 50)
     img_centres = unit(rng.standard_normal((topics, dim), dtype=np.float32))
@@ -184,7 +186,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         out.update(method=graph.method, nlist=graph.nlist, nprobe=graph.nprobe, candidates=graph.candidates,
                    calibrated_recall=graph.calibrated_recall)
         if args.recall_sample and graph.method == "ivf":
-            out.update(measure_recall(pool, graph, args.recall_sample, args.k))
+            out.update(measure_recall(pool, graph, args.recall_sample, args.k, args.workdir))
     runtime.shutdown()
     return out
 
@@ -195,8 +197,9 @@ def graph_device_is_cuda() -> bool:
     return cuda_available()
 
 
-def measure_recall(pool, graph, sample: int, k: int) -> dict:
-    """recall@k of the graph's neighbours against exact search, on ``sample`` seeded rows."""
+def measure_recall(pool, graph, sample: int, k: int, cache_dir: Path) -> dict:
+    """recall@k of the graph's neighbours against exact search, on ``sample`` seeded rows (the exact
+    neighbours are searched once per pool and kept in ``cache_dir``)."""
     from poolsieve.filters._embeddings import load_all, pick_embedding_key
 
     try:
@@ -208,9 +211,14 @@ def measure_recall(pool, graph, sample: int, k: int) -> dict:
     t0 = time.perf_counter()
     features = load_all(pool, pick_embedding_key(pool, None), "image+text")
     rows = np.sort(np.random.default_rng(12345).choice(len(features), size=min(sample, len(features)), replace=False))
-    device = "cuda" if graph_device_is_cuda() else "cpu"
-    d, i = flat_index(features).search(features[rows], k + 1, 1, device, desc="exact kNN (recall sample)")
-    _, exact = remove_self(d, i, rows)
+    cache = cache_dir / f"exact-knn-{len(features)}-{len(rows)}-{k}.npy"
+    if cache.exists():  # every implementation is measured against the same exact neighbours: search once
+        exact = np.load(cache)
+    else:
+        device = "cuda" if graph_device_is_cuda() else "cpu"
+        d, i = flat_index(features).search(features[rows], k + 1, 1, device, desc="exact kNN (recall sample)")
+        _, exact = remove_self(d, i, rows)
+        np.save(cache, exact)
     recall = recall_at_k(graph.neighbors[rows], exact)
     return {"recall_at_k": recall, "recall_sample": len(rows), "recall_exact_s": time.perf_counter() - t0}
 
