@@ -73,6 +73,7 @@ table.funnel{width:100%}.funnel td:first-child{white-space:nowrap}.funnel .bar-c
 background:#f0f2f4}.card .no-image{line-height:112px;text-align:center;color:#8c959f}
 .card .caption{overflow-wrap:anywhere}.card .score{color:#0969da}.card .label{color:#8250df}
 .card .reason{color:#cf222e}.pair{display:grid;grid-template-columns:1fr 1fr;gap:18px}
+.scroll{overflow-x:auto;max-width:100%}
 details summary{cursor:pointer;margin:10px 0 4px;color:#0969da}
 @media (max-width:900px){.pair{grid-template-columns:1fr}}
 """
@@ -158,8 +159,9 @@ def _label_table(sample: PoolSample) -> str:
         return ""
     values = sample.frame[label].astype(str).to_numpy()
     names = list(sample.members)
-    out = ['<table class="results"><thead><tr><th>' + html.escape(label) + '</th><th class="num">pairs</th>'
-           + "".join(f'<th class="num">kept by {html.escape(n)}</th>' for n in names) + "</tr></thead><tbody>"]
+    out = ['<p class="note">The share of each label\'s pairs that each subset keeps.</p><div class="scroll">'
+           '<table class="results labels"><thead><tr><th>' + html.escape(label) + '</th><th class="num">pairs</th>'
+           + "".join(f'<th class="num">{html.escape(n)}</th>' for n in names) + "</tr></thead><tbody>"]
     uniq, counts = np.unique(values, return_counts=True)
     for value, count in sorted(zip(uniq, counts, strict=True), key=lambda vc: -vc[1]):
         rows = values == value
@@ -172,9 +174,9 @@ def _label_table(sample: PoolSample) -> str:
                               ("removed that were defects (precision)", _removal_precision)):
             cells = "".join(f'<td class="num">{figure(sample.members[n], clean)}</td>' for n in names)
             out.append(f'<tr><th>{title}</th><td class="num">{int((~clean).sum()):,}</td>{cells}</tr>')
-        out.append("</tfoot></table>")
+        out.append("</tfoot></table></div>")
     else:
-        out.append("</tbody></table>")
+        out.append("</tbody></table></div>")
     return "".join(out)
 
 
