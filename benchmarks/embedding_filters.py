@@ -191,36 +191,56 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     return out
 
 
-def graph_device_is_cuda() -> bool:
-    from poolsieve.core.devices import cuda_available
+def recall_rows(n: int, sample: int) -> np.ndarray:
+    """The seeded rows whose recall@k is measured."""
+    return np.sort(np.random.default_rng(12345).choice(n, size=min(sample, n), replace=False))
 
-    return cuda_available()
+
+def exact_cache(workdir: Path, sample: int, k: int) -> Path:
+    return workdir / f"exact-knn-{sample}-{k}.npy"
+
+
+def exact_neighbours(workdir: Path, sample: int, k: int) -> Path:
+    """Search the recall sample's exact ``k`` neighbours once per pool (faiss's exact flat index, the
+    fastest exact search here: it is the reference, not a contestant) and keep them in ``workdir``."""
+    import faiss
+
+    from poolsieve.core.runtime import Runtime
+    from poolsieve.core.workspace import Workspace
+    from poolsieve.filters._embeddings import load_all, pick_embedding_key
+    from poolsieve.filters.knn.graph import remove_self
+    from poolsieve.filters.registry import ScoredPool
+
+    cache = exact_cache(workdir, sample, k)
+    if cache.exists():
+        return cache
+    t0 = time.perf_counter()
+    pool = ScoredPool(Workspace.open(workdir).score_tables(), Runtime(executor="local"))
+    features = np.ascontiguousarray(load_all(pool, pick_embedding_key(pool, None), "image+text"), dtype=np.float32)
+    rows = recall_rows(len(features), sample)
+    index = faiss.IndexFlatL2(features.shape[1])
+    index.add(features)
+    exact = np.empty((len(rows), k), dtype=np.int64)
+    for lo in range(0, len(rows), 1000):  # in blocks, with progress
+        d, i = index.search(features[rows[lo:lo + 1000]], k + 1)
+        exact[lo:lo + 1000] = remove_self(d, i, rows[lo:lo + 1000])[1]
+        print(f"exact kNN of the recall sample: {min(lo + 1000, len(rows)):,}/{len(rows):,} rows "
+              f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+    np.save(cache, exact)
+    print(f"exact kNN of {len(rows):,} rows against {len(features):,} in {time.perf_counter() - t0:.0f}s", flush=True)
+    return cache
 
 
 def measure_recall(pool, graph, sample: int, k: int, cache_dir: Path) -> dict:
-    """recall@k of the graph's neighbours against exact search, on ``sample`` seeded rows (the exact
-    neighbours are searched once per pool and kept in ``cache_dir``)."""
-    from poolsieve.filters._embeddings import load_all, pick_embedding_key
-
+    """recall@k of the graph's neighbours against the exact neighbours ``exact_neighbours`` found."""
     try:
-        from poolsieve.filters.knn.graph import recall_at_k, remove_self
-        from poolsieve.filters.knn.index import flat_index
+        from poolsieve.filters.knn.graph import recall_at_k
     except ImportError:  # the hand-written revision
-        from poolsieve.filters._knn import flat_index, recall_at_k, remove_self
+        from poolsieve.filters._knn import recall_at_k
 
-    t0 = time.perf_counter()
-    features = load_all(pool, pick_embedding_key(pool, None), "image+text")
-    rows = np.sort(np.random.default_rng(12345).choice(len(features), size=min(sample, len(features)), replace=False))
-    cache = cache_dir / f"exact-knn-{len(features)}-{len(rows)}-{k}.npy"
-    if cache.exists():  # every implementation is measured against the same exact neighbours: search once
-        exact = np.load(cache)
-    else:
-        device = "cuda" if graph_device_is_cuda() else "cpu"
-        d, i = flat_index(features).search(features[rows], k + 1, 1, device, desc="exact kNN (recall sample)")
-        _, exact = remove_self(d, i, rows)
-        np.save(cache, exact)
-    recall = recall_at_k(graph.neighbors[rows], exact)
-    return {"recall_at_k": recall, "recall_sample": len(rows), "recall_exact_s": time.perf_counter() - t0}
+    exact = np.load(exact_cache(cache_dir, sample, k))
+    rows = recall_rows(len(graph.neighbors), sample)
+    return {"recall_at_k": recall_at_k(graph.neighbors[rows], exact), "recall_sample": len(rows)}
 
 
 # ------------------------------------------------------------------------------------ main
@@ -253,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     generate_pool(args.workdir, args.rows, args.shards, args.dim, noise=args.noise)
     print(f"pool: {args.rows:,} rows, {args.shards} shards, {args.dim}-d image + text fp16 "
           f"(ready in {time.perf_counter() - t0:.0f}s) at {args.workdir}", flush=True)
+    if "d2_pruning" in args.filters.split(",") and args.recall_sample:
+        exact_neighbours(args.workdir, args.recall_sample, args.k)
     results = []
     for name in args.filters.split(","):
         first = None
