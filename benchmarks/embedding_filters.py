@@ -178,7 +178,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     out["load_avg_start"] = load0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out["cpu_s"] = usage.ru_utime + usage.ru_stime
-    out["peak_rss_gib"] = usage.ru_maxrss / 2**20
+    out["peak_rss_gib"] = peak_rss_gib()
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized():
         out["peak_gpu_gib"] = sys.modules["torch"].cuda.max_memory_allocated() / 2**30
     print(f"RESULT {json.dumps(out)}", file=sys.stderr, flush=True)
@@ -189,6 +189,16 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
             out.update(measure_recall(pool, graph, args.recall_sample, args.k, args.workdir))
     runtime.shutdown()
     return out
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory since its exec (``VmHWM``; ``ru_maxrss`` would carry over the
+    parent's high-water mark through fork and exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def recall_rows(n: int, sample: int) -> np.ndarray:
@@ -264,17 +274,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impl", default="both", choices=["both", *IMPLS])
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--impl-one", default="default", help=argparse.SUPPRESS)
+    p.add_argument("--exact", action="store_true", help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(args.one, args)))
+        return 0
+    if args.exact:
+        exact_neighbours(args.workdir, args.recall_sample, args.k)
         return 0
     t0 = time.perf_counter()
     generate_pool(args.workdir, args.rows, args.shards, args.dim, noise=args.noise)
     print(f"pool: {args.rows:,} rows, {args.shards} shards, {args.dim}-d image + text fp16 "
           f"(ready in {time.perf_counter() - t0:.0f}s) at {args.workdir}", flush=True)
     if "d2_pruning" in args.filters.split(",") and args.recall_sample:
-        exact_neighbours(args.workdir, args.recall_sample, args.k)
+        # in a child process of its own, so that this one stays small while the timed runs go on
+        subprocess.run([sys.executable, __file__, "--exact", *argv], check=True)
     results = []
     for name in args.filters.split(","):
         first = None
