@@ -186,7 +186,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         out.update(method=graph.method, nlist=graph.nlist, nprobe=graph.nprobe, candidates=graph.candidates,
                    calibrated_recall=graph.calibrated_recall)
         if args.recall_sample and graph.method == "ivf":
-            out.update(measure_recall(pool, graph, args.recall_sample, args.k, args.workdir))
+            out.update(measure_recall(graph, args.recall_sample, args.k, args.workdir))
     runtime.shutdown()
     return out
 
@@ -241,7 +241,7 @@ def exact_neighbours(workdir: Path, sample: int, k: int) -> Path:
     return cache
 
 
-def measure_recall(pool, graph, sample: int, k: int, cache_dir: Path) -> dict:
+def measure_recall(graph, sample: int, k: int, cache_dir: Path) -> dict:
     """recall@k of the graph's neighbours against the exact neighbours ``exact_neighbours`` found."""
     try:
         from poolsieve.filters.knn.graph import recall_at_k
