@@ -167,16 +167,16 @@ def _label_table(sample: PoolSample) -> str:
         rows = values == value
         cells = "".join(f'<td class="num">{sample.members[n][rows].mean():.0%}</td>' for n in names)
         out.append(f'<tr><td>{html.escape(value)}</td><td class="num">{count:,}</td>{cells}</tr>')
+    out.append("</tbody>")
     clean = np.isin(values, list(CLEAN_LABELS))
     if clean.any() and (~clean).any():  # removal figures: the share of defects removed, of removed that were defects
-        out.append("</tbody><tfoot>")
+        out.append("<tfoot>")
         for title, figure in (("defects removed (recall)", _removal_recall),
                               ("removed that were defects (precision)", _removal_precision)):
             cells = "".join(f'<td class="num">{figure(sample.members[n], clean)}</td>' for n in names)
             out.append(f'<tr><th>{title}</th><td class="num">{int((~clean).sum()):,}</td>{cells}</tr>')
-        out.append("</tfoot></table></div>")
-    else:
-        out.append("</tbody></table></div>")
+        out.append("</tfoot>")
+    out.append("</table></div>")
     return "".join(out)
 
 
