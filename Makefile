@@ -11,10 +11,12 @@ install: $(STAMP)
 # torch/torchvision are pinned here (the builds on this machine's disk); pyproject keeps ranges.
 $(STAMP): pyproject.toml .ci/system-deps
 	.ci/system-deps
+	@avail=$$(df -Pk . | awk 'NR==2 {print $$4}'); if [ "$$avail" -lt 9437184 ]; then \
+	  echo "make install: warning: $$((avail / 1048576)) GiB free here; the venv (CUDA build of torch) takes about 7 GiB" >&2; fi
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-cache-dir --upgrade pip
+	$(BIN)/pip install -q --no-cache-dir torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q --no-cache-dir -e ".[dev]"
 	touch $(STAMP)
 
 quickstart: $(STAMP)

@@ -5,7 +5,8 @@ subsets made by the filter stage, a reshard, training runs with losses, a full 3
 rendered by ``poolsieve inspect --html``; the page is loaded from a copy of the report folder and
 checked: every image decodes, every plot has axis titles and tick labels, no legend covers its plot
 area, no chart text falls outside its chart, the JSON summary is a linked file, the console is clean.
-Full-page screenshots go to ``$POOLSIEVE_TEST_ARTIFACTS`` (default: the test's tmp folder).
+Full-page screenshots go to ``$POOLSIEVE_TEST_ARTIFACTS`` (default: ``test-artifacts/`` in the checkout,
+which outlives pytest's tmp folders).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def test_report_in_headless_chromium(tmp_path):
     page = (copied / "index.html").read_text()
     assert str(ws.root) not in page and str(tmp_path) not in page
     assert str(ws.root) not in (copied / "summary.json").read_text()
-    artefacts = Path(os.environ.get("POOLSIEVE_TEST_ARTIFACTS") or tmp_path / "artefacts")
+    artefacts = Path(os.environ.get("POOLSIEVE_TEST_ARTIFACTS") or Path(__file__).parents[1] / "test-artifacts")
 
     with Chromium(width=1280, height=900) as browser:
         browser.open((copied / "index.html").as_uri())
