@@ -19,7 +19,7 @@ defects, a shift toward off-task images, easy and hard examples, planted copies 
    every subset and every labelled defect of the pool, the share of defective samples removed and of
    clean samples kept (removal recall per defect, removal precision).
 
-    python benchmarks/filter_quality.py --workspace /tmp/fq            # the full run (~45 min on 2 idle cores)
+    python benchmarks/filter_quality.py --workspace /tmp/fq            # the full run (31 min on 2 quiet cores)
     python benchmarks/filter_quality.py --workspace /tmp/fq --toy      # one seed, a tiny pool (minutes)
 
 Everything is resumable: a rerun skips the stages, runs and evaluations already complete. The figures
