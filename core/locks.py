@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import PoolsieveError
+from .untrusted_files import open_no_follow
 
 
 def lock_path(target: str | Path) -> Path:
@@ -35,7 +36,7 @@ def exclusive(target: str | Path, wait: float = 0.0) -> Iterator[Path]:
     target = Path(target)
     path = lock_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = open_no_follow(path)  # a symlink planted in its place is refused, never written through
     try:
         deadline = time.monotonic() + wait
         while True:
