@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -31,3 +32,27 @@ class ConfigError(PoolsieveError):
 
 class PoolsieveWarning(UserWarning):
     """A result that is usable but short of what was asked (the CLI prints it on one line)."""
+
+
+# OSErrors the user's machine causes, not poolsieve: reported like a PoolsieveError (one line, exit 2).
+_USER_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EMFILE: "too many open files (raise `ulimit -n`)",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+def user_os_error(error: BaseException) -> str | None:
+    """One line for an ``OSError`` the user's machine caused (no space, read-only, permission), naming the
+    path and what to do; ``None`` for any other error (a bug, which keeps its traceback)."""
+    if not isinstance(error, OSError) or error.errno not in _USER_ERRNOS:
+        return None
+    where = error.filename if error.filename is not None else "a file"
+    if error.filename2 is not None:
+        where = f"{where} -> {error.filename2}"
+    return f"{where}: {_USER_ERRNOS[error.errno]} [errno {error.errno}]; free space or fix permissions and rerun " \
+           "(whole units already written are kept)"

@@ -6,7 +6,8 @@ on them first with ``cli_action(ctx, args) -> int | None`` (an int ends the comm
 command with ``run_cli(ctx, args) -> int`` (``run``, ``quickstart``, ``generate``). Every
 subcommand takes ``--workspace`` and ``--config``; stages run their units on Ray (a local Ray is
 started for the run unless ``--ray-address`` names a cluster). A ``PoolsieveError`` ends the command
-with a one-line reason on stderr and exit code 2.
+with a one-line reason on stderr and exit code 2, and so does an ``OSError`` the machine causes
+(no space, read-only file system, permission denied).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from poolsieve.core.config import load_config, section
-from poolsieve.core.errors import ConfigError, PoolsieveError, PoolsieveWarning
+from poolsieve.core.errors import ConfigError, PoolsieveError, PoolsieveWarning, user_os_error
 from poolsieve.core.runtime import EXECUTORS, Runtime
 from poolsieve.core.stage_log import capture, log_path
 from poolsieve.core.workspace import Workspace
@@ -198,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_stage(mod.STAGE, ctx, args)
     except PoolsieveError as e:
         print(f"poolsieve {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # no space, read-only, permission: the machine's, not a bug; anything else keeps its traceback
+        if (line := user_os_error(e)) is None:
+            raise
+        print(f"poolsieve {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"poolsieve {args.command}: interrupted; completed units are kept, rerun to resume", file=sys.stderr)
