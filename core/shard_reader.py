@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
-TEXT_EXTENSIONS = ("txt",)
+from .member_kinds import IMAGE_KINDS as IMAGE_EXTENSIONS
+from .member_kinds import TEXT_KINDS as TEXT_EXTENSIONS
 
 
 @dataclass
