@@ -155,7 +155,7 @@ def train_and_evaluate(ws: Any, name: str, seed: int, train: dict[str, Any], eva
     from poolsieve.core.models import ModelSpec
     from poolsieve.eval.cli import checkpoint_of_run
     from poolsieve.eval.evaluator import evaluate_model
-    from poolsieve.pipeline.experiment import load_stage
+    from poolsieve.pipeline.commands import stage as load_stage
     from poolsieve.train.trainer import train_clip
 
     run = f"{name}__s{seed}"

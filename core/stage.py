@@ -3,11 +3,13 @@
 A stage is one step of the pipeline (download, score, filter, reshard, train, evaluate, ...). It
 declares, once:
 
-* ``name`` and a one-line ``help``;
+* ``name``: its section of a config file (its subcommand, one-line help and module are listed in
+  ``pipeline/commands.py``);
 * ``config``: a dataclass whose fields are the stage's options, each written once with ``option``
   (default, help, and how it shows on the command line). The YAML section ``<name>:`` takes the field
   names as keys; the CLI flags are derived from them (``samples_per_shard`` -> ``--samples-per-shard``);
-* ``reads`` / ``writes``: the workspace folders it reads and writes (documentation, ``inspect``);
+* ``reads`` / ``writes``: the workspace folders it reads and writes (shown by ``poolsieve NAME --help``;
+  each one a folder ``core/workspace.py`` names);
 * ``run(workspace, config, runtime, *, overwrite=False) -> summary``: the work, unit by unit, through
   the runtime; the summary is a JSON-able dict;
 * ``report(summary)``: prints the one-screen summary at the end of a command (optional);
@@ -19,8 +21,8 @@ class ReshardConfig:
     subset: str | None = option(None, "subset name (subsets/NAME.npy) or a DataComp uid .npy file")
     shard_size: int = option(10_000, "samples per output shard (DataComp's)")
 
-STAGE = Stage("reshard", "copy a uid subset out of the pool into training shards", ReshardConfig,
-              reads=("shards/", "subsets/"), writes=("filtered/",), run=reshard, report=print_report)
+STAGE = Stage("reshard", ReshardConfig, reads=("shards/", "subsets/"), writes=("filtered/",), run=reshard,
+              report=print_report)
 ```
 
 ``poolsieve <name>`` and ``poolsieve run`` both go through ``Stage.config_from``: a YAML section plus
@@ -64,7 +66,6 @@ class Stage:
     """One pipeline step: its name, its options, what it reads and writes, and how it runs."""
 
     name: str
-    help: str
     config: type
     run: Callable[..., dict[str, Any]]
     reads: tuple[str, ...] = ()

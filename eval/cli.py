@@ -121,5 +121,5 @@ def _num(v: Any) -> Any:
     return float("nan") if v is None else float(v)
 
 
-STAGE = Stage("evaluate", "zero-shot evaluation of a trained model", EvalConfig, run=evaluate, report=report,
+STAGE = Stage("evaluate", EvalConfig, run=evaluate, report=report,
               reads=("runs/",), writes=("evals/",), per_subset=True)

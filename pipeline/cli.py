@@ -1,11 +1,10 @@
 """``poolsieve``: one subcommand per stage, plus ``run`` (a whole experiment) and ``quickstart``.
 
-A stage module declares ``STAGE`` (``poolsieve.core.stage.Stage``): its flags are derived from its
-config and ``run_stage`` runs it. A module may add CLI-only flags with ``add_arguments(parser)``, act
-on them first with ``cli_action(ctx, args) -> int | None`` (an int ends the command), or take over the
-command with ``run_cli(ctx, args) -> int`` (``run``, ``quickstart``, ``generate``). Every
-subcommand takes ``--workspace`` and ``--config``; stages run their units on Ray (a local Ray is
-started for the run unless ``--ray-address`` names a cluster). A ``PoolsieveError`` ends the command
+The commands and the hooks their modules declare are listed in ``pipeline/commands.py``; the parser
+imports only the module of the command given (``poolsieve filter --help`` imports neither torch nor
+Ray). A stage's flags are derived from its config and ``run_stage`` runs it. Every subcommand takes
+``--workspace`` and ``--config``; stages run their units on Ray (a local Ray is started for the run
+unless ``--ray-address`` names a cluster). A ``PoolsieveError`` ends the command
 with a one-line reason on stderr and exit code 2, and so does an ``OSError`` the machine causes
 (no space, read-only file system, permission denied).
 """
@@ -14,37 +13,23 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib
 import re
 import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn
 
 from poolsieve.core.config import load_config, section
 from poolsieve.core.errors import ConfigError, PoolsieveError, PoolsieveWarning, user_os_error
 from poolsieve.core.runtime import EXECUTORS, Runtime
+from poolsieve.core.stage import Stage
 from poolsieve.core.stage_log import capture, log_path
 from poolsieve.core.workspace import Workspace
-
-# subcommand -> (module, one-line help). Modules import heavy dependencies inside functions only.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("poolsieve.pipeline.demo.synthetic_pool", "generate the built-in synthetic pool (metadata + image server files)"),
-    "download": ("poolsieve.pipeline.download.stage", "fetch the pool's images into webdataset shards with img2dataset"),
-    "score": ("poolsieve.pipeline.score.stage", "CLIP scores and embeddings for every downloaded pair"),
-    "filter": ("poolsieve.pipeline.filter.stage", "make uid subsets from the score tables with filters and set algebra"),
-    "reshard": ("poolsieve.pipeline.reshard.stage", "copy a uid subset out of the pool into training shards"),
-    "train": ("poolsieve.train.cli", "train a fixed-budget CLIP on a resharded subset with open_clip"),
-    "train-scorer": ("poolsieve.pipeline.train_scorer", "train a CLIP scorer on your own seed data (for score, "
-                     "when no pretrained weights can be had)"),
-    "evaluate": ("poolsieve.eval.cli", "zero-shot evaluation of a trained model"),
-    "inspect": ("poolsieve.pipeline.inspect.stage", "summaries of a workspace: pool, scores, subsets, runs, evals"),
-    "submit": ("poolsieve.pipeline.submit", "validate a subset and write a DataComp submission folder"),
-    "run": ("poolsieve.pipeline.experiment", "run a whole experiment from one YAML config"),
-    "quickstart": ("poolsieve.pipeline.demo.quickstart", "end-to-end demo on the built-in pool (no network)"),
-}
+from poolsieve.pipeline import commands
+from poolsieve.pipeline.commands import Hooks
 
 
 @dataclass
@@ -75,25 +60,23 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="redo units that are already complete")
 
 
-def add_module_arguments(p: argparse.ArgumentParser, mod: Any) -> None:
-    """The stage's option flags (from ``STAGE.config``) and the module's CLI-only flags."""
-    stage = getattr(mod, "STAGE", None)
-    if stage is not None:
-        stage.add_arguments(p)
-    if hasattr(mod, "add_arguments"):
-        mod.add_arguments(p)
+def add_command_arguments(p: argparse.ArgumentParser, hooks: Hooks) -> None:
+    """The stage's option flags (from ``STAGE.config``), the module's CLI-only flags and the common ones."""
+    if hooks.stage is not None:
+        hooks.stage.add_arguments(p)
+    if hooks.add_arguments is not None:
+        hooks.add_arguments(p)
+    add_common_options(p)
 
 
 def stage_parser(command: str) -> argparse.ArgumentParser:
     """The parser of one subcommand alone (its own flags plus the common ones), for library and test use."""
-    module, short = COMMANDS[command]
-    p = SuggestingParser(prog=f"poolsieve {command}", description=short)
-    add_module_arguments(p, importlib.import_module(module))
-    add_common_options(p)
+    p = SuggestingParser(prog=f"poolsieve {command}", description=commands.command(command).help)
+    add_command_arguments(p, commands.command(command).hooks())
     return p
 
 
-def run_stage(stage: Any, ctx: StageContext, args: argparse.Namespace) -> int:
+def run_stage(stage: Stage, ctx: StageContext, args: argparse.Namespace) -> int:
     """One stage as a command: its config section plus the flags, its run, its one-screen summary."""
     ws = ctx.workspace(create=stage.creates_workspace)
     for config in stage.configs_from(ctx.section(stage.name), args):  # a per-subset stage: once per --subset
@@ -125,7 +108,26 @@ def help_text(doc: str) -> str:
     return text.replace("``", "").strip()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def description(name: str, hooks: Hooks) -> str:
+    """A subcommand's ``--help`` text: its module docstring (``run``: all of it, with the experiment YAML;
+    the others: the first paragraph), and for a stage the workspace folders it reads and writes."""
+    doc = help_text(hooks.doc or commands.command(name).help)
+    text = doc if name == "run" else doc.split("\n\n")[0]
+    if hooks.stage is not None and (hooks.stage.reads or hooks.stage.writes):
+        text += (f"\n\nworkspace folders it reads: {', '.join(hooks.stage.reads) or 'none'}; "
+                 f"writes: {', '.join(hooks.stage.writes) or 'none'}")
+    return text
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv``: its first word that is not an option (the top parser's options
+    take no values)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``poolsieve`` parser: every subcommand listed, only ``command``'s options built (its module
+    is the only one imported)."""
     parser = SuggestingParser(
         prog="poolsieve",
         description="Curate image-text training data the DataComp way: download -> score once -> filter many "
@@ -133,22 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"poolsieve {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, short) in COMMANDS.items():
-        mod = importlib.import_module(module)
-        doc = help_text(mod.__doc__ or short)
-        # `run --help` shows the whole page (the experiment YAML); other stages their first paragraph
-        p = sub.add_parser(name, help=short, description=doc if name == "run" else doc.split("\n\n")[0],
+    for entry in commands.COMMANDS:
+        if entry.name != command:
+            sub.add_parser(entry.name, help=entry.help, add_help=False)
+            continue
+        hooks = entry.hooks()
+        p = sub.add_parser(entry.name, help=entry.help, description=description(entry.name, hooks),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_module_arguments(p, mod)
-        add_common_options(p)
-        p.set_defaults(_module=module)
+        add_command_arguments(p, hooks)
+        p.set_defaults(_hooks=hooks)
     parser.stage_parsers = sub.choices  # type: ignore[attr-defined]
     return parser
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("poolsieve")
     except PackageNotFoundError:  # running from a source tree that is not installed
@@ -180,7 +180,9 @@ _default_format_warning = warnings.formatwarning
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = command_of(argv)
+    parser = build_parser(command if command in commands.BY_NAME else None)
     args, extra = parser.parse_known_args(argv)
     if extra:  # the subcommand's own parser names the closest of its options
         parser.stage_parsers.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
@@ -189,14 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         ctx = make_context(args)
-        mod = importlib.import_module(args._module)
+        hooks: Hooks = args._hooks
         log = log_path(ctx.workspace_path, args.command) if ctx.workspace_path is not None else None
-        with capture(log, f"poolsieve {' '.join(sys.argv[1:] if argv is None else argv)}"), ctx.runtime:
-            if hasattr(mod, "run_cli"):
-                return int(mod.run_cli(ctx, args) or 0)
-            if hasattr(mod, "cli_action") and (rc := mod.cli_action(ctx, args)) is not None:
+        with capture(log, f"poolsieve {' '.join(argv)}"), ctx.runtime:
+            if hooks.run_cli is not None:
+                return int(hooks.run_cli(ctx, args) or 0)
+            if hooks.cli_action is not None and (rc := hooks.cli_action(ctx, args)) is not None:
                 return int(rc)  # a CLI-only action (--list-scales, --download DIR) that ends the command
-            return run_stage(mod.STAGE, ctx, args)
+            return run_stage(hooks.stage, ctx, args)
     except PoolsieveError as e:
         print(f"poolsieve {args.command}: error: {e}", file=sys.stderr)
         return 2

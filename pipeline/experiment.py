@@ -23,6 +23,7 @@ It ends with one table: subset, size, the main metric per task and the average.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from typing import Any
 
@@ -31,8 +32,10 @@ from poolsieve.core.errors import ConfigError
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.workspace import Workspace
+from poolsieve.pipeline import commands
+from poolsieve.pipeline.commands import RUN_STAGES
 
-STAGES = ("download", "score", "filter", "reshard", "train", "evaluate")
+STAGES = RUN_STAGES  # the sections an experiment may have, in pipeline order
 TOP_LEVEL_KEYS = {"workspace", "ray_address", "executor", *STAGES}
 
 
@@ -63,15 +66,6 @@ def _without_subsets(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k != "subsets"}
 
 
-def load_stage(name: str) -> Any:
-    """The ``STAGE`` declared by the module of subcommand ``name``."""
-    import importlib
-
-    from poolsieve.pipeline.cli import COMMANDS
-
-    return importlib.import_module(COMMANDS[name][0]).STAGE
-
-
 def skipped_line(name: str, config: dict[str, Any], only: list[str] | None) -> str:
     """The one line a stage that does not run prints, saying why."""
     if only is not None:
@@ -98,7 +92,7 @@ def run_experiment(ws: Workspace, config: dict[str, Any], runtime: Runtime, *, o
             if report_skipped:
                 print(skipped_line(name, config, only))
             continue
-        stage = load_stage(name)
+        stage = commands.stage(name)
         values = section(config, name)
         if stage.per_subset:
             base = _without_subsets(values)
@@ -120,8 +114,6 @@ def run_experiment(ws: Workspace, config: dict[str, Any], runtime: Runtime, *, o
 
 def comparison_table(ws: Workspace, evaluations: dict[str, dict[str, Any]]) -> str:
     """Subset, size, the main metric per task, the average: one row per evaluated subset."""
-    import json
-
     tasks = list(dict.fromkeys(t for s in evaluations.values() for t in s["tasks"]))
     rows = []
     for name, summary in evaluations.items():

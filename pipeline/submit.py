@@ -182,5 +182,5 @@ def print_report(result: dict[str, Any]) -> None:
     ])
 
 
-STAGE = Stage("submit", "validate a subset and write a DataComp submission folder", SubmitConfig, run=run_submit,
+STAGE = Stage("submit", SubmitConfig, run=run_submit,
               report=print_report, reads=("subsets/", "scores/", "evals/", "runs/"), writes=("submissions/",))

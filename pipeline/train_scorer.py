@@ -229,6 +229,5 @@ def report(s: dict[str, Any]) -> None:
     ])
 
 
-STAGE = Stage("train_scorer", "train a CLIP scorer on your own seed data (no pretrained weights needed)",
-              ScorerConfig, run=run, report=report, reads=("subsets/", "shards/", "scores/"),
+STAGE = Stage("train_scorer", ScorerConfig, run=run, report=report, reads=("subsets/", "shards/", "scores/"),
               writes=("filtered/", "seeds/", "runs/"))

@@ -8,7 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
-from poolsieve.pipeline.cli import COMMANDS, main
+from poolsieve.pipeline.cli import main
+from poolsieve.pipeline.commands import BY_NAME as COMMANDS
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:

@@ -44,13 +44,8 @@ def ws(tmp_path):
 
 
 def main(argv):
-    """The real CLI entry point, with only this stage's subcommand registered."""
-    saved = cli.COMMANDS
-    cli.COMMANDS = {"filter": saved["filter"]}
-    try:
-        return cli.main(argv)
-    finally:
-        cli.COMMANDS = saved
+    """The real CLI entry point (it builds the filter subcommand alone)."""
+    return cli.main(argv)
 
 
 def pairs_of(indices) -> np.ndarray:

@@ -28,7 +28,7 @@ def run_demo(ws, cfg, runtime, *, overwrite=False):
     return {"cfg": cfg}
 
 
-STAGE = Stage("demo", "a demo stage", DemoConfig, run=run_demo, reads=("shards/",), writes=("filtered/",))
+STAGE = Stage("demo", DemoConfig, run=run_demo, reads=("shards/",), writes=("filtered/",))
 
 
 def parse(*argv: str) -> argparse.Namespace:

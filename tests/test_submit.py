@@ -173,14 +173,9 @@ def test_missing_and_replaced(ws, tmp_path):
 
 
 def test_cli_exit_codes(ws, tmp_path, capsys):
-    saved = cli.COMMANDS
-    cli.COMMANDS = {"submit": saved["submit"]}
-    try:
-        write_subset(ws.subset_path("ok"), sorted_pairs([0, 1]))
-        assert cli.main(["submit", "-w", str(ws.root), "--executor", "local", "--subset", "ok"]) == 0
-        assert "sha256" in capsys.readouterr().out
-        np.save(tmp_path / "bad.npy", sorted_pairs([1, 2])[::-1])
-        assert cli.main(["submit", "-w", str(ws.root), "--executor", "local", "--subset", str(tmp_path / "bad.npy")]) == 2
-        assert "bad.npy: subset is not sorted" in capsys.readouterr().err
-    finally:
-        cli.COMMANDS = saved
+    write_subset(ws.subset_path("ok"), sorted_pairs([0, 1]))
+    assert cli.main(["submit", "-w", str(ws.root), "--executor", "local", "--subset", "ok"]) == 0
+    assert "sha256" in capsys.readouterr().out
+    np.save(tmp_path / "bad.npy", sorted_pairs([1, 2])[::-1])
+    assert cli.main(["submit", "-w", str(ws.root), "--executor", "local", "--subset", str(tmp_path / "bad.npy")]) == 2
+    assert "bad.npy: subset is not sorted" in capsys.readouterr().err

@@ -108,5 +108,5 @@ def report(s: dict[str, Any]) -> None:
                             ("status", "up to date (finished before)" if s.get("skipped") else "trained")])
 
 
-STAGE = Stage("train", "train a fixed-budget CLIP on a resharded subset with open_clip", TrainConfig,
+STAGE = Stage("train", TrainConfig,
               run=train, report=report, reads=("filtered/",), writes=("runs/",), per_subset=True)

@@ -384,6 +384,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="DataComp's spelling of --no-blur-faces")
 
 
-STAGE = Stage("download", "fetch the pool's images into webdataset shards with img2dataset", DownloadConfig,
+STAGE = Stage("download", DownloadConfig,
               run=download, report=print_report, reads=("metadata/",), writes=("metadata/", "shards/"),
               creates_workspace=True)

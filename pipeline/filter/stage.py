@@ -270,16 +270,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="list the registered filters with their parameters and defaults, and exit")
 
 
-def run_cli(ctx: Any, args: argparse.Namespace) -> int:
-    """``--list-filters`` needs no workspace; everything else is the stage run as any other."""
+def cli_action(ctx: Any, args: argparse.Namespace) -> int | None:
+    """``--list-filters`` needs no workspace and ends the command; otherwise the stage runs."""
     if args.list_filters:
         from poolsieve.filters.registry import describe_filters
 
         print(describe_filters())
         return 0
-    from poolsieve.pipeline.cli import run_stage
-
-    return run_stage(STAGE, ctx, args)
+    return None
 
 
 def print_report(results: dict[str, Any]) -> None:
@@ -293,5 +291,5 @@ def print_report(results: dict[str, Any]) -> None:
                              ("time", f"{sum(r['seconds'] for r in results.values()):.2f} s")])
 
 
-STAGE = Stage("filter", "make uid subsets from the score tables with filters and set algebra", FilterConfig,
+STAGE = Stage("filter", FilterConfig,
               run=run_filter, report=print_report, reads=("scores/", "subsets/"), writes=("subsets/",))

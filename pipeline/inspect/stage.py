@@ -173,6 +173,6 @@ def report(result: dict[str, Any]) -> None:
         raise InputError(None, problems[0] + more)
 
 
-STAGE = Stage("inspect", "summaries of a workspace: pool, scores, subsets, runs, evals", InspectConfig, run=run,
+STAGE = Stage("inspect", InspectConfig, run=run,
               report=report, reads=("metadata/", "shards/", "scores/", "subsets/", "runs/", "evals/"),
               writes=("report/",))

@@ -463,5 +463,5 @@ def print_report(s: dict[str, Any]) -> None:
     print_summary("reshard", rows)
 
 
-STAGE = Stage("reshard", "copy a uid subset out of the pool into training shards", ReshardConfig, run=reshard,
+STAGE = Stage("reshard", ReshardConfig, run=reshard,
               report=print_report, reads=("shards/", "subsets/"), writes=("filtered/",), per_subset=True)

@@ -551,7 +551,7 @@ def report(summary: dict[str, Any]) -> None:
                   [(k, v) for k, v in summary.items() if k not in ("mode", "failed_shards")])
 
 
-STAGE = Stage("score", "CLIP scores and embeddings for every downloaded pair", ScoreConfig, run=run, report=report,
+STAGE = Stage("score", ScoreConfig, run=run, report=report,
               reads=("shards/",), writes=("scores/", "references/"))
 
 
