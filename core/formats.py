@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .errors import InputError
 from .uids import (
@@ -128,8 +130,6 @@ def check_metadata_columns(path: str | Path, columns: Iterable[str], required: S
 
 def read_metadata(path: str | Path, columns: Sequence[str] | None = None, required: Sequence[str] = METADATA_REQUIRED):
     """Read one metadata parquet as a pandas DataFrame, checking the schema and the uid format."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
     try:
         schema = pq.read_schema(path)
@@ -195,8 +195,6 @@ def score_table_schema(model_keys: Iterable[str], float64_keys: Iterable[str] = 
 
     Score columns are float32 (what ``score`` computes), except those of ``float64_keys``: scores
     imported from a float64 source stay float64, so every cut equals the source's own."""
-    import pyarrow as pa
-
     types = {"original_width": pa.int32(), "original_height": pa.int32(), "width": pa.int32(), "height": pa.int32(),
              "caption_length": pa.int64(), "caption_words": pa.int64(), "language_score": pa.float32()}
     fields = [pa.field(name, types.get(name, pa.string())) for name in SCORE_TABLE_BASE_COLUMNS]
@@ -206,8 +204,6 @@ def score_table_schema(model_keys: Iterable[str], float64_keys: Iterable[str] = 
 
 def read_score_table(path: str | Path, columns: Sequence[str] | None = None):
     """Read one score table (pandas). Checks that ``uid`` exists and the requested columns exist."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
     try:
         names = pq.read_schema(path).names

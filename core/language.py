@@ -22,7 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import fasttext
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import InputError
 
@@ -44,8 +47,6 @@ def lid_model_path() -> Path:
 
 @functools.lru_cache(maxsize=2)
 def _load_model(path: str) -> Any:
-    import fasttext
-
     if not Path(path).exists():
         raise InputError(path, "fastText language model does not exist")
     fasttext.FastText.eprint = lambda *_: None  # old fasttext builds print a warning on load
@@ -60,8 +61,6 @@ def lid_model() -> Any:
 def as_string_array(texts: Sequence[str | None] | Any) -> Any:
     """Captions as one pyarrow string array (chunks combined, dictionaries decoded, a null-typed column
     read as all missing)."""
-    import pyarrow as pa
-
     arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(list(texts), type=pa.string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks else pa.array([], type=arr.type)
@@ -76,8 +75,6 @@ def as_string_array(texts: Sequence[str | None] | Any) -> Any:
 
 def _as_lines(texts: Sequence[str | None] | Any) -> tuple[list[str], np.ndarray]:
     """Captions as single lines for fastText (``\\n`` -> space) plus a mask of missing captions."""
-    import pyarrow.compute as pc
-
     arr = as_string_array(texts)
     missing = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     lines = pc.replace_substring(arr.fill_null(""), "\n", " ")
@@ -124,8 +121,6 @@ def count_fasttext_tokens(texts: Sequence[str | None] | Any) -> np.ndarray:
     emits an end-of-sentence token for every newline, so ``"a\\nb"`` has 3 tokens where ``str.split``
     sees 2.
     """
-    import pyarrow.compute as pc
-
     arr = as_string_array(texts).fill_null("")
     n = len(arr)
     if n == 0:
@@ -140,8 +135,6 @@ def count_fasttext_tokens(texts: Sequence[str | None] | Any) -> np.ndarray:
 
 def count_words(texts: Sequence[str | None] | Any) -> np.ndarray:
     """``len(text.split())`` for every caption, vectorised (pyarrow splits on the same whitespace)."""
-    import pyarrow.compute as pc
-
     arr = as_string_array(texts)
     n = len(arr)
     if n == 0:
@@ -155,8 +148,6 @@ def count_words(texts: Sequence[str | None] | Any) -> np.ndarray:
 
 def count_chars(texts: Sequence[str | None] | Any) -> np.ndarray:
     """``len(text)`` (Unicode code points) for every caption, vectorised; 0 for a missing one."""
-    import pyarrow.compute as pc
-
     arr = as_string_array(texts)
     return np.asarray(pc.utf8_length(arr.fill_null("")).to_numpy(zero_copy_only=False), dtype=np.int64)
 
@@ -177,8 +168,6 @@ def gcld3_model() -> Any:
 
 def detect_gcld3_codes(texts: Sequence[str | None] | Any) -> np.ndarray:
     """gcld3's language code of each caption (``"\n"`` -> space); ``""`` for a missing caption."""
-    import pyarrow.compute as pc
-
     arr = as_string_array(texts)
     if len(arr) == 0:
         return np.array([], dtype="<U3")

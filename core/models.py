@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import logging
+import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import requests
 
 from .errors import InputError, PoolsieveError
 
@@ -35,8 +40,6 @@ def register_model_configs() -> None:
 def register_model_config(path: str | Path) -> str:
     """Register one open_clip model config JSON (``--model-config``); return its architecture name (the
     file name without ``.json``, as open_clip names configs)."""
-    import json
-
     import open_clip
 
     path = Path(path).expanduser()
@@ -194,8 +197,6 @@ def _hub_cached(repo: str, filenames: tuple[str, ...], revision: str | None = No
 def _pretrained_cached(cfg: dict[str, Any]) -> bool:
     """Whether open_clip would find a pretrained tag's weights (``cfg``: its pretrained config) without a
     download: the hub file or its safetensors twin in the hub cache, else the URL's file in ``~/.cache/clip``."""
-    import os
-
     from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, has_hf_hub
 
     if "file" in cfg:
@@ -216,7 +217,6 @@ def hub_unreachable(timeout: float = 5.0) -> str | None:
     """None when the Hugging Face hub (``$HF_ENDPOINT``, through any configured proxy) answers one request
     within ``timeout`` seconds, else why not (also when ``HF_HUB_OFFLINE`` is set)."""
     import huggingface_hub.constants as hub
-    import requests
 
     if hub.is_offline_mode():
         return "HF_HUB_OFFLINE is set"
@@ -261,8 +261,6 @@ def read_checkpoint_state(path: Path, trust: bool = False) -> dict[str, Any]:
     the file, unless ``trust`` (``--trust-checkpoint``) allows full unpickling. (open_clip's own
     ``load_state_dict`` retries a failed load without ``weights_only``, so it is not used here.)
     """
-    import pickle
-
     import torch
 
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import signal
 import sys
 
@@ -14,7 +15,6 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
 
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(sig))  # 1 = PR_SET_PDEATHSIG

@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 
 def _fmt_seconds(s: float) -> str:
     if s != s or s == float("inf"):
@@ -38,8 +40,6 @@ class Progress:
         self._printed: int | None = None  # ``done`` when the last plain line was printed
         self._bar = None
         if not quiet and is_terminal(self.stream):
-            from tqdm import tqdm
-
             self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", file=self.stream, dynamic_ncols=True,
                              mininterval=0.5, leave=True)
 

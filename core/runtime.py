@@ -34,14 +34,17 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .errors import PoolsieveError
-from .progress import Progress
+from .progress import Progress, is_terminal
+from .stage_log import route_ray_output
 
 U = TypeVar("U")
 R = TypeVar("R")
@@ -76,12 +79,6 @@ class Runtime:
         import ray
 
         if not ray.is_initialized():
-            import logging
-            import sys
-
-            from .progress import is_terminal
-            from .stage_log import route_ray_output
-
             os.environ.setdefault("RAY_DEDUP_LOGS", "0")
             os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
             if not is_terminal(sys.stdout):  # workers' lines that Ray prints itself: no colour codes

@@ -10,6 +10,7 @@ import io
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {
@@ -44,8 +45,6 @@ def draw_shape(shape: str, colour: str, width: int, height: int, rng: np.random.
 
     ``hard``: a small, faded shape among grey clutter (a hard example; the default draws are unchanged).
     """
-    from PIL import Image, ImageDraw
-
     bg = rng.integers(200, 256, size=3)
     noise = rng.integers(-12, 13, size=(height, width, 3))
     arr = np.clip(bg[None, None, :] + noise, 0, 255).astype(np.uint8)
@@ -77,8 +76,6 @@ def draw_shape(shape: str, colour: str, width: int, height: int, rng: np.random.
 
 def draw_texture(texture: str, colour: str, width: int, height: int, rng: np.random.Generator):
     """A PIL image of a two-tone pattern (``TEXTURES``) in one of ``TEXTURE_COLOURS``: no shape at all."""
-    from PIL import Image
-
     base = np.asarray(TEXTURE_COLOURS[colour], dtype=np.float64)
     light = base + (255 - base) * rng.uniform(0.5, 0.8)
     y, x = np.mgrid[0:height, 0:width]

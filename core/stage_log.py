@@ -31,6 +31,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import PoolsieveWarning
+from .progress import print_line
+
 LOGS_DIR = "logs"
 _RAY_HANDLER = "poolsieve_stage_log"
 _WORKER_WARNING = re.compile(r"\bPoolsieveWarning: (.*)$")
@@ -143,8 +146,6 @@ def capture(path: Path | None, title: str = "") -> Iterator[StageLog | None]:
     if path is None or _active is not None:
         yield _active
         return
-    from .errors import PoolsieveWarning
-    from .progress import print_line
 
     log = StageLog(Path(path), sys.stderr, f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {title or 'poolsieve'}\n")
     root = logging.getLogger()
@@ -214,8 +215,6 @@ def route_ray_output() -> None:
 
 
 def _ray_lines(data: dict[str, Any], ray_worker: Any, ignore_prefix: bool) -> None:
-    from .progress import print_line
-
     log = _active
     if log is None:
         ray_worker.print_to_stdstream(data, ignore_prefix=ignore_prefix)

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from .errors import InputError
 
 BLOCK = 512
@@ -232,7 +234,6 @@ def _check_checksums(headers: list[tuple[int, bytes]], path: Path) -> None:
     """Raise on the first header whose stored checksum is not the sum of its bytes."""
     if not headers:
         return
-    import numpy as np
 
     rows = np.frombuffer(b"".join(h for _, h in headers), dtype=np.uint8).reshape(-1, BLOCK)
     field = rows[:, 148:156].astype(np.int64)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import InputError
 
@@ -76,8 +78,6 @@ def _decode(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _as_arrow(column: Any) -> Any:
-    import pyarrow as pa
-
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks else pa.array([], type=pa.string())
     if pa.types.is_dictionary(column.type):
@@ -88,9 +88,6 @@ def _as_arrow(column: Any) -> Any:
 def _arrow_bytes(column: Any, source: str | Path | None) -> np.ndarray | None:
     """The ``(n, 32)`` bytes of an arrow uid column read straight from its buffers (no Python strings);
     ``None`` when some uid is not 32 bytes long."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     arr = _as_arrow(column)
     if len(arr) == 0:  # an empty column may carry any type (pandas writes ``null``)
         return np.zeros((0, UID_HEX_LEN), np.uint8)

@@ -21,11 +21,14 @@ from typing import Any
 
 from poolsieve.core.errors import ConfigError
 from poolsieve.core.locks import exclusive
+from poolsieve.core.models import ModelSpec, register_model_config
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage
 from poolsieve.core.workspace import Workspace
+from poolsieve.train.trainer import load_summary
 
+from .download import download_evalsets
 from .evaluator import EvalConfig, evaluate_model
 from .tasks import GROUPS
 
@@ -44,7 +47,6 @@ def cli_action(ctx: Any, args: argparse.Namespace) -> int | None:
         ctx.workspace(create=True)
     if not args.download:
         return None
-    from .download import download_evalsets
 
     downloaded = download_evalsets(args.download, args.tasks or "datacomp38")
     if not (args.model or args.subset):
@@ -57,8 +59,6 @@ def cli_action(ctx: Any, args: argparse.Namespace) -> int | None:
 
 def checkpoint_of_run(run_dir: Path) -> tuple[str, str]:
     """(arch, checkpoint path) of a finished training run."""
-    from poolsieve.train.trainer import load_summary
-
     s = load_summary(run_dir)
     return s["model"], s["checkpoint"]
 
@@ -70,8 +70,6 @@ def _model_folder(arch: str) -> str:
 def evaluate(ws: Workspace, config: EvalConfig, runtime: Runtime | None = None, *,
              overwrite: bool = False) -> dict[str, Any]:
     """Evaluate one model (a subset's trained run, or ``--model``) on ``config.tasks``; return the summary."""
-    from poolsieve.core.models import ModelSpec, register_model_config
-
     for path in config.model_config:
         register_model_config(path)
     if config.model and config.subset:

@@ -12,6 +12,7 @@ in the config (``evaluate: {custom_tasks: {NAME: FOLDER}}``); results, inspect a
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from pathlib import Path
 
 from poolsieve.core.errors import InputError
@@ -47,8 +48,6 @@ def custom_task(folder: str | Path, name: str | None = None) -> Task:
 
 def default_classnames_and_templates(task: Task) -> tuple[list[str] | None, list[str]]:
     """clip_benchmark's class names (None when it has none) and templates for ``task``'s name."""
-    from importlib.resources import files
-
     base = files("clip_benchmark") / "datasets"
     classnames = json.loads((base / "en_classnames.json").read_text())
     templates = json.loads((base / "en_zeroshot_classification_templates.json").read_text())

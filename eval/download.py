@@ -17,10 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from poolsieve.core.errors import PoolsieveError
 
 from .hub_datasets import HF_CACHE, hub_endpoint, quiet_hub_logs
-from .tasks import Task, resolve_tasks
+from .task_spec import resolve_tasks
+from .tasks import Task
 
 METADATA_FILES = ("classnames.txt", "zeroshot_classification_templates.txt")
 CHUNK = 1 << 16
@@ -28,8 +31,6 @@ TIMEOUT = 30
 
 
 def _session() -> Any:
-    import requests
-
     s = requests.Session()
     s.headers["User-Agent"] = "poolsieve-evalsets"
     return s
@@ -37,8 +38,6 @@ def _session() -> Any:
 
 def probe(endpoint: str, repo: str) -> None:
     """One request to the hub; unreachable -> one-line PoolsieveError."""
-    import requests
-
     try:
         _session().get(f"{endpoint}/api/datasets/{repo}", timeout=10)
     except requests.RequestException as e:

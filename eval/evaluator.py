@@ -27,7 +27,9 @@ from .aggregate import (
     results_file_for,
     write_summary,
 )
-from .tasks import TASK_SETS, Task, resolve_tasks
+from .task_spec import resolve_tasks
+from .tasks import TASK_SETS, Task
+from .zeroshot import evaluate_task
 
 
 @dataclass
@@ -80,8 +82,6 @@ def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Ta
     todo = [t for t in task_list if t.key not in done]
     device = resolve_device(config.device, who="evaluate.device")
     if todo:
-        from .zeroshot import evaluate_task
-
         model, preprocess, tokenizer = load_model(spec, device=device)
         progress = Progress(f"evaluate {name or out_dir.name}", total=len(todo), unit="tasks", interval=0.0)
         for task in todo:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,8 +81,6 @@ def wds_urls(task: Task, data_root: str | Path | None = None) -> str:
     """The brace pattern of ``task``'s test shards (for reading per-sample metadata)."""
     location = dataset_location(task, data_root)
     if "://" in location:
-        import urllib.request
-
         with urllib.request.urlopen(f"{location}/test/nshards.txt", timeout=30) as r:  # noqa: S310
             nshards = int(r.read().decode().strip())
     else:

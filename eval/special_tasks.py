@@ -18,6 +18,8 @@ import numpy as np
 from poolsieve.core.errors import InputError, PoolsieveError
 
 from . import group_metrics as gm
+from .hub_datasets import load_hf_test_set, load_wds_dataset, make_dataloader, read_wds_fields, wds_urls
+from .metrics import classification_metrics, classify_logits
 from .tasks import FAIRNESS, WILDS, WINOGAVIL, Task
 
 WILDS_METRICS = {"wilds/iwildcam": gm.iwildcam_metrics, "wilds/camelyon17": gm.camelyon17_metrics,
@@ -39,8 +41,6 @@ def evaluate_special(task: Task, model: Any, preprocess: Any, tokenizer: Any, *,
 
 
 def _metadata(task: Task, data_root: str | None, labels: Any) -> np.ndarray:
-    from .hub_datasets import read_wds_fields
-
     rows = read_wds_fields(task, ("cls", "npy"), data_root)
     cls = np.array([int(c) for c, _ in rows])
     if len(cls) != len(labels) or not np.array_equal(cls, np.asarray(labels)):
@@ -51,9 +51,6 @@ def _metadata(task: Task, data_root: str | None, labels: Any) -> np.ndarray:
 def evaluate_grouped(task: Task, model: Any, preprocess: Any, tokenizer: Any, *, device: str, batch_size: int,
                      data_root: str | None, num_workers: int = 0) -> dict[str, Any]:
     """Zero-shot classification plus DataComp's group metrics (WILDS, Dollar Street, GeoDE)."""
-    from .hub_datasets import load_wds_dataset, make_dataloader
-    from .zeroshot import classification_metrics, classify_logits
-
     dataset = load_wds_dataset(task, preprocess, data_root)
     if dataset.classes is None or dataset.templates is None:
         raise InputError(task.wds_name, "no classnames.txt / zeroshot_classification_templates.txt")
@@ -91,8 +88,6 @@ def evaluate_fairface(task: Task, model: Any, preprocess: Any, tokenizer: Any, *
     import webdataset as wds
     from clip_benchmark.metrics import zeroshot_classification as zsc
 
-    from .hub_datasets import load_wds_dataset, wds_urls
-
     info = load_wds_dataset(task, None, data_root)
     try:
         names, templates = split_objectives(info.classes or []), split_objectives(info.templates or [])
@@ -122,8 +117,6 @@ def evaluate_winogavil(task: Task, model: Any, preprocess: Any, tokenizer: Any, 
                        data_root: str | None) -> dict[str, Any]:
     """Per instance: rank the candidates by similarity to the cue's prompt; Jaccard against the truth."""
     import torch
-
-    from .hub_datasets import load_hf_test_set
 
     data = load_hf_test_set(task, data_root)
     scores, counts = [], []

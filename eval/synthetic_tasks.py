@@ -8,7 +8,10 @@ all shapes, so each task asks about one attribute only.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+
+from PIL import Image
 
 from poolsieve.core.shapes import COLOURS, SHAPES, generate_clean_pairs
 
@@ -64,9 +67,5 @@ class JpegLabelDataset:
         return len(self.data.images)
 
     def __getitem__(self, i: int):
-        import io
-
-        from PIL import Image
-
         img = Image.open(io.BytesIO(self.data.images[i])).convert("RGB")
         return self.transform(img), self.data.labels[i]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import embedding_keys
+from poolsieve.core.workspace import Workspace
 
 from .registry import ScoredPool
 
@@ -87,8 +89,6 @@ def row_counts(pool: ScoredPool) -> list[int]:
 
 def check_param_names(filter_name: str, params: dict, allowed) -> None:
     """A ConfigError naming unknown parameters (a typo must not fall back to a default)."""
-    import inspect
-
     names = [p for p in inspect.signature(allowed).parameters if p != "pool"]
     unknown = sorted(set(params) - set(names))
     if unknown:
@@ -97,8 +97,6 @@ def check_param_names(filter_name: str, params: dict, allowed) -> None:
 
 def reference_file(pool: ScoredPool, name: str, missing_hint: str) -> Path:
     """A reference set (``references/<name>.npz`` of the pool's workspace) or a path to an ``.npz``."""
-    from poolsieve.core.workspace import Workspace
-
     path = Path(name)
     if path.suffix != ".npz":
         path = Workspace(Path(pool.tables[0]).parent.parent).reference_path(name)

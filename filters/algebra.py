@@ -18,6 +18,7 @@ from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import file_sha256, read_uidset
 from poolsieve.core.uids import UidSet
 
+from .no_filter import no_filter
 from .registry import (
     FILTERS,
     ScoredPool,
@@ -75,8 +76,6 @@ class Evaluator:
     def pool_uids(self) -> UidSet:
         """Every member of the pool (what ``not`` complements against)."""
         if self._pool_uids is None:
-            from .no_filter import no_filter
-
             self._pool_uids = no_filter(self.pool)
         return self._pool_uids
 

@@ -16,7 +16,9 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
+from poolsieve.core.language import as_string_array, count_chars, count_words, detect_language_codes
 from poolsieve.core.uids import UidSet
 
 from .columns import float_column, per_table
@@ -27,8 +29,6 @@ CAPTION_STATS = ["caption_words", "caption_length"]  # written by score; counted
 
 def caption_stats(table: Any) -> tuple[np.ndarray, np.ndarray]:
     """(words, characters) of each caption: score's stored counts, or counted from ``text`` when absent."""
-    from poolsieve.core.language import count_chars, count_words
-
     names = table.column_names
     words = (np.asarray(table["caption_words"].fill_null(0)) if "caption_words" in names
              else count_words(table["text"]))
@@ -56,10 +56,6 @@ def language_mask(table: Any, candidates: np.ndarray, language: str, recompute: 
     The table's ``language`` column is used where it has a value; rows without one (a table scored
     with ``--no-language``, DataComp metadata) get their language computed from the caption.
     """
-    import pyarrow.compute as pc
-
-    from poolsieve.core.language import as_string_array, detect_language_codes
-
     def valid(arr: Any) -> np.ndarray:
         return np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
 

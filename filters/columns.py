@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import STATUS_SUCCESS
@@ -20,8 +23,6 @@ from poolsieve.core.uids import UidSet, hex_to_keys
 
 
 def table_columns(path: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
     try:
         return pq.read_schema(path).names
     except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
@@ -32,9 +33,6 @@ def read_members(path: Path, columns: Sequence[str], optional: Sequence[str] = (
                  uid: bool = True) -> Any:
     """pyarrow Table of ``uid`` (unless ``uid=False``) + ``columns`` (+ those of ``optional`` present)
     over the member rows."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     names = table_columns(path)
     want = list(dict.fromkeys(["uid", *columns] if uid else columns))
     missing = [c for c in want if c not in names]
@@ -60,8 +58,6 @@ def member_keys(table: Any, path: Path) -> np.ndarray:
 
 def float_column(table: Any, name: str) -> np.ndarray:
     """A numeric column as a numpy array, nulls as NaN, keeping float32/float64 as stored."""
-    import pyarrow as pa
-
     col = table[name]
     if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
         raise InputError(None, f"column {name} has type {col.type}, expected numbers")

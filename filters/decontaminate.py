@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import embedding_keys
@@ -59,8 +60,6 @@ def load_reference(pool: ScoredPool, reference: str, image_key: str | None,
 
 def metadata_digests(pool: ScoredPool) -> dict[str, str]:
     """uid -> sha256 of the bytes at the url, from the workspace's metadata (empty when it has none)."""
-    import pyarrow.parquet as pq
-
     ws = Workspace(Path(pool.tables[0]).parent.parent)
     out: dict[str, str] = {}
     folder = ws.metadata_dir

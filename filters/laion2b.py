@@ -19,7 +19,9 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
+from poolsieve.core.language import as_string_array, detect_gcld3_codes, gcld3_model
 from poolsieve.core.uids import UidSet
 
 from .basic import language_mask
@@ -34,10 +36,6 @@ def scored_mask(table: Any, column: str, threshold: float) -> np.ndarray:
 
 def gcld3_mask(table: Any, candidates: np.ndarray, language: str) -> np.ndarray:
     """``candidates`` narrowed to rows whose caption gcld3 reads as ``language`` (each distinct caption once)."""
-    import pyarrow.compute as pc
-
-    from poolsieve.core.language import as_string_array, detect_gcld3_codes
-
     texts = as_string_array(table["text"])
     rows = np.flatnonzero(candidates & np.asarray(texts.is_valid().to_numpy(zero_copy_only=False), dtype=bool))
     out = np.zeros(len(candidates), dtype=bool)
@@ -61,8 +59,6 @@ def decide_laion2b_fasttext(table: Any, column: str, threshold: float, language:
 def laion2b(pool: ScoredPool, *, column: str = "clip_b32_similarity_score", threshold: float = 0.28,
             language: str = "en") -> UidSet:
     """DataComp's LAION-2B cut: gcld3 English captions whose B/32 CLIP score is at least 0.28."""
-    from poolsieve.core.language import gcld3_model
-
     gcld3_model()  # a missing gcld3 is reported once, here, not from every task
     decide = partial(decide_laion2b, column=column, threshold=float(threshold), language=language)
     return per_table(pool, decide, ["text", column], "laion2b")

@@ -20,6 +20,7 @@ parameter to change: the one it declares with ``register(name, keeps="PARAM: adv
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import textwrap
 import warnings
@@ -29,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from poolsieve.core.errors import ConfigError, PoolsieveWarning
 from poolsieve.core.formats import STATUS_SUCCESS, read_embeddings, read_score_table
@@ -138,8 +142,6 @@ BUILTIN_FILTER_MODULES: tuple[str, ...] = (
 
 def load_builtin_filters() -> None:
     """Import the modules of ``BUILTIN_FILTER_MODULES`` so that their ``@register`` calls run."""
-    import importlib
-
     for name in BUILTIN_FILTER_MODULES:
         importlib.import_module(f"{__package__}.{name}")
 
@@ -154,8 +156,6 @@ class ScoredPool:
 
     def read_columns(self, columns: Sequence[str], table: Path | None = None):
         """DataFrame of ``columns`` (plus ``uid``) over the pool's successful rows, in shard order."""
-        import pandas as pd
-
         paths = [table] if table is not None else list(self.tables)
         cols = list(dict.fromkeys(["uid", *columns]))
         frames = []
@@ -197,9 +197,6 @@ class ScoredPool:
 
 
 def _member_rows(path: Path) -> int:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     if not _has_status(path):
         return pq.ParquetFile(path).metadata.num_rows
     with pq.ParquetFile(path) as f:
@@ -208,6 +205,4 @@ def _member_rows(path: Path) -> int:
 
 
 def _has_status(path: Path) -> bool:
-    import pyarrow.parquet as pq
-
     return "status" in pq.read_schema(path).names

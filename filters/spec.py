@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -246,8 +247,6 @@ def parse_cli_spec(text: str, name: str | None, is_filter: Callable[[str], bool]
     Accepts a YAML file (a mapping of names to specs, or one spec with ``--name``), an inline YAML
     mapping, ``NAME = EXPRESSION``, or an expression (named by ``--name`` or after itself).
     """
-    from pathlib import Path
-
     stripped = text.strip()
     path = Path(stripped)
     if stripped and len(stripped) < 4096 and "\n" not in stripped and path.suffix in (".yaml", ".yml", ".json"):

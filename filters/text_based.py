@@ -22,6 +22,7 @@ variant also ``classes``.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import re
 from collections.abc import Sequence
@@ -30,9 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from poolsieve.core.errors import ConfigError
+from poolsieve.core.language import as_string_array
 from poolsieve.core.uids import UidSet
+from poolsieve.core.wordnet import first_sense_in_imagenet21k, imagenet21k_offsets, wordnet_dir
 
 from .basic import language_mask
 from .columns import per_table
@@ -43,8 +48,6 @@ _NOTE = re.compile(r"\([^)]*\)")
 
 
 def classnames_file() -> Path:
-    import importlib.util
-
     spec = importlib.util.find_spec("clip_benchmark")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("text_based_in1k needs clip_benchmark (pip install clip_benchmark) for its class names")
@@ -76,11 +79,6 @@ def class_phrases(names: Sequence[str]) -> list[str]:
 
 def names_class(texts: Any, phrases: Sequence[str], max_words: int) -> np.ndarray:
     """Boolean mask: which captions (pyarrow string array) contain one of ``phrases`` as whole words."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from poolsieve.core.language import as_string_array
-
     texts = as_string_array(texts)
     n = len(texts)
     hit = np.zeros(n, dtype=bool)
@@ -115,11 +113,6 @@ def decide_class_names(table: Any, phrases: Sequence[str], max_words: int, langu
 def names_imagenet21k_synset(texts: Any) -> np.ndarray:
     """Boolean mask: which captions have a word (``text.split()``) whose first WordNet synset is an
     ImageNet-21k class. A missing caption has no words."""
-    import pyarrow.compute as pc
-
-    from poolsieve.core.language import as_string_array
-    from poolsieve.core.wordnet import first_sense_in_imagenet21k
-
     texts = as_string_array(texts)
     hit = np.zeros(len(texts), dtype=bool)
     if len(texts) == 0:
@@ -144,8 +137,6 @@ def decide_text_based(table: Any, language: str | None, recompute_language: bool
 @register("text_based")
 def text_based(pool: ScoredPool, *, language: str | None = "en", recompute_language: bool = False) -> UidSet:
     """DataComp's text-based cut: English captions with a word whose first WordNet sense is an ImageNet-21k class."""
-    from poolsieve.core.wordnet import imagenet21k_offsets, wordnet_dir
-
     wordnet_dir(), imagenet21k_offsets()  # missing WordNet files or synset list: one error, here
     decide = partial(decide_text_based, language=language, recompute_language=bool(recompute_language))
     return per_table(pool, decide, ["text"], "text_based", optional=["language"])

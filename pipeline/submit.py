@@ -32,6 +32,10 @@ from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import SubsetSnapshot, read_subset_snapshot
 from poolsieve.core.uids import UidSet, keys_to_hex
 from poolsieve.core.workspace import Workspace
+from poolsieve.eval.aggregate import RESULTS_FILE, aggregate, read_eval_folder
+from poolsieve.filters.no_filter import no_filter
+from poolsieve.filters.pool_tables import pool_fingerprint, score_table_files
+from poolsieve.filters.registry import ScoredPool
 
 
 @dataclass
@@ -63,8 +67,6 @@ def check_in_pool(uids: UidSet, pool: UidSet, path: Path) -> None:
 
 def read_eval_results(folder: Path) -> dict[str, Any] | None:
     """``{"tasks": n, "averages": {group: score, ..., "Average": x or None, "incomplete": ...}}``."""
-    from poolsieve.eval.aggregate import aggregate, read_eval_folder
-
     results = read_eval_folder(folder)
     if not results:
         return None
@@ -80,8 +82,6 @@ def run_scale(ws: Workspace, name: str) -> str | None:
 def write_datacomp_upload(staging: Path, name: str, uid_file: Path, eval_dir: Path, scale: str) -> str:
     """``{scale}_scale/results.jsonl`` and ``{scale}_scale/samples/NAME.npy``, as DataComp's evaluate.py
     names them in the hub commit it makes; returns the folder's name."""
-    from poolsieve.eval.aggregate import RESULTS_FILE
-
     folder = staging / f"{scale}_scale"
     (folder / "samples").mkdir(parents=True)
     shutil.copyfile(eval_dir / RESULTS_FILE, folder / "results.jsonl")
@@ -91,10 +91,6 @@ def write_datacomp_upload(staging: Path, name: str, uid_file: Path, eval_dir: Pa
 
 def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, *, overwrite: bool = False) -> dict[str, Any]:
     """Validate the subset, write the submission folder, return its summary."""
-    from poolsieve.filters.no_filter import no_filter
-    from poolsieve.filters.registry import ScoredPool
-    from poolsieve.pipeline.filter.stage import score_table_files
-
     if not cfg.subset:
         raise ConfigError("which subset? pass --subset NAME (or a path to a .npy uid file)")
     name, path = subset_file(ws, cfg.subset)
@@ -113,8 +109,6 @@ def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, *, overwrite:
 def _write_submission(ws: Workspace, cfg: SubmitConfig, name: str, snapshot: SubsetSnapshot, out: Path,
                       tables: list[Path], overwrite: bool) -> dict[str, Any]:
     """The submission folder, from exactly the bytes that were checked (staged, then renamed into place)."""
-    from poolsieve.pipeline.filter.stage import pool_fingerprint
-
     pairs, digest = snapshot.pairs, snapshot.sha256
     done = out / "submission.json"
     if done.exists() and not overwrite:
@@ -128,7 +122,6 @@ def _write_submission(ws: Workspace, cfg: SubmitConfig, name: str, snapshot: Sub
     evals = read_eval_results(eval_dir) if eval_dir.is_dir() else None
     if cfg.evals and evals is None:
         raise InputError(eval_dir, "no eval_results.jsonl in this evaluation folder")
-    from poolsieve.eval.aggregate import RESULTS_FILE
 
     scale = cfg.scale or run_scale(ws, name)
     upload = evals is not None and (eval_dir / RESULTS_FILE).exists() and scale is not None

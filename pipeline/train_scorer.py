@@ -31,13 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import atomic_path, write_json
+from poolsieve.core.formats import atomic_path, read_json, write_json
+from poolsieve.core.models import read_checkpoint_state
 from poolsieve.core.progress import print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.workspace import Workspace, shard_stats_path
+from poolsieve.pipeline.filter.stage import FilterConfig, run_filter
+from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard, resolve_subset
 from poolsieve.train.scales import SCALES
+from poolsieve.train.trainer import TrainConfig, train_clip
 
 PAIR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # what open_clip's webdataset loader reads
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit: larger images are left out
@@ -70,8 +76,6 @@ def train_scorer(ws: Workspace, config: ScorerConfig, runtime: Runtime | None = 
                  overwrite: bool = False) -> dict[str, Any]:
     """Seed data -> training shards -> a CLIP trained on them in ``runs/NAME/``; return the training
     summary plus ``seed`` (what it trained on) and ``score_model`` (the ``--model`` for ``score``)."""
-    from poolsieve.train.trainer import TrainConfig, train_clip
-
     if not _NAME_RE.match(config.name):
         raise ConfigError(f"train-scorer: name {config.name!r} must be letters, digits, '.', '_' or '-'")
     train = TrainConfig(scale=config.scale, samples_seen=config.samples_seen, batch_size=config.batch_size,
@@ -115,8 +119,6 @@ def seed_shards(ws: Workspace, config: ScorerConfig, runtime: Runtime | None, *,
 
 def _filter(ws: Workspace, config: ScorerConfig, runtime: Runtime | None, overwrite: bool) -> str:
     """Make the seed subset from ``config.seed_filter``; return its name."""
-    from poolsieve.pipeline.filter.stage import FilterConfig, run_filter
-
     made = run_filter(ws, FilterConfig(spec=[config.seed_filter], name=f"{config.name}_seed"),
                       runtime or Runtime(executor="local"), overwrite=overwrite)
     if len(made) != 1:
@@ -130,8 +132,6 @@ def _filter(ws: Workspace, config: ScorerConfig, runtime: Runtime | None, overwr
 def _reshard(ws: Workspace, subset: str, config: ScorerConfig, runtime: Runtime | None,
              overwrite: bool) -> tuple[str, str]:
     """Copy a seed subset of the pool into ``filtered/NAME_seed/``."""
-    from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard, resolve_subset
-
     out = f"{config.name}_seed"
     summary = reshard(ws, ReshardConfig(subset=subset, name=out), runtime or Runtime(executor="local"),
                       overwrite=overwrite)
@@ -146,12 +146,8 @@ def write_pair_shards(folder: Path, out_dir: Path, *, overwrite: bool = False) -
     """Image/caption pairs (``x.jpg`` + ``x.txt`` side by side, in subfolders too) as webdataset shards in
     ``out_dir``. Each image's header is checked (an image format, at most ``MAX_PIXELS``); pairs without
     a caption or with a bad image are left out and counted. Written once (``--overwrite`` rewrites)."""
-    from PIL import Image
-
     done = out_dir / "pairs.json"
     if done.exists() and not overwrite:
-        from poolsieve.core.formats import read_json
-
         info = read_json(done)
         if info.get("source") == str(folder.resolve()):
             return str(out_dir), info["description"]
@@ -202,8 +198,6 @@ def write_pair_shards(folder: Path, out_dir: Path, *, overwrite: bool = False) -
 def export_weights(checkpoint: Path, out: Path) -> Path:
     """The weights of a training checkpoint alone (``{"state_dict": ...}``, loadable weights-only)."""
     import torch
-
-    from poolsieve.core.models import read_checkpoint_state
 
     state = read_checkpoint_state(checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)

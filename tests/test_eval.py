@@ -19,7 +19,9 @@ from poolsieve.core.shapes import COLOURS, generate_clean_pairs
 from poolsieve.eval.aggregate import aggregate, read_results
 from poolsieve.eval.evaluator import EvalConfig, evaluate_model
 from poolsieve.eval.hub_datasets import dataset_location
+from poolsieve.eval.metrics import classification_metrics
 from poolsieve.eval.synthetic_tasks import HELD_OUT_SEEDS, make_synthetic_task
+from poolsieve.eval.task_spec import resolve_tasks
 from poolsieve.eval.tasks import (
     CLASSIFICATION,
     DATACOMP_TASKS,
@@ -30,9 +32,8 @@ from poolsieve.eval.tasks import (
     TASK_TYPES,
     VTAB,
     get_task,
-    resolve_tasks,
 )
-from poolsieve.eval.zeroshot import classification_metrics, evaluate_task
+from poolsieve.eval.zeroshot import evaluate_task
 
 
 # ------------------------------------------------------------------------------------ registry

@@ -13,9 +13,10 @@ from poolsieve.core.formats import read_subset, write_subset
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.uids import SUBSET_DTYPE, uids_to_pairs
 from poolsieve.core.workspace import Workspace
+from poolsieve.filters.pool_tables import pool_fingerprint
 from poolsieve.filters.spec import parse_cli_spec
 from poolsieve.pipeline import cli
-from poolsieve.pipeline.filter.stage import FilterConfig, pool_fingerprint, run_filter
+from poolsieve.pipeline.filter.stage import FilterConfig, run_filter
 
 CAPTIONS = ["a photo of a dog playing in the park", "une photo de mon chat sur le canapé",
             "a red car parked on a quiet street", "ok"]

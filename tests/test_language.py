@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -76,14 +74,6 @@ def test_missing_model_file_is_reported(monkeypatch, tmp_path):
     monkeypatch.setenv("POOLSIEVE_LID_MODEL", str(tmp_path / "nope.ftz"))
     with pytest.raises(InputError, match="nope.ftz"):
         detect_language_codes(["hello"])
-
-
-def test_language_module_is_light():
-    import subprocess
-
-    code = "import sys, poolsieve.core.language; print('fasttext' in sys.modules, 'pyarrow' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
 
 
 def test_fasttext_token_count_follows_fasttexts_tokenizer() -> None:

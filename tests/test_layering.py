@@ -1,52 +1,99 @@
 """Dependencies point one way: CLI / orchestration -> stages -> filters, train, eval -> core.
 
-Read from the source with ``ast`` (imports inside functions count too): core imports no other poolsieve
-package; the libraries (filters, train, eval) import core and themselves, never a stage or each other;
-the stage modules of train and eval (their ``cli.py``) may use the other libraries; nothing but the
-orchestration and the demo imports the demo.
+Read from the source with ``ast``, imports inside functions and under ``TYPE_CHECKING`` included:
+
+* no import cycle among poolsieve's modules;
+* core imports no other poolsieve package; the libraries (filters, train, eval) import core and
+  themselves, never a stage or each other; the stage modules of train and eval (their ``cli.py``)
+  may use the other libraries;
+* a stage (a command of ``pipeline/commands.py`` that runs no other stage: its package under
+  ``pipeline/``, or its one module) imports no other stage and nothing of the orchestration (the CLI,
+  the registry, ``run``, ``train-scorer``, the demo); nothing but the orchestration imports the demo;
+* a function imports inside itself only the heavy libraries (torch, Ray, open_clip, ...), never
+  poolsieve's own modules or light ones, so a module's dependencies show at its top;
+* ``pyproject.toml`` lists every package folder (a folder missing there is left out of a wheel).
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from poolsieve.pipeline.commands import COMMANDS
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"core": "core", "pipeline": "pipeline", "filters": "filters", "train": "train", "eval": "eval"}
+PACKAGES = ("core", "pipeline", "filters", "train", "eval")
 STAGE_MODULES = {"train/cli.py", "eval/cli.py"}
+ORCHESTRATION = {"poolsieve.pipeline", "poolsieve.pipeline.cli", "poolsieve.pipeline.commands"} | {
+    c.module for c in COMMANDS if c.runs_stages}
+DEMO = "poolsieve.pipeline.demo"
+# imported inside functions only: each costs a second or more to import (or pulls in torch), and many
+# commands never need it; `poolsieve filter --help` imports none of them
+HEAVY = {"torch", "torchvision", "open_clip", "open_clip_train", "ray", "faiss", "img2dataset", "webdataset",
+         "clip_benchmark", "datasets", "wilds", "sklearn", "nltk", "gcld3", "safetensors",
+         "huggingface_hub", "transformers"}
 
 
-def poolsieve_imports(path: Path) -> set[str]:
-    """The ``poolsieve.X.Y`` modules a file imports (relative imports resolved)."""
-    tree = ast.parse(path.read_text())
-    rel = path.relative_to(ROOT).with_suffix("")
-    package = ["poolsieve", *rel.parts[:-1]]
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("poolsieve."))
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - node.level + 1]
-                name = ".".join([*base, node.module] if node.module else base)
-            else:
-                name = node.module or ""
-            if name.startswith("poolsieve."):
-                found.add(name)
-    return found
+def module_name(path: Path) -> str:
+    parts = ["poolsieve", *path.relative_to(ROOT).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def files(folder: str) -> list[Path]:
     return sorted((ROOT / folder).rglob("*.py"))
 
 
+ALL_FILES = [p for folder in PACKAGES for p in files(folder)]
+MODULES = {module_name(p) for p in ALL_FILES}
+
+
+def imports(path: Path) -> Iterator[tuple[ast.AST, str]]:
+    """(node, imported module) for every import in ``path``; relative imports resolved, and
+    ``from pkg import mod`` read as the module ``pkg.mod`` where there is one."""
+    package = module_name(path).split(".") if path.name == "__init__.py" else module_name(path).split(".")[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                yield node, f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base
+
+
+def poolsieve_imports(path: Path) -> set[str]:
+    """The ``poolsieve.X.Y`` modules a file imports."""
+    return {m for _, m in imports(path) if m.startswith("poolsieve.")}
+
+
 def layer_of(module: str) -> str:
-    parts = module.split(".")
-    if parts[1] == "pipeline" and len(parts) > 2 and parts[2] == "demo":
-        return "demo"
-    return parts[1]
+    return "demo" if module == DEMO or module.startswith(DEMO + ".") else module.split(".")[1]
+
+
+def inside(module: str, owner: str) -> bool:
+    return module == owner or module.startswith(owner + ".")
+
+
+def stage_of(module: str) -> str | None:
+    """The stage whose room ``module`` is in: the package of ``pipeline/<stage>/stage.py``, else the module."""
+    for c in COMMANDS:
+        if c.runs_stages or inside(c.module, DEMO):
+            continue
+        room = c.module.rsplit(".", 1)[0] if c.module.startswith("poolsieve.pipeline.") and \
+            c.module.endswith(".stage") else c.module
+        if inside(module, room):
+            return c.name
+    return None
+
+
+def is_orchestration(module: str) -> bool:
+    return module in ORCHESTRATION or inside(module, DEMO)
 
 
 ALLOWED = {
@@ -70,6 +117,121 @@ def test_libraries_import_only_below_them(folder: str) -> None:
 
 
 def test_only_orchestration_uses_the_demo() -> None:
-    users = {str(p.relative_to(ROOT)) for folder in PACKAGES for p in files(folder)
-             if any(layer_of(m) == "demo" for m in poolsieve_imports(p))}
-    assert {u for u in users if not u.startswith(("pipeline/demo/", "pipeline/cli.py"))} == set()
+    users = {module_name(p) for p in ALL_FILES if any(layer_of(m) == "demo" for m in poolsieve_imports(p))}
+    assert {u for u in users if not is_orchestration(u)} == set()
+
+
+def test_every_pipeline_module_is_a_stage_orchestration_or_the_demo() -> None:
+    homeless = [module_name(p) for p in files("pipeline")
+                if not is_orchestration(module_name(p)) and stage_of(module_name(p)) is None]
+    assert homeless == []
+
+
+def stage_edges() -> list[tuple[str, str, str]]:
+    """(importer, its stage, imported module) for every import made by a stage's module."""
+    return [(module_name(p), stage, m) for p in ALL_FILES if (stage := stage_of(module_name(p)))
+            for m in poolsieve_imports(p)]
+
+
+def test_stages_import_no_orchestration() -> None:
+    bad = [f"{importer} (stage {stage}) imports {m}" for importer, stage, m in stage_edges() if is_orchestration(m)]
+    assert not bad, "\n".join(bad)
+
+
+def test_stages_import_no_other_stage() -> None:
+    bad = [f"{importer} (stage {stage}) imports {m} (stage {other})" for importer, stage, m in stage_edges()
+           if (other := stage_of(m)) not in (None, stage)]
+    assert not bad, "\n".join(bad)
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in graph.get(node, ()):
+                    cycles.append(sorted(component))
+    return cycles
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the poolsieve modules it imports (a package's ``__init__`` stands for the package)."""
+    return {module_name(p): {m for m in poolsieve_imports(p) if m in MODULES and m != module_name(p)}
+            for p in ALL_FILES}
+
+
+def test_no_import_cycles() -> None:
+    cycles = import_cycles(import_graph())
+    assert not cycles, "import cycles (move the shared piece down into a module both can import):\n" + \
+        "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert sorted(import_cycles(graph)) == [["a", "b", "c"], ["e"]]
+
+
+def local_imports(path: Path) -> Iterator[tuple[int, str, str]]:
+    """(line, function, module) of every import inside a function of ``path``."""
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    yield from ((node.lineno, fn.name, a.name) for a in node.names)
+                elif isinstance(node, ast.ImportFrom):
+                    yield node.lineno, fn.name, "." * node.level + (node.module or "")
+
+
+def test_functions_import_only_heavy_libraries() -> None:
+    bad = sorted({f"{p.relative_to(ROOT)}:{line} {fn}() imports {m}" for p in ALL_FILES
+                  for line, fn, m in local_imports(p) if m.split(".")[0] not in HEAVY})
+    assert not bad, "import these at the top of the module:\n" + "\n".join(bad)
+
+
+def test_pyproject_lists_every_package_folder() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    folders = {p.parent for p in ALL_FILES}
+    expected = {module_name(f / "__init__.py") for f in folders}
+    assert sorted(expected - listed) == [], "package folders missing from pyproject.toml's packages"
+    assert sorted(listed - expected) == [], "pyproject.toml lists packages that do not exist"
+    assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists()) == []
+    assert setuptools["package-dir"] == {f"poolsieve.{p}": p for p in PACKAGES}
+    for package, patterns in setuptools.get("package-data", {}).items():
+        folder = ROOT / package.split(".")[1]
+        for pattern in patterns:
+            assert list(folder.glob(pattern)), f"package-data {package}: {pattern} matches no file"
+

@@ -23,10 +23,13 @@ import os
 import pickle
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from poolsieve.core.formats import atomic_path
+from poolsieve.core.errors import PoolsieveError
+from poolsieve.core.formats import atomic_path, write_json
+from poolsieve.core.models import MODEL_CONFIG_DIR, read_checkpoint_state, register_model_configs
 
 LATEST = "epoch_latest.pt"
 INFO_FILE = "info.pkl"
@@ -99,8 +102,6 @@ def info_model(arch: str, run_dir: Path) -> str:
     """``scale_config['model']`` of ``info.pkl``: the open_clip architecture name, or for poolsieve's own
     architectures (which an open_clip without poolsieve, e.g. DataComp's environment, does not know) the
     run folder as a ``local-dir:`` spec, which that open_clip loads (see ``write_open_clip_folder``)."""
-    from poolsieve.core.models import MODEL_CONFIG_DIR
-
     return f"local-dir:{run_dir.resolve()}" if (MODEL_CONFIG_DIR / f"{arch}.json").is_file() else arch
 
 
@@ -123,15 +124,9 @@ def write_open_clip_folder(run_dir: Path, arch: str, checkpoint: Path) -> Path:
     poolsieve's own configs registered, and the preprocessing open_clip trained with) and the
     checkpoint's weights as ``open_clip_model.safetensors``. Plain open_clip then loads the run with
     ``create_model_and_transforms("local-dir:RUN_DIR")``, and the folder can be pushed to a hub repo."""
-    from dataclasses import asdict
-
     import open_clip
     from open_clip.transform import PreprocessCfg
     from safetensors.torch import save
-
-    from poolsieve.core.errors import PoolsieveError
-    from poolsieve.core.formats import write_json
-    from poolsieve.core.models import read_checkpoint_state, register_model_configs
 
     register_model_configs()
     model_cfg = open_clip.get_model_config(arch)

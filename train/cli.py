@@ -21,6 +21,7 @@ from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage
 from poolsieve.core.workspace import Workspace
 
+from .launch import slurm_script, write_slurm_script
 from .scales import scale_table
 from .trainer import TrainConfig, prepare_run, train_clip
 
@@ -65,8 +66,6 @@ def _writer_lock(ws: Workspace, out: Path) -> contextlib.AbstractContextManager[
 
 
 def write_slurm(config: TrainConfig, name: str, data: str, out: Path) -> dict[str, Any]:
-    from .launch import slurm_script, write_slurm_script
-
     world = (config.gpus or 1) * config.nodes
     setup = prepare_run(data, out, config, world_size=world, cpus=None, gpu=True, name=name)
     path = Path(config.slurm_script or "")

@@ -20,12 +20,22 @@ The patches, each small and named for what it fixes in open_clip_train 3.3:
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 import os
 import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from poolsieve.core.models import register_model_configs
+
+from .checkpoints import atomic_save
+from .shards import DATA_FILE_FLAG
 
 ERROR_PREFIX = "POOLSIEVE-ERROR: "  # a line the parent reports as the run's one-line error
 _epochs: list[Any] = []  # the SharedEpoch of the dataset being built (captured by the shuffle stage)
@@ -46,7 +56,6 @@ def install_epoch_seeded_shuffle(seed: int) -> None:
     a pass reads the epoch from the dataset's shared epoch counter (what open_clip's shard sampler
     reads too), so it depends on nothing else: a resumed run repeats it bit for bit.
     """
-    import numpy as np
     import torch
     import webdataset as wds
     from open_clip_train import data
@@ -92,8 +101,6 @@ def install_atomic_checkpoints() -> None:
     """open_clip's ``torch.save`` writes through a temporary file; its checkpoint loads are weights-only."""
     import torch
     from open_clip_train import main as open_clip_main
-
-    from .checkpoints import atomic_save
 
     class TorchWithAtomicSave:
         save = staticmethod(atomic_save)
@@ -188,9 +195,6 @@ def fix_webdataset_eof_marker() -> None:
     ``group_by_keys_nothrow`` expects every item to have ``fname`` and fails with ``KeyError: 'fname'``
     (webdataset/webdataset#384, mlfoundations/open_clip#935). The fix named there: ``eof_value=None``.
     """
-    import functools
-    import inspect
-
     from open_clip_train import data
     from webdataset.tariterators import tar_file_expander
 
@@ -200,8 +204,6 @@ def fix_webdataset_eof_marker() -> None:
 
 def quiet_library_loggers() -> None:
     """open_clip's ``setup_logging`` sets every logger to INFO; keep torch's own loggers at WARNING."""
-    import logging
-
     from open_clip_train import main as open_clip_main
 
     original = open_clip_main.setup_logging
@@ -230,8 +232,6 @@ def seed_from_argv(argv: Sequence[str]) -> int:
 
 def expand_data_file(argv: Sequence[str]) -> list[str]:
     """Swap ``--poolsieve-train-data-file F`` for ``--train-data`` (and its factors) read from ``F``."""
-    from .shards import DATA_FILE_FLAG
-
     argv = list(argv)
     if DATA_FILE_FLAG not in argv:
         return argv
@@ -248,8 +248,6 @@ def expand_data_file(argv: Sequence[str]) -> list[str]:
 def run(argv: Sequence[str]) -> int:
     """Call open_clip_train's main with ``argv``; 0 on success, 1 when it reports an error."""
     from open_clip_train.main import main
-
-    from poolsieve.core.models import register_model_configs
 
     argv = expand_data_file(argv)
     register_model_configs()

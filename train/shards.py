@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import braceexpand
+
 from poolsieve.core.errors import ConfigError, InputError
 
 DATA_FILE_FLAG = "--poolsieve-train-data-file"  # the runner swaps it for --train-data (+ factors)
@@ -82,6 +84,4 @@ def train_data_string(sources: Sequence[Source]) -> tuple[str, str | None]:
 
 def expand(data: str) -> list[str]:
     """The shard paths a ``--train-data`` string names, in order (as open_clip expands it)."""
-    import braceexpand
-
     return [url for part in data.split("::") for url in braceexpand.braceexpand(part)]

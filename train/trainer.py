@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -39,7 +40,9 @@ from poolsieve.core.stage import option
 from poolsieve.core.workspace import is_whole_shard, shard_stats_path
 
 from .checkpoints import LATEST, info_model, prepare_resume, read_epoch, write_info, write_open_clip_folder
+from .launch import ray_plan, run_ray_train
 from .open_clip_runner import ERROR_PREFIX
+from .runner_io import parse_train_line, runner_env
 from .scales import SCALES, Scale, get_scale
 from .shards import ARG_LIMIT, DATA_FILE_FLAG, Source, train_data_string
 
@@ -209,8 +212,6 @@ def data_sources(data: str | Path | Sequence[str | Path], weights: str | None = 
 
 def count_samples(shards: Sequence[Path]) -> int:
     """Samples in the shards: from each ``{shard}_stats.json`` when present, else by reading the tar."""
-    import tarfile
-
     total = 0
     for shard in shards:
         stats = shard_stats_path(shard)
@@ -278,21 +279,6 @@ def resolve_precision(precision: str, scale: str = "", gpu: bool | None = None) 
     """``auto``: fp32 on CPU; on GPUs amp, or amp_bf16 at xlarge as DataComp's launcher does."""
     device = ("cuda" if gpu else "cpu") if gpu is not None else devices.resolve_device("auto")
     return devices.resolve_precision(precision, device, gpu_default="amp_bf16" if scale == "xlarge" else "amp")
-
-
-_TRAIN_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \((\d+)%\)\](.*)")
-_LOSS = re.compile(r"(\w+_loss|Loss): ([0-9.eE+-]+) \(([0-9.eE+-]+)\)")
-
-
-def parse_train_line(line: str) -> dict[str, Any] | None:
-    """``Train Epoch: 0 [640/1280 (50%)] ... Contrastive_loss: 3.1 (3.4) ...`` -> a dict, else None."""
-    m = _TRAIN_LINE.search(line)
-    if not m:
-        return None
-    losses = {name.lower(): float(val) for name, val, _ in _LOSS.findall(m.group(5))}
-    return {"epoch": int(m.group(1)), "epoch_samples": int(m.group(2)), "samples_per_epoch": int(m.group(3)),
-            "loss": losses.get("loss", sum(losses.values())) if losses else None,
-            "losses": {k: v for k, v in losses.items() if k != "loss"}}
 
 
 # --------------------------------------------------------------------------------- a run folder
@@ -419,13 +405,6 @@ def runner_command(argv: list[str], gpus: int | None = None) -> list[str]:
     return [*launcher, "-m", "poolsieve.train.open_clip_runner", *argv]
 
 
-def runner_env(config: TrainConfig) -> dict[str, str]:
-    env = {"PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
-    if config.threads:
-        env["OMP_NUM_THREADS"] = str(config.threads)
-    return env
-
-
 def failure_line(lines: Sequence[str], what: str, log_path: Path) -> str:
     """One line for a failed run: the runner's own error line, else the last line that says error."""
     for line in reversed(lines):
@@ -438,7 +417,7 @@ def failure_line(lines: Sequence[str], what: str, log_path: Path) -> str:
 
 def _run_local(setup: RunSetup, config: TrainConfig, progress: Progress, done_before: int) -> None:
     """Run the runner (under torchrun for several GPUs) as a child process, following its log."""
-    env = dict(os.environ, **runner_env(config))
+    env = dict(os.environ, **runner_env(config.threads))
     cmd = runner_command(setup.argv, config.gpus)
     log_path = setup.out_dir / "train.log"
     tail: list[str] = []
@@ -483,8 +462,6 @@ def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, con
         shutil.rmtree(out_dir)
     use_ray = bool(config.ray_workers) or bool(runtime is not None and getattr(runtime, "address", None))
     if use_ray:
-        from .launch import ray_plan
-
         config, gpu, cpus = ray_plan(config, runtime)
     else:
         check_gpus(config)
@@ -513,8 +490,6 @@ def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, con
         progress.update(done_before)
     start = time.monotonic()
     if use_ray:
-        from .launch import run_ray_train
-
         run_ray_train(setup, config, runtime, gpu, progress, done_before)
     else:
         _run_local(setup, config, progress, done_before)

@@ -19,10 +19,12 @@ candidates on 2 cores (768-d image + text): one part's search of 200k rows, npro
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from poolsieve.core.progress import Progress
 
@@ -131,20 +133,13 @@ def run_units(fn, lists: list[int], device: str) -> None:
         for lst in lists:
             fn(lst)
         return
-    from concurrent.futures import ThreadPoolExecutor
 
     with _single_threaded_blas(), ThreadPoolExecutor(threads) as pool:
         for _ in pool.map(fn, lists):
             pass
 
 
-def _single_threaded_blas():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl ships with the scientific stack
-        import contextlib
-
-        return contextlib.nullcontext()
+def _single_threaded_blas() -> threadpool_limits:
     return threadpool_limits(limits=1, user_api="blas")
 
 

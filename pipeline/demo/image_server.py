@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import io
 import shlex
 import shutil
+import socket
 import struct
 import sys
 import threading
@@ -28,6 +30,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from PIL import Image
+
+from poolsieve.core.errors import ConfigError, InputError
 
 FAULTS = {
     "http_404": "answer 404 Not Found",
@@ -63,10 +69,6 @@ def declare_jpeg_size(data: bytes, width: int, height: int) -> bytes:
 
 def bomb_jpeg(width: int = 50_000, height: int = 50_000) -> bytes:
     """A few hundred bytes of JPEG that declare a huge image (decoding would need gigabytes)."""
-    import io
-
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, format="JPEG", quality=50)
     return declare_jpeg_size(buf.getvalue(), width, height)
@@ -249,8 +251,6 @@ class ImageServer:
 
     def start(self) -> ImageServer:
         if not self.root.is_dir():
-            from poolsieve.core.errors import InputError
-
             raise InputError(self.root, "nothing to serve: folder does not exist (run `poolsieve generate`)")
         self.stopping.clear()
         self._server = _Server((self.host, self.port), _Handler)
@@ -281,8 +281,6 @@ class ImageServer:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on ``host`` right now (for a server started soon after)."""
-    import socket
-
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -300,8 +298,6 @@ def serve_command(folder: str | Path, base_url: str) -> str:
     that is the one running now, else this one's path, so the line works as it is copied."""
     parts = urlsplit(base_url)
     if parts.scheme != "http" or not parts.hostname:
-        from poolsieve.core.errors import ConfigError
-
         raise ConfigError(f"base url {base_url!r}: the image server answers http://HOST[:PORT][/PREFIX] urls")
     python = "python" if shutil.which("python") == sys.executable else shlex.quote(sys.executable)
     argv = [str(folder), "--host", parts.hostname, "--port", str(parts.port or 80)]

@@ -18,9 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from poolsieve.core.errors import PoolsieveError
-from poolsieve.core.formats import read_json, write_json
+from poolsieve.core.formats import model_key, read_json, score_column, write_json
 from poolsieve.core.progress import print_summary
 from poolsieve.core.workspace import Workspace
+from poolsieve.pipeline.demo.image_server import ImageServer, free_port
+from poolsieve.pipeline.demo.seed_set import write_seed_set
+from poolsieve.pipeline.demo.synthetic_pool import PoolSpec, generate_pool
+from poolsieve.pipeline.download.stage import STAGE as DOWNLOAD
+from poolsieve.pipeline.download.stage import DownloadConfig, download
+from poolsieve.pipeline.experiment import comparison_table, run_experiment
+from poolsieve.pipeline.train_scorer import ScorerConfig, train_scorer
+from poolsieve.train.trainer import count_samples, list_shards
 
 SCORER = "scorer"
 SEED_SET = "seed"
@@ -46,14 +54,11 @@ def _port_is_free(port: int) -> bool:
 
 def ensure_pool(ws: Workspace, num_samples: int) -> dict[str, Any]:
     """Generate the built-in pool once; remember its image server address in ``synthetic/pool.json``."""
-    from poolsieve.pipeline.demo.synthetic_pool import PoolSpec, generate_pool
-
     info_path = ws.root / "synthetic" / "pool.json"
     if info_path.exists() and any(ws.metadata_dir.glob("*.parquet")):
         info = read_json(info_path)
         if info.get("samples") == num_samples:
             return info
-    from poolsieve.pipeline.demo.image_server import free_port
 
     port = free_port()
     summary = generate_pool(ws.root, PoolSpec(num_samples=num_samples, samples_per_file=1000, image_size=256,
@@ -65,9 +70,6 @@ def ensure_pool(ws: Workspace, num_samples: int) -> dict[str, Any]:
 
 def ensure_seed_set(ws: Workspace, n: int, image_size: int = 64) -> Path:
     """Clean pairs (never part of the pool) as webdataset shards in ``<ws>/seed/``; written once."""
-    from poolsieve.pipeline.demo.seed_set import write_seed_set
-    from poolsieve.train.trainer import count_samples, list_shards
-
     folder = ws.root / SEED_SET
     if folder.is_dir() and any(folder.glob("*.tar")) and count_samples(list_shards(folder)) == n:
         return folder
@@ -77,8 +79,6 @@ def ensure_seed_set(ws: Workspace, n: int, image_size: int = 64) -> Path:
 
 def experiment_config(scorer_checkpoint: str, clip_fraction: float, samples_seen: int | None,
                       eval_samples: int) -> dict[str, Any]:
-    from poolsieve.core.formats import model_key, score_column
-
     column = score_column(model_key("poolsieve-tiny", scorer_checkpoint))
     train: dict[str, Any] = {"scale": "tiny"}
     if samples_seen:
@@ -97,12 +97,6 @@ def experiment_config(scorer_checkpoint: str, clip_fraction: float, samples_seen
 
 
 def run_quickstart(ws: Workspace, runtime: Any, args: argparse.Namespace, overwrite: bool = False) -> dict[str, Any]:
-    from poolsieve.pipeline.demo.image_server import ImageServer
-    from poolsieve.pipeline.download.stage import STAGE as DOWNLOAD
-    from poolsieve.pipeline.download.stage import DownloadConfig, download
-    from poolsieve.pipeline.experiment import comparison_table, run_experiment
-    from poolsieve.pipeline.train_scorer import ScorerConfig, train_scorer
-
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     pool = ensure_pool(ws, args.num_samples)

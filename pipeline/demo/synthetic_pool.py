@@ -42,14 +42,21 @@ import argparse
 import bisect
 import hashlib
 import io
+import ipaddress
 import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
+from poolsieve.core.config import build
+from poolsieve.core.formats import atomic_path
+from poolsieve.core.progress import print_summary
 from poolsieve.core.shapes import (
     COLOURS,
     SHAPES,
@@ -63,6 +70,9 @@ from poolsieve.core.shapes import (
     make_uid,
     texture_caption,
 )
+from poolsieve.core.shard_reader import iter_tar_samples
+from poolsieve.eval.synthetic_tasks import HELD_OUT_SEEDS
+from poolsieve.pipeline.demo.image_server import serve_command
 
 LABEL_COLUMN = "poolsieve_defect"          # in metadata/*.parquet: a DEFECTS name or "none"
 DIFFICULTY_COLUMN = "poolsieve_difficulty"  # "easy" / "hard" for freshly drawn shapes, else ""
@@ -137,8 +147,6 @@ class EvalImage:
 
 def evaluation_images(spec: PoolSpec) -> list[EvalImage]:
     """Every image of the built-in evaluation tasks, in task order (as the evaluate stage draws them)."""
-    from poolsieve.eval.synthetic_tasks import HELD_OUT_SEEDS
-
     out = []
     for task, seed in (*HELD_OUT_SEEDS.items(), (RETRIEVAL_TASK, RETRIEVAL_SEED)):
         n = spec.retrieval_samples if task == RETRIEVAL_TASK else spec.eval_samples
@@ -155,8 +163,6 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_evaluation_sets(root: Path, spec: PoolSpec, images: list[EvalImage]) -> None:
     """``eval_images/{task}.tar``, the retrieval task folder and the image-based target set."""
-    from poolsieve.core.formats import atomic_path
-
     eval_dir = root / "synthetic" / "eval_images"
     eval_dir.mkdir(parents=True, exist_ok=True)
     for task in dict.fromkeys(im.task for im in images):
@@ -198,8 +204,6 @@ def _assign_defects(spec: PoolSpec, rng: np.random.Generator) -> np.ndarray:
 def _perturb(data: bytes, rng: np.random.Generator) -> bytes:
     """A near copy: brightness nudged by a few levels, re-encoded at another JPEG quality (other bytes,
     the same picture: what re-uploads and re-compressions of one image look like)."""
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.int16)
     arr = np.clip(arr + int(rng.choice([-4, -3, -2, 2, 3, 4])), 0, 255).astype(np.uint8)
@@ -207,8 +211,6 @@ def _perturb(data: bytes, rng: np.random.Generator) -> bytes:
 
 
 def _upscaled(data: bytes, size: int) -> bytes:
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as im:
         return encode_jpeg(im.convert("RGB").resize((size, size), Image.BICUBIC), quality=88)
 
@@ -232,10 +234,6 @@ def _caption(defect: str, shape: str, colour: str, srng: np.random.Generator) ->
 
 def generate_pool(root: str | Path, spec: PoolSpec) -> dict[str, Any]:
     """Write metadata parquets, image files, the label side table and the evaluation sets under ``root``."""
-    import pandas as pd
-
-    from poolsieve.core.formats import atomic_path
-
     unknown = set(spec.defect_rates) - set(DEFECTS)
     if unknown:
         raise ValueError(f"unknown defect(s) {sorted(unknown)}; known: {DEFECTS}")
@@ -332,10 +330,6 @@ def eval_leaks(root: str | Path) -> Any:
     """Pool rows whose image bytes are those of an evaluation image (``synthetic/eval_images``):
     a DataFrame of uid, label (``poolsieve_defect``) and the task image it copies. Only the planted,
     labelled ``eval_copy`` rows may appear; anything else is a leak."""
-    import pandas as pd
-
-    from poolsieve.core.shard_reader import iter_tar_samples
-
     root = Path(root)
     where: dict[str, str] = {}
     for tar in sorted((root / "synthetic" / "eval_images").glob("*.tar")):
@@ -359,10 +353,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(ctx: Any, args: argparse.Namespace) -> int:
-    from poolsieve.core.config import build
-    from poolsieve.core.progress import print_summary
-    from poolsieve.pipeline.demo.image_server import serve_command
-
     ws = ctx.workspace(create=True)
     spec = build(PoolSpec, ctx.section("generate"), "generate", {
         "num_samples": args.num_samples, "samples_per_file": args.samples_per_file,
@@ -379,9 +369,6 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
 
 def _download_hint(root: Any, base_url: str) -> str:
     """The download command for a generated pool: its server's address must be allowed (it is not global)."""
-    import ipaddress
-    from urllib.parse import urlsplit
-
     host = urlsplit(base_url).hostname or "127.0.0.1"
     try:
         network = str(ipaddress.ip_network(host))

@@ -13,7 +13,12 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from poolsieve.core.formats import STATUS_SUCCESS
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from poolsieve.core.formats import STATUS_SUCCESS, atomic_path, write_json
 from poolsieve.core.workspace import shard_stats_path
 from poolsieve.pipeline.download.integrity import NOT_WRITTEN_STATUS
 from poolsieve.pipeline.download.netguard import DENIED_MARK
@@ -76,9 +81,6 @@ _COVER_KEY = b"poolsieve_shards_covered"
 
 def collect_failures(shards_dir: Path, only: set[int] | None = None):
     """Failed samples of the whole shards (or of the ids in ``only``), with shard and reason (pandas)."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
     frames = []
     cols = ["uid", "url", "caption", "key", "status", "error_message"]
     for shard_id, path in _shard_parquets(shards_dir) if only is None or only else []:
@@ -109,8 +111,6 @@ def _ranges(ids: set[int]) -> list[list[int]]:
 
 def read_failures(shards_dir: Path):
     """``(failures DataFrame, shard ids it covers)`` from ``download_failures.parquet``; empty if absent."""
-    import pyarrow.parquet as pq
-
     path = shards_dir / FAILURES_NAME
     if not path.exists():
         return collect_failures(shards_dir, only=set()), set()
@@ -122,12 +122,6 @@ def read_failures(shards_dir: Path):
 def update_failures(shards_dir: Path, rewritten: set[int] = frozenset()):
     """Bring ``download_failures.parquet`` up to date, reading only the shards it does not cover yet
     (and ``rewritten`` ones). Returns the failures of all whole shards."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from poolsieve.core.formats import atomic_path
-
     whole = whole_shard_ids(shards_dir)
     old, covered = read_failures(shards_dir)
     dirty = (whole - covered) | (set(rewritten) & whole)
@@ -148,11 +142,6 @@ def reconcile_duplicates(shards_dir: Path, candidates: set[int]) -> set[int]:
     of earlier ones. Only ``candidates`` are read (the shards with failures and the retry shards).
     Rewrites the earlier parquet and its stats; tars are untouched (failures have no member).
     Returns the ids of the rewritten shards."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from poolsieve.core.formats import atomic_path, write_json
-
     latest: dict[str, int] = {}
     tables = {}
     parquets = {i: p for i, p in _shard_parquets(shards_dir) if i in candidates}
@@ -191,8 +180,6 @@ def reconcile_duplicates(shards_dir: Path, candidates: set[int]) -> set[int]:
 
 
 def _pa_array(values: list[str]):
-    import pyarrow as pa
-
     return pa.array(values, type=pa.string())
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from poolsieve.core.errors import InputError, PoolsieveError
+from poolsieve.core.metadata_checks import scan_metadata
 
 SCALES = {
     "small": "mlfoundations/datacomp_small",
@@ -85,8 +86,6 @@ def fetch_metadata(dest: str | Path, *, scale: str | None = None, source: str | 
     refused, or dropped from the placed copies with ``drop_duplicate_uids``). Returns counts and where
     the files came from.
     """
-    from poolsieve.pipeline.download.metadata_checks import scan_metadata
-
     dest = Path(dest)
     if (scale is None) == (source is None):
         raise PoolsieveError("give exactly one of a scale (fetch from the hub) or a local metadata folder")

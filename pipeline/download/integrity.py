@@ -18,8 +18,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from poolsieve.core.errors import PoolsieveError
-from poolsieve.core.formats import STATUS_SUCCESS
+from poolsieve.core.formats import STATUS_SUCCESS, atomic_path, write_json
 
 NOT_WRITTEN_STATUS = "failed_to_write"
 NOT_WRITTEN_ERROR = "not written: img2dataset's writer failed on this sample (see its log, .download_runner.log)"
@@ -30,8 +33,6 @@ class ShardInputs:
     """The input rows of each shard id, as img2dataset's reader cuts them."""
 
     def __init__(self, inputs: list[str | Path], per_shard: int, start_id: int):
-        import pyarrow.parquet as pq
-
         self.per_shard = per_shard
         self.spans: dict[int, tuple[Path, int, int]] = {}
         shard_id = start_id
@@ -48,8 +49,6 @@ class ShardInputs:
 
     def rows(self, shard_id: int, columns: list[str]) -> Any | None:
         """The shard's input rows (arrow table of ``columns`` that the file has), or None if unknown."""
-        import pyarrow.parquet as pq
-
         if shard_id not in self.spans:
             return None
         path, lo, hi = self.spans[shard_id]
@@ -68,11 +67,6 @@ def sample_key(shard_id: int, index: int, per_shard: int, shard_digits: int) -> 
 def complete_shard(parquet: Path, stats_path: Path, shard_id: int, inputs: ShardInputs) -> int:
     """Add the input rows missing from a finished shard's parquet as ``failed_to_write`` rows and
     recount its stats (both rewritten atomically). Returns the number of rows added."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from poolsieve.core.formats import atomic_path, write_json
-
     table = pq.read_table(parquet)
     source = inputs.rows(shard_id, list(CARRIED.values()))
     if source is None:

@@ -43,6 +43,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from poolsieve.core.errors import ConfigError
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -106,8 +108,6 @@ def _network(spec: str, key: str) -> Network:
     try:
         net = ipaddress.ip_network(str(spec).strip(), strict=False)
     except ValueError:
-        from poolsieve.core.errors import ConfigError
-
         raise ConfigError(f"download.{key}: {spec!r} is not a network (CIDR like 10.0.0.0/8)") from None
     if net.version == 6 and net.prefixlen >= 96 and net.network_address in _MAPPED:
         mapped = net.network_address.ipv4_mapped

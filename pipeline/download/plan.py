@@ -12,7 +12,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from poolsieve.core.errors import InputError
+from poolsieve.core.formats import check_metadata_columns
 from poolsieve.core.workspace import whole_shard_tars
 
 STATS_RE = re.compile(r"^(\d+)_stats\.json$")
@@ -28,10 +31,6 @@ class FilePlan:
 
 def plan_shards(files: list[Path], per_shard: int) -> list[FilePlan]:
     """img2dataset's sharding: each file is cut into ceil(rows / per_shard) shards, ids run on."""
-    import pyarrow.parquet as pq
-
-    from poolsieve.core.formats import check_metadata_columns
-
     plans, next_id = [], 0
     for f in files:
         try:

@@ -19,13 +19,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from poolsieve.core.progress import Progress
+from poolsieve.pipeline.download.config import DownloadConfig
 from poolsieve.pipeline.download.integrity import ShardInputs, complete_shard
 from poolsieve.pipeline.download.plan import STATS_RE
-
-if TYPE_CHECKING:
-    from poolsieve.pipeline.download.stage import DownloadConfig
 
 STAGING_NAME = ".staging"
 RUNNER_LOG_NAME = ".download_runner.log"
@@ -95,8 +94,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def run_img2dataset(job: dict[str, Any], shards_dir: Path, expected: list[int], watchdog_seconds: float,
                     desc: str = "download") -> RunOutcome:
     """Run the job in a subprocess, promote shards as they finish, stop it if it stalls."""
-    from poolsieve.core.progress import Progress
-
     staging = Path(job["staging"])
     job_path = staging / "_job.json"
     job_path.write_text(json.dumps(job))

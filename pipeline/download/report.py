@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from poolsieve.core.progress import print_summary
 from poolsieve.core.workspace import shard_stats_path
+from poolsieve.pipeline.download.config import DownloadConfig
 from poolsieve.pipeline.download.failures import update_failures
 from poolsieve.pipeline.download.plan import shard_digits, whole_shards
 from poolsieve.pipeline.download.process import RunOutcome
-
-if TYPE_CHECKING:
-    from poolsieve.pipeline.download.stage import DownloadConfig
 
 REPORT_NAME = "download_report.json"
 
@@ -59,8 +58,6 @@ def build_report(ws: Any, cfg: DownloadConfig, planned: int, mode: str, outcome:
 
 def print_report(report: dict[str, Any]) -> None:
     """The one-screen summary of a download."""
-    from poolsieve.core.progress import print_summary
-
     if report.get("skipped_shards"):
         print_summary("download", [("metadata files", report["metadata_files"]), ("shards", "skipped (--skip-shards)")])
         return

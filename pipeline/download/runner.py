@@ -26,10 +26,14 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from poolsieve.core.processes import die_with_parent
+from poolsieve.pipeline.download.netguard import install_guard, open_url
 
 # albumentations (imported by img2dataset) checks PyPI for updates at import unless told not to: no
 # traffic that the crawl did not ask for.
@@ -45,12 +49,8 @@ def setup_worker(guards: dict[str, Any]) -> None:
     global _worker_ready
     if _worker_ready:
         return
-    import warnings
 
     from img2dataset import downloader as i2d_downloader
-    from PIL import Image
-
-    from poolsieve.pipeline.download.netguard import install_guard
 
     if guards.get("die_with_parent"):
         die_with_parent()
@@ -65,8 +65,6 @@ def fetch_image(row: tuple[Any, str], timeout: float, user_agent_token: str | No
                 disallowed_header_directives: Any) -> tuple[Any, io.BytesIO | None, str | None]:
     """img2dataset's ``download_image`` with a total deadline and a byte cap; same return contract."""
     from img2dataset.downloader import is_disallowed
-
-    from poolsieve.pipeline.download.netguard import open_url
 
     key, url = row
     deadline = _limits.get("fetch_deadline", 60.0)
@@ -124,8 +122,6 @@ def _has_alpha(im: Any, head: bytes) -> bool:
 
 def refusal(img_stream: io.BytesIO, max_image_area: float) -> str | None:
     """Why the image must not be decoded (unknown format, too many pixels for its kind), or None."""
-    from PIL import Image
-
     img_stream.seek(0)
     head = img_stream.read(32)
     img_stream.seek(0)

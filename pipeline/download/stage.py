@@ -22,31 +22,36 @@ What it adds to a bare img2dataset call:
 * ``shards/download_failures.parquet`` lists every failed sample with its reason and
   ``shards/download_report.json`` has success rate, failures by reason and throughput.
 
-This module holds the options and the order of the work; the rest of the package, one concern each:
-``plan.py`` (shard ids, whole shards), ``process.py`` (the runner subprocess, watchdog, promotion),
+This module holds the order of the work; the rest of the package, one concern each: ``config.py``
+(the options), ``plan.py`` (shard ids, whole shards), ``process.py`` (the runner subprocess, watchdog, promotion),
 ``runner.py`` (img2dataset inside it), ``netguard.py``, ``integrity.py`` (rows img2dataset dropped, the
 success-rate floor), ``failures.py`` (reasons, the failures file, retry reconciliation), ``report.py``,
-``hub_metadata.py`` and ``metadata_checks.py`` (the metadata's source and checks).
+``hub_metadata.py`` (the metadata's source; ``core/metadata_checks.py`` checks it).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
+import pandas as pd
+import pyarrow.parquet as pq
+
+from poolsieve.core.errors import InputError, PoolsieveError
+from poolsieve.core.formats import atomic_path, read_json, write_json
 from poolsieve.core.locks import exclusive
-from poolsieve.core.stage import Stage, option
-from poolsieve.core.workspace import whole_shard_tars
+from poolsieve.core.metadata_checks import check_metadata
+from poolsieve.core.stage import Stage
+from poolsieve.core.workspace import shard_stats_path, whole_shard_tars
+from poolsieve.pipeline.download.config import DownloadConfig
 from poolsieve.pipeline.download.failures import reconcile
-from poolsieve.pipeline.download.hub_metadata import SCALES
+from poolsieve.pipeline.download.hub_metadata import fetch_metadata
 from poolsieve.pipeline.download.integrity import check_success_rate
-from poolsieve.pipeline.download.netguard import NetworkPolicy
 from poolsieve.pipeline.download.plan import plan_shards, shard_digits, whole_shard_ids
 from poolsieve.pipeline.download.process import (
     RUNNER_LOG_NAME,
@@ -63,92 +68,8 @@ STATE_NAME = "download_state.json"
 # shards with the values the pool's shards were made with (recorded in STATE_NAME), whatever is given.
 SHARD_SETTINGS = ("samples_per_shard", "image_size", "resize_mode", "resize_only_if_bigger", "encode_format",
                   "encode_quality", "min_image_size", "blur_faces")
-SCALE_NAMES = tuple(SCALES)
-RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
-DISTRIBUTORS = ("auto", "multiprocessing", "ray")
-ENCODE_FORMATS = ("jpg", "png", "webp")
-
-
 class DownloadStalled(PoolsieveError):
     """The watchdog stopped a download in which no shard finished for too long."""
-
-
-@dataclass
-class DownloadConfig:
-    """The ``download:`` section; each option is also a flag. Defaults follow DataComp's ``download_upstream.py``;
-    img2dataset's and DataComp's own flag spellings (``--processes_count``, ``--download_npz``, ...) work too."""
-
-    metadata_source: str | None = option(
-        None, "a local folder of metadata parquets (and .npz) to copy into metadata/ (DataComp's --metadata_dir "
-        "when it already holds them)", metavar="DIR",
-        aliases=("--metadata_dir",))
-    scale: str | None = option(None, "fetch DataComp's metadata for this scale from the Hugging Face hub first",
-                               choices=SCALE_NAMES)
-    download_npz: bool = option(False, "with --scale: also fetch the .npz embeddings", aliases=("--download_npz",))
-    hub_endpoint: str | None = option(None, "a Hugging Face hub mirror (default: HF_ENDPOINT or huggingface.co)",
-                                      metavar="URL")
-    skip_shards: bool = option(False, "fetch the metadata only", aliases=("--skip_shards",))
-    image_size: int = option(512, "resize the images' longest side to this", aliases=("--image_size",))
-    resize_mode: str = option("keep_ratio_largest", "img2dataset resize mode", choices=RESIZE_MODES,
-                              aliases=("--resize_mode",))
-    resize_only_if_bigger: bool = option(True, "never upscale small images (on, as in DataComp)",
-                                         aliases=("--resize_only_if_bigger",))
-    encode_format: str = option("jpg", "image format in the shards", choices=ENCODE_FORMATS,
-                                aliases=("--encode_format",))
-    encode_quality: int = option(95, "JPEG/WebP quality of the stored images", aliases=("--encode_quality",))
-    samples_per_shard: int = option(10_000, "samples per shard", aliases=("--number_sample_per_shard",))
-    processes: int | None = option(None, "download processes (default: all CPUs)", aliases=("--processes_count",))
-    threads: int = option(32, "fetch threads per process; up to 2 x threads fetched images of at most "
-                          "max_image_bytes wait per process (2 GiB with the defaults)", aliases=("--thread_count",))
-    retries: int = option(2, "retries per url inside img2dataset")
-    timeout: float = option(10.0, "seconds per connect / read")
-    fetch_deadline: float = option(60.0, "seconds one image may take in all (slow trickles end here)")
-    max_image_bytes: int = option(32 << 20, "bytes one image may have; larger ones are refused", metavar="BYTES")
-    max_image_area: float = option(
-        64 << 20, "refuse images whose header declares more pixels, before decoding (8192^2; with transparency a "
-        "sixth). Each process decodes one image at a time, in at most ~12 bytes x this: peak decode memory "
-        "<= processes x 12 B x max_image_area", metavar="PIXELS", aliases=("--max_image_area",))
-    min_image_size: int = option(0, "refuse images whose shorter side is smaller than this",
-                                 aliases=("--min_image_size",))
-    blur_faces: bool = option(True, "blur face_bboxes when the metadata has them (--no-blur-faces: keep them)")
-    deny_networks: list[str] = option(
-        [], "never fetch from this network (repeatable; adds to the default: every non-global address)",
-        flag="--deny-network", metavar="CIDR")
-    allow_networks: list[str] = option(
-        [], "fetch from this otherwise denied network, e.g. 127.0.0.1/32 for a local server (repeatable)",
-        flag="--allow-network", metavar="CIDR")
-    distributor: str = option("auto", "auto: ray with --ray-address, else img2dataset's multiprocessing",
-                              choices=DISTRIBUTORS)
-    watchdog_seconds: float = option(1800.0, "stop the workers when no shard finished for this long")
-    max_shard_retry: int = option(1, "img2dataset's re-runs of a shard that failed as a whole",
-                                  aliases=("--max_shard_retry",))
-    retry_failed: bool = option(False, "re-fetch only the failed samples into new shards, made with the settings "
-                                "the pool's shards were made with (samples per shard, image size, format)")
-    user_agent_token: str | None = option(None, "added to img2dataset's user agent", aliases=("--user_agent_token",))
-    min_success_rate: float = option(
-        0.1, "fail (exit 2) when fewer than this fraction of the samples were fetched (a dead server, a pool "
-        "the network guard refuses)", metavar="RATE")
-    drop_duplicate_uids: bool = option(False, "drop metadata rows whose uid repeats an earlier row "
-                                       "(default: refuse the file)")
-
-    def validate(self) -> None:
-        if self.resize_mode not in RESIZE_MODES:
-            raise ConfigError(f"download.resize_mode: {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
-        if self.distributor not in DISTRIBUTORS:
-            raise ConfigError(f"download.distributor: {self.distributor!r} is not one of {', '.join(DISTRIBUTORS)}")
-        for name in ("image_size", "samples_per_shard", "threads", "timeout", "fetch_deadline", "watchdog_seconds"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"download.{name} must be positive, got {getattr(self, name)!r}")
-        if self.processes is not None and self.processes <= 0:
-            raise ConfigError(f"download.processes must be positive, got {self.processes!r}")
-        if not 0 <= self.min_success_rate <= 1:
-            raise ConfigError(f"download.min_success_rate must be between 0 and 1, got {self.min_success_rate!r}")
-        if self.max_image_area <= 0 or self.max_image_bytes <= 0:
-            raise ConfigError("download.max_image_area and download.max_image_bytes must be positive")
-        for key in ("deny_networks", "allow_networks"):
-            if not isinstance(getattr(self, key), list):
-                raise ConfigError(f"download.{key} must be a list of networks (CIDR strings)")
-        NetworkPolicy(self.deny_networks, self.allow_networks)  # a bad CIDR stops here, in one line
 
 
 # --------------------------------------------------------------------------------- the stage
@@ -166,8 +87,6 @@ def _distributor(cfg: DownloadConfig, runtime: Any) -> tuple[str, str | None]:
 
 
 def _bbox_column(files: list[Path], cfg: DownloadConfig) -> str | None:
-    import pyarrow.parquet as pq
-
     if not cfg.blur_faces:
         return None
     has = ["face_bboxes" in pq.read_schema(f).names for f in files]
@@ -181,7 +100,6 @@ def _check_state(shards_dir: Path, state: dict[str, Any], overwrite: bool) -> No
     path = shards_dir / STATE_NAME
     if overwrite or not path.exists():
         return
-    from poolsieve.core.formats import read_json
 
     old = read_json(path)
     for key in ("samples_per_shard", "planned_shards"):
@@ -196,8 +114,6 @@ def recorded_settings(shards_dir: Path) -> dict[str, Any]:
     ``download_report.json`` and the state's ``samples_per_shard``; for a pool with neither, the shard
     size read off the shards' stats (a shard's count, plus rows a retry moved out, is at most the size,
     and the first shard of each metadata file is full unless the file is smaller)."""
-    from poolsieve.core.formats import read_json
-
     fields = {f.name: f for f in dataclasses.fields(DownloadConfig)}
     state_path, report_path = shards_dir / STATE_NAME, shards_dir / REPORT_NAME
     state = read_json(state_path) if state_path.exists() else {}
@@ -230,10 +146,6 @@ def recorded_settings(shards_dir: Path) -> dict[str, Any]:
 
 def _original_count(tar: Path) -> int:
     """Rows a shard was made with: its count plus the rows a retry moved to later shards."""
-    import json
-
-    from poolsieve.core.workspace import shard_stats_path
-
     try:
         stats = json.loads(shard_stats_path(tar).read_text())
         return int(stats.get("count", 0)) + int(stats.get("moved_to_later_shards", 0))
@@ -264,17 +176,12 @@ def download(ws: Any, cfg: DownloadConfig, runtime: Any, *, overwrite: bool = Fa
 
 
 def _download(ws: Any, cfg: DownloadConfig, runtime: Any, overwrite: bool) -> dict[str, Any]:
-    from poolsieve.core.formats import write_json
-
     if cfg.scale or cfg.metadata_source:
-        from poolsieve.pipeline.download.hub_metadata import fetch_metadata
-
         fetched = fetch_metadata(ws.metadata_dir, scale=cfg.scale, source=cfg.metadata_source,
                                  include_npz=cfg.download_npz, cache_dir=ws.root / ".hf_cache", overwrite=overwrite,
                                  endpoint=cfg.hub_endpoint, drop_duplicate_uids=cfg.drop_duplicate_uids)
     files = ws.metadata_files()
     if not (cfg.scale or cfg.metadata_source) or fetched["skipped"]:  # fetch_metadata checks what it brings
-        from poolsieve.pipeline.download.metadata_checks import check_metadata
 
         check_metadata(files, drop_duplicate_uids=cfg.drop_duplicate_uids)
     if cfg.skip_shards:
@@ -340,10 +247,6 @@ def check_outcome(report: dict[str, Any], outcome: RunOutcome | None, cfg: Downl
 def _retry_failed(ws: Any, cfg: DownloadConfig, files: list[Path], planned: int, bbox_col: str | None,
                   distributor: str, address: str | None) -> tuple[RunOutcome | None, list[int]]:
     """Re-fetch the failed (not denied) samples into new shards after the last one."""
-    import pandas as pd
-
-    from poolsieve.core.formats import atomic_path
-
     shards_dir = ws.shards_dir
     existing = whole_shard_ids(shards_dir)
     missing_planned = [i for i in range(planned) if i not in existing]

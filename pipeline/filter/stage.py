@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -40,13 +39,17 @@ from pathlib import Path
 from typing import Any
 
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import parquet_files, read_uidset
+from poolsieve.core.formats import read_uidset
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import check_subset_record, write_subset_pair
 from poolsieve.core.uids import UidSet
 from poolsieve.core.workspace import Workspace
+from poolsieve.filters.algebra import Evaluator, is_filter
+from poolsieve.filters.pool_tables import pool_fingerprint, score_table_files
+from poolsieve.filters.registry import ScoredPool, describe_filters, filter_parameters
+from poolsieve.filters.spec import parse_cli_spec, parse_spec, render
 
 RAY_ABOVE_MB = 500.0
 
@@ -64,28 +67,6 @@ class FilterConfig:
     only: list[str] | None = option(None, "names of the subsets to make (default: all)", cli=False)
     ray_above_mb: float = option(RAY_ABOVE_MB, "start a local Ray only when the files the filters read exceed "
                                  "this many MB (below, Ray's start-up costs more than it saves); 0: always")
-
-
-def score_table_files(ws: Workspace, tables: str | None) -> list[Path]:
-    if tables is None:
-        return ws.score_tables()
-    folder = Path(tables).expanduser()
-    if folder.is_file() and folder.suffix == ".parquet":
-        return [folder]
-    return parquet_files(folder, "score table")
-
-
-def pool_fingerprint(tables: list[Path]) -> str:
-    """sha256 over each table's name, size and parquet footer (row counts, column statistics)."""
-    digest = hashlib.sha256()
-    for path in tables:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            f.seek(max(0, size - 65536))
-            footer = f.read()
-        digest.update(f"{path.name}\0{size}\0".encode())
-        digest.update(hashlib.sha256(footer).digest())
-    return digest.hexdigest()
 
 
 def _saved_record(ws: Workspace, name: str) -> dict[str, Any] | None:
@@ -111,9 +92,6 @@ def _ray_running() -> bool:
 
 def reads_embeddings(spec: Any) -> bool:
     """Whether a (parsed) spec calls a filter that reads the embeddings (one with an ``embedding`` parameter)."""
-    from poolsieve.filters.algebra import is_filter
-    from poolsieve.filters.registry import filter_parameters
-
     if isinstance(spec, dict):
         name = spec.get("filter") or spec.get("ref")
         if isinstance(name, str) and is_filter(name):
@@ -138,9 +116,6 @@ def filter_runtime(runtime: Runtime, tables: list[Path], embeddings: bool, ray_a
 
 def with_cli_specs(cfg: FilterConfig) -> FilterConfig:
     """``cfg`` with its ``spec`` strings parsed into ``subsets`` (and ``only`` set to them)."""
-    from poolsieve.filters.algebra import is_filter
-    from poolsieve.filters.spec import parse_cli_spec
-
     if not cfg.spec:
         if cfg.name:
             raise ConfigError("--name names the subset of a --spec; pass --spec too")
@@ -158,8 +133,6 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite:
 
     Each target's name is locked for the run: a second filter making the same name fails in one line.
     """
-    from poolsieve.filters.spec import parse_spec
-
     cfg = with_cli_specs(cfg)
     if not cfg.subsets:
         raise ConfigError("nothing to make: pass --spec or set 'filter: {subsets: {NAME: SPEC}}' in the config")
@@ -182,10 +155,6 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite:
 
 def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bool, targets: list[str],
                   tables: list[Path], fingerprint: str, parsed: dict[str, Any]) -> dict[str, Any]:
-    from poolsieve.filters.algebra import Evaluator
-    from poolsieve.filters.registry import ScoredPool
-    from poolsieve.filters.spec import render
-
     embeddings = any(reads_embeddings(spec) for spec in parsed.values())
     pool = ScoredPool(tables, filter_runtime(runtime, tables, embeddings, cfg.ray_above_mb))
     made: set[str] = set()
@@ -273,8 +242,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def cli_action(ctx: Any, args: argparse.Namespace) -> int | None:
     """``--list-filters`` needs no workspace and ends the command; otherwise the stage runs."""
     if args.list_filters:
-        from poolsieve.filters.registry import describe_filters
-
         print(describe_filters())
         return 0
     return None

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from poolsieve.core.errors import InputError
 from poolsieve.core.shard_reader import IMAGE_EXTENSIONS
 from poolsieve.core.tar_io import read_index, split_key
@@ -41,8 +43,6 @@ class Card:
 
 def thumbnail_uri(data: bytes, side: int = THUMB_SIDE) -> str | None:
     """A small JPEG data URI of an image, or None when it cannot be decoded safely."""
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > MAX_PIXELS:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import STATUS_SUCCESS, read_json, read_subset
@@ -63,9 +65,6 @@ class PoolSample:
 def sample_pool(ws: Workspace, subset_names: list[str], pool_rows: int, max_rows: int = MAX_ROWS) -> PoolSample:
     """Up to ``max_rows`` pool members from score tables taken in a seeded order (``pool_rows``: the
     members of the whole pool, as inspect counted them)."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
     tables = ws.score_tables()
     order = seeded_rng("tables").permutation(len(tables))
     frames, kept = [], 0
@@ -100,8 +99,6 @@ def sample_pool(ws: Workspace, subset_names: list[str], pool_rows: int, max_rows
 
 def _with_labels(ws: Workspace, frame: Any) -> tuple[Any, list[str]]:
     """``frame`` joined (on uid) with label columns from the built-in pool's side table or the metadata."""
-    import pyarrow.parquet as pq
-
     sources = [ws.root / LABELS_FILE] if (ws.root / LABELS_FILE).is_file() else []
     sources += ws.metadata_files() if ws.metadata_dir.is_dir() else []
     found: list[str] = []

@@ -17,14 +17,13 @@ import numpy as np
 from poolsieve.eval.aggregate import aggregate, read_eval_folder
 from poolsieve.eval.tasks import GROUPS, SCORED_TASKS, TASKS
 from poolsieve.pipeline.inspect.charts import Series, line_chart_svg
+from poolsieve.train.runner_io import parse_train_line
 
 AVERAGE = "Average"
 
 
 def _log_losses(run_dir: Path) -> list[dict[str, Any]]:
     """Loss points of a run still going (no summary.json yet), from open_clip's ``out.log``."""
-    from poolsieve.train.trainer import parse_train_line
-
     try:
         lines = (run_dir / "out.log").read_text(errors="replace").splitlines()
     except OSError:

@@ -12,12 +12,18 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import STATUS_SUCCESS
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import check_subset_record, subset_rows
 from poolsieve.core.workspace import Workspace
+from poolsieve.eval.aggregate import read_eval_folder
+from poolsieve.pipeline.inspect.report import write_report
 
 
 @dataclass
@@ -30,8 +36,6 @@ class InspectConfig:
 
 def inspect_workspace(ws: Workspace) -> dict[str, Any]:
     """Collect a summary of every stage's outputs that exist in ``ws``."""
-    import pyarrow.parquet as pq
-
     out: dict[str, Any] = {"workspace": str(ws.root)}
     meta = sorted(ws.metadata_dir.glob("*.parquet")) if ws.metadata_dir.is_dir() else []
     if meta:
@@ -74,7 +78,6 @@ def inspect_workspace(ws: Workspace) -> dict[str, Any]:
     evals_root = ws.root / "evals"
     if evals_root.is_dir():
         evals = {}
-        from poolsieve.eval.aggregate import read_eval_folder
 
         for ev in sorted(p for p in evals_root.iterdir() if p.is_dir()):
             lines = list(read_eval_folder(ev).values())  # eval_results.jsonl + other_results.jsonl (own tasks)
@@ -87,10 +90,6 @@ def inspect_workspace(ws: Workspace) -> dict[str, Any]:
 
 
 def _score_summary(ws: Workspace) -> dict[str, Any]:
-    import numpy as np
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     tables = ws.score_tables()
     schema = pq.read_schema(tables[0])
     score_cols = [c for c in schema.names if c.startswith("clip_") and c.endswith("_score")]
@@ -152,8 +151,6 @@ def run(ws: Workspace, cfg: InspectConfig, runtime: Runtime | None = None, *, ov
     rides along under ``show`` (``"json"`` or ``"text"``)."""
     summary = inspect_workspace(ws)
     if cfg.html:
-        from poolsieve.pipeline.inspect.report import write_report
-
         summary["report"] = str(write_report(ws, summary))
     return {**summary, "show": "json" if cfg.json else "text"}
 

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import (
@@ -30,6 +33,8 @@ from poolsieve.core.formats import (
     score_table_schema,
     write_embeddings,
 )
+from poolsieve.core.language import count_chars, count_words, detect_languages
+from poolsieve.core.metadata_checks import scan_metadata
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.uids import uids_to_pairs
 from poolsieve.core.workspace import Workspace, shard_stats_path
@@ -39,8 +44,6 @@ DATACOMP_KEYS = ("b32", "l14")
 
 def downloaded_index(ws: Workspace) -> Any | None:
     """uid -> (key, width, height) of successful downloads, from img2dataset's shard parquets; None if none."""
-    import pandas as pd
-
     if not ws.shards_dir.is_dir():
         return None
     frames = []
@@ -57,12 +60,6 @@ def downloaded_index(ws: Workspace) -> Any | None:
 def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: bool,
                 drop_rows: np.ndarray | None = None) -> dict[str, Any]:
     """One DataComp metadata file (+ its npz) -> one score table + npz in ``out_dir``, without ``drop_rows``."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from poolsieve.core.language import count_chars, count_words, detect_languages
-
     npz = parquet.with_suffix(".npz")
     try:
         names = pq.read_schema(parquet).names
@@ -128,8 +125,6 @@ def import_datacomp(ws: Workspace, source: str | Path, runtime: Runtime, overwri
                     language: bool = True, drop_duplicate_uids: bool = False) -> dict[str, Any]:
     """Import every ``{stem}.parquet`` (+ ``{stem}.npz``) of ``source`` into ``ws.scores_dir``. uids are
     checked first across all files (``metadata_checks``): a repeat is refused, or dropped when asked."""
-    from poolsieve.pipeline.download.metadata_checks import scan_metadata
-
     files = parquet_files(source, "DataComp metadata")
     scan = scan_metadata(files, required=("uid", "text"))
     if not drop_duplicate_uids:

@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from poolsieve.core.devices import resolve_device, resolve_precision
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import STATUS_DECODE_ERROR, STATUS_SUCCESS, model_key
-from poolsieve.core.models import ModelSpec
+from poolsieve.core.language import count_chars, count_words, detect_languages
+from poolsieve.core.models import ModelSpec, load_model, register_model_configs
 from poolsieve.core.shard_reader import TarSample, iter_tar_samples
 
 DECODE_MODES = ("cpu", "gpu")
@@ -132,8 +134,6 @@ def tokenizer_for(arch: str) -> Any:
     """open_clip's tokenizer for ``arch``, created once per process."""
     import open_clip
 
-    from poolsieve.core.models import register_model_configs
-
     register_model_configs()
     return open_clip.get_tokenizer(arch)
 
@@ -189,10 +189,6 @@ def iter_prepared_chunks(tar_path: str | Path, plan: ChunkPlan) -> Iterator[Prep
 
 def prepare_chunk(samples: Sequence[TarSample], plan: ChunkPlan, shard: str, index: int, start: int) -> PreparedChunk:
     """Decode, preprocess (CPU half), tokenise and describe ``samples``."""
-    from PIL import Image
-
-    from poolsieve.core.language import count_chars, count_words, detect_languages
-
     n = len(samples)
     texts = [s.caption for s in samples]
     cols: dict[str, list[Any]] = {c: [] for c in ("uid", "key", "text", "original_width", "original_height", "width",
@@ -298,8 +294,6 @@ class Encoder:
     def __init__(self, models: Sequence[ModelEntry], device: str = "auto", precision: str = "auto",
                  batch_size: int = 0, threads: int = 0, decode: str = "cpu"):
         import torch
-
-        from poolsieve.core.models import load_model
 
         self.device = resolve_device(device, who="score.device")
         self.precision = resolve_precision(precision, self.device)
@@ -524,8 +518,6 @@ def decode_on_device(jpegs: Sequence[bytes], prep: ImagePrep, device: str) -> tu
                 failed[i] = f"RuntimeError: {e}"
     for i in list(failed):  # what the device decoder rejects (CMYK, odd markers) gets a second try with PIL
         try:
-            from PIL import Image
-
             pil = np.asarray(prep.pil_transform(Image.open(io.BytesIO(jpegs[i]))), dtype=np.uint8)
         except Exception:  # noqa: BLE001, S112 - the device decoder's error is the one recorded
             continue

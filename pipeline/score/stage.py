@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from poolsieve.core.devices import INFERENCE_PRECISIONS
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveWarning
@@ -42,12 +45,21 @@ from poolsieve.core.formats import (
     score_table_schema,
     write_embeddings,
 )
+from poolsieve.core.models import check_model_spec
 from poolsieve.core.progress import Progress, print_summary
-from poolsieve.core.runtime import Runtime
+from poolsieve.core.runtime import END, Runtime
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.stall import StallWatch
 from poolsieve.core.workspace import Workspace
-from poolsieve.pipeline.score.encode import DECODE_MODES
+from poolsieve.pipeline.score.datacomp_import import import_datacomp
+from poolsieve.pipeline.score.encode import (
+    DECODE_MODES,
+    EncoderActor,
+    ShardFailure,
+    parse_models,
+    read_chunks,
+)
+from poolsieve.pipeline.score.references import embed_reference
 
 DEFAULT_MODELS = ("ViT-B-32:openai",)
 
@@ -88,16 +100,12 @@ class ScoreConfig:
 def run(ws: Workspace, config: ScoreConfig, runtime: Runtime, *, overwrite: bool = False) -> dict[str, Any]:
     """The stage: score the pool (``scores/``), or import DataComp's scores, or embed a reference set."""
     if config.reference is not None:
-        from poolsieve.pipeline.score.references import embed_reference
-
         if not config.reference_name:
             raise ConfigError("--reference needs --name NAME (the file is references/NAME.npz)")
         with ws.lock(f"references/{config.reference_name}"):
             summary = embed_reference(ws, config.reference, config.reference_name, config, overwrite=overwrite)
         return {"mode": "reference", **summary}
     if config.import_datacomp is not None:
-        from poolsieve.pipeline.score.datacomp_import import import_datacomp
-
         with ws.lock("scores"):
             summary = import_datacomp(ws, config.import_datacomp, runtime, overwrite=overwrite,
                                       language=config.language, drop_duplicate_uids=config.drop_duplicate_uids)
@@ -115,9 +123,6 @@ def score_pool(ws: Workspace, config: ScoreConfig, runtime: Runtime, *, overwrit
     shard needs. A shard without a score table gets one with all the models; a scored shard that lacks
     some of them gets exactly those added (columns and embeddings), its other columns kept as they are.
     A shard that fails is named in one line after the others are scored (and the summary printed)."""
-    from poolsieve.core.models import check_model_spec
-    from poolsieve.pipeline.score.encode import parse_models
-
     if config.decode not in DECODE_MODES:
         raise ConfigError(f"score.decode must be one of {', '.join(DECODE_MODES)}, got {config.decode!r}")
     models = parse_models(config.models, config.trust_checkpoint)
@@ -159,8 +164,6 @@ _SCORE_COLUMN = re.compile(r"^clip_(.+)_similarity_score$")
 def scored_keys(ws: Workspace, shard: str) -> set[str] | None:
     """The model keys a shard's score table holds (score column and both embeddings), or None when it has
     no whole table (the npz is written before the parquet, so a parquet means a whole pair)."""
-    import pyarrow.parquet as pq
-
     table, npz = ws.score_table_path(shard), ws.embeddings_path(shard)
     if not (table.exists() and npz.exists()):
         return None
@@ -191,8 +194,6 @@ def model_record(ws: Workspace, entry: Any) -> str:
 
 def recorded_models(ws: Workspace, shard: str) -> dict[str, str]:
     """The models a shard's score table records for its keys (none for tables written before records)."""
-    import pyarrow.parquet as pq
-
     meta = pq.read_schema(ws.score_table_path(shard)).metadata or {}
     try:
         records = json.loads(meta.get(MODELS_METADATA, b"{}"))
@@ -337,9 +338,6 @@ def _run(ws: Workspace, job: ScoreJob, config: ScoreConfig, runtime: Runtime, st
     (``EncoderActor``, one per GPU or one on CPUs); a writer thread assembles each shard once all its
     chunks are encoded, so writes never stall the encoders. ``--executor local``: the same, one chunk at a
     time in this process. A stall watch says what the run waits for when nothing finishes for a while."""
-    from poolsieve.core.runtime import END
-    from poolsieve.pipeline.score.encode import EncoderActor, ShardFailure, read_chunks
-
     res = plan_resources(config, runtime.resources(),
                          "the Ray cluster" if runtime.executor == "ray" else "this machine")
     tars, models = job.tars, job.models
@@ -478,10 +476,6 @@ def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str
                 records: dict[str, str] | None = None) -> dict[str, Any]:
     """Assemble a shard's encoded chunks into ``scores/{shard}.npz`` then ``scores/{shard}.parquet``, whose
     metadata records the model of each key (``records``)."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     got = _assemble(chunks, dims)
     df = pd.DataFrame({name: got.columns.get(name, []) for name in SCORE_TABLE_BASE_COLUMNS})
     for name in ("original_width", "original_height", "width", "height"):
@@ -506,9 +500,6 @@ def add_to_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[st
     """Add the models in ``dims`` to a scored shard: their embeddings to ``scores/{shard}.npz`` (the others
     kept as stored), then their score columns after the table's own (its columns kept as stored). Each
     file is written to a temporary name and renamed into place."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     got = _assemble(chunks, dims)
     table_path, npz_path = ws.score_table_path(shard), ws.embeddings_path(shard)
     table = pq.read_table(table_path)

@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from poolsieve.core.errors import InputError
-from poolsieve.core.formats import (
-    METADATA_REQUIRED,
-    atomic_path,
-    check_metadata_columns,
-)
-from poolsieve.core.uids import KEY_DTYPE, find_duplicates, hex_to_keys, keys_to_hex
+from .errors import InputError
+from .formats import METADATA_REQUIRED, atomic_path, check_metadata_columns
+from .uids import KEY_DTYPE, find_duplicates, hex_to_keys, keys_to_hex
 
 TEXT_COLUMNS = ("url", "text")
 
@@ -50,9 +48,6 @@ class MetadataScan:
         """Rewrite each file (the same name in ``folder`` if given) without its repeated rows, and its
         ``.npz`` the same way. Returns the number of rows dropped. Files are replaced, never edited in
         place, so a hard-linked source (a hub cache) is left as it was."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         for path, rows in zip(self.files, self.repeats, strict=True):
             if not len(rows):
                 continue
@@ -80,8 +75,6 @@ class MetadataScan:
 
 
 def _is_text(t) -> bool:
-    import pyarrow as pa
-
     if pa.types.is_dictionary(t):
         t = t.value_type
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
@@ -89,8 +82,6 @@ def _is_text(t) -> bool:
 
 def scan_metadata(files: Sequence[Path], required: Sequence[str] = METADATA_REQUIRED) -> MetadataScan:
     """Check columns, column types and uids of ``files`` (in order) and find repeated uids."""
-    import pyarrow.parquet as pq
-
     all_keys, sizes = [], []
     for path in files:
         try:
