@@ -108,3 +108,38 @@ def test_run_help_shows_the_experiment_yaml_and_no_markup(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "``" not in capsys.readouterr().out, command
+
+
+HEAVY = ("torch", "ray", "open_clip", "faiss", "img2dataset", "webdataset", "clip_benchmark", "datasets", "wilds")
+
+
+def imported_by(*argv: str) -> set[str]:
+    """Top-level packages a ``python -X importtime -m poolsieve.pipeline.cli ...`` run imports (each import
+    statement's line in the report), plus everything in ``sys.modules`` when ``main`` returns."""
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "poolsieve.pipeline.cli", *argv],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    reported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in res.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line}
+    code = ("import sys\nfrom poolsieve.pipeline.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
+            "    pass\nprint(' '.join(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)")
+    loaded = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert "poolsieve" in reported and loaded.returncode == 0, loaded.stderr[-2000:]
+    return reported | set(loaded.stderr.split())
+
+
+def test_filter_help_imports_neither_torch_nor_ray():
+    imported = imported_by("filter", "--help")
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+    assert "yaml" in imported  # the report is read: the filter stage's own dependencies are in it
+
+
+def test_top_level_help_imports_no_stage():
+    code = ("import sys\nfrom poolsieve.pipeline.cli import main\nmain([])\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('poolsieve.'))))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    modules = set(res.stdout.strip().splitlines()[-1].split())
+    assert "poolsieve.pipeline.commands" in modules
+    assert not {m for m in modules if m.startswith(("poolsieve.pipeline.", "poolsieve.train.", "poolsieve.eval.",
+                                                    "poolsieve.filters."))} - {"poolsieve.pipeline.cli",
+                                                                                "poolsieve.pipeline.commands"}

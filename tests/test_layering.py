@@ -17,6 +17,8 @@ Read from the source with ``ast``, imports inside functions and under ``TYPE_CHE
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,3 +237,14 @@ def test_pyproject_lists_every_package_folder() -> None:
         for pattern in patterns:
             assert list(folder.glob(pattern)), f"package-data {package}: {pattern} matches no file"
 
+
+
+def test_importing_any_module_loads_no_heavy_library() -> None:
+    """Every module imports at the cost of its light dependencies; torch, Ray, open_clip, ... load only in
+    the functions that use them (``core/language.py``, say, is imported by every filter)."""
+    code = ("import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    res = subprocess.run([sys.executable, "-c", code, *sorted(MODULES)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    loaded = set(res.stdout.split())
+    assert "pyarrow" in loaded and sorted(loaded & HEAVY) == []
