@@ -34,14 +34,8 @@ from typing import Any, TextIO
 from .errors import PoolsieveWarning
 from .progress import print_line
 
-LOGS_DIR = "logs"
 _RAY_HANDLER = "poolsieve_stage_log"
 _WORKER_WARNING = re.compile(r"\bPoolsieveWarning: (.*)$")
-
-
-def log_path(workspace_root: str | Path, command: str) -> Path:
-    """``<workspace>/logs/<command>.log``."""
-    return Path(workspace_root) / LOGS_DIR / f"{command}.log"
 
 
 class StageLog:

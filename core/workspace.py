@@ -1,4 +1,9 @@
-"""The workspace: one folder per pool; every stage reads and writes only here (see DESIGN.md)."""
+"""The workspace: one folder per pool; every stage reads and writes only here.
+
+This module owns its layout: every top-level entry (``LAYOUT``, drawn in the README's workspace tree),
+the paths inside them that more than one module names, the shard layout ("a whole shard"), the
+writer's locks and the paths stored relative to the root.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,28 @@ def whole_shard_tars(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob("*.tar") if shard_stats_path(p).exists())
+
+
+# ------------------------------------------------------------------------------ the layout
+# Every top-level entry of a workspace, and what makes it (a stage's ``reads``/``writes`` name these).
+LAYOUT: dict[str, str] = {
+    "metadata/": "the input pool: CommonPool metadata parquets (download, generate)",
+    "shards/": "the downloaded webdataset shards, their failures and report (download)",
+    "scores/": "one score table and one embeddings file per shard (score)",
+    "references/": "embeddings of labelled reference image sets (score --reference)",
+    "subsets/": "uid sets and their records (filter)",
+    "filtered/": "one folder of training shards per resharded subset (reshard, train-scorer)",
+    "seeds/": "image/caption seed pairs written into shards (train-scorer)",
+    "runs/": "one folder per training run (train, train-scorer)",
+    "evals/": "one folder per evaluated run (evaluate)",
+    "report/": "the HTML report and its summary (inspect --html)",
+    "submissions/": "submission folders (submit without --out)",
+    "logs/": "one log per command: libraries' output kept off the terminal (every command)",
+    ".hf_cache/": "the Hugging Face hub's cache of fetched metadata (download --scale)",
+    "synthetic/": "the built-in pool's images, labels and evaluation sets (generate, quickstart)",
+    "seed/": "the quickstart's clean seed set, apart from the pool (quickstart)",
+    "quickstart.json": "the experiment the quickstart ran (quickstart)",
+}
 
 
 @dataclass(frozen=True)
@@ -105,14 +132,64 @@ class Workspace:
     def report_dir(self) -> Path:
         return self.root / "report"
 
+    @property
+    def filtered_root(self) -> Path:
+        return self.root / "filtered"
+
+    @property
+    def runs_root(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def evals_root(self) -> Path:
+        return self.root / "evals"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def hf_cache_dir(self) -> Path:
+        """The Hugging Face hub's cache for metadata the download fetches."""
+        return self.root / ".hf_cache"
+
+    @property
+    def synthetic_dir(self) -> Path:
+        """The built-in pool's own files: images the image server serves, labels, evaluation sets."""
+        return self.root / "synthetic"
+
+    @property
+    def labels_path(self) -> Path:
+        """The built-in pool's truth per uid (its defect labels among them)."""
+        return self.synthetic_dir / "labels.parquet"
+
+    @property
+    def quickstart_seed_dir(self) -> Path:
+        return self.root / "seed"
+
+    @property
+    def quickstart_config_path(self) -> Path:
+        return self.root / "quickstart.json"
+
     def filtered_dir(self, name: str) -> Path:
-        return self.root / "filtered" / name
+        return self.filtered_root / name
+
+    def seed_shards_dir(self, name: str) -> Path:
+        """Shards written from a folder of image/caption seed pairs for scorer ``name``."""
+        return self.root / "seeds" / name
 
     def run_dir(self, name: str) -> Path:
-        return self.root / "runs" / name
+        return self.runs_root / name
 
     def eval_dir(self, name: str) -> Path:
-        return self.root / "evals" / name
+        return self.evals_root / name
+
+    def submission_dir(self, name: str) -> Path:
+        return self.root / "submissions" / name
+
+    def log_path(self, command: str) -> Path:
+        """``logs/<command>.log``."""
+        return self.logs_dir / f"{command}.log"
 
     # ---- files
     def subset_path(self, name: str) -> Path:

@@ -26,7 +26,7 @@ from poolsieve.core.config import load_config, section
 from poolsieve.core.errors import ConfigError, PoolsieveError, PoolsieveWarning, user_os_error
 from poolsieve.core.runtime import EXECUTORS, Runtime
 from poolsieve.core.stage import Stage
-from poolsieve.core.stage_log import capture, log_path
+from poolsieve.core.stage_log import capture
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline import commands
 from poolsieve.pipeline.commands import Hooks
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ctx = make_context(args)
         hooks: Hooks = args._hooks
-        log = log_path(ctx.workspace_path, args.command) if ctx.workspace_path is not None else None
+        log = Workspace(ctx.workspace_path).log_path(args.command) if ctx.workspace_path is not None else None
         with capture(log, f"poolsieve {' '.join(argv)}"), ctx.runtime:
             if hooks.run_cli is not None:
                 return int(hooks.run_cli(ctx, args) or 0)

@@ -101,7 +101,7 @@ def run_submit(ws: Workspace, cfg: SubmitConfig, runtime: Runtime, *, overwrite:
         raise InputError(path, "subset is empty")
     tables = score_table_files(ws, cfg.tables)
     check_in_pool(UidSet.from_pairs(pairs), no_filter(ScoredPool(tables, runtime)), path)
-    out = Path(cfg.out).expanduser() if cfg.out else ws.root / "submissions" / name
+    out = Path(cfg.out).expanduser() if cfg.out else ws.submission_dir(name)
     with exclusive(out):
         return _write_submission(ws, cfg, name, snapshot, out, tables, overwrite)
 

@@ -111,7 +111,7 @@ def seed_shards(ws: Workspace, config: ScorerConfig, runtime: Runtime | None, *,
     if folder.is_dir():
         if any(p.suffix == ".tar" for p in folder.iterdir()):
             return str(folder), f"webdataset shards in {folder}"
-        return write_pair_shards(folder, ws.root / "seeds" / config.name, overwrite=overwrite)
+        return write_pair_shards(folder, ws.seed_shards_dir(config.name), overwrite=overwrite)
     if "/" not in value:  # a subset name: its error names subsets/NAME.npy
         return _reshard(ws, value, config, runtime, overwrite)
     raise InputError(folder, "seed data not found: give a subset name, a uid .npy file or a folder")

@@ -25,7 +25,8 @@ import pytest
 from factories import make_samples, write_img2dataset_shards
 
 from poolsieve.core.errors import PoolsieveWarning
-from poolsieve.core.stage_log import capture, log_path
+from poolsieve.core.stage_log import capture
+from poolsieve.core.workspace import Workspace
 
 ANSI = re.compile(r"\x1b\[")
 TQDM_BAR = re.compile(r"\d+%\||it/s\]|s/it\]")
@@ -74,7 +75,7 @@ def test_score_on_ray_keeps_rays_banner_and_worker_lines_in_the_log(tmp_path: Pa
     proc = _poolsieve("score", "-w", str(ws), "--model", f"poolsieve-tiny:{checkpoint}", "--num-cpus", "2")
     _assert_clean(proc)
     assert "== score" in proc.stdout and "score: 2/2 shards" in proc.stderr  # our summary and progress stay
-    log = log_path(ws, "score").read_text()
+    log = Workspace(ws).log_path("score").read_text()
     assert log.startswith("==== ") and "poolsieve score -w" in log.splitlines()[0]
     assert RAY_BANNER in log and "Started a local Ray instance" in log
 
@@ -109,7 +110,7 @@ def test_evaluate_keeps_clip_benchmark_bars_and_webdataset_warnings_in_the_log(t
     _assert_clean(proc)
     assert "webdataset" not in proc.stderr
     assert "== evaluate" in proc.stdout and "evaluate poolsieve-tiny: 1/1 tasks" in proc.stderr
-    log = log_path(ws, "evaluate").read_text()
+    log = Workspace(ws).log_path("evaluate").read_text()
     assert "WebDataset(shardshuffle=...)" in log  # webdataset's warning
     assert TQDM_BAR.search(log)  # clip_benchmark's bars
 

@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 from PIL import Image
 
 from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.workspace import Workspace
 
 FAULTS = {
     "http_404": "answer 404 Not Found",
@@ -289,7 +290,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def serve_root(workspace_or_folder: str | Path) -> Path:
     """``<workspace>/synthetic`` if it exists, else the folder itself."""
     p = Path(workspace_or_folder)
-    return p / "synthetic" if (p / "synthetic").is_dir() else p
+    return Workspace(p).synthetic_dir if Workspace(p).synthetic_dir.is_dir() else p
 
 
 def serve_command(folder: str | Path, base_url: str) -> str:

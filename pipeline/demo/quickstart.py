@@ -31,7 +31,6 @@ from poolsieve.pipeline.train_scorer import ScorerConfig, train_scorer
 from poolsieve.train.trainer import count_samples, list_shards
 
 SCORER = "scorer"
-SEED_SET = "seed"
 SCORER_SAMPLES_SEEN = 6144
 
 
@@ -54,7 +53,7 @@ def _port_is_free(port: int) -> bool:
 
 def ensure_pool(ws: Workspace, num_samples: int) -> dict[str, Any]:
     """Generate the built-in pool once; remember its image server address in ``synthetic/pool.json``."""
-    info_path = ws.root / "synthetic" / "pool.json"
+    info_path = ws.synthetic_dir / "pool.json"
     if info_path.exists() and any(ws.metadata_dir.glob("*.parquet")):
         info = read_json(info_path)
         if info.get("samples") == num_samples:
@@ -70,7 +69,7 @@ def ensure_pool(ws: Workspace, num_samples: int) -> dict[str, Any]:
 
 def ensure_seed_set(ws: Workspace, n: int, image_size: int = 64) -> Path:
     """Clean pairs (never part of the pool) as webdataset shards in ``<ws>/seed/``; written once."""
-    folder = ws.root / SEED_SET
+    folder = ws.quickstart_seed_dir
     if folder.is_dir() and any(folder.glob("*.tar")) and count_samples(list_shards(folder)) == n:
         return folder
     write_seed_set(folder, n, seed=1000, image_size=image_size)
@@ -106,7 +105,7 @@ def run_quickstart(ws: Workspace, runtime: Any, args: argparse.Namespace, overwr
     port = pool["port"] if _port_is_free(pool["port"]) else None
     if port is None:
         raise PoolsieveError(f"port {pool['port']} of the built-in pool's image server is busy; free it and rerun")
-    with ImageServer(ws.root / "synthetic", port=port):
+    with ImageServer(ws.synthetic_dir, port=port):
         DOWNLOAD.report(download(ws, DownloadConfig(image_size=64, samples_per_shard=500, processes=2, threads=16,
                                                     timeout=5.0, watchdog_seconds=300.0,
                                                     allow_networks=["127.0.0.1/32"]),  # our own server
@@ -122,7 +121,7 @@ def run_quickstart(ws: Workspace, runtime: Any, args: argparse.Namespace, overwr
     timings["train scorer"] = time.monotonic() - t
 
     config = experiment_config(scorer["checkpoint"], args.clip_fraction, args.samples_seen, args.eval_samples)
-    write_json(ws.root / "quickstart.json", config)
+    write_json(ws.quickstart_config_path, config)
     stage_times: dict[str, float] = {}
     out: dict[str, Any] = {}
     for stage in ("score", "filter", "reshard", "train", "evaluate"):
@@ -145,12 +144,12 @@ def run_cli(ctx: Any, args: argparse.Namespace) -> int:
     print_summary("quickstart", [
         ("workspace", ws.root),
         ("time", ", ".join(f"{k} {v:.0f}s" for k, v in result["timings"].items())),
-        ("pool", f"{ws.metadata_dir}  (labels: {ws.root / 'synthetic' / 'labels.parquet'})"),
+        ("pool", f"{ws.metadata_dir}  (labels: {ws.labels_path})"),
         ("shards", ws.shards_dir),
         ("scores", ws.scores_dir),
         ("subsets", ws.subsets_dir),
-        ("training runs", ws.root / "runs"),
-        ("evaluations", ws.root / "evals"),
+        ("training runs", ws.runs_root),
+        ("evaluations", ws.evals_root),
         ("inspect", f"poolsieve inspect --workspace {ws.root}"),
     ])
     return 0

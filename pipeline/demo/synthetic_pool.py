@@ -71,6 +71,7 @@ from poolsieve.core.shapes import (
     texture_caption,
 )
 from poolsieve.core.shard_reader import iter_tar_samples
+from poolsieve.core.workspace import Workspace
 from poolsieve.eval.synthetic_tasks import HELD_OUT_SEEDS
 from poolsieve.pipeline.demo.image_server import serve_command
 
@@ -163,14 +164,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_evaluation_sets(root: Path, spec: PoolSpec, images: list[EvalImage]) -> None:
     """``eval_images/{task}.tar``, the retrieval task folder and the image-based target set."""
-    eval_dir = root / "synthetic" / "eval_images"
+    eval_dir = Workspace(root).synthetic_dir / "eval_images"
     eval_dir.mkdir(parents=True, exist_ok=True)
     for task in dict.fromkeys(im.task for im in images):
         with atomic_path(eval_dir / f"{task}.tar") as tmp, tarfile.open(tmp, "w") as tar:
             for im in (im for im in images if im.task == task):
                 _add(tar, f"{im.index:06d}.jpg", im.jpeg)
                 _add(tar, f"{im.index:06d}.json", json.dumps({"label": task, "index": im.index}).encode())
-    folder = root / "synthetic" / "tasks" / RETRIEVAL_TASK
+    folder = Workspace(root).synthetic_dir / "tasks" / RETRIEVAL_TASK
     (folder / "test").mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "test" / "0.tar") as tmp, tarfile.open(tmp, "w") as tar:
         pairs = generate_clean_pairs(spec.retrieval_samples, RETRIEVAL_SEED, EVAL_IMAGE_SIZE)
@@ -179,7 +180,7 @@ def write_evaluation_sets(root: Path, spec: PoolSpec, images: list[EvalImage]) -
             _add(tar, f"s{i:06d}.txt", f"{caption}\na {colour} {shape}".encode())
     (folder / "test" / "nshards.txt").write_text("1\n")
     (folder / "dataset_type.txt").write_text("retrieval\n")
-    target = root / "synthetic" / "target"
+    target = Workspace(root).synthetic_dir / "target"
     target.mkdir(parents=True, exist_ok=True)
     with atomic_path(target / "target.tar") as tmp, tarfile.open(tmp, "w") as tar:
         for i, (_uid, jpeg, _caption, shape, _colour) in enumerate(
@@ -242,7 +243,8 @@ def generate_pool(root: str | Path, spec: PoolSpec) -> dict[str, Any]:
     if not 0 <= spec.hard_rate <= 1:
         raise ValueError(f"hard_rate must be in [0, 1], got {spec.hard_rate}")
     root = Path(root)
-    images_dir = root / "synthetic" / "images"
+    ws = Workspace(root)
+    images_dir = ws.synthetic_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     evaluation = evaluation_images(spec)
     write_evaluation_sets(root, spec, evaluation)
@@ -312,13 +314,13 @@ def generate_pool(root: str | Path, spec: PoolSpec) -> dict[str, Any]:
         labels[i] = {"uid": uid, "shape": shape, "colour": colour, "defect": defect, "difficulty": difficulty,
                      "language": language, "caption_shape": caption_shape, "caption_colour": caption_colour,
                      "copy_of": source}
-    meta_dir = root / "metadata"
+    meta_dir = ws.metadata_dir
     meta_dir.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     for f, lo in enumerate(range(0, n, spec.samples_per_file)):
         with atomic_path(meta_dir / f"{f:05d}.parquet") as tmp:
             df.iloc[lo:lo + spec.samples_per_file].to_parquet(tmp, index=False)
-    with atomic_path(root / "synthetic" / "labels.parquet") as tmp:
+    with atomic_path(ws.labels_path) as tmp:
         pd.DataFrame(labels).to_parquet(tmp, index=False)
     counts = pd.Series(defects).value_counts().to_dict()
     return {"samples": n, "metadata_files": -(-n // spec.samples_per_file), "defects": counts,
@@ -330,14 +332,14 @@ def eval_leaks(root: str | Path) -> Any:
     """Pool rows whose image bytes are those of an evaluation image (``synthetic/eval_images``):
     a DataFrame of uid, label (``poolsieve_defect``) and the task image it copies. Only the planted,
     labelled ``eval_copy`` rows may appear; anything else is a leak."""
-    root = Path(root)
+    ws = Workspace(Path(root))
     where: dict[str, str] = {}
-    for tar in sorted((root / "synthetic" / "eval_images").glob("*.tar")):
+    for tar in sorted((ws.synthetic_dir / "eval_images").glob("*.tar")):
         for s in iter_tar_samples(tar):
             if s.image is not None:
                 where[hashlib.sha256(s.image).hexdigest()] = f"{tar.stem}:{s.key}"
     meta = pd.concat([pd.read_parquet(f, columns=["uid", "sha256", LABEL_COLUMN])
-                      for f in sorted((root / "metadata").glob("*.parquet"))], ignore_index=True)
+                      for f in sorted(ws.metadata_dir.glob("*.parquet"))], ignore_index=True)
     hits = meta[meta["sha256"].isin(where)].copy()
     hits["copies"] = hits["sha256"].map(where)
     return hits.reset_index(drop=True)

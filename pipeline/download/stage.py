@@ -178,7 +178,7 @@ def download(ws: Any, cfg: DownloadConfig, runtime: Any, *, overwrite: bool = Fa
 def _download(ws: Any, cfg: DownloadConfig, runtime: Any, overwrite: bool) -> dict[str, Any]:
     if cfg.scale or cfg.metadata_source:
         fetched = fetch_metadata(ws.metadata_dir, scale=cfg.scale, source=cfg.metadata_source,
-                                 include_npz=cfg.download_npz, cache_dir=ws.root / ".hf_cache", overwrite=overwrite,
+                                 include_npz=cfg.download_npz, cache_dir=ws.hf_cache_dir, overwrite=overwrite,
                                  endpoint=cfg.hub_endpoint, drop_duplicate_uids=cfg.drop_duplicate_uids)
     files = ws.metadata_files()
     if not (cfg.scale or cfg.metadata_source) or fetched["skipped"]:  # fetch_metadata checks what it brings

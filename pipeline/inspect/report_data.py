@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,6 @@ SEED = 0
 MAX_ROWS = 50_000
 ROW_COLUMNS = ("uid", "key", "text", "original_width", "original_height", "language", "caption_words",
                "caption_length", "status", "error")
-LABELS_FILE = Path("synthetic") / "labels.parquet"
 
 
 def is_score_column(name: str) -> bool:
@@ -99,7 +97,7 @@ def sample_pool(ws: Workspace, subset_names: list[str], pool_rows: int, max_rows
 
 def _with_labels(ws: Workspace, frame: Any) -> tuple[Any, list[str]]:
     """``frame`` joined (on uid) with label columns from the built-in pool's side table or the metadata."""
-    sources = [ws.root / LABELS_FILE] if (ws.root / LABELS_FILE).is_file() else []
+    sources = [ws.labels_path] if ws.labels_path.is_file() else []
     sources += ws.metadata_files() if ws.metadata_dir.is_dir() else []
     found: list[str] = []
     wanted = set(frame["uid"]) if len(frame) else set()
@@ -109,7 +107,7 @@ def _with_labels(ws: Workspace, frame: Any) -> tuple[Any, list[str]]:
         except Exception:  # noqa: BLE001 - an unreadable side file just means no labels from it
             continue
         cols = [c for c in names if c != "uid" and c not in frame.columns and c not in found
-                and (source.name == LABELS_FILE.name or is_label_column(c))]
+                and (source == ws.labels_path or is_label_column(c))]
         if "uid" not in names or not cols or not wanted:
             continue
         labels = pq.read_table(source, columns=["uid", *cols]).to_pandas()

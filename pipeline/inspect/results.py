@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from poolsieve.core.workspace import Workspace
 from poolsieve.eval.aggregate import aggregate, read_eval_folder
 from poolsieve.eval.tasks import GROUPS, SCORED_TASKS, TASKS
 from poolsieve.pipeline.inspect.charts import Series, line_chart_svg
@@ -37,7 +38,7 @@ def loss_chart(ws_root: Path, runs: dict[str, Any]) -> str:
     """Loss against samples seen, one line per run (a run without summary.json: its log so far)."""
     series = []
     for name, info in runs.items():
-        losses = info.get("losses") if "losses" in info else _log_losses(ws_root / "runs" / name)
+        losses = info.get("losses") if "losses" in info else _log_losses(Workspace(ws_root).run_dir(name))
         points = [p for p in losses or [] if isinstance(p, dict)
                   and isinstance(p.get("samples_seen"), (int, float)) and isinstance(p.get("loss"), (int, float))]
         if points:
@@ -79,7 +80,7 @@ def _best(values: list[float | None]) -> float | None:
 def eval_table(ws_root: Path, names: list[str]) -> str:
     """One row per evaluated subset: DataComp's groups and Average (best per column marked); then every
     task with one column per subset (best per row marked), folded."""
-    results = {name: read_eval_folder(ws_root / "evals" / name) for name in names}
+    results = {name: read_eval_folder(Workspace(ws_root).eval_dir(name)) for name in names}
     results = {k: v for k, v in results.items() if v}
     if not results:
         return ""

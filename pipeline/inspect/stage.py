@@ -67,7 +67,7 @@ def inspect_workspace(ws: Workspace) -> dict[str, Any]:
             out["subsets"] = subsets
         if problems:
             out["subset_problems"] = problems
-    runs_root = ws.root / "runs"
+    runs_root = ws.runs_root
     if runs_root.is_dir():
         runs = {}
         for run in sorted(p for p in runs_root.iterdir() if p.is_dir()):
@@ -75,7 +75,7 @@ def inspect_workspace(ws: Workspace) -> dict[str, Any]:
             runs[run.name] = json.loads(summary.read_text()) if summary.exists() else {"status": "not finished (no summary.json)"}
         if runs:
             out["runs"] = runs
-    evals_root = ws.root / "evals"
+    evals_root = ws.evals_root
     if evals_root.is_dir():
         evals = {}
 
