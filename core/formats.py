@@ -96,14 +96,6 @@ def read_uidset(path: str | Path) -> UidSet:
 
 # ----------------------------------------------------------------------------------- metadata
 METADATA_REQUIRED = ("uid", "url", "text")
-METADATA_OPTIONAL = (
-    "original_width",
-    "original_height",
-    "clip_b32_similarity_score",
-    "clip_l14_similarity_score",
-    "face_bboxes",
-    "sha256",
-)
 
 
 def parquet_files(folder: str | Path, what: str = "metadata") -> list[Path]:
@@ -245,18 +237,9 @@ def write_embeddings(npz_path: str | Path, arrays: dict[str, np.ndarray]) -> Non
 
 
 # ------------------------------------------------------------------------------------- shards
-def pool_shard_name(index: int) -> str:
-    """img2dataset's shard name: ``00012``."""
-    return f"{index:05d}"
-
-
 def filtered_shard_name(index: int) -> str:
     """DataComp resharder's shard name: ``00000012``."""
     return f"{index:08d}"
-
-
-def shard_stem(path: str | Path) -> str:
-    return Path(path).name.split(".")[0].removesuffix("_stats")
 
 
 def file_sha256(path: str | Path) -> str:

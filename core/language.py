@@ -95,8 +95,8 @@ def detect_language_codes(texts: Sequence[str | None] | Any) -> np.ndarray:
 def detect_languages(texts: Sequence[str | None] | Any) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, confidence)``: ISO code (``"en"``) of each caption's top-1 language and its float32 probability.
 
-    The codes are the same as ``detect_language_codes`` gives; asking for the confidence costs about
-    15% more (fastText's batched call does not return probabilities).
+    The codes are the same as ``detect_language_codes`` gives; asking for the confidence costs more, as
+    fastText's batched call does not return probabilities (one call per caption here).
     """
     lines, missing = _as_lines(texts)
     predict = lid_model().f.predict

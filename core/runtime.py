@@ -21,8 +21,8 @@ what it started and waits for those tasks to stop, so the caller can remove thei
 Tasks made with ``Runtime.remote`` (every primitive uses it) are re-run, up to ``task_retries`` times, when
 Ray loses the worker or the node running them (a node that dies, a worker killed for memory): Ray's
 ``max_retries`` counts only such system failures, and ``retry_exceptions`` stays off, so an exception
-the unit raises itself is never retried. Units must therefore be idempotent (they write to a
-temporary name and rename, see DESIGN.md). An actor lost with its node is restarted as often, with
+the unit raises itself is never retried. Units must therefore be idempotent (each writes to a
+temporary name and renames it into place when whole: ``core/formats.py``'s ``atomic_path``). An actor lost with its node is restarted as often, with
 the arguments it was made with, and the calls it had in hand are re-sent. When the retries are used up,
 ``get_result`` raises a one-line ``PoolsieveError`` naming the unit. When no node left in the cluster
 could ever run the work (its only nodes with CPUs or GPUs died), the wait ends after ``node_wait_seconds``

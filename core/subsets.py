@@ -5,7 +5,6 @@ record first and the ``.npy`` second, each to a temporary name renamed into plac
 any point leaves either both old files, both new ones, or a record that does not describe the ``.npy``
 beside it; never a pair that looks whole but is not. Readers check the pair (``check_subset_record``):
 the filter stage remakes a pair that does not match, reshard and submit refuse it in one line.
-Records written before the sha256 was kept are checked by their ``count``.
 
 ``read_subset_snapshot`` reads a subset file once: the pairs, the sha256 and the record checked against
 those very bytes, so a file replaced while it is read cannot be half old and half new.
@@ -72,16 +71,10 @@ def check_subset_record(npy: str | Path, sha256: str | None = None) -> dict[str,
         raise InputError(npy, f"is missing but {info.name} describes it (an interrupted run?); "
                               "remake it with `poolsieve filter --overwrite`")
     expected = record.get(SHA256_KEY)
-    if isinstance(expected, str):
-        if (sha256 or file_sha256(npy)) != expected:
-            raise _mismatch(npy, "its sha256 differs")
-    elif isinstance(record.get("count"), int) and not isinstance(record["count"], bool):
-        try:
-            rows: int | None = subset_rows(npy)
-        except InputError:
-            rows = None
-        if rows != record["count"]:
-            raise _mismatch(npy, f"{rows} uids in the file, {record['count']} in the record")
+    if not isinstance(expected, str):
+        raise _mismatch(npy, f"its record names no {SHA256_KEY}")
+    if (sha256 or file_sha256(npy)) != expected:
+        raise _mismatch(npy, "its sha256 differs")
     return record
 
 

@@ -103,7 +103,8 @@ class Workspace:
         return str(Path(os.path.abspath(given)))
 
     def abs(self, stored: str | Path) -> Path:
-        """A path read from the workspace's files (``rel``'s output, or an older absolute one) on this machine."""
+        """A path read from the workspace's files (``rel``'s output: relative inside it, absolute outside) on this
+        machine."""
         path = Path(stored).expanduser()
         return path if path.is_absolute() else self.root / path
 

@@ -83,20 +83,18 @@ def test_interrupted_overwrite_is_remade_and_refused_downstream(ws, capsys, left
     assert shipped.read_bytes() == clean_npy
 
 
-def test_record_without_sha256_is_checked_by_count(ws, capsys):
-    """The issue's case: 181 uids in the .npy, 91 in a record written before records kept a sha256."""
+def test_record_without_sha256_is_refused_and_remade(ws, capsys):
+    """Every record poolsieve writes names its .npy's sha256: one without it describes no file for sure."""
     assert filter_cli(ws, "x = clip_score(fraction=0.25)", capsys)[0] == 0
     record = json.loads(ws.subset_info_path("x").read_text())
     count = record["count"]
     del record[SHA256_KEY]
     ws.subset_info_path("x").write_text(json.dumps(record))
     code, _, err = run(["submit", "-w", str(ws.root), "--subset", "x"], capsys)
-    assert code == 0, err  # a whole legacy pair is accepted
-    write_subset(ws.subset_path("x"), read_subset(ws.subset_path("x"))[:3])
-    code, _, err = run(["submit", "-w", str(ws.root), "--subset", "x", "--overwrite"], capsys)
-    assert code == 2 and len(err) == 1 and f"3 uids in the file, {count} in the record" in err[0], err
+    assert code == 2 and len(err) == 1 and f"record names no {SHA256_KEY}" in err[0] and "x.npy" in err[0], err
     code, out, _ = filter_cli(ws, "x = clip_score(fraction=0.25)", capsys)
     assert code == 0 and "remade (was incomplete)" in out and len(read_subset(ws.subset_path("x"))) == count
+    assert run(["submit", "-w", str(ws.root), "--subset", "x"], capsys)[0] == 0
 
 
 def test_a_broken_pair_used_as_an_input_is_refused(ws, capsys):

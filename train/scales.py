@@ -31,7 +31,7 @@ class Scale:
 SCALES: dict[str, Scale] = {
     s.name: s
     for s in (
-        # CPU scale, tuned on the built-in pool: 2 cores see ~300 samples/s; colour is learned
+        # CPU scale, tuned on the built-in pool: colour is learned
         # within a few hundred steps, shape needs the higher learning rate and small batches.
         # Four epochs, so a kill loses at most a quarter of the run (each epoch ends in a checkpoint).
         Scale("tiny", "poolsieve-tiny", 12_288, 64, 2e-3, 20, 0.98, 4, 0.1),

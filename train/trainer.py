@@ -356,7 +356,7 @@ def prepare_run(data: str | Path | Sequence[str | Path], out_dir: str | Path, co
     config_path = out_dir / CONFIG_FILE
     if config_path.exists():
         before = read_json(config_path)
-        if (before.get("train_data_sha256") not in (record["train_data_sha256"], _sha256(train_data, factors))
+        if (before.get("train_data_sha256") != record["train_data_sha256"]
                 or _comparable(before, out_dir) != _comparable(record, out_dir)):
             raise ConfigError(f"{out_dir} holds a run with other data or settings; pass --overwrite to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,12 +8,9 @@ probe it.
 
 Why not faiss's ``IndexIVFFlat`` / ``IndexIVFScalarQuantizer`` (``faiss_index.py``): faiss scans the
 lists query by query with vector kernels, which on a CPU is bound by memory bandwidth; grouping the
-queries by list turns the same work into matrix products. Measured with the same lists, ``nprobe`` and
-candidates on 2 cores (768-d image + text): one part's search of 200k rows, nprobe 8, 31 s here against
-90 s in faiss (fp16 codes; 111 s with queries unsorted); all of D2 on the 200k-row benchmark pool
-(``benchmarks/embedding_filters.py --impl both``, recall@5 0.985 both) 64 s / 105 CPU-s here against
-168 s / 140 CPU-s with the faiss index. The lists themselves (centroids, assignment) come from faiss
-(``lists.py``).
+queries by list turns the same work into matrix products, which measure faster with the same lists,
+``nprobe`` and recall (``benchmarks/embedding_filters.py --impl both``; the README has the figures). The
+lists themselves (centroids, assignment) come from faiss (``lists.py``).
 """
 
 from __future__ import annotations
@@ -126,8 +123,7 @@ class IvfIndex:
 
 def run_units(fn, lists: list[int], device: str) -> None:
     """Run ``fn`` over independent units (lists, query blocks) on a thread per core, each with a
-    single-threaded BLAS: one multi-threaded BLAS call per small GEMM spends its time synchronising
-    (measured 3-10x slower on a busy 2-core machine)."""
+    single-threaded BLAS: one multi-threaded BLAS call per small GEMM spends its time synchronising."""
     threads = os.cpu_count() or 1
     if device == "cuda" or threads == 1 or len(lists) < 2:
         for lst in lists:

@@ -15,9 +15,8 @@ Where the filters run: in this process unless Ray pays for itself. Ray is used w
 names a cluster (already running: nothing to start), when this process already runs Ray (``run``
 after ``score``), or when the files the filters read exceed ``--ray-above-mb`` (default 500 MB: the
 score tables, plus the ``.npz`` embeddings when a filter of the spec takes an ``embedding``
-parameter). Starting and stopping a local Ray costs about 6 s on 2 cores; one process filters 1M rows
-of score table (about 75 MB) with ``clip_score`` or ``basic`` in 2-3 CPU seconds, so Ray's two
-workers win back their start-up only past about 12 s of such work, near 500 MB (6-7M rows).
+parameter). Starting and stopping a local Ray costs seconds, which Ray's workers win back only on
+several million rows of score table (the README has the figures: ``benchmarks/filter_speed.py``).
 ``--executor local`` always filters in this process; ``--ray-above-mb 0`` always uses Ray. The
 subsets are the same either way.
 

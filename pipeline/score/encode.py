@@ -277,8 +277,7 @@ class EncodedChunk:
 def auto_threads() -> int:
     """Torch threads for a CPU encoder: the cores not already busy (by the 1-minute load average), at least 1.
 
-    On a shared machine, more threads than free cores make every thread wait on the others: measured on
-    2 cores under a load of 20, the tiny model ran 4-5x faster on 1 thread than on 2.
+    On a shared machine, more threads than free cores make every thread wait on the others.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
