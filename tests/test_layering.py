@@ -17,6 +17,7 @@ Read from the source with ``ast``, imports inside functions and under ``TYPE_CHE
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -248,3 +249,10 @@ def test_importing_any_module_loads_no_heavy_library() -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     loaded = set(res.stdout.split())
     assert "pyarrow" in loaded and sorted(loaded & HEAVY) == []
+
+
+def test_architecture_says_where_each_command_lives() -> None:
+    """ARCHITECTURE.md's command table names each command's module as the registry does."""
+    rows = dict(re.findall(r"^\| `([\w-]+)` \| `([\w/.]+\.py)`", (ROOT / "ARCHITECTURE.md").read_text(), flags=re.M))
+    expected = {c.name: c.module.removeprefix("poolsieve.").replace(".", "/") + ".py" for c in COMMANDS}
+    assert rows == expected
