@@ -1,10 +1,11 @@
 # Two commands from a fresh clone:  `make quickstart`  and  `make test`.  Both install first.
+# `make test-fast` leaves out the tests that start Ray, training, a download, a child process or a browser.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.poolsieve-installed
 
-.PHONY: install quickstart test lint clean
+.PHONY: install quickstart test test-fast lint clean
 
 install: $(STAMP)
 
@@ -24,7 +25,11 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests
+
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

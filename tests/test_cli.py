@@ -27,6 +27,7 @@ def test_every_stage_has_help(command, capsys):
     assert "--workspace" in out and "--config" in out and "--ray-address" in out
 
 
+@pytest.mark.subprocess  # the CLI as a user runs it
 def test_missing_workspace_is_one_line_error(tmp_path):
     res = run_cli("inspect", "--workspace", str(tmp_path / "nope"))
     assert res.returncode == 2
@@ -34,6 +35,7 @@ def test_missing_workspace_is_one_line_error(tmp_path):
     assert len(lines) == 1 and "workspace does not exist" in lines[0] and "nope" in lines[0]
 
 
+@pytest.mark.subprocess  # the CLI as a user runs it
 def test_malformed_config_is_one_line_error(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("score: {models: [ViT-B-32\n")
@@ -43,6 +45,7 @@ def test_malformed_config_is_one_line_error(tmp_path):
     assert len(lines) == 1 and "bad.yaml: malformed YAML at line" in lines[0]
 
 
+@pytest.mark.subprocess  # the CLI as a user runs it
 def test_parquet_without_uid_is_one_line_error(tmp_path):
     ws = tmp_path / "ws"
     (ws / "scores").mkdir(parents=True)
@@ -55,6 +58,7 @@ def test_parquet_without_uid_is_one_line_error(tmp_path):
     assert "00000.parquet" in lines[0] and "uid" in lines[0]
 
 
+@pytest.mark.subprocess  # the CLI as a user runs it
 def test_download_metadata_without_uid_is_one_line_error(tmp_path):
     ws = tmp_path / "ws"
     (ws / "metadata").mkdir(parents=True)
@@ -128,12 +132,14 @@ def imported_by(*argv: str) -> set[str]:
     return reported | set(loaded.stderr.split())
 
 
+@pytest.mark.subprocess  # the CLI as a user runs it
 def test_filter_help_imports_neither_torch_nor_ray():
     imported = imported_by("filter", "--help")
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
     assert "yaml" in imported  # the report is read: the filter stage's own dependencies are in it
 
 
+@pytest.mark.subprocess  # the CLI as a user runs it
 def test_top_level_help_imports_no_stage():
     code = ("import sys\nfrom poolsieve.pipeline.cli import main\nmain([])\n"
             "print(' '.join(sorted(m for m in sys.modules if m.startswith('poolsieve.'))))")

@@ -24,7 +24,7 @@ from test_score import save_tiny_checkpoint
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.cli import main
 
-pytestmark = pytest.mark.slow  # three drivers start on a two-node cluster: about a minute and a half on two cores
+pytestmark = [pytest.mark.ray, pytest.mark.subprocess]  # three drivers start on a two-node cluster
 
 SHARDS = 6
 POOLSIEVE = [sys.executable, "-m", "poolsieve.pipeline.cli"]

@@ -21,6 +21,7 @@ import pytest
 import ray
 from factories import make_samples, write_img2dataset_shards
 from ray_cluster import hold_cpus, ray_cluster, run_killing_a_node
+from resources import starts
 from test_download_support import FAST, assert_shards_whole, make_served_pool
 from test_score import save_tiny_checkpoint
 
@@ -32,13 +33,12 @@ from poolsieve.pipeline.download.stage import DownloadConfig, download
 from poolsieve.pipeline.filter.stage import FilterConfig, run_filter
 from poolsieve.pipeline.score.stage import ScoreConfig, score_pool
 
-pytestmark = pytest.mark.slow  # Ray nodes start and die: tens of seconds each on two cores
-
 # The head has two CPUs: once the worker node is gone, a restarted encoder and a reader still fit.
 HEAD_CPUS = 2
 
 
 @pytest.fixture(scope="module")
+@starts("ray")
 def cluster():
     with ray_cluster(HEAD_CPUS) as c:
         yield c

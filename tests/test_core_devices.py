@@ -41,6 +41,7 @@ def _state(pid: int) -> str | None:
     return next(line.split()[1] for line in text.splitlines() if line.startswith("State:"))
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_child_dies_with_its_parent(tmp_path: Path) -> None:
     marker = tmp_path / "child.pid"

@@ -25,10 +25,10 @@ from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard
 RESHARDER = os.environ.get("DATACOMP_RESHARDER")
 PYTHON = os.environ.get("DATACOMP_PYTHON")
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.subprocess, pytest.mark.skipif(
     not (RESHARDER and PYTHON and Path(RESHARDER).is_file()),
     reason="set DATACOMP_RESHARDER=<datacomp>/resharder.py and DATACOMP_PYTHON=<python with webdataset==0.2.31>",
-)
+)]
 
 
 def members(out_dir: Path) -> dict[str, bytes]:

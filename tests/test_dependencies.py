@@ -51,6 +51,7 @@ def test_every_third_party_import_is_declared() -> None:
     assert not missing, "undeclared imports:\n" + "\n".join(missing)
 
 
+@pytest.mark.subprocess
 def test_pip_check_is_clean() -> None:
     res = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -31,6 +31,7 @@ FAULT_REASONS = {
 }
 
 
+@pytest.mark.download
 def test_faults_are_recorded_and_retry_failed_completes_the_pool(tmp_path: Path) -> None:
     pool = make_served_pool(tmp_path / "ws", n=48, per_file=24)
     uids = list(pool.metadata["uid"])

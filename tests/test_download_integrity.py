@@ -103,6 +103,7 @@ def test_only_measured_formats_within_the_limit_reach_the_decoder() -> None:
     assert resizer(io.BytesIO(zero_png(2_000, 2_000, channels=4)))[-1] is None  # 4 Mpx with transparency is fine
 
 
+@pytest.mark.subprocess
 def test_opencv_limit_stops_any_format_in_the_runner_environment(tmp_path: Path) -> None:
     """The second stop: the runner's environment sets OpenCV's own pixel limit, which it checks from the
     header of every format before allocating (here an HDR, which PIL cannot measure)."""
@@ -117,6 +118,7 @@ def test_opencv_limit_stops_any_format_in_the_runner_environment(tmp_path: Path)
     assert "CV_IO_MAX_IMAGE_PIXELS" in out and failure_reason("failed_to_resize", out) == "too_large"
 
 
+@pytest.mark.download
 def test_hdr_and_png_bombs_served_on_localhost_are_refused_before_decoding(tmp_path: Path) -> None:
     pool = make_served_pool(tmp_path / "ws", n=8, per_file=8)
     uids = list(pool.metadata["uid"])
@@ -169,6 +171,7 @@ def test_binary_text_column_is_refused_in_one_line(tmp_path: Path) -> None:
     assert not (pool.ws.shards_dir / "00000.tar").exists()
 
 
+@pytest.mark.download
 def test_samples_the_writer_drops_are_recorded_and_retried(tmp_path: Path) -> None:
     """img2dataset's writer drops every successful sample whose caption is bytes (json.dumps fails), and
     its stats count them as successes. Run it on such input directly (the stage refuses it up front):
@@ -205,6 +208,7 @@ def test_samples_the_writer_drops_are_recorded_and_retried(tmp_path: Path) -> No
     assert_shards_whole(shards)
 
 
+@pytest.mark.download
 def test_a_dead_server_fails_the_run_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from poolsieve.pipeline.cli import main
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from resources import starts
 from test_download_support import FAST, assert_shards_whole, make_served_pool, parquet_rows, tar_uids
 
 from poolsieve.core.runtime import Runtime
@@ -15,6 +16,7 @@ from poolsieve.pipeline.download.stage import DownloadConfig, download
 
 
 @pytest.fixture
+@starts("ray")
 def two_node_cluster():
     """A head node and a worker node (1 CPU each) on this machine; torn down after the test."""
     from ray.cluster_utils import Cluster
@@ -29,6 +31,7 @@ def two_node_cluster():
         cluster.shutdown()
 
 
+@pytest.mark.download
 def test_ray_distributor_on_two_nodes(tmp_path: Path, two_node_cluster) -> None:
     assert len(two_node_cluster.list_all_nodes()) == 2
     pool = make_served_pool(tmp_path / "ws", n=40, per_file=20)

@@ -45,6 +45,8 @@ def _wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
     return False
 
 
+@pytest.mark.download
+@pytest.mark.subprocess
 def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_result(tmp_path: Path) -> None:
     pool = make_served_pool(tmp_path / "ws", n=100, per_file=50, latency=0.08)
     shards = pool.ws.shards_dir
@@ -80,6 +82,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_result(tmp_path: Pat
         pool.server.stop()
 
 
+@pytest.mark.download
 def test_watchdog_stops_a_stalled_download(tmp_path: Path) -> None:
     pool = make_served_pool(tmp_path / "ws", n=20, per_file=20)
     pool.server.set_faults({pool.path_of(u): "hang" for u in pool.metadata["uid"]})

@@ -30,7 +30,7 @@ def _image_sides(shards: Path, shard: str) -> list[int]:
         return [max(Image.open(io.BytesIO(tar.extractfile(m).read())).size) for m in tar if m.name.endswith(".jpg")]
 
 
-@pytest.mark.slow  # two real img2dataset runs (spawned workers, HTTP): 25-100 s on 2 busy cores
+@pytest.mark.download
 def test_retry_failed_reuses_the_shards_settings(tmp_path: Path, capsys) -> None:
     pool = make_served_pool(tmp_path / "ws", n=30, per_file=30)
     ws, shards = pool.ws.root, pool.ws.shards_dir

@@ -14,7 +14,8 @@ from poolsieve.core.uids import pairs_to_uids
 from poolsieve.core.workspace import Workspace
 
 
-@pytest.mark.slow
+@pytest.mark.download
+@pytest.mark.train
 def test_quickstart_on_a_tiny_pool(tmp_path, ray_runtime, capsys):
     from poolsieve.pipeline.demo.quickstart import run_quickstart
 

@@ -245,6 +245,7 @@ def hub_mirror(tmp_path):
     server.server_close()
 
 
+@pytest.mark.subprocess
 def test_classification_from_local_folder_and_hub_mirror(tmp_path, hub_mirror, monkeypatch):
     model, preprocess, tokenizer = _random_model()
     task = get_task("cifar10")

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from eval_minisets import MiniHub, all_repos, fill_hf_cache, write_wds_folders
+from resources import starts
 
 from poolsieve.eval.aggregate import DATACOMP_GROUPS, RESULTS_FILE, aggregate, read_results
 from poolsieve.eval.tasks import DATACOMP_TASKS, SCORED_TASKS
@@ -26,6 +27,7 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
+@starts("subprocess")  # fills datasets' cache in a child process
 def evalsets(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalsets")
     repos = all_repos()

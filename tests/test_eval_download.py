@@ -23,6 +23,7 @@ def _run(args: list[str], endpoint: str, home: Path, **kw) -> subprocess.Popen:
                             text=True, **kw)
 
 
+@pytest.mark.subprocess
 def test_download_all_sets_in_datacomps_layout(tmp_path):
     from poolsieve.eval.hub_datasets import load_hf_test_set
 
@@ -45,6 +46,7 @@ def test_download_all_sets_in_datacomps_layout(tmp_path):
         [t.wds_name for t in DATACOMP_TASKS if t.source == "wds"] + ["hf_cache"])
 
 
+@pytest.mark.subprocess
 def test_killed_download_resumes_and_failed_sets_are_one_line(tmp_path):
     task = get_task("cifar10")
     files = all_repos([task])[task.hub_repo]
@@ -70,6 +72,7 @@ def test_killed_download_resumes_and_failed_sets_are_one_line(tmp_path):
     assert again.returncode == 1 and len(failed) == 1 and "MNIST" in failed[0]  # not on this hub
 
 
+@pytest.mark.subprocess
 def test_offline_fails_in_one_line(tmp_path):
     proc = _run(["--download", str(tmp_path / "d")], "http://127.0.0.1:9", tmp_path / "home")
     _out, err = proc.communicate(timeout=120)

@@ -42,8 +42,9 @@ def test_subsets_expand_once_per_scorer() -> None:
     assert rows[1]["vs_no_filter_se"] == pytest.approx(0.3 / math.sqrt(2 * 0.05**2 / 3))
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1800)  # minutes on 2 idle cores; training slows tenfold when the machine is shared
+@pytest.mark.download
+@pytest.mark.train
+@pytest.mark.timeout(1800)  # training slows tenfold when the machine is shared
 def test_toy_benchmark_shape_and_defect_counts(tmp_path, capsys) -> None:
     fq = load_benchmark()
     root = tmp_path / "fq"

@@ -90,6 +90,7 @@ def test_small_pools_are_filtered_in_process(tmp_path: Path, monkeypatch: pytest
     assert reads_embeddings({"filter": "d2_pruning", "params": {"fraction": 0.5}})
 
 
+@pytest.mark.subprocess
 def test_whole_command_never_imports_ray_for_a_small_pool(tmp_path: Path) -> None:
     ws = make_pool(tmp_path / "pool")
     code = ("import sys; from poolsieve.pipeline.cli import main; "

@@ -126,6 +126,7 @@ def test_jpeg_surgery_helpers() -> None:
         Image.MAX_IMAGE_PIXELS = saved
 
 
+@pytest.mark.subprocess
 def test_command_line_server(image_root: Path) -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "poolsieve.pipeline.demo.image_server", str(image_root.parent),

@@ -29,7 +29,8 @@ from poolsieve.core.workspace import Workspace
 from poolsieve.eval.aggregate import RESULTS_FILE, result_line, write_results
 from poolsieve.eval.tasks import SCORED_TASKS
 
-pytestmark = pytest.mark.skipif(chromium_path() is None, reason="no Chromium installed (apt-get install chromium)")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(chromium_path() is None, reason="no Chromium installed (apt-get install chromium)")]
 DEFECTS = ("none", "mismatched_caption", "too_small", "non_english")
 
 

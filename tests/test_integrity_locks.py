@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from factories import make_samples, write_img2dataset_shards
 
 from poolsieve.core.formats import read_subset
@@ -48,6 +49,7 @@ def run_cli(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.subprocess
 def test_second_filter_of_a_name_fails_in_one_line(tmp_path):
     ws, _ = scored_pool(tmp_path / "ws", 40, 20)
     with ws.lock("subsets/x"):  # this test process is the first writer of subsets/x
@@ -62,6 +64,7 @@ def test_second_filter_of_a_name_fails_in_one_line(tmp_path):
     assert again.returncode == 0 and "made" in again.stdout
 
 
+@pytest.mark.subprocess
 def test_concurrent_filters_of_one_name_never_mix(tmp_path):
     """Four real processes overwrite one name with four specs at once: each one either makes it or fails
     in one line on the lock, and the pair left is whole and is what its record says."""
@@ -83,6 +86,7 @@ def test_concurrent_filters_of_one_name_never_mix(tmp_path):
     assert alone.returncode == 0 and np.array_equal(pairs, read_subset(ws.subset_path("ref")))
 
 
+@pytest.mark.subprocess
 def test_score_and_reshard_refuse_a_held_folder(tmp_path, capsys):
     ws, samples = scored_pool(tmp_path / "ws", 20, 10)
     write_subset_pair(ws.subset_path("all"), uids_to_pairs([s.uid for s in samples]), {"name": "all"})
@@ -111,6 +115,7 @@ sys.exit(cli.main(["reshard", "-w", sys.argv[1], "--subset", "x", "--shard-size"
 """
 
 
+@pytest.mark.subprocess
 def test_subset_replaced_while_reshard_runs_is_refused_at_the_end(tmp_path, local_runtime):
     ws, samples = scored_pool(tmp_path / "ws", 2000, 400, image_size=48)
     first = uids_to_pairs([s.uid for s in samples[::2]])

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from factories import make_samples, write_img2dataset_shards
 from ray_cluster import add_worker, hold_cpus, ray_cluster, run_killing_a_node
+from resources import starts
 
 from poolsieve.core.errors import PoolsieveError
 from poolsieve.core.formats import write_subset
@@ -24,12 +25,11 @@ from poolsieve.core.uids import uids_to_pairs
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard
 
-pytestmark = pytest.mark.slow  # two Ray nodes start and one dies: about a minute on two cores
-
 TASK_TITLES = ("ray::scan_shard", "ray::write_shard")
 
 
 @pytest.fixture
+@starts("ray")
 def cluster():
     """A head node; each run below adds a worker node and kills it."""
     with ray_cluster() as c:
@@ -89,6 +89,7 @@ def test_task_lost_with_its_node_is_retried_then_refused_in_one_line(tmp_path, c
     assert [p.name for p in once.iterdir() if not p.name.startswith(".")] == [], "nothing under the final names"
 
 
+@pytest.mark.ray  # its own cluster, one whose only worker node dies
 def test_cluster_left_without_cpus_ends_in_one_line_and_the_rerun_resumes(tmp_path):
     """The head has no CPUs: once the one worker node dies, nothing can run reshard's tasks."""
     ws = Workspace.create(tmp_path / "ws")

@@ -67,7 +67,8 @@ def test_interrupted_overwrite_is_remade_and_refused_downstream(ws, capsys, left
     else:
         ws.subset_info_path("x").write_text(ws.subset_info_path("wide").read_text())
 
-    for argv in (["submit", "--subset", "x"], ["reshard", "--subset", "x", "--executor", "local"], ["inspect"]):
+    for argv in (["submit", "--subset", "x", "--executor", "local"], ["reshard", "--subset", "x", "--executor", "local"],
+                 ["inspect"]):
         code, _, err = run([argv[0], "-w", str(ws.root), *argv[1:]], capsys)
         assert code == 2 and len(err) == 1, (argv, err)
         assert str(ws.subset_path("x")) in err[0] and "does not match its record" in err[0], err
@@ -78,7 +79,7 @@ def test_interrupted_overwrite_is_remade_and_refused_downstream(ws, capsys, left
     assert code == 0 and "remade (was incomplete)" in out
     assert ws.subset_path("x").read_bytes() == clean_npy
     assert json.loads(ws.subset_info_path("x").read_text())[SHA256_KEY] == file_sha256(ws.subset_path("x"))
-    assert run(["submit", "-w", str(ws.root), "--subset", "x"], capsys)[0] == 0
+    assert run(["submit", "-w", str(ws.root), "--subset", "x", "--executor", "local"], capsys)[0] == 0
     shipped = ws.root / "submissions" / "x" / "x.npy"
     assert shipped.read_bytes() == clean_npy
 
@@ -90,11 +91,11 @@ def test_record_without_sha256_is_refused_and_remade(ws, capsys):
     count = record["count"]
     del record[SHA256_KEY]
     ws.subset_info_path("x").write_text(json.dumps(record))
-    code, _, err = run(["submit", "-w", str(ws.root), "--subset", "x"], capsys)
+    code, _, err = run(["submit", "-w", str(ws.root), "--subset", "x", "--executor", "local"], capsys)
     assert code == 2 and len(err) == 1 and f"record names no {SHA256_KEY}" in err[0] and "x.npy" in err[0], err
     code, out, _ = filter_cli(ws, "x = clip_score(fraction=0.25)", capsys)
     assert code == 0 and "remade (was incomplete)" in out and len(read_subset(ws.subset_path("x"))) == count
-    assert run(["submit", "-w", str(ws.root), "--subset", "x"], capsys)[0] == 0
+    assert run(["submit", "-w", str(ws.root), "--subset", "x", "--executor", "local"], capsys)[0] == 0
 
 
 def test_a_broken_pair_used_as_an_input_is_refused(ws, capsys):

@@ -240,6 +240,7 @@ def test_pyproject_lists_every_package_folder() -> None:
 
 
 
+@pytest.mark.subprocess
 def test_importing_any_module_loads_no_heavy_library() -> None:
     """Every module imports at the cost of its light dependencies; torch, Ray, open_clip, ... load only in
     the functions that use them (``core/language.py``, say, is imported by every filter)."""

@@ -65,6 +65,7 @@ def tiny_repo(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     return root, state
 
 
+@pytest.mark.subprocess
 def test_hf_hub_and_local_dir_specs_load_the_served_weights(tiny_repo, tmp_path):
     """hf-hub:ORG/NAME in both file layouts open_clip looks for, served on 127.0.0.1; then, with the hub
     gone, the cached repo still loads and an uncached pretrained tag fails in one line within seconds."""

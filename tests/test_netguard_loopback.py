@@ -17,6 +17,7 @@ from poolsieve.pipeline.download.report import REPORT_NAME
 from poolsieve.pipeline.download.stage import DownloadConfig, download
 
 
+@pytest.mark.download
 def test_loopback_pool_is_denied_without_allow_network(tmp_path: Path, monkeypatch, capsys) -> None:
     clear_proxy_env(monkeypatch)
     pool = make_served_pool(tmp_path / "ws", n=6, per_file=6)

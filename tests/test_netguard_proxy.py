@@ -93,6 +93,7 @@ def test_all_proxy_is_not_a_way_around_the_guard(tmp_path: Path, monkeypatch) ->
         assert proxy.lines == [] and denied.requests() == 0 and allowed.requests() == 1
 
 
+@pytest.mark.download
 def test_download_through_a_proxy_records_denied_samples(tmp_path: Path, monkeypatch) -> None:
     """The whole stage with http_proxy set: denied urls are recorded as denied and never sent to the proxy;
     the allowed ones come through it."""

@@ -79,6 +79,7 @@ def test_redirects_to_other_schemes_are_refused(tmp_path: Path, monkeypatch) -> 
                 assert proxy.lines == [f"GET {origin.url}/redirect HTTP/1.1"]
 
 
+@pytest.mark.download
 def test_download_records_non_http_urls_as_refused(tmp_path: Path, monkeypatch) -> None:
     """The whole stage: a pool row with file:///etc/hostname and one with a file:// url to a local JPEG
     (plus ftp:, data: and a bare path) are recorded as denied; nothing of them reaches a shard."""

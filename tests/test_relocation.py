@@ -40,7 +40,8 @@ def skipped_lines(out: str) -> dict[str, str]:
     return {ln.split(":", 1)[0]: ln for ln in out.splitlines() if ln.split(":", 1)[0] in STAGES}
 
 
-@pytest.mark.slow
+@pytest.mark.download
+@pytest.mark.train
 def test_copied_workspace_reruns_nothing_and_refuses_nothing(tmp_path, capsys):
     from poolsieve.pipeline.demo.image_server import ImageServer, free_port
     from poolsieve.pipeline.demo.synthetic_pool import PoolSpec, generate_pool

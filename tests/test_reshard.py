@@ -109,7 +109,7 @@ def test_ray_and_local_agree_and_reruns_are_byte_identical(pool, ray_runtime, lo
             == shard_bytes(ws.filtered_dir("shuffled_local"), meta=False))
 
 
-@pytest.mark.parametrize("executor", ["local", "ray"])
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.ray)])
 def test_upsampling_writes_each_copy_with_a_distinct_key(tmp_path, request, executor):
     runtime = request.getfixturevalue(f"{executor}_runtime")
     ws = Workspace.create(tmp_path / "ws")
@@ -153,7 +153,7 @@ def test_buffered_shuffle_order_is_a_local_permutation():
 
 
 @pytest.mark.parametrize(("cut", "executor"), [("mid_member", "local"), ("end_marker", "local"),
-                                              ("mid_member", "ray")])
+                                              pytest.param("mid_member", "ray", marks=pytest.mark.ray)])
 def test_truncated_pool_tar_is_an_error_and_writes_nothing(pool, request, cut, executor):
     """On Ray, output shards before the bad pool shard may be written first: they are rolled back."""
     runtime = request.getfixturevalue(f"{executor}_runtime")
@@ -304,6 +304,7 @@ reshard(Workspace.open(sys.argv[1]), ReshardConfig(subset="all", shard_size=7), 
 """
 
 
+@pytest.mark.subprocess
 def test_resume_after_a_real_kill(tmp_path, local_runtime):
     """SIGKILL a reshard once its first shard is whole; the rerun ends with the uninterrupted run's bytes."""
     import signal

@@ -74,7 +74,7 @@ class _Adder:
         return x + self.offset
 
 
-@pytest.fixture(params=["local", "ray"])
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.ray)])
 def runtime(request) -> Runtime:
     if request.param == "ray":  # Ray's workers cannot import this test module: its helpers travel by value
         import sys

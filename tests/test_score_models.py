@@ -180,6 +180,8 @@ def test_stall_watch_says_what_it_waits_for():
     assert "waiting for: 2 reader task(s) pending" in out.getvalue()
 
 
+@pytest.mark.subprocess
+@pytest.mark.ray
 def test_one_cpu_runs_on_ray(scored_a, models, tmp_path):
     """The encoder actor and the reader tasks once each reserved the only CPU and waited for each other
     forever; a Ray of its own with one CPU (a subprocess: the tests' shared Ray has two)."""

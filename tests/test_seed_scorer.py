@@ -42,6 +42,7 @@ def make_pool(root: Path) -> Workspace:
     return ws
 
 
+@pytest.mark.train
 def test_pairs_folder_to_a_scorer_that_score_takes(tmp_path, capsys):
     ws = make_pool(tmp_path / "pool")
     pairs = write_pairs(tmp_path / "pairs", 24)

@@ -67,7 +67,8 @@ def _tiny_checkpoint(path: Path) -> Path:
     return path
 
 
-@pytest.mark.slow  # a real local Ray must start (its banner is what is tested): 20-140 s on 2 busy cores
+@pytest.mark.subprocess
+@pytest.mark.ray  # a real local Ray must start (its banner is what is tested)
 def test_score_on_ray_keeps_rays_banner_and_worker_lines_in_the_log(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     write_img2dataset_shards(ws / "shards", make_samples(24, seed=5, image_size=32), per_shard=12)
@@ -100,7 +101,7 @@ def _colour_task(folder: Path, n: int = 12) -> Path:
     return folder
 
 
-@pytest.mark.slow  # a subprocess that imports torch, open_clip and clip_benchmark: 15-70 s on 2 busy cores
+@pytest.mark.subprocess  # it imports torch, open_clip and clip_benchmark
 def test_evaluate_keeps_clip_benchmark_bars_and_webdataset_warnings_in_the_log(tmp_path: Path) -> None:
     task = _colour_task(tmp_path / "colours")
     ws = tmp_path / "ws"
@@ -219,7 +220,8 @@ def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 60) -> No
     raise AssertionError(f"nothing listens on port {port}")
 
 
-@pytest.mark.slow  # three subprocesses, one a real img2dataset download over HTTP: 15-60 s on 2 busy cores
+@pytest.mark.subprocess
+@pytest.mark.download  # three subprocesses, one a real img2dataset download over HTTP
 def test_generate_prints_serve_and_download_commands_that_work_as_printed(tmp_path: Path) -> None:
     from poolsieve.pipeline.demo.image_server import free_port
 

@@ -124,6 +124,7 @@ def test_shard_listing_and_counts(tmp_path):
         list_shards([tmp_path / "a" / "nope.tar"])
 
 
+@pytest.mark.train
 def test_train_cli_two_subsets_see_the_same_budget(tmp_path, capsys):
     """Two subsets of different sizes each see exactly the budget; checkpoints load with load_model."""
     import torch
@@ -175,6 +176,7 @@ def test_train_cli_two_subsets_see_the_same_budget(tmp_path, capsys):
         cli.run_stage(train_cli.STAGE, cli.make_context(other), other)
 
 
+@pytest.mark.train
 def test_training_is_seeded(tmp_path):
     """Same data and seed give the same weights (open_clip's seed plus the seeded sample shuffle)."""
     import torch
@@ -225,6 +227,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.train
 def test_killed_trainer_takes_open_clip_down(tmp_path):
     """Killing train_clip's process ends open_clip's child; an overwrite run then trains from scratch."""
     import os

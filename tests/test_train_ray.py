@@ -10,7 +10,7 @@ from test_train import write_wds
 from poolsieve.train.trainer import TrainConfig, train_clip
 
 
-@pytest.mark.slow  # Ray Train's start alone takes ~50 s on two busy cores
+@pytest.mark.train
 def test_two_ray_train_workers_read_disjoint_shards(tmp_path, ray_runtime, monkeypatch):
     data = write_wds(tmp_path / "d", 200, seed=8, per_shard=10)[0].parent  # 20 shards
     shard_log = tmp_path / "shards_read"

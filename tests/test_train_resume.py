@@ -22,6 +22,7 @@ from poolsieve.train.trainer import TrainConfig, load_summary, train_clip
 RESUME = dict(samples_seen=512, batch_size=32, num_checkpoints=4, seed=3, threads=1, log_every_n_steps=1)
 
 
+@pytest.mark.train
 def test_ten_thousand_shards_train(tmp_path):
     data = tmp_path / "many"
     data.mkdir()
@@ -39,6 +40,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / LATEST, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.train
 def test_killed_run_resumes_bit_for_bit(tmp_path):
     """SIGKILL during epoch 3 (of 4), truncate the latest checkpoint, resume: the same weights as one run."""
     data = write_wds(tmp_path / "d", 300, seed=6, per_shard=50)[0].parent
@@ -120,6 +122,7 @@ def assert_plain_open_clip_loads(run: Path) -> None:
     assert plain.keys() == ours.keys() and all(torch.equal(plain[k], ours[k]) for k in ours)
 
 
+@pytest.mark.train
 def test_unloadable_checkpoint_ends_in_one_line(tmp_path):
     """A checkpoint that reads but does not fit the model stops the run with one line, not a traceback."""
     from poolsieve.core.errors import PoolsieveError
