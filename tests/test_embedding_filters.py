@@ -241,6 +241,22 @@ def test_d2_params_and_count(workspace):
             fn(pool, **bad)
 
 
+@pytest.mark.parametrize("params", [{"method": "exact"}, {"method": "ivf", "nlist": 8},
+                                    {"method": "ivf", "nlist": 8, "impl": "faiss"}], ids=["exact", "gemm", "faiss"])
+def test_sharded_graph_equals_the_in_process_graph(workspace, params):
+    """The sharded build (what Ray workers run, table by table, through ``pool.map``) run in this process."""
+    from poolsieve.filters._embeddings import feature_widths, features_loader, load_all, row_counts
+
+    pool = make_pool(workspace)
+    parts = feature_widths(pool, "b32", "image+text")
+    sharded = knn_sharded.sharded_knn_graph(pool, features_loader("b32", "image+text"), row_counts(pool), 5,
+                                            parts=parts, device="cpu", **params)
+    whole = knn_graph(load_all(pool, "b32", "image+text"), 5, parts=parts, device="cpu", **params)
+    assert np.array_equal(sharded.neighbors, whole.neighbors) and sharded.nprobe == whole.nprobe
+    np.testing.assert_allclose(sharded.distances, whole.distances, atol=1e-5)
+    assert not list((workspace / "scores").glob(".knn-index-*"))  # the shared index is cleaned up
+
+
 def test_d2_sharded_on_ray_equals_in_process(workspace, ray_runtime):
     local, ray_pool = make_pool(workspace), make_pool(workspace, ray_runtime)
     for params in ({"knn": "exact"}, {"knn": "ivf", "nlist": 8}, {"knn": "ivf", "nlist": 8, "knn_impl": "faiss"}):

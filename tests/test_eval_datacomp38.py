@@ -74,7 +74,7 @@ def test_datacomp38_on_a_datacomp_download_folder(evalsets, tmp_path, capsys, mo
     assert agg["Retrieval"] is not None
 
 
-def test_missing_set_names_the_folder(evalsets, tmp_path, capsys):
+def test_missing_set_names_the_folder(tmp_path, capsys):
     from poolsieve.pipeline import cli
 
     code = cli.main(["evaluate", "-w", str(tmp_path / "ws"), "--executor", "local", "--model", "poolsieve-tiny",
@@ -82,3 +82,23 @@ def test_missing_set_names_the_folder(evalsets, tmp_path, capsys):
                      "--data-root", str(tmp_path / "empty")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "wds_cifar10_test" in err[0]
+
+
+def test_wilds_and_fairness_tasks_on_their_webdatasets(tmp_path, capsys):
+    """The tasks with DataComp's own metrics (WILDS, Dollar Street, GeoDE, FairFace, UTKFace) from their
+    webdataset folders alone: no datasets cache, no child process."""
+    from poolsieve.pipeline import cli
+
+    special = [t for t in DATACOMP_TASKS if t.task_type in ("wilds", "fairness")]
+    write_wds_folders(tmp_path / "sets", all_repos(special))
+    out = tmp_path / "ev"
+    code = cli.main(["evaluate", "-w", str(tmp_path / "ws"), "--executor", "local", "--model", "poolsieve-tiny",
+                     "--output", str(out), "--tasks", ",".join(t.key for t in special),
+                     "--data-root", str(tmp_path / "sets"), "--batch-size", "8"])
+    assert code == 0, capsys.readouterr().err
+    lines = {json.loads(s)["key"]: json.loads(s)["metrics"] for s in (out / RESULTS_FILE).read_text().splitlines()}
+    assert list(lines) == [t.key for t in special]
+    for task in special:
+        main = lines[task.key]["main_metric"]
+        assert (main is None) == (task.main_metric is None) and (main is None or 0.0 <= main <= 1.0), task.key
+    assert {"acc_race_avg", "acc_gender_avg", "acc_age_avg", "toxicity_crime_avg"} <= set(lines["fairness/fairface"])

@@ -90,3 +90,34 @@ def test_offline_hub_dataset_load_is_one_line(tmp_path, offline_root, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "hf_cache: cannot load nlphuji/mscoco_2014_5k_test_image_text_retrieval" in err[0]
+
+
+def test_webdataset_sets_download_in_this_process(tmp_path, monkeypatch, capsys):
+    """The webdataset sets fetched by download_evalsets itself (no child process): DataComp's layout, a
+    ``.part`` left by a killed run continued, a set already whole kept, a set the hub lacks one line."""
+    from poolsieve.eval.download import download_evalsets
+
+    tasks = [get_task("cifar10"), get_task("wilds/iwildcam"), get_task("fairness/geode")]
+    repos = all_repos(tasks)
+    dest = tmp_path / "evalsets"
+    half = dest / tasks[0].wds_name / "test" / "0.tar.part"
+    half.parent.mkdir(parents=True)
+    half.write_bytes(repos[tasks[0].hub_repo]["test/0.tar"][:700])
+    with MiniHub(repos) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        first = download_evalsets(dest, ",".join(t.key for t in tasks))
+        ranges = [h for h in hub.handler.seen if h.endswith("range=bytes=700-")]
+        again = download_evalsets(dest, "cifar10")
+    with MiniHub({k: v for k, v in repos.items() if k != tasks[1].hub_repo}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        (dest / tasks[1].wds_name).rename(tmp_path / "moved")
+        partial = download_evalsets(dest, "cifar10,wilds/iwildcam")
+    assert first["done"] == [t.key for t in tasks] and first["failed"] == [] and again["failed"] == []
+    for task in tasks:
+        for name, data in repos[task.hub_repo].items():
+            if task is not tasks[1]:
+                assert (dest / task.wds_name / name).read_bytes() == data, (task.key, name)
+    assert not list(dest.rglob("*.part")) and ranges
+    assert partial["done"] == [tasks[0].key] and partial["failed"] == ["wilds/iwildcam"]
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("download [2/2] iWildCam: failed: PoolsieveError:") for line in err)

@@ -78,6 +78,7 @@ def test_fixtures_mark_the_tests_that_use_them(tiers: pytest.Pytester) -> None:
     (["/usr/bin/chromium", "--headless"], "browser"),
     ([sys.executable, "-c", "import x", "poolsieve.train.open_clip_runner"], "subprocess"),
     ("ls -l", "subprocess"),
+    (["/sbin/ldconfig", "-p"], "probe"),
 ])
 def test_a_child_is_known_by_what_it_runs(argv, resource) -> None:
     assert resource_of(argv) == resource
