@@ -11,8 +11,10 @@ which outlives pytest's tmp folders).
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -29,8 +31,6 @@ from poolsieve.core.workspace import Workspace
 from poolsieve.eval.aggregate import RESULTS_FILE, result_line, write_results
 from poolsieve.eval.tasks import SCORED_TASKS
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(chromium_path() is None, reason="no Chromium installed (apt-get install chromium)")]
 DEFECTS = ("none", "mismatched_caption", "too_small", "non_english")
 
 
@@ -93,6 +93,28 @@ def overlaps(a: list[float], b: list[float]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def test_report_says_why_each_dropped_pair_went(tmp_path):
+    """The page itself, without a browser: each dropped card's reason is its row's failing test (basic) or
+    its score under the recorded threshold (clip_score)."""
+    ws = build_workspace(tmp_path / "ws")
+    page = html.unescape((ws.report_dir / "index.html").read_text())
+    cards = re.findall(r'<div class="score">b32 score ([0-9.]+) · l14 score ([0-9.]+)</div>'
+                       r'(?:<div class="label">label: (\w+)</div>)?<div class="reason">(.*?)</div>', page)
+    assert len(cards) >= 30
+    for b32, l14, label, reason in cards:
+        if reason.startswith(("b32 score", "l14 score")):
+            key, shown, cut = re.fullmatch(r"(b32|l14) score ([0-9.]+) < ([0-9.]+)", reason).groups()
+            assert float(shown) == float(b32 if key == "b32" else l14) < float(cut), reason
+        elif reason.startswith("basic: "):
+            assert (label, reason) in {("too_small", "basic: image 64 px < 200"),
+                                       ("non_english", "basic: language de ≠ en")}, (label, reason)
+        else:
+            assert reason == "not in basic", reason
+    assert {r.split(":")[0].split(" ")[0] for *_, r in cards} == {"b32", "l14", "basic", "not"}
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(chromium_path() is None, reason="no Chromium installed (apt-get install chromium)")
 def test_report_in_headless_chromium(tmp_path):
     ws = build_workspace(tmp_path / "ws")
     # the report folder alone, copied elsewhere, must still work (everything inline, links relative)
