@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from resources import RESOURCES, SLOW, Guard, mark_by_fixtures, starts
+from resources import RESOURCES, SLOW, Guard, costliest_files_first, mark_by_fixtures, starts
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -31,6 +31,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     mark_by_fixtures(items)
+    costliest_files_first(items)
 
 
 @pytest.hookimpl(wrapper=True)

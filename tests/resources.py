@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing.process
 import os
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,22 @@ def mark_by_fixtures(items: Sequence[pytest.Item]) -> None:
             item.add_marker(resource)
         if any(item.get_closest_marker(r) for r in RESOURCES) and not item.get_closest_marker(SLOW):
             item.add_marker(SLOW)
+
+
+# rough cost of a test that starts each resource, to run the costliest test files first: two xdist workers
+# (``make test``) then end together instead of one waiting on a long file taken last
+COST = {"train": 4, "download": 3, "ray": 3, "browser": 2, "subprocess": 1}
+
+
+def costliest_files_first(items: list[pytest.Item]) -> None:
+    """Order ``items`` by their file's summed cost, costliest first (a stable sort: each file's tests stay
+    together and in order)."""
+    cost: Counter[str] = Counter()
+    for item in items:
+        marked = {r for r in COST if item.get_closest_marker(r)}
+        pipeline = 3 if {"train", "download"} <= marked else 1  # a whole pipeline: download, score, train, ...
+        cost[item.nodeid.split("::")[0]] += pipeline * sum(COST[r] for r in marked)
+    items.sort(key=lambda item: -cost[item.nodeid.split("::")[0]])
 
 
 def resource_of(argv: Any) -> str:

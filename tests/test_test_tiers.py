@@ -82,3 +82,22 @@ def test_fixtures_mark_the_tests_that_use_them(tiers: pytest.Pytester) -> None:
 ])
 def test_a_child_is_known_by_what_it_runs(argv, resource) -> None:
     assert resource_of(argv) == resource
+
+
+def test_costliest_files_run_first(tiers: pytest.Pytester) -> None:
+    tiers.makepyfile(test_a="def test_light(): pass", test_b="""
+        import pytest
+
+        @pytest.mark.subprocess
+        def test_script(): pass
+        def test_light(): pass
+    """, test_c="""
+        import pytest
+
+        @pytest.mark.train
+        @pytest.mark.download
+        def test_pipeline(): pass
+    """)
+    listed = tiers.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider")
+    listed.stdout.fnmatch_lines(["test_c.py::test_pipeline", "test_b.py::test_script", "test_b.py::test_light",
+                                 "test_a.py::test_light"])
