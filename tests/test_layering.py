@@ -28,16 +28,20 @@ import pytest
 from poolsieve.pipeline.commands import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("core", "pipeline", "filters", "train", "eval")
+PYPROJECT = (ROOT / "pyproject.toml").read_text()
+# the top-level folders pyproject.toml maps into the namespace ("poolsieve.core" = "core", ...)
+PACKAGES = tuple(re.findall(r'^"poolsieve\.(\w+)" = "\1"$', PYPROJECT.split("[tool.setuptools.package-dir]")[1],
+                            flags=re.M))
 STAGE_MODULES = {"train/cli.py", "eval/cli.py"}
 ORCHESTRATION = {"poolsieve.pipeline", "poolsieve.pipeline.cli", "poolsieve.pipeline.commands"} | {
     c.module for c in COMMANDS if c.runs_stages}
 DEMO = "poolsieve.pipeline.demo"
-# imported inside functions only: each costs a second or more to import (or pulls in torch), and many
-# commands never need it; `poolsieve filter --help` imports none of them
+# imported inside functions only: each costs a second or more to import (or pulls in torch) or is an optional
+# extra (gcld3; duckdb and polars, the [sql] extra on main), and many commands never need it;
+# `poolsieve filter --help` imports none of them
 HEAVY = {"torch", "torchvision", "open_clip", "open_clip_train", "ray", "faiss", "img2dataset", "webdataset",
          "clip_benchmark", "datasets", "wilds", "sklearn", "nltk", "gcld3", "safetensors",
-         "huggingface_hub", "transformers"}
+         "huggingface_hub", "transformers", "duckdb", "polars"}
 
 
 def module_name(path: Path) -> str:
@@ -225,7 +229,7 @@ def test_functions_import_only_heavy_libraries() -> None:
 
 def test_pyproject_lists_every_package_folder() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    setuptools = tomllib.loads(PYPROJECT)["tool"]["setuptools"]
     listed = set(setuptools["packages"])
     folders = {p.parent for p in ALL_FILES}
     expected = {module_name(f / "__init__.py") for f in folders}
@@ -233,6 +237,7 @@ def test_pyproject_lists_every_package_folder() -> None:
     assert sorted(listed - expected) == [], "pyproject.toml lists packages that do not exist"
     assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists()) == []
     assert setuptools["package-dir"] == {f"poolsieve.{p}": p for p in PACKAGES}
+    assert {"core", "pipeline", "filters", "train", "eval"} <= set(PACKAGES)
     for package, patterns in setuptools.get("package-data", {}).items():
         folder = ROOT / package.split(".")[1]
         for pattern in patterns:
