@@ -149,3 +149,30 @@ def test_top_level_help_imports_no_stage():
     assert not {m for m in modules if m.startswith(("poolsieve.pipeline.", "poolsieve.train.", "poolsieve.eval.",
                                                     "poolsieve.filters."))} - {"poolsieve.pipeline.cli",
                                                                                 "poolsieve.pipeline.commands"}
+
+
+def test_every_command_declares_its_hooks():
+    """Each command's module declares STAGE or run_cli; the stages `poolsieve run` runs are sections of its
+    file under the command's own name."""
+    import types
+
+    from poolsieve.pipeline.commands import COMMANDS, RUN_STAGES, Hooks
+
+    for command in COMMANDS:
+        hooks = command.hooks()
+        assert (hooks.stage is None) != (hooks.run_cli is None), command.name
+        assert hooks.doc and command.help and not command.help.endswith(".")
+        if command.in_run:
+            assert hooks.stage.name == command.name and command.name in RUN_STAGES
+    assert RUN_STAGES == ("download", "score", "filter", "reshard", "train", "evaluate")
+    both = types.ModuleType("both")
+    both.STAGE, both.run_cli = object(), print
+    with pytest.raises(TypeError, match="STAGE or run_cli"):
+        Hooks.of("both", both)
+    neither = types.ModuleType("neither")
+    with pytest.raises(TypeError, match="STAGE or run_cli"):
+        Hooks.of("neither", neither)
+    action_only = types.ModuleType("action_only")
+    action_only.run_cli, action_only.cli_action = print, print
+    with pytest.raises(TypeError, match="cli_action without a STAGE"):
+        Hooks.of("action_only", action_only)
