@@ -155,6 +155,7 @@ def shard_contents(shards_dir: Path) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.download
 def test_download_survives_a_lost_node(cluster, tmp_path):
     """The Ray distributor's shard tasks (in the download runner, a driver of its own) on the cluster."""
     served = make_served_pool(tmp_path / "ws", n=32, per_file=16)
