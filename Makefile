@@ -25,7 +25,7 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope --durations=20 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=20 tests
 
 test-fast: $(STAMP)
 	$(BIN)/ruff check .

@@ -69,7 +69,8 @@ def mark_by_fixtures(items: Sequence[pytest.Item]) -> None:
 
 
 # rough cost of a test that starts each resource, to run the costliest test files first: two xdist workers
-# (``make test``) then end together instead of one waiting on a long file taken last
+# (``make test``: one file at a time each, in this order with --no-loadscope-reorder) then end together
+# instead of one waiting on a long file taken last
 COST = {"train": 4, "download": 3, "ray": 3, "browser": 2, "subprocess": 1}
 
 
