@@ -15,6 +15,7 @@ from pathlib import Path
 
 from poolsieve.core.formats import STATUS_SUCCESS
 from poolsieve.core.workspace import shard_stats_path
+from poolsieve.pipeline.download.fetch_clock import DEADLINE_MARK
 from poolsieve.pipeline.download.integrity import NOT_WRITTEN_STATUS
 from poolsieve.pipeline.download.netguard import DENIED_MARK
 from poolsieve.pipeline.download.plan import whole_shard_ids, whole_shards
@@ -23,7 +24,7 @@ FAILURES_NAME = "download_failures.parquet"
 
 
 def failure_reason(status: str | None, error: str | None) -> str:
-    """A short reason for a failed sample: http_404, timeout, decode, too_small, denied, ..."""
+    """A short reason for a failed sample: http_404, timeout, deadline, decode, too_small, denied, ..."""
     if status == STATUS_SUCCESS:
         return STATUS_SUCCESS
     if status == NOT_WRITTEN_STATUS:
@@ -36,8 +37,8 @@ def failure_reason(status: str | None, error: str | None) -> str:
         return "redirect_loop" if "infinite loop" in msg else f"http_{m.group(1)}"
     if "redirect" in msg and "loop" in msg:
         return "redirect_loop"
-    if "deadline exceeded" in msg:
-        return "slow_transfer"
+    if DEADLINE_MARK in msg:  # the whole fetch (connect, headers, redirects, body) ran out of time
+        return "deadline"
     if "timed out" in msg or "timeout" in msg:
         return "timeout"
     if "name or service not known" in msg or "name resolution" in msg or "nodename nor servname" in msg \
