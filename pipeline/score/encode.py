@@ -29,7 +29,16 @@ import numpy as np
 
 from poolsieve.core.devices import resolve_device, resolve_precision
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import STATUS_DECODE_ERROR, STATUS_SUCCESS, model_key
+from poolsieve.core.formats import (
+    CAPTION_TRUNCATED,
+    MAX_CAPTION_BYTES,
+    MAX_IMAGE_BYTES,
+    STATUS_DECODE_ERROR,
+    STATUS_SUCCESS,
+    STATUS_TOO_LARGE,
+    model_key,
+    pixel_count_or_none,
+)
 from poolsieve.core.models import ModelSpec
 from poolsieve.core.shard_reader import TarSample, iter_tar_samples
 
@@ -204,7 +213,10 @@ def prepare_chunk(samples: Sequence[TarSample], plan: ChunkPlan, shard: str, ind
     for i, s in enumerate(samples):
         width = height = None
         status, error = STATUS_SUCCESS, None
-        if s.image is None:
+        if s.image_over_cap is not None:
+            status, error = STATUS_TOO_LARGE, (f"image member of {s.image_over_cap} bytes is over the "
+                                               f"{MAX_IMAGE_BYTES >> 20} MiB cap (not read)")
+        elif s.image is None:
             status, error = STATUS_DECODE_ERROR, "no image in the tar for this sample"
         else:
             try:
@@ -224,14 +236,17 @@ def prepare_chunk(samples: Sequence[TarSample], plan: ChunkPlan, shard: str, ind
                 for j, a in enumerate(arrays):
                     if a is not None:
                         per_prep[j].append(a)
+        if s.caption_full_bytes is not None:
+            cut = f"{CAPTION_TRUNCATED}: the first {MAX_CAPTION_BYTES} of its {s.caption_full_bytes} bytes kept"
+            error = cut if error is None else f"{error}; {cut}"
         meta = s.meta
         cols["uid"].append(s.uid)
         cols["key"].append(s.key.rsplit("/", 1)[-1])
         cols["text"].append(texts[i])
-        cols["original_width"].append(_int_or_none(meta.get("original_width")))
-        cols["original_height"].append(_int_or_none(meta.get("original_height")))
-        cols["width"].append(width if width is not None else _int_or_none(meta.get("width")))
-        cols["height"].append(height if height is not None else _int_or_none(meta.get("height")))
+        cols["original_width"].append(pixel_count_or_none(meta.get("original_width")))
+        cols["original_height"].append(pixel_count_or_none(meta.get("original_height")))
+        cols["width"].append(width if width is not None else pixel_count_or_none(meta.get("width")))
+        cols["height"].append(height if height is not None else pixel_count_or_none(meta.get("height")))
         cols["sha256"].append(hashlib.sha256(s.image).hexdigest() if s.image is not None else None)
         cols["status"].append(status)
         cols["error"].append(error)
@@ -253,13 +268,6 @@ def _apply_prep(prep: ImagePrep, img: Any) -> np.ndarray:
     if prep.full_transform is not None:
         return prep.full_transform(img).numpy()
     return np.asarray(prep.pil_transform(img), dtype=np.uint8)
-
-
-def _int_or_none(v: Any) -> int | None:
-    try:
-        return None if v is None else int(v)
-    except (TypeError, ValueError):
-        return None
 
 
 # ---------------------------------------------------------------------------------- encoding

@@ -34,8 +34,12 @@ import numpy as np
 from poolsieve.core.devices import INFERENCE_PRECISIONS
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveWarning
 from poolsieve.core.formats import (
+    CAPTION_TRUNCATED,
+    MAX_CAPTION_BYTES,
+    MAX_IMAGE_BYTES,
     SCORE_TABLE_BASE_COLUMNS,
-    STATUS_SUCCESS,
+    STATUS_DECODE_ERROR,
+    STATUS_TOO_LARGE,
     atomic_path,
     embedding_keys,
     score_column,
@@ -46,6 +50,7 @@ from poolsieve.core.progress import Progress, print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.stall import StallWatch
+from poolsieve.core.untrusted_files import open_regular
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.score.encode import DECODE_MODES
 
@@ -165,12 +170,17 @@ def scored_keys(ws: Workspace, shard: str) -> set[str] | None:
     if not (table.exists() and npz.exists()):
         return None
     try:
-        names = pq.read_schema(table).names
+        with open_regular(table) as f:
+            names = pq.read_schema(f).names
+    except InputError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unreadable file is named
         raise InputError(table, f"not a readable score table ({e}); remove it or rerun with --overwrite") from None
     try:
-        with np.load(npz, allow_pickle=False) as z:
+        with open_regular(npz) as f, np.load(f, allow_pickle=False) as z:
             arrays = set(z.files)
+    except InputError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise InputError(npz, f"not a readable .npz file ({e}); remove it or rerun with --overwrite") from None
     keys = {m.group(1) for name in names if (m := _SCORE_COLUMN.match(name))}
@@ -193,7 +203,8 @@ def recorded_models(ws: Workspace, shard: str) -> dict[str, str]:
     """The models a shard's score table records for its keys (none for tables written before records)."""
     import pyarrow.parquet as pq
 
-    meta = pq.read_schema(ws.score_table_path(shard)).metadata or {}
+    with open_regular(ws.score_table_path(shard)) as f:
+        meta = pq.read_schema(f).metadata or {}
     try:
         records = json.loads(meta.get(MODELS_METADATA, b"{}"))
     except ValueError:
@@ -247,6 +258,8 @@ class RunStats:
     added: dict[str, int] = field(default_factory=dict)  # model key -> scored shards it was added to
     samples: int = 0
     decode_errors: int = 0
+    too_large: int = 0
+    captions_cut: int = 0
     encode_seconds: float = 0.0
     seconds: float = 0.0
     device: str = ""
@@ -261,6 +274,8 @@ class RunStats:
         else:
             self.scored += 1
             self.decode_errors += written["decode_errors"]
+            self.too_large += written["too_large"]
+            self.captions_cut += written["captions_cut"]
         self.samples += written["rows"]
         self.encode_seconds += written["encode_seconds"]
 
@@ -275,6 +290,8 @@ class RunStats:
             "failed shards": len(self.errors),
             "samples": self.samples,
             "decode errors": self.decode_errors,
+            f"images over {MAX_IMAGE_BYTES >> 20} MiB (too_large, not read)": self.too_large,
+            f"captions cut to {MAX_CAPTION_BYTES >> 10} KiB": self.captions_cut,
             "models": ", ".join(f"{m.key}={m.spec.arch}:{m.spec.pretrained or 'random'}" for m in models),
             "device": self.device or "-",
             "encoder threads": self.threads if self.device == "cpu" else "-",
@@ -497,7 +514,9 @@ def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str
     with atomic_path(ws.score_table_path(shard)) as tmp:
         table = pa.Table.from_pandas(df, schema=score_table_schema(dims), preserve_index=False)
         pq.write_table(_with_records(table, records or {}), tmp)
-    return {"rows": got.rows, "decode_errors": int((df["status"] != STATUS_SUCCESS).sum()),
+    return {"rows": got.rows, "decode_errors": int((df["status"] == STATUS_DECODE_ERROR).sum()),
+            "too_large": int((df["status"] == STATUS_TOO_LARGE).sum()),
+            "captions_cut": int(df["error"].str.contains(CAPTION_TRUNCATED, regex=False, na=False).sum()),
             "encode_seconds": got.encode_seconds}
 
 
@@ -511,12 +530,13 @@ def add_to_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[st
 
     got = _assemble(chunks, dims)
     table_path, npz_path = ws.score_table_path(shard), ws.embeddings_path(shard)
-    table = pq.read_table(table_path)
+    with open_regular(table_path) as f:
+        table = pq.read_table(f)
     uids = table.column("uid").to_pylist()
     if uids != got.columns.get("uid", []):
         raise InputError(table_path, f"its {len(uids)} rows are not the {got.rows} samples of "
                                      f"shards/{shard}.tar in order; rerun with --overwrite to score it anew")
-    with np.load(npz_path, allow_pickle=False) as z:
+    with open_regular(npz_path) as f, np.load(f, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     arrays.update(got.arrays)
     for key, sc in got.scores.items():
