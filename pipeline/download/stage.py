@@ -15,7 +15,9 @@ What it adds to a bare img2dataset call:
   proxy too; private, loopback, link-local, metadata, ... addresses are denied unless
   ``--allow-network`` opens them (the built-in pool's 127.0.0.1); refused urls are recorded as denied
   and never connected to;
-* each fetch has a total deadline and a size cap; images declaring huge sizes are refused undecoded;
+* each fetch has a total deadline over the whole request (connect, headers, every redirect hop, body:
+  ``fetch_clock.py``), recorded as ``deadline`` when it passes, and a size cap; images declaring huge
+  sizes are refused undecoded;
 * ``--retry-failed`` re-fetches only failed samples into new shards, made as the pool's shards were
   (samples per shard, image size and format as ``download_state.json`` records them, whatever flags
   are given), and keeps each uid in one place;
@@ -24,9 +26,10 @@ What it adds to a bare img2dataset call:
 
 This module holds the options and the order of the work; the rest of the package, one concern each:
 ``plan.py`` (shard ids, whole shards), ``process.py`` (the runner subprocess, watchdog, promotion),
-``runner.py`` (img2dataset inside it), ``netguard.py``, ``integrity.py`` (rows img2dataset dropped, the
-success-rate floor), ``failures.py`` (reasons, the failures file, retry reconciliation), ``report.py``,
-``hub_metadata.py`` and ``metadata_checks.py`` (the metadata's source and checks).
+``runner.py`` (img2dataset inside it), ``netguard.py``, ``fetch_clock.py`` (the per-url deadline),
+``integrity.py`` (rows img2dataset dropped, the success-rate floor), ``failures.py`` (reasons, the
+failures file, retry reconciliation), ``report.py``, ``hub_metadata.py`` and ``metadata_checks.py``
+(the metadata's source and checks).
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ class DownloadConfig:
                           "max_image_bytes wait per process (2 GiB with the defaults)", aliases=("--thread_count",))
     retries: int = option(2, "retries per url inside img2dataset")
     timeout: float = option(10.0, "seconds per connect / read")
-    fetch_deadline: float = option(60.0, "seconds one image may take in all (slow trickles end here)")
+    fetch_deadline: float = option(60.0, "seconds one fetch of an image may take in all: connect, headers, every "
+                                   "redirect hop and body (slow servers end here; each retry has its own)")
     max_image_bytes: int = option(32 << 20, "bytes one image may have; larger ones are refused", metavar="BYTES")
     max_image_area: float = option(
         64 << 20, "refuse images whose header declares more pixels, before decoding (8192^2; with transparency a "
