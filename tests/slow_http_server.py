@@ -7,6 +7,9 @@
   hop is quick enough alone; the chain is not);
 * ``/hang-body/...``: headers at once, then a body one byte every ``interval`` seconds.
 
+With ``tls`` (a server ``SSLContext``) it speaks HTTPS; with ``stall_handshake`` too, it accepts the TCP
+connection and never answers the TLS handshake.
+
 A connection is dropped after ``max_seconds`` at most, so a client without a deadline is stuck that long,
 not forever. The server records how long each connection stayed open (until the client gave up), so a
 test can check when the client stopped.
@@ -15,16 +18,19 @@ test can check when the client stopped.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 
 
 class SlowServer:
-    def __init__(self, interval: float = 0.5, hop_interval: float = 0.02, max_seconds: float = 120.0):
+    def __init__(self, interval: float = 0.5, hop_interval: float = 0.02, max_seconds: float = 120.0,
+                 tls: ssl.SSLContext | None = None, stall_handshake: bool = False):
         self.interval, self.hop_interval, self.max_seconds = interval, hop_interval, max_seconds
+        self.tls, self.stall_handshake = tls, stall_handshake
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.connections: list[tuple[str, float]] = []  # (request path, seconds the connection stayed open)
@@ -76,6 +82,11 @@ class SlowServer:
         path = ""
         try:
             conn.settimeout(10)
+            if self.tls is not None:
+                if self.stall_handshake:
+                    self._stop.wait(self.max_seconds)
+                    return
+                conn = self.tls.wrap_socket(conn, server_side=True)
             request = b""
             while b"\r\n\r\n" not in request and len(request) < 65536:
                 data = conn.recv(4096)

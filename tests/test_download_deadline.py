@@ -5,6 +5,8 @@ of its shard is written, a second shard is unaffected, and a rerun does not hang
 
 from __future__ import annotations
 
+import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +58,54 @@ def test_each_hop_alone_is_quick_but_the_chain_is_not(guarded, monkeypatch) -> N
         err, seconds = _fetch(server.url + "/hop/0/a.jpg")
         assert failure_reason("failed_to_download", err) == "deadline", err  # not a redirect loop after 10 hops
         assert seconds < 2.0 and 2 <= server.requests("/hop/") <= 4
+
+
+TLS_PEM = Path(__file__).parent / "data" / "loopback_tls.pem"  # self-signed for 127.0.0.1, made for these tests
+
+
+@pytest.fixture
+def trusted_tls(monkeypatch) -> ssl.SSLContext:
+    """A server context for 127.0.0.1; the fetch's default client context trusts it (and nothing else)."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(TLS_PEM)
+    monkeypatch.setattr(ssl, "_create_default_https_context", lambda *a, **k: ssl.create_default_context(cafile=TLS_PEM))
+    return server
+
+
+@pytest.mark.parametrize("stall_handshake", [False, True], ids=["slow-headers", "silent-handshake"])
+def test_https_keeps_to_the_deadline_too(guarded, trusted_tls, stall_handshake: bool) -> None:
+    with SlowServer(interval=0.5, max_seconds=20, tls=trusted_tls, stall_handshake=stall_handshake) as server:
+        err, seconds = _fetch(server.url + "/slow-headers/a.jpg")
+        assert failure_reason("failed_to_download", err) == "deadline", err
+        assert seconds < 1.0 + 1.0, seconds
+
+
+def test_a_good_https_image_is_fetched_whole(guarded, trusted_tls, tmp_path) -> None:
+    """The clocked connections are urllib's own: TLS verified, body whole."""
+    import http.server
+
+    body = bytes(range(256)) * 1000
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.socket = trusted_tls.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        _, stream, err = download_runner.fetch_image((0, f"https://127.0.0.1:{httpd.server_port}/a.jpg"), 5, None, None)
+        assert err is None and stream.read() == body
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @pytest.mark.slow

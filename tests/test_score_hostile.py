@@ -14,8 +14,8 @@ import contextlib
 import json
 import os
 import resource
-import signal
 import tarfile
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -108,23 +108,29 @@ def address_space_cap(extra: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def fails_instead_of_hanging(seconds: int, fifos: list[Path] = ()) -> Iterator[None]:
-    """Raise in the test (rather than hang the suite) when the block blocks for ``seconds``; then unblock
-    any reader still stuck on ``fifos``."""
+def fails_instead_of_hanging(seconds: float, fifos: list[Path]) -> Iterator[None]:
+    """Fail the test (rather than hang the suite) when the block is still waiting on one of ``fifos`` after
+    ``seconds``: from then on a writer opens and closes each FIFO, so a reader stuck on it reads an empty
+    file (and fails the test's own checks)."""
+    done, unblocked = threading.Event(), threading.Event()
 
-    def stuck(*_):
-        raise TimeoutError(f"blocked for {seconds}s")
+    def unblock() -> None:
+        if done.wait(seconds):
+            return
+        unblocked.set()
+        while not done.wait(0.2):
+            for fifo in fifos:
+                with contextlib.suppress(OSError):
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
-    old = signal.signal(signal.SIGALRM, stuck)
-    signal.alarm(seconds)
+    thread = threading.Thread(target=unblock, daemon=True)
+    thread.start()
     try:
         yield
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-        for fifo in fifos:
-            with contextlib.suppress(OSError):
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        done.set()
+        thread.join()
+    assert not unblocked.is_set(), f"a reader waited on a FIFO for {seconds}s"
 
 
 # ------------------------------------------------------------------------ finding 7: bad values
@@ -137,7 +143,6 @@ def _pool_with_bad_values(root: Path) -> Workspace:
     items = members(tar)
     for i, width in BAD_WIDTHS.items():
         edit_json(items, f"00001{i:04d}", original_width=width)
-    edit_json(items, "000010000", original_height=Raw("9" * 5000))  # more digits than Python's int() takes
     write_members(tar, items)
     return ws
 
@@ -150,10 +155,22 @@ def test_out_of_range_json_values_become_null_and_every_shard_is_scored(tmp_path
     assert summary["scored now"] == 3 and summary["failed shards"] == 0
     df = read_score_table(ws.score_table_path("00001"))
     assert df["original_width"].isna().tolist() == [False] + [True] * 5
-    assert df["original_width"][0] == 256 and df["original_height"].isna().tolist() == [True] + [False] * 5
+    assert df["original_width"][0] == 256 and df["original_height"].eq(256).all()
     assert (df["status"] == "success").all()
     for shard in ("00000", "00002"):
         assert read_score_table(ws.score_table_path(shard))["original_width"].eq(256).all()
+
+
+def test_a_json_integer_too_long_to_read_is_out_of_range_not_an_error(tmp_path):
+    """5000 digits: more than Python's int() takes from text (it raises ValueError)."""
+    ws = make_pool(tmp_path / "ws", shards=1)
+    tar = ws.shards_dir / "00000.tar"
+    items = members(tar)
+    edit_json(items, "000000000", original_height=Raw("9" * 5000), original_width=Raw("-" + "9" * 5000))
+    write_members(tar, items)
+    meta = read_shard(tar)[0].meta
+    assert meta["original_height"] == float("inf") and meta["original_width"] == float("-inf")
+    assert formats.pixel_count_or_none(meta["original_height"]) is None
 
 
 # ------------------------------------------------------------------ finding 8: members and captions
@@ -190,6 +207,7 @@ def test_a_50mb_caption_is_cut_before_anything_reads_it(tmp_path, checkpoint):
     write_members(tar, items)
 
     samples = read_shard(tar)
+    assert len(samples[1].text) < 10**6  # not read whole
     assert len(samples[1].text.encode()) <= formats.MAX_CAPTION_BYTES
     assert samples[1].caption_full_bytes == len(huge)
     assert huge.decode().startswith(samples[1].text) and "\ufffd" not in samples[1].text
@@ -225,6 +243,7 @@ def test_a_long_caption_in_the_json_is_cut_the_same_way(tmp_path):
     edit_json(items, "000000003", caption="x" * 100_000)
     write_members(tar, items)
     sample = read_shard(tar)[3]
+    assert len(sample.caption) < 100_000
     assert sample.caption == "x" * formats.MAX_CAPTION_BYTES and sample.caption_full_bytes == 100_000
 
 
@@ -235,7 +254,7 @@ def test_a_fifo_named_like_a_shard_is_refused_and_the_others_are_scored(tmp_path
     fifo.unlink()
     os.mkfifo(fifo)
     config = ScoreConfig(models=[f"poolsieve-tiny:{checkpoint}"], chunk_size=4, language=False)
-    with fails_instead_of_hanging(60, [fifo]), pytest.raises(InputError) as err:
+    with fails_instead_of_hanging(30, [fifo]), pytest.raises(InputError) as err:
         score_pool(ws, config, local_runtime, quiet=True)
     assert err.value.path == fifo and "is a FIFO, not a regular file" in str(err.value)
     assert "\n" not in str(err.value) and "the other shards are scored" in str(err.value)
@@ -253,7 +272,7 @@ def test_tables_npz_and_json_that_are_not_regular_files_are_refused(tmp_path):
         os.mkfifo(tmp_path / name)
         fifos.append(tmp_path / name)
     (tmp_path / "folder.json").mkdir()
-    with fails_instead_of_hanging(20, fifos):
+    with fails_instead_of_hanging(10, fifos):
         for name, read in readers.items():
             with pytest.raises(InputError, match="is a FIFO, not a regular file") as err:
                 read(tmp_path / name)

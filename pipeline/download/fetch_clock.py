@@ -19,14 +19,17 @@ own timeout ends it) and the sending of the small request. ``FetchDeadlineExceed
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import io
 import time
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 DEADLINE_MARK = "download deadline exceeded"
+_SLACK = 0.01  # seconds: a socket wait cut to what was left ends at most this early by the clock
 
 
 class FetchDeadlineExceeded(TimeoutError):
@@ -44,9 +47,24 @@ class FetchClock:
         """Seconds left; ``FetchDeadlineExceeded`` (naming what was under way) when none are."""
         remaining = self.ends - time.monotonic()
         if remaining <= 0:
-            raise FetchDeadlineExceeded(f"{DEADLINE_MARK}: the whole fetch (connect, headers, redirects, body) "
-                                        f"took over {self.seconds:g}s, {during}")
+            raise self._exceeded(during)
         return remaining
+
+    def _exceeded(self, during: str) -> FetchDeadlineExceeded:
+        return FetchDeadlineExceeded(f"{DEADLINE_MARK}: the whole fetch (connect, headers, redirects, body) "
+                                     f"took over {self.seconds:g}s, {during}")
+
+    @contextlib.contextmanager
+    def watch(self, during: str) -> Iterator[None]:
+        """A timeout in the block is ``FetchDeadlineExceeded`` when it was the clock that ran out."""
+        try:
+            yield
+        except FetchDeadlineExceeded:
+            raise
+        except TimeoutError:
+            if self.ends - time.monotonic() < _SLACK:  # the wait was cut to what was left, and it all went
+                raise self._exceeded(during) from None
+            raise
 
     def bound(self, timeout: Any, during: str) -> float:
         """``timeout`` (a number, or anything else for no per-step limit) cut down to what is left."""
@@ -67,11 +85,8 @@ class _ClockedReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int | None:
         self._sock.settimeout(self._clock.bound(self._timeout, "reading the response"))
-        try:
+        with self._clock.watch("reading the response"):
             return self._raw.readinto(buffer)
-        except TimeoutError:
-            self._clock.left("reading the response")  # the clock ran out, not the per-read timeout
-            raise
 
     def close(self) -> None:
         if not self.closed:
@@ -104,7 +119,8 @@ class _ClockedHTTPConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         self.timeout = self.clock.bound(self.timeout, "connecting")
-        super().connect()
+        with self.clock.watch("connecting"):
+            super().connect()
 
 
 class _ClockedHTTPSConnection(http.client.HTTPSConnection):
@@ -117,9 +133,11 @@ class _ClockedHTTPSConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         self.timeout = self.clock.bound(self.timeout, "connecting")
-        http.client.HTTPConnection.connect(self)  # TCP (and a proxy's tunnel); HTTPSConnection's TLS below
+        with self.clock.watch("connecting"):
+            http.client.HTTPConnection.connect(self)  # TCP (and a proxy's tunnel); HTTPSConnection's TLS below
         self.sock.settimeout(self.clock.bound(self.timeout, "in the TLS handshake"))
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._tunnel_host or self.host)
+        with self.clock.watch("in the TLS handshake"):
+            self.sock = self._context.wrap_socket(self.sock, server_hostname=self._tunnel_host or self.host)
 
 
 _CLOCKED = {http.client.HTTPConnection: _ClockedHTTPConnection, http.client.HTTPSConnection: _ClockedHTTPSConnection}

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from poolsieve.core.formats import MAX_IMAGE_BYTES
 from poolsieve.core.processes import die_with_parent
 
 # albumentations (imported by img2dataset) checks PyPI for updates at import unless told not to: no
@@ -73,7 +74,7 @@ def fetch_image(row: tuple[Any, str], timeout: float, user_agent_token: str | No
 
     key, url = row
     deadline = _limits.get("fetch_deadline", 60.0)
-    max_bytes = _limits.get("max_image_bytes", 64 << 20)
+    max_bytes = _limits.get("max_image_bytes", MAX_IMAGE_BYTES)
     user_agent = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
     if user_agent_token:
         user_agent += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
+from poolsieve.core.formats import MAX_IMAGE_BYTES
 from poolsieve.core.locks import exclusive
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.workspace import whole_shard_tars
@@ -107,7 +108,8 @@ class DownloadConfig:
     timeout: float = option(10.0, "seconds per connect / read")
     fetch_deadline: float = option(60.0, "seconds one fetch of an image may take in all: connect, headers, every "
                                    "redirect hop and body (slow servers end here; each retry has its own)")
-    max_image_bytes: int = option(32 << 20, "bytes one image may have; larger ones are refused", metavar="BYTES")
+    max_image_bytes: int = option(MAX_IMAGE_BYTES, "bytes one image may have; larger ones are refused (score never "
+                                  "reads an image member over the default either)", metavar="BYTES")
     max_image_area: float = option(
         64 << 20, "refuse images whose header declares more pixels, before decoding (8192^2; with transparency a "
         "sixth). Each process decodes one image at a time, in at most ~12 bytes x this: peak decode memory "
