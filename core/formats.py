@@ -348,10 +348,6 @@ def read_json(path: str | Path) -> Any:
     try:
         with open_regular(path) as f:
             return json.loads(f.read())
-    except InputError as e:
-        if e.problem == "does not exist":
-            raise InputError(path, "file does not exist") from None
-        raise
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(path, f"not valid JSON ({e})") from None
 

@@ -97,6 +97,9 @@ def iter_tar_samples(path: str | Path) -> Iterator[TarSample]:
     except tarfile.TarError as e:
         f.close()
         raise InputError(path, f"not a readable tar file ({e})") from None
+    except BaseException:
+        f.close()
+        raise
     try:
         with f, tar:
             while (member := tar.next()) is not None:

@@ -279,7 +279,7 @@ def test_tables_npz_and_json_that_are_not_regular_files_are_refused(tmp_path):
             assert err.value.path == tmp_path / name
         with pytest.raises(InputError, match="is a folder"):
             read_json(tmp_path / "folder.json")
-    with pytest.raises(InputError, match="file does not exist"):
+    with pytest.raises(InputError, match="missing.json: does not exist"):
         read_json(tmp_path / "missing.json")
 
 
