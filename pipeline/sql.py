@@ -5,8 +5,9 @@ The query sees these views:
 * ``scores``: every row of every score table (``scores/*.parquet``), all their columns, plus one boolean
   column ``in_NAME`` per subset ``subsets/NAME.npy`` (true where the row's uid is in the subset). Rows
   whose image did not decode are there too: pool members are ``status = 'success'``.
-* ``NAME``, one per subset: the ``scores`` rows of its uids (a subset named ``scores`` keeps only its
-  column; quote names that are not plain words: ``"basic-v2"``).
+* ``NAME``, one per subset: the ``scores`` rows of its uids (quote names that are not plain words:
+  ``"basic-v2"``). A subset whose name SQL already has (``scores``) keeps only its column, and of two
+  names that differ only in case (SQL ignores case) the second is left out; each with a warning.
 
 Examples::
 
@@ -111,18 +112,34 @@ def connect(dataset: Any, subsets: Mapping[str, UidSet]) -> Any:
     duckdb = load_duckdb()
     con = duckdb.connect(":memory:")
     con.register("_score_tables", dataset)
+    subsets = _distinct(subsets)
     member_columns = []
     for i, (name, uids) in enumerate(subsets.items()):
         con.register(f"_subset_{i}", pa.table({"uid": pa.array(uids.to_hex(), pa.string())}))
         member_columns.append(f"t.uid IN (SELECT uid FROM _subset_{i}) AS {quote(MEMBER_PREFIX + name)}")
     con.execute(f"CREATE VIEW {SCORES_VIEW} AS SELECT {', '.join(['t.*', *member_columns])} FROM _score_tables t")
     for name in subsets:
-        if name.lower() == SCORES_VIEW:
-            continue
-        con.execute(f"CREATE VIEW {quote(name)} AS SELECT * FROM {SCORES_VIEW} WHERE {quote(MEMBER_PREFIX + name)}")
+        try:
+            con.execute(f"CREATE VIEW {quote(name)} AS SELECT * FROM {SCORES_VIEW} WHERE {quote(MEMBER_PREFIX + name)}")
+        except duckdb.CatalogException:  # a name SQL already has (scores): its in_NAME column says it all
+            warnings.warn(f"subset {name} has no view of its own (the name is taken); use {MEMBER_PREFIX}{name}",
+                          PoolsieveWarning, stacklevel=2)
     for statement in LOCKDOWN:
         con.execute(statement)
     return con
+
+
+def _distinct(subsets: Mapping[str, UidSet]) -> dict[str, UidSet]:
+    """The subsets whose names differ from every earlier one's in more than case (SQL names ignore case)."""
+    out: dict[str, UidSet] = {}
+    for name, uids in subsets.items():
+        earlier = next((n for n in out if n.lower() == name.lower()), None)
+        if earlier is None:
+            out[name] = uids
+        else:
+            warnings.warn(f"subset {name} is left out of SQL: its name differs from {earlier}'s only in case",
+                          PoolsieveWarning, stacklevel=2)
+    return out
 
 
 def workspace_connection(ws: Workspace) -> Any:

@@ -173,3 +173,15 @@ def test_a_fifo_among_the_tables_is_refused_without_blocking(ws, tmp_path, capsy
     os.mkfifo(work.scores_dir / "00009.parquet")
     assert sql(work, "SELECT count(*) FROM scores") == 2
     assert "00009.parquet: is a FIFO" in one_line_error(capsys)
+
+
+def test_subset_names_sql_cannot_tell_apart_are_left_out_with_a_warning(ws, tmp_path, capsys):
+    work = sw.copy(ws, tmp_path / "ws")
+    for name in ("Basic", "scores", "_score_tables"):
+        for suffix in (".npy", ".json"):
+            (work.subsets_dir / f"{name}{suffix}").write_bytes(work.subset_path("basic").with_suffix(suffix).read_bytes())
+    assert sql(work, "SELECT count(*) AS n FROM scores WHERE in_scores AND in__score_tables") == 0
+    captured = capsys.readouterr()
+    assert f"\n{len(subset(ws, 'basic'))}\n" in captured.out
+    assert "subset basic is left out of SQL" in captured.err and "subset scores has no view" in captured.err
+    assert sql(work, 'SELECT count(*) AS n FROM "_score_tables"') == 0  # the subset's view: the name is free
