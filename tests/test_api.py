@@ -194,3 +194,23 @@ def test_the_grid_shows_thumbnails_captions_and_scores_escaped(api):
     assert len(hostile) == 1 and "<script>" not in hostile.html() and "&lt;script&gt;" in hostile.html()
     sample = api.grid("clip30", limit=5, scores=[sw.COLUMN])
     assert len(sample) == 5 and sample.html() == api.grid("clip30", limit=5, scores=[sw.COLUMN]).html()
+
+
+def test_tables_with_different_columns_read_as_one_and_a_type_clash_is_refused(tmp_path):
+    scores = tmp_path / "ws" / "scores"
+    scores.mkdir(parents=True)
+    pd.DataFrame({"uid": ["0" * 32, "1" * 32], "status": ["success", "decode_error"],
+                  "clip_b32_similarity_score": [0.1, 0.2]}).to_parquet(scores / "00000.parquet")
+    pd.DataFrame({"uid": ["2" * 32], "status": ["success"], "clip_b32_similarity_score": [0.3],
+                  "clip_l14_similarity_score": [0.5]}).to_parquet(scores / "00001.parquet")
+    api = ps.open(tmp_path / "ws")
+    frame = api.to_pandas(["uid", "clip_l14_similarity_score"])
+    assert frame["uid"].tolist() == ["0" * 32, "1" * 32, "2" * 32]
+    assert frame["clip_l14_similarity_score"].isna().tolist() == [True, True, False]
+    assert api.to_pandas(["uid"], filter=pads.field("clip_l14_similarity_score") > 0.1)["uid"].tolist() == ["2" * 32]
+    pd.DataFrame({"uid": ["3" * 32], "clip_b32_similarity_score": ["high"]}).to_parquet(scores / "00002.parquet")
+    with pytest.raises(InputError, match=r"00002\.parquet: its columns do not match"):
+        api.dataset()
+    pd.DataFrame({"uid": [3], "clip_b32_similarity_score": [0.4]}).to_parquet(scores / "00002.parquet")
+    with pytest.raises(InputError, match=r"00002\.parquet: column uid has type int64"):
+        api.dataset()
