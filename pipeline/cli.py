@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("poolsieve.eval.cli", "zero-shot evaluation of a trained model"),
     "inspect": ("poolsieve.pipeline.inspect.stage", "summaries of a workspace: pool, scores, subsets, runs, evals"),
     "submit": ("poolsieve.pipeline.submit", "validate a subset and write a DataComp submission folder"),
+    "sql": ("poolsieve.pipeline.sql", "SQL over the score tables and subsets with DuckDB (the [sql] extra)"),
     "run": ("poolsieve.pipeline.experiment", "run a whole experiment from one YAML config"),
     "quickstart": ("poolsieve.pipeline.demo.quickstart", "end-to-end demo on the built-in pool (no network)"),
 }

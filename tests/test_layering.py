@@ -3,7 +3,7 @@
 Read from the source with ``ast`` (imports inside functions count too): core imports no other poolsieve
 package; the libraries (filters, train, eval) import core and themselves, never a stage or each other;
 the stage modules of train and eval (their ``cli.py``) may use the other libraries; nothing but the
-orchestration and the demo imports the demo.
+orchestration and the demo imports the demo; the Python API (api/) sits beside the stages and nothing imports it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"core": "core", "pipeline": "pipeline", "filters": "filters", "train": "train", "eval": "eval"}
+PACKAGES = {"core": "core", "pipeline": "pipeline", "filters": "filters", "train": "train", "eval": "eval",
+            "api": "api"}
 STAGE_MODULES = {"train/cli.py", "eval/cli.py"}
 
 
@@ -73,3 +74,9 @@ def test_only_orchestration_uses_the_demo() -> None:
     users = {str(p.relative_to(ROOT)) for folder in PACKAGES for p in files(folder)
              if any(layer_of(m) == "demo" for m in poolsieve_imports(p))}
     assert {u for u in users if not u.startswith(("pipeline/demo/", "pipeline/cli.py"))} == set()
+
+
+def test_nothing_imports_the_api() -> None:
+    users = {str(p.relative_to(ROOT)) for folder in PACKAGES for p in files(folder)
+             if any(layer_of(m) == "api" for m in poolsieve_imports(p))}
+    assert {u for u in users if not u.startswith("api/")} == set()

@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -153,11 +154,8 @@ def with_cli_specs(cfg: FilterConfig) -> FilterConfig:
     return replace(cfg, subsets={**cfg.subsets, **given}, only=list(given), spec=None, name=None)
 
 
-def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite: bool = False) -> dict[str, Any]:
-    """Make every subset of ``cfg`` (or ``cfg.only``); return ``{name: {count, status, seconds, ...}}``.
-
-    Each target's name is locked for the run: a second filter making the same name fails in one line.
-    """
+def plan_subsets(ws: Workspace, cfg: FilterConfig) -> tuple[FilterConfig, list[str], list[Path], dict[str, Any]]:
+    """(``cfg`` with its ``--spec`` strings parsed, the subsets to make, the score tables, every spec parsed)."""
     from poolsieve.filters.spec import parse_spec
 
     cfg = with_cli_specs(cfg)
@@ -168,12 +166,20 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite:
     if unknown:
         raise ConfigError(f"no spec for subset(s) {', '.join(unknown)}")
     tables = score_table_files(ws, cfg.tables)
-    fingerprint = pool_fingerprint(tables)
     parsed = {name: parse_spec(spec, name) for name, spec in cfg.subsets.items()}
     for name in parsed:
         if not name or "/" in name or name.startswith("."):
             raise ConfigError(f"bad subset name {name!r}")
+    return cfg, targets, tables, parsed
 
+
+def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite: bool = False) -> dict[str, Any]:
+    """Make every subset of ``cfg`` (or ``cfg.only``); return ``{name: {count, status, seconds, ...}}``.
+
+    Each target's name is locked for the run: a second filter making the same name fails in one line.
+    """
+    cfg, targets, tables, parsed = plan_subsets(ws, cfg)
+    fingerprint = pool_fingerprint(tables)
     with contextlib.ExitStack() as locks:
         for name in sorted(targets):
             locks.enter_context(ws.lock(f"subsets/{name}"))
@@ -182,24 +188,9 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite:
 
 def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bool, targets: list[str],
                   tables: list[Path], fingerprint: str, parsed: dict[str, Any]) -> dict[str, Any]:
-    from poolsieve.filters.algebra import Evaluator
-    from poolsieve.filters.registry import ScoredPool
     from poolsieve.filters.spec import render
 
-    embeddings = any(reads_embeddings(spec) for spec in parsed.values())
-    pool = ScoredPool(tables, filter_runtime(runtime, tables, embeddings, cfg.ray_above_mb))
     made: set[str] = set()
-    checked: dict[tuple[int, int, int], None] = {}
-
-    def saved_subset_file(name: str) -> Path:
-        """``subsets/NAME.npy`` as an input; refused in one line if its record does not describe it."""
-        path = ws.subset_path(name)
-        if path.exists():
-            st = path.stat()
-            if (st.st_ino, st.st_size, st.st_mtime_ns) not in checked:
-                check_subset_record(path)
-                checked[(st.st_ino, st.st_size, st.st_mtime_ns)] = None
-        return path
 
     def up_to_date(name: str) -> bool:
         saved = _saved_record(ws, name)
@@ -210,7 +201,8 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
     def load_defined(name: str) -> UidSet | None:
         return read_uidset(ws.subset_path(name)) if up_to_date(name) else None
 
-    evaluator = Evaluator(pool, parsed, subset_file=saved_subset_file, load_defined=load_defined)
+    evaluator = spec_evaluator(ws, cfg, tables, parsed, runtime, load_defined)
+    pool = evaluator.pool
     results: dict[str, Any] = {}
     for name in targets:
         resolved = evaluator.resolve(parsed[name], within=name)
@@ -249,6 +241,38 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
         results[name] = {"status": status, "count": len(uids), "members": members, "seconds": round(seconds, 3),
                          "expression": record["expression"], "path": str(ws.subset_path(name))}
     return results
+
+
+def spec_evaluator(ws: Workspace, cfg: FilterConfig, tables: list[Path], parsed: dict[str, Any], runtime: Runtime,
+                   load_defined: Callable[[str], UidSet | None] | None = None) -> Any:
+    """The ``Evaluator`` the subsets are made with: the pool's tables on the runtime the filters run on;
+    saved subsets read only when their record describes them."""
+    from poolsieve.filters.algebra import Evaluator
+    from poolsieve.filters.registry import ScoredPool
+
+    embeddings = any(reads_embeddings(spec) for spec in parsed.values())
+    pool = ScoredPool(tables, filter_runtime(runtime, tables, embeddings, cfg.ray_above_mb))
+    checked: dict[tuple[int, int, int], None] = {}
+
+    def saved_subset_file(name: str) -> Path:
+        """``subsets/NAME.npy`` as an input; refused in one line if its record does not describe it."""
+        path = ws.subset_path(name)
+        if path.exists():
+            st = path.stat()
+            if (st.st_ino, st.st_size, st.st_mtime_ns) not in checked:
+                check_subset_record(path)
+                checked[(st.st_ino, st.st_size, st.st_mtime_ns)] = None
+        return path
+
+    return Evaluator(pool, parsed, subset_file=saved_subset_file, load_defined=load_defined)
+
+
+def evaluate_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime) -> dict[str, UidSet]:
+    """The subsets ``run_filter`` would make from ``cfg``, as uid sets in memory: the same specs, tables and
+    evaluator, nothing written or locked (every subset defined in ``cfg`` is evaluated afresh)."""
+    cfg, targets, tables, parsed = plan_subsets(ws, cfg)
+    evaluator = spec_evaluator(ws, cfg, tables, parsed, runtime)
+    return {name: evaluator.evaluate_defined(name) for name in targets}
 
 
 EXAMPLES = """examples:
