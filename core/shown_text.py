@@ -6,12 +6,13 @@ control (U+202E turns ``exe.png`` into ``gnp.exe`` on screen). Two ways out, one
 
 * ``for_terminal``: C0/C1 controls, DEL and the bidirectional controls written as Python escapes
   (``\\x1b``, ``\\n``, ``\\u202e``); every other character, accents and scripts included, as it is.
-* ``for_page``: the bidirectional controls replaced by a visible mark (``[U+202E]``), for the HTML report
-  (``html.escape`` the result); ``bounded`` cuts text meant for an attribute (``alt=``, ``title=``).
+* ``for_html``: the bidirectional controls replaced by a visible mark (``[U+202E]``, ``for_page``), cut to
+  a bound where asked (``alt=`` and ``title=`` attributes: ``ATTRIBUTE_CHARS``), then HTML-escaped.
 """
 
 from __future__ import annotations
 
+import html
 import re
 
 # LRE RLE PDF LRO RLO, LRI RLI FSI PDI, LRM RLM, ALM
@@ -39,3 +40,10 @@ def for_page(text: object) -> str:
 def bounded(text: str, limit: int = ATTRIBUTE_CHARS) -> str:
     """``text`` cut to ``limit`` characters, the last one an ellipsis when cut."""
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def for_html(text: object, limit: int | None = None) -> str:
+    """``text`` for an HTML page or attribute: bidirectional controls marked, cut to ``limit`` characters
+    when given, escaped (quotes too)."""
+    shown = for_page(text)
+    return html.escape(shown if limit is None else bounded(shown, limit), quote=True)

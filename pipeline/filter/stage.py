@@ -41,6 +41,7 @@ from typing import Any
 
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import parquet_files, read_uidset
+from poolsieve.core.names import check_name
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
@@ -141,6 +142,8 @@ def with_cli_specs(cfg: FilterConfig) -> FilterConfig:
     from poolsieve.filters.algebra import is_filter
     from poolsieve.filters.spec import parse_cli_spec
 
+    if cfg.name is not None:
+        check_name(cfg.name, "subset name")  # before it is echoed or parsed
     if not cfg.spec:
         if cfg.name:
             raise ConfigError("--name names the subset of a --spec; pass --spec too")
@@ -163,6 +166,8 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite:
     cfg = with_cli_specs(cfg)
     if not cfg.subsets:
         raise ConfigError("nothing to make: pass --spec or set 'filter: {subsets: {NAME: SPEC}}' in the config")
+    for name in [*cfg.subsets, *(cfg.only or [])]:  # file names in subsets/: the one name rule, before anything
+        check_name(name, "subset name")
     targets = list(cfg.only or cfg.subsets)
     unknown = [t for t in targets if t not in cfg.subsets]
     if unknown:
@@ -170,9 +175,6 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite:
     tables = score_table_files(ws, cfg.tables)
     fingerprint = pool_fingerprint(tables)
     parsed = {name: parse_spec(spec, name) for name, spec in cfg.subsets.items()}
-    for name in parsed:
-        if not name or "/" in name or name.startswith("."):
-            raise ConfigError(f"bad subset name {name!r}")
 
     with contextlib.ExitStack() as locks:
         for name in sorted(targets):
