@@ -135,3 +135,16 @@ def test_report_marks_bidi_controls_and_bounds_attributes(tmp_path):
     assert max(len(v) for v in alts + titles) <= 300
     assert all(v.endswith("…") for v in alts + titles if len(v) == 300)
     assert "x" * 301 not in page and len(page) < 400_000
+
+
+def test_inspect_refuses_an_eval_file_that_is_a_fifo(tmp_path, capsys):
+    """An eval file that is not a regular file is refused in one line; a FIFO never blocks the reader."""
+    import os
+
+    ws, _, _ = make_scored_workspace(tmp_path / "ws")
+    ev = ws.eval_dir("top")
+    ev.mkdir(parents=True)
+    os.mkfifo(ev / "eval_results.jsonl")
+    code, _, err = run(capsys, "inspect", "-w", str(ws.root))
+    assert code == 2 and err.strip() == (f"poolsieve inspect: error: {ev}/eval_results.jsonl: is a FIFO, not a "
+                                         "regular file; poolsieve reads and writes only regular files here")
