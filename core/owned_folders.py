@@ -47,7 +47,7 @@ def check_owned(folder: str | Path, records: Sequence[str], *, inside: str | Pat
     folder = Path(folder)
     try:
         mode = os.lstat(folder).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (a file in its parent's place: nothing either)
         return False
     if stat.S_ISLNK(mode):
         raise _refuse(folder, "is a symlink", what)
