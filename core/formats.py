@@ -332,6 +332,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.filename is None and e.errno is not None:  # a write or close: say which file (no space, ...)
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -13,6 +13,8 @@ with a missing task has no value.
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import numpy as np
 
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import atomic_path, write_json
+from poolsieve.core.untrusted_files import open_no_follow, open_regular_fd
 
 from .tasks import DIST_SHIFTS, IMAGENET, RETRIEVAL_GROUP, SCORED_TASKS, SYNTHETIC_GROUP, TASKS, VTAB, Task
 
@@ -28,6 +31,7 @@ RESULTS_FILE = "eval_results.jsonl"
 OTHER_RESULTS_FILE = "other_results.jsonl"
 LEGACY_RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
+MAX_RESULTS_BYTES = 16 << 20  # one line per task: 38 lines are a few kB
 SCORED_NAMES = tuple(t.name for t in SCORED_TASKS)
 DATACOMP_GROUPS = {g: tuple(t.name for t in SCORED_TASKS if t.group == g) for g in (DIST_SHIFTS, VTAB, RETRIEVAL_GROUP)}
 
@@ -36,36 +40,83 @@ def results_file_for(task: Task) -> str:
     return RESULTS_FILE if task.datacomp else OTHER_RESULTS_FILE
 
 
+def is_finite_number(value: Any) -> bool:
+    """A JSON number that is finite (``true``/``false`` are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def result_line(task: Task, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """A task's line; a main metric that is not a finite number (NaN from a degenerate model) is null."""
+    if "main_metric" in metrics and not is_finite_number(metrics["main_metric"]):
+        metrics = {**metrics, "main_metric": None}
     return {"key": task.key, "dataset": task.name, "metrics": metrics, "task_type": task.task_type,
             "group": task.group, "seconds": round(seconds, 2)}
 
 
-def read_results(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Lines of a results file by task key (a later line for a key replaces an earlier one)."""
+def _check_line(rec: Any, path: Path, i: int) -> None:
+    """One line of a results file as DataComp writes it: string ``key`` and ``dataset``, a ``metrics``
+    mapping whose ``main_metric`` is a finite number or null; else ``InputError`` naming file and line."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict):
+        raise InputError(path, f"line {i} is not a result line (a JSON object with 'key', 'dataset' and 'metrics')")
+    for field in ("key", "dataset"):
+        if not isinstance(rec.get(field), str) or not rec[field]:
+            raise InputError(path, f"line {i}: '{field}' must be a non-empty string, got "
+                                   f"{type(rec.get(field)).__name__ if field in rec else 'nothing'}")
+    value = rec["metrics"].get("main_metric")
+    if value is not None and not is_finite_number(value):
+        shown = repr(value) if isinstance(value, float) else f"a {type(value).__name__} ({ascii(value)[:40]})"
+        raise InputError(path, f"line {i}: 'main_metric' must be a finite number or null, got {shown}")
+
+
+def parse_results(data: bytes, path: str | Path) -> dict[str, dict[str, Any]]:
+    """Lines of a results file's bytes by task key (a later line for a key replaces an earlier one), each
+    checked (``_check_line``); ``path`` names the file in errors."""
     path = Path(path)
-    if not path.exists():
-        return {}
     out: dict[str, dict[str, Any]] = {}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(path, f"line {i} is not valid JSON ({e})") from None
-        if not isinstance(rec, dict) or "key" not in rec or not isinstance(rec.get("metrics"), dict):
-            raise InputError(path, f"line {i} lacks 'key' or 'metrics'")
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, or an int too long to read
+            raise InputError(path, f"line {i} is not valid JSON ({str(e)[:100]})") from None
+        _check_line(rec, path, i)
         out[rec["key"]] = rec
     return out
 
 
-def read_eval_folder(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """All results of an evaluation folder (DataComp's file, the other tasks' file, or an old results.jsonl)."""
+def read_results_bytes(path: str | Path, *, follow_symlinks: bool = True) -> bytes | None:
+    """The bytes of a results file (None when there is none); refused in one line unless it is a regular
+    file of at most ``MAX_RESULTS_BYTES`` (a symlink too, with ``follow_symlinks=False``)."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return None
+    fd = open_regular_fd(path) if follow_symlinks else open_no_follow(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_RESULTS_BYTES + 1)
+    if len(data) > MAX_RESULTS_BYTES:
+        raise InputError(path, f"results file is over {MAX_RESULTS_BYTES >> 20} MiB; it holds one line per task")
+    return data
+
+
+def read_results(path: str | Path, *, follow_symlinks: bool = True) -> dict[str, dict[str, Any]]:
+    """Lines of a results file by task key, each checked; ``{}`` when there is no such file."""
+    data = read_results_bytes(path, follow_symlinks=follow_symlinks)
+    return {} if data is None else parse_results(data, path)
+
+
+def read_eval_folder(folder: str | Path, *, follow_symlinks: bool = True) -> dict[str, dict[str, Any]]:
+    """All results of an evaluation folder (DataComp's file, the other tasks' file, or an old results.jsonl),
+    every line checked; with ``follow_symlinks=False`` a results file that is a symlink is refused."""
     folder = Path(folder)
-    out = read_results(folder / LEGACY_RESULTS_FILE)
-    out.update(read_results(folder / RESULTS_FILE))
-    out.update(read_results(folder / OTHER_RESULTS_FILE))
+    out: dict[str, dict[str, Any]] = {}
+    for name in (LEGACY_RESULTS_FILE, RESULTS_FILE, OTHER_RESULTS_FILE):
+        out.update(read_results(folder / name, follow_symlinks=follow_symlinks))
     return out
 
 
@@ -105,6 +156,12 @@ def aggregate(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out["scored"] = len(scores)
     out["incomplete"] = None if complete else f"incomplete: {len(scores)} of {len(SCORED_NAMES)} tasks"
     return out
+
+
+def missing_tasks(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Keys of DataComp's scored tasks that have no main metric in ``results`` (registry order)."""
+    scores = _scores_by_name(results)
+    return [t.key for t in SCORED_TASKS if t.name not in scores]
 
 
 def write_summary(out_dir: str | Path, results: dict[str, dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:

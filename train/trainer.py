@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 from poolsieve.core import devices
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveError, PoolsieveWarning
 from poolsieve.core.formats import atomic_path, read_json, write_json
+from poolsieve.core.owned_folders import remove_owned
 from poolsieve.core.processes import die_with_parent
 from poolsieve.core.progress import Progress
 from poolsieve.core.stage import option
@@ -46,6 +46,7 @@ from .shards import ARG_LIMIT, DATA_FILE_FLAG, Source, train_data_string
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "train_config.json"
 DATA_FILE = "train_data.txt"
+RUN_RECORDS = (CONFIG_FILE, SUMMARY_FILE, DATA_FILE)  # a folder holding one of them is a run poolsieve wrote
 DATACOMP_WORKERS = 4  # DataComp's launcher default; it decides open_clip's rounding of samples seen
 
 
@@ -326,13 +327,16 @@ def check_gpus(config: TrainConfig) -> None:
 
 
 def prepare_run(data: str | Path | Sequence[str | Path], out_dir: str | Path, config: TrainConfig, *,
-                world_size: int, cpus: int | None, gpu: bool, name: str | None = None) -> RunSetup:
+                world_size: int, cpus: int | None, gpu: bool, name: str | None = None,
+                overwrite: bool = False, within: str | Path | None = None) -> RunSetup:
     """Check the input, plan the budget and write ``train_config.json`` (and the shard list when long).
 
     ``cpus``: CPUs for each process's data-loader workers (None: as asked, for another machine).
+    ``overwrite``: once everything is checked, remove the run folder first, only if poolsieve wrote it
+    (inside ``within`` when given: ``core/owned_folders.py``).
     """
     recipe = config.recipe()
-    out_dir = Path(out_dir).resolve()
+    given, out_dir = Path(out_dir), Path(out_dir).resolve()
     sources = data_sources(data, config.data_weights)
     shards = [s for src in sources for s in src.shards]
     dataset_size = count_samples(shards)
@@ -348,6 +352,8 @@ def prepare_run(data: str | Path | Sequence[str | Path], out_dir: str | Path, co
         warnings.warn(f"{workers} data-loader worker(s) per process instead of {config.workers} ({cpus} CPU(s) "
                       f"each); samples seen stay {plan.samples_seen:,}", PoolsieveWarning, stacklevel=2)
     train_data, factors = train_data_string(sources)
+    if overwrite:  # every check above passed: nothing is removed for a bad input
+        remove_owned(given, RUN_RECORDS, inside=within, what="run folder")  # the path as given: a link is refused
     data_flags = ["--train-data", train_data] + (["--train-data-upsampling-factors", factors] if factors else [])
     if sum(len(a) for a in data_flags) > ARG_LIMIT:
         data_file = out_dir / DATA_FILE
@@ -468,19 +474,20 @@ def _run_local(setup: RunSetup, config: TrainConfig, progress: Progress, done_be
 
 # ------------------------------------------------------------------------------------ the stage
 def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, config: TrainConfig | None = None,
-               *, overwrite: bool = False, name: str | None = None, runtime: Any = None) -> dict[str, Any]:
+               *, overwrite: bool = False, name: str | None = None, runtime: Any = None,
+               within: str | Path | None = None) -> dict[str, Any]:
     """Train a CLIP with a fixed budget on ``data`` (webdataset folder, tars, or folders joined by ``::``).
 
     Runs here (``config.gpus`` > 1: under torchrun), or on Ray Train workers when
     ``config.ray_workers`` is set or ``runtime`` names a Ray cluster. Returns the summary (also in
     ``out_dir/summary.json``, its paths there relative to ``out_dir``): checkpoint, samples seen,
-    steps, epochs, dataset size, losses, seconds.
+    steps, epochs, dataset size, losses, seconds. ``overwrite`` first removes ``out_dir``, only once the
+    input is checked and only if it is a run folder poolsieve wrote (inside ``within`` when given:
+    ``core/owned_folders.py``).
     """
     config = config or TrainConfig()
     config.recipe()
     out_dir = Path(out_dir)
-    if overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
     use_ray = bool(config.ray_workers) or bool(runtime is not None and getattr(runtime, "address", None))
     if use_ray:
         from .launch import ray_plan
@@ -495,7 +502,7 @@ def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, con
             gpu = torch.cuda.is_available()
         cpus = machine_cpus() // (config.gpus or 1)
     setup = prepare_run(data, out_dir, config, world_size=world_size_of(config, use_ray), cpus=cpus, gpu=gpu,
-                        name=name)
+                        name=name, overwrite=overwrite, within=within)
     out_dir = setup.out_dir
     summary_path = out_dir / SUMMARY_FILE
     if summary_path.exists():

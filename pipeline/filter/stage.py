@@ -42,6 +42,7 @@ from typing import Any
 
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import parquet_files, read_uidset
+from poolsieve.core.names import check_name
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
@@ -142,6 +143,8 @@ def with_cli_specs(cfg: FilterConfig) -> FilterConfig:
     from poolsieve.filters.algebra import is_filter
     from poolsieve.filters.spec import parse_cli_spec
 
+    if cfg.name is not None:
+        check_name(cfg.name, "subset name")  # before it is echoed or parsed
     if not cfg.spec:
         if cfg.name:
             raise ConfigError("--name names the subset of a --spec; pass --spec too")
@@ -161,15 +164,14 @@ def plan_subsets(ws: Workspace, cfg: FilterConfig) -> tuple[FilterConfig, list[s
     cfg = with_cli_specs(cfg)
     if not cfg.subsets:
         raise ConfigError("nothing to make: pass --spec or set 'filter: {subsets: {NAME: SPEC}}' in the config")
+    for name in [*cfg.subsets, *(cfg.only or [])]:  # file names in subsets/: the one name rule, before anything
+        check_name(name, "subset name")
     targets = list(cfg.only or cfg.subsets)
     unknown = [t for t in targets if t not in cfg.subsets]
     if unknown:
         raise ConfigError(f"no spec for subset(s) {', '.join(unknown)}")
     tables = score_table_files(ws, cfg.tables)
     parsed = {name: parse_spec(spec, name) for name, spec in cfg.subsets.items()}
-    for name in parsed:
-        if not name or "/" in name or name.startswith("."):
-            raise ConfigError(f"bad subset name {name!r}")
     return cfg, targets, tables, parsed
 
 

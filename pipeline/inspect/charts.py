@@ -7,12 +7,13 @@ of the plot area, never over the data. Names and numbers are escaped; nothing is
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from poolsieve.core.shown_text import for_html
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948", "#9c755f", "#ff9da7",
            "#bab0ac")
@@ -95,7 +96,7 @@ class Frame:
 
 
 def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    return for_html(text)
 
 
 def _frame_svg(frame: Frame, title: str, x_title: str, y_title: str) -> list[str]:

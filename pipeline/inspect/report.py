@@ -12,7 +12,6 @@ written into either file.
 
 from __future__ import annotations
 
-import html
 import json
 from collections import Counter
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from poolsieve.core.formats import STATUS_SUCCESS, atomic_path
+from poolsieve.core.owned_folders import check_owned
+from poolsieve.core.shown_text import for_html
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.inspect import charts
 from poolsieve.pipeline.inspect.funnel import funnel_html, funnel_rows
@@ -41,6 +42,7 @@ from poolsieve.pipeline.inspect.report_data import (
 from poolsieve.pipeline.inspect.results import eval_table, loss_chart, runs_table
 
 SUMMARY_NAME = "summary.json"
+PAGE_NAME = "index.html"
 GRID_SIZE = 12
 # a close-up histogram when half the pool lies in under this share of the plotted range (a normal
 # distribution: 0.26, so only a narrow peak with long tails gets one)
@@ -160,13 +162,13 @@ def _label_table(sample: PoolSample) -> str:
     values = sample.frame[label].astype(str).to_numpy()
     names = list(sample.members)
     out = ['<p class="note">The share of each label\'s pairs that each subset keeps.</p><div class="scroll">'
-           '<table class="results labels"><thead><tr><th>' + html.escape(label) + '</th><th class="num">pairs</th>'
-           + "".join(f'<th class="num">{html.escape(n)}</th>' for n in names) + "</tr></thead><tbody>"]
+           '<table class="results labels"><thead><tr><th>' + for_html(label) + '</th><th class="num">pairs</th>'
+           + "".join(f'<th class="num">{for_html(n)}</th>' for n in names) + "</tr></thead><tbody>"]
     uniq, counts = np.unique(values, return_counts=True)
     for value, count in sorted(zip(uniq, counts, strict=True), key=lambda vc: -vc[1]):
         rows = values == value
         cells = "".join(f'<td class="num">{sample.members[n][rows].mean():.0%}</td>' for n in names)
-        out.append(f'<tr><td>{html.escape(value)}</td><td class="num">{count:,}</td>{cells}</tr>')
+        out.append(f'<tr><td>{for_html(value)}</td><td class="num">{count:,}</td>{cells}</tr>')
     out.append("</tbody>")
     clean = np.isin(values, list(CLEAN_LABELS))
     if clean.any() and (~clean).any():  # removal figures: the share of defects removed, of removed that were defects
@@ -207,8 +209,8 @@ def _subset_sections(ws: Workspace, sample: PoolSample, records: dict[str, dict[
         record = records.get(name) or {}
         member = sample.members[name]
         reasons = dict(zip(dropped.tolist(), Explainer(sample, records, dropped).dropped_reasons(name), strict=True))
-        head = (f'<h3 id="subset-{html.escape(name, quote=True)}">{html.escape(name)}</h3>'
-                f'<p class="note">{html.escape(record.get("expression") or "")} · keeps {member.mean():.1%} of '
+        head = (f'<h3 id="subset-{for_html(name)}">{for_html(name)}</h3>'
+                f'<p class="note">{for_html(record.get("expression") or "")} · keeps {member.mean():.1%} of '
                 f"the {len(member):,} sampled pool members</p>") + _reason_counts(sample, records, name)
         grids = [grid_html(f"kept ({len(kept)} at random)", cards_from_rows(frame, kept, scores, labels), thumbs),
                  grid_html(f"dropped ({len(dropped)} at random)",
@@ -223,7 +225,7 @@ def _reason_counts(sample: PoolSample, records: dict[str, dict[str, Any]], name:
     if not len(dropped):
         return ""
     counts = Counter(Explainer(sample, records, dropped, generic=True).dropped_reasons(name))
-    rows = "".join(f'<tr><td>{html.escape(reason)}</td><td class="num">{n:,}</td>'
+    rows = "".join(f'<tr><td>{for_html(reason)}</td><td class="num">{n:,}</td>'
                    f'<td class="num">{n / len(dropped):.1%}</td></tr>' for reason, n in counts.most_common(8))
     more = f'<p class="note">and {len(counts) - 8} other combinations</p>' if len(counts) > 8 else ""
     return ('<table class="results reasons"><thead><tr><th>why pairs went</th><th class="num">pairs</th>'
@@ -234,12 +236,15 @@ def _references(ws: Workspace) -> str:
     refs = sorted(ws.references_dir.glob("*.npz")) if ws.references_dir.is_dir() else []
     if not refs:
         return ""
-    items = "".join(f"<li>{html.escape(p.stem)} ({p.stat().st_size / 1e6:.1f} MB)</li>" for p in refs)
+    items = "".join(f"<li>{for_html(p.stem)} ({p.stat().st_size / 1e6:.1f} MB)</li>" for p in refs)
     return f"<h3>Reference sets</h3><ul>{items}</ul>"
 
 
 def write_report(ws: Workspace, summary: dict[str, Any]) -> Path:
-    """Write ``report/index.html`` and ``report/summary.json`` from an ``inspect_workspace`` summary."""
+    """Write ``report/index.html`` and ``report/summary.json`` from an ``inspect_workspace`` summary. A
+    ``report/`` already there must be the report folder poolsieve wrote (``core/owned_folders.py``): a
+    symlink, or a folder of other files, is refused in one line before anything is written."""
+    check_owned(ws.report_dir, (SUMMARY_NAME, PAGE_NAME), inside=ws.root, what="report folder")
     root = str(ws.root)
     portable = _portable({**summary, "workspace": ws.root.name}, root)
     subsets = list(summary.get("subsets") or {})
@@ -249,8 +254,8 @@ def write_report(ws: Workspace, summary: dict[str, Any]) -> Path:
     def section(anchor: str, title: str, parts: list[str]) -> None:
         parts = [p for p in parts if p]
         if parts:
-            nav.append(f'<a href="#{anchor}">{html.escape(title)}</a>')
-            body.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{"".join(parts)}</section>')
+            nav.append(f'<a href="#{anchor}">{for_html(title)}</a>')
+            body.append(f'<section id="{anchor}"><h2>{for_html(title)}</h2>{"".join(parts)}</section>')
 
     section("funnel", "Funnel", [funnel_html(funnel_rows(ws, summary, records)), _references(ws)])
     if "scores" in summary:
@@ -275,11 +280,11 @@ def write_report(ws: Workspace, summary: dict[str, Any]) -> Path:
     title = f"poolsieve report: {ws.root.name}"
     page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-            f"<header><h1>{html.escape(title)}</h1><nav>{''.join(nav)}"
+            f"<title>{for_html(title)}</title><style>{STYLE}</style></head><body>"
+            f"<header><h1>{for_html(title)}</h1><nav>{''.join(nav)}"
             f'<a href="{SUMMARY_NAME}" id="summary-link">summary (JSON)</a></nav></header>'
             f"<main>{''.join(body)}</main></body></html>")
-    out = ws.report_dir / "index.html"
+    out = ws.report_dir / PAGE_NAME
     with atomic_path(out) as tmp:
         tmp.write_text(page)
     return out

@@ -8,12 +8,12 @@ no Average), the best of each column marked; every task follows, folded, one col
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from poolsieve.core.shown_text import for_html
 from poolsieve.eval.aggregate import aggregate, read_eval_folder
 from poolsieve.eval.tasks import GROUPS, SCORED_TASKS, TASKS
 from poolsieve.pipeline.inspect.charts import Series, line_chart_svg
@@ -60,8 +60,8 @@ def runs_table(runs: dict[str, Any]) -> str:
         for _, key in cols:
             v = info.get(key, "done" if key == "status" else None)
             cells.append(f"{v:,.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int)
-                         else html.escape(str(v)) if v is not None else "")
-        out.append(f"<tr><td>{html.escape(name)}</td>" + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>")
+                         else for_html(str(v)) if v is not None else "")
+        out.append(f"<tr><td>{for_html(name)}</td>" + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -87,17 +87,17 @@ def eval_table(ws_root: Path, names: list[str]) -> str:
     groups = {name: aggregate(r) for name, r in results.items()}
     columns = [g for g in [*GROUPS, AVERAGE] if any(groups[n].get(g) is not None for n in results)]
     out = ['<table class="results evals"><thead><tr><th>subset</th>'
-           + "".join(f'<th class="num">{html.escape(g)}</th>' for g in columns)
+           + "".join(f'<th class="num">{for_html(g)}</th>' for g in columns)
            + '<th class="num">tasks scored</th></tr></thead><tbody>']
     best = {g: _best([groups[n].get(g) for n in results]) for g in columns}
     for name in results:
         cells = "".join(_cell(groups[name].get(g), best[g]) for g in columns)
-        out.append(f'<tr><td>{html.escape(name)}</td>{cells}<td class="num">{groups[name].get("scored", 0)} of '
+        out.append(f'<tr><td>{for_html(name)}</td>{cells}<td class="num">{groups[name].get("scored", 0)} of '
                    f"{len(SCORED_TASKS)}</td></tr>")
     out.append("</tbody></table>")
     notes = sorted({g["incomplete"] for g in groups.values() if g.get("incomplete")})
     if notes:
-        out.append(f'<p class="note">{html.escape("; ".join(notes))}: a group with a missing task and the '
+        out.append(f'<p class="note">{for_html("; ".join(notes))}: a group with a missing task and the '
                    "Average stay blank (DataComp's rule).</p>")
     out.append(_task_table(results))
     return "".join(out)
@@ -117,11 +117,11 @@ def _task_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     cols = list(results)
     out = [f"<details><summary>all {len(tasks)} tasks</summary>"
            '<table class="results evals"><thead><tr><th>task</th><th>group</th>'
-           + "".join(f'<th class="num">{html.escape(c)}</th>' for c in cols) + "</tr></thead><tbody>"]
+           + "".join(f'<th class="num">{for_html(c)}</th>' for c in cols) + "</tr></thead><tbody>"]
     for task in sorted(tasks, key=lambda t: (order.get(t, len(order)), t)):
         values = tasks[task]
         best = _best([values.get(c) for c in cols])
-        out.append(f"<tr><td>{html.escape(task)}</td><td>{html.escape(group_of[task])}</td>"
+        out.append(f"<tr><td>{for_html(task)}</td><td>{for_html(group_of[task])}</td>"
                    + "".join(_cell(values.get(c), best) for c in cols) + "</tr>")
     out.append("</tbody></table></details>")
     return "".join(out)
