@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from poolsieve.core.errors import InputError
+from poolsieve.core.formats import MAX_IMAGE_BYTES
 from poolsieve.core.shard_reader import IMAGE_EXTENSIONS
 from poolsieve.core.shown_text import ATTRIBUTE_CHARS, for_html
 from poolsieve.core.tar_io import read_index, split_key
 from poolsieve.core.workspace import Workspace
 
 THUMB_SIDE = 112
-MAX_MEMBER_BYTES = 32 << 20
 MAX_PIXELS = 64_000_000
 CAPTION_CHARS = 90
 
@@ -79,7 +79,7 @@ def load_thumbnails(ws: Workspace, wanted: Sequence[tuple[str, str]]) -> dict[tu
         fd = os.open(tar, os.O_RDONLY)
         try:
             for key, m in found.items():
-                if m.size <= MAX_MEMBER_BYTES:
+                if m.size <= MAX_IMAGE_BYTES:
                     uri = thumbnail_uri(os.pread(fd, m.size, m.data_offset))
                     if uri is not None:
                         out[(shard, key)] = uri
