@@ -194,6 +194,9 @@ SCORE_TABLE_BASE_COLUMNS = (
     "error",
 )
 
+# A score table's parquet metadata: {model key: the model that made its columns} (``ARCH[:TAG|CHECKPOINT]``).
+MODELS_METADATA = b"poolsieve.models"
+
 # The score table's ``status`` values: a sample whose image decoded (img2dataset's word for a fetched
 # sample in its shard parquets too), or one that did not (``error`` says why). Pool members are the
 # ``STATUS_SUCCESS`` rows.

@@ -197,7 +197,9 @@ def test_a_16gib_image_member_is_recorded_too_large_and_never_read(tmp_path, che
 
 
 def test_a_50mb_caption_is_cut_before_anything_reads_it(tmp_path, checkpoint):
-    from poolsieve.pipeline.score.encode import Encoder, iter_prepared_chunks, parse_models
+    from poolsieve.pipeline.score.encode import Encoder
+    from poolsieve.pipeline.score.model_entries import parse_models
+    from poolsieve.pipeline.score.prepare import iter_prepared_chunks
 
     ws = make_pool(tmp_path / "ws", shards=1)
     tar = ws.shards_dir / "00000.tar"
