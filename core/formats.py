@@ -177,6 +177,13 @@ def embedding_keys(key: str) -> tuple[str, str]:
     return f"{key}_img", f"{key}_txt"
 
 
+# A score table ``scores/{shard}.parquet`` has one row per sample of ``shards/{shard}.tar``, and its npz
+# ``scores/{shard}.npz`` the same rows in the same order. Rows are sorted by the sample's key (img2dataset's
+# ``{shard}{row}``, zero-padded: the order of the pool's metadata rows), never in the order the tar holds
+# them (the order the download's fetches finished in), so two downloads of one pool give the same tables;
+# an encoder's batches are cut in that order too, so no embedding depends on the download order either.
+# Tables written before rows were sorted keep their tar order (a model added to them follows it).
+# ``--import-datacomp`` tables keep the metadata file's row order.
 SCORE_TABLE_BASE_COLUMNS = (
     "uid",
     "key",

@@ -148,7 +148,9 @@ def read_chunks(tar_path: str | Path, plan: ChunkPlan) -> Iterator[PreparedChunk
 
 
 def iter_prepared_chunks(tar_path: str | Path, plan: ChunkPlan) -> Iterator[PreparedChunk]:
-    """Read a shard and yield its prepared chunks in tar order (none for an empty shard)."""
+    """Read a shard and yield its prepared chunks, rows in key order (``iter_tar_samples``): a chunk holds
+    the same samples, and the encoder the same batches, however the download ordered the tar (none for an
+    empty shard)."""
     tar_path = Path(tar_path)
     shard = tar_path.name.split(".")[0]
     buf: list[TarSample] = []

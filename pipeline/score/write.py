@@ -108,14 +108,12 @@ def add_to_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[st
     table_path, npz_path = ws.score_table_path(shard), ws.embeddings_path(shard)
     with open_regular(table_path) as f:
         table = pq.read_table(f)
-    uids = table.column("uid").to_pylist()
-    if uids != got.columns.get("uid", []):
-        raise InputError(table_path, f"its {len(uids)} rows are not the {got.rows} samples of "
-                                     f"shards/{shard}.tar in order; rerun with --overwrite to score it anew")
+    order = _table_order(table, got, table_path, shard)
     with open_regular(npz_path) as f, np.load(f, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    arrays.update(got.arrays)
+    arrays.update({k: v[order] for k, v in got.arrays.items()})
     for key, sc in got.scores.items():
+        sc = sc[order]
         name = score_column(key)
         if name in table.column_names:  # a column without its embeddings: replaced with the new one
             table = table.drop_columns([name])
@@ -124,6 +122,22 @@ def add_to_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[st
     with atomic_path(table_path) as tmp:
         pq.write_table(with_records(table, records or {}), tmp)
     return {"rows": got.rows, "decode_errors": 0, "encode_seconds": got.encode_seconds, "added": list(dims)}
+
+
+def _table_order(table: Any, got: Assembled, table_path: Any, shard: str) -> np.ndarray:
+    """Which new row each row of a stored table is: the rows in order (key order), or, for a table written
+    in the tar's own order (before rows were sorted by key), the same samples in that order."""
+    uids = table.column("uid").to_pylist()
+    keys = table.column("key").to_pylist() if "key" in table.column_names else [None] * len(uids)
+    stored = list(zip(keys, uids, strict=True))
+    new = list(zip(got.columns.get("key", []), got.columns.get("uid", []), strict=True))
+    if stored == new:
+        return np.arange(len(new))
+    where = {row: i for i, row in enumerate(new)}
+    if len(where) != len(new) or len(set(stored)) != len(stored) or set(stored) != set(where):
+        raise InputError(table_path, f"its {len(stored)} rows are not the {got.rows} samples of "
+                                     f"shards/{shard}.tar; rerun with --overwrite to score it anew")
+    return np.array([where[row] for row in stored], dtype=np.int64)
 
 
 def with_records(table: Any, records: dict[str, str]) -> Any:
