@@ -201,8 +201,11 @@ SCORE_TABLE_BASE_COLUMNS = (
     "error",
 )
 
-# A score table's parquet metadata: {model key: the model that made its columns} (``ARCH[:TAG|CHECKPOINT]``).
+# A score table's parquet metadata: {model key: the model that made its columns} (``ARCH[:TAG|CHECKPOINT]``),
+# and, when the table's ``language`` column was computed, the fastText model that made it:
+# {"file": its file name, "sha256": its digest} (``core/language.lid_model_sha256``).
 MODELS_METADATA = b"poolsieve.models"
+LANGUAGE_MODEL_METADATA = b"poolsieve.language_model"
 
 # The score table's ``status`` values: a sample whose image decoded (img2dataset's word for a fetched
 # sample in its shard parquets too), or one that did not (``error`` says why). Pool members are the
@@ -270,6 +273,26 @@ def read_score_table(path: str | Path, columns: Sequence[str] | None = None):
         f.seek(0)
         table = pq.read_table(f, columns=want)
     return table.to_pandas()
+
+
+def recorded_language_model(path: str | Path) -> dict[str, str] | None:
+    """The language-id model a score table records (``{"file", "sha256"}``), or None when it records none
+    (``--no-language``, or a table written before the record)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    with open_regular(path) as f:
+        try:
+            meta = pq.read_schema(f).metadata or {}
+        except Exception as e:  # noqa: BLE001
+            raise InputError(path, f"not a readable parquet score table ({e})") from None
+    try:
+        record = json.loads(meta[LANGUAGE_MODEL_METADATA])
+    except (KeyError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    return {str(k): str(v) for k, v in record.items()}
 
 
 def read_embeddings(npz_path: str | Path, keys: Sequence[str], n_rows: int | None = None) -> dict[str, np.ndarray]:

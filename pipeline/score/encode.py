@@ -51,6 +51,7 @@ class EncodedChunk:
     text: dict[str, np.ndarray]
     scores: dict[str, np.ndarray]
     seconds: float = 0.0
+    language_model: dict[str, str] | None = None  # as the prepared chunk says
 
 
 def auto_threads() -> int:
@@ -156,7 +157,7 @@ class Encoder:
             img[~good], txt[~good], sc[~good] = 0, 0, np.nan
             image_out[entry.key], text_out[entry.key], scores[entry.key] = img, txt, sc
         return EncodedChunk(chunk.shard, chunk.index, chunk.start, columns, chunk.ok, image_out, text_out, scores,
-                            time.perf_counter() - t0)
+                            time.perf_counter() - t0, chunk.language_model)
 
     def _dtype(self, model: Any) -> Any:
         return next(model.visual.parameters()).dtype

@@ -30,7 +30,13 @@ from poolsieve.core.formats import (
     STATUS_TOO_LARGE,
     pixel_count_or_none,
 )
-from poolsieve.core.language import count_chars, count_words, detect_languages
+from poolsieve.core.language import (
+    count_chars,
+    count_words,
+    detect_languages,
+    lid_model_path,
+    lid_model_sha256,
+)
 from poolsieve.core.models import register_model_configs
 from poolsieve.core.shard_reader import TarSample, iter_tar_samples
 
@@ -124,6 +130,7 @@ class PreparedChunk:
     jpeg_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ok-row indices sent as bytes
     jpeg_bytes: list[bytes] = field(default_factory=list)
     tokens: dict[str, np.ndarray] = field(default_factory=dict)  # arch -> [n_ok, context] int64
+    language_model: dict[str, str] | None = None  # the fastText model of the ``language`` column (file, sha256)
 
     @property
     def num_rows(self) -> int:
@@ -203,7 +210,8 @@ def prepare_chunk(samples: Sequence[TarSample], plan: ChunkPlan, shard: str, ind
     ok_texts = [t if t is not None else "" for t, good in zip(texts, ok, strict=True) if good]
     tokens = {arch: tokenizer_for(arch)(ok_texts).numpy() if ok_texts else np.zeros((0, 1), np.int64)
               for arch in plan.tokenizer_archs}
-    return PreparedChunk(shard, index, start, cols, ok, pixels, np.asarray(jpeg_rows, np.int64), jpeg_bytes, tokens)
+    return PreparedChunk(shard, index, start, cols, ok, pixels, np.asarray(jpeg_rows, np.int64), jpeg_bytes, tokens,
+                         language_model_record() if plan.language else None)
 
 
 def _decode(s: TarSample, plan: ChunkPlan, jpeg_rows: list[int], jpeg_bytes: list[bytes],
@@ -243,6 +251,11 @@ def _caption_columns(cols: dict[str, list[Any]], texts: list[str | None], langua
         cols["language"], cols["language_score"] = codes.tolist(), conf.tolist()
     else:
         cols["language"], cols["language_score"] = [None] * len(texts), [float("nan")] * len(texts)
+
+
+def language_model_record() -> dict[str, str]:
+    """What a score table records of the model that made its ``language`` column: file name and sha256."""
+    return {"file": lid_model_path().name, "sha256": lid_model_sha256()}
 
 
 def _apply_prep(prep: ImagePrep, img: Any) -> np.ndarray:

@@ -3,7 +3,8 @@
 ``write_shard`` writes ``scores/{shard}.npz`` and then ``scores/{shard}.parquet`` (so a parquet means a
 whole pair); ``add_to_shard`` adds the embeddings and score columns of new models to both, the rest kept
 as stored. Each file is written to a temporary name and renamed into place. A table's parquet metadata
-records the model that made each key (``MODELS_METADATA``).
+records the model that made each key (``MODELS_METADATA``) and the language-id model that made its
+``language`` column (``LANGUAGE_MODEL_METADATA``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import (
     CAPTION_TRUNCATED,
+    LANGUAGE_MODEL_METADATA,
     MODELS_METADATA,
     SCORE_TABLE_BASE_COLUMNS,
     STATUS_DECODE_ERROR,
@@ -41,6 +43,7 @@ class Assembled:
     arrays: dict[str, np.ndarray]
     scores: dict[str, np.ndarray]
     encode_seconds: float
+    language_model: dict[str, str] | None = None
 
 
 def assemble(chunks: Sequence[Any], dims: dict[str, int]) -> Assembled:
@@ -64,7 +67,9 @@ def assemble(chunks: Sequence[Any], dims: dict[str, int]) -> Assembled:
             txt[ok_rows] = np.concatenate([c.text[key] for c in chunks])
             sc[ok_rows] = np.concatenate([c.scores[key] for c in chunks])
         arrays[img_key], arrays[txt_key], scores[key] = img, txt, sc
-    return Assembled(columns, n, arrays, scores, float(sum(getattr(c, "seconds", 0.0) for c in chunks)))
+    language_model = next((c.language_model for c in chunks if getattr(c, "language_model", None)), None)
+    return Assembled(columns, n, arrays, scores, float(sum(getattr(c, "seconds", 0.0) for c in chunks)),
+                     language_model)
 
 
 def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str, int],
@@ -89,7 +94,7 @@ def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str
     write_embeddings(ws.embeddings_path(shard), got.arrays)
     with atomic_path(ws.score_table_path(shard)) as tmp:
         table = pa.Table.from_pandas(df, schema=score_table_schema(dims), preserve_index=False)
-        pq.write_table(with_records(table, records or {}), tmp)
+        pq.write_table(with_records(table, records or {}, got.language_model), tmp)
     return {"rows": got.rows, "decode_errors": int((df["status"] == STATUS_DECODE_ERROR).sum()),
             "too_large": int((df["status"] == STATUS_TOO_LARGE).sum()),
             "captions_cut": int(df["error"].str.contains(CAPTION_TRUNCATED, regex=False, na=False).sum()),
@@ -140,12 +145,23 @@ def _table_order(table: Any, got: Assembled, table_path: Any, shard: str) -> np.
     return np.array([where[row] for row in stored], dtype=np.int64)
 
 
-def with_records(table: Any, records: dict[str, str]) -> Any:
-    """``table`` with ``records`` merged into the models its metadata records."""
+def with_records(table: Any, records: dict[str, str], language_model: dict[str, str] | None = None) -> Any:
+    """``table`` with ``records`` merged into the models its metadata records, and the language-id model
+    that made its ``language`` column (when it was made now; else what the table records is kept)."""
     meta = dict(table.schema.metadata or {})
     try:
         before = json.loads(meta.get(MODELS_METADATA, b"{}"))
     except ValueError:
         before = {}
     merged = {**(before if isinstance(before, dict) else {}), **records}
-    return table.replace_schema_metadata({**meta, MODELS_METADATA: json.dumps(merged, sort_keys=True).encode()})
+    meta[MODELS_METADATA] = json.dumps(merged, sort_keys=True).encode()
+    return with_language_model(table.replace_schema_metadata(meta), language_model)
+
+
+def with_language_model(table: Any, language_model: dict[str, str] | None) -> Any:
+    """``table`` whose metadata records ``language_model`` (``{"file", "sha256"}``); as it is for None."""
+    if language_model is None:
+        return table
+    meta = dict(table.schema.metadata or {})
+    meta[LANGUAGE_MODEL_METADATA] = json.dumps(language_model, sort_keys=True).encode()
+    return table.replace_schema_metadata(meta)
