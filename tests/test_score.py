@@ -94,7 +94,7 @@ def test_scores_match_plain_open_clip_and_rows_align(scored, checkpoint):
         df = read_score_table(scored.score_table_path(tar.stem))
         emb = read_embeddings(scored.embeddings_path(tar.stem), [img_key, txt_key], n_rows=len(df))
         truth = tar_samples(tar)
-        assert list(df["key"]) == [k for k, _, _ in truth]  # one row per tar sample, in tar order
+        assert list(df["key"]) == [k for k, _, _ in truth]  # one row per tar sample (this tar is in key order)
         assert list(df["sha256"]) == [hashlib.sha256(b).hexdigest() for _, b, _ in truth]
         assert emb[img_key].dtype == np.float16
         ok = (df["status"] == "success").to_numpy()

@@ -1,14 +1,17 @@
 """Score the pool once: CLIP scores and embeddings for every downloaded pair, with one or more models.
 
 For each whole shard ``shards/{shard}.tar`` this writes ``scores/{shard}.npz`` (L2-normalised fp16
-``<key>_img`` / ``<key>_txt``) and then ``scores/{shard}.parquet`` (one row per sample in tar order,
-``clip_<key>_similarity_score`` per model), so a shard whose parquet exists is whole. CPU tasks read
-and decode shards (``Runtime.stream_generators``: chunks handed over with backpressure) and encoder
-workers, one per GPU or one on a CPU-only cluster (``Runtime.actor_pool``), encode them; the driver
-writes. ``--executor local`` does the same in one process. A scored pool given a model its tables lack
-gets exactly that model's columns and embeddings added; every model is checked before any work.
-Without pretrained weights (offline, or a new domain), ``poolsieve train-scorer`` trains a scorer on
-your own seed data and prints the ``--model`` to pass here.
+``<key>_img`` / ``<key>_txt``) and then ``scores/{shard}.parquet`` (``clip_<key>_similarity_score`` per
+model), so a shard whose parquet exists is whole. Rows are sorted by sample key, whatever order the
+download wrote the tar in (``core/formats.py``), and chunks and batches are cut in that order, so a pool
+downloaded twice scores to the same bytes; on a GPU the default batch size is probed by timing, so give
+``--batch-size`` where embeddings must repeat bit for bit. CPU tasks read and decode shards
+(``Runtime.stream_generators``: chunks handed over with backpressure) and encoder workers, one per GPU
+or one on a CPU-only cluster (``Runtime.actor_pool``), encode them; the driver writes. ``--executor
+local`` does the same in one process. A scored pool given a model its tables lack gets exactly that
+model's columns and embeddings added; every model is checked before any work. Without pretrained
+weights (offline, or a new domain), ``poolsieve train-scorer`` trains a scorer on your own seed data
+and prints the ``--model`` to pass here.
 
 Also: ``--reference DIR --name NAME`` embeds a labelled image set into ``references/NAME.npz``, and
 ``--import-datacomp DIR`` turns DataComp's released metadata parquets + npz embeddings into score tables.
