@@ -177,6 +177,13 @@ def embedding_keys(key: str) -> tuple[str, str]:
     return f"{key}_img", f"{key}_txt"
 
 
+# A score table ``scores/{shard}.parquet`` has one row per sample of ``shards/{shard}.tar``, and its npz
+# ``scores/{shard}.npz`` the same rows in the same order. Rows are sorted by the sample's key (img2dataset's
+# ``{shard}{row}``, zero-padded: the order of the pool's metadata rows), never in the order the tar holds
+# them (the order the download's fetches finished in), so two downloads of one pool give the same tables;
+# an encoder's batches are cut in that order too, so no embedding depends on the download order either.
+# Tables written before rows were sorted keep their tar order (a model added to them follows it).
+# ``--import-datacomp`` tables keep the metadata file's row order.
 SCORE_TABLE_BASE_COLUMNS = (
     "uid",
     "key",
@@ -193,6 +200,12 @@ SCORE_TABLE_BASE_COLUMNS = (
     "status",
     "error",
 )
+
+# A score table's parquet metadata: {model key: the model that made its columns} (``ARCH[:TAG|CHECKPOINT]``),
+# and, when the table's ``language`` column was computed, the fastText model that made it:
+# {"file": its file name, "sha256": its digest} (``core/language.lid_model_sha256``).
+MODELS_METADATA = b"poolsieve.models"
+LANGUAGE_MODEL_METADATA = b"poolsieve.language_model"
 
 # The score table's ``status`` values: a sample whose image decoded (img2dataset's word for a fetched
 # sample in its shard parquets too), or one that did not (``error`` says why). Pool members are the
@@ -260,6 +273,26 @@ def read_score_table(path: str | Path, columns: Sequence[str] | None = None):
         f.seek(0)
         table = pq.read_table(f, columns=want)
     return table.to_pandas()
+
+
+def recorded_language_model(path: str | Path) -> dict[str, str] | None:
+    """The language-id model a score table records (``{"file", "sha256"}``), or None when it records none
+    (``--no-language``, or a table written before the record)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    with open_regular(path) as f:
+        try:
+            meta = pq.read_schema(f).metadata or {}
+        except Exception as e:  # noqa: BLE001
+            raise InputError(path, f"not a readable parquet score table ({e})") from None
+    try:
+        record = json.loads(meta[LANGUAGE_MODEL_METADATA])
+    except (KeyError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    return {str(k): str(v) for k, v in record.items()}
 
 
 def read_embeddings(npz_path: str | Path, keys: Sequence[str], n_rows: int | None = None) -> dict[str, np.ndarray]:

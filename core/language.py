@@ -16,6 +16,7 @@ string array. A missing caption has language ``""``, confidence 0, no words and 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .untrusted_files import open_regular
 
 LID_ENV_VAR = "POOLSIEVE_LID_MODEL"
 _LABEL_PREFIX = "__label__"
@@ -55,6 +57,21 @@ def _load_model(path: str) -> Any:
 def lid_model() -> Any:
     """The fastText language-id model, loaded once per process."""
     return _load_model(str(lid_model_path()))
+
+
+def lid_model_sha256() -> str:
+    """Hex sha256 of the language-id model file ``detect_languages`` uses (``lid_model_path``), hashed once
+    per path and process: what a score table records for its ``language`` column."""
+    return _file_sha256(str(lid_model_path()))
+
+
+@functools.lru_cache(maxsize=4)
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open_regular(path) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def as_string_array(texts: Sequence[str | None] | Any) -> Any:

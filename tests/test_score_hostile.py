@@ -30,6 +30,7 @@ from poolsieve.core.errors import InputError
 from poolsieve.core.formats import read_score_table
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.shard_reader import read_shard
+from poolsieve.core.tar_io import READ_BLOCK
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.score.stage import ScoreConfig, score_pool
 
@@ -197,7 +198,9 @@ def test_a_16gib_image_member_is_recorded_too_large_and_never_read(tmp_path, che
 
 
 def test_a_50mb_caption_is_cut_before_anything_reads_it(tmp_path, checkpoint):
-    from poolsieve.pipeline.score.encode import Encoder, iter_prepared_chunks, parse_models
+    from poolsieve.pipeline.score.encode import Encoder
+    from poolsieve.pipeline.score.model_entries import parse_models
+    from poolsieve.pipeline.score.prepare import iter_prepared_chunks
 
     ws = make_pool(tmp_path / "ws", shards=1)
     tar = ws.shards_dir / "00000.tar"
@@ -222,7 +225,8 @@ def test_a_50mb_caption_is_cut_before_anything_reads_it(tmp_path, checkpoint):
     cpu = time.process_time() - start
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"  # the 50 MB is never held (nor ftfy's copies)
+    # the 50 MB is never held (nor ftfy's copies); the tar's index is read through one window of READ_BLOCK
+    assert peak < (8 << 20) + READ_BLOCK, f"peak {peak / 2**20:.1f} MiB"
     assert cpu < 5, f"{cpu:.1f} CPU s"  # about 3.5 CPU-minutes when the whole caption went through
     assert chunks[0].columns["caption_length"][1] <= formats.MAX_CAPTION_BYTES
 

@@ -23,9 +23,13 @@ import numpy as np
 
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import STATUS_SUCCESS, atomic_path, embedding_keys
+from poolsieve.core.models import check_model_spec
 from poolsieve.core.progress import Progress
 from poolsieve.core.shard_reader import IMAGE_EXTENSIONS, TarSample, iter_tar_samples
 from poolsieve.core.workspace import Workspace
+from poolsieve.pipeline.score.encode import Encoder
+from poolsieve.pipeline.score.model_entries import parse_models
+from poolsieve.pipeline.score.prepare import prepare_chunk
 
 
 def iter_reference_samples(source: str | Path) -> Iterator[tuple[TarSample, str, str]]:
@@ -67,9 +71,6 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
                     quiet: bool = False) -> dict[str, Any]:
     """Embed ``source`` with ``config.models`` (a ``ScoreConfig``) in this process; return a summary
     (``quiet``: no progress line)."""
-    from poolsieve.core.models import check_model_spec
-    from poolsieve.pipeline.score.encode import Encoder, parse_models, prepare_chunk
-
     out = ws.reference_path(name)
     if out.exists() and not overwrite:
         return {"reference": str(out), "skipped": "exists (use --overwrite to redo)"}
