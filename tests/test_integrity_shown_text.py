@@ -148,3 +148,15 @@ def test_inspect_refuses_an_eval_file_that_is_a_fifo(tmp_path, capsys):
     code, _, err = run(capsys, "inspect", "-w", str(ws.root))
     assert code == 2 and err.strip() == (f"poolsieve inspect: error: {ev}/eval_results.jsonl: is a FIFO, not a "
                                          "regular file; poolsieve reads and writes only regular files here")
+
+
+@pytest.mark.parametrize("case", ["newline", "clear screen"])
+def test_score_refuses_a_reference_name_with_control_characters(tmp_path, capsys, case):
+    ws, _, _ = make_scored_workspace(tmp_path / "ws")
+    (tmp_path / "ref").mkdir()
+    code, out, err = run(capsys, "score", "-w", str(ws.root), "--reference", str(tmp_path / "ref"),
+                         "--name", ESCAPES[case])
+    errors = [line for line in err.splitlines() if line]
+    assert code == 2 and len(errors) == 1 and "reference set name" in errors[0], err
+    assert_clean(out, err)
+    assert not ws.references_dir.exists() or not any(ws.references_dir.iterdir())

@@ -32,6 +32,7 @@ from typing import Any
 from poolsieve.core.devices import INFERENCE_PRECISIONS
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.models import check_model_spec
+from poolsieve.core.names import check_name
 from poolsieve.core.progress import print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
@@ -84,6 +85,7 @@ def run(ws: Workspace, config: ScoreConfig, runtime: Runtime, *, overwrite: bool
     if config.reference is not None:
         if not config.reference_name:
             raise ConfigError("--reference needs --name NAME (the file is references/NAME.npz)")
+        check_name(config.reference_name, "reference set name")
         with ws.lock(f"references/{config.reference_name}"):
             summary = embed_reference(ws, config.reference, config.reference_name, config, overwrite=overwrite)
         return {"mode": "reference", **summary}
