@@ -60,7 +60,7 @@ class TrainConfig:
     output: str | None = option(None, "run folder for --data (default: <workspace>/runs/<folder name>)")
     scale: str = option("tiny", "training scale", choices=tuple(SCALES))
     samples_seen: int | None = option(None, "override the scale's budget of samples seen (trained exactly: whole "
-                                                  "batches in each checkpoint, else refused)")
+                                            "batches in each checkpoint, else refused)")
     batch_size: int | None = option(None, "override the scale's global batch size")
     lr: float | None = option(None, "override the scale's learning rate")
     warmup: int | None = option(None, "override the scale's warmup steps")
