@@ -24,6 +24,7 @@ from poolsieve.core.owned_folders import check_owned
 from poolsieve.core.shown_text import for_html
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.inspect import charts
+from poolsieve.pipeline.inspect.evaluation import eval_section
 from poolsieve.pipeline.inspect.funnel import funnel_html, funnel_rows
 from poolsieve.pipeline.inspect.grids import cards_from_rows, grid_html, load_thumbnails
 from poolsieve.pipeline.inspect.reasons import Explainer, score_thresholds, short_column
@@ -39,7 +40,7 @@ from poolsieve.pipeline.inspect.report_data import (
     seeded_rng,
     subset_records,
 )
-from poolsieve.pipeline.inspect.results import eval_table, loss_chart, runs_table
+from poolsieve.pipeline.inspect.results import loss_chart, runs_table
 
 SUMMARY_NAME = "summary.json"
 PAGE_NAME = "index.html"
@@ -77,6 +78,12 @@ background:#f0f2f4}.card .no-image{line-height:112px;text-align:center;color:#8c
 .card .reason{color:#cf222e}.pair{display:grid;grid-template-columns:1fr 1fr;gap:18px}
 .scroll{overflow-x:auto;max-width:100%}
 details summary{cursor:pointer;margin:10px 0 4px;color:#0969da}
+.tasks td.score{min-width:128px}.tasks .interval{color:#57606a;font-size:11.5px}.tasks .metric{color:#57606a;font-size:11.5px}
+.tasks tr.kind-own td:first-child{font-weight:600}.best-mark{font-size:10.5px;font-weight:600;color:#1a7f37}
+.ci{position:relative;width:120px;height:10px;margin:3px 0 2px auto;background:#eef1f4;border-radius:2px}
+.ci-range{position:absolute;top:2px;height:6px;background:#8fb5dc;border-radius:2px}
+.ci-point{position:absolute;top:0;width:2px;height:10px;margin-left:-1px;background:#0b3d91}
+.ci-chance{position:absolute;top:-2px;height:14px;border-left:1px dashed #cf222e}
 @media (max-width:900px){.pair{grid-template-columns:1fr}}
 """
 
@@ -273,7 +280,7 @@ def write_report(ws: Workspace, summary: dict[str, Any]) -> Path:
     if runs:
         section("training", "Training", [loss_chart(ws.root, runs), runs_table(runs)])
     if summary.get("evals"):
-        section("evaluation", "Evaluation", [eval_table(ws.root, list(summary["evals"]))])
+        section("evaluation", "Evaluation", [eval_section(ws.root, list(summary["evals"]))])
     ws.report_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(ws.report_dir / SUMMARY_NAME) as tmp:
         tmp.write_text(json.dumps(portable, indent=2, default=str))
