@@ -51,7 +51,7 @@ def task_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[TaskRow]:
             value = float(value) if isinstance(value, (int, float)) else None
             facts = task_facts(rec)
             if task not in rows:
-                rows[task] = TaskRow(task, _kind(key, rec), facts, {})
+                rows[task] = TaskRow(task, _kind(key), facts, {})
             elif facts.images != rows[task].facts.images:  # evaluations on test sets of different sizes
                 rows[task].facts = TaskFacts(facts.metric, facts.classes, None, facts.chance)
             rows[task].scores[name] = Score(value, facts.interval(value))
@@ -60,7 +60,7 @@ def task_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[TaskRow]:
     return sorted(rows.values(), key=lambda r: (rank.get(r.kind, 2), order.get(r.name, 0), r.name))
 
 
-def _kind(key: str, rec: dict[str, Any]) -> str:
+def _kind(key: str) -> str:
     task = TASKS.get(key)
     if task is None:
         return YOUR_TASK
