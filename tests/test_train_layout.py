@@ -153,3 +153,13 @@ def test_bad_train_input_is_one_line(tmp_path, capsys):
         rc, err = _cli(["train", *common, *extra], capsys)
         assert rc == 2 and message in err and len(err.splitlines()) == 1, (extra, err)
     assert not (ws / "runs" / "ok").exists() or not (ws / "runs" / "ok" / "summary.json").exists()
+
+
+def test_run_refuses_a_budget_before_any_stage_runs(tmp_path, capsys):
+    """``poolsieve run`` with a train budget it cannot honour stops in one line before downloading."""
+    ws = tmp_path / "ws"
+    config = tmp_path / "experiment.yaml"
+    config.write_text("download: {processes: 1}\ntrain: {scale: tiny, samples_seen: 640}\n")
+    rc, err = _cli(["run", "-w", str(ws), "--executor", "local", "-c", str(config)], capsys)
+    assert rc == 2 and "a budget of 640 samples seen cannot be trained exactly" in err and len(err.splitlines()) == 1
+    assert not (ws / "shards").exists()
