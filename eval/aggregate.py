@@ -1,8 +1,10 @@
 """Results files and DataComp's aggregate scores.
 
 ``eval_results.jsonl`` holds one line per DataComp task in DataComp's format, ``{"key", "dataset",
-"metrics": {..., "main_metric"}}``, plus poolsieve's ``task_type``, ``group`` and ``seconds``; DataComp's
-``aggregate_scores.py`` reads it as is (it counts the lines with a main metric and wants 38). The user's
+"metrics": {..., "main_metric"}}``, plus poolsieve's ``task_type``, ``group``, ``metric`` (the main
+metric's name) and ``seconds``, and in ``metrics`` the test images (``num_samples``) and, for a
+classification, its ``num_classes``; DataComp's ``aggregate_scores.py`` reads it as is (it counts the
+lines with a main metric and wants 38). The user's
 own tasks and the synthetic tasks go to ``other_results.jsonl`` in the same format, so they never upset
 that count. Aggregation is ``aggregate_scores.py``'s: ImageNet is ImageNet 1k; ImageNet dist. shifts,
 VTAB and Retrieval are plain means over their tasks by name; Average is the mean over all 38 scored
@@ -16,6 +18,7 @@ import json
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +28,27 @@ from poolsieve.core.errors import InputError
 from poolsieve.core.formats import atomic_path, write_json
 from poolsieve.core.untrusted_files import open_no_follow, open_regular_fd
 
-from .tasks import DIST_SHIFTS, IMAGENET, RETRIEVAL_GROUP, SCORED_TASKS, SYNTHETIC_GROUP, TASKS, VTAB, Task
+from .tasks import (
+    CLASSIFICATION,
+    DIST_SHIFTS,
+    IMAGENET,
+    RETRIEVAL,
+    RETRIEVAL_GROUP,
+    SCORED_TASKS,
+    SYNTHETIC_GROUP,
+    TASKS,
+    VTAB,
+    Task,
+)
 
 RESULTS_FILE = "eval_results.jsonl"
 OTHER_RESULTS_FILE = "other_results.jsonl"
 LEGACY_RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
 MAX_RESULTS_BYTES = 16 << 20  # one line per task: 38 lines are a few kB
+COUNT_FIELDS = ("num_samples", "num_classes")  # in a line's metrics: the test images, a classification's classes
 SCORED_NAMES = tuple(t.name for t in SCORED_TASKS)
+DEFAULT_METRICS = {CLASSIFICATION: "acc1", RETRIEVAL: "mean_recall@1"}  # a user's own task's main metric
 DATACOMP_GROUPS = {g: tuple(t.name for t in SCORED_TASKS if t.group == g) for g in (DIST_SHIFTS, VTAB, RETRIEVAL_GROUP)}
 
 
@@ -55,7 +71,7 @@ def result_line(task: Task, metrics: dict[str, Any], seconds: float) -> dict[str
     if "main_metric" in metrics and not is_finite_number(metrics["main_metric"]):
         metrics = {**metrics, "main_metric": None}
     return {"key": task.key, "dataset": task.name, "metrics": metrics, "task_type": task.task_type,
-            "group": task.group, "seconds": round(seconds, 2)}
+            "group": task.group, "metric": task.main_metric, "seconds": round(seconds, 2)}
 
 
 def _check_line(rec: Any, path: Path, i: int) -> None:
@@ -69,8 +85,19 @@ def _check_line(rec: Any, path: Path, i: int) -> None:
                                    f"{type(rec.get(field)).__name__ if field in rec else 'nothing'}")
     value = rec["metrics"].get("main_metric")
     if value is not None and not is_finite_number(value):
-        shown = repr(value) if isinstance(value, float) else f"a {type(value).__name__} ({ascii(value)[:40]})"
-        raise InputError(path, f"line {i}: 'main_metric' must be a finite number or null, got {shown}")
+        raise InputError(path, f"line {i}: 'main_metric' must be a finite number or null, got {_shown(value)}")
+    for field in COUNT_FIELDS:  # what the report's chance level and intervals are computed from
+        count = rec["metrics"].get(field)
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise InputError(path, f"line {i}: '{field}' must be a whole number of at least 1 or null, "
+                                   f"got {_shown(count)}")
+    if rec.get("metric") is not None and not isinstance(rec["metric"], str):
+        raise InputError(path, f"line {i}: 'metric' must be a metric's name or null, got {_shown(rec['metric'])}")
+
+
+def _shown(value: Any) -> str:
+    """A bad value as an error shows it: a float's repr, else its type and its first characters."""
+    return repr(value) if isinstance(value, float) else f"a {type(value).__name__} ({ascii(value)[:40]})"
 
 
 def parse_results(data: bytes, path: str | Path) -> dict[str, dict[str, Any]]:
@@ -118,6 +145,51 @@ def read_eval_folder(folder: str | Path, *, follow_symlinks: bool = True) -> dic
     for name in (LEGACY_RESULTS_FILE, RESULTS_FILE, OTHER_RESULTS_FILE):
         out.update(read_results(folder / name, follow_symlinks=follow_symlinks))
     return out
+
+
+PROPORTIONS = ("acc1", "acc5", "mean_per_class_recall")  # main metrics that are a share of the test images
+WILSON_Z = 1.959964  # two-sided 95%
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    """What reading a task's score takes: its main metric's name, classes, test images and chance level."""
+
+    metric: str | None
+    classes: int | None
+    images: int | None
+    chance: float | None
+
+    def interval(self, value: float | None) -> tuple[float, float] | None:
+        """The 95% Wilson interval of ``value`` over the test images, for a share of them (else None)."""
+        if value is None or self.metric not in PROPORTIONS or not self.images:
+            return None
+        return wilson_interval(value, self.images)
+
+
+def task_facts(rec: dict[str, Any]) -> TaskFacts:
+    """A checked result line's facts: what the line records (``metric``, ``num_classes``, ``num_samples``),
+    else the registry's (DataComp's test set sizes); chance is 1/classes for accuracies (5/classes for
+    top-5), else DataComp's random score where the registry has one."""
+    task = TASKS.get(rec["key"])
+    metrics = rec["metrics"]
+    metric = rec.get("metric") or (task.main_metric if task else DEFAULT_METRICS.get(str(rec.get("task_type"))))
+    classes = metrics.get("num_classes") or (task.num_classes if task else None)
+    images = metrics.get("num_samples") or (task.size if task and task.datacomp else None)
+    chance = task.random_score if task else None
+    if classes and metric in ("acc1", "mean_per_class_recall"):
+        chance = 1 / classes
+    elif classes and metric == "acc5":
+        chance = min(1.0, 5 / classes)
+    return TaskFacts(metric, classes, images, chance)
+
+
+def wilson_interval(share: float, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """Wilson's score interval of a binomial share observed over ``n`` trials."""
+    share = min(1.0, max(0.0, share))
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def write_results(path: str | Path, lines: Iterable[dict[str, Any]]) -> None:

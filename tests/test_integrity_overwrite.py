@@ -105,7 +105,7 @@ def test_train_overwrite_never_removes_a_users_folder(tmp_path, capsys):
     data = tmp_path / "data"
     write_wds(data, 8, seed=1, per_shard=8)
     code, err = run(capsys, "train", "-w", str(ws), "--data", str(data), "--output", str(victim), "--overwrite",
-                    "--samples-seen", "16", "--batch-size", "8")
+                    "--samples-seen", "32", "--batch-size", "8")
     assert code == 2 and "victim: holds no train_config.json or summary.json or train_data.txt" in err, err
     assert tree(victim) == before
     # data with no samples: refused before anything is removed, even from a run folder poolsieve wrote
@@ -145,7 +145,7 @@ def test_train_overwrite_through_a_symlinked_run_folder_refused(tmp_path, capsys
     before = tree(victim)
     (ws / "runs").mkdir()
     (ws / "runs" / "x").symlink_to(victim)
-    code, err = run(capsys, "train", "-w", str(ws), "--subset", "x", "--overwrite", "--samples-seen", "16",
+    code, err = run(capsys, "train", "-w", str(ws), "--subset", "x", "--overwrite", "--samples-seen", "32",
                     "--batch-size", "8")
     assert code == 2 and "runs/x: is a symlink" in err, err
     assert tree(victim) == before

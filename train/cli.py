@@ -37,6 +37,9 @@ def cli_action(ctx: Any, args: argparse.Namespace) -> int | None:
     ``--data`` may start a new workspace, where its run folder goes)."""
     if args.list_scales:
         print(format_table(["scale", "model", "samples seen", "batch", "lr", "warmup"], scale_table()))
+        print("samples seen: what a run trains, exactly (DataComp's budgets as its launcher trains them: 12.8M at "
+              "small is 5 epochs of 628 batches of 4,096); --samples-seen must be a whole number of batches in "
+              "each checkpoint (epoch), or it is refused with the nearest budgets that work")
         return 0
     for subset in args.subset or []:  # every name checked before any run starts (or removes anything)
         check_name(subset, "subset name")
@@ -98,7 +101,7 @@ def train(ws: Workspace, config: TrainConfig, runtime: Runtime | None = None, *,
 
 def _recipe_line(config: TrainConfig) -> str:
     r = config.recipe()
-    return f"{r.name} ({r.model}, {r.samples_seen} samples seen, batch {r.batch_size}, lr {r.learning_rate})"
+    return f"{r.name} ({r.model}, {r.samples_seen:,} samples seen, batch {r.batch_size}, lr {r.learning_rate})"
 
 
 def report(s: dict[str, Any]) -> None:

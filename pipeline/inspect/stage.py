@@ -3,13 +3,15 @@
 Pool metadata (rows, files), downloaded shards (successes, failures by reason), score tables (rows,
 status counts, score columns with quantiles), subsets (size, share of the pool, how each was made),
 training runs and evaluation summaries. ``--json`` prints the same as JSON; ``--html`` also writes
-``report/index.html`` (plots, example grids, funnel, curves; see report.py) and ``report/summary.json``.
+``report/index.html`` (plots, example grids, funnel, curves; see report.py) and ``report/summary.json``;
+``--labels FILE`` attaches the user's own labels of the pool's pairs to them (user_labels.py).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from poolsieve.core.errors import InputError
@@ -27,6 +29,8 @@ class InspectConfig:
 
     json: bool = option(False, "print the summary as JSON")
     html: bool = option(False, "also write report/index.html (plots, example grids, funnel) and report/summary.json")
+    labels: str | None = option(None, "your own labels of the pool's pairs for the report: a parquet or CSV file "
+                                      "with a uid column and label columns", metavar="FILE")
 
 
 def inspect_workspace(ws: Workspace) -> dict[str, Any]:
@@ -167,6 +171,9 @@ def _print(summary: dict[str, Any]) -> None:
     for name, run in summary.get("runs", {}).items():
         seen = run.get("samples_seen")
         print(f"  run        {name}: {run.get('status', 'done')}" + (f", {seen:,} samples seen" if seen else ""))
+    if "labels" in summary:
+        lab = summary["labels"]
+        print(f"  labels     {lab['file']}: {lab['rows']:,} rows, column(s) {', '.join(lab['columns'])}")
     for name, tasks in summary.get("evals", {}).items():
         body = ", ".join(f"{t}={v:.3f}" if isinstance(v, float) else f"{t}={v}" for t, v in tasks.items())
         print(f"  eval       {name}: {body}")
@@ -176,10 +183,15 @@ def run(ws: Workspace, cfg: InspectConfig, runtime: Runtime | None = None, *, ov
     """The workspace summary (``inspect_workspace``), the HTML report written when ``cfg.html``; how to show it
     rides along under ``show`` (``"json"`` or ``"text"``)."""
     summary = inspect_workspace(ws)
+    labels = Path(cfg.labels).expanduser() if cfg.labels else None
     if cfg.html:
         from poolsieve.pipeline.inspect.report import write_report
 
-        summary["report"] = str(write_report(ws, summary))
+        summary["report"] = str(write_report(ws, summary, labels=labels))
+    elif labels is not None:  # no report to show them in: the file is still checked, and counted
+        from poolsieve.pipeline.inspect.user_labels import read_labels
+
+        summary["labels"] = read_labels(labels, set()).summary()
     return {**summary, "show": "json" if cfg.json else "text"}
 
 
