@@ -261,7 +261,7 @@ def _stream(item: PinnedAsset, url: str, response: Any, out: IO[bytes], progress
             raise PoolsieveError(too_big)
         digest.update(block)
         out.write(block)
-        bar.update(got // MiB - bar.done)
+        bar.update(-(-got // MiB) - bar.done)
     bar.close()
     if length is not None and got != length:
         raise PoolsieveError(f"{item.file_name}: the download from {url} ended after {got:,} of {length:,} bytes: "
