@@ -33,6 +33,7 @@ class AssetServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         self.paths: list[str] = []
+        self.local_copy = "/etc/passwd"  # where the file: redirect points
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
 
@@ -43,7 +44,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         self.server.paths.append(self.path)  # type: ignore[attr-defined]
         kind, _, name = self.path.strip("/").partition("/")
-        redirects = {"to-files": f"/files/{name}", "to-file-scheme": "file:///etc/passwd",
+        redirects = {"to-files": f"/files/{name}", "to-file-scheme": f"file://{self.server.local_copy}",  # type: ignore[attr-defined]
                      "to-ftp": "ftp://127.0.0.1/lid.176.bin", "to-data": "data:,hello"}
         if kind in redirects:
             self.send_response(302)
@@ -158,6 +159,11 @@ def test_a_body_over_the_cap_is_not_saved(server, pinned_payload, monkeypatch, t
 
 @pytest.mark.parametrize("kind", ["to-file-scheme", "to-ftp", "to-data"])
 def test_redirect_to_another_scheme_is_not_followed(server, pinned_payload, monkeypatch, tmp_path, capsys, kind):
+    """The file: redirect points at a local copy of the very file pinned: followed, it would be saved."""
+    local = tmp_path / "local" / "lid.176.bin"
+    local.parent.mkdir()
+    local.write_bytes(PAYLOAD)
+    monkeypatch.setattr(server, "local_copy", str(local))
     monkeypatch.setenv(BASE_URL_ENV, f"{server.url}/{kind}")
     dest = tmp_path / "assets"
     line = one_error_line(*run(["fasttext", "--dest", str(dest)], capsys)[::2])
