@@ -195,3 +195,21 @@ def test_the_notice_shows_once_per_command_however_many_workers_raise_it(tmp_pat
         warnings.warn("another warning", PoolsieveWarning, stacklevel=1)
     err = capsys.readouterr().err
     assert err.count(message) == 1 and err.count("another warning") == 1, err
+
+
+@pytest.mark.slow
+def test_a_filter_on_ray_shows_the_notice_once(tmp_path):
+    """``poolsieve filter`` as a user runs it, on a local Ray with two workers that each compute languages
+    with the bundled model: the notice is one line on the terminal."""
+    import os
+    import subprocess
+    import sys
+
+    ws = pool(tmp_path, *[(None, None)] * 6)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "RAY_DEDUP_LOGS")}
+    proc = subprocess.run([sys.executable, "-m", "poolsieve.pipeline.cli", "filter", "-w", str(ws.root), "--spec",
+                           "en = basic", "--ray-above-mb", "0", "--num-cpus", "2"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("lid.176.ftz, not DataComp's lid.176.bin") == 1, proc.stderr
+    assert json.loads(ws.subset_info_path("en").read_text())["language_model"]["computed"]["file"] == "lid.176.ftz"
