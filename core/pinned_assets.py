@@ -179,7 +179,10 @@ def fetch(name: str, folder: str | Path | None = None, *, timeout: float = TIMEO
     """``(path, fetched now)``: the pinned file ``name`` in ``folder`` (default: the cache), fetched unless a
     copy matching the pin is there. Any failure is one ``PoolsieveError`` line; nothing is left behind."""
     item = asset(name)
-    target = (Path(folder).expanduser() if folder is not None else cache_dir()) / item.file_name
+    where = Path(folder).expanduser() if folder is not None else cache_dir()
+    if where.exists() and not where.is_dir():
+        raise InputError(where, "is not a folder: give --dest a folder to keep the files in")
+    target = where / item.file_name
     if verified(item, target):
         return target, False
     url = asset_url(item)

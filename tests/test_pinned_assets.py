@@ -225,6 +225,11 @@ def test_a_file_already_there_that_does_not_match_is_left_alone(server, pinned_p
     assert (dest / "lid.176.bin").read_bytes() == b"someone else's file" and len(server.paths) == asked
 
 
+def test_dest_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert "is not a folder" in one_error_line(*run(["fasttext", "--dest", str(tmp_path / "f")], capsys)[::2])
+
+
 def test_a_fifo_in_its_place_is_refused_without_blocking(pinned_payload, tmp_path, capsys):
     dest = tmp_path / "assets"
     dest.mkdir()
