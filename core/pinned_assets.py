@@ -32,7 +32,6 @@ implicitly.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import http.client
 import os
@@ -128,22 +127,20 @@ def asset_url(item: PinnedAsset) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a regular file (FIFOs, folders refused in one line); hashed once per version of the file
-    (path, inode, size, modification time) and process."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InputError(path, "does not exist") from None
-    return _hashed(str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _hashed(path: str, *_version: int) -> str:
-    digest = hashlib.sha256()
+    """Hex sha256 of a regular file (missing files, FIFOs, folders refused in one line); hashed once per
+    version of the file (path, inode, size, modification time, as opened) and process."""
     with open_regular(path) as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        st = os.fstat(f.fileno())
+        version = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if version not in _HASHES:
+            digest = hashlib.sha256()
+            for block in iter(lambda: f.read(CHUNK), b""):
+                digest.update(block)
+            _HASHES[version] = digest.hexdigest()
+    return _HASHES[version]
+
+
+_HASHES: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def verified(item: PinnedAsset, path: Path) -> bool:

@@ -3,7 +3,7 @@
 ``poolsieve fetch-assets NAME... [--dest DIR]`` fetches each file DataComp's ``baselines/utils.py``
 pins, checks its sha256 against DataComp's pin and keeps it under DataComp's own file name in the
 cache (``$POOLSIEVE_CACHE``, default ``~/.cache/poolsieve``) or in DIR. NAME is DataComp's name of
-the file (``--list`` shows them) or ``all``::
+the file (``--list`` shows them), its file name (``lid.176.bin``) or ``all``::
 
     poolsieve fetch-assets fasttext                  # lid.176.bin: score and the filters use it from now on
     poolsieve fetch-assets small_centroids in1k_clip_vit_l14_{0..4} --dest assets/
