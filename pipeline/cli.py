@@ -43,6 +43,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("poolsieve.eval.cli", "zero-shot evaluation of a trained model"),
     "inspect": ("poolsieve.pipeline.inspect.stage", "summaries of a workspace: pool, scores, subsets, runs, evals"),
     "submit": ("poolsieve.pipeline.submit", "validate a subset and write a DataComp submission folder"),
+    "fetch-assets": ("poolsieve.pipeline.fetch_assets", "fetch DataComp's pinned files (lid.176.bin, image_based's "
+                     "centroids and targets), sha256 checked"),
     "sql": ("poolsieve.pipeline.sql", "SQL over the score tables and subsets with DuckDB (the [sql] extra)"),
     "run": ("poolsieve.pipeline.experiment", "run a whole experiment from one YAML config"),
     "quickstart": ("poolsieve.pipeline.demo.quickstart", "end-to-end demo on the built-in pool (no network)"),

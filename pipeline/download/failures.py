@@ -13,9 +13,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from poolsieve.core.fetch_clock import DEADLINE_MARK
 from poolsieve.core.formats import STATUS_SUCCESS
 from poolsieve.core.workspace import shard_stats_path
-from poolsieve.pipeline.download.fetch_clock import DEADLINE_MARK
 from poolsieve.pipeline.download.integrity import NOT_WRITTEN_STATUS
 from poolsieve.pipeline.download.netguard import DENIED_MARK
 from poolsieve.pipeline.download.plan import whole_shard_ids, whole_shards

@@ -43,7 +43,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from poolsieve.pipeline.download.fetch_clock import ClockedHTTPHandler, ClockedHTTPSHandler, FetchClock
+from poolsieve.core.fetch_clock import ClockedHTTPHandler, ClockedHTTPSHandler, FetchClock
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -2,7 +2,8 @@
 
 ``poolsieve filter --spec SPEC`` writes ``subsets/{name}.npy`` (DataComp's format: sorted unique
 ``np.dtype("u8,u8")``) and ``subsets/{name}.json`` (the spec, its inputs, the pool's fingerprint, the
-count after every step, the time). SPEC is a YAML file or inline mapping of subset names to specs,
+count after every step, the fastText model of any caption language it used (``language_record.py``),
+the time). SPEC is a YAML file or inline mapping of subset names to specs,
 ``NAME = EXPRESSION`` or an expression (named by ``--name`` or after itself); without ``--spec``
 the config's ``filter.subsets`` mapping is made. Examples::
 
@@ -49,6 +50,7 @@ from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import check_subset_record, write_subset_pair
 from poolsieve.core.uids import UidSet
 from poolsieve.core.workspace import Workspace
+from poolsieve.pipeline.filter.language_record import LanguageRecords
 
 RAY_ABOVE_MB = 500.0
 
@@ -198,13 +200,14 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
         saved = _saved_record(ws, name)
         return (saved is not None and not (overwrite and name in targets and name not in made)
                 and saved.get("spec") == evaluator.resolve(parsed[name], within=name)
-                and saved.get("pool", {}).get("fingerprint") == fingerprint)
+                and saved.get("pool", {}).get("fingerprint") == fingerprint and languages.matches(saved, name))
 
     def load_defined(name: str) -> UidSet | None:
         return read_uidset(ws.subset_path(name)) if up_to_date(name) else None
 
     evaluator = spec_evaluator(ws, cfg, tables, parsed, runtime, load_defined)
     pool = evaluator.pool
+    languages = LanguageRecords(tables, parsed, evaluator.resolve)  # which fastText model each subset's language is
     results: dict[str, Any] = {}
     for name in targets:
         resolved = evaluator.resolve(parsed[name], within=name)
@@ -214,7 +217,8 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
                 results[name] = {"status": "skipped (up to date)", "count": saved.get("count"), "seconds": 0.0,
                                  "path": str(ws.subset_path(name))}
                 continue
-            why = ("another pool" if saved.get("spec") == resolved else f"another spec ({saved.get('expression')})")
+            why = (f"another spec ({saved.get('expression')})" if saved.get("spec") != resolved else
+                   "another language model" if saved.get("pool", {}).get("fingerprint") == fingerprint else "another pool")
             raise ConfigError(f"{ws.subset_path(name)}: subset '{name}' exists, made from {why}; "
                               "pass --overwrite to replace it or choose another name")
         status = "remade (was incomplete)" if _incomplete(ws, name) else "made"
@@ -235,6 +239,7 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
             "inputs": [dict(i, path=ws.rel(i["path"])) if "path" in i else i  # relative: the workspace can move
                        for i in evaluator.inputs[first_input:]],
             "steps": evaluator.steps[first_step:],
+            "language_model": languages.of(name),
             "seconds": round(seconds, 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

@@ -1,5 +1,6 @@
 """One clock per url: the whole fetch (connect, status line and headers, each redirect hop, body) ends by
-its deadline.
+its deadline. Used by the download's workers (``pipeline/download/netguard.py``) and by the pinned
+assets' fetch (``core/pinned_assets.py``).
 
 A socket timeout bounds one read, not a request: ``http.client`` reads up to 100 header lines of 64 KiB,
 so a server that sends one header byte every half second holds a plain ``urlopen`` for as long as it
