@@ -33,7 +33,6 @@ from poolsieve.core.formats import (
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.uids import uids_to_pairs
 from poolsieve.core.workspace import Workspace, shard_stats_path
-from poolsieve.pipeline.score.prepare import language_model_record
 from poolsieve.pipeline.score.write import with_language_model
 
 DATACOMP_KEYS = ("b32", "l14")
@@ -63,7 +62,7 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from poolsieve.core.language import count_chars, count_words, detect_languages
+    from poolsieve.core.language import count_chars, count_words, detect_languages, lid_model_record
 
     npz = parquet.with_suffix(".npz")
     try:
@@ -123,7 +122,7 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
     schema = score_table_schema((k for k in DATACOMP_KEYS if score_column(k) in table), float64_keys=wide)
     arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
     if language:
-        arrow = with_language_model(arrow, language_model_record())
+        arrow = with_language_model(arrow, lid_model_record())
     with atomic_path(out_parquet) as tmp:
         pq.write_table(arrow, tmp)
     return {"rows_in": int(len(keep)), "rows_out": int(keep.sum())}

@@ -34,8 +34,7 @@ from poolsieve.core.language import (
     count_chars,
     count_words,
     detect_languages,
-    lid_model_path,
-    lid_model_sha256,
+    lid_model_record,
 )
 from poolsieve.core.models import register_model_configs
 from poolsieve.core.shard_reader import TarSample, iter_tar_samples
@@ -211,7 +210,7 @@ def prepare_chunk(samples: Sequence[TarSample], plan: ChunkPlan, shard: str, ind
     tokens = {arch: tokenizer_for(arch)(ok_texts).numpy() if ok_texts else np.zeros((0, 1), np.int64)
               for arch in plan.tokenizer_archs}
     return PreparedChunk(shard, index, start, cols, ok, pixels, np.asarray(jpeg_rows, np.int64), jpeg_bytes, tokens,
-                         language_model_record() if plan.language else None)
+                         lid_model_record() if plan.language else None)
 
 
 def _decode(s: TarSample, plan: ChunkPlan, jpeg_rows: list[int], jpeg_bytes: list[bytes],
@@ -251,11 +250,6 @@ def _caption_columns(cols: dict[str, list[Any]], texts: list[str | None], langua
         cols["language"], cols["language_score"] = codes.tolist(), conf.tolist()
     else:
         cols["language"], cols["language_score"] = [None] * len(texts), [float("nan")] * len(texts)
-
-
-def language_model_record() -> dict[str, str]:
-    """What a score table records of the model that made its ``language`` column: file name and sha256."""
-    return {"file": lid_model_path().name, "sha256": lid_model_sha256()}
 
 
 def _apply_prep(prep: ImagePrep, img: Any) -> np.ndarray:
