@@ -89,7 +89,9 @@ def bare_forward_rate(ws, arch: str, pretrained: str | None, device: str, precis
     """images/s of encode_image + encode_text alone, on the stage's own preprocessed batches."""
     import torch
 
-    from poolsieve.pipeline.score.encode import Encoder, ModelEntry, iter_prepared_chunks
+    from poolsieve.pipeline.score.encode import Encoder
+    from poolsieve.pipeline.score.model_entries import ModelEntry
+    from poolsieve.pipeline.score.prepare import iter_prepared_chunks
 
     enc = Encoder([ModelEntry.parse({"arch": arch, "pretrained": pretrained})], device, precision, batch_size, threads)
     model, _ = enc.loaded[0]

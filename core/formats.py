@@ -8,7 +8,12 @@ Formats follow DataComp wherever DataComp defines one, so that its users switch 
 * embeddings: ``.npz`` with ``<model>_img`` / ``<model>_txt`` fp16 arrays (``b32`` / ``l14`` for the
   OpenAI ViT-B-32 / ViT-L-14 models), row-aligned with the parquet score table;
 * score columns: ``clip_<model>_similarity_score`` (DataComp's metadata names for b32 / l14);
-* shard names: pool shards ``{:05d}.tar`` (img2dataset), filtered shards ``{:08d}.tar`` (resharder).
+* shard names: pool shards ``{:05d}.tar`` (img2dataset), filtered shards ``{:08d}.tar`` (resharder);
+* what a shard sample may hold: an image member of at most ``MAX_IMAGE_BYTES`` (the download's cap), a
+  caption of which the first ``MAX_CAPTION_BYTES`` are used, a ``.json`` of at most ``MAX_SAMPLE_JSON_BYTES``.
+
+Every reader here opens its file with ``core/untrusted_files.open_regular``: a FIFO, device or folder in
+a table's place is refused in one line, never waited on.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -37,6 +43,7 @@ from .uids import (
     pairs_to_keys,
     sort_keys,
 )
+from .untrusted_files import open_regular
 
 # ------------------------------------------------------------------------------------ subsets
 # uids are decoded, sorted and compared in core/uids.py; a subset file is where they become DataComp's pairs.
@@ -82,7 +89,10 @@ def read_subset(path: str | Path, *, allow_repeats: bool = False) -> np.ndarray:
     if not path.exists():
         raise InputError(path, "subset file does not exist")
     try:
-        pairs = np.load(path, allow_pickle=False)
+        with open_regular(path) as f:
+            pairs = np.load(f, allow_pickle=False)
+    except InputError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
         raise InputError(path, f"not a readable .npy file ({e})") from None
     validate_subset(pairs, path, allow_repeats=allow_repeats)
@@ -123,12 +133,14 @@ def check_metadata_columns(path: str | Path, columns: Iterable[str], required: S
 def read_metadata(path: str | Path, columns: Sequence[str] | None = None, required: Sequence[str] = METADATA_REQUIRED):
     """Read one metadata parquet as a pandas DataFrame, checking the schema and the uid format."""
     path = Path(path)
-    try:
-        schema = pq.read_schema(path)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(path, f"not a readable parquet file ({e})") from None
-    check_metadata_columns(path, schema.names, required)
-    table = pq.read_table(path, columns=list(columns) if columns else None)
+    with open_regular(path) as f:
+        try:
+            schema = pq.read_schema(f)
+        except Exception as e:  # noqa: BLE001
+            raise InputError(path, f"not a readable parquet file ({e})") from None
+        check_metadata_columns(path, schema.names, required)
+        f.seek(0)
+        table = pq.read_table(f, columns=list(columns) if columns else None)
     df = table.to_pandas()
     if "uid" in df.columns:
         hex_to_keys(df["uid"].to_numpy(), source=path)
@@ -157,6 +169,13 @@ def embedding_keys(key: str) -> tuple[str, str]:
     return f"{key}_img", f"{key}_txt"
 
 
+# A score table ``scores/{shard}.parquet`` has one row per sample of ``shards/{shard}.tar``, and its npz
+# ``scores/{shard}.npz`` the same rows in the same order. Rows are sorted by the sample's key (img2dataset's
+# ``{shard}{row}``, zero-padded: the order of the pool's metadata rows), never in the order the tar holds
+# them (the order the download's fetches finished in), so two downloads of one pool give the same tables;
+# an encoder's batches are cut in that order too, so no embedding depends on the download order either.
+# Tables written before rows were sorted keep their tar order (a model added to them follows it).
+# ``--import-datacomp`` tables keep the metadata file's row order.
 SCORE_TABLE_BASE_COLUMNS = (
     "uid",
     "key",
@@ -174,11 +193,44 @@ SCORE_TABLE_BASE_COLUMNS = (
     "error",
 )
 
+# A score table's parquet metadata: {model key: the model that made its columns} (``ARCH[:TAG|CHECKPOINT]``),
+# and, when the table's ``language`` column was computed, the fastText model that made it:
+# {"file": its file name, "sha256": its digest} (``core/language.lid_model_sha256``).
+MODELS_METADATA = b"poolsieve.models"
+LANGUAGE_MODEL_METADATA = b"poolsieve.language_model"
+
 # The score table's ``status`` values: a sample whose image decoded (img2dataset's word for a fetched
 # sample in its shard parquets too), or one that did not (``error`` says why). Pool members are the
 # ``STATUS_SUCCESS`` rows.
 STATUS_SUCCESS = "success"
 STATUS_DECODE_ERROR = "decode_error"
+STATUS_TOO_LARGE = "too_large"  # the image member is over MAX_IMAGE_BYTES: never read, not a pool member
+# ``error`` says why a row is not a pool member; on a success row it notes what was cut (a caption over
+# MAX_CAPTION_BYTES: CAPTION_TRUNCATED, then the caption's full size).
+CAPTION_TRUNCATED = "caption truncated"
+
+# What a pool shard's sample may hold. The download refuses images over MAX_IMAGE_BYTES, so a larger
+# member was not made by it: readers record the row and never read the member. A caption is cut to its
+# first MAX_CAPTION_BYTES (UTF-8, on a character boundary) before anything reads it (ftfy, the tokenizers,
+# fastText): CLIP's tokenizers keep 77 tokens, about 300 characters, so 4 KiB changes no score, and a
+# 50 MB caption costs what a 4 KiB one does. A sample's ``.json`` (img2dataset's, exif included) over
+# MAX_SAMPLE_JSON_BYTES is refused with its shard.
+MAX_IMAGE_BYTES = 32 << 20
+MAX_CAPTION_BYTES = 4 << 10
+MAX_SAMPLE_JSON_BYTES = 1 << 20
+_INT32_MAX = 2**31 - 1
+
+
+def pixel_count_or_none(value: Any) -> int | None:
+    """A width or height from a sample's json as the score table stores it (int32), or None when it is
+    not one: missing, not a number (a string, a bool), not finite, not a whole number, negative, or too
+    large for int32 (``Infinity``, ``1e30``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    if isinstance(value, (float, np.floating)) and not (math.isfinite(value) and float(value).is_integer()):
+        return None
+    number = int(value)
+    return number if 0 <= number <= _INT32_MAX else None
 
 
 
@@ -197,15 +249,36 @@ def score_table_schema(model_keys: Iterable[str], float64_keys: Iterable[str] = 
 def read_score_table(path: str | Path, columns: Sequence[str] | None = None):
     """Read one score table (pandas). Checks that ``uid`` exists and the requested columns exist."""
     path = Path(path)
+    with open_regular(path) as f:
+        try:
+            names = pq.read_schema(f).names
+        except Exception as e:  # noqa: BLE001
+            raise InputError(path, f"not a readable parquet score table ({e})") from None
+        want = list(columns) if columns else names
+        missing = [c for c in ["uid", *want] if c not in names]
+        if missing:
+            raise InputError(path, f"score table lacks column(s) {', '.join(dict.fromkeys(missing))}")
+        f.seek(0)
+        table = pq.read_table(f, columns=want)
+    return table.to_pandas()
+
+
+def recorded_language_model(path: str | Path) -> dict[str, str] | None:
+    """The language-id model a score table records (``{"file", "sha256"}``), or None when it records none
+    (``--no-language``, or a table written before the record)."""
+    path = Path(path)
+    with open_regular(path) as f:
+        try:
+            meta = pq.read_schema(f).metadata or {}
+        except Exception as e:  # noqa: BLE001
+            raise InputError(path, f"not a readable parquet score table ({e})") from None
     try:
-        names = pq.read_schema(path).names
-    except Exception as e:  # noqa: BLE001
-        raise InputError(path, f"not a readable parquet score table ({e})") from None
-    want = list(columns) if columns else names
-    missing = [c for c in ["uid", *want] if c not in names]
-    if missing:
-        raise InputError(path, f"score table lacks column(s) {', '.join(dict.fromkeys(missing))}")
-    return pq.read_table(path, columns=want).to_pandas()
+        record = json.loads(meta[LANGUAGE_MODEL_METADATA])
+    except (KeyError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    return {str(k): str(v) for k, v in record.items()}
 
 
 def read_embeddings(npz_path: str | Path, keys: Sequence[str], n_rows: int | None = None) -> dict[str, np.ndarray]:
@@ -214,7 +287,7 @@ def read_embeddings(npz_path: str | Path, keys: Sequence[str], n_rows: int | Non
     if not npz_path.exists():
         raise InputError(npz_path, "embedding file does not exist")
     try:
-        with np.load(npz_path, allow_pickle=False) as z:
+        with open_regular(npz_path) as f, np.load(f, allow_pickle=False) as z:
             missing = [k for k in keys if k not in z.files]
             if missing:
                 raise InputError(npz_path, f"missing embedding key(s) {', '.join(missing)}; has {', '.join(z.files)}")
@@ -269,6 +342,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.filename is None and e.errno is not None:  # a write or close: say which file (no space, ...)
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -280,12 +357,12 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON file's value; ``InputError`` if it is missing, not a regular file or not valid JSON."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "file does not exist") from None
-    except json.JSONDecodeError as e:
+        with open_regular(path) as f:
+            return json.loads(f.read())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(path, f"not valid JSON ({e})") from None
 
 

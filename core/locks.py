@@ -48,8 +48,11 @@ def exclusive(target: str | Path, wait: float = 0.0) -> Iterator[Path]:
                     raise PoolsieveError(f"{target}: another poolsieve process{_holder(fd)} is writing it; "
                                          "wait for it to finish (or stop it) and rerun") from None
                 time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError as e:  # no space for the holder's line: the error names the lock file
+            raise OSError(e.errno, e.strerror, str(path)) from None
         yield path
     finally:
         os.close(fd)  # releases the lock

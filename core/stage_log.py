@@ -54,6 +54,15 @@ class StageLog:
         self._file: TextIO | None = None
         self._pending = [header] if header else []
         self._lock = threading.Lock()
+        self.warned: set[str] = set()  # poolsieve's warning lines shown: each once per command
+
+    def first_warning(self, line: str) -> bool:
+        """Whether this command has not shown the warning ``line`` yet (a notice that every Ray worker
+        raises shows once)."""
+        with self._lock:
+            new = line not in self.warned
+            self.warned.add(line)
+        return new
 
     def write(self, text: str) -> int:
         if not text:
@@ -149,8 +158,9 @@ def capture(path: Path | None, title: str = "") -> Iterator[StageLog | None]:
     def showwarning(message: Any, category: type[Warning], filename: str, lineno: int,
                     file: TextIO | None = None, line: str | None = None) -> None:
         if issubclass(category, PoolsieveWarning):  # the CLI's one-line format, above any progress bar
-            print_line(warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n"),
-                       file or log.terminal)
+            text = warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n")
+            if log.first_warning(text):
+                print_line(text, file or log.terminal)
         else:
             log.write(warnings.formatwarning(message, category, filename, lineno, line))
 
@@ -223,5 +233,5 @@ def _ray_lines(data: dict[str, Any], ray_worker: Any, ignore_prefix: bool) -> No
     log.write("".join(prefix + line + "\n" for line in lines))
     for line in lines:
         m = _WORKER_WARNING.search(line)
-        if m:
-            print_line(f"poolsieve: warning: {m.group(1)}", log.terminal)
+        if m and log.first_warning(text := f"poolsieve: warning: {m.group(1)}"):
+            print_line(text, log.terminal)

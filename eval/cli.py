@@ -16,12 +16,14 @@ touch it. A killed evaluation resumes: finished tasks are kept.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
 from poolsieve.core.errors import ConfigError
 from poolsieve.core.locks import exclusive
 from poolsieve.core.models import ModelSpec, register_model_config
+from poolsieve.core.names import check_name
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage
@@ -43,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def cli_action(ctx: Any, args: argparse.Namespace) -> int | None:
     """``--download DIR``: fetch the evaluation sets; the evaluation (if one is named) then reads them.
     An evaluation of ``--model`` may start a new workspace (its results folder goes there)."""
+    for subset in args.subset or []:  # every name checked before any evaluation starts
+        check_name(subset, "subset name")
     if args.model and ctx.workspace_path is not None:
         ctx.workspace(create=True)
     if not args.download:
@@ -64,7 +68,9 @@ def checkpoint_of_run(run_dir: Path) -> tuple[str, str]:
 
 
 def _model_folder(arch: str) -> str:
-    return arch.replace("hf-hub:", "").replace("local-dir:", "").replace("/", "__").strip("_.") or "model"
+    """The results folder's name of a model: its architecture name, in the name rule's characters."""
+    name = arch.replace("hf-hub:", "").replace("local-dir:", "").replace("/", "__")
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name).strip("_.")[:128] or "model"
 
 
 def evaluate(ws: Workspace, config: EvalConfig, runtime: Runtime | None = None, *,
@@ -76,16 +82,18 @@ def evaluate(ws: Workspace, config: EvalConfig, runtime: Runtime | None = None, 
         raise ConfigError("name one model to evaluate: --subset NAME or --model ARCH:CHECKPOINT, not both")
     if config.model:
         spec = ModelSpec.parse(config.model)
-        out = Path(config.output) if config.output else ws.eval_dir(_model_folder(spec.arch))
+        out = Path(config.output).expanduser() if config.output else ws.eval_dir(_model_folder(spec.arch))
     elif config.subset:
-        arch, checkpoint = checkpoint_of_run(ws.run_dir(config.subset))
-        spec, out = ModelSpec(arch, checkpoint), ws.eval_dir(config.subset)
+        name = check_name(config.subset, "subset name")
+        arch, checkpoint = checkpoint_of_run(ws.run_dir(name))
+        spec, out = ModelSpec(arch, checkpoint), ws.eval_dir(name)
     else:
         raise ConfigError("name what to evaluate: --subset NAME (a run in runs/NAME/), --model ARCH:CHECKPOINT, "
                           "or --download DIR alone to fetch the evaluation sets")
     with exclusive(out):  # one writer per results folder
         return evaluate_model(spec, config.tasks, out, config, overwrite=overwrite,
-                              name=config.subset or out.name, workspace=ws)
+                              name=config.subset or out.name, workspace=ws,
+                              within=None if config.model and config.output else ws.root)
 
 
 def report(summary: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from poolsieve.core.devices import resolve_device
 from poolsieve.core.models import ModelSpec, load_model
+from poolsieve.core.owned_folders import check_owned
 from poolsieve.core.progress import Progress
 from poolsieve.core.stage import option
 from poolsieve.core.stage_log import library_output
@@ -21,6 +22,7 @@ from poolsieve.core.workspace import Workspace
 from .aggregate import (
     OTHER_RESULTS_FILE,
     RESULTS_FILE,
+    SUMMARY_FILE,
     append_result,
     read_eval_folder,
     result_line,
@@ -30,6 +32,8 @@ from .aggregate import (
 from .task_spec import resolve_tasks
 from .tasks import TASK_SETS, Task
 from .zeroshot import evaluate_task
+
+EVAL_RECORDS = (SUMMARY_FILE, RESULTS_FILE, OTHER_RESULTS_FILE)  # what makes a folder poolsieve's evaluation
 
 
 @dataclass
@@ -58,11 +62,14 @@ class EvalConfig:
 
 def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Task], out_dir: str | Path,
                    config: EvalConfig | None = None, *, overwrite: bool = False,
-                   name: str | None = None, workspace: Workspace | None = None) -> dict[str, Any]:
+                   name: str | None = None, workspace: Workspace | None = None,
+                   within: str | Path | None = None) -> dict[str, Any]:
     """Evaluate ``model_spec`` on ``tasks``; write the results files and ``summary.json`` in ``out_dir``.
 
     Paths in ``summary.json`` are relative to ``workspace`` where they lie inside it (else as given), so a
     copied workspace keeps its summaries; the counts of this call (evaluated, skipped) are returned only.
+    ``overwrite`` removes the results files first, only from an evaluation folder poolsieve wrote (inside
+    ``within`` when given: ``core/owned_folders.py``).
     """
 
     config = config or EvalConfig()
@@ -74,10 +81,10 @@ def evaluate_model(model_spec: ModelSpec | str, tasks: str | list[str] | list[Ta
     else:
         task_list = resolve_tasks(tasks, config.custom_tasks)  # type: ignore[arg-type]
     out_dir = Path(out_dir)
+    if overwrite and check_owned(out_dir, EVAL_RECORDS, inside=within, what="evaluation folder"):
+        for file in (RESULTS_FILE, OTHER_RESULTS_FILE):
+            (out_dir / file).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for name in (RESULTS_FILE, OTHER_RESULTS_FILE):
-            (out_dir / name).unlink(missing_ok=True)
     done = read_eval_folder(out_dir)
     todo = [t for t in task_list if t.key not in done]
     device = resolve_device(config.device, who="evaluate.device")

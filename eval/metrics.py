@@ -45,7 +45,8 @@ def classify_logits(model: Any, tokenizer: Any, dataloader: Any, classnames: lis
 
 
 def classification_metrics(logits: Any, target: Any, num_classes: int) -> dict[str, Any]:
-    """acc1, acc5 (None below 5 classes) and mean per-class recall (sklearn's balanced accuracy)."""
+    """acc1, acc5 (None below 5 classes) and mean per-class recall (sklearn's balanced accuracy), with
+    ``num_samples`` (the test images) and ``num_classes``: what chance and an interval need."""
     from sklearn.metrics import balanced_accuracy_score
 
     if len(target) == 0:
@@ -56,6 +57,8 @@ def classification_metrics(logits: Any, target: Any, num_classes: int) -> dict[s
         "acc1": float(hits[:, :1].any(dim=1).float().mean()),
         "acc5": float(hits[:, :5].any(dim=1).float().mean()) if num_classes >= 5 else None,
         "mean_per_class_recall": float(balanced_accuracy_score(target.numpy(), logits.argmax(dim=1).numpy())),
+        "num_samples": int(len(target)),
+        "num_classes": int(num_classes),
     }
 
 

@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 from poolsieve.core.config import load_config, section
 from poolsieve.core.errors import ConfigError, PoolsieveError, PoolsieveWarning, user_os_error
 from poolsieve.core.runtime import EXECUTORS, Runtime
+from poolsieve.core.shown_text import for_terminal
 from poolsieve.core.stage import Stage
 from poolsieve.core.stage_log import capture
 from poolsieve.core.workspace import Workspace
@@ -171,7 +172,7 @@ def make_context(args: argparse.Namespace) -> StageContext:
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """Our own warnings as one line; library warnings as Python prints them."""
     if issubclass(category, PoolsieveWarning):
-        return f"poolsieve: warning: {message}\n"
+        return f"poolsieve: warning: {for_terminal(message)}\n"
     return _default_format_warning(message, category, filename, lineno, line)
 
 
@@ -199,13 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if hooks.cli_action is not None and (rc := hooks.cli_action(ctx, args)) is not None:
                 return int(rc)  # a CLI-only action (--list-scales, --download DIR) that ends the command
             return run_stage(hooks.stage, ctx, args)
-    except PoolsieveError as e:
-        print(f"poolsieve {args.command}: error: {e}", file=sys.stderr)
+    except PoolsieveError as e:  # names and paths in it may come from someone else's workspace: escaped
+        print(f"poolsieve {args.command}: error: {for_terminal(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # no space, read-only, permission: the machine's, not a bug; anything else keeps its traceback
         if (line := user_os_error(e)) is None:
             raise
-        print(f"poolsieve {args.command}: error: {line}", file=sys.stderr)
+        print(f"poolsieve {args.command}: error: {for_terminal(line)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"poolsieve {args.command}: interrupted; completed units are kept, rerun to resume", file=sys.stderr)

@@ -86,6 +86,8 @@ def run_experiment(ws: Workspace, config: dict[str, Any], runtime: Runtime, *, o
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise ConfigError(f"unknown stage(s) {', '.join(bad)}; stages: {', '.join(STAGES)}")
+    if "train" in stages:  # a budget that cannot be trained exactly is refused before any stage runs
+        commands.stage("train").config_from(_without_subsets(section(config, "train"))).recipe()
     out: dict[str, Any] = {}
     for name in STAGES:
         if name not in stages:

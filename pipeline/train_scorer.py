@@ -25,8 +25,10 @@ skipped on a rerun; a killed one resumes.
 from __future__ import annotations
 
 import io
-import re
+import os
+import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,14 @@ from typing import Any
 from PIL import Image
 
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import atomic_path, read_json, write_json
+from poolsieve.core.formats import DIR_MODE, atomic_path, read_json, write_json
 from poolsieve.core.models import read_checkpoint_state
+from poolsieve.core.names import check_name
+from poolsieve.core.owned_folders import check_owned, replace_owned
 from poolsieve.core.progress import print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
+from poolsieve.core.untrusted_files import open_no_follow
 from poolsieve.core.workspace import Workspace, shard_stats_path
 from poolsieve.pipeline.filter.stage import FilterConfig, run_filter
 from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard, resolve_subset
@@ -49,7 +54,7 @@ PAIR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # what open_clip's webda
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit: larger images are left out
 MAX_CAPTION_CHARS = 10_000
 PAIRS_PER_SHARD = 10_000
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PAIRS_RECORD = "pairs.json"  # the record of a seed folder written from image/caption pairs
 
 
 @dataclass
@@ -76,8 +81,9 @@ def train_scorer(ws: Workspace, config: ScorerConfig, runtime: Runtime | None = 
                  overwrite: bool = False) -> dict[str, Any]:
     """Seed data -> training shards -> a CLIP trained on them in ``runs/NAME/``; return the training
     summary plus ``seed`` (what it trained on) and ``score_model`` (the ``--model`` for ``score``)."""
-    if not _NAME_RE.match(config.name):
-        raise ConfigError(f"train-scorer: name {config.name!r} must be letters, digits, '.', '_' or '-'")
+    check_name(config.name, "scorer name")
+    if config.out:
+        _check_weights_file(Path(config.out).expanduser())  # before hours of training, not after
     train = TrainConfig(scale=config.scale, samples_seen=config.samples_seen, batch_size=config.batch_size,
                         lr=config.lr, model=config.model, seed=config.random_seed, threads=config.threads,
                         workers=config.workers)
@@ -85,7 +91,7 @@ def train_scorer(ws: Workspace, config: ScorerConfig, runtime: Runtime | None = 
     data, seed = seed_shards(ws, config, runtime, overwrite=overwrite)
     with ws.lock(f"runs/{config.name}"):
         summary = train_clip(data, ws.run_dir(config.name), train, overwrite=overwrite, name=config.name,
-                             runtime=runtime)
+                             runtime=runtime, within=ws.root)
     checkpoint = Path(summary["checkpoint"])
     if config.out:
         checkpoint = export_weights(checkpoint, Path(config.out).expanduser())
@@ -111,7 +117,8 @@ def seed_shards(ws: Workspace, config: ScorerConfig, runtime: Runtime | None, *,
     if folder.is_dir():
         if any(p.suffix == ".tar" for p in folder.iterdir()):
             return str(folder), f"webdataset shards in {folder}"
-        return write_pair_shards(folder, ws.seed_shards_dir(config.name), overwrite=overwrite)
+        with ws.lock(f"seeds/{config.name}"):
+            return write_pair_shards(folder, ws.seed_shards_dir(config.name), overwrite=overwrite, inside=ws.root)
     if "/" not in value:  # a subset name: its error names subsets/NAME.npy
         return _reshard(ws, value, config, runtime, overwrite)
     raise InputError(folder, "seed data not found: give a subset name, a uid .npy file or a folder")
@@ -142,15 +149,40 @@ def _reshard(ws: Workspace, subset: str, config: ScorerConfig, runtime: Runtime 
     return str(ws.filtered_dir(out)), f"subset {path} ({samples} samples found in the pool)"
 
 
-def write_pair_shards(folder: Path, out_dir: Path, *, overwrite: bool = False) -> tuple[str, str]:
+def write_pair_shards(folder: Path, out_dir: Path, *, overwrite: bool = False,
+                      inside: Path | None = None) -> tuple[str, str]:
     """Image/caption pairs (``x.jpg`` + ``x.txt`` side by side, in subfolders too) as webdataset shards in
     ``out_dir``. Each image's header is checked (an image format, at most ``MAX_PIXELS``); pairs without
-    a caption or with a bad image are left out and counted. Written once (``--overwrite`` rewrites)."""
-    done = out_dir / "pairs.json"
+    a caption or with a bad image are left out and counted. Written once (``--overwrite`` rewrites), into
+    a staging folder renamed into place whole; a folder already there is replaced only if it holds
+    ``pairs.json`` (inside ``inside`` when given: ``core/owned_folders.py``)."""
+    done = out_dir / PAIRS_RECORD
     if done.exists() and not overwrite:
         info = read_json(done)
         if info.get("source") == str(folder.resolve()):
             return str(out_dir), info["description"]
+    check_owned(out_dir, (PAIRS_RECORD,), inside=inside, what="seed folder")  # before any work
+    pairs, left_out = _read_pairs(folder)
+    if not pairs:
+        raise InputError(folder, "no image/caption pairs (x.jpg + x.txt) and no .tar shards in the seed folder")
+    skipped = ", ".join(f"{n} {why}" for why, n in left_out.items() if n)
+    description = f"{len(pairs)} image/caption pairs from {folder}" + (f" (left out: {skipped})" if skipped else "")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _write_pair_tars(pairs, staging)
+        write_json(staging / PAIRS_RECORD, {"source": str(folder.resolve()), "pairs": len(pairs),
+                                             "left_out": left_out, "description": description})
+        os.chmod(staging, DIR_MODE)  # mkdtemp makes 0700
+        replace_owned(staging, out_dir, (PAIRS_RECORD,), inside=inside, what="seed folder")
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return str(out_dir), description
+
+
+def _read_pairs(folder: Path) -> tuple[list[tuple[bytes, str, str]], dict[str, int]]:
+    """(image bytes, extension, caption) of every usable pair under ``folder``; what was left out, counted."""
     pairs, left_out = [], {"no caption": 0, "not an image": 0, "too large": 0}
     for image in sorted(p for p in folder.rglob("*") if p.suffix.lower().lstrip(".") in PAIR_IMAGE_EXTENSIONS):
         if image.is_symlink() or not image.is_file():
@@ -172,15 +204,15 @@ def write_pair_shards(folder: Path, out_dir: Path, *, overwrite: bool = False) -
         caption = caption_file.read_text(encoding="utf-8", errors="replace").strip()[:MAX_CAPTION_CHARS]
         ext = {"jpeg": "jpg", "mpo": "jpg"}.get(kind, kind)
         pairs.append((data, ext if ext in PAIR_IMAGE_EXTENSIONS else "jpg", caption))
-    if not pairs:
-        raise InputError(folder, "no image/caption pairs (x.jpg + x.txt) and no .tar shards in the seed folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*.tar"):
-        old.unlink()
+    return pairs, left_out
+
+
+def _write_pair_tars(pairs: list[tuple[bytes, str, str]], out_dir: Path) -> None:
+    """``pairs`` as shards of ``PAIRS_PER_SHARD`` samples in ``out_dir``, each with its ``_stats.json``."""
     for start in range(0, len(pairs), PAIRS_PER_SHARD):
         path = out_dir / f"{start // PAIRS_PER_SHARD:08d}.tar"
         chunk = pairs[start:start + PAIRS_PER_SHARD]
-        with atomic_path(path) as tmp, tarfile.open(tmp, "w") as tar:
+        with tarfile.open(path, "w") as tar:
             for i, (data, ext, caption) in enumerate(chunk):
                 key = f"{start + i:09d}"
                 for member, payload in ((f"{key}.{ext}", data), (f"{key}.txt", caption.encode())):
@@ -188,22 +220,37 @@ def write_pair_shards(folder: Path, out_dir: Path, *, overwrite: bool = False) -
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
         write_json(shard_stats_path(path), {"successes": len(chunk)})
-    skipped = ", ".join(f"{n} {why}" for why, n in left_out.items() if n)
-    description = f"{len(pairs)} image/caption pairs from {folder}" + (f" (left out: {skipped})" if skipped else "")
-    write_json(done, {"source": str(folder.resolve()), "pairs": len(pairs), "left_out": left_out,
-                      "description": description})
-    return str(out_dir), description
 
 
 def export_weights(checkpoint: Path, out: Path) -> Path:
-    """The weights of a training checkpoint alone (``{"state_dict": ...}``, loadable weights-only)."""
+    """The weights of a training checkpoint alone (``{"state_dict": ...}``, loadable weights-only). A file
+    already at ``out`` is replaced only if it is such a weights file (a previous export)."""
     import torch
 
+    _check_weights_file(out)
     state = read_checkpoint_state(checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         torch.save({"state_dict": state}, tmp)
     return out.resolve()
+
+
+def _check_weights_file(out: Path) -> None:
+    """``ConfigError`` in one line unless ``out`` is free or holds weights that ``export_weights`` wrote
+    (a regular file, read weights-only: nothing in it runs)."""
+    import torch
+
+    if not os.path.lexists(out):
+        return
+    refused = ConfigError(f"{out}: exists and is not a scorer weights file poolsieve wrote; poolsieve replaces "
+                          "only its own files: choose another --out or move it away")
+    try:
+        with os.fdopen(open_no_follow(out, os.O_RDONLY), "rb") as f:
+            held = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a symlink, a FIFO, not a checkpoint, or one that needs unpickling
+        raise refused from None
+    if not (isinstance(held, dict) and set(held) == {"state_dict"}):
+        raise refused
 
 
 def run(ws: Workspace, config: ScorerConfig, runtime: Runtime, *, overwrite: bool = False) -> dict[str, Any]:

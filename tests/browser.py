@@ -2,8 +2,9 @@
 
 ``Chromium()`` starts Debian's ``/usr/bin/chromium`` (or ``$CHROMIUM``) with a fresh profile, no network
 services and a DevTools port it picks itself; ``open(url)`` loads a page and waits for its load event;
-``evaluate`` runs JavaScript and returns its value; ``screenshot`` writes a full-page PNG; ``errors``
-lists console errors, uncaught exceptions and failed loads seen so far.
+``evaluate`` runs JavaScript and returns its value; ``screenshot`` writes a full-page PNG and
+``screenshot_of`` one element's; ``errors`` lists console errors, uncaught exceptions and failed loads
+seen so far.
 """
 
 from __future__ import annotations
@@ -137,6 +138,23 @@ class Chromium:
         path.write_bytes(base64.b64decode(data))
         return path
 
+    def screenshot_of(self, selector: str, path: str | Path, most: int = 6000) -> Path:
+        """A PNG of the first element matching ``selector`` (at most ``most`` px tall), the page grown to
+        its full height first so the element is laid out where it is on a tall screen."""
+        size = self.call("Page.getLayoutMetrics")["cssContentSize"]
+        self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=min(int(size["height"]) + 1, 16000),
+                  deviceScaleFactor=1, mobile=False)
+        box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+                            ".getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY, r.width, r.height]; })()")
+        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                         clip={"x": box[0], "y": box[1], "width": box[2], "height": min(box[3], most), "scale": 1})["data"]
+        self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height, deviceScaleFactor=1,
+                  mobile=False)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+        return path
+
     def close(self) -> None:
         try:
             self.ws.close()
@@ -161,7 +179,7 @@ PAGE_CHECKS = """(() => {
   const box = el => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
   const texts = (svg, sel) => [...svg.querySelectorAll(sel)].map(t => t.textContent.trim());
   const charts = [...document.querySelectorAll('svg.chart')].map(svg => ({
-    title: svg.getAttribute('aria-label'),
+    title: svg.getAttribute('aria-label'), panel: svg.classList.contains('panel'),
     xTitle: texts(svg, '.axis-title.x').join(''), yTitle: texts(svg, '.axis-title.y').join(''),
     xTicks: texts(svg, '.ticks.x .tick-label'), yTicks: texts(svg, '.ticks.y .tick-label'),
     svg: box(svg), area: box(svg.querySelector('.plot-area')),
@@ -169,8 +187,13 @@ PAGE_CHECKS = """(() => {
     textBoxes: [...svg.querySelectorAll('text')].map(t => [t.textContent, ...box(t)]),
   }));
   const images = [...document.images].map(i => ({ok: i.complete && i.naturalWidth > 0, alt: i.alt}));
+  const multiples = [...document.querySelectorAll('figure.multiples')].map(f => ({
+    title: f.getAttribute('aria-label'), legend: !!f.querySelector('.multiples-legend'),
+    panels: [...f.querySelectorAll('svg.chart.panel')].map(box), figure: box(f)}));
+  const bars = [...document.querySelectorAll('.ci')].map(b => ({bar: box(b), cell: box(b.closest('td')),
+    parts: [...b.children].map(box)}));
   const link = document.querySelector('#summary-link');
-  return {charts, images, summaryLink: link ? link.getAttribute('href') : null,
+  return {charts, images, multiples, bars, summaryLink: link ? link.getAttribute('href') : null,
           summaryHref: link ? link.href : null, sections: [...document.querySelectorAll('section h2')].map(h => h.textContent)};
 })()"""
 

@@ -28,7 +28,7 @@ def declared() -> set[str]:
 def imported_top_levels() -> dict[str, str]:
     """Top-level third-party module -> first file importing it, over the installed packages' sources."""
     found: dict[str, str] = {}
-    for folder in ("core", "pipeline", "filters", "train", "eval"):
+    for folder in ("core", "pipeline", "filters", "train", "eval", "api"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else \

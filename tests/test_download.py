@@ -22,7 +22,7 @@ FAULT_REASONS = {
     "http_404": "http_404",
     "http_500": "http_500",
     "hang": "timeout",
-    "trickle": "slow_transfer",
+    "trickle": "deadline",
     "truncated": "decode",
     "not_image": "decode",
     "bomb": "too_large",

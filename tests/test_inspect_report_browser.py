@@ -1,12 +1,17 @@
 """The HTML report opened in a real browser (headless Debian Chromium over the DevTools protocol).
 
 A small workspace with every stage's outputs (shards with failed downloads, two score columns, labels,
-subsets made by the filter stage, a reshard, training runs with losses, a full 38-task evaluation) is
-rendered by ``poolsieve inspect --html``; the page is loaded from a copy of the report folder and
-checked: every image decodes, every plot has axis titles and tick labels, no legend covers its plot
-area, no chart text falls outside its chart, the JSON summary is a linked file, the console is clean.
-Full-page screenshots go to ``$POOLSIEVE_TEST_ARTIFACTS`` (default: ``test-artifacts/`` in the checkout,
-which outlives pytest's tmp folders).
+ten subsets made by the filter stage, a reshard, training runs with losses, a full 38-task evaluation
+plus a user's own 11-class task and a synthetic one) is rendered by ``poolsieve inspect --html``; the
+page is loaded from a copy of the report folder and checked: every image decodes, every plot has axis
+titles and tick labels, no legend covers its plot area, no chart text falls outside its chart, the
+histograms of ten subsets are small multiples that stay in the page's column, the user's task shows
+chance, test images and intervals (each interval bar inside its cell), the JSON summary is a linked
+file, the console is clean. A second render with ``--labels FILE`` shows the user's categories. The
+reasons given for dropped pairs are checked on the page's HTML alone, without a browser (fast tier).
+Screenshots (the full page, the Scores, Evaluation and labelled Subsets sections) go to
+``$POOLSIEVE_TEST_ARTIFACTS`` (default: ``test-artifacts/`` in the checkout, which outlives pytest's tmp
+folders).
 """
 
 from __future__ import annotations
@@ -28,10 +33,18 @@ from factories import make_samples, write_img2dataset_shards
 
 from poolsieve.core.formats import score_table_schema
 from poolsieve.core.workspace import Workspace
-from poolsieve.eval.aggregate import RESULTS_FILE, result_line, write_results
-from poolsieve.eval.tasks import SCORED_TASKS
+from poolsieve.eval.aggregate import (
+    OTHER_RESULTS_FILE,
+    RESULTS_FILE,
+    result_line,
+    wilson_interval,
+    write_results,
+)
+from poolsieve.eval.tasks import CLASSIFICATION, SCORED_TASKS, TASKS, Task
 
 DEFECTS = ("none", "mismatched_caption", "too_small", "non_english")
+MORE_FRACTIONS = (10, 20, 40, 50, 60, 70, 80)  # ten subsets in all: the histograms become small multiples
+CLIPART = Task("custom/clipart", "clipart", CLASSIFICATION, "acc1", 0)
 
 
 def build_workspace(root: Path) -> Workspace:
@@ -69,7 +82,8 @@ def build_workspace(root: Path) -> Workspace:
     common = ["-w", str(ws.root), "--executor", "local"]
     spec = ws.root / "subsets.yaml"
     spec.write_text("basic: basic\nclip30: {clip_score: {fraction: 0.3}}\n"
-                    "basic_clip: basic & clip_score(column=clip_l14_similarity_score, threshold=0.2)\n")
+                    "basic_clip: basic & clip_score(column=clip_l14_similarity_score, threshold=0.2)\n"
+                    + "".join(f"clip{p}: {{clip_score: {{fraction: 0.{p}}}}}\n" for p in MORE_FRACTIONS))
     assert main(["filter", *common, "--spec", str(spec)]) == 0
     assert main(["reshard", *common, "--subset", "basic", "--shard-size", "20"]) == 0
     for k, name in enumerate(("basic", "clip30")):
@@ -85,6 +99,12 @@ def build_workspace(root: Path) -> Workspace:
         lines = [result_line(t, {"main_metric": float(rng.uniform(0.05, 0.6))}, 0.1) for t in SCORED_TASKS]
         ws.eval_dir(name).mkdir(parents=True)
         write_results(ws.eval_dir(name) / RESULTS_FILE, lines)
+        # the user's own 11-class task (issue 26): 64 and 77 of 177 images right, and a synthetic task apart
+        own, shape = (64 + 13 * k) / 177, 0.40 + 0.25 * k
+        write_results(ws.eval_dir(name) / OTHER_RESULTS_FILE, [
+            result_line(CLIPART, {"acc1": own, "main_metric": own, "num_samples": 177, "num_classes": 11}, 1.0),
+            result_line(TASKS["synthetic_shape"], {"acc1": shape, "main_metric": shape, "num_samples": 600,
+                                                   "num_classes": 3}, 1.0)])
     assert main(["inspect", *common, "--html"]) == 0
     return ws
 
@@ -113,6 +133,28 @@ def test_report_says_why_each_dropped_pair_went(tmp_path):
     assert {r.split(":")[0].split(" ")[0] for *_, r in cards} == {"b32", "l14", "basic", "not"}
 
 
+ARTEFACTS = Path(os.environ.get("POOLSIEVE_TEST_ARTIFACTS") or Path(__file__).parents[1] / "test-artifacts")
+
+
+def check_charts(found: dict) -> None:
+    """Every chart has axis titles, round ticks and no text outside it; a whole chart's legend stays off
+    its plot area, and small multiples share one legend per figure."""
+    for c in found["charts"]:
+        assert c["xTitle"] and c["yTitle"], c["title"]
+        assert len(c["xTicks"]) >= 3 and len(c["yTicks"]) >= 3 and all(c["xTicks"] + c["yTicks"]), c["title"]
+        if not c["panel"]:
+            assert c["legend"] is not None and not overlaps(c["legend"], c["area"]), c["title"]
+        svg = c["svg"]
+        clipped = [t[0] for t in c["textBoxes"] if t[1] < svg[0] - 0.5 or t[3] > svg[2] + 0.5
+                   or t[2] < svg[1] - 0.5 or t[4] > svg[3] + 0.5]
+        assert not clipped, (c["title"], clipped)
+    for figure in found["multiples"]:
+        assert figure["legend"] and figure["panels"], figure["title"]
+        inside = [p for p in figure["panels"] if p[0] >= figure["figure"][0] - 0.5 and p[2] <= figure["figure"][2] + 0.5]
+        assert len(inside) == len(figure["panels"]), figure["title"]  # no panel runs off the page's column
+        assert not any(overlaps(a, b) for i, a in enumerate(figure["panels"]) for b in figure["panels"][i + 1:])
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(chromium_path() is None, reason="no Chromium installed (apt-get install chromium)")
 def test_report_in_headless_chromium(tmp_path):
@@ -122,12 +164,13 @@ def test_report_in_headless_chromium(tmp_path):
     page = (copied / "index.html").read_text()
     assert str(ws.root) not in page and str(tmp_path) not in page
     assert str(ws.root) not in (copied / "summary.json").read_text()
-    artefacts = Path(os.environ.get("POOLSIEVE_TEST_ARTIFACTS") or Path(__file__).parents[1] / "test-artifacts")
 
     with Chromium(width=1280, height=900) as browser:
         browser.open((copied / "index.html").as_uri())
         found = browser.evaluate(PAGE_CHECKS)
-        browser.screenshot(artefacts / "report-full.png")
+        browser.screenshot(ARTEFACTS / "report-full.png")
+        browser.screenshot_of("#scores", ARTEFACTS / "report-scores.png")
+        browser.screenshot_of("#evaluation", ARTEFACTS / "report-evaluation.png")
         errors = browser.errors()
 
     assert errors == [], errors
@@ -135,21 +178,14 @@ def test_report_in_headless_chromium(tmp_path):
     assert any(s.startswith("Subsets") for s in found["sections"])
     images = found["images"]
     assert len(images) >= 24 and all(i["ok"] for i in images), [i for i in images if not i["ok"]][:3]
-    charts = found["charts"]
-    titles = [c["title"] for c in charts]
-    # two score histograms, a scatter of the two scores, the loss curves
-    assert sum("distribution" in t for t in titles) == 2 and any("against" in t for t in titles), titles
-    assert any("loss" in t for t in titles), titles
-    for c in charts:
-        assert c["xTitle"] and c["yTitle"], c["title"]
-        assert len(c["xTicks"]) >= 3 and len(c["yTicks"]) >= 3 and all(c["xTicks"] + c["yTicks"]), c["title"]
-        assert c["legend"] is not None and not overlaps(c["legend"], c["area"]), c["title"]
-        svg = c["svg"]
-        clipped = [t[0] for t in c["textBoxes"] if t[1] < svg[0] - 0.5 or t[3] > svg[2] + 0.5
-                   or t[2] < svg[1] - 0.5 or t[4] > svg[3] + 0.5]
-        assert not clipped, (c["title"], clipped)
-    # the threshold each clip_score subset recorded is drawn on its column's histogram
-    assert "clip30 ≥" in page and "basic_clip ≥ 0.200" in page
+    titles = [c["title"] for c in found["charts"]]
+    # ten subsets: each score column's histogram is a figure of ten small multiples (issue 26, item 4)
+    figures = found["multiples"]
+    assert sum("distribution" in f["title"] for f in figures) == 2 and all(len(f["panels"]) == 10 for f in figures)
+    assert any("against" in t for t in titles) and any("loss" in t for t in titles), titles
+    check_charts(found)
+    # the threshold each clip_score subset recorded is drawn on its column's panel
+    assert 'aria-label="clip30: keeps' in page and 'aria-label="basic_clip: keeps' in page
     # dropped pairs say why (basic's failing test, the clip cut) and carry the pool's defect label
     assert "basic: image 64 px &lt; 200" in page and "basic: language de ≠ en" in page
     assert "b32 score 0." in page and "&lt; 0.3" in page and "label: too_small" in page
@@ -157,4 +193,46 @@ def test_report_in_headless_chromium(tmp_path):
     assert found["summaryLink"] == "summary.json" and link.is_file()
     assert json.loads(link.read_text())["subsets"]["basic"]["uids"] > 0
     assert "<pre>" not in page  # the summary is a file, not the page's body
-    assert (artefacts / "report-full.png").stat().st_size > 10_000
+    assert (ARTEFACTS / "report-full.png").stat().st_size > 10_000
+    # the user's own task is a row of its own with chance, test images and intervals (issue 26, item 3)
+    evaluation = page[page.index('id="evaluation"'):]
+    row = evaluation[evaluation.index("<td>clipart</td>"):]
+    row = row[:row.index("</tr>")]
+    assert "<td>your task</td><td class=\"num\">11</td><td class=\"num\">0.091</td><td class=\"num\">177</td>" in row
+    for right in (64, 77):
+        lo, hi = wilson_interval(right / 177, 177)
+        assert f"{right / 177:.3f}" in row and f"{lo:.3f}–{hi:.3f}" in row
+    assert "best" not in row  # 13 images apart: the intervals overlap
+    shape = evaluation[evaluation.index("<td>Synthetic shape</td>"):]
+    assert shape[:shape.index("</tr>")].count("best-mark") == 1  # 0.40 and 0.65 of 600: apart
+    assert len(found["bars"]) >= 4
+    for bar in found["bars"]:  # every interval bar sits inside its cell, its parts inside the bar
+        assert bar["cell"][0] - 0.5 <= bar["bar"][0] and bar["bar"][2] <= bar["cell"][2] + 0.5, bar
+        assert all(bar["bar"][0] - 1.5 <= p[0] and p[2] <= bar["bar"][2] + 1.5 for p in bar["parts"]), bar
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(chromium_path() is None, reason="no Chromium installed (apt-get install chromium)")
+def test_user_labels_in_headless_chromium(tmp_path):
+    """``inspect --labels FILE`` (issue 26, item 5): the user's categories on the cards and in the table."""
+    from poolsieve.pipeline.cli import main
+
+    ws = build_workspace(tmp_path / "ws")
+    uids = pq.read_table(ws.metadata_dir / "00000.parquet", columns=["uid"])["uid"].to_pylist()
+    labels = tmp_path / "clipart labels.csv"
+    pd.DataFrame({"uid": uids[:100], "category": [("animal", "vehicle", "plant", "logo")[i % 4] for i in range(100)]}
+                 ).to_csv(labels, index=False)
+    assert main(["inspect", "-w", str(ws.root), "--executor", "local", "--html", "--labels", str(labels)]) == 0
+    page = (ws.report_dir / "index.html").read_text()
+    with Chromium(width=1280, height=900) as browser:
+        browser.open((ws.report_dir / "index.html").as_uri())
+        found = browser.evaluate(PAGE_CHECKS)
+        browser.screenshot_of("#subsets", ARTEFACTS / "report-subsets-labels.png", most=1400)
+        errors = browser.errors()
+    assert errors == [], errors
+    check_charts(found)
+    assert "Labels from your file clipart labels.csv (column(s) category; 100 rows)" in page
+    assert "<th>category</th>" in page and "<td>(no label)</td>" in page
+    assert "label: animal" in page and "label: too_small" not in page  # the user's labels are the ones shown
+    scatter = next(c for c in found["charts"] if "against" in c["title"])
+    assert {"animal", "vehicle", "plant", "logo"} <= {t[0].split(" (")[0] for t in scatter["textBoxes"]}

@@ -149,3 +149,30 @@ def test_subset_replaced_while_reshard_runs_is_refused_at_the_end(tmp_path, loca
     tars = sorted(p.name for p in out_dir.glob("*.tar"))
     assert tars == sorted(p.name for p in ws.filtered_dir("reference").glob("*.tar"))
     assert all((out_dir / t).read_bytes() == (ws.filtered_dir("reference") / t).read_bytes() for t in tars)
+
+
+def test_a_symlinked_lock_file_never_writes_its_target(tmp_path, capsys):
+    """Issue 23, finding 5: ``subsets/.x.lock -> ~/.bashrc`` in a copied workspace. The lock is opened
+    without following the link (``core/locks.py``), so the target stays byte-identical and the command
+    fails in one line; the same for another stage's lock (submit's ``submissions/.x.lock``)."""
+    ws, samples = scored_pool(tmp_path / "ws", 40, 20)
+    victim = tmp_path / "home" / ".bashrc"
+    victim.parent.mkdir()
+    victim.write_text("alias ll='ls -l'\nexport PATH=$HOME/bin:$PATH\n")
+    before = victim.read_bytes()
+    ws.subsets_dir.mkdir(exist_ok=True)
+    (ws.subsets_dir / ".x.lock").symlink_to(victim)
+    code = cli.main(["filter", "-w", str(ws.root), "--executor", "local", "--spec", "x = clip_score(fraction=0.5)"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert code == 2 and len(err) == 1, err
+    assert err[0].endswith(f"{ws.subsets_dir / '.x.lock'}: is a symlink, not a regular file; poolsieve reads and "
+                           "writes only regular files here")
+    assert victim.read_bytes() == before and not ws.subset_path("x").exists()
+
+    write_subset_pair(ws.subset_path("s"), uids_to_pairs(sorted(s.uid for s in samples[:5])), {"name": "s"})
+    (ws.root / "submissions").mkdir()
+    (ws.root / "submissions" / ".s.lock").symlink_to(victim)
+    code = cli.main(["submit", "-w", str(ws.root), "--executor", "local", "--subset", "s"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(err) == 1 and "submissions/.s.lock: is a symlink" in err[0], err
+    assert victim.read_bytes() == before and not (ws.root / "submissions" / "s").exists()

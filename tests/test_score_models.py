@@ -210,7 +210,7 @@ def test_reference_embedding_checks_its_models_first(tmp_path, capsys):
 ])
 def test_encoders_and_a_reader_always_fit_the_cpus(cpus, gpus, encoders, decode_workers):
     """Whatever the cluster, the encoders plus one reader fit in its CPUs (else each waits for the other)."""
-    from poolsieve.pipeline.score.stage import plan_resources
+    from poolsieve.pipeline.score.plan import plan_resources
 
     cfg = ScoreConfig(encoders=encoders, decode_workers=decode_workers)
     res = plan_resources(cfg, {"CPU": cpus, "GPU": gpus})

@@ -107,7 +107,7 @@ def test_bad_seeds_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no_such_subset" in err[0]
     assert main(["train-scorer", "-w", str(ws.root), "--executor", "local", "--seed", "x", "--name", "../up"]) == 2
-    assert "must be letters" in capsys.readouterr().err
+    assert "scorer name '../up' is not allowed" in capsys.readouterr().err
 
 
 def test_score_help_points_to_train_scorer(capsys):

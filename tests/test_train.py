@@ -48,31 +48,70 @@ def write_wds(folder: Path, n: int, seed: int, per_shard: int = 200, stats: bool
 
 
 def test_scale_table_follows_datacomp():
-    assert (get_scale("small").samples_seen, get_scale("small").batch_size, get_scale("small").model) == \
-        (12_800_000, 4096, "ViT-B-32")
-    assert get_scale("medium").samples_seen == 128_000_000
+    """DataComp's scale_configs (batch, model, lr, warmup, beta2), each budget as DataComp's launcher trains
+    it: ``budget // 5`` per epoch in whole batches, a multiple of its 4 workers' batches (open_clip)."""
+    def datacomp_trains(nominal: int, batch: int) -> int:  # train.py's arithmetic, then open_clip's data.py
+        per_epoch = nominal // 5
+        batches = math.ceil(per_epoch / batch)
+        return 5 * math.ceil(batches / 4) * 4 * batch
+
+    small = get_scale("small")
+    assert (small.samples_seen, small.batch_size, small.model) == (12_861_440, 4096, "ViT-B-32")
+    assert small.samples_seen == datacomp_trains(12_800_000, 4096)
+    assert get_scale("medium").samples_seen == datacomp_trains(128_000_000, 4096) == 128_040_960
+    assert get_scale("debug").samples_seen == datacomp_trains(128_000, 1024)
     assert (get_scale("large").samples_seen, get_scale("large").model, get_scale("large").batch_size) == \
-        (1_280_000_000, "ViT-B-16", 8192)
+        (datacomp_trains(1_280_000_000, 8192), "ViT-B-16", 8192)
     xl = get_scale("xlarge")
     assert (xl.samples_seen, xl.model, xl.batch_size, xl.learning_rate, xl.warmup, xl.beta2) == \
-        (12_800_000_000, "ViT-L-14", 90112, 1e-3, 10_000, 0.95)
+        (datacomp_trains(12_800_000_000, 90112), "ViT-L-14", 90112, 1e-3, 10_000, 0.95)
     assert SCALES["tiny"].model == "poolsieve-tiny"
+    for scale in SCALES.values():  # every scale's own budget is one the plan honours exactly
+        assert plan_budget(scale.samples_seen, scale.batch_size, scale.num_checkpoints).samples_seen == scale.samples_seen
     with pytest.raises(ConfigError, match="unknown scale"):
         get_scale("huge")
 
 
-@pytest.mark.parametrize("budget,batch,epochs,world,accum,workers", [
-    (512, 64, 1, 1, 1, 1), (12_800_000, 4096, 5, 8, 1, 4), (1000, 64, 3, 1, 1, 0), (128, 128, 1, 1, 1, 1),
-    (12_800_000, 4096, 5, 8, 2, 4), (3000, 64, 2, 1, 1, 2)])
-def test_plan_budget_rounds_up_to_whole_global_batches(budget, batch, epochs, world, accum, workers):
-    plan = plan_budget(budget, batch, epochs, world, accum, workers)
-    assert plan.samples_seen >= budget
-    assert plan.samples_seen - budget < epochs * batch * max(1, workers)  # at most a few extra batches
-    assert plan.samples_seen == plan.epochs * plan.steps_per_epoch * plan.batch_size
-    assert plan.batch_size == plan.per_process_batch * world * accum == batch
-    assert (plan.steps_per_epoch * accum) % max(1, workers) == 0  # open_clip's per-worker rounding
-    if budget % (batch * epochs) == 0 and workers <= 1:
-        assert plan.samples_seen == budget
+@pytest.mark.parametrize("budget,batch,epochs,world,accum", [
+    (512, 64, 1, 1, 1), (12_861_440, 4096, 5, 8, 1), (1024, 64, 4, 1, 1), (128, 128, 1, 1, 1),
+    (12_861_440, 4096, 5, 8, 2), (1280, 64, 4, 1, 1), (3072, 64, 2, 2, 2)])
+def test_plan_budget_honours_a_budget_exactly(budget, batch, epochs, world, accum):
+    plan = plan_budget(budget, batch, epochs, world, accum)
+    assert plan.samples_seen == budget == plan.epochs * plan.steps_per_epoch * plan.batch_size
+    assert plan.batch_size == plan.per_process_batch * world * accum == batch and plan.epochs == epochs
+
+
+def test_plan_budget_refuses_what_it_cannot_train_exactly_and_names_budgets_that_work():
+    """Issue 26: --samples-seen 640 (tiny: 4 checkpoints, batch 64) used to become 1,024 silently."""
+    with pytest.raises(ConfigError) as e:
+        plan_budget(640, 64, 4)
+    assert str(e.value) == ("a budget of 640 samples seen cannot be trained exactly: 4 checkpoint(s) (epochs) of "
+                            "whole batches of 64 take a multiple of 256; the nearest budgets that work are 512 or "
+                            "768 (--samples-seen), or 640 with --num-checkpoints 1, 2, 5 or 10")
+    for suggested in (512, 768):
+        assert plan_budget(suggested, 64, 4).samples_seen == suggested
+    for checkpoints in (1, 2, 5, 10):
+        assert plan_budget(640, 64, checkpoints).samples_seen == 640
+    with pytest.raises(ConfigError, match=r"nearest budgets that work are 256 \(--samples-seen\)$"):
+        plan_budget(100, 64, 4)  # under one step per checkpoint: only the budget above; not whole batches
+    nominal = plan_budget(12_800_000, 4096, 5)  # DataComp's nominal small budget, given: honoured exactly
+    assert nominal.samples_seen == 12_800_000 and nominal.steps_per_epoch == 625
+    with pytest.raises(ConfigError, match="cannot be trained exactly"):
+        TrainConfig(samples_seen=640).recipe()  # refused where the config is read, before any data is
+    assert TrainConfig(samples_seen=1280).recipe().samples_seen == 1280
+
+
+def test_loader_workers_divide_an_epoch_so_open_clip_adds_no_batches():
+    from poolsieve.train.trainer import fewer_workers_note, loader_workers
+
+    plan = plan_budget(12_861_440, 4096, 5, world_size=8)  # 628 batches per epoch
+    assert loader_workers(4, plan, None) == 4 and loader_workers(4, plan, 2) == 2 and loader_workers(0, plan, 8) == 0
+    odd = plan_budget(1280, 64, 4)  # 5 batches per epoch: only 1 (or 5) workers split them evenly
+    assert loader_workers(4, odd, 16) == 1 and loader_workers(8, odd, None) == 5
+    assert fewer_workers_note(1, 4, odd, 16) == (
+        "1 data-loader worker(s) per process instead of 4 (16 CPU(s) each; an epoch's 5 batches split evenly over "
+        "them); samples seen stay 1,280; 4 workers need a budget that is a multiple of 1,024, e.g. 1,024 or 2,048")
+    assert fewer_workers_note(2, 4, plan, 2).endswith("samples seen stay 12,861,440")  # the machine decided
 
 
 def test_open_clip_flags_follow_datacomp(tmp_path):
@@ -80,13 +119,13 @@ def test_open_clip_flags_follow_datacomp(tmp_path):
 
     cfg = TrainConfig(scale="small", gpus=8, precision="amp")
     recipe = cfg.recipe()
-    plan = plan_budget(recipe.samples_seen, recipe.batch_size, recipe.num_checkpoints, 8, 1, cfg.workers)
+    plan = plan_budget(recipe.samples_seen, recipe.batch_size, recipe.num_checkpoints, 8, 1)
     args = open_clip_args(["--train-data", str(tmp_path / "00000000.tar")], tmp_path / "run", recipe, plan, cfg,
                           cfg.workers, "amp")
     flag = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
     assert (flag["--model"], flag["--batch-size"], flag["--epochs"], flag["--lr"], flag["--warmup"]) == \
         ("ViT-B-32", "512", "5", "0.0005", "500")
-    assert int(flag["--train-num-samples"]) * 5 == 12_861_440  # DataComp's rounding with 4 workers
+    assert int(flag["--train-num-samples"]) * 5 == 12_861_440  # what DataComp's launcher trains with 4 workers
     assert flag["--workers"] == "4" and "--save-most-recent" in args
     assert {"--dataset-resampled", "--grad-checkpointing", "--local-loss", "--gather-with-grad"} <= set(args)
     assert runner_command(["--x"], gpus=8)[1:5] == ["-m", "torch.distributed.run", "--standalone",
@@ -143,6 +182,10 @@ def test_train_cli_two_subsets_see_the_same_budget(tmp_path, capsys):
     assert cli.run_stage(train_cli.STAGE, ctx, args) == 0
     out = capsys.readouterr().out
     assert "samples seen" in out and "== train" in out
+    # one number everywhere: the table's samples seen and the stage block's budget are the budget given
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["small"], ["large"])]
+    assert [r[2] for r in rows] == [str(BUDGET)] * 2, out  # subset, size, samples seen, ...
+    assert out.count(f", {BUDGET:,} samples seen, batch 32") == 2, out
 
     summaries = {name: json.loads((ws / "runs" / name / "summary.json").read_text()) for name in ("small", "large")}
     for name, size in (("small", 150), ("large", 450)):

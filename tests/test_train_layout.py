@@ -41,10 +41,11 @@ def test_weights_follow_datacomp_per_shard_factors(tmp_path):
 
 
 def test_datacomp_samples_seen_at_small_scale():
-    plan = plan_budget(12_800_000, 4096, 5, world_size=8, accum_freq=1, workers=4)
-    assert plan.samples_seen == 12_861_440 and plan.per_process_batch == 512
+    """The small scale trains what DataComp's launcher trains (5 x 628 x 4,096), exactly, over 8 GPUs."""
+    plan = plan_budget(12_861_440, 4096, 5, world_size=8, accum_freq=1)
+    assert plan.samples_seen == 12_861_440 and plan.steps_per_epoch == 628 and plan.per_process_batch == 512
     with pytest.raises(ConfigError, match="cannot be split over 3 process"):
-        plan_budget(12_800_000, 4096, 5, world_size=3)
+        plan_budget(12_861_440, 4096, 5, world_size=3)
 
 
 def test_long_gapped_shard_lists_go_through_a_file(tmp_path):
@@ -54,7 +55,7 @@ def test_long_gapped_shard_lists_go_through_a_file(tmp_path):
     for i in range(0, 6000, 2):  # 3,000 shards, no two consecutive: 3,000 patterns
         (data / f"{i:08d}.tar").hardlink_to(one)
         (data / f"{i:08d}_stats.json").write_text('{"successes": 2}')
-    setup = prepare_run(data, tmp_path / "run", TrainConfig(samples_seen=64, batch_size=32), world_size=1, cpus=2,
+    setup = prepare_run(data, tmp_path / "run", TrainConfig(samples_seen=128, batch_size=32), world_size=1, cpus=2,
                         gpu=False)
     assert max(len(a) for a in setup.argv) < 10_000 and DATA_FILE_FLAG in setup.argv
     from poolsieve.train.open_clip_runner import expand_data_file
@@ -146,8 +147,19 @@ def test_bad_train_input_is_one_line(tmp_path, capsys):
         (["--subset", "ok", "--gpus", "3", "--batch-size", "64", "--slurm-script", str(tmp_path / "j.sh")],
          "cannot be split over 3 process"),
         (["--subset", "ok", "-c", str(tmp_path / "huge.yaml")], "unknown scale 'huge'"),
+        (["--subset", "ok", "--samples-seen", "640"], "a budget of 640 samples seen cannot be trained exactly"),
     ]
     for extra, message in cases:
         rc, err = _cli(["train", *common, *extra], capsys)
         assert rc == 2 and message in err and len(err.splitlines()) == 1, (extra, err)
     assert not (ws / "runs" / "ok").exists() or not (ws / "runs" / "ok" / "summary.json").exists()
+
+
+def test_run_refuses_a_budget_before_any_stage_runs(tmp_path, capsys):
+    """``poolsieve run`` with a train budget it cannot honour stops in one line before downloading."""
+    ws = tmp_path / "ws"
+    config = tmp_path / "experiment.yaml"
+    config.write_text("download: {processes: 1}\ntrain: {scale: tiny, samples_seen: 640}\n")
+    rc, err = _cli(["run", "-w", str(ws), "--executor", "local", "-c", str(config)], capsys)
+    assert rc == 2 and "a budget of 640 samples seen cannot be trained exactly" in err and len(err.splitlines()) == 1
+    assert not (ws / "shards").exists()

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from poolsieve.core.errors import ConfigError
+from poolsieve.core.locks import exclusive
+from poolsieve.core.names import check_name
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage
@@ -36,7 +38,12 @@ def cli_action(ctx: Any, args: argparse.Namespace) -> int | None:
     ``--data`` may start a new workspace, where its run folder goes)."""
     if args.list_scales:
         print(format_table(["scale", "model", "samples seen", "batch", "lr", "warmup"], scale_table()))
+        print("samples seen: what a run trains, exactly (DataComp's budgets as its launcher trains them: 12.8M at "
+              "small is 5 epochs of 628 batches of 4,096); --samples-seen must be a whole number of batches in "
+              "each checkpoint (epoch), or it is refused with the nearest budgets that work")
         return 0
+    for subset in args.subset or []:  # every name checked before any run starts (or removes anything)
+        check_name(subset, "subset name")
     if args.data and ctx.workspace_path is not None:
         ctx.workspace(create=True)
     return None
@@ -49,20 +56,23 @@ def job(ws: Workspace, config: TrainConfig) -> tuple[str, str, Path]:
     if config.data_weights and not config.data:
         raise ConfigError("--data-weights needs --data a::b (the folders it weights)")
     if config.subset:
-        return config.subset, str(ws.filtered_dir(config.subset)), ws.run_dir(config.subset)
+        name = check_name(config.subset, "subset name")
+        return name, str(ws.filtered_dir(name)), ws.run_dir(name)
     if config.data:
         first = Path(config.data.split("::")[0])
-        name = first.name if "::" not in config.data else f"{first.name}-mix"
-        return name, config.data, Path(config.output) if config.output else ws.run_dir(name)
+        name = check_name(first.name if "::" not in config.data else f"{first.name}-mix",
+                          "run name (the --data folder's name)")
+        return name, config.data, Path(config.output).expanduser() if config.output else ws.run_dir(name)
     raise ConfigError("name what to train on: --subset NAME (from filtered/NAME/) or --data FOLDER")
 
 
 def _writer_lock(ws: Workspace, out: Path) -> contextlib.AbstractContextManager[Any]:
-    """The workspace's writer's lock of a run folder inside it; none for a folder elsewhere (--output)."""
+    """The writer's lock of a run folder: the workspace's for one inside it, the folder's own
+    (``.NAME.lock`` beside it) for one elsewhere (``--output``)."""
     try:
         return ws.lock(str(out.resolve().relative_to(ws.root)))
     except ValueError:
-        return contextlib.nullcontext()
+        return exclusive(out)
 
 
 def write_slurm(config: TrainConfig, name: str, data: str, out: Path) -> dict[str, Any]:
@@ -83,13 +93,14 @@ def train(ws: Workspace, config: TrainConfig, runtime: Runtime | None = None, *,
     if config.slurm_script:
         return write_slurm(config, name, data, out)
     with _writer_lock(ws, out):
-        summary = train_clip(data, out, config, overwrite=overwrite, name=name, runtime=runtime)
+        summary = train_clip(data, out, config, overwrite=overwrite, name=name, runtime=runtime,
+                             within=None if config.output else ws.root)
     return dict(summary, scale_recipe=_recipe_line(config))
 
 
 def _recipe_line(config: TrainConfig) -> str:
     r = config.recipe()
-    return f"{r.name} ({r.model}, {r.samples_seen} samples seen, batch {r.batch_size}, lr {r.learning_rate})"
+    return f"{r.name} ({r.model}, {r.samples_seen:,} samples seen, batch {r.batch_size}, lr {r.learning_rate})"
 
 
 def report(s: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 from poolsieve.core import devices
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveError, PoolsieveWarning
 from poolsieve.core.formats import atomic_path, read_json, write_json
+from poolsieve.core.owned_folders import remove_owned
 from poolsieve.core.processes import die_with_parent
 from poolsieve.core.progress import Progress
 from poolsieve.core.stage import option
@@ -43,13 +43,13 @@ from .checkpoints import LATEST, info_model, prepare_resume, read_epoch, write_i
 from .launch import ray_plan, run_ray_train
 from .open_clip_runner import ERROR_PREFIX
 from .runner_io import parse_train_line, runner_env
-from .scales import SCALES, Scale, get_scale
+from .scales import DATACOMP_WORKERS, SCALES, Scale, get_scale
 from .shards import ARG_LIMIT, DATA_FILE_FLAG, Source, train_data_string
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "train_config.json"
 DATA_FILE = "train_data.txt"
-DATACOMP_WORKERS = 4  # DataComp's launcher default; it decides open_clip's rounding of samples seen
+RUN_RECORDS = (CONFIG_FILE, SUMMARY_FILE, DATA_FILE)  # a folder holding one of them is a run poolsieve wrote
 
 
 @dataclass
@@ -62,7 +62,8 @@ class TrainConfig:
                                     "are mixed (DataComp's --data_dir)")
     output: str | None = option(None, "run folder for --data (default: <workspace>/runs/<folder name>)")
     scale: str = option("tiny", "training scale", choices=tuple(SCALES))
-    samples_seen: int | None = option(None, "override the scale's budget of samples seen")
+    samples_seen: int | None = option(None, "override the scale's budget of samples seen (trained exactly: whole "
+                                            "batches in each checkpoint, else refused)")
     batch_size: int | None = option(None, "override the scale's global batch size")
     lr: float | None = option(None, "override the scale's learning rate")
     warmup: int | None = option(None, "override the scale's warmup steps")
@@ -105,6 +106,7 @@ class TrainConfig:
         for name in ("samples_seen", "batch_size", "num_checkpoints"):
             if getattr(recipe, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(recipe, name)}")
+        plan_budget(recipe.samples_seen, recipe.batch_size, recipe.num_checkpoints)  # exact, or refused here
         if self.workers < 0 or self.accum_freq < 1 or (self.threads is not None and self.threads < 1):
             raise ConfigError("train.workers must be >= 0, train.accum_freq >= 1 and train.threads >= 1")
         for name in ("gpus", "ray_workers", "nodes"):
@@ -136,30 +138,66 @@ class TrainingPlan:
 
 
 def plan_budget(samples_seen: int, batch_size: int, epochs: int, world_size: int = 1,
-                accum_freq: int = 1, workers: int = 1) -> TrainingPlan:
-    """Split ``samples_seen`` into ``epochs`` of whole global batches, rounding up as open_clip does.
+                accum_freq: int = 1) -> TrainingPlan:
+    """Split ``samples_seen`` into ``epochs`` of whole global batches, exactly, or refuse.
 
-    open_clip rounds an epoch's loader batches up to a multiple of the data loader workers; the plan
-    does the same, so the samples seen that it promises are the samples open_clip trains on
-    (DataComp's small scale with 4 workers: 5 x 628 x 4096 = 12,861,440).
+    open_clip trains whole batches and epochs of equal length, so a budget is honoured exactly when it is
+    a multiple of ``epochs x batch_size``; any other budget is refused in one line that names the nearest
+    budgets that work (never rounded: the samples seen a run reports are the budget it was given). The
+    data-loader workers then divide each epoch's batches (``loader_workers``), so open_clip's per-worker
+    rounding adds nothing either.
     """
     if batch_size % (world_size * accum_freq):
         raise ConfigError(f"the global batch of {batch_size} cannot be split over {world_size} process(es) x "
                           f"{accum_freq} accumulation step(s); choose a world size that divides it")
+    if samples_seen % (epochs * batch_size):
+        raise ConfigError(budget_refusal(samples_seen, batch_size, epochs))
     per_process = batch_size // (world_size * accum_freq)
-    steps = math.ceil(samples_seen / epochs / batch_size)
-    while (steps * accum_freq) % max(1, workers):
-        steps += 1
-    return TrainingPlan(epochs, steps, batch_size, per_process, world_size, accum_freq)
+    return TrainingPlan(epochs, samples_seen // (epochs * batch_size), batch_size, per_process, world_size,
+                        accum_freq)
 
 
-def loader_workers(requested: int, plan: TrainingPlan, cpus: int) -> int:
-    """The data-loader workers to start: at most ``requested`` and the CPUs, and dividing the epoch's
-    loader batches, so open_clip's rounding adds nothing to the plan's samples seen."""
+def budget_refusal(samples_seen: int, batch_size: int, epochs: int) -> str:
+    """Why ``samples_seen`` cannot be trained exactly, with the nearest budgets and checkpoint counts that work."""
+    unit = epochs * batch_size
+    below, above = samples_seen // unit * unit, (samples_seen // unit + 1) * unit
+    nearest = f"{below:,} or {above:,}" if below else f"{above:,}"
+    text = (f"a budget of {samples_seen:,} samples seen cannot be trained exactly: {epochs} checkpoint(s) "
+            f"(epochs) of whole batches of {batch_size:,} take a multiple of {unit:,}; the nearest budgets that "
+            f"work are {nearest} (--samples-seen)")
+    if samples_seen % batch_size == 0:  # whole batches: other checkpoint counts split them evenly
+        steps = samples_seen // batch_size
+        counts = sorted((d for d in range(1, min(steps, 4 * epochs + 4) + 1) if steps % d == 0),
+                        key=lambda d: (abs(d - epochs), d))[:4]
+        shown = [str(d) for d in sorted(counts)]
+        text += f", or {samples_seen:,} with --num-checkpoints " + (", ".join(shown[:-1]) + " or " if shown[:-1] else "") + shown[-1]
+    return text
+
+
+def loader_workers(requested: int, plan: TrainingPlan, cpus: int | None = None) -> int:
+    """The data-loader workers to start: at most ``requested`` and the CPUs (None: as requested, for
+    another machine), and dividing the epoch's loader batches, so open_clip's rounding of an epoch up to
+    whole batches per worker adds nothing to the plan's samples seen."""
     if requested <= 0:
         return 0
     batches = plan.steps_per_epoch * plan.accum_freq
-    return next(w for w in range(min(requested, max(1, cpus)), 0, -1) if batches % w == 0)
+    most = requested if cpus is None else min(requested, max(1, cpus))
+    return next(w for w in range(most, 0, -1) if batches % w == 0)
+
+
+def fewer_workers_note(workers: int, requested: int, plan: TrainingPlan, cpus: int | None) -> str:
+    """The warning for fewer data-loader workers than asked: why, and the budgets that would allow them."""
+    most = requested if cpus is None else min(requested, max(1, cpus))
+    text = (f"{workers} data-loader worker(s) per process instead of {requested} "
+            + (f"({cpus} CPU(s) each; " if cpus is not None else "(")
+            + f"an epoch's {plan.steps_per_epoch * plan.accum_freq} batches split evenly over them); samples seen "
+              f"stay {plan.samples_seen:,}")
+    if workers < most:  # the budget, not the machine, decided: say which budgets give the workers
+        unit = plan.epochs * plan.batch_size * most // math.gcd(most, plan.accum_freq)
+        below, above = plan.samples_seen // unit * unit, (plan.samples_seen // unit + 1) * unit
+        text += f"; {most} workers need a budget that is a multiple of {unit:,}, e.g. " + \
+            (f"{below:,} or {above:,}" if below else f"{above:,}")
+    return text
 
 
 def machine_cpus() -> int:
@@ -312,13 +350,16 @@ def check_gpus(config: TrainConfig) -> None:
 
 
 def prepare_run(data: str | Path | Sequence[str | Path], out_dir: str | Path, config: TrainConfig, *,
-                world_size: int, cpus: int | None, gpu: bool, name: str | None = None) -> RunSetup:
+                world_size: int, cpus: int | None, gpu: bool, name: str | None = None,
+                overwrite: bool = False, within: str | Path | None = None) -> RunSetup:
     """Check the input, plan the budget and write ``train_config.json`` (and the shard list when long).
 
     ``cpus``: CPUs for each process's data-loader workers (None: as asked, for another machine).
+    ``overwrite``: once everything is checked, remove the run folder first, only if poolsieve wrote it
+    (inside ``within`` when given: ``core/owned_folders.py``).
     """
     recipe = config.recipe()
-    out_dir = Path(out_dir).resolve()
+    given, out_dir = Path(out_dir), Path(out_dir).resolve()
     sources = data_sources(data, config.data_weights)
     shards = [s for src in sources for s in src.shards]
     dataset_size = count_samples(shards)
@@ -328,12 +369,13 @@ def prepare_run(data: str | Path | Sequence[str | Path], out_dir: str | Path, co
         raise InputError(shards[0].parent, f"{len(shards)} shard(s) cannot be split over {world_size} training "
                                            "processes (each reads its own shards)")
     plan = plan_budget(recipe.samples_seen, recipe.batch_size, recipe.num_checkpoints, world_size,
-                       config.accum_freq, config.workers)
-    workers = config.workers if cpus is None else loader_workers(config.workers, plan, cpus)
+                       config.accum_freq)
+    workers = loader_workers(config.workers, plan, cpus)
     if workers < config.workers:
-        warnings.warn(f"{workers} data-loader worker(s) per process instead of {config.workers} ({cpus} CPU(s) "
-                      f"each); samples seen stay {plan.samples_seen:,}", PoolsieveWarning, stacklevel=2)
+        warnings.warn(fewer_workers_note(workers, config.workers, plan, cpus), PoolsieveWarning, stacklevel=2)
     train_data, factors = train_data_string(sources)
+    if overwrite:  # every check above passed: nothing is removed for a bad input
+        remove_owned(given, RUN_RECORDS, inside=within, what="run folder")  # the path as given: a link is refused
     data_flags = ["--train-data", train_data] + (["--train-data-upsampling-factors", factors] if factors else [])
     if sum(len(a) for a in data_flags) > ARG_LIMIT:
         data_file = out_dir / DATA_FILE
@@ -447,19 +489,20 @@ def _run_local(setup: RunSetup, config: TrainConfig, progress: Progress, done_be
 
 # ------------------------------------------------------------------------------------ the stage
 def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, config: TrainConfig | None = None,
-               *, overwrite: bool = False, name: str | None = None, runtime: Any = None) -> dict[str, Any]:
+               *, overwrite: bool = False, name: str | None = None, runtime: Any = None,
+               within: str | Path | None = None) -> dict[str, Any]:
     """Train a CLIP with a fixed budget on ``data`` (webdataset folder, tars, or folders joined by ``::``).
 
     Runs here (``config.gpus`` > 1: under torchrun), or on Ray Train workers when
     ``config.ray_workers`` is set or ``runtime`` names a Ray cluster. Returns the summary (also in
     ``out_dir/summary.json``, its paths there relative to ``out_dir``): checkpoint, samples seen,
-    steps, epochs, dataset size, losses, seconds.
+    steps, epochs, dataset size, losses, seconds. ``overwrite`` first removes ``out_dir``, only once the
+    input is checked and only if it is a run folder poolsieve wrote (inside ``within`` when given:
+    ``core/owned_folders.py``).
     """
     config = config or TrainConfig()
     config.recipe()
     out_dir = Path(out_dir)
-    if overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
     use_ray = bool(config.ray_workers) or bool(runtime is not None and getattr(runtime, "address", None))
     if use_ray:
         config, gpu, cpus = ray_plan(config, runtime)
@@ -472,7 +515,7 @@ def train_clip(data: str | Path | Sequence[str | Path], out_dir: str | Path, con
             gpu = torch.cuda.is_available()
         cpus = machine_cpus() // (config.gpus or 1)
     setup = prepare_run(data, out_dir, config, world_size=world_size_of(config, use_ray), cpus=cpus, gpu=gpu,
-                        name=name)
+                        name=name, overwrite=overwrite, within=within)
     out_dir = setup.out_dir
     summary_path = out_dir / SUMMARY_FILE
     if summary_path.exists():

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from poolsieve.core.errors import ConfigError
+from poolsieve.core.formats import MAX_IMAGE_BYTES
 from poolsieve.core.stage import option
 from poolsieve.pipeline.download.hub_metadata import SCALES
 from poolsieve.pipeline.download.netguard import NetworkPolicy
@@ -45,8 +46,10 @@ class DownloadConfig:
                           "max_image_bytes wait per process (2 GiB with the defaults)", aliases=("--thread_count",))
     retries: int = option(2, "retries per url inside img2dataset")
     timeout: float = option(10.0, "seconds per connect / read")
-    fetch_deadline: float = option(60.0, "seconds one image may take in all (slow trickles end here)")
-    max_image_bytes: int = option(32 << 20, "bytes one image may have; larger ones are refused", metavar="BYTES")
+    fetch_deadline: float = option(60.0, "seconds one fetch of an image may take in all: connect, headers, every "
+                                   "redirect hop and body (slow servers end here; each retry has its own)")
+    max_image_bytes: int = option(MAX_IMAGE_BYTES, "bytes one image may have; larger ones are refused (score never "
+                                  "reads an image member over the default either)", metavar="BYTES")
     max_image_area: float = option(
         64 << 20, "refuse images whose header declares more pixels, before decoding (8192^2; with transparency a "
         "sixth). Each process decodes one image at a time, in at most ~12 bytes x this: peak decode memory "

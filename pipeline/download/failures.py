@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from poolsieve.core.fetch_clock import DEADLINE_MARK
 from poolsieve.core.formats import STATUS_SUCCESS, atomic_path, write_json
 from poolsieve.core.workspace import shard_stats_path
 from poolsieve.pipeline.download.integrity import NOT_WRITTEN_STATUS
@@ -28,7 +29,7 @@ FAILURES_NAME = "download_failures.parquet"
 
 
 def failure_reason(status: str | None, error: str | None) -> str:
-    """A short reason for a failed sample: http_404, timeout, decode, too_small, denied, ..."""
+    """A short reason for a failed sample: http_404, timeout, deadline, decode, too_small, denied, ..."""
     if status == STATUS_SUCCESS:
         return STATUS_SUCCESS
     if status == NOT_WRITTEN_STATUS:
@@ -41,8 +42,8 @@ def failure_reason(status: str | None, error: str | None) -> str:
         return "redirect_loop" if "infinite loop" in msg else f"http_{m.group(1)}"
     if "redirect" in msg and "loop" in msg:
         return "redirect_loop"
-    if "deadline exceeded" in msg:
-        return "slow_transfer"
+    if DEADLINE_MARK in msg:  # the whole fetch (connect, headers, redirects, body) ran out of time
+        return "deadline"
     if "timed out" in msg or "timeout" in msg:
         return "timeout"
     if "name or service not known" in msg or "name resolution" in msg or "nodename nor servname" in msg \

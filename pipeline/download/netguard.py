@@ -44,6 +44,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from poolsieve.core.errors import ConfigError
+from poolsieve.core.fetch_clock import ClockedHTTPHandler, ClockedHTTPSHandler, FetchClock
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -363,29 +364,36 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def build_opener(policy: NetworkPolicy, proxies: dict[str, str]) -> urllib.request.OpenerDirector:
+def build_opener(policy: NetworkPolicy, proxies: dict[str, str],
+                 clock: FetchClock | None = None) -> urllib.request.OpenerDirector:
     """An opener that speaks http and https only (directly or through ``proxies``): no file, ftp or data
-    handler; redirects are checked by ``policy``."""
+    handler; redirects are checked by ``policy``; with a ``clock``, every hop keeps to its deadline."""
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(dict(proxies)), urllib.request.UnknownHandler(),
-                    urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+    http_handlers = (ClockedHTTPHandler(clock), ClockedHTTPSHandler(clock)) if clock is not None else \
+        (urllib.request.HTTPHandler(), urllib.request.HTTPSHandler())
+    for handler in (urllib.request.ProxyHandler(dict(proxies)), urllib.request.UnknownHandler(), *http_handlers,
                     urllib.request.HTTPDefaultErrorHandler(), _CheckedRedirects(policy, proxies),
                     urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
     return opener
 
 
-def open_url(url: str, timeout: float, headers: dict[str, str] | None = None) -> Any:
+def open_url(url: str, timeout: float, headers: dict[str, str] | None = None,
+             deadline: float | None = None) -> Any:
     """``urlopen`` for an untrusted url under the installed policy (the default one if none is installed).
+    ``timeout`` bounds each connect and read; ``deadline`` (seconds) the whole fetch, every redirect hop and
+    the reading of the returned response included (``fetch_clock``).
 
-    Raises ``DeniedAddressError`` (an ``OSError``) with a ``DENIED_MARK`` message for a refused url."""
+    Raises ``DeniedAddressError`` (an ``OSError``) with a ``DENIED_MARK`` message for a refused url, and
+    ``FetchDeadlineExceeded`` (a ``TimeoutError``) when the deadline passes."""
+    clock = FetchClock(deadline) if deadline is not None else None
     policy = _installed or NetworkPolicy()
     proxies = fetch_proxies()
     policy.check_url(url, resolve=bool(proxies))  # with a proxy set, check what the proxy would reach
     request = urllib.request.Request(url, data=None, headers=headers or {})
     _local.endpoints = proxy_endpoints(proxies)
     try:
-        return build_opener(policy, proxies).open(request, timeout=timeout)
+        return build_opener(policy, proxies, clock).open(request, timeout=timeout)
     finally:
         _local.endpoints = frozenset()
         _proxy_sockaddrs().clear()

@@ -15,7 +15,9 @@ What it adds to a bare img2dataset call:
   proxy too; private, loopback, link-local, metadata, ... addresses are denied unless
   ``--allow-network`` opens them (the built-in pool's 127.0.0.1); refused urls are recorded as denied
   and never connected to;
-* each fetch has a total deadline and a size cap; images declaring huge sizes are refused undecoded;
+* each fetch has a total deadline over the whole request (connect, headers, every redirect hop, body:
+  ``core/fetch_clock.py``), recorded as ``deadline`` when it passes, and a size cap; images declaring huge
+  sizes are refused undecoded;
 * ``--retry-failed`` re-fetches only failed samples into new shards, made as the pool's shards were
   (samples per shard, image size and format as ``download_state.json`` records them, whatever flags
   are given), and keeps each uid in one place;
@@ -24,9 +26,10 @@ What it adds to a bare img2dataset call:
 
 This module holds the order of the work; the rest of the package, one concern each: ``config.py``
 (the options), ``plan.py`` (shard ids, whole shards), ``process.py`` (the runner subprocess, watchdog, promotion),
-``runner.py`` (img2dataset inside it), ``netguard.py``, ``integrity.py`` (rows img2dataset dropped, the
-success-rate floor), ``failures.py`` (reasons, the failures file, retry reconciliation), ``report.py``,
-``hub_metadata.py`` (the metadata's source; ``core/metadata_checks.py`` checks it).
+``runner.py`` (img2dataset inside it), ``netguard.py`` (with ``core/fetch_clock.py``, the per-url deadline),
+``integrity.py`` (rows img2dataset dropped, the success-rate floor), ``failures.py`` (reasons, the
+failures file, retry reconciliation), ``report.py``, ``hub_metadata.py`` (the metadata's source;
+``core/metadata_checks.py`` checks it).
 """
 
 from __future__ import annotations

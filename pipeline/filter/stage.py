@@ -2,7 +2,8 @@
 
 ``poolsieve filter --spec SPEC`` writes ``subsets/{name}.npy`` (DataComp's format: sorted unique
 ``np.dtype("u8,u8")``) and ``subsets/{name}.json`` (the spec, its inputs, the pool's fingerprint, the
-count after every step, the time). SPEC is a YAML file or inline mapping of subset names to specs,
+count after every step, the fastText model of any caption language it used (``language_record.py``),
+the time). SPEC is a YAML file or inline mapping of subset names to specs,
 ``NAME = EXPRESSION`` or an expression (named by ``--name`` or after itself); without ``--spec``
 the config's ``filter.subsets`` mapping is made. Examples::
 
@@ -32,6 +33,7 @@ import argparse
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +41,7 @@ from typing import Any
 
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import read_uidset
+from poolsieve.core.names import check_name
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
@@ -49,6 +52,7 @@ from poolsieve.filters.algebra import Evaluator, is_filter
 from poolsieve.filters.pool_tables import pool_fingerprint, score_table_files
 from poolsieve.filters.registry import ScoredPool, describe_filters, filter_parameters
 from poolsieve.filters.spec import parse_cli_spec, parse_spec, render
+from poolsieve.pipeline.filter.language_record import LanguageRecords
 
 RAY_ABOVE_MB = 500.0
 
@@ -115,6 +119,8 @@ def filter_runtime(runtime: Runtime, tables: list[Path], embeddings: bool, ray_a
 
 def with_cli_specs(cfg: FilterConfig) -> FilterConfig:
     """``cfg`` with its ``spec`` strings parsed into ``subsets`` (and ``only`` set to them)."""
+    if cfg.name is not None:
+        check_name(cfg.name, "subset name")  # before it is echoed or parsed
     if not cfg.spec:
         if cfg.name:
             raise ConfigError("--name names the subset of a --spec; pass --spec too")
@@ -127,25 +133,29 @@ def with_cli_specs(cfg: FilterConfig) -> FilterConfig:
     return replace(cfg, subsets={**cfg.subsets, **given}, only=list(given), spec=None, name=None)
 
 
-def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite: bool = False) -> dict[str, Any]:
-    """Make every subset of ``cfg`` (or ``cfg.only``); return ``{name: {count, status, seconds, ...}}``.
-
-    Each target's name is locked for the run: a second filter making the same name fails in one line.
-    """
+def plan_subsets(ws: Workspace, cfg: FilterConfig) -> tuple[FilterConfig, list[str], list[Path], dict[str, Any]]:
+    """(``cfg`` with its ``--spec`` strings parsed, the subsets to make, the score tables, every spec parsed)."""
     cfg = with_cli_specs(cfg)
     if not cfg.subsets:
         raise ConfigError("nothing to make: pass --spec or set 'filter: {subsets: {NAME: SPEC}}' in the config")
+    for name in [*cfg.subsets, *(cfg.only or [])]:  # file names in subsets/: the one name rule, before anything
+        check_name(name, "subset name")
     targets = list(cfg.only or cfg.subsets)
     unknown = [t for t in targets if t not in cfg.subsets]
     if unknown:
         raise ConfigError(f"no spec for subset(s) {', '.join(unknown)}")
     tables = score_table_files(ws, cfg.tables)
-    fingerprint = pool_fingerprint(tables)
     parsed = {name: parse_spec(spec, name) for name, spec in cfg.subsets.items()}
-    for name in parsed:
-        if not name or "/" in name or name.startswith("."):
-            raise ConfigError(f"bad subset name {name!r}")
+    return cfg, targets, tables, parsed
 
+
+def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite: bool = False) -> dict[str, Any]:
+    """Make every subset of ``cfg`` (or ``cfg.only``); return ``{name: {count, status, seconds, ...}}``.
+
+    Each target's name is locked for the run: a second filter making the same name fails in one line.
+    """
+    cfg, targets, tables, parsed = plan_subsets(ws, cfg)
+    fingerprint = pool_fingerprint(tables)
     with contextlib.ExitStack() as locks:
         for name in sorted(targets):
             locks.enter_context(ws.lock(f"subsets/{name}"))
@@ -154,31 +164,20 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite:
 
 def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bool, targets: list[str],
                   tables: list[Path], fingerprint: str, parsed: dict[str, Any]) -> dict[str, Any]:
-    embeddings = any(reads_embeddings(spec) for spec in parsed.values())
-    pool = ScoredPool(tables, filter_runtime(runtime, tables, embeddings, cfg.ray_above_mb))
     made: set[str] = set()
-    checked: dict[tuple[int, int, int], None] = {}
-
-    def saved_subset_file(name: str) -> Path:
-        """``subsets/NAME.npy`` as an input; refused in one line if its record does not describe it."""
-        path = ws.subset_path(name)
-        if path.exists():
-            st = path.stat()
-            if (st.st_ino, st.st_size, st.st_mtime_ns) not in checked:
-                check_subset_record(path)
-                checked[(st.st_ino, st.st_size, st.st_mtime_ns)] = None
-        return path
 
     def up_to_date(name: str) -> bool:
         saved = _saved_record(ws, name)
         return (saved is not None and not (overwrite and name in targets and name not in made)
                 and saved.get("spec") == evaluator.resolve(parsed[name], within=name)
-                and saved.get("pool", {}).get("fingerprint") == fingerprint)
+                and saved.get("pool", {}).get("fingerprint") == fingerprint and languages.matches(saved, name))
 
     def load_defined(name: str) -> UidSet | None:
         return read_uidset(ws.subset_path(name)) if up_to_date(name) else None
 
-    evaluator = Evaluator(pool, parsed, subset_file=saved_subset_file, load_defined=load_defined)
+    evaluator = spec_evaluator(ws, cfg, tables, parsed, runtime, load_defined)
+    pool = evaluator.pool
+    languages = LanguageRecords(tables, parsed, evaluator.resolve)  # which fastText model each subset's language is
     results: dict[str, Any] = {}
     for name in targets:
         resolved = evaluator.resolve(parsed[name], within=name)
@@ -188,7 +187,8 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
                 results[name] = {"status": "skipped (up to date)", "count": saved.get("count"), "seconds": 0.0,
                                  "path": str(ws.subset_path(name))}
                 continue
-            why = ("another pool" if saved.get("spec") == resolved else f"another spec ({saved.get('expression')})")
+            why = (f"another spec ({saved.get('expression')})" if saved.get("spec") != resolved else
+                   "another language model" if saved.get("pool", {}).get("fingerprint") == fingerprint else "another pool")
             raise ConfigError(f"{ws.subset_path(name)}: subset '{name}' exists, made from {why}; "
                               "pass --overwrite to replace it or choose another name")
         status = "remade (was incomplete)" if _incomplete(ws, name) else "made"
@@ -209,6 +209,7 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
             "inputs": [dict(i, path=ws.rel(i["path"])) if "path" in i else i  # relative: the workspace can move
                        for i in evaluator.inputs[first_input:]],
             "steps": evaluator.steps[first_step:],
+            "language_model": languages.of(name),
             "seconds": round(seconds, 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -217,6 +218,35 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
         results[name] = {"status": status, "count": len(uids), "members": members, "seconds": round(seconds, 3),
                          "expression": record["expression"], "path": str(ws.subset_path(name))}
     return results
+
+
+def spec_evaluator(ws: Workspace, cfg: FilterConfig, tables: list[Path], parsed: dict[str, Any], runtime: Runtime,
+                   load_defined: Callable[[str], UidSet | None] | None = None) -> Any:
+    """The ``Evaluator`` the subsets are made with: the pool's tables on the runtime the filters run on;
+    saved subsets read only when their record describes them."""
+    embeddings = any(reads_embeddings(spec) for spec in parsed.values())
+    pool = ScoredPool(tables, filter_runtime(runtime, tables, embeddings, cfg.ray_above_mb))
+    checked: dict[tuple[int, int, int], None] = {}
+
+    def saved_subset_file(name: str) -> Path:
+        """``subsets/NAME.npy`` as an input; refused in one line if its record does not describe it."""
+        path = ws.subset_path(name)
+        if path.exists():
+            st = path.stat()
+            if (st.st_ino, st.st_size, st.st_mtime_ns) not in checked:
+                check_subset_record(path)
+                checked[(st.st_ino, st.st_size, st.st_mtime_ns)] = None
+        return path
+
+    return Evaluator(pool, parsed, subset_file=saved_subset_file, load_defined=load_defined)
+
+
+def evaluate_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime) -> dict[str, UidSet]:
+    """The subsets ``run_filter`` would make from ``cfg``, as uid sets in memory: the same specs, tables and
+    evaluator, nothing written or locked (every subset defined in ``cfg`` is evaluated afresh)."""
+    cfg, targets, tables, parsed = plan_subsets(ws, cfg)
+    evaluator = spec_evaluator(ws, cfg, tables, parsed, runtime)
+    return {name: evaluator.evaluate_defined(name) for name in targets}
 
 
 EXAMPLES = """examples:

@@ -2,23 +2,32 @@
 
 Every chart has the same frame: a title, a plot area (``rect.plot-area``) with ticks and tick labels on
 both axes, an axis title under the x axis and beside the y axis, and the legend in a column to the right
-of the plot area, never over the data. Names and numbers are escaped; nothing is fetched.
+of the plot area, never over the data. Histograms of many subsets become small multiples: one small
+panel per subset over the pool's outline, sharing their axes and one legend above them. A subset's
+colour comes from its name alone, so it stays the same when subsets are added. Names and numbers are
+escaped; nothing is fetched.
 """
 
 from __future__ import annotations
 
-import html
+import colorsys
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from poolsieve.core.shown_text import for_html
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948", "#9c755f", "#ff9da7",
            "#bab0ac")
 WIDTH, HEIGHT = 880, 300
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 210, 30, 48  # the right margin holds the legend
 LEGEND_CHARS, LEGEND_ROW = 25, 18
+PANEL_WIDTH, PANEL_HEIGHT, PANEL_MARGINS = 272, 176, (52, 10, 30, 40)  # a small multiple (left, right, top, bottom)
+PANEL_TITLE_CHARS = 22
+MIN_HUE_GAP = 40  # subsets drawn over one another need colours this far apart (degrees of hue)
 
 
 def height_for(legend_rows: int) -> int:
@@ -64,28 +73,29 @@ def _along(v: float, ticks: list[float], start: float, end: float) -> float:
 
 @dataclass
 class Frame:
-    """The x and y ranges of a chart and where its plot area lies."""
+    """The x and y ranges of a chart and where its plot area lies (``margins``: left, right, top, bottom)."""
 
     x_ticks: list[float]
     y_ticks: list[float]
     width: int = WIDTH
     height: int = HEIGHT
+    margins: tuple[int, int, int, int] = (MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM)
 
     @property
     def left(self) -> float:
-        return MARGIN_LEFT
+        return self.margins[0]
 
     @property
     def right(self) -> float:
-        return self.width - MARGIN_RIGHT
+        return self.width - self.margins[1]
 
     @property
     def top(self) -> float:
-        return MARGIN_TOP
+        return self.margins[2]
 
     @property
     def bottom(self) -> float:
-        return self.height - MARGIN_BOTTOM
+        return self.height - self.margins[3]
 
     def x(self, v: float) -> float:
         return _along(v, self.x_ticks, self.left, self.right)
@@ -95,15 +105,17 @@ class Frame:
 
 
 def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    return for_html(text)
 
 
-def _frame_svg(frame: Frame, title: str, x_title: str, y_title: str) -> list[str]:
-    """The chart's title, plot area, grid lines, ticks with labels and the two axis titles."""
+def _frame_svg(frame: Frame, title: str, x_title: str, y_title: str, shown_title: str = "",
+               extra_class: str = "") -> list[str]:
+    """The chart's title (``shown_title`` in place of a long one; ``title`` is its label), plot area, grid
+    lines, ticks with labels and the two axis titles."""
     f = frame
-    out = [f'<svg class="chart" viewBox="0 0 {f.width} {f.height}" width="{f.width}" height="{f.height}" '
+    out = [f'<svg class="chart{extra_class}" viewBox="0 0 {f.width} {f.height}" width="{f.width}" height="{f.height}" '
            f'role="img" aria-label="{_esc(title)}" xmlns="http://www.w3.org/2000/svg">',
-           f'<text class="chart-title" x="{f.left}" y="18">{_esc(title)}</text>',
+           f'<text class="chart-title" x="{f.left}" y="18">{_esc(shown_title or title)}</text>',
            f'<rect class="plot-area" x="{f.left}" y="{f.top}" width="{f.right - f.left}" '
            f'height="{f.bottom - f.top}"/>']
     x_step = f.x_ticks[1] - f.x_ticks[0] if len(f.x_ticks) > 1 else 1.0
@@ -174,26 +186,15 @@ def histogram_svg(title: str, edges: np.ndarray, pool: np.ndarray, subsets: Sequ
                   height=height_for(1 + len(subsets) + len(thresholds)))
     out = _frame_svg(frame, title, x_title, y_title)  # the ticks' range covers the bins and the heights
     out.append('<g class="data">')
-
-    def steps(counts: np.ndarray) -> list[tuple[float, float]]:
-        pts = [(frame.x(float(edges[0])), frame.y(0.0))]
-        for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True):
-            pts += [(frame.x(float(lo)), frame.y(float(c))), (frame.x(float(hi)), frame.y(float(c)))]
-        pts.append((frame.x(float(edges[-1])), frame.y(0.0)))
-        return pts
-
-    def points(pts: list[tuple[float, float]]) -> str:
-        return " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
-
-    out.append(f'<polygon class="pool" fill="#9aa5b1" opacity="0.45" points="{points(steps(pool))}"/>')
+    out.append(f'<polygon class="pool" fill="#9aa5b1" opacity="0.45" points="{_steps(frame, edges, pool)}"/>')
     legend = [LegendEntry("pool", "#9aa5b1", "area")]
-    for i, s in enumerate(subsets):
-        colour = PALETTE[i % len(PALETTE)]
-        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.8" points="{points(steps(s.values))}"/>')
+    for s in subsets:
+        colour = subset_colour(s.name)
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.8" points="{_steps(frame, edges, s.values)}"/>')
         legend.append(LegendEntry(s.name, colour))
     names = [s.name for s in subsets]
     for label, value in thresholds:
-        colour = PALETTE[names.index(label) % len(PALETTE)] if label in names else "#333"
+        colour = subset_colour(label) if label in names else "#333"
         px = frame.x(value)
         out.append(f'<line class="threshold" x1="{px:.1f}" y1="{frame.top}" x2="{px:.1f}" y2="{frame.bottom}" '
                    f'stroke="{colour}" stroke-width="1.5" stroke-dasharray="5 3"/>')
@@ -202,6 +203,67 @@ def histogram_svg(title: str, edges: np.ndarray, pool: np.ndarray, subsets: Sequ
     out.append(_legend_svg(frame, legend))
     out.append("</svg>")
     return "".join(out)
+
+
+def subset_colour(name: str) -> str:
+    """The colour of a subset, fixed by its name alone (a hue from the name's crc32): the same in every
+    chart and every render, whatever subsets are added beside it."""
+    r, g, b = colorsys.hls_to_rgb(subset_hue(name) / 360, 0.42, 0.62)
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+
+
+def subset_hue(name: str) -> int:
+    return zlib.crc32(name.encode("utf-8", "replace")) % 360
+
+
+def distinct_hues(names: Sequence[str], degrees: int = MIN_HUE_GAP) -> bool:
+    """Whether every two of ``names`` have colours at least ``degrees`` apart on the colour wheel."""
+    hues = sorted(subset_hue(n) for n in names)
+    gaps = [b - a for a, b in zip(hues, hues[1:], strict=False)] + ([360 - hues[-1] + hues[0]] if len(hues) > 1 else [])
+    return all(g >= degrees for g in gaps)
+
+
+def _steps(frame: Frame, edges: np.ndarray, counts: np.ndarray) -> str:
+    """A histogram's outline as polygon points, from the baseline up each bin and back down."""
+    pts = [(frame.x(float(edges[0])), frame.y(0.0))]
+    for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True):
+        pts += [(frame.x(float(lo)), frame.y(float(c))), (frame.x(float(hi)), frame.y(float(c)))]
+    pts.append((frame.x(float(edges[-1])), frame.y(0.0)))
+    return " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
+
+
+def histogram_panel_svg(name: str, detail: str, edges: np.ndarray, pool: np.ndarray, subset: np.ndarray,
+                        thresholds: Sequence[float], x_title: str, y_title: str, y_top: float) -> str:
+    """One small multiple: the pool's outline in grey, the subset's part filled in its colour, its own
+    thresholds dashed; every panel of a figure shares the x range and ``y_top``."""
+    frame = Frame(nice_ticks(float(edges[0]), float(edges[-1]), 4), nice_ticks(0.0, y_top or 1.0, 3),
+                  PANEL_WIDTH, PANEL_HEIGHT, PANEL_MARGINS)
+    shown = name if len(name) <= PANEL_TITLE_CHARS else name[:PANEL_TITLE_CHARS - 1] + "…"
+    out = _frame_svg(frame, f"{name}: {detail}", x_title, y_title, f"{shown} · {detail}", " panel")
+    colour = subset_colour(name)
+    out.append(f'<g class="data"><polygon class="subset" fill="{colour}" fill-opacity="0.55" stroke="{colour}" '
+               f'stroke-width="1" points="{_steps(frame, edges, subset)}"/>'
+               f'<polygon class="pool" fill="none" stroke="#6e7781" stroke-width="1" points="{_steps(frame, edges, pool)}"/>')
+    for value in thresholds:
+        px = frame.x(value)
+        out.append(f'<line class="threshold" x1="{px:.1f}" y1="{frame.top}" x2="{px:.1f}" y2="{frame.bottom}" '
+                   f'stroke="{colour}" stroke-width="1.5" stroke-dasharray="4 3"/>')
+    out.append("</g></svg>")
+    return "".join(out)
+
+
+def small_multiples_html(title: str, edges: np.ndarray, pool: np.ndarray, subsets: Sequence[Series],
+                         details: dict[str, str], thresholds: Sequence[tuple[str, float]], x_title: str,
+                         y_title: str) -> str:
+    """A figure of one small histogram per subset over the pool's outline, with one legend for all."""
+    top = float(pool.max()) if len(pool) else 1.0
+    panels = [histogram_panel_svg(s.name, details.get(s.name, ""), edges, pool, s.values,
+                                  [v for n, v in thresholds if n == s.name], x_title, y_title, top) for s in subsets]
+    legend = ('<span class="swatch pool"></span>pool (all panels share its outline and scale)'
+              '<span class="swatch subset"></span>the subset\'s part, in its colour'
+              '<span class="swatch threshold"></span>its threshold')
+    return (f'<figure class="multiples" aria-label="{_esc(title)}"><figcaption>{_esc(title)}</figcaption>'
+            f'<div class="multiples-legend">{legend}</div><div class="panels">{"".join(panels)}</div></figure>')
 
 
 def scatter_svg(title: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_title: str, y_title: str) -> str:

@@ -8,12 +8,12 @@ Each row is a bar as a share of the first stage that has a count.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from poolsieve.core.formats import STATUS_SUCCESS, read_json
+from poolsieve.core.shown_text import for_html
 from poolsieve.core.workspace import Workspace
 
 
@@ -101,8 +101,8 @@ def funnel_html(rows: list[Row]) -> str:
         share = (r.count or 0) / base
         count = f"{r.count:,}" if r.count is not None else ""
         shown = f"{share:.1%}" if r.count is not None else ""
-        out.append(f'<tr class="level{r.level}"><td>{html.escape(r.stage)}</td><td class="num">{count}</td>'
+        out.append(f'<tr class="level{r.level}"><td>{for_html(r.stage)}</td><td class="num">{count}</td>'
                    f'<td class="num">{shown}</td><td class="bar-cell"><div class="bar" '
-                   f'style="width:{min(share, 1.0) * 100:.1f}%"></div></td><td class="detail">{html.escape(r.detail)}</td></tr>')
+                   f'style="width:{min(share, 1.0) * 100:.1f}%"></div></td><td class="detail">{for_html(r.detail)}</td></tr>')
     out.append("</tbody></table>")
     return "".join(out)

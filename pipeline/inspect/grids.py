@@ -8,7 +8,6 @@ decoding, shrunk, and embedded as small JPEG data URIs, so the page works from a
 from __future__ import annotations
 
 import base64
-import html
 import io
 import os
 from collections.abc import Sequence
@@ -19,12 +18,13 @@ from typing import Any
 from PIL import Image
 
 from poolsieve.core.errors import InputError
+from poolsieve.core.formats import MAX_IMAGE_BYTES
 from poolsieve.core.shard_reader import IMAGE_EXTENSIONS
+from poolsieve.core.shown_text import ATTRIBUTE_CHARS, for_html
 from poolsieve.core.tar_io import read_index, split_key
 from poolsieve.core.workspace import Workspace
 
 THUMB_SIDE = 112
-MAX_MEMBER_BYTES = 32 << 20
 MAX_PIXELS = 64_000_000
 CAPTION_CHARS = 90
 
@@ -79,7 +79,7 @@ def load_thumbnails(ws: Workspace, wanted: Sequence[tuple[str, str]]) -> dict[tu
         fd = os.open(tar, os.O_RDONLY)
         try:
             for key, m in found.items():
-                if m.size <= MAX_MEMBER_BYTES:
+                if m.size <= MAX_IMAGE_BYTES:
                     uri = thumbnail_uri(os.pread(fd, m.size, m.data_offset))
                     if uri is not None:
                         out[(shard, key)] = uri
@@ -90,22 +90,22 @@ def load_thumbnails(ws: Workspace, wanted: Sequence[tuple[str, str]]) -> dict[tu
 
 def _card_html(card: Card, uri: str | None) -> str:
     caption = card.caption if len(card.caption) <= CAPTION_CHARS else card.caption[:CAPTION_CHARS - 1] + "…"
-    image = (f'<img src="{uri}" alt="{html.escape(card.caption, quote=True)}" loading="eager">' if uri
+    image = (f'<img src="{uri}" alt="{for_html(card.caption, ATTRIBUTE_CHARS)}" loading="eager">' if uri
              else '<div class="no-image">no image</div>')
-    scores = " · ".join(f"{html.escape(name)} {value:.3f}" for name, value in card.scores)
-    lines = [f'<div class="caption" title="{html.escape(card.caption, quote=True)}">{html.escape(caption) or "<i>(empty)</i>"}</div>']
+    scores = " · ".join(f"{for_html(name)} {value:.3f}" for name, value in card.scores)
+    lines = [f'<div class="caption" title="{for_html(card.caption, ATTRIBUTE_CHARS)}">{for_html(caption) or "<i>(empty)</i>"}</div>']
     if scores:
         lines.append(f'<div class="score">{scores}</div>')
     if card.label:
-        lines.append(f'<div class="label">label: {html.escape(card.label)}</div>')
+        lines.append(f'<div class="label">label: {for_html(card.label)}</div>')
     if card.reason:
-        lines.append(f'<div class="reason">{html.escape(card.reason)}</div>')
+        lines.append(f'<div class="reason">{for_html(card.reason)}</div>')
     return f'<figure class="card">{image}<figcaption>{"".join(lines)}</figcaption></figure>'
 
 
 def grid_html(title: str, cards: Sequence[Card], thumbs: dict[tuple[str, str], str], note: str = "") -> str:
     """A titled grid of cards (``note`` under the title); an empty list says so."""
-    head = f'<h4>{html.escape(title)}</h4>' + (f'<p class="note">{html.escape(note)}</p>' if note else "")
+    head = f'<h4>{for_html(title)}</h4>' + (f'<p class="note">{for_html(note)}</p>' if note else "")
     if not cards:
         return head + '<p class="note">none in the sample</p>'
     return head + '<div class="grid">' + "".join(_card_html(c, thumbs.get((c.shard, c.key))) for c in cards) + "</div>"

@@ -12,7 +12,6 @@ written into either file.
 
 from __future__ import annotations
 
-import html
 import json
 from collections import Counter
 from pathlib import Path
@@ -21,8 +20,11 @@ from typing import Any
 import numpy as np
 
 from poolsieve.core.formats import STATUS_SUCCESS, atomic_path
+from poolsieve.core.owned_folders import check_owned
+from poolsieve.core.shown_text import for_html
 from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.inspect import charts
+from poolsieve.pipeline.inspect.evaluation import eval_section
 from poolsieve.pipeline.inspect.funnel import funnel_html, funnel_rows
 from poolsieve.pipeline.inspect.grids import cards_from_rows, grid_html, load_thumbnails
 from poolsieve.pipeline.inspect.reasons import Explainer, score_thresholds, short_column
@@ -32,20 +34,25 @@ from poolsieve.pipeline.inspect.report_data import (
     bin_count,
     dense_window,
     label_text,
+    label_values,
     primary_label,
     sample_pool,
     score_range,
     seeded_rng,
     subset_records,
 )
-from poolsieve.pipeline.inspect.results import eval_table, loss_chart, runs_table
+from poolsieve.pipeline.inspect.results import loss_chart, runs_table
+from poolsieve.pipeline.inspect.user_labels import read_labels
 
 SUMMARY_NAME = "summary.json"
+PAGE_NAME = "index.html"
 GRID_SIZE = 12
 # a close-up histogram when half the pool lies in under this share of the plotted range (a normal
 # distribution: 0.26, so only a narrow peak with long tails gets one)
 ZOOM_BELOW = 0.12
 SCATTER_POINTS = 3000
+MAX_SCATTER_GROUPS = 10  # legend entries of the scatter's colours by label (the rest "(other)")
+MAX_OVERLAID = 3  # more subsets than this (or colours too close) get small multiples instead of one chart
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;margin:0;background:#f6f8fa}
 main{max-width:1180px;margin:0 auto;padding:16px 24px 48px}
@@ -75,6 +82,19 @@ background:#f0f2f4}.card .no-image{line-height:112px;text-align:center;color:#8c
 .card .reason{color:#cf222e}.pair{display:grid;grid-template-columns:1fr 1fr;gap:18px}
 .scroll{overflow-x:auto;max-width:100%}
 details summary{cursor:pointer;margin:10px 0 4px;color:#0969da}
+.tasks td.score{min-width:128px}.tasks .interval{color:#57606a;font-size:11.5px}.tasks .metric{color:#57606a;font-size:11.5px}
+.tasks tr.kind-own td:first-child{font-weight:600}.best-mark{font-size:10.5px;font-weight:600;color:#1a7f37}
+.ci{position:relative;width:120px;height:10px;margin:3px 0 2px auto;background:#eef1f4;border-radius:2px}
+.ci-range{position:absolute;top:2px;height:6px;background:#8fb5dc;border-radius:2px}
+.ci-point{position:absolute;top:0;width:2px;height:10px;margin-left:-1px;background:#0b3d91}
+.ci-chance{position:absolute;top:-2px;height:14px;border-left:1px dashed #cf222e}
+figure.multiples{margin:14px 0}figure.multiples figcaption{font-size:13px;font-weight:600}
+.multiples-legend{font-size:11.5px;color:#57606a;margin:2px 0 4px}.multiples-legend .swatch{display:inline-block;
+width:16px;height:9px;margin:0 5px 0 12px;vertical-align:middle}.multiples-legend .swatch:first-child{margin-left:0}
+.swatch.pool{border:1px solid #6e7781}.swatch.subset{background:linear-gradient(90deg,#4e79a7,#e15759,#59a14f);opacity:.6}
+.swatch.threshold{border-top:2px dashed #57606a;height:0}
+.panels{display:grid;grid-template-columns:repeat(auto-fill,minmax(272px,1fr));gap:4px 8px}
+.panels svg.chart{margin:0}.chip{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:7px}
 @media (max-width:900px){.pair{grid-template-columns:1fr}}
 """
 
@@ -106,8 +126,11 @@ def _histogram(sample: PoolSample, col: str, values: np.ndarray, ok: np.ndarray,
     title = (f"{col}: close-up where {ok.mean():.0%} of the pool lies" if zoom
              else f"{col}: distribution in the pool and in each subset")
     series = [charts.Series(name, share(sample.members[name])) for name in subsets]
-    return charts.histogram_svg(title, edges, share(np.ones(len(values), dtype=bool)), series, marks,
-                                x_title=f"{short_column(col)} (cosine similarity)", y_title="share of pool (%)")
+    pool, x_title = share(np.ones(len(values), dtype=bool)), f"{short_column(col)} (cosine similarity)"
+    if len(subsets) <= MAX_OVERLAID and charts.distinct_hues(subsets):
+        return charts.histogram_svg(title, edges, pool, series, marks, x_title=x_title, y_title="share of pool (%)")
+    kept = {name: f"keeps {sample.members[name].mean():.1%}" for name in subsets}
+    return charts.small_multiples_html(title, edges, pool, series, kept, marks, short_column(col), "% of pool")
 
 
 def _scores_section(sample: PoolSample, records: dict[str, dict[str, Any]]) -> list[str]:
@@ -115,9 +138,6 @@ def _scores_section(sample: PoolSample, records: dict[str, dict[str, Any]]) -> l
     thresholds = score_thresholds(records)
     subsets = [n for n, m in sample.members.items() if 0 < m.sum() < len(m)]  # a subset of everything adds nothing
     out = []
-    if len(subsets) > len(charts.PALETTE):
-        out.append(f'<p class="note">The histograms draw the first {len(charts.PALETTE)} of {len(subsets)} subsets.</p>')
-        subsets = subsets[:len(charts.PALETTE)]
     for col in sample.score_columns:
         values = frame[col].to_numpy(dtype=np.float64)
         ok = np.isfinite(values)
@@ -137,7 +157,7 @@ def _scores_section(sample: PoolSample, records: dict[str, dict[str, Any]]) -> l
         rows = seeded_rng("scatter").permutation(len(frame))[:SCATTER_POINTS]
         label = primary_label(sample)
         if label is not None:
-            groups = frame[label].astype(str).to_numpy()[rows]
+            groups = label_values(sample, label, MAX_SCATTER_GROUPS)[rows]
         elif subsets:
             inside = sample.members[subsets[-1]][rows]
             groups = np.where(inside, f"in {subsets[-1]}", f"not in {subsets[-1]}")
@@ -157,16 +177,17 @@ def _label_table(sample: PoolSample) -> str:
     label = primary_label(sample)
     if label is None or not sample.members:
         return ""
-    values = sample.frame[label].astype(str).to_numpy()
+    values = label_values(sample, label).astype(str)
     names = list(sample.members)
-    out = ['<p class="note">The share of each label\'s pairs that each subset keeps.</p><div class="scroll">'
-           '<table class="results labels"><thead><tr><th>' + html.escape(label) + '</th><th class="num">pairs</th>'
-           + "".join(f'<th class="num">{html.escape(n)}</th>' for n in names) + "</tr></thead><tbody>"]
+    out = [_labels_note(sample), '<p class="note">The share of each label\'s pairs that each subset keeps.</p>'
+           '<div class="scroll">'
+           '<table class="results labels"><thead><tr><th>' + for_html(label) + '</th><th class="num">pairs</th>'
+           + "".join(f'<th class="num">{for_html(n)}</th>' for n in names) + "</tr></thead><tbody>"]
     uniq, counts = np.unique(values, return_counts=True)
     for value, count in sorted(zip(uniq, counts, strict=True), key=lambda vc: -vc[1]):
         rows = values == value
         cells = "".join(f'<td class="num">{sample.members[n][rows].mean():.0%}</td>' for n in names)
-        out.append(f'<tr><td>{html.escape(value)}</td><td class="num">{count:,}</td>{cells}</tr>')
+        out.append(f'<tr><td>{for_html(value)}</td><td class="num">{count:,}</td>{cells}</tr>')
     out.append("</tbody>")
     clean = np.isin(values, list(CLEAN_LABELS))
     if clean.any() and (~clean).any():  # removal figures: the share of defects removed, of removed that were defects
@@ -178,6 +199,17 @@ def _label_table(sample: PoolSample) -> str:
         out.append("</tfoot>")
     out.append("</table></div>")
     return "".join(out)
+
+
+def _labels_note(sample: PoolSample) -> str:
+    """Where the labels come from, when they are the user's own (``inspect --labels FILE``)."""
+    user = sample.user_labels
+    if user is None:
+        return ""
+    labelled = int(sample.frame[user.columns].notna().any(axis=1).sum())
+    return (f'<p class="note">Labels from your file {for_html(user.file)} (column(s) '
+            f'{for_html(", ".join(user.columns))}; {user.rows:,} rows): {labelled:,} of the {len(sample.frame):,} '
+            "sampled pairs are labelled; the table counts the first column.</p>")
 
 
 def _removal_recall(member: np.ndarray, clean: np.ndarray) -> str:
@@ -201,14 +233,16 @@ def _subset_sections(ws: Workspace, sample: PoolSample, records: dict[str, dict[
     rows = np.unique(np.concatenate([np.concatenate([k, d]) for _, k, d in chosen] or [np.zeros(0, dtype=np.int64)]))
     thumbs = load_thumbnails(ws, [(str(frame["shard"].iat[i]), str(frame["key"].iat[i]) if "key" in frame else "")
                                   for i in rows])
-    labels = {int(i): label_text(frame.iloc[int(i)], sample.label_columns) for i in rows}
+    named = sample.user_labels is not None and len(sample.shown_labels) > 1
+    labels = {int(i): label_text(frame.iloc[int(i)], sample.shown_labels, named) for i in rows}
     out = []
     for name, kept, dropped in chosen:
         record = records.get(name) or {}
         member = sample.members[name]
         reasons = dict(zip(dropped.tolist(), Explainer(sample, records, dropped).dropped_reasons(name), strict=True))
-        head = (f'<h3 id="subset-{html.escape(name, quote=True)}">{html.escape(name)}</h3>'
-                f'<p class="note">{html.escape(record.get("expression") or "")} · keeps {member.mean():.1%} of '
+        head = (f'<h3 id="subset-{for_html(name)}"><span class="chip" style="background:{charts.subset_colour(name)}">'
+                f'</span>{for_html(name)}</h3>'
+                f'<p class="note">{for_html(record.get("expression") or "")} · keeps {member.mean():.1%} of '
                 f"the {len(member):,} sampled pool members</p>") + _reason_counts(sample, records, name)
         grids = [grid_html(f"kept ({len(kept)} at random)", cards_from_rows(frame, kept, scores, labels), thumbs),
                  grid_html(f"dropped ({len(dropped)} at random)",
@@ -223,7 +257,7 @@ def _reason_counts(sample: PoolSample, records: dict[str, dict[str, Any]], name:
     if not len(dropped):
         return ""
     counts = Counter(Explainer(sample, records, dropped, generic=True).dropped_reasons(name))
-    rows = "".join(f'<tr><td>{html.escape(reason)}</td><td class="num">{n:,}</td>'
+    rows = "".join(f'<tr><td>{for_html(reason)}</td><td class="num">{n:,}</td>'
                    f'<td class="num">{n / len(dropped):.1%}</td></tr>' for reason, n in counts.most_common(8))
     more = f'<p class="note">and {len(counts) - 8} other combinations</p>' if len(counts) > 8 else ""
     return ('<table class="results reasons"><thead><tr><th>why pairs went</th><th class="num">pairs</th>'
@@ -234,14 +268,19 @@ def _references(ws: Workspace) -> str:
     refs = sorted(ws.references_dir.glob("*.npz")) if ws.references_dir.is_dir() else []
     if not refs:
         return ""
-    items = "".join(f"<li>{html.escape(p.stem)} ({p.stat().st_size / 1e6:.1f} MB)</li>" for p in refs)
+    items = "".join(f"<li>{for_html(p.stem)} ({p.stat().st_size / 1e6:.1f} MB)</li>" for p in refs)
     return f"<h3>Reference sets</h3><ul>{items}</ul>"
 
 
-def write_report(ws: Workspace, summary: dict[str, Any]) -> Path:
-    """Write ``report/index.html`` and ``report/summary.json`` from an ``inspect_workspace`` summary."""
+def write_report(ws: Workspace, summary: dict[str, Any], labels: Path | None = None) -> Path:
+    """Write ``report/index.html`` and ``report/summary.json`` from an ``inspect_workspace`` summary, with
+    the user's ``labels`` file (``inspect --labels``; what it holds goes into ``summary["labels"]``). A
+    ``report/`` already there must be the report folder poolsieve wrote (``core/owned_folders.py``): a
+    symlink, or a folder of other files, is refused in one line before anything is written."""
+    check_owned(ws.report_dir, (SUMMARY_NAME, PAGE_NAME), inside=ws.root, what="report folder")
     root = str(ws.root)
-    portable = _portable({**summary, "workspace": ws.root.name}, root)
+    if labels is not None and "scores" not in summary:  # nothing sampled to label: the file is checked alone
+        summary["labels"] = read_labels(labels, set()).summary()
     subsets = list(summary.get("subsets") or {})
     records = subset_records(ws, subsets)
     nav, body = [], []
@@ -249,13 +288,15 @@ def write_report(ws: Workspace, summary: dict[str, Any]) -> Path:
     def section(anchor: str, title: str, parts: list[str]) -> None:
         parts = [p for p in parts if p]
         if parts:
-            nav.append(f'<a href="#{anchor}">{html.escape(title)}</a>')
-            body.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{"".join(parts)}</section>')
+            nav.append(f'<a href="#{anchor}">{for_html(title)}</a>')
+            body.append(f'<section id="{anchor}"><h2>{for_html(title)}</h2>{"".join(parts)}</section>')
 
     section("funnel", "Funnel", [funnel_html(funnel_rows(ws, summary, records)), _references(ws)])
     if "scores" in summary:
         pool_rows = int(summary["scores"]["status"].get(STATUS_SUCCESS, summary["scores"]["rows"]))
-        sample = sample_pool(ws, subsets, pool_rows)
+        sample = sample_pool(ws, subsets, pool_rows, labels=labels)
+        if sample.user_labels is not None:
+            summary["labels"] = sample.user_labels.summary()
         how = ("every pool member" if sample.is_whole_pool else
                f"{len(sample.frame):,} of {sample.pool_rows:,} pool members from {sample.tables_read} of "
                f"{sample.tables_total} score tables, chosen with a fixed seed")
@@ -268,18 +309,19 @@ def write_report(ws: Workspace, summary: dict[str, Any]) -> Path:
     if runs:
         section("training", "Training", [loss_chart(ws.root, runs), runs_table(runs)])
     if summary.get("evals"):
-        section("evaluation", "Evaluation", [eval_table(ws.root, list(summary["evals"]))])
+        section("evaluation", "Evaluation", [eval_section(ws.root, list(summary["evals"]))])
     ws.report_dir.mkdir(parents=True, exist_ok=True)
+    portable = _portable({**summary, "workspace": ws.root.name}, root)
     with atomic_path(ws.report_dir / SUMMARY_NAME) as tmp:
         tmp.write_text(json.dumps(portable, indent=2, default=str))
     title = f"poolsieve report: {ws.root.name}"
     page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-            f"<header><h1>{html.escape(title)}</h1><nav>{''.join(nav)}"
+            f"<title>{for_html(title)}</title><style>{STYLE}</style></head><body>"
+            f"<header><h1>{for_html(title)}</h1><nav>{''.join(nav)}"
             f'<a href="{SUMMARY_NAME}" id="summary-link">summary (JSON)</a></nav></header>'
             f"<main>{''.join(body)}</main></body></html>")
-    out = ws.report_dir / "index.html"
+    out = ws.report_dir / PAGE_NAME
     with atomic_path(out) as tmp:
         tmp.write_text(page)
     return out

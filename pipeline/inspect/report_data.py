@@ -3,14 +3,16 @@
 ``sample_pool`` reads score tables in a seeded random order until it holds ``max_rows`` pool members
 (the ``success`` rows), so a 12.8M-row pool costs a few tables; a small pool is read whole. Each row
 knows its shard and tar key (for thumbnails), its scores, its membership of every subset, and the
-pool's labels where the workspace has them (``synthetic/labels.parquet`` of the built-in pool, or
-label/defect columns of the metadata). Embeddings are never read.
+pool's labels where there are any: the user's own (``inspect --labels FILE``, see user_labels.py), the
+built-in pool's ``synthetic/labels.parquet``, and metadata columns whose name contains ``label`` or
+``defect``. The user's labels, when given, are the ones the report shows. Embeddings are never read.
 """
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,11 +23,13 @@ from poolsieve.core.errors import InputError
 from poolsieve.core.formats import STATUS_SUCCESS, read_json, read_subset
 from poolsieve.core.uids import UidSet, hex_to_keys
 from poolsieve.core.workspace import Workspace
+from poolsieve.pipeline.inspect.user_labels import UserLabels, read_labels
 
 SEED = 0
 MAX_ROWS = 50_000
 ROW_COLUMNS = ("uid", "key", "text", "original_width", "original_height", "language", "caption_words",
                "caption_length", "status", "error")
+MAX_LABEL_VALUES = 12  # a label's values shown apart; the rest are "(other)"
 
 
 def is_score_column(name: str) -> bool:
@@ -54,15 +58,24 @@ class PoolSample:
     tables_read: int = 0
     tables_total: int = 0
     pool_rows: int = 0  # members in the whole pool (success rows of every table)
+    user_labels: UserLabels | None = None  # inspect --labels FILE: its columns lead label_columns
 
     @property
     def is_whole_pool(self) -> bool:
         return self.tables_read == self.tables_total
 
+    @property
+    def shown_labels(self) -> list[str]:
+        """The label columns cards show: the user's own, else those named like labels or defects."""
+        if self.user_labels is not None:
+            return list(self.user_labels.columns)
+        return [c for c in self.label_columns if is_label_column(c)] or self.label_columns[:1]
 
-def sample_pool(ws: Workspace, subset_names: list[str], pool_rows: int, max_rows: int = MAX_ROWS) -> PoolSample:
+
+def sample_pool(ws: Workspace, subset_names: list[str], pool_rows: int, max_rows: int = MAX_ROWS,
+                labels: Path | None = None) -> PoolSample:
     """Up to ``max_rows`` pool members from score tables taken in a seeded order (``pool_rows``: the
-    members of the whole pool, as inspect counted them)."""
+    members of the whole pool, as inspect counted them), with the user's ``labels`` file joined on uid."""
     tables = ws.score_tables()
     order = seeded_rng("tables").permutation(len(tables))
     frames, kept = [], 0
@@ -83,7 +96,13 @@ def sample_pool(ws: Workspace, subset_names: list[str], pool_rows: int, max_rows
     if len(frame) > max_rows:
         frame = frame.iloc[np.sort(seeded_rng("rows").choice(len(frame), max_rows, replace=False))]
         frame = frame.reset_index(drop=True)
+    user = None
+    if labels is not None:
+        user = read_labels(labels, set(frame["uid"]), reserved={*frame.columns, *ROW_COLUMNS, "shard"})
+        frame = frame.merge(user.frame, on="uid", how="left") if len(frame) else frame.assign(
+            **{c: [] for c in user.columns})
     frame, label_columns = _with_labels(ws, frame)
+    label_columns = [*(user.columns if user else []), *label_columns]
     keys = hex_to_keys(frame["uid"].to_numpy()) if len(frame) else np.zeros(0, dtype="S16")
     members = {}
     for name in subset_names:
@@ -92,7 +111,7 @@ def sample_pool(ws: Workspace, subset_names: list[str], pool_rows: int, max_rows
         except (InputError, OSError, ValueError):
             continue  # inspect reports an unreadable subset; the page just leaves it out
     return PoolSample(frame, score_columns, label_columns, members, tables_read=len(frames), tables_total=len(tables),
-                      pool_rows=pool_rows)
+                      pool_rows=pool_rows, user_labels=user)
 
 
 def _with_labels(ws: Workspace, frame: Any) -> tuple[Any, list[str]]:
@@ -122,25 +141,41 @@ def _with_labels(ws: Workspace, frame: Any) -> tuple[Any, list[str]]:
 CLEAN_LABELS = ("none", "clean")  # label values that mean "no defect"
 
 
-def label_text(row: Any, label_columns: list[str]) -> str:
-    """The row's defect labels as short text (``none``/empty values left out)."""
-    primary = [c for c in label_columns if is_label_column(c)] or label_columns[:1]
+def label_text(row: Any, label_columns: list[str], named: bool = False) -> str:
+    """The row's labels in ``label_columns`` (``PoolSample.shown_labels``) as short text (``none``/empty
+    values left out; ``named``: each as ``column: value``)."""
     parts = []
-    for c in primary:
+    for c in label_columns:
         value = row.get(c)
         if isinstance(value, (list, tuple, np.ndarray)):
             value = ", ".join(str(v) for v in value)
         if value is None or (isinstance(value, float) and np.isnan(value)) or str(value) in ("", *CLEAN_LABELS):
             continue
-        if str(value) not in parts:  # the same label from the metadata and from labels.parquet once
-            parts.append(str(value))
+        text = f"{c}: {value}" if named else str(value)
+        if text not in parts:  # the same label from the metadata and from labels.parquet once
+            parts.append(text)
     return "; ".join(parts)
 
 
 def primary_label(sample: PoolSample) -> str | None:
-    """The label column to colour scatter points by: a defect column if there is one."""
+    """The label column to colour scatter points by and to count per subset: the user's first label
+    column, else a label or defect column if there is one."""
+    if sample.user_labels is not None:
+        return sample.user_labels.columns[0]
     labels = [c for c in sample.label_columns if is_label_column(c)]
     return labels[0] if labels else None
+
+
+def label_values(sample: PoolSample, column: str, most: int = MAX_LABEL_VALUES) -> np.ndarray:
+    """A label column's values as text, a missing one as ``(no label)``, all but the ``most - 1`` most
+    common values as ``(other)`` (a table row or legend entry each)."""
+    values = np.array(["(no label)" if v is None or (isinstance(v, float) and v != v) else str(v)
+                       for v in sample.frame[column]], dtype=object)
+    uniq, counts = np.unique(values.astype(str), return_counts=True)
+    if len(uniq) > most:
+        common = set(uniq[np.argsort(-counts, kind="stable")[:most - 1]])
+        values = np.array([v if v in common else "(other)" for v in values], dtype=object)
+    return values
 
 
 def subset_records(ws: Workspace, names: list[str]) -> dict[str, dict[str, Any]]:

@@ -3,13 +3,15 @@
 Pool metadata (rows, files), downloaded shards (successes, failures by reason), score tables (rows,
 status counts, score columns with quantiles), subsets (size, share of the pool, how each was made),
 training runs and evaluation summaries. ``--json`` prints the same as JSON; ``--html`` also writes
-``report/index.html`` (plots, example grids, funnel, curves; see report.py) and ``report/summary.json``.
+``report/index.html`` (plots, example grids, funnel, curves; see report.py) and ``report/summary.json``;
+``--labels FILE`` attaches the user's own labels of the pool's pairs to them (user_labels.py).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,11 +21,13 @@ import pyarrow.parquet as pq
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import STATUS_SUCCESS
 from poolsieve.core.runtime import Runtime
+from poolsieve.core.shown_text import for_terminal
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import check_subset_record, subset_rows
 from poolsieve.core.workspace import Workspace
 from poolsieve.eval.aggregate import read_eval_folder
 from poolsieve.pipeline.inspect.report import write_report
+from poolsieve.pipeline.inspect.user_labels import read_labels
 
 
 @dataclass
@@ -32,6 +36,8 @@ class InspectConfig:
 
     json: bool = option(False, "print the summary as JSON")
     html: bool = option(False, "also write report/index.html (plots, example grids, funnel) and report/summary.json")
+    labels: str | None = option(None, "your own labels of the pool's pairs for the report: a parquet or CSV file "
+                                      "with a uid column and label columns", metavar="FILE")
 
 
 def inspect_workspace(ws: Workspace) -> dict[str, Any]:
@@ -75,18 +81,28 @@ def inspect_workspace(ws: Workspace) -> dict[str, Any]:
             runs[run.name] = json.loads(summary.read_text()) if summary.exists() else {"status": "not finished (no summary.json)"}
         if runs:
             out["runs"] = runs
-    evals_root = ws.evals_root
-    if evals_root.is_dir():
-        evals = {}
-
-        for ev in sorted(p for p in evals_root.iterdir() if p.is_dir()):
-            lines = list(read_eval_folder(ev).values())  # eval_results.jsonl + other_results.jsonl (own tasks)
-            if lines:
-                evals[ev.name] = {r.get("dataset", r.get("key", "?")): (r.get("metrics") or {}).get("main_metric")
-                                  for r in lines}
-        if evals:
-            out["evals"] = evals
+    evals, problems = _eval_summaries(ws)
+    if evals:
+        out["evals"] = evals
+    if problems:
+        out["eval_problems"] = problems
     return out
+
+
+def _eval_summaries(ws: Workspace) -> tuple[dict[str, Any], dict[str, str]]:
+    """(evaluation -> {task: main metric}, evaluation -> why it cannot be read): every line of its results
+    files checked by their one reader (``eval/aggregate.py``)."""
+    evals_root = ws.evals_root
+    evals, problems = {}, {}
+    for ev in sorted(p for p in evals_root.iterdir() if p.is_dir()) if evals_root.is_dir() else []:
+        try:
+            lines = list(read_eval_folder(ev).values())  # eval_results.jsonl + other_results.jsonl (own tasks)
+        except InputError as e:
+            problems[ev.name] = str(e)
+            continue
+        if lines:
+            evals[ev.name] = {r["dataset"]: r["metrics"].get("main_metric") for r in lines}
+    return evals, problems
 
 
 def _score_summary(ws: Workspace) -> dict[str, Any]:
@@ -116,7 +132,18 @@ def _score_summary(ws: Workspace) -> dict[str, Any]:
     return {"tables": len(tables), "rows": rows, "status": status, "score_columns": quantiles}
 
 
+def _shown(value: Any) -> Any:
+    """``value`` with every string in it (keys too) escaped for the terminal (``core/shown_text.py``): the
+    names and texts of a workspace from someone else never reach the terminal raw."""
+    if isinstance(value, dict):
+        return {_shown(k): _shown(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    return for_terminal(value) if isinstance(value, str) else value
+
+
 def _print(summary: dict[str, Any]) -> None:
+    summary = _shown(summary)
     print(f"== workspace {summary['workspace']}")
     if "metadata" in summary:
         m = summary["metadata"]
@@ -138,9 +165,14 @@ def _print(summary: dict[str, Any]) -> None:
         print(f"  subset     {name}: {sub['uids']:,} uids{share}")
     for name, problem in summary.get("subset_problems", {}).items():
         print(f"  subset     {name}: unreadable: {problem}")
+    for name, problem in summary.get("eval_problems", {}).items():
+        print(f"  eval       {name}: unreadable: {problem}")
     for name, run in summary.get("runs", {}).items():
         seen = run.get("samples_seen")
         print(f"  run        {name}: {run.get('status', 'done')}" + (f", {seen:,} samples seen" if seen else ""))
+    if "labels" in summary:
+        lab = summary["labels"]
+        print(f"  labels     {lab['file']}: {lab['rows']:,} rows, column(s) {', '.join(lab['columns'])}")
     for name, tasks in summary.get("evals", {}).items():
         body = ", ".join(f"{t}={v:.3f}" if isinstance(v, float) else f"{t}={v}" for t, v in tasks.items())
         print(f"  eval       {name}: {body}")
@@ -150,23 +182,27 @@ def run(ws: Workspace, cfg: InspectConfig, runtime: Runtime | None = None, *, ov
     """The workspace summary (``inspect_workspace``), the HTML report written when ``cfg.html``; how to show it
     rides along under ``show`` (``"json"`` or ``"text"``)."""
     summary = inspect_workspace(ws)
+    labels = Path(cfg.labels).expanduser() if cfg.labels else None
     if cfg.html:
-        summary["report"] = str(write_report(ws, summary))
+        summary["report"] = str(write_report(ws, summary, labels=labels))
+    elif labels is not None:  # no report to show them in: the file is still checked, and counted
+        summary["labels"] = read_labels(labels, set()).summary()
     return {**summary, "show": "json" if cfg.json else "text"}
 
 
 def report(result: dict[str, Any]) -> None:
-    """Print the summary (text or JSON); an unreadable subset then fails the command (everything else was shown)."""
+    """Print the summary (text or JSON); an unreadable subset or evaluation then fails the command (everything
+    else was shown)."""
     summary = {k: v for k, v in result.items() if k != "show"}
     if result.get("show") == "json":
         print(json.dumps(summary, indent=2, default=str))
     else:
         _print(summary)
     if "report" in summary:
-        print(f"report: {summary['report']}")
-    problems = list(summary.get("subset_problems", {}).values())
+        print(f"report: {for_terminal(summary['report'])}")
+    problems = [*summary.get("subset_problems", {}).values(), *summary.get("eval_problems", {}).values()]
     if problems:  # everything else is shown; the exit status says something is wrong
-        more = f" ({len(problems) - 1} more unreadable subset(s))" if len(problems) > 1 else ""
+        more = f" ({len(problems) - 1} more unreadable subset(s) or evaluation(s))" if len(problems) > 1 else ""
         raise InputError(None, problems[0] + more)
 
 

@@ -33,11 +33,12 @@ from poolsieve.core.formats import (
     score_table_schema,
     write_embeddings,
 )
-from poolsieve.core.language import count_chars, count_words, detect_languages
+from poolsieve.core.language import count_chars, count_words, detect_languages, lid_model_record
 from poolsieve.core.metadata_checks import scan_metadata
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.uids import uids_to_pairs
 from poolsieve.core.workspace import Workspace, shard_stats_path
+from poolsieve.pipeline.score.write import with_language_model
 
 DATACOMP_KEYS = ("b32", "l14")
 
@@ -116,8 +117,11 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
     out_npz, out_parquet = out_dir / f"{parquet.stem}.npz", out_dir / f"{parquet.stem}.parquet"
     write_embeddings(out_npz, {k: v[keep] for k, v in arrays.items()})
     schema = score_table_schema((k for k in DATACOMP_KEYS if score_column(k) in table), float64_keys=wide)
+    arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+    if language:
+        arrow = with_language_model(arrow, lid_model_record())
     with atomic_path(out_parquet) as tmp:
-        pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False), tmp)
+        pq.write_table(arrow, tmp)
     return {"rows_in": int(len(keep)), "rows_out": int(keep.sum())}
 
 

@@ -1,261 +1,41 @@
-"""Batches and encoders for the score stage: CPU preparation of chunks, and the model side that encodes them.
+"""The device half of scoring: encoders that finish preprocessing, encode and score prepared chunks.
 
-A shard is cut into chunks of ``chunk_size`` samples. ``iter_prepared_chunks`` (a CPU worker) reads the
-tar, decodes every image once, applies the CPU half of each model's own preprocessing (resize, crop,
-RGB: everything before ``ToTensor``) into ``uint8`` arrays, tokenises the captions and computes the
-per-row table columns. ``Encoder`` (one per device) finishes the preprocessing on its device
-(``/255`` and ``Normalize``, bit-identical to open_clip's ``ToTensor`` + ``Normalize``), encodes image
-and caption with every model, L2-normalises, and returns fp16 embeddings plus fp32 cosine scores.
+``Encoder`` (one per device) holds every model of a run. It finishes the preprocessing of a chunk from
+``prepare.py`` on its device (``/255`` and ``Normalize``, bit-identical to open_clip's ``ToTensor`` +
+``Normalize``), encodes image and caption with every model, L2-normalises, and returns fp16 embeddings
+plus fp32 cosine scores. ``EncoderActor`` is the same as a long-lived worker of ``Runtime.actor_pool``.
 
-With ``decode="gpu"`` the CPU worker only reads the tar and sends JPEG bytes; the encoder decodes them
-with torchvision's nvjpeg path and resizes on the device (bicubic with antialias, as open_clip does on
-PIL images; pixels differ from PIL's by rounding, so scores differ in the third decimal).
+With ``decode="gpu"`` the encoder decodes the JPEG bytes the CPU worker sent with torchvision's nvjpeg
+path and resizes on the device (bicubic with antialias, as open_clip does on PIL images; pixels differ
+from PIL's by rounding, so scores differ in the third decimal).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import io
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from poolsieve.core.devices import resolve_device, resolve_precision
-from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import STATUS_DECODE_ERROR, STATUS_SUCCESS, model_key
-from poolsieve.core.language import count_chars, count_words, detect_languages
-from poolsieve.core.models import ModelSpec, load_model, register_model_configs
-from poolsieve.core.shard_reader import TarSample, iter_tar_samples
-
-DECODE_MODES = ("cpu", "gpu")
-GPU_DECODABLE = ("JPEG",)
-
-
-# ------------------------------------------------------------------------------------ models
-@dataclass(frozen=True)
-class ModelEntry:
-    """One model of a score run: its open_clip spec and the key naming its columns."""
-
-    spec: ModelSpec
-    key: str
-
-    @classmethod
-    def parse(cls, value: Any) -> ModelEntry:
-        """``"[KEY=]ARCH[:PRETRAINED_OR_PATH]"`` or ``{arch, pretrained, key}``.
-
-        The key names the columns; by default ``b32``/``l14`` for OpenAI's ViT-B-32/L-14 (DataComp's
-        names), else the sanitised architecture. ``b32=ViT-B-32:/ckpt/openai-b32.pt`` names it explicitly.
-        """
-        key = value.get("key") if isinstance(value, dict) else None
-        if isinstance(value, str) and "=" in value.split(":", 1)[0]:
-            key, value = value.split("=", 1)
-        spec = ModelSpec.parse(value)
-        return cls(spec, str(key) if key else model_key(spec.arch, spec.pretrained))
-
-
-def parse_models(values: Sequence[Any] | str | dict, trust_checkpoint: bool = False) -> list[ModelEntry]:
-    """``trust_checkpoint``: local checkpoints may need full unpickling (``--trust-checkpoint``)."""
-    if isinstance(values, (str, dict)):
-        values = [values]
-    if not values:
-        raise ConfigError("score: no models given (e.g. --model ViT-B-32:openai)")
-    entries = [ModelEntry.parse(v) for v in values]
-    if trust_checkpoint:
-        entries = [replace(e, spec=replace(e.spec, trust_checkpoint=True)) for e in entries]
-    keys = [e.key for e in entries]
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
-    if dupes:
-        raise ConfigError(f"score: two models share the column key {dupes[0]!r}; give one a 'key' of its own")
-    return entries
-
-
-# ----------------------------------------------------------------------------- preprocessing
-@dataclass(frozen=True)
-class ImagePrep:
-    """The CPU half of a model's image preprocessing plus what the device half needs.
-
-    ``pil_transform`` maps a PIL image to the pre-``ToTensor`` PIL image; ``mean``/``std`` are the
-    ``Normalize`` of the device half. When the preprocessing is not of the form ``[..., ToTensor,
-    Normalize]``, ``full_transform`` is the whole thing and runs on the CPU (float32 transfer).
-    ``resize``/``crop``/``interpolation`` describe a plain resize + centre crop for device decoding.
-    """
-
-    pil_transform: Any
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    full_transform: Any = None
-    resize: int | None = None
-    crop: tuple[int, int] | None = None
-    interpolation: str = "bicubic"
-
-    @property
-    def ident(self) -> str:
-        return repr((repr(self.pil_transform), self.mean, self.std, repr(self.full_transform)))
-
-    @property
-    def device_decodable(self) -> bool:
-        return self.full_transform is None and self.resize is not None and self.crop is not None
-
-
-def split_preprocess(preprocess: Any) -> ImagePrep:
-    """Split an open_clip eval transform into its PIL part and its ``Normalize`` constants."""
-    from torchvision import transforms as T
-
-    steps = list(getattr(preprocess, "transforms", []))
-    tensor_at = next((i for i, t in enumerate(steps) if isinstance(t, T.ToTensor)), None)
-    if tensor_at is None or tensor_at != len(steps) - 2 or not isinstance(steps[-1], T.Normalize):
-        return ImagePrep(pil_transform=None, full_transform=preprocess)
-    pil_steps = steps[:tensor_at]
-    norm = steps[-1]
-    resize = crop = None
-    interpolation = "bicubic"
-    kinds = [type(t).__name__ for t in pil_steps]
-    if kinds[:2] == ["Resize", "CenterCrop"] and all(k in ("MaybeConvertMode",) for k in kinds[2:]):
-        size = pil_steps[0].size
-        size = size[0] if isinstance(size, (list, tuple)) and len(size) == 1 else size
-        if isinstance(size, int):
-            resize = size
-            crop = tuple(int(c) for c in pil_steps[1].size)
-            interpolation = pil_steps[0].interpolation.value
-    return ImagePrep(pil_transform=T.Compose(pil_steps), mean=tuple(float(m) for m in norm.mean),
-                     std=tuple(float(s) for s in norm.std), resize=resize, crop=crop, interpolation=interpolation)
-
-
-@functools.lru_cache(maxsize=8)
-def tokenizer_for(arch: str) -> Any:
-    """open_clip's tokenizer for ``arch``, created once per process."""
-    import open_clip
-
-    register_model_configs()
-    return open_clip.get_tokenizer(arch)
-
-
-# --------------------------------------------------------------------------- prepared chunks
-@dataclass
-class ChunkPlan:
-    """What a CPU worker needs to prepare chunks for a set of models (picklable)."""
-
-    preps: list[ImagePrep]           # unique image preprocessings
-    tokenizer_archs: list[str]       # unique tokenizers, by architecture name
-    chunk_size: int = 256
-    decode: str = "cpu"
-    language: bool = True
-
-
-@dataclass
-class PreparedChunk:
-    """Rows ``[start, start + n)`` of one shard: table columns, pixels and tokens of the decoded rows."""
-
-    shard: str
-    index: int
-    start: int
-    columns: dict[str, list[Any]]
-    ok: np.ndarray                                    # rows handed to the encoder
-    pixels: list[np.ndarray | None] = field(default_factory=list)  # per prep: [n_ok, H, W, 3] uint8 (or float)
-    jpeg_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ok-row indices sent as bytes
-    jpeg_bytes: list[bytes] = field(default_factory=list)
-    tokens: dict[str, np.ndarray] = field(default_factory=dict)  # arch -> [n_ok, context] int64
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.ok)
-
-
-def iter_prepared_chunks(tar_path: str | Path, plan: ChunkPlan) -> Iterator[PreparedChunk]:
-    """Read a shard and yield its prepared chunks in tar order (none for an empty shard)."""
-    tar_path = Path(tar_path)
-    shard = tar_path.name.split(".")[0]
-    buf: list[TarSample] = []
-    index = start = 0
-    for sample in iter_tar_samples(tar_path):
-        if sample.uid is None:
-            raise InputError(tar_path, f"sample {sample.key} has no uid in its .json "
-                                       "(download with img2dataset's save_additional_columns=['uid'])")
-        buf.append(sample)
-        if len(buf) >= plan.chunk_size:
-            yield prepare_chunk(buf, plan, shard, index, start)
-            index, start, buf = index + 1, start + len(buf), []
-    if buf:
-        yield prepare_chunk(buf, plan, shard, index, start)
-
-
-def prepare_chunk(samples: Sequence[TarSample], plan: ChunkPlan, shard: str, index: int, start: int) -> PreparedChunk:
-    """Decode, preprocess (CPU half), tokenise and describe ``samples``."""
-    n = len(samples)
-    texts = [s.caption for s in samples]
-    cols: dict[str, list[Any]] = {c: [] for c in ("uid", "key", "text", "original_width", "original_height", "width",
-                                                  "height", "sha256", "status", "error")}
-    ok = np.zeros(n, dtype=bool)
-    per_prep: list[list[np.ndarray]] = [[] for _ in plan.preps]
-    jpeg_rows: list[int] = []
-    jpeg_bytes: list[bytes] = []
-    for i, s in enumerate(samples):
-        width = height = None
-        status, error = STATUS_SUCCESS, None
-        if s.image is None:
-            status, error = STATUS_DECODE_ERROR, "no image in the tar for this sample"
-        else:
-            try:
-                img = Image.open(io.BytesIO(s.image))
-                width, height = img.size
-                if plan.decode == "gpu" and img.format in GPU_DECODABLE and all(p.device_decodable for p in plan.preps):
-                    jpeg_rows.append(int(ok.sum()))
-                    jpeg_bytes.append(s.image)
-                    arrays = [None] * len(plan.preps)
-                else:
-                    img.load()
-                    arrays = [_apply_prep(p, img) for p in plan.preps]
-            except Exception as e:  # noqa: BLE001 - any undecodable image is a recorded row
-                status, error = STATUS_DECODE_ERROR, f"{type(e).__name__}: {e}"
-            else:
-                ok[i] = True
-                for j, a in enumerate(arrays):
-                    if a is not None:
-                        per_prep[j].append(a)
-        meta = s.meta
-        cols["uid"].append(s.uid)
-        cols["key"].append(s.key.rsplit("/", 1)[-1])
-        cols["text"].append(texts[i])
-        cols["original_width"].append(_int_or_none(meta.get("original_width")))
-        cols["original_height"].append(_int_or_none(meta.get("original_height")))
-        cols["width"].append(width if width is not None else _int_or_none(meta.get("width")))
-        cols["height"].append(height if height is not None else _int_or_none(meta.get("height")))
-        cols["sha256"].append(hashlib.sha256(s.image).hexdigest() if s.image is not None else None)
-        cols["status"].append(status)
-        cols["error"].append(error)
-    cols["caption_length"] = count_chars(texts).tolist()
-    cols["caption_words"] = count_words(texts).tolist()
-    if plan.language:
-        codes, conf = detect_languages(texts)
-        cols["language"], cols["language_score"] = codes.tolist(), conf.tolist()
-    else:
-        cols["language"], cols["language_score"] = [None] * n, [float("nan")] * n
-    pixels = [np.stack(arrs) if arrs else None for arrs in per_prep]
-    ok_texts = [t if t is not None else "" for t, good in zip(texts, ok, strict=True) if good]
-    tokens = {arch: tokenizer_for(arch)(ok_texts).numpy() if ok_texts else np.zeros((0, 1), np.int64)
-              for arch in plan.tokenizer_archs}
-    return PreparedChunk(shard, index, start, cols, ok, pixels, np.asarray(jpeg_rows, np.int64), jpeg_bytes, tokens)
-
-
-def _apply_prep(prep: ImagePrep, img: Any) -> np.ndarray:
-    if prep.full_transform is not None:
-        return prep.full_transform(img).numpy()
-    return np.asarray(prep.pil_transform(img), dtype=np.uint8)
-
-
-def _int_or_none(v: Any) -> int | None:
-    try:
-        return None if v is None else int(v)
-    except (TypeError, ValueError):
-        return None
+from poolsieve.core.errors import ConfigError
+from poolsieve.core.formats import STATUS_DECODE_ERROR
+from poolsieve.core.models import load_model
+from poolsieve.pipeline.score.model_entries import ModelEntry
+from poolsieve.pipeline.score.prepare import (
+    DECODE_MODES,
+    ChunkPlan,
+    ImagePrep,
+    PreparedChunk,
+    ShardFailure,
+    split_preprocess,
+)
 
 
 # ---------------------------------------------------------------------------------- encoding
@@ -272,6 +52,7 @@ class EncodedChunk:
     text: dict[str, np.ndarray]
     scores: dict[str, np.ndarray]
     seconds: float = 0.0
+    language_model: dict[str, str] | None = None  # as the prepared chunk says
 
 
 def auto_threads() -> int:
@@ -376,7 +157,7 @@ class Encoder:
             img[~good], txt[~good], sc[~good] = 0, 0, np.nan
             image_out[entry.key], text_out[entry.key], scores[entry.key] = img, txt, sc
         return EncodedChunk(chunk.shard, chunk.index, chunk.start, columns, chunk.ok, image_out, text_out, scores,
-                            time.perf_counter() - t0)
+                            time.perf_counter() - t0, chunk.language_model)
 
     def _dtype(self, model: Any) -> Any:
         return next(model.visual.parameters()).dtype
@@ -446,23 +227,6 @@ class EncoderActor:
         self.setup()
         assert self.encoder is not None
         return self.encoder.encode(chunk)
-
-
-@dataclass(frozen=True)
-class ShardFailure:
-    """What ``read_chunks`` hands over, after the shard's good chunks, when the shard is bad input."""
-
-    tar: str
-    problem: str
-
-
-def read_chunks(tar_path: str | Path, plan: ChunkPlan) -> Iterator[PreparedChunk | ShardFailure]:
-    """``iter_prepared_chunks``, with bad input (a truncated tar, a sample without uid) handed over as a
-    ``ShardFailure`` instead of raised, so that the other shards go on."""
-    try:
-        yield from iter_prepared_chunks(tar_path, plan)
-    except InputError as e:
-        yield ShardFailure(str(tar_path), e.problem)
 
 
 def _probe_rate(model: Any, dtype: Any, batch: int, device: str, prep: ImagePrep) -> float:

@@ -27,7 +27,9 @@ from poolsieve.core.models import check_model_spec
 from poolsieve.core.progress import Progress
 from poolsieve.core.shard_reader import IMAGE_EXTENSIONS, TarSample, iter_tar_samples
 from poolsieve.core.workspace import Workspace
-from poolsieve.pipeline.score.encode import Encoder, parse_models, prepare_chunk
+from poolsieve.pipeline.score.encode import Encoder
+from poolsieve.pipeline.score.model_entries import parse_models
+from poolsieve.pipeline.score.prepare import prepare_chunk
 
 
 def iter_reference_samples(source: str | Path) -> Iterator[tuple[TarSample, str, str]]:
