@@ -60,7 +60,7 @@ def make_pool(root) -> tuple[Workspace, UidSet, float, str]:
     return ws, subset, total, chosen[0]
 
 
-@pytest.mark.slow
+@pytest.mark.subprocess  # the child process measures its own peak memory
 def test_one_subsets_embeddings_from_a_1m_row_pool_peak_under_1_gib(tmp_path):
     ws, subset, total, first = make_pool(tmp_path / "pool")
     run = subprocess.run([sys.executable, "-c", CHILD, str(ws.root)], capture_output=True, text=True, timeout=600)

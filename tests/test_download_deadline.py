@@ -108,7 +108,7 @@ def test_a_good_https_image_is_fetched_whole(guarded, trusted_tls, tmp_path) -> 
         httpd.server_close()
 
 
-@pytest.mark.slow
+@pytest.mark.download
 def test_two_slow_urls_among_40_fail_alone_and_the_shards_are_written(tmp_path: Path) -> None:
     pool = make_served_pool(tmp_path / "ws", n=40, per_file=40)
     uids = list(pool.metadata["uid"])

@@ -11,7 +11,7 @@ import scored_workspace as sw
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "from_python.ipynb"
 
 
-@pytest.mark.slow
+@pytest.mark.subprocess  # nbclient starts a Jupyter kernel
 def test_the_example_notebook_runs_clean(tmp_path_factory, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -197,7 +197,8 @@ def test_the_notice_shows_once_per_command_however_many_workers_raise_it(tmp_pat
     assert err.count(message) == 1 and err.count("another warning") == 1, err
 
 
-@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.ray  # the CLI in a child process, on a local Ray
 def test_a_filter_on_ray_shows_the_notice_once(tmp_path):
     """``poolsieve filter`` as a user runs it, on a local Ray with two workers that each compute languages
     with the bundled model: the notice is one line on the terminal."""

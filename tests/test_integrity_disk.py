@@ -25,6 +25,8 @@ from poolsieve.core.subsets import write_subset_pair
 from poolsieve.core.uids import uids_to_pairs
 from poolsieve.pipeline import cli
 
+pytestmark = pytest.mark.subprocess  # every test mounts a tmpfs (mount and umount are child processes)
+
 STAGES = {  # argv after the workspace; what the stage writes (nothing may be left half-written there)
     "filter": (["filter", "--spec", "made = clip_score(fraction=0.5)"], "subsets"),
     "reshard": (["reshard", "--subset", "x"], "filtered"),
@@ -148,7 +150,7 @@ sys.exit(cli.main(["reshard", "-w", sys.argv[1], "--subset", "x", "--executor", 
 """
 
 
-@pytest.mark.slow
+@pytest.mark.ray  # the CLI in a child process, on a local Ray
 def test_full_disk_inside_a_ray_task_ends_in_one_line(tmp_path):
     """reshard's units run as Ray tasks: the task's OSError (errno and path) reaches the CLI's one line."""
     with tmpfs(tmp_path / "disk") as disk:

@@ -88,7 +88,7 @@ def download_config(processes: int, threads: int) -> DownloadConfig:
                           allow_networks=["127.0.0.1/32"], min_success_rate=0.5)
 
 
-@pytest.mark.slow
+@pytest.mark.download  # and Ray, from ray_runtime
 def test_two_downloads_in_different_orders_give_identical_score_files(tmp_path, ray_runtime):
     root = tmp_path / "pool"
     (root / "synthetic").mkdir(parents=True)

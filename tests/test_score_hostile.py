@@ -148,7 +148,7 @@ def _pool_with_bad_values(root: Path) -> Workspace:
     return ws
 
 
-@pytest.mark.parametrize("runtime", ["local_runtime", pytest.param("ray_runtime", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("runtime", ["local_runtime", pytest.param("ray_runtime", marks=pytest.mark.ray)])
 def test_out_of_range_json_values_become_null_and_every_shard_is_scored(tmp_path, checkpoint, runtime, request):
     ws = _pool_with_bad_values(tmp_path / "ws")
     config = ScoreConfig(models=[f"poolsieve-tiny:{checkpoint}"], chunk_size=4, language=False)
