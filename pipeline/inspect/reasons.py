@@ -96,7 +96,14 @@ def _clip_score(frame: Any, p: dict[str, Any], details: dict[str, Any], generic:
     kept = values >= float(threshold)
     if generic:
         return kept, [f"{short_column(column)} < {float(threshold):.3f}"] * len(frame)
-    return kept, [f"{short_column(column)} {v:.3f} < {float(threshold):.3f}" for v in values]
+    return kept, [f"{short_column(column)} {below(v, float(threshold))}" for v in values]
+
+
+def below(value: float, threshold: float) -> str:
+    """``value < threshold`` with 3 decimals, or as many more as tell the two apart (a score just under the
+    cut would otherwise read ``0.328 < 0.328``)."""
+    digits = next((d for d in range(3, 10) if f"{value:.{d}f}" != f"{threshold:.{d}f}"), 10)
+    return f"{value:.{digits}f} < {threshold:.{digits}f}"
 
 
 EXPLAINERS: dict[str, Callable[[Any, dict[str, Any], dict[str, Any], bool], Why]] = {
