@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
+import threading
 
+import numpy as np
 import pytest
 
+from poolsieve.core import tar_io
 from poolsieve.core.errors import InputError
 from poolsieve.core.tar_io import (
     END_OF_ARCHIVE,
+    copy_range,
     iter_members,
     padding,
     split_key,
     ustar_header,
+    ustar_headers,
     write_buffers,
 )
 
@@ -59,7 +65,7 @@ def test_damaged_archives_raise(tmp_path):
     path.write_bytes(bytes(corrupt))
     with pytest.raises(InputError, match="bad header checksum at byte 0"):
         list(iter_members(path))
-    with pytest.raises(InputError, match="cannot open tar"):
+    with pytest.raises(InputError, match="missing.tar: does not exist"):
         list(iter_members(tmp_path / "missing.tar"))
 
 
@@ -90,3 +96,54 @@ def test_written_tar_reads_back_deterministically(tmp_path):
         assert [(m.name, tf.extractfile(m).read(), m.mtime) for m in tf.getmembers()] == [(n, d, 0) for n, d in items]
     with pytest.raises(ValueError):
         ustar_header("x" * 101, 1)
+
+
+def test_batched_headers_are_the_single_headers():
+    names = ["u-0.jpg", "a" * 100, "", "0123456789abcdef0123456789abcdef-12.json"]
+    sizes = np.array([0, 1, 8**11 - 1, 123_456_789])
+    assert ustar_headers(names, sizes).tobytes() == b"".join(map(ustar_header, names, sizes.tolist()))
+    assert ustar_headers([], np.zeros(0, np.int64)).shape == (0, 512)
+    with pytest.raises(ValueError, match="longer than 100"):
+        ustar_headers(["x" * 101], np.array([1]))
+    with pytest.raises(ValueError, match="out of range"):
+        ustar_headers(["x"], np.array([8**11]))
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_copy_range_appends_the_bytes_and_refuses_a_short_source(tmp_path, monkeypatch, kernel_copy):
+    monkeypatch.setattr(tar_io, "_kernel_copy", kernel_copy)
+    monkeypatch.setattr(tar_io, "READ_BLOCK", 1000)  # several reads per copy without the kernel's help
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    data = os.urandom(10_000)
+    src.write_bytes(data)
+    sfd = os.open(src, os.O_RDONLY)
+    try:
+        with open(dst, "wb", buffering=0) as out:
+            out.write(b"head")
+            copy_range(sfd, out.fileno(), 123, 5000, src)
+            copy_range(sfd, out.fileno(), 0, 0, src)
+            with pytest.raises(InputError, match="shrank while being copied: cannot read bytes 10000-10001"):
+                copy_range(sfd, out.fileno(), 9_000, 1001, src)
+    finally:
+        os.close(sfd)
+    assert dst.read_bytes()[:5004] == b"head" + data[123:5123]
+
+
+def test_a_fifo_named_like_a_shard_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "00002.tar"
+    os.mkfifo(fifo)
+    result: list = []
+
+    def read() -> None:
+        try:
+            list(iter_members(fifo))
+        except InputError as e:
+            result.append(str(e))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # unblock the reader before failing, so the test run is not left hanging
+        os.close(os.open(fifo, os.O_RDWR))
+        pytest.fail("reading a FIFO named like a shard blocked")
+    assert result == [f"{fifo}: is a FIFO, not a regular file; poolsieve reads and writes only regular files here"]
