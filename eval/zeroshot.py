@@ -79,9 +79,12 @@ def evaluate_task(task: Task, model: Any, preprocess: Any, tokenizer: Any, *, de
     """Metrics of ``task`` (with ``main_metric``; ``num_samples`` where known)."""
     import torch
 
+    from poolsieve.core.safe_decoding import install_safe_decoding
+
     from . import special_tasks
     from .hub_datasets import load_wds_dataset, make_dataloader
 
+    install_safe_decoding()  # every webdataset loader below (clip_benchmark's too) decodes without unpickling
     with torch.no_grad():
         if task.task_type == SYNTHETIC:
             from .synthetic_tasks import JpegLabelDataset, make_synthetic_task
