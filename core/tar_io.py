@@ -152,7 +152,7 @@ def index_tar(path: str | Path, capture: Callable[[str], bool] | None = None,
     (with ``digest``) the ``DIGEST`` of every byte of the file.
 
     The file is read sequentially (``READ_BLOCK`` at a time, the kernel told so with
-    ``posix_fadvise``), headers are parsed from memory, and the data of each member whose name
+    ``posix_fadvise`` and asked for the next block while this one is parsed), headers are parsed from memory, and the data of each member whose name
     ``capture`` accepts and whose size is at most ``capture_limit`` is returned, keyed by
     ``data_offset``: one pass at disk speed instead of a seek per header. Header checksums are
     checked together at the end (numpy), and first when a walk fails, so a corrupt header is
@@ -231,6 +231,9 @@ class _ForwardReader:
                     self.hasher.update(view[self.filled:self.filled + got])
                 self.filled += got
         self.read_to = self.start + self.filled
+        if self.read_to < self.size:  # the disk reads the next window while this one is parsed
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self.fd, self.read_to, len(self.buf), os.POSIX_FADV_WILLNEED)
 
     def _hash_through(self, offset: int) -> None:
         """Read and hash the bytes from ``read_to`` up to ``offset`` (a gap the caller skips)."""

@@ -57,7 +57,7 @@ def buffered_shuffle_order(n: int, bufsize: int, seed: int) -> np.ndarray:
 
 
 def copy_numbers_within(uids: np.ndarray, copies: np.ndarray) -> np.ndarray:
-    """First copy number of each sample among earlier samples of the same uid in this array."""
+    """First copy number of each sample among earlier samples of the same uid (or uid's row) in this array."""
     _, inverse = np.unique(uids, return_inverse=True)
     inverse = inverse.ravel()
     order = np.argsort(inverse, kind="stable")
@@ -79,13 +79,12 @@ class OutputPlanner:
     """Feed it scans in pool-shard order; it returns output shards as they fill up."""
 
     def __init__(self, out_dir: Path, sources: list[str], shard_size: int, shuffle_bufsize: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, *, subset_rows: int):
         self.out_dir, self.sources, self.shard_size = out_dir, sources, shard_size
         self.shuffle_bufsize, self.seed = shuffle_bufsize, seed
         self.scans: dict[int, tuple[ShardScan, np.ndarray]] = {}  # scan index -> (scan, its samples' first member)
         self.scans_added = 0
-        self.seen_uids = np.empty(0, SUBSET_DTYPE)  # sorted; copies planned so far per uid
-        self.seen_copies = np.empty(0, np.int64)
+        self.planned = np.zeros(subset_rows, np.int64)  # copies planned so far per uid (at its first subset row)
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # (src, sample, uid, j)
         self.shards_planned = 0
         self.copies_planned = 0
@@ -96,11 +95,12 @@ class OutputPlanner:
         self.scans_added += 1
         if len(scan.uids):
             self.scans[s_idx] = (scan, np.cumsum(scan.member_count) - scan.member_count)
-            uids, copies = scan.uids, scan.copies
-            base = self._earlier_copies(uids, copies) + copy_numbers_within(uids, copies)
-            sample = np.repeat(np.arange(len(uids)), copies)
+            rows, copies = scan.subset_rows, scan.copies
+            base = self.planned[rows] + copy_numbers_within(rows, copies)
+            np.add.at(self.planned, rows, copies)
+            sample = np.repeat(np.arange(len(rows)), copies)
             j = np.arange(len(sample)) - np.repeat(np.cumsum(copies) - copies, copies) + base[sample]
-            self.pending.append((np.full(len(sample), s_idx, np.int64), sample, uids[sample], j))
+            self.pending.append((np.full(len(sample), s_idx, np.int64), sample, scan.uids[sample], j))
         return [] if self.shuffle_bufsize > 1 else self._cut(final=False)
 
     def finish(self) -> list[WriteUnit]:
@@ -110,22 +110,6 @@ class OutputPlanner:
             order = buffered_shuffle_order(len(columns[0]), self.shuffle_bufsize, self.seed)
             self.pending = [tuple(c[order] for c in columns)]
         return self._cut(final=True)
-
-    def _earlier_copies(self, uids: np.ndarray, copies: np.ndarray) -> np.ndarray:
-        """Copies of each uid planned from earlier pool shards; records this shard's copies."""
-        unique, inverse = np.unique(uids, return_inverse=True)
-        inverse = inverse.ravel()
-        totals = np.bincount(inverse, weights=copies, minlength=len(unique)).astype(np.int64)
-        idx = np.searchsorted(self.seen_uids, unique)
-        found = idx < len(self.seen_uids)
-        found[found] = self.seen_uids[idx[found]] == unique[found]
-        earlier = np.zeros(len(unique), np.int64)
-        earlier[found] = self.seen_copies[idx[found]]
-        self.seen_copies[idx[found]] += totals[found]
-        new = ~found
-        self.seen_uids = np.insert(self.seen_uids, idx[new], unique[new])
-        self.seen_copies = np.insert(self.seen_copies, idx[new], totals[new])
-        return earlier[inverse]
 
     def _pending(self) -> tuple[np.ndarray, ...]:
         if not self.pending:

@@ -52,6 +52,7 @@ class ShardScan:
     skipped_kinds: dict[str, int] = field(default_factory=dict)
     uids: np.ndarray = _empty(SUBSET_DTYPE)
     copies: np.ndarray = _empty()
+    subset_rows: np.ndarray = _empty()  # per kept sample: the first row of its uid in the subset file
     member_count: np.ndarray = _empty()
     member_kind: np.ndarray = _empty(np.uint8)
     member_offset: np.ndarray = _empty()
@@ -158,12 +159,13 @@ def scan_shard(unit: ScanUnit) -> ShardScan:
     subset = np.load(unit.subset_path, mmap_mode="r", allow_pickle=False)
     if len(with_uid_arr) == 0 or len(subset) == 0:
         return scan
-    counts = np.searchsorted(subset, pairs, "right") - np.searchsorted(subset, pairs, "left")
+    first = np.searchsorted(subset, pairs, "left")
+    counts = np.searchsorted(subset, pairs, "right") - first
     keep = np.flatnonzero(counts > 0)
     keys = grouped.keys
     order = sorted(keep.tolist(), key=lambda i: keys[with_uid_arr[i]])  # key order (stable: file order on ties)
     kept = with_uid_arr[order]
-    scan.uids, scan.copies = pairs[order], counts[order].astype(np.int64)
+    scan.uids, scan.copies, scan.subset_rows = pairs[order], counts[order].astype(np.int64), first[order]
     starts = np.asarray(grouped.starts, np.int64)
     first, count = starts[kept], starts[kept + 1] - starts[kept]
     rows = np.repeat(first - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))

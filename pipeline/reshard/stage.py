@@ -90,7 +90,7 @@ class _Tally:
     samples: int = 0
     samples_without_uid: int = 0
     skipped_kinds: Counter = field(default_factory=Counter)
-    found: list[np.ndarray] = field(default_factory=list)
+    found_rows: list[np.ndarray] = field(default_factory=list)  # subset rows of the uids found
     digests: list[str] = field(default_factory=list)
     identities: list[tuple[int, ...]] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
@@ -104,7 +104,7 @@ class _Tally:
         self.samples_without_uid += scan.samples_without_uid
         for kind, n in scan.skipped_kinds.items():
             self.skipped_kinds[kind if kind in self.skipped_kinds or len(self.skipped_kinds) < 32 else OTHER_KINDS] += n
-        self.found.append(np.unique(scan.uids))
+        self.found_rows.append(scan.subset_rows)
         self.digests.append(scan.digest)
         self.identities.append(scan.identity)
         if _stats_successes(tar) not in (None, scan.samples):
@@ -187,7 +187,8 @@ def _reshard_locked(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, overwri
     new_plan = not claim_output(out_dir, pool.plan, pool.identity, overwrite)  # else a partial run resumes
     write_json(out_dir / PLAN_NAME, {"plan": pool.plan, "pool_identity": pool.identity})
     snapshot.write_copy(out_dir / SUBSET_COPY_NAME)  # the tasks read this copy, never the subset file
-    planner = OutputPlanner(out_dir, [str(t) for t in pool.tars], cfg.shard_size, cfg.shuffle_bufsize, cfg.seed)
+    planner = OutputPlanner(out_dir, [str(t) for t in pool.tars], cfg.shard_size, cfg.shuffle_bufsize, cfg.seed,
+                            subset_rows=len(subset))
     scan_units = [ScanUnit(str(t), str(out_dir / SUBSET_COPY_NAME)) for t in pool.tars]
     submitted: list[WriteUnit] = []
     tally = _Tally()
@@ -203,17 +204,27 @@ def _reshard_locked(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, overwri
         cache.put(tar.name, identity, digest)
     cache.save()
 
-    found = np.unique(np.concatenate(tally.found)) if tally.found else np.empty(0, SUBSET_DTYPE)
-    unique_subset = np.unique(subset)
-    missing = np.setdiff1d(unique_subset, found)
-    write_subset(out_dir / MISSING_NAME, missing.astype(SUBSET_DTYPE))
-    meta = _meta(ws, subset_path, subset, unique_subset, found, missing, tally, planner, cfg, pool)
+    uids = _uid_counts(subset, tally.found_rows)
+    write_subset(out_dir / MISSING_NAME, uids["missing"])
+    meta = _meta(ws, subset_path, subset, uids, tally, planner, cfg, pool)
     write_json(out_dir / META_NAME, meta)
     seconds = time.monotonic() - started
     written = sum(r["bytes"] for r in results)
     return {**_summary_from_meta(meta, out_dir), "shards_written": len(results),
             "shards_skipped": skipped, "bytes_written": written, "seconds": seconds,
-            "missing_examples": pairs_to_uids(missing[:5])}
+            "missing_examples": pairs_to_uids(uids["missing"][:5])}
+
+
+def _uid_counts(subset: np.ndarray, found_rows: list[np.ndarray]) -> dict[str, Any]:
+    """Unique uids of the (sorted) subset, how many were found in the pool, and the missing ones (linear time:
+    a uid's rows are adjacent, and each scan reports the first row of each uid it found)."""
+    first = np.ones(len(subset), bool)
+    first[1:] = subset[1:] != subset[:-1]
+    found = np.zeros(len(subset), bool)
+    for rows in found_rows:
+        found[rows] = True
+    return {"unique": int(first.sum()), "found": int((first & found).sum()),
+            "missing": np.ascontiguousarray(subset[first & ~found], dtype=SUBSET_DTYPE)}
 
 
 def _check_unchanged(snapshot: SubsetSnapshot, out_dir: Path) -> None:
@@ -276,9 +287,8 @@ def _run_units(runtime: Runtime, scan_units: list[ScanUnit], sizes: list[int], p
     return results, skipped
 
 
-def _meta(ws: Workspace, subset_path: Path, subset: np.ndarray, unique_subset: np.ndarray, found: np.ndarray,
-          missing: np.ndarray, tally: _Tally, planner: OutputPlanner, cfg: ReshardConfig,
-          pool: _Pool) -> dict[str, Any]:
+def _meta(ws: Workspace, subset_path: Path, subset: np.ndarray, uids: dict[str, Any], tally: _Tally,
+          planner: OutputPlanner, cfg: ReshardConfig, pool: _Pool) -> dict[str, Any]:
     return {
         "tool": TOOL,
         "output_shard_count": planner.shards_planned,
@@ -293,9 +303,9 @@ def _meta(ws: Workspace, subset_path: Path, subset: np.ndarray, unique_subset: n
         "input_shards": len(pool.tars),
         "subset_file": ws.rel(subset_path),
         "subset_rows": int(len(subset)),
-        "subset_unique_uids": int(len(unique_subset)),
-        "found_unique_uids": int(len(found)),
-        "missing_unique_uids": int(len(missing)),
+        "subset_unique_uids": uids["unique"],
+        "found_unique_uids": uids["found"],
+        "missing_unique_uids": len(uids["missing"]),
         "samples_without_uid": tally.samples_without_uid,
         "skipped_members": sum(tally.skipped_kinds.values()),
         "skipped_member_kinds": dict(sorted(tally.skipped_kinds.items())),
