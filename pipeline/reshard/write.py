@@ -44,73 +44,74 @@ def _small_spans(unit: WriteUnit, large: np.ndarray) -> tuple[list[int], list[in
     return lo.tolist(), hi.tolist()
 
 
-class _Out:
-    """The output file and the pieces waiting to be written to it with one ``writev``."""
-
-    def __init__(self, fd: int):
-        self.fd, self.pieces, self.pending, self.written = fd, [], 0, 0
-
-    def add(self, piece) -> None:
-        self.pieces.append(piece)
-        self.pending += len(piece)
-
-    def flush(self) -> None:
-        pieces, want = self.pieces, self.pending
-        for lo in range(0, len(pieces), _IOV_MAX):
-            batch = pieces[lo:lo + _IOV_MAX]
-            size = sum(map(len, batch)) if len(pieces) > _IOV_MAX else want
-            done = os.writev(self.fd, batch)
-            if done < size:  # a short write: finish the batch with plain writes
-                rest = memoryview(b"".join(batch))[done:]
-                while rest:
-                    rest = rest[os.write(self.fd, rest):]
-        self.written += want
-        self.pieces, self.pending = [], 0
+def _writev_all(fd: int, pieces: list) -> int:
+    """Write ``pieces`` in order (``writev``, at most ``_IOV_MAX`` at a time); return the byte count."""
+    total = 0
+    for lo in range(0, len(pieces), _IOV_MAX):
+        batch = pieces[lo:lo + _IOV_MAX]
+        size = sum(map(len, batch))
+        done = os.writev(fd, batch)
+        if done < size:  # a short write: finish the batch with plain writes
+            rest = memoryview(b"".join(batch))[done:]
+            while rest:
+                rest = rest[os.write(fd, rest):]
+        total += size
+    return total
 
 
-def _copy_members(out: _Out, unit: WriteUnit, fds: list[int | None]) -> None:
+def _copy_members(out_fd: int, unit: WriteUnit, fds: list[int | None]) -> int:
+    """Write every member of ``unit`` (header, data, padding) to ``out_fd``; return the bytes written."""
     headers = memoryview(ustar_headers(member_names(unit), unit.member_size)).cast("B")
     sizes, offsets = unit.member_size.tolist(), unit.member_offset.tolist()
     large_arr = unit.member_size >= COPY_MIN
     large = large_arr.tolist()
     span_lo, span_hi = _small_spans(unit, large_arr)
-    m = 0
+    pieces: list = []
+    written = pending = m = 0
     for c, (s, count) in enumerate(zip(unit.source.tolist(), unit.member_count.tolist(), strict=True)):
         fd = fds[s]
         if fd is None:
             fd = fds[s] = open_regular_fd(unit.sources[s])
         lo, hi = span_lo[c], span_hi[c]
-        small = memoryview(os.pread(fd, hi - lo, lo)) if hi > lo else None
-        if small is not None and len(small) != hi - lo:
-            raise InputError(unit.sources[s], f"shrank while resharding: cannot read bytes {lo}-{hi}")
+        if hi > lo:
+            small = memoryview(os.pread(fd, hi - lo, lo))
+            if len(small) != hi - lo:
+                raise InputError(unit.sources[s], f"shrank while resharding: cannot read bytes {lo}-{hi}")
         for k in range(m, m + count):
             size = sizes[k]
-            out.add(headers[k * BLOCK:(k + 1) * BLOCK])
-            if large[k]:
-                out.flush()
-                copy_range(fd, out.fd, offsets[k], size, unit.sources[s])
-                out.written += size
+            pieces.append(headers[k * BLOCK:(k + 1) * BLOCK])
+            if large[k]:  # what is waiting goes out first, then the kernel copies the data
+                written += _writev_all(out_fd, pieces) + size
+                pieces = []
+                copy_range(fd, out_fd, offsets[k], size, unit.sources[s])
             else:
                 at = offsets[k] - lo
-                out.add(small[at:at + size])
-            out.add(padding(size))
+                pieces.append(small[at:at + size])
+                pending += size
+            pieces.append(padding(size))
         m += count
-        if out.pending >= FLUSH_BYTES or len(out.pieces) >= _IOV_MAX:
-            out.flush()
+        if pending >= FLUSH_BYTES or len(pieces) >= _IOV_MAX:
+            written += _writev_all(out_fd, pieces)
+            pieces, pending = [], 0
+    pieces.append(END_OF_ARCHIVE)
+    return written + _writev_all(out_fd, pieces)
 
 
 def write_shard(unit: WriteUnit) -> dict[str, int]:
     """Pass 2: copy the unit's samples' raw member bytes into one output tar (a Ray task)."""
     fds: list[int | None] = [None] * len(unit.sources)
     try:
-        with atomic_path(unit.tar_path) as tmp, open(tmp, "wb", buffering=0) as f:
-            out = _Out(f.fileno())
-            _copy_members(out, unit, fds)
-            out.add(END_OF_ARCHIVE)
-            out.flush()
+        with atomic_path(unit.tar_path) as tmp:
+            # The temporary is new and empty: opened without O_TRUNC, since ext4 flushes a file truncated
+            # to zero when it is closed (its auto_da_alloc heuristic), which stalls the task.
+            out_fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                written = _copy_members(out_fd, unit, fds)
+            finally:
+                os.close(out_fd)
     finally:
         for fd in fds:
             if fd is not None:
                 os.close(fd)
-    write_json(unit.stats_path, {"successes": len(unit.uids), "bytes": out.written})
-    return {"samples": len(unit.uids), "bytes": out.written}
+    write_json(unit.stats_path, {"successes": len(unit.uids), "bytes": written})
+    return {"samples": len(unit.uids), "bytes": written}
