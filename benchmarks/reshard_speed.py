@@ -326,9 +326,13 @@ def run_variants(which: set[str], ws: Workspace, tars: list[Path], shards: int, 
         out_dir = ws.root / "variants"
         shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir()
-        planner = OutputPlanner(out_dir, [str(t) for t in tars], 10000,
-                                subset_rows=len(np.load(ws.subset_path("bench"), mmap_mode="r")))
-        units = [u for t in tars for u in planner.add(scan_shard(ScanUnit(str(t), str(ws.subset_path("bench")))))]
+        from poolsieve.core.formats import read_subset
+        from poolsieve.core.uids import pairs_to_keys
+
+        subset = read_subset(ws.subset_path("bench"))
+        np.save(out_dir / "keys.npy", pairs_to_keys(subset))
+        planner = OutputPlanner(out_dir, [str(t) for t in tars], 10000, subset_rows=len(subset))
+        units = [u for t in tars for u in planner.add(scan_shard(ScanUnit(str(t), str(out_dir / "keys.npy"))))]
         units += planner.finish()
         out_bytes = 0
         times = {k: [] for k in WRITERS}

@@ -27,10 +27,12 @@ OUTPUT_STATS_FORMAT = "{:08d}_stats.json"
 SUBSET_COPY_NAME = "sample_ids.npy"
 MISSING_NAME = "missing_uids.npy"
 PLAN_NAME = ".reshard_plan.json"
+KEYS_NAME = ".sample_keys.npy"  # the subset as sorted 16-byte keys, for the scans' lookups (removed at the end)
 META_NAME = "meta.json"
 TOOL = "poolsieve reshard"
 _RECORD_LIMIT = 64 << 20
-_FINAL = r"\d{8}(?:\.tar|_stats\.json)|meta\.json|sample_ids\.npy|missing_uids\.npy|\.reshard_plan\.json"
+_FINAL = (r"\d{8}(?:\.tar|_stats\.json)|meta\.json|sample_ids\.npy|missing_uids\.npy|\.reshard_plan\.json"
+          r"|\.sample_keys\.npy")
 _OUTPUT_RE = re.compile(rf"(?:{_FINAL})|\.(?:{_FINAL})\.[a-z0-9_]{{8}}\.tmp")
 
 

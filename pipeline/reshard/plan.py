@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from poolsieve.core.formats import filtered_shard_name
-from poolsieve.core.uids import SUBSET_DTYPE
+from poolsieve.core.uids import KEY_DTYPE
 from poolsieve.core.workspace import shard_stats_path
 from poolsieve.pipeline.reshard.scan import ShardScan
 
@@ -31,7 +31,7 @@ class WriteUnit:
     stats_path: str
     sources: list[str]  # the pool tars this shard reads from
     source: np.ndarray  # per copy: index into ``sources``
-    uids: np.ndarray  # per copy (SUBSET_DTYPE)
+    uids: np.ndarray  # per copy: the uid's 16-byte key (core.uids)
     copy_number: np.ndarray  # per copy
     member_count: np.ndarray  # per copy
     member_kind: np.ndarray  # per member: index into scan.KINDS
@@ -113,7 +113,7 @@ class OutputPlanner:
 
     def _pending(self) -> tuple[np.ndarray, ...]:
         if not self.pending:
-            return (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, SUBSET_DTYPE), np.empty(0, np.int64))
+            return (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, KEY_DTYPE), np.empty(0, np.int64))
         return tuple(np.concatenate(c) for c in zip(*self.pending, strict=True))
 
     def _cut(self, final: bool) -> list[WriteUnit]:

@@ -21,7 +21,7 @@ import numpy as np
 from poolsieve.core.errors import InputError
 from poolsieve.core.member_kinds import ALLOWED_KINDS
 from poolsieve.core.tar_io import clean_ext, index_tar
-from poolsieve.core.uids import SUBSET_DTYPE, hex_to_keys, is_valid_uid, keys_to_pairs
+from poolsieve.core.uids import KEY_DTYPE, hex_to_keys, is_valid_uid
 
 KINDS = tuple(sorted(ALLOWED_KINDS))  # a member's kind travels as its index in this tuple
 _KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
@@ -37,7 +37,7 @@ def _empty(dtype: type | np.dtype = np.int64):
 @dataclass
 class ScanUnit:
     tar_path: str
-    subset_path: str
+    keys_path: str  # the subset as sorted 16-byte keys (``core.uids``), row for row
 
 
 @dataclass
@@ -50,7 +50,7 @@ class ShardScan:
     samples: int = 0
     samples_without_uid: int = 0
     skipped_kinds: dict[str, int] = field(default_factory=dict)
-    uids: np.ndarray = _empty(SUBSET_DTYPE)
+    uids: np.ndarray = _empty(KEY_DTYPE)  # 16-byte uid keys
     copies: np.ndarray = _empty()
     subset_rows: np.ndarray = _empty()  # per kept sample: the first row of its uid in the subset file
     member_count: np.ndarray = _empty()
@@ -129,13 +129,13 @@ def _uid_candidate(data: bytes | None) -> str | None:
     return uid if isinstance(uid, str) and len(uid) == 32 else None
 
 
-def uid_pairs(candidates: list[str], source: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The valid uids among ``candidates`` as pairs, and the mask of which were valid (one vectorised check)."""
+def uid_keys(candidates: list[str], source: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The valid uids among ``candidates`` as keys, and the mask of which were valid (one vectorised check)."""
     try:
-        return keys_to_pairs(hex_to_keys(candidates, source)), np.ones(len(candidates), bool)
+        return hex_to_keys(candidates, source), np.ones(len(candidates), bool)
     except InputError:  # some uid is not lower-case hex: sort them out one by one
         valid = np.array([is_valid_uid(u) for u in candidates], bool)
-        return keys_to_pairs(hex_to_keys([u for u, ok in zip(candidates, valid, strict=True) if ok], source)), valid
+        return hex_to_keys([u for u, ok in zip(candidates, valid, strict=True) if ok], source), valid
 
 
 def scan_shard(unit: ScanUnit) -> ShardScan:
@@ -153,19 +153,19 @@ def scan_shard(unit: ScanUnit) -> ShardScan:
         if uid is not None:
             with_uid.append(s)
             candidates.append(uid)
-    pairs, valid = uid_pairs(candidates, tar_path)
+    found, valid = uid_keys(candidates, tar_path)
     with_uid_arr = np.asarray(with_uid, np.int64)[valid]
     scan.samples_without_uid = scan.samples - len(with_uid_arr)
-    subset = np.load(unit.subset_path, mmap_mode="r", allow_pickle=False)
+    subset = np.load(unit.keys_path, mmap_mode="r", allow_pickle=False)
     if len(with_uid_arr) == 0 or len(subset) == 0:
         return scan
-    first = np.searchsorted(subset, pairs, "left")
-    counts = np.searchsorted(subset, pairs, "right") - first
+    first = np.searchsorted(subset, found, "left")
+    counts = np.searchsorted(subset, found, "right") - first
     keep = np.flatnonzero(counts > 0)
     keys = grouped.keys
     order = sorted(keep.tolist(), key=lambda i: keys[with_uid_arr[i]])  # key order (stable: file order on ties)
     kept = with_uid_arr[order]
-    scan.uids, scan.copies, scan.subset_rows = pairs[order], counts[order].astype(np.int64), first[order]
+    scan.uids, scan.copies, scan.subset_rows = found[order], counts[order].astype(np.int64), first[order]
     starts = np.asarray(grouped.starts, np.int64)
     first, count = starts[kept], starts[kept + 1] - starts[kept]
     rows = np.repeat(first - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))

@@ -24,6 +24,7 @@ output is up to date by content (``fingerprint.py``); which files a run may remo
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -34,17 +35,18 @@ from typing import Any
 import numpy as np
 
 from poolsieve.core.errors import ConfigError, InputError
-from poolsieve.core.formats import file_sha256, write_json, write_subset
+from poolsieve.core.formats import atomic_path, file_sha256, write_json, write_subset
 from poolsieve.core.names import check_name
 from poolsieve.core.progress import Progress, print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import SubsetSnapshot, read_subset_snapshot
-from poolsieve.core.uids import SUBSET_DTYPE, pairs_to_uids
+from poolsieve.core.uids import SUBSET_DTYPE, pairs_to_keys, pairs_to_uids
 from poolsieve.core.untrusted_files import regular_file_size
 from poolsieve.core.workspace import Workspace, shard_stats_path
 from poolsieve.pipeline.reshard import fingerprint
 from poolsieve.pipeline.reshard.output_dir import (
+    KEYS_NAME,
     META_NAME,
     MISSING_NAME,
     OUTPUT_SHARD_FORMAT,
@@ -186,10 +188,12 @@ def _reshard_locked(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, overwri
     subset_path, subset = snapshot.path, snapshot.pairs
     new_plan = not claim_output(out_dir, pool.plan, pool.identity, overwrite)  # else a partial run resumes
     write_json(out_dir / PLAN_NAME, {"plan": pool.plan, "pool_identity": pool.identity})
-    snapshot.write_copy(out_dir / SUBSET_COPY_NAME)  # the tasks read this copy, never the subset file
+    snapshot.write_copy(out_dir / SUBSET_COPY_NAME)  # what the run reads: this copy, never the subset file
+    with atomic_path(out_dir / KEYS_NAME) as tmp, open(tmp, "wb") as f:
+        np.save(f, pairs_to_keys(subset))  # the same rows as 16-byte keys: the scans search these
     planner = OutputPlanner(out_dir, [str(t) for t in pool.tars], cfg.shard_size, cfg.shuffle_bufsize, cfg.seed,
                             subset_rows=len(subset))
-    scan_units = [ScanUnit(str(t), str(out_dir / SUBSET_COPY_NAME)) for t in pool.tars]
+    scan_units = [ScanUnit(str(t), str(out_dir / KEYS_NAME)) for t in pool.tars]
     submitted: list[WriteUnit] = []
     tally = _Tally()
     try:
@@ -199,6 +203,7 @@ def _reshard_locked(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, overwri
         _roll_back(out_dir, submitted, new_plan)
         raise
     clear_output(out_dir, temp_only=True)  # temporaries of tasks lost with a worker and retried
+    (out_dir / KEYS_NAME).unlink()
     cache = _digest_cache(ws)
     for tar, identity, digest in zip(pool.tars, tally.identities, tally.digests, strict=True):
         cache.put(tar.name, identity, digest)
@@ -249,6 +254,7 @@ def _roll_back(out_dir: Path, units: list[WriteUnit], new_plan: bool) -> None:
         for path in (Path(unit.stats_path), Path(unit.tar_path)):
             path.unlink(missing_ok=True)
     clear_output(out_dir, temp_only=True)
+    (out_dir / KEYS_NAME).unlink(missing_ok=True)
     if new_plan:
         (out_dir / PLAN_NAME).unlink(missing_ok=True)
         (out_dir / SUBSET_COPY_NAME).unlink(missing_ok=True)
@@ -279,7 +285,7 @@ def _run_units(runtime: Runtime, scan_units: list[ScanUnit], sizes: list[int], p
 
     with contextlib.closing(write_units()) as units:
         results = []
-        for _, result in runtime.stream(write_shard, units, max_in_flight=cpus + 1):
+        for _, result in runtime.stream(write_shard, units, max_in_flight=int(os.environ.get("RS_WIF", cpus + 1))):
             results.append(result)
             write_progress.update(1, result["samples"])
     if results:

@@ -16,7 +16,7 @@ import numpy as np
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import atomic_path, write_json
 from poolsieve.core.tar_io import BLOCK, END_OF_ARCHIVE, copy_range, padding, ustar_headers
-from poolsieve.core.uids import pairs_to_uids
+from poolsieve.core.uids import keys_to_hex
 from poolsieve.core.untrusted_files import open_regular_fd
 from poolsieve.pipeline.reshard.plan import WriteUnit
 from poolsieve.pipeline.reshard.scan import KINDS
@@ -28,7 +28,7 @@ _IOV_MAX = 1024
 
 def member_names(unit: WriteUnit) -> list[str]:
     """``{uid}-{j}.{kind}`` of every member of the unit, in order."""
-    keys = [f"{u}-{j}" for u, j in zip(pairs_to_uids(unit.uids), unit.copy_number.tolist(), strict=True)]
+    keys = [f"{u}-{j}" for u, j in zip(keys_to_hex(unit.uids), unit.copy_number.tolist(), strict=True)]
     copy_of_member = np.repeat(np.arange(len(keys)), unit.member_count).tolist()
     return [f"{keys[c]}.{KINDS[k]}" for c, k in zip(copy_of_member, unit.member_kind.tolist(), strict=True)]
 
