@@ -23,11 +23,8 @@ output is up to date by content (``fingerprint.py``); which files a run may remo
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,7 @@ import numpy as np
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import atomic_path, file_sha256, write_json, write_subset
 from poolsieve.core.names import check_name
-from poolsieve.core.progress import Progress, print_summary
+from poolsieve.core.progress import print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import SubsetSnapshot, read_subset_snapshot
@@ -60,8 +57,8 @@ from poolsieve.pipeline.reshard.output_dir import (
     read_record,
 )
 from poolsieve.pipeline.reshard.plan import OutputPlanner, WriteUnit
-from poolsieve.pipeline.reshard.scan import OTHER_KINDS, ScanUnit, ShardScan, scan_shard
-from poolsieve.pipeline.reshard.write import write_shard
+from poolsieve.pipeline.reshard.scan import OTHER_KINDS, ScanUnit, ShardScan
+from poolsieve.pipeline.reshard.schedule import run_units
 
 
 @dataclass
@@ -197,7 +194,8 @@ def _reshard_locked(ws: Workspace, cfg: ReshardConfig, runtime: Runtime, overwri
     submitted: list[WriteUnit] = []
     tally = _Tally()
     try:
-        results, skipped = _run_units(runtime, scan_units, pool.sizes, planner, submitted, tally)
+        results, skipped = run_units(runtime, scan_units, planner, lambda i, scan: tally.add(scan, pool.sizes[i]),
+                                     submitted)
         _check_unchanged(snapshot, out_dir)
     except BaseException:
         _roll_back(out_dir, submitted, new_plan)
@@ -244,10 +242,6 @@ def _check_unchanged(snapshot: SubsetSnapshot, out_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ scheduling
-def _is_whole(unit: WriteUnit) -> bool:
-    return Path(unit.tar_path).exists() and Path(unit.stats_path).exists()
-
-
 def _roll_back(out_dir: Path, units: list[WriteUnit], new_plan: bool) -> None:
     """After a failed run, remove the output shards it wrote, so bad input leaves no final names."""
     for unit in units:
@@ -258,39 +252,6 @@ def _roll_back(out_dir: Path, units: list[WriteUnit], new_plan: bool) -> None:
     if new_plan:
         (out_dir / PLAN_NAME).unlink(missing_ok=True)
         (out_dir / SUBSET_COPY_NAME).unlink(missing_ok=True)
-
-
-def _run_units(runtime: Runtime, scan_units: list[ScanUnit], sizes: list[int], planner: OutputPlanner,
-               submitted: list[WriteUnit], tally: _Tally) -> tuple[list[dict], int]:
-    """Scans and writes overlapped: scans come back in pool-shard order (``Runtime.ordered_map``) and an
-    output shard is written (``Runtime.stream``) as soon as the scans in front of it are in, so the disk
-    is busy while later pool shards are still being scanned. In-process the same, one unit at a time."""
-    cpus = runtime.cpus()
-    scan_progress = Progress("reshard scan", total=len(scan_units), unit="shards")
-    write_progress = Progress("reshard write", total=None, unit="shards")
-    skipped = 0
-
-    def write_units() -> Iterator[WriteUnit]:
-        nonlocal skipped
-        for i, scan in enumerate(runtime.ordered_map(scan_shard, scan_units, max_in_flight=cpus)):
-            tally.add(scan, sizes[i])
-            scan_progress.update(1, scan.samples)
-            units = planner.add(scan) + (planner.finish() if i + 1 == len(scan_units) else [])
-            for unit in units:
-                if _is_whole(unit):
-                    skipped += 1
-                else:
-                    submitted.append(unit)
-                    yield unit
-
-    with contextlib.closing(write_units()) as units:
-        results = []
-        for _, result in runtime.stream(write_shard, units, max_in_flight=int(os.environ.get("RS_WIF", cpus + 1))):
-            results.append(result)
-            write_progress.update(1, result["samples"])
-    if results:
-        write_progress.close()
-    return results, skipped
 
 
 def _meta(ws: Workspace, subset_path: Path, subset: np.ndarray, uids: dict[str, Any], tally: _Tally,
