@@ -151,3 +151,27 @@ def test_a_copy_without_file_times_reruns_nothing(pool, local_runtime, tmp_path)
     with pytest.raises(InputError, match="made from pool shards whose content has changed since"):
         reshard(copy, cfg, local_runtime)
     assert reshard(copy, cfg, local_runtime, overwrite=True)["shards_written"] == 3
+
+
+def test_a_failed_write_stops_the_scans_and_leaves_no_final_names(pool, local_runtime, monkeypatch):
+    """The scans run in a feeder thread beside the writes: a write that fails ends the run at once, the
+    feeder stops, and what the run wrote is rolled back."""
+    from poolsieve.pipeline.reshard import schedule
+
+    ws, _ = pool
+    calls: list[str] = []
+    real = schedule.write_shard
+
+    def failing(unit):
+        calls.append(unit.tar_path)
+        if len(calls) == 2:
+            raise InputError(unit.sources[0], "shrank while resharding: cannot read bytes 0-1")
+        return real(unit)
+
+    monkeypatch.setattr(schedule, "write_shard", failing)
+    threads = threading.active_count()
+    with pytest.raises(InputError, match="shrank while resharding"):
+        reshard(ws, ReshardConfig(subset="all", shard_size=10), local_runtime)
+    assert threading.active_count() == threads  # the feeder thread is gone
+    out_dir = ws.filtered_dir("all")
+    assert sorted(p.name for p in out_dir.iterdir()) == []  # nothing under a final name, no temporaries

@@ -81,7 +81,7 @@ def run_units(runtime: Runtime, scan_units: list[ScanUnit], planner: OutputPlann
         on_scan(i, scan)
         scan_progress.update(1, scan.samples)
 
-    feeder = _Feeder(runtime, scan_units, planner, scanned, ahead=2 * cpus + 2)
+    feeder = _Feeder(runtime, scan_units, planner, scanned, ahead=cpus + 1)  # scanned, not yet written: bounded
 
     def to_write() -> Iterator[WriteUnit]:
         nonlocal skipped
