@@ -22,7 +22,7 @@ import errno
 import functools
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -51,11 +51,6 @@ class Member(NamedTuple):
     header_offset: int
     data_offset: int
     size: int
-
-    @property
-    def end(self) -> int:
-        """Offset just past the member's padded data (where the next header starts)."""
-        return self.data_offset + padded(self.size)
 
 
 class TarIndex(NamedTuple):
@@ -125,11 +120,6 @@ def _pax_path(data: bytes) -> str | None:
             return bytes(value).decode("utf-8", "replace")
         pos += max(length, 1)
     return None
-
-
-def iter_members(path: str | Path) -> Iterator[Member]:
-    """The regular-file members of a tar in file order; raises ``InputError`` if it is damaged."""
-    return iter(read_index(path))
 
 
 def read_index(path: str | Path) -> list[Member]:

@@ -15,8 +15,8 @@ from poolsieve.core.errors import InputError
 from poolsieve.core.tar_io import (
     END_OF_ARCHIVE,
     copy_range,
-    iter_members,
     padding,
+    read_index,
     split_key,
     ustar_header,
     ustar_headers,
@@ -43,7 +43,7 @@ def test_members_match_tarfile(tmp_path, fmt):
     members = [("a.jpg", b"x" * 700), (f"{long_dir}/{'k' * 90}.json", b'{"uid": 1}'), ("empty.txt", b"")]
     path = tmp_path / "t.tar"
     path.write_bytes(_tar_bytes(members, fmt))
-    got = list(iter_members(path))
+    got = list(read_index(path))
     with tarfile.open(path) as tf:
         want = [(m.name, m.offset_data, m.size) for m in tf.getmembers() if m.isreg()]
     assert [(m.name, m.data_offset, m.size) for m in got] == want  # the symlink is not a regular member
@@ -56,17 +56,17 @@ def test_damaged_archives_raise(tmp_path):
     good = _tar_bytes([("a.jpg", b"x" * 1000), ("a.txt", b"cap")], tarfile.USTAR_FORMAT)
     path.write_bytes(good[:700])
     with pytest.raises(InputError, match="truncated tar: the member at byte 0 needs 1000 bytes"):
-        list(iter_members(path))
+        list(read_index(path))
     path.write_bytes(good[:1536 + 100])  # ends inside the second header
     with pytest.raises(InputError, match="truncated tar"):
-        list(iter_members(path))
+        list(read_index(path))
     corrupt = bytearray(good)
     corrupt[10] ^= 0xFF
     path.write_bytes(bytes(corrupt))
     with pytest.raises(InputError, match="bad header checksum at byte 0"):
-        list(iter_members(path))
+        list(read_index(path))
     with pytest.raises(InputError, match="missing.tar: does not exist"):
-        list(iter_members(tmp_path / "missing.tar"))
+        list(read_index(tmp_path / "missing.tar"))
 
 
 def test_split_key_keeps_names_out_of_paths():
@@ -136,7 +136,7 @@ def test_a_fifo_named_like_a_shard_is_refused_without_blocking(tmp_path):
 
     def read() -> None:
         try:
-            list(iter_members(fifo))
+            list(read_index(fifo))
         except InputError as e:
             result.append(str(e))
 
