@@ -14,8 +14,12 @@ input and subset:
   includes interpreter start-up; its own "processed ... in X s" figure (workers only) is shown too
   and the ratio uses the faster of the two.
 
-MB/s is pool bytes / seconds for every column. Three modes: ``cached`` (page cache warm, no flush:
-CPU and memory bound), ``synced`` (each timing ends with ``sync``: written bytes reach the disk) and
+Every poolsieve run's output files are checked byte for byte: against ``--digests FILE`` when it exists
+(written by another revision of poolsieve: this script uses only the stage's API, so it runs on any),
+else against the first run's, which it writes to FILE.
+
+MB/s is pool bytes / seconds for every column; each row shows the load average at its runs' starts.
+Three modes: ``cached`` (page cache warm, no flush: CPU and memory bound), ``synced`` (each timing ends with ``sync``: written bytes reach the disk) and
 ``cold`` (before each timing the pool is evicted from the page cache: ``sync`` then
 ``POSIX_FADV_DONTNEED`` on every pool file, checked with ``mincore``). ``cold`` times poolsieve on Ray
 and in-process (``--executor local``), DataComp, and ``cat`` of the pool tars into one file (the
@@ -26,8 +30,8 @@ ceiling: the same bytes read once, sequentially), and prints poolsieve's speed a
 shards: pass 1's read (every header plus each ``.json``, cold) by tar_io's block reader, by a
 ``pread`` per header (the reader it replaced), by ``tarfile`` (seeking through a 16 MiB buffer, and
 streaming) and by webdataset's ``tar_file_iterator``; pass 2's write of the same output shards by
-tar_io's ``writev`` copy, by ``tarfile.addfile`` and by ``webdataset.TarWriter`` (members checked
-equal). This is the measurement behind keeping the hand-written reader and writer.
+reshard's writer (kernel copies of large members), by ``tarfile.addfile`` and by ``webdataset.TarWriter``
+(members checked equal). This is the measurement behind keeping the hand-written reader and writer.
 
 The pool is deleted afterwards unless ``--keep``.
 
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import io
 import json
 import os
@@ -60,8 +65,7 @@ from poolsieve.core.runtime import Runtime
 from poolsieve.core.tar_io import BLOCK, END_OF_ARCHIVE, padding, read_tar, ustar_header
 from poolsieve.core.uids import uids_to_pairs
 from poolsieve.core.workspace import Workspace
-from poolsieve.pipeline.reshard.plan import OutputPlanner, WriteUnit
-from poolsieve.pipeline.reshard.stage import ReshardConfig, ScanUnit, reshard, scan_shard, write_shard
+from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard  # the stage's API only: any revision runs
 
 BLOCK_READ = 8 << 20
 
@@ -235,19 +239,22 @@ SCANNERS: dict[str, Callable[[Path], int]] = {
     "tarfile r| stream": lambda p: scan_tarfile(p, stream=True), "webdataset": scan_webdataset}
 
 
-def _unit_members(unit: WriteUnit) -> list[tuple[str, bytes]]:
+def _unit_members(unit: Any) -> list[tuple[str, bytes]]:
     """The (name, bytes) pairs an output shard holds, read from the pool tars."""
+    from poolsieve.pipeline.reshard.write import member_names
+
+    names = member_names(unit)
+    source_of_member = np.repeat(unit.source, unit.member_count).tolist()
     out = []
-    for i, key in enumerate(unit.out_keys):
-        with open(unit.sources[int(unit.source[i])], "rb") as f:
-            first, count = int(unit.member_start[i]), int(unit.member_count[i])
-            for m in range(first, first + count):
-                f.seek(int(unit.member_offset[m]))
-                out.append((f"{key}.{unit.member_ext[m]}", f.read(int(unit.member_size[m]))))
+    for name, s, offset, size in zip(names, source_of_member, unit.member_offset.tolist(),
+                                     unit.member_size.tolist(), strict=True):
+        with open(unit.sources[s], "rb") as f:
+            f.seek(offset)
+            out.append((name, f.read(size)))
     return out
 
 
-def write_tarfile(unit: WriteUnit) -> None:
+def write_tarfile(unit: Any) -> None:
     """An output shard written with ``tarfile.addfile`` (deterministic ustar headers)."""
     with tarfile.open(unit.tar_path, "w", format=tarfile.USTAR_FORMAT) as tf:
         for name, data in _unit_members(unit):
@@ -256,7 +263,7 @@ def write_tarfile(unit: WriteUnit) -> None:
             tf.addfile(info, io.BytesIO(data))
 
 
-def write_webdataset(unit: WriteUnit) -> None:
+def write_webdataset(unit: Any) -> None:
     """An output shard written with ``webdataset.TarWriter`` (DataComp's writer)."""
     import webdataset as wds
 
@@ -273,8 +280,15 @@ def write_webdataset(unit: WriteUnit) -> None:
             sink.write(sample)
 
 
-WRITERS: dict[str, Callable[[WriteUnit], Any]] = {
-    "tar_io writev": write_shard, "tarfile addfile": write_tarfile, "webdataset TarWriter": write_webdataset}
+def write_poolsieve(unit: Any) -> None:
+    """An output shard written by reshard's pass 2 (kernel copies of large members, one writev per sample)."""
+    from poolsieve.pipeline.reshard.write import write_shard
+
+    write_shard(unit)
+
+
+WRITERS: dict[str, Callable[[Any], Any]] = {
+    "tar_io (reshard)": write_poolsieve, "tarfile addfile": write_tarfile, "webdataset TarWriter": write_webdataset}
 
 
 def tar_members(path: Path) -> list[tuple[str, bytes]]:
@@ -306,11 +320,19 @@ def run_variants(which: set[str], ws: Workspace, tars: list[Path], shards: int, 
         if len(set(found.values())) != 1:
             raise SystemExit(f"readers disagree on the .json count: {found}")
     if "writers" in which:
+        from poolsieve.pipeline.reshard.plan import OutputPlanner
+        from poolsieve.pipeline.reshard.scan import ScanUnit, scan_shard
+
         out_dir = ws.root / "variants"
         shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir()
-        planner = OutputPlanner(out_dir, [str(t) for t in tars], 10000)
-        units = [u for t in tars for u in planner.add(scan_shard(ScanUnit(str(t), str(ws.subset_path("bench")))))]
+        from poolsieve.core.formats import read_subset
+        from poolsieve.core.uids import pairs_to_keys
+
+        subset = read_subset(ws.subset_path("bench"))
+        np.save(out_dir / "keys.npy", pairs_to_keys(subset))
+        planner = OutputPlanner(out_dir, [str(t) for t in tars], 10000, subset_rows=len(subset))
+        units = [u for t in tars for u in planner.add(scan_shard(ScanUnit(str(t), str(out_dir / "keys.npy"))))]
         units += planner.finish()
         out_bytes = 0
         times = {k: [] for k in WRITERS}
@@ -326,11 +348,11 @@ def run_variants(which: set[str], ws: Workspace, tars: list[Path], shards: int, 
                 out_bytes = sum(Path(u.tar_path).stat().st_size for u in units)
         print(f"\n== writers, warm input: pass 2 writing {len(units)} output shards (~{out_bytes / 1e9:.2f} GB), "
               f"median of {repeats}")
-        base = statistics.median(times["tar_io writev"])
+        base = statistics.median(times["tar_io (reshard)"])
         for name, ts in times.items():
             med = statistics.median(ts)
             print(f"  {name:<20} {med:7.2f} s  {base / med:5.2f} x tar_io  (load {os.getloadavg()[0]:.1f})")
-        if any(m != members["tar_io writev"] for m in members.values()):
+        if any(m != members["tar_io (reshard)"] for m in members.values()):
             raise SystemExit("writers disagree on the members of the first output shard")
         shutil.rmtree(out_dir, ignore_errors=True)
 
@@ -352,8 +374,37 @@ def run_datacomp(args: argparse.Namespace, ws: Workspace, out_dir: Path) -> tupl
     return int(meta["output_count"]), float(own.group(1)) if own else None
 
 
+def output_digests(out_dir: Path) -> dict[str, str]:
+    """sha256 of every output shard and stats file (what must stay byte-identical between revisions)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out_dir.iterdir())
+            if p.name.endswith((".tar", "_stats.json"))}
+
+
+class OutputCheck:
+    """Every poolsieve run's output against the expected one: ``--digests FILE`` when it exists (made by
+    another revision), else the first run's, which is then written to FILE."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.expected = json.loads(path.read_text()) if path is not None and path.exists() else None
+
+    def check(self, out_dir: Path, what: str) -> None:
+        got = output_digests(out_dir)
+        if self.expected is None:
+            self.expected = got
+            if self.path is not None:
+                self.path.write_text(json.dumps(got, indent=1) + "\n")
+                print(f"output digests of {len(got)} files written to {self.path}")
+            return
+        if got != self.expected:
+            differ = sorted(k for k in set(got) | set(self.expected) if got.get(k) != self.expected.get(k))
+            raise SystemExit(f"{what}: output differs from the expected bytes in {len(differ)} files "
+                             f"(e.g. {differ[:3]})")
+
+
 def run_mode(mode: str, args: argparse.Namespace, ws: Workspace, tars: list[Path], pool_bytes: int,
-             cfg: ReshardConfig, runtime: Runtime, local: Runtime, scratch: Path, have_dc: bool) -> None:
+             cfg: ReshardConfig, runtime: Runtime, local: Runtime, scratch: Path, have_dc: bool,
+             check: OutputCheck) -> None:
     """Time every method ``args.repeats`` times in one mode, interleaved, and print medians and ratios."""
     cold, synced = mode == "cold", mode == "synced"
     ceiling = "cat > file" if cold else "ceiling"
@@ -363,10 +414,10 @@ def run_mode(mode: str, args: argparse.Namespace, ws: Workspace, tars: list[Path
     if have_dc:
         times.update({"datacomp": [], "datacomp workers": []})
     resident: list[float] = []
-    loads: list[float] = []
+    loads: dict[str, list[float]] = {}
     out_bytes = 0
 
-    def prepare() -> None:
+    def prepare(name: str) -> None:
         shutil.rmtree(ws.filtered_dir("bench"), ignore_errors=True)
         scratch.unlink(missing_ok=True)
         if cold:
@@ -374,42 +425,44 @@ def run_mode(mode: str, args: argparse.Namespace, ws: Workspace, tars: list[Path
             resident.append(resident_fraction(tars))
         else:
             read_all(tars)  # same warm page cache for everyone
-        loads.append(os.getloadavg()[0])
+        loads.setdefault(name, []).append(os.getloadavg()[0])
 
     for _ in range(args.repeats):
         for name, rt in (("poolsieve ray", runtime), ("poolsieve local", local)):
             if name in times:
-                prepare()
+                prepare(name)
                 seconds, summary = timed(lambda r=rt: reshard(ws, cfg, r, overwrite=True), synced)
                 times[name].append(seconds)
                 out_bytes = summary["bytes_written"]
-        prepare()
+                check.check(ws.filtered_dir("bench"), f"{mode} {name}")
+        prepare(ceiling)
         if cold:
             times[ceiling].append(timed(lambda: cat_into_file(tars, scratch), synced)[0])
         else:
             times[ceiling].append(timed(lambda b=out_bytes: sequential_copy(tars, scratch, b), synced)[0])
         scratch.unlink(missing_ok=True)
         if have_dc:
-            prepare()
+            prepare("datacomp")
             seconds, (count, own) = timed(lambda: run_datacomp(args, ws, ws.root / "datacomp"), synced)
             times["datacomp"].append(seconds)
             if own is not None:
                 times["datacomp workers"].append(own)
             if count != summary["output_count"]:
                 raise SystemExit(f"outputs differ: DataComp wrote {count} samples, poolsieve {summary['output_count']}")
+    loads["datacomp workers"] = loads.get("datacomp", [])
     med = {k: statistics.median(v) for k, v in times.items() if v}
     rate = {k: pool_bytes / 1e6 / s for k, s in med.items()}
     print(f"\n== {mode}: {pool_bytes / 1e9:.2f} GB pool, {out_bytes / 1e9:.2f} GB written, median of "
-          f"{args.repeats}; load average {min(loads):.1f}..{max(loads):.1f}"
-          + (f"; pool resident after eviction {max(resident):.1%}" if cold else ""))
+          f"{args.repeats}" + (f"; pool resident after eviction {max(resident):.1%}" if cold else ""))
     for k, s in med.items():
-        spread = f"(runs {min(times[k]):.2f}..{max(times[k]):.2f} s)"
-        print(f"  {k:<17} {s:7.2f} s  {rate[k]:8.0f} MB/s  {rate[k] / rate[ceiling]:5.2f} x {ceiling}  {spread}")
+        spread = f"runs {min(times[k]):.2f}..{max(times[k]):.2f} s"
+        load = f"load {min(loads[k]):.1f}..{max(loads[k]):.1f}"
+        print(f"  {k:<17} {s:7.2f} s  {rate[k]:8.0f} MB/s  {rate[k] / rate[ceiling]:5.2f} x {ceiling}  ({spread}; {load})")
     dc_best = max((rate[k] for k in ("datacomp", "datacomp workers") if k in rate), default=None)
     for k in ("poolsieve ray", "poolsieve local"):
         if k in rate:
-            print(f"  {k} / {ceiling} = {rate[k] / rate[ceiling]:.2f} (target >= 0.7)"
-                  + (f"; / datacomp = {rate[k] / dc_best:.2f} (target >= {'2' if cold else '1'})" if dc_best else ""))
+            print(f"  {k} / {ceiling} = {rate[k] / rate[ceiling]:.2f} (target >= 0.8)"
+                  + (f"; / datacomp = {rate[k] / dc_best:.2f} (target > 1)" if dc_best else ""))
 
 
 def main() -> int:
@@ -429,6 +482,8 @@ def main() -> int:
     p.add_argument("--datacomp-python", default=os.environ.get("DATACOMP_PYTHON", sys.executable))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", action="store_true", help="keep the generated pool")
+    p.add_argument("--digests", type=Path, help="sha256 of every output file: compared with this file when it "
+                                                "exists (written by another revision), else written to it")
     args = p.parse_args()
 
     ws = Workspace.create(args.pool_dir)
@@ -457,11 +512,13 @@ def main() -> int:
         if variants:
             run_variants(variants, ws, tars, args.variant_shards, args.repeats)
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        check = OutputCheck(args.digests)
         if modes:
             runtime.ensure_ray()
             reshard(ws, cfg, runtime, overwrite=True)  # untimed: Ray's workers start, as on a running cluster
+            check.check(ws.filtered_dir("bench"), "first run")
         for mode in modes:
-            run_mode(mode, args, ws, tars, pool_bytes, cfg, runtime, local, scratch, have_dc)
+            run_mode(mode, args, ws, tars, pool_bytes, cfg, runtime, local, scratch, have_dc, check)
     finally:
         runtime.shutdown()
         if not args.keep:

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from poolsieve.core.errors import PoolsieveError
+from poolsieve.core.safe_decoding import install_safe_decoding
 
 from . import special_tasks
 from .custom_tasks import fill_defaults
@@ -22,6 +23,7 @@ def evaluate_task(task: Task, model: Any, preprocess: Any, tokenizer: Any, *, de
     """Metrics of ``task`` (with ``main_metric``; ``num_samples`` where known)."""
     import torch
 
+    install_safe_decoding()  # every webdataset loader below (clip_benchmark's too) decodes without unpickling
     with torch.no_grad():
         if task.task_type == SYNTHETIC:
             data = make_synthetic_task(task.key, synthetic_samples or task.size)

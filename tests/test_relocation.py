@@ -1,4 +1,5 @@
-"""A finished workspace copied (or mounted) elsewhere works unchanged: nothing redone, nothing refused.
+"""A finished workspace copied (or mounted) elsewhere works unchanged: nothing redone, nothing refused,
+also when the copy did not keep file times.
 
 Every path a stage stores in the workspace (summaries, records, fingerprints) is relative to it
 (``Workspace.rel``), so the copy's records describe the copy. The original is moved away after the
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -62,7 +64,12 @@ def test_copied_workspace_reruns_nothing_and_refuses_nothing(tmp_path, capsys):
     before = digests(first.root)
     assert {"runs/all/summary.json", "evals/top/summary.json", "filtered/all/meta.json"} <= set(before)
 
-    copy = Workspace.open(shutil.copytree(first.root, tmp_path / "mounted" / "elsewhere"))
+    # Copied as `cp -r` copies (file times not kept: every file is new), then its times set far from the
+    # original's, as a sync tool or an object store may leave them: no stage may lean on file times.
+    copy = Workspace.open(shutil.copytree(first.root, tmp_path / "mounted" / "elsewhere", copy_function=shutil.copy))
+    for p in copy.root.rglob("*"):
+        if p.is_file():
+            os.utime(p, ns=(1_000_000_000, 1_000_000_000))
     first.root.rename(tmp_path / "gone")  # nothing in the copy may lean on the original
 
     assert cli.main(["run", "-c", str(copy.root / "experiment.yaml")]) == 0  # no image server: nothing fetched

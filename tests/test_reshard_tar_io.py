@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
+import threading
 
+import numpy as np
 import pytest
 
+from poolsieve.core import tar_io
 from poolsieve.core.errors import InputError
 from poolsieve.core.tar_io import (
     END_OF_ARCHIVE,
-    iter_members,
+    copy_range,
     padding,
+    read_index,
     split_key,
     ustar_header,
+    ustar_headers,
     write_buffers,
 )
 
@@ -37,7 +43,7 @@ def test_members_match_tarfile(tmp_path, fmt):
     members = [("a.jpg", b"x" * 700), (f"{long_dir}/{'k' * 90}.json", b'{"uid": 1}'), ("empty.txt", b"")]
     path = tmp_path / "t.tar"
     path.write_bytes(_tar_bytes(members, fmt))
-    got = list(iter_members(path))
+    got = list(read_index(path))
     with tarfile.open(path) as tf:
         want = [(m.name, m.offset_data, m.size) for m in tf.getmembers() if m.isreg()]
     assert [(m.name, m.data_offset, m.size) for m in got] == want  # the symlink is not a regular member
@@ -50,17 +56,17 @@ def test_damaged_archives_raise(tmp_path):
     good = _tar_bytes([("a.jpg", b"x" * 1000), ("a.txt", b"cap")], tarfile.USTAR_FORMAT)
     path.write_bytes(good[:700])
     with pytest.raises(InputError, match="truncated tar: the member at byte 0 needs 1000 bytes"):
-        list(iter_members(path))
+        list(read_index(path))
     path.write_bytes(good[:1536 + 100])  # ends inside the second header
     with pytest.raises(InputError, match="truncated tar"):
-        list(iter_members(path))
+        list(read_index(path))
     corrupt = bytearray(good)
     corrupt[10] ^= 0xFF
     path.write_bytes(bytes(corrupt))
     with pytest.raises(InputError, match="bad header checksum at byte 0"):
-        list(iter_members(path))
-    with pytest.raises(InputError, match="cannot open tar"):
-        list(iter_members(tmp_path / "missing.tar"))
+        list(read_index(path))
+    with pytest.raises(InputError, match="missing.tar: does not exist"):
+        list(read_index(tmp_path / "missing.tar"))
 
 
 def test_split_key_keeps_names_out_of_paths():
@@ -90,3 +96,54 @@ def test_written_tar_reads_back_deterministically(tmp_path):
         assert [(m.name, tf.extractfile(m).read(), m.mtime) for m in tf.getmembers()] == [(n, d, 0) for n, d in items]
     with pytest.raises(ValueError):
         ustar_header("x" * 101, 1)
+
+
+def test_batched_headers_are_the_single_headers():
+    names = ["u-0.jpg", "a" * 100, "", "0123456789abcdef0123456789abcdef-12.json"]
+    sizes = np.array([0, 1, 8**11 - 1, 123_456_789])
+    assert ustar_headers(names, sizes).tobytes() == b"".join(map(ustar_header, names, sizes.tolist()))
+    assert ustar_headers([], np.zeros(0, np.int64)).shape == (0, 512)
+    with pytest.raises(ValueError, match="longer than 100"):
+        ustar_headers(["x" * 101], np.array([1]))
+    with pytest.raises(ValueError, match="out of range"):
+        ustar_headers(["x"], np.array([8**11]))
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_copy_range_appends_the_bytes_and_refuses_a_short_source(tmp_path, monkeypatch, kernel_copy):
+    monkeypatch.setattr(tar_io, "_kernel_copy", kernel_copy)
+    monkeypatch.setattr(tar_io, "READ_BLOCK", 1000)  # several reads per copy without the kernel's help
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    data = os.urandom(10_000)
+    src.write_bytes(data)
+    sfd = os.open(src, os.O_RDONLY)
+    try:
+        with open(dst, "wb", buffering=0) as out:
+            out.write(b"head")
+            copy_range(sfd, out.fileno(), 123, 5000, src)
+            copy_range(sfd, out.fileno(), 0, 0, src)
+            with pytest.raises(InputError, match="shrank while being copied: cannot read bytes 10000-10001"):
+                copy_range(sfd, out.fileno(), 9_000, 1001, src)
+    finally:
+        os.close(sfd)
+    assert dst.read_bytes()[:5004] == b"head" + data[123:5123]
+
+
+def test_a_fifo_named_like_a_shard_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "00002.tar"
+    os.mkfifo(fifo)
+    result: list = []
+
+    def read() -> None:
+        try:
+            list(read_index(fifo))
+        except InputError as e:
+            result.append(str(e))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # unblock the reader before failing, so the test run is not left hanging
+        os.close(os.open(fifo, os.O_RDWR))
+        pytest.fail("reading a FIFO named like a shard blocked")
+    assert result == [f"{fifo}: is a FIFO, not a regular file; poolsieve reads and writes only regular files here"]

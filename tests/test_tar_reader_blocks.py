@@ -7,10 +7,11 @@ import os
 import tarfile
 
 import pytest
+import xxhash
 
 from poolsieve.core import tar_io
 from poolsieve.core.errors import InputError
-from poolsieve.core.tar_io import read_tar
+from poolsieve.core.tar_io import file_digest, index_tar, read_tar
 
 
 def _write_tar(path, members: list[tuple[str, bytes]], fmt: int = tarfile.GNU_FORMAT) -> None:
@@ -55,3 +56,23 @@ def test_cut_inside_a_header_is_reported(tmp_path):
     path.write_bytes(path.read_bytes()[:512 + 1024 + 200])
     with pytest.raises(InputError, match="truncated tar: file ends at byte 1736 inside or before the header at byte 1536"):
         read_tar(path)
+
+
+@pytest.mark.parametrize("block", [512, 4096, 1 << 20])
+def test_digest_covers_every_byte_whatever_the_block_size(tmp_path, monkeypatch, block):
+    """Members larger than the block are skipped by the walk but still hashed, and so are the bytes after
+    the end-of-archive marker; the digest is the file's, as ``file_digest`` computes it."""
+    members = [(f"k{i}.{ext}", os.urandom(n)) for i, n in enumerate([0, 700, 5000, 70_000, 3])
+               for ext in ("jpg", "json")]
+    path = tmp_path / "t.tar"
+    _write_tar(path, members)
+    with open(path, "ab") as f:
+        f.write(os.urandom(3000))  # trailing bytes: part of the file, so part of its digest
+    monkeypatch.setattr(tar_io, "READ_BLOCK", block)
+    index = index_tar(path, capture=lambda name: name.endswith(".json"), digest=True)
+    want = xxhash.xxh3_128(path.read_bytes()).hexdigest()
+    assert index.digest == want and file_digest(path) == (path.stat().st_size, want)
+    assert index.file_size == path.stat().st_size
+    assert [bytes(index.captured[o]) for n, o in zip(index.names, index.data_offsets, strict=True) if n.endswith(".json")] == \
+        [d for n, d in members if n.endswith(".json")]
+    assert index_tar(path).digest is None

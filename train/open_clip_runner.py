@@ -16,6 +16,9 @@ The patches, each small and named for what it fixes in open_clip_train 3.3:
   from its own ``rank::world_size`` slice of the shards, so ranks read disjoint shards;
 - ``install_cpu_ddp``: several CPU processes (gloo) train with DDP as they do on GPUs;
 - ``install_shard_log``: with ``POOLSIEVE_SHARD_LOG=DIR``, each process lists the shards it reads.
+
+Before any of them, ``core.safe_decoding.install_safe_decoding`` makes open_clip's webdataset decoder
+safe: no shard member is ever unpickled.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from poolsieve.core.models import register_model_configs
+from poolsieve.core.safe_decoding import install_safe_decoding
 
 from .checkpoints import atomic_save
 from .shards import DATA_FILE_FLAG
@@ -251,6 +255,7 @@ def run(argv: Sequence[str]) -> int:
 
     argv = expand_data_file(argv)
     register_model_configs()
+    install_safe_decoding()  # no shard member is unpickled or torch.load-ed while data loads
     fix_webdataset_eof_marker()
     quiet_library_loggers()
     install_epoch_seeded_shuffle(seed_from_argv(argv))

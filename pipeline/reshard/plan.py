@@ -4,60 +4,37 @@ Scans of pool shards arrive in pool order; ``OutputPlanner`` gives every kept sa
 global position (pool-shard order, then key order) and cuts output shards of ``shard_size`` as soon
 as they are full, so writing can start while later pool shards are still being scanned. With a
 shuffle buffer the order is only known at the end, and everything is cut then. Either way the
-same input gives the same shards.
+same input gives the same shards. Everything is held as arrays (a copy is a source shard, a sample of
+its scan, a uid and a copy number), and a scan is dropped once all its copies are cut.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from poolsieve.core.formats import filtered_shard_name
-from poolsieve.core.uids import SUBSET_DTYPE, pairs_to_uids
+from poolsieve.core.uids import KEY_DTYPE
 from poolsieve.core.workspace import shard_stats_path
-
-
-def _empty(dtype: type | np.dtype = np.int64):
-    return field(default_factory=lambda: np.empty(0, dtype))
-
-
-@dataclass
-class ShardScan:
-    """The samples of one pool shard that are in the subset, with where their members lie."""
-
-    tar_path: str
-    samples: int = 0
-    samples_without_uid: int = 0
-    skipped_members: int = 0
-    uids: np.ndarray = _empty(SUBSET_DTYPE)
-    keys: list[str] = field(default_factory=list)
-    copies: np.ndarray = _empty()
-    span_start: np.ndarray = _empty()
-    span_end: np.ndarray = _empty()
-    member_start: np.ndarray = _empty()
-    member_count: np.ndarray = _empty()
-    member_ext: list[str] = field(default_factory=list)
-    member_offset: np.ndarray = _empty()
-    member_size: np.ndarray = _empty()
+from poolsieve.pipeline.reshard.scan import ShardScan
 
 
 @dataclass
 class WriteUnit:
-    """One output shard and, in order, the samples it holds (member offsets in the pool tars)."""
+    """One output shard: its copies in order (``{uid}-{copy_number}``, which source tar, how many members)
+    and their members (kind, offset and size in the source tar)."""
 
     index: int
     tar_path: str
     stats_path: str
-    sources: list[str]
-    source: np.ndarray
-    out_keys: list[str]
-    span_start: np.ndarray
-    span_end: np.ndarray
-    member_start: np.ndarray
-    member_count: np.ndarray
-    member_ext: list[str]
+    sources: list[str]  # the pool tars this shard reads from
+    source: np.ndarray  # per copy: index into ``sources``
+    uids: np.ndarray  # per copy: the uid's 16-byte key (core.uids)
+    copy_number: np.ndarray  # per copy
+    member_count: np.ndarray  # per copy
+    member_kind: np.ndarray  # per member: index into scan.KINDS
     member_offset: np.ndarray
     member_size: np.ndarray
 
@@ -80,7 +57,7 @@ def buffered_shuffle_order(n: int, bufsize: int, seed: int) -> np.ndarray:
 
 
 def copy_numbers_within(uids: np.ndarray, copies: np.ndarray) -> np.ndarray:
-    """First copy number of each sample among earlier samples of the same uid in this array."""
+    """First copy number of each sample among earlier samples of the same uid (or uid's row) in this array."""
     _, inverse = np.unique(uids, return_inverse=True)
     inverse = inverse.ravel()
     order = np.argsort(inverse, kind="stable")
@@ -93,94 +70,82 @@ def copy_numbers_within(uids: np.ndarray, copies: np.ndarray) -> np.ndarray:
     return base
 
 
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The indices ``starts[i] .. starts[i] + counts[i] - 1`` of every i, concatenated."""
+    return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+
+
 class OutputPlanner:
     """Feed it scans in pool-shard order; it returns output shards as they fill up."""
 
     def __init__(self, out_dir: Path, sources: list[str], shard_size: int, shuffle_bufsize: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, *, subset_rows: int):
         self.out_dir, self.sources, self.shard_size = out_dir, sources, shard_size
         self.shuffle_bufsize, self.seed = shuffle_bufsize, seed
-        self.scans: list[ShardScan] = []
-        self.seen_uids = np.empty(0, SUBSET_DTYPE)  # sorted; copies written so far per uid
-        self.seen_copies = np.empty(0, np.int64)
-        self.pending_src: list[np.ndarray] = []
-        self.pending_local: list[np.ndarray] = []
-        self.pending_keys: list[str] = []
+        self.scans: dict[int, tuple[ShardScan, np.ndarray]] = {}  # scan index -> (scan, its samples' first member)
+        self.scans_added = 0
+        self.planned = np.zeros(subset_rows, np.int64)  # copies planned so far per uid (at its first subset row)
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # (src, sample, uid, j)
         self.shards_planned = 0
         self.copies_planned = 0
 
     def add(self, scan: ShardScan) -> list[WriteUnit]:
         """Take the next pool shard's scan; return the output shards it completes."""
-        s_idx = len(self.scans)
-        self.scans.append(scan)
-        if scan.keys:
-            order = np.argsort(np.asarray(scan.keys, dtype=object), kind="stable").astype(np.int64)
-            uids, copies = scan.uids[order], scan.copies[order]
-            base = self._earlier_copies(uids, copies) + copy_numbers_within(uids, copies)
-            sample_of_copy = np.repeat(np.arange(len(uids)), copies)
-            j = np.arange(len(sample_of_copy)) - np.repeat(np.cumsum(copies) - copies, copies) + base[sample_of_copy]
-            uid_hex = pairs_to_uids(uids)
-            self.pending_src.append(np.full(len(sample_of_copy), s_idx, np.int64))
-            self.pending_local.append(order[sample_of_copy])
-            self.pending_keys.extend(f"{uid_hex[s]}-{c}" for s, c in zip(sample_of_copy.tolist(), j.tolist(),
-                                                                           strict=True))
+        s_idx = self.scans_added
+        self.scans_added += 1
+        if len(scan.uids):
+            self.scans[s_idx] = (scan, np.cumsum(scan.member_count) - scan.member_count)
+            rows, copies = scan.subset_rows, scan.copies
+            base = self.planned[rows] + copy_numbers_within(rows, copies)
+            np.add.at(self.planned, rows, copies)
+            sample = np.repeat(np.arange(len(rows)), copies)
+            j = np.arange(len(sample)) - np.repeat(np.cumsum(copies) - copies, copies) + base[sample]
+            self.pending.append((np.full(len(sample), s_idx, np.int64), sample, scan.uids[sample], j))
         return [] if self.shuffle_bufsize > 1 else self._cut(final=False)
 
     def finish(self) -> list[WriteUnit]:
         """The remaining output shards (the last one may be partial)."""
-        if self.shuffle_bufsize > 1 and self.pending_keys:
-            order = buffered_shuffle_order(len(self.pending_keys), self.shuffle_bufsize, self.seed)
-            self.pending_src = [np.concatenate(self.pending_src)[order]]
-            self.pending_local = [np.concatenate(self.pending_local)[order]]
-            self.pending_keys = [self.pending_keys[i] for i in order.tolist()]
+        if self.shuffle_bufsize > 1 and self.pending:
+            columns = self._pending()
+            order = buffered_shuffle_order(len(columns[0]), self.shuffle_bufsize, self.seed)
+            self.pending = [tuple(c[order] for c in columns)]
         return self._cut(final=True)
 
-    def _earlier_copies(self, uids: np.ndarray, copies: np.ndarray) -> np.ndarray:
-        """Copies of each uid planned from earlier pool shards; records this shard's copies."""
-        unique, inverse = np.unique(uids, return_inverse=True)
-        inverse = inverse.ravel()
-        totals = np.bincount(inverse, weights=copies, minlength=len(unique)).astype(np.int64)
-        idx = np.searchsorted(self.seen_uids, unique)
-        found = idx < len(self.seen_uids)
-        found[found] = self.seen_uids[idx[found]] == unique[found]
-        earlier = np.zeros(len(unique), np.int64)
-        earlier[found] = self.seen_copies[idx[found]]
-        self.seen_copies[idx[found]] += totals[found]
-        new = ~found
-        self.seen_uids = np.insert(self.seen_uids, idx[new], unique[new])
-        self.seen_copies = np.insert(self.seen_copies, idx[new], totals[new])
-        return earlier[inverse]
+    def _pending(self) -> tuple[np.ndarray, ...]:
+        if not self.pending:
+            return (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, KEY_DTYPE), np.empty(0, np.int64))
+        return tuple(np.concatenate(c) for c in zip(*self.pending, strict=True))
 
     def _cut(self, final: bool) -> list[WriteUnit]:
-        if not self.pending_keys:
-            return []
-        src, local = np.concatenate(self.pending_src), np.concatenate(self.pending_local)
-        units, lo, n = [], 0, len(self.pending_keys)
+        src, sample, uid, j = self._pending()
+        units, lo, n = [], 0, len(src)
         while n - lo >= self.shard_size or (final and lo < n):
             hi = min(lo + self.shard_size, n)
-            units.append(self._unit(src[lo:hi], local[lo:hi], self.pending_keys[lo:hi]))
+            units.append(self._unit(src[lo:hi], sample[lo:hi], uid[lo:hi], j[lo:hi]))
             lo = hi
-        self.pending_src, self.pending_local = [src[lo:]], [local[lo:]]
-        self.pending_keys = self.pending_keys[lo:]
+        self.pending = [(src[lo:], sample[lo:], uid[lo:], j[lo:])] if lo < n else []
+        if self.shuffle_bufsize <= 1:  # scans whose copies are all cut are no longer needed
+            oldest = int(src[lo]) if lo < n else self.scans_added
+            for s in [s for s in self.scans if s < oldest]:
+                del self.scans[s]
         return units
 
-    def _unit(self, src: np.ndarray, local: np.ndarray, out_keys: list[str]) -> WriteUnit:
-        span_start, span_end, mstart, mcount, exts, offsets, sizes = [], [], [], [], [], [], []
-        for s, i in zip(src.tolist(), local.tolist(), strict=True):
-            scan = self.scans[s]
-            span_start.append(int(scan.span_start[i]))
-            span_end.append(int(scan.span_end[i]))
-            first, count = int(scan.member_start[i]), int(scan.member_count[i])
-            mstart.append(len(exts))
-            mcount.append(count)
-            exts.extend(scan.member_ext[first:first + count])
-            offsets.extend(scan.member_offset[first:first + count].tolist())
-            sizes.extend(scan.member_size[first:first + count].tolist())
+    def _unit(self, src: np.ndarray, sample: np.ndarray, uid: np.ndarray, j: np.ndarray) -> WriteUnit:
+        involved = np.unique(src)
+        local_src = np.searchsorted(involved, src)
+        scans = [self.scans[int(s)] for s in involved]
+        sample_base = np.cumsum([0] + [len(scan.uids) for scan, _ in scans])
+        member_base = np.cumsum([0] + [len(scan.member_kind) for scan, _ in scans])
+        first = np.concatenate([f + b for (_, f), b in zip(scans, member_base[:-1], strict=True)])
+        count = np.concatenate([scan.member_count for scan, _ in scans])
+        at = sample_base[local_src] + sample
+        rows = _ranges(first[at], count[at])
         index = self.shards_planned
         self.shards_planned += 1
-        self.copies_planned += len(out_keys)
+        self.copies_planned += len(src)
         tar = self.out_dir / f"{filtered_shard_name(index)}.tar"
-        return WriteUnit(index, str(tar), str(shard_stats_path(tar)),
-                         self.sources, src.astype(np.int32), out_keys, np.array(span_start, np.int64),
-                         np.array(span_end, np.int64), np.array(mstart, np.int64), np.array(mcount, np.int64),
-                         exts, np.array(offsets, np.int64), np.array(sizes, np.int64))
+        return WriteUnit(index, str(tar), str(shard_stats_path(tar)), [self.sources[int(s)] for s in involved],
+                         local_src.astype(np.int32), uid, j, count[at],
+                         np.concatenate([scan.member_kind for scan, _ in scans])[rows],
+                         np.concatenate([scan.member_offset for scan, _ in scans])[rows],
+                         np.concatenate([scan.member_size for scan, _ in scans])[rows])
