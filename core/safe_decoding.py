@@ -25,12 +25,12 @@ import io
 import json
 from typing import Any
 
+import numpy.lib.format
+
 from .member_kinds import ARRAY_KINDS, IMAGE_KINDS, JSON_KINDS, LABEL_KINDS, TEXT_KINDS
 
 
 def _npy(data: bytes) -> Any:
-    import numpy.lib.format
-
     return numpy.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
 
 

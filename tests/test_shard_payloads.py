@@ -142,7 +142,7 @@ except Exception:  # the .pth member's torch.load fails, after its payload ran
 """
 
 
-@pytest.mark.slow  # starts a subprocess
+@pytest.mark.subprocess
 def test_default_decoders_run_the_payload(tmp_path):
     """The guard removed (a fresh process, webdataset's and clip_benchmark's defaults): the payload runs."""
     markers, task_markers = tmp_path / "markers", tmp_path / "task_markers"
@@ -156,7 +156,7 @@ def test_default_decoders_run_the_payload(tmp_path):
     assert ran(task_markers) == [f"{kind}.ran" for kind in sorted(PAYLOAD_KINDS)]
 
 
-@pytest.mark.slow  # trains (open_clip in a child process)
+@pytest.mark.train
 def test_reshard_then_train_never_runs_a_member(tmp_path, capsys):
     markers = tmp_path / "markers"
     markers.mkdir()
@@ -184,7 +184,6 @@ def test_reshard_then_train_never_runs_a_member(tmp_path, capsys):
     assert ran(markers) == []
 
 
-@pytest.mark.slow  # loads a model and evaluates
 def test_evaluate_task_folder_never_runs_a_member(tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
