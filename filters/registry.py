@@ -146,11 +146,32 @@ def load_builtin_filters() -> None:
 
 @dataclass
 class ScoredPool:
-    """A scored pool: its score tables in shard order, and the runtime to map work over them."""
+    """A scored pool: its score tables in shard order, and the runtime to map work over them.
+
+    ``memory_budget`` (bytes, or a size such as ``"2GiB"``; None: a quarter of the machine's memory)
+    bounds the working set of the embedding filters in any one process (``_budget.py``); what does
+    not fit goes to a hidden folder under ``spill_dir`` (default: the workspace the tables are in,
+    else their folder), removed when the filter ends."""
 
     tables: Sequence[Path]
     runtime: Runtime = field(default_factory=lambda: Runtime(executor="local"))
+    memory_budget: int | str | None = None
+    spill_dir: Path | None = None
     _members: int | None = field(default=None, init=False, repr=False)
+
+    @property
+    def budget(self) -> int:
+        """The memory budget in bytes (see the class docstring)."""
+        from ._budget import resolve_budget
+
+        return resolve_budget(self.memory_budget)
+
+    def spill_root(self) -> Path:
+        """Where spill folders go: ``spill_dir``, else the workspace of ``scores/`` tables, else their folder."""
+        if self.spill_dir is not None:
+            return Path(self.spill_dir)
+        folder = Path(self.tables[0]).parent
+        return folder.parent if folder.name == "scores" else folder
 
     def read_columns(self, columns: Sequence[str], table: Path | None = None):
         """DataFrame of ``columns`` (plus ``uid``) over the pool's successful rows, in shard order."""
