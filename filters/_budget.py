@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
-from poolsieve.core.errors import ConfigError
+import numpy as np
+
+from poolsieve.core.errors import ConfigError, PoolsieveWarning
 
 MIN_BUDGET = 64 * 2**20
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
@@ -76,3 +79,13 @@ def rows_within(budget: int, bytes_per_row: float, *, share: float = 1.0, least:
     rows = int(budget * share // max(bytes_per_row, 1.0))
     rows = max(least, rows)
     return min(rows, most) if most is not None else rows
+
+
+def fit_sample(rows: np.ndarray, fit: int, seed: int, what: str, budget: int) -> np.ndarray:
+    """``rows`` (sorted row ids of a training sample), or a seeded sorted subset of ``fit`` of them when
+    more do not fit the budget (with a one-line warning naming ``what``)."""
+    if len(rows) <= fit:
+        return rows
+    warnings.warn(f"{what} trains on {fit:,} of its {len(rows):,} sample rows to fit the memory budget "
+                  f"({format_size(budget)}); raise --memory-budget to use them all", PoolsieveWarning, stacklevel=3)
+    return np.sort(np.random.default_rng([seed, 2]).choice(rows, size=fit, replace=False))

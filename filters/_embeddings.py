@@ -158,6 +158,27 @@ def feature_widths(pool: ScoredPool, key: str, features: str) -> list[int]:
                             "embedding widths")[0]
 
 
+def gather_rows(pool: ScoredPool, names: Sequence[str], counts: Sequence[int], rows: np.ndarray,
+                dtype=np.float16) -> np.ndarray:
+    """Pool rows ``rows`` (sorted ids) of the embeddings ``names`` side by side, as ``dtype``: each table's
+    rows read by a task, copied in order into one array (no second copy of the whole sample)."""
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    cut = np.searchsorted(rows, starts)
+    units = [(Path(t), rows[cut[i]:cut[i + 1]] - starts[i]) for i, t in enumerate(pool.tables) if cut[i + 1] > cut[i]]
+    out: np.ndarray | None = None
+    filled = 0
+
+    def take(unit: tuple[Path, np.ndarray]) -> np.ndarray:
+        return TableEmbeddings(unit[0], names).take(unit[1])
+
+    for part in pool.runtime.ordered_map(take, units):
+        if out is None:
+            out = np.empty((len(rows), part.shape[1]), dtype=dtype)
+        out[filled:filled + len(part)] = part
+        filled += len(part)
+    return out if out is not None else np.zeros((0, 0), dtype=dtype)
+
+
 def load_all(pool: ScoredPool, key: str, features: str) -> np.ndarray:
     """Every table's features stacked in shard order, in this process: for small pools and tests only
     (the filters never hold the whole pool)."""

@@ -141,3 +141,29 @@ class DiskArray:
 def save(path: Path, array: np.ndarray) -> DiskArray:
     np.save(path, np.ascontiguousarray(array))
     return DiskArray(path)
+
+
+def write_groups(path: Path, group: np.ndarray, n_groups: int, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Write the row-aligned ``arrays`` into ``path`` (an uncompressed ``.npz``) ordered by ``group`` (stable,
+    so each group keeps row order), with ``offsets`` (``n_groups + 1``); return the rows per group."""
+    group = np.asarray(group, dtype=np.int64)
+    order = np.argsort(group, kind="stable")
+    counts = np.bincount(group, minlength=n_groups).astype(np.int64)
+    with open(path, "wb") as f:
+        np.savez(f, offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                 **{name: np.asarray(a)[order] for name, a in arrays.items()})
+    return counts
+
+
+def read_groups(paths: list[Path], lo: int, hi: int, names: list[str]) -> dict[str, np.ndarray]:
+    """The rows of groups ``lo:hi`` of every ``write_groups`` file in ``paths``, concatenated in that order."""
+    from ._npz import NpzRows
+
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for path in paths:
+        z = NpzRows(path)
+        offsets = z.rows("offsets")
+        a, b = int(offsets[lo]), int(offsets[hi])
+        for name in names:
+            parts[name].append(z.rows(name, a, b))
+    return {name: np.concatenate(p) for name, p in parts.items()}

@@ -23,7 +23,6 @@ With ``knn_impl='faiss'`` the driver adds the rows to faiss's IVF index, which h
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from poolsieve.core.devices import resolve_device, task_resources
-from poolsieve.core.errors import PoolsieveWarning
 from poolsieve.core.progress import Progress
 
-from .._budget import format_size, rows_within
-from .._embeddings import TableEmbeddings
+from .._budget import fit_sample, rows_within
+from .._embeddings import TableEmbeddings, gather_rows
 from .._spill import DiskArray, save
 from .faiss_index import FaissIvf
 from .graph import (
@@ -149,7 +147,7 @@ def build_graph(pool, names: Sequence[str], counts: Sequence[int], k: int, folde
     measured = None
     if not exact and nprobe is None:
         cal = calibration_rows(n, calibration_queries, seed)
-        queries = gather_rows(pool, plan, cal)
+        queries = _gather(pool, plan, cal)
         exact_ids = remove_self(*exact_search(pool, plan, queries, kk + 1), cal)[1]
         probes = [coarse_probes(queries[:, sl], c, min(nlist, 32), device) for sl, c in zip(slices, centroids,
                                                                                                    strict=True)]
@@ -192,37 +190,15 @@ class _Plan:
 
 def _train(pool, plan: _Plan, nlist: int, seed: int) -> list[np.ndarray]:
     """Each part's unit centroids, trained on the seeded sample (cut to fit ``SAMPLE_SHARE`` of the budget)."""
-    n = int(plan.starts[-1])
-    rows = training_rows(n, nlist, seed)
-    dim = plan.slices[-1].stop
+    rows = training_rows(int(plan.starts[-1]), nlist, seed)
     widest = max(sl.stop - sl.start for sl in plan.slices)
-    fit = rows_within(pool.budget, 2 * dim + 4 * widest, share=SAMPLE_SHARE, least=nlist)
-    if len(rows) > fit:
-        warnings.warn(f"D2's IVF lists train on {fit:,} of the {len(rows):,} sample rows, to fit the memory budget "
-                      f"({format_size(pool.budget)}); raise --memory-budget to train on all", PoolsieveWarning,
-                      stacklevel=3)
-        rows = np.sort(np.random.default_rng(seed + 2).choice(rows, size=fit, replace=False))
-    sample = gather_rows(pool, plan, rows)
+    fit = rows_within(pool.budget, 2 * plan.slices[-1].stop + 4 * widest, share=SAMPLE_SHARE, least=nlist)
+    sample = _gather(pool, plan, fit_sample(rows, fit, seed, "D2's IVF lists", pool.budget))
     return [train_lists(np.ascontiguousarray(sample[:, sl]), nlist, seed, plan.device) for sl in plan.slices]
 
 
-def gather_rows(pool, plan: _Plan, rows: np.ndarray) -> np.ndarray:
-    """Pool rows ``rows`` (sorted ids) of the features, read table by table by tasks."""
-    units = []
-    for t, (a, b) in enumerate(zip(plan.starts[:-1], plan.starts[1:], strict=True)):
-        local = rows[(rows >= a) & (rows < b)] - a
-        if len(local):
-            units.append((plan.tables[t], local))
-    parts = pool.runtime.map(_take_rows(plan), units, "gather rows")
-    return np.concatenate(parts) if parts else np.zeros((0, plan.slices[-1].stop), np.float16)
-
-
-def _take_rows(plan: _Plan):
-    def take_rows(unit: tuple[Path, np.ndarray]) -> np.ndarray:
-        table, local = unit
-        return plan.reader(table).take(local)
-
-    return take_rows
+def _gather(pool, plan: _Plan, rows: np.ndarray) -> np.ndarray:
+    return gather_rows(pool, plan.names, plan.counts, rows)
 
 
 def _assign(pool, plan: _Plan, nlist: int, exact: bool) -> np.ndarray:
