@@ -36,6 +36,7 @@ from poolsieve.core.progress import Progress
 from ._spill import DiskArray
 
 FIRST_BATCH = 256
+MIN_BATCH = 64
 MAX_BATCH = 1 << 16
 FORWARD_ROWS = 1 << 18  # rows per forward-message task
 
@@ -154,28 +155,33 @@ class GreedyRange:
         return len(taken)
 
 
-def greedy_select(pool, folder: Path, n: int, n_select: int, gamma_reverse: float,
-                  desc: str = "D2 selection") -> np.ndarray:
+def greedy_select(pool, folder: Path, n: int, n_select: int, gamma_reverse: float) -> np.ndarray:
     """Pool rows in the order the sequential greedy selection takes them (see the module docstring)."""
+    with pool.runtime.actor_pool(GreedyRange, pool.runtime.nodes(), str(folder), gamma_reverse, spread=True) as workers:
+        return select(workers, n, n_select)
+
+
+def select(workers, n: int, n_select: int, desc: str = "D2 selection") -> np.ndarray:
+    """The selection over ``workers`` (an actor pool of ``GreedyRange``: ``call_all`` / ``call_each``),
+    each given an equal range of the ``n`` rows."""
+    bounds = np.linspace(0, n, len(workers) + 1).astype(np.int64)
+    workers.call_each("load", [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
     chunks: list[np.ndarray] = []
     taken, batch = 0, FIRST_BATCH
     progress = Progress(desc, total=n_select, unit="rows")
-    with pool.runtime.actor_pool(GreedyRange, pool.runtime.nodes(), str(folder), gamma_reverse, spread=True) as workers:
-        bounds = np.linspace(0, n, len(workers) + 1).astype(np.int64)
-        workers.call_each("load", [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
-        while taken < n_select:
-            proposals = workers.call_all("propose", batch)
-            sel, targets, decrements, whole = _round(proposals, batch, n_select - taken)
-            if not len(sel):
-                break
-            owner = np.searchsorted(bounds, targets, side="right") - 1
-            mine = np.searchsorted(bounds, sel, side="right") - 1
-            workers.call_each("apply", [(sel[mine == w], targets[owner == w], decrements[owner == w])
-                                        for w in range(len(workers))])
-            chunks.append(sel)
-            taken += len(sel)
-            progress.update(len(sel))
-            batch = min(MAX_BATCH, 2 * batch) if whole else max(64, min(MAX_BATCH, 4 * len(sel)))
+    while taken < n_select:
+        proposals = workers.call_all("propose", batch)
+        sel, targets, decrements, whole = _round(proposals, batch, n_select - taken)
+        if not len(sel):
+            break
+        owner = np.searchsorted(bounds, targets, side="right") - 1
+        mine = np.searchsorted(bounds, sel, side="right") - 1
+        workers.call_each("apply", [(sel[mine == w], targets[owner == w], decrements[owner == w])
+                                    for w in range(len(workers))])
+        chunks.append(sel)
+        taken += len(sel)
+        progress.update(len(sel))
+        batch = min(MAX_BATCH, 2 * batch) if whole else max(MIN_BATCH, min(MAX_BATCH, 4 * len(sel)))
     return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
 
 

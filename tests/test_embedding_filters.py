@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from embedding_pool import DIM, build_embedding_pool, clustered, make_pool, unit
 
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveWarning
-from poolsieve.core.formats import write_embeddings
 from poolsieve.core.uids import UidSet
 from poolsieve.filters._kmeans import kmeans
 from poolsieve.filters.d2_pruning import d2_select
@@ -18,59 +17,14 @@ from poolsieve.filters.knn import index as knn_index
 from poolsieve.filters.knn import lists as knn_lists
 from poolsieve.filters.knn import sharded as knn_sharded
 from poolsieve.filters.knn.graph import knn_graph, recall_at_k
-from poolsieve.filters.registry import ScoredPool, get_filter
+from poolsieve.filters.registry import get_filter
 from poolsieve.filters.semdedup import semdedup_run
-
-DIM = 16
-
-
-def unit(x):
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def clustered(rng, n, dim=DIM, centres=12, noise=0.6):
-    c = rng.standard_normal((centres, dim))
-    return unit(c[rng.integers(0, centres, n)] + noise * rng.standard_normal((n, dim))).astype(np.float16)
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """3 score tables (one failed row each), b32 embeddings, a target set, duplicates of several kinds."""
-    root = tmp_path_factory.mktemp("emb_ws")
-    rng = np.random.default_rng(7)
-    (root / "scores").mkdir()
-    words = np.array(["dog", "cat", "red", "car", "tree", "photo", "of", "a", "beach", "night"])
-    seen_uids, seen_sha = [], []
-    for s, n in enumerate((170, 150, 180)):
-        img, txt = clustered(rng, n), clustered(rng, n)
-        img[5] = img[3]  # a semantic (and exact) duplicate
-        uids = [f"{a:016x}{b:016x}" for a, b in rng.integers(0, 2**62, (n, 2))]
-        sha = [f"{v:064x}" for v in rng.integers(0, 2**62, n)]
-        sha[5] = sha[3]
-        sha[6] = None
-        if seen_uids:
-            uids[8] = seen_uids[0]  # a uid repeated across shards
-            sha[9] = seen_sha[1]  # same bytes as a row of an earlier shard
-        seen_uids += uids
-        seen_sha += sha
-        text = [" ".join(rng.choice(words, size=m)) for m in rng.integers(1, 6, n)]
-        status = np.array(["success"] * n, dtype=object)
-        status[2] = "failed_to_decode"
-        df = pd.DataFrame({
-            "uid": uids, "text": text, "sha256": sha, "status": status,
-            "language": np.where(rng.random(n) < 0.8, "en", "fr"),
-            "clip_b32_similarity_score": (img.astype(np.float32) * txt.astype(np.float32)).sum(1) * 0.3,
-        })
-        df.to_parquet(root / "scores" / f"{s:05d}.parquet", index=False)
-        write_embeddings(root / "scores" / f"{s:05d}.npz", {"b32_img": img, "b32_txt": txt})
-    (root / "references").mkdir()
-    np.savez(root / "references" / "target.npz", b32_img=clustered(np.random.default_rng(1), 30))
-    return root
-
-
-def make_pool(root: Path, runtime=None) -> ScoredPool:
-    tables = sorted((root / "scores").glob("*.parquet"))
-    return ScoredPool(tables) if runtime is None else ScoredPool(tables, runtime)
+    return build_embedding_pool(tmp_path_factory.mktemp("emb_ws"))
 
 
 def features_of(pool, names):
@@ -348,9 +302,10 @@ def test_semdedup_matches_brute_force(workspace, order, against):
     pool = make_pool(workspace)
     res = semdedup_run(pool, eps=0.15, clusters=4, order=order, against=against, device="cpu")
     x = pool.load_embeddings(["b32_img"])["b32_img"]
-    expected = brute_semdedup(x, res["labels"], res["centroids"], 0.15, order, against)
-    assert np.array_equal(res["keep"], expected)
-    assert 0 < (~expected).sum() < len(x) // 2
+    labels = ((x.astype(np.float32)[:, None, :] - res["centroids"][None]) ** 2).sum(-1).argmin(1)
+    expected = brute_semdedup(x, labels, res["centroids"], 0.15, order, against)
+    assert res["uids"] == UidSet(pool.uid_keys()[expected])
+    assert 0 < (~expected).sum() < len(x) // 2 and res["removed"] == (~expected).sum()
     via_dedup = get_filter("dedup")(pool, method="semantic", eps=0.15, clusters=4, order=order, against=against)
     assert via_dedup == res["uids"]
 
@@ -359,8 +314,8 @@ def test_semdedup_drops_the_planted_duplicate_only_once(workspace):
     pool = make_pool(workspace)
     res = semdedup_run(pool, eps=1e-3, clusters=3)
     uids = pool.read_columns([])["uid"].to_numpy()
-    twins = np.flatnonzero(np.isin(uids, uids[[3 - 1, 5 - 1]]))  # rows 3 and 5 of shard 0 (row 2 failed)
-    assert res["keep"][twins].sum() == 1
+    twins = uids[[3 - 1, 5 - 1]]  # rows 3 and 5 of shard 0 (row 2 failed)
+    assert sum(u in res["uids"] for u in twins) == 1
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU")
