@@ -24,7 +24,7 @@ from poolsieve.filters.semdedup import dedup_cluster, unit_rows
 
 
 # ----------------------------------------------------------------------------------------- D2
-def d2(pool, *, fraction=0.3, count=None, features="image+text", k=5, score_shift=0.115, gamma_forward=1.0,
+def d2(pool, *, fraction=None, count=None, features="image+text", k=5, score_shift=0.115, gamma_forward=1.0,
        gamma_reverse=1.0, knn="auto", nlist=None, nprobe=None, candidates=None, seed=0, recall=0.95,
        exact_max_rows=50_000) -> tuple[UidSet, np.ndarray, np.ndarray, np.ndarray]:
     """(kept uids, selection order, neighbours, distances) of the in-memory D2."""
