@@ -26,7 +26,7 @@ def clustered(rng, n, dim=DIM, centres=12, noise=0.6):
 def build_embedding_pool(root: Path, sizes=(170, 150, 180), seed: int = 7) -> Path:
     """Write the pool under ``root`` (``scores/``, ``references/target.npz``) and return ``root``."""
     rng = np.random.default_rng(seed)
-    (root / "scores").mkdir()
+    (root / "scores").mkdir(parents=True)
     words = np.array(["dog", "cat", "red", "car", "tree", "photo", "of", "a", "beach", "night"])
     seen_uids, seen_sha = [], []
     for s, n in enumerate(sizes):

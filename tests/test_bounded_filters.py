@@ -205,3 +205,18 @@ def test_spill_folders_go_when_done_and_abandoned_ones_are_swept(tmp_path):
     with spill_folder(pool, "y"):
         pass
     assert not dead.exists() and elsewhere.exists()
+
+
+def test_filter_command_takes_a_memory_budget_and_leaves_no_spill(tmp_path, capsys):
+    from poolsieve.pipeline.cli import main
+
+    root = build_embedding_pool(tmp_path / "ws")
+    args = ["filter", "-w", str(root), "--executor", "local", "--spec", "d = d2_pruning(knn=exact, device=cpu)"]
+    assert main([*args, "--memory-budget", "80MiB"]) == 0
+    from poolsieve.core.formats import read_uidset
+
+    assert read_uidset(root / "subsets" / "d.npy") == ref.d2(make_pool(root), knn="exact")[0]
+    capsys.readouterr()
+    assert main([*args, "--memory-budget", "lots", "--overwrite"]) == 2
+    assert "memory budget must be a size" in capsys.readouterr().err
+    assert not list(root.glob(f"{PREFIX}*"))

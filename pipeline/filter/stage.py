@@ -64,6 +64,10 @@ class FilterConfig:
     only: list[str] | None = option(None, "names of the subsets to make (default: all)", cli=False)
     ray_above_mb: float = option(RAY_ABOVE_MB, "start a local Ray only when the files the filters read exceed "
                                  "this many MB (below, Ray's start-up costs more than it saves); 0: always")
+    memory_budget: str | None = option(None, "memory the embedding filters' working set may take in any one process "
+                                       "(e.g. 2GiB; default: a quarter of the machine's memory); larger work is "
+                                       "cut to fit and spilled to a hidden folder of the workspace",
+                                       metavar="SIZE")
 
 
 def score_table_files(ws: Workspace, tables: str | None) -> list[Path]:
@@ -182,12 +186,14 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite:
 
 def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite: bool, targets: list[str],
                   tables: list[Path], fingerprint: str, parsed: dict[str, Any]) -> dict[str, Any]:
+    from poolsieve.filters._budget import parse_size
     from poolsieve.filters.algebra import Evaluator
     from poolsieve.filters.registry import ScoredPool
     from poolsieve.filters.spec import render
 
     embeddings = any(reads_embeddings(spec) for spec in parsed.values())
-    pool = ScoredPool(tables, filter_runtime(runtime, tables, embeddings, cfg.ray_above_mb))
+    pool = ScoredPool(tables, filter_runtime(runtime, tables, embeddings, cfg.ray_above_mb),
+                      memory_budget=parse_size(cfg.memory_budget), spill_dir=ws.root)
     made: set[str] = set()
     checked: dict[tuple[int, int, int], None] = {}
 
