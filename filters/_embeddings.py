@@ -168,10 +168,10 @@ def gather_rows(pool: ScoredPool, names: Sequence[str], counts: Sequence[int], r
     out: np.ndarray | None = None
     filled = 0
 
-    def take(unit: tuple[Path, np.ndarray]) -> np.ndarray:
+    def take_sample(unit: tuple[Path, np.ndarray]) -> np.ndarray:
         return TableEmbeddings(unit[0], names).take(unit[1])
 
-    for part in pool.runtime.ordered_map(take, units):
+    for part in pool.runtime.ordered_map(take_sample, units):
         if out is None:
             out = np.empty((len(rows), part.shape[1]), dtype=dtype)
         out[filled:filled + len(part)] = part

@@ -153,14 +153,14 @@ def _pool_rows(masks: list[np.ndarray], chosen: np.ndarray) -> np.ndarray:
 
 
 def _Assign(image_key: str, centroids: np.ndarray, target_ids: np.ndarray, device: str):  # noqa: N802
-    def assign(unit: tuple[Path, np.ndarray]) -> UidSet:
+    def keep(unit: tuple[Path, np.ndarray]) -> UidSet:
         table, mask = unit
         emb = TableEmbeddings(table, [image_key]).take(np.flatnonzero(mask))
         labels, _ = nearest_centroid(emb, centroids, "ip", device)
         uids = member_keys(read_members(table, []), table)[mask]
         return UidSet(uids[np.isin(labels, target_ids)])
 
-    return assign
+    return keep
 
 
 @register("image_based", params=image_based_run)
