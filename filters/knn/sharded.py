@@ -204,9 +204,11 @@ def _gather(pool, plan: _Plan, rows: np.ndarray) -> np.ndarray:
 def _assign(pool, plan: _Plan, nlist: int, exact: bool) -> np.ndarray:
     """Write every table's nearest lists; return the list sizes per part, ``(parts, nlist)``."""
     totals = np.zeros((len(plan.slices), nlist), dtype=np.int64)
+    progress = Progress("IVF assign", total=len(plan.tables), unit="tables")
     for _, counts in pool.runtime.stream(_assign_lists(plan, exact), list(enumerate(plan.tables)),
                                          **task_resources(plan.device)):
         totals += counts
+        progress.update(1, int(counts[0].sum()), "rows")
     return totals
 
 
@@ -253,8 +255,9 @@ def _write_indexes(pool, plan: _Plan, centroids: list[np.ndarray], totals: np.nd
             for j in range(len(plan.slices)):
                 before[j] += np.bincount(labels[:, j], minlength=before.shape[1])
 
-    for _ in pool.runtime.stream(_write_table(plan), units()):
-        pass
+    progress = Progress("write index", total=len(plan.tables), unit="tables")
+    for _, rows in pool.runtime.stream(_write_table(plan), units()):
+        progress.update(1, rows, "rows")
 
 
 def _write_table(plan: _Plan):
