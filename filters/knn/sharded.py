@@ -15,7 +15,9 @@ embeddings, or one table after another in this process); what is per row goes to
 4. calibration: ``nprobe`` (unless given) is chosen in the driver as ``graph.knn_graph`` chooses it,
    against an exact search of the calibration rows done table by table by tasks;
 5. search: tasks over runs of consecutive rows (at most ``search_rows`` each, from the budget) search
-   the lists a list at a time and write each row's neighbours to ``neighbors.npy`` / ``distances.npy``.
+   the lists and write each row's neighbours to ``neighbors.npy`` / ``distances.npy``. A task loads
+   the index into memory when it takes at most ``INDEX_SHARE`` of the budget (the re-rank then reads
+   candidates' vectors from memory), else reads lists and candidates from disk as it goes.
 
 With ``knn_impl='faiss'`` the driver adds the rows to faiss's IVF index, which holds every row in memory
 (3 KB per row at 1536-d): that path is for a GPU whose memory holds the index.
@@ -52,6 +54,8 @@ from .lists import calibration_rows, coarse_probes, default_nlist, train_lists, 
 PROBES_KEPT = 8  # nearest lists stored per row and part: calibrated nprobe up to this reuses them
 QUERY_ROW_BYTES = 14_000  # working set of a search task per query row (queries, candidates, re-rank)
 SAMPLE_SHARE = 0.5  # of the budget for the IVF training sample
+INDEX_SHARE = 0.5  # of the budget: an index this small is loaded whole by each search task
+INDEX_ROW_BYTES = 20  # ids, positions, squared norms per row and part, beside the fp16 vectors
 
 
 @dataclass
@@ -143,7 +147,9 @@ def build_graph(pool, names: Sequence[str], counts: Sequence[int], k: int, folde
         _write_faiss_indexes(plan, centroids)
     else:
         _write_indexes(pool, plan, centroids, totals)
-    indexes = load_indexes(folder, len(slices), use_faiss)
+    index_bytes = n * (dim * 2 + INDEX_ROW_BYTES * len(slices))
+    in_memory = not use_faiss and index_bytes <= pool.budget * INDEX_SHARE
+    indexes = load_indexes(folder, len(slices), use_faiss, in_memory)
     measured = None
     if not exact and nprobe is None:
         cal = calibration_rows(n, calibration_queries, seed)
@@ -160,8 +166,10 @@ def build_graph(pool, names: Sequence[str], counts: Sequence[int], k: int, folde
     probe = 1 if exact else int(nprobe)
     DiskArray.create(folder / "neighbors.npy", (n, k), np.int64, fill=-1)
     DiskArray.create(folder / "distances.npy", (n, k), np.float32, fill=np.inf)
-    units = row_segments(tables, counts, search_rows(pool.budget))
-    pool.runtime.map(_SearchRows(plan, k, kk + 1, m1, probe, use_faiss, pool.budget), units,
+    indexes.clear()  # the driver keeps no index while the tasks search
+    room = pool.budget - index_bytes if in_memory else pool.budget
+    units = row_segments(tables, counts, search_rows(room))
+    pool.runtime.map(_SearchRows(plan, k, kk + 1, m1, probe, use_faiss, room, in_memory), units,
                      f"kNN search (k={k}, nprobe={probe})", items=lambda r: r, item_unit="rows",
                      **task_resources(device))
     return GraphFiles(folder, n, k, "exact" if exact else "ivf", nlist, probe, measured,
@@ -297,11 +305,11 @@ def _write_faiss_indexes(plan: _Plan, centroids: list[np.ndarray]) -> None:
         index.save(plan.folder / f"part{j}.faiss")
 
 
-def load_indexes(folder: Path, n_parts: int, use_faiss: bool) -> list[IvfIndex | FaissIvf]:
-    """The parts' indexes in ``folder``, read from disk as searched."""
+def load_indexes(folder: Path, n_parts: int, use_faiss: bool, in_memory: bool = False) -> list[IvfIndex | FaissIvf]:
+    """The parts' indexes in ``folder``: loaded whole when ``in_memory``, else read from disk as searched."""
     if use_faiss:
         return [FaissIvf.load(folder / f"part{j}.faiss") for j in range(n_parts)]
-    return [IvfIndex.load(folder / f"part{j}") for j in range(n_parts)]
+    return [IvfIndex.load(folder / f"part{j}", on_disk=not in_memory) for j in range(n_parts)]
 
 
 def exact_search(pool, plan: _Plan, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -321,7 +329,7 @@ def _exact_against_table(plan: _Plan, queries: np.ndarray, k: int):
 
 
 def _SearchRows(plan: _Plan, k: int, k1: int, m1: int, nprobe: int, use_faiss: bool,  # noqa: N802
-                budget: int):
+                budget: int, in_memory: bool):
     def search_rows_task(unit: list[Segment]) -> int:
         x = np.concatenate([plan.reader(s.table).rows(s.lo, s.hi) for s in unit])
         query_ids = np.concatenate([s.start + np.arange(s.lo, s.hi, dtype=np.int64) for s in unit])
@@ -329,7 +337,7 @@ def _SearchRows(plan: _Plan, k: int, k1: int, m1: int, nprobe: int, use_faiss: b
         if nprobe <= plan.kept:
             stored = np.concatenate([DiskArray(plan.probes_file(s.t)).rows(s.lo, s.hi) for s in unit])
             probes = [np.ascontiguousarray(stored[:, j, :], dtype=np.int64) for j in range(len(plan.slices))]
-        indexes = load_indexes(plan.folder, len(plan.slices), use_faiss)
+        indexes = load_indexes(plan.folder, len(plan.slices), use_faiss, in_memory)
         d, i = search_parts(x, indexes, plan.slices, k1, m1, nprobe, plan.device, probes, pairs=budget // 128)
         d, i = remove_self(d, i, query_ids)
         if i.shape[1] < k:
