@@ -160,8 +160,7 @@ class Runtime:
             now = time.monotonic()
             unplaceable_since = unplaceable_since or now
             if now - unplaceable_since >= self.node_wait_seconds:
-                wanted = ", ".join(f"{v / 2**30:.2f} GiB memory" if k == "memory" else f"{v:g} {k}"
-                                   for k, v in need.items() if v) or "any node"
+                wanted = ", ".join(f"{v:g} {k}" for k, v in need.items() if v) or "any node"
                 raise PoolsieveError(
                     f"no node of the Ray cluster can run this stage's work any more (each unit needs {wanted}; "
                     f"waited {self.node_wait_seconds:g} s for one to join); the finished units are kept: "
@@ -173,7 +172,7 @@ class Runtime:
 
     # ---------------------------------------------------------------- streaming units
     def ordered_map(self, fn: Callable[[U], R], units: Iterable[U], *, max_in_flight: int | None = None,
-                    num_cpus: float = 1, num_gpus: float = 0, memory: float = 0) -> Iterator[R]:
+                    num_cpus: float = 1, num_gpus: float = 0) -> Iterator[R]:
         """Yield ``fn(unit)`` in unit order while later units run; at most ``max_in_flight`` units are
         running or done and waiting for the ones before them."""
         if self.executor == "local":
@@ -181,7 +180,7 @@ class Runtime:
                 yield fn(u)
             return
         ray = self.ensure_ray()
-        remote = self.remote(fn, num_cpus=num_cpus, num_gpus=num_gpus, **_memory(memory))
+        remote = self.remote(fn, num_cpus=num_cpus, num_gpus=num_gpus)
         limit = max(1, max_in_flight or self._limit(ray, num_cpus))
         source = enumerate(units)
         pending: dict[Any, tuple[int, U]] = {}
@@ -201,14 +200,14 @@ class Runtime:
                     continue
                 if not pending:
                     return
-                ready = self._wait_any(ray, list(pending), {"CPU": num_cpus, "GPU": num_gpus, "memory": memory})
+                ready = self._wait_any(ray, list(pending), {"CPU": num_cpus, "GPU": num_gpus})
                 i, u = pending.pop(ready)
                 done[i] = get_result(ray, ready, _describe(u))
         finally:
             _cancel(ray, list(pending), force=True)
 
     def stream(self, fn: Callable[[U], R], units: Iterable[U], *, max_in_flight: int | None = None,
-               num_cpus: float = 1, num_gpus: float = 0, memory: float = 0) -> Iterator[tuple[U, R]]:
+               num_cpus: float = 1, num_gpus: float = 0) -> Iterator[tuple[U, R]]:
         """Yield ``(unit, fn(unit))`` as units complete, at most ``max_in_flight`` running; the next unit is
         drawn from ``units`` only when a slot is free. Locally: one unit at a time, in order."""
         if self.executor == "local":
@@ -216,10 +215,10 @@ class Runtime:
                 yield u, fn(u)
             return
         ray = self.ensure_ray()
-        remote = self.remote(fn, num_cpus=num_cpus, num_gpus=num_gpus, **_memory(memory))
+        remote = self.remote(fn, num_cpus=num_cpus, num_gpus=num_gpus)
         limit = max(1, max_in_flight or self._limit(ray, num_cpus))
         yield from _as_completed(ray, units, lambda u: remote.remote(u), limit, force_cancel=True,
-                                 wait=self._waiter({"CPU": num_cpus, "GPU": num_gpus, "memory": memory}))
+                                 wait=self._waiter({"CPU": num_cpus, "GPU": num_gpus}))
 
     def stream_generators(self, fn: Callable[[U], Iterator[Any]], units: Iterable[U], *,
                           max_in_flight: int | None = None, buffered: int = 2,
@@ -271,9 +270,8 @@ class Runtime:
     # ---------------------------------------------------------------- mapping units
     def map(self, fn: Callable[[U], R], units: Sequence[U], desc: str, *, num_cpus: float = 1,
             num_gpus: float = 0, max_in_flight: int | None = None,
-            items: Callable[[R], int] | None = None, item_unit: str = "samples", memory: float = 0) -> list[R]:
-        """Run ``fn`` on every unit; return results in unit order, with progress on stderr. ``memory``
-        (bytes): what one unit's process may use, so Ray runs no more units on a node than its memory holds."""
+            items: Callable[[R], int] | None = None, item_unit: str = "samples") -> list[R]:
+        """Run ``fn`` on every unit; return results in unit order, with progress on stderr."""
         units = list(units)
         progress = Progress(desc, total=len(units), unit="units")
         results: list[Any] = [None] * len(units)
@@ -286,7 +284,7 @@ class Runtime:
             return results
 
         ray = self.ensure_ray()
-        remote = self.remote(fn, num_cpus=num_cpus, num_gpus=num_gpus, **_memory(memory))
+        remote = self.remote(fn, num_cpus=num_cpus, num_gpus=num_gpus)
         limit = max_in_flight or self._limit(ray, num_cpus)
         pending: dict[Any, int] = {}
         next_i = 0
@@ -295,7 +293,7 @@ class Runtime:
                 while next_i < len(units) and len(pending) < limit:
                     pending[remote.remote(units[next_i])] = next_i
                     next_i += 1
-                ref = self._wait_any(ray, list(pending), {"CPU": num_cpus, "GPU": num_gpus, "memory": memory})
+                ref = self._wait_any(ray, list(pending), {"CPU": num_cpus, "GPU": num_gpus})
                 i = pending.pop(ref)
                 results[i] = get_result(ray, ref, _describe(units[i]))
                 progress.update(1, items(results[i]) if items else 0, item_unit)
@@ -383,11 +381,6 @@ class ActorPool:
 
 
 _NOTHING = object()
-
-
-def _memory(memory: float) -> dict[str, float]:
-    """Ray's ``memory`` option for a unit that declares what it uses (none: Ray's default of 0)."""
-    return {"memory": float(memory)} if memory else {}
 
 
 def _top_up(source: Iterator[Any], active: dict[Any, Any], limit: int, submit: Callable[[Any], Any]) -> bool:

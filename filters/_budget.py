@@ -4,10 +4,8 @@
 embedding filter holds at once in any one process (the driver, or one Ray task): query chunks, the
 rows of one cluster bucket, the k-means training sample. Work larger than the budget is cut into
 pieces that fit, and what must outlive a piece is spilled to a hidden folder of the workspace
-(``_spill.py``). The default is a quarter of the machine's physical memory (the driver's machine), at
-least ``MIN_BUDGET``. Sizes are written ``2GiB``, ``512MiB``, ``1.5G`` or a number of bytes. A Ray task
-whose working set is budget-sized declares the budget to Ray (its ``memory`` resource), so no node
-runs more of them at once than its memory holds.
+(``_spill.py``). The default is a quarter of the machine's physical memory (each Ray node reads its
+own), at least ``MIN_BUDGET``. Sizes are written ``2GiB``, ``512MiB``, ``1.5G`` or a number of bytes.
 
 Besides the budget a process holds the interpreter and its libraries (about 0.4 GiB with faiss and
 torch) and, in the driver, the kept uid set (16 bytes per kept row).

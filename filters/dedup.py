@@ -143,9 +143,9 @@ def exact_dedup(pool: ScoredPool, by: list[str]) -> UidSet:
         units = [(t, Path(table), int(starts[t])) for t, table in enumerate(pool.tables)]
         parts = pool.runtime.map(job.split, units, "dedup (keys)")
         if "sha256" in by:
-            parts += pool.runtime.map(job.repeats, list(range(count)), "dedup (sha256)", memory=pool.budget)
+            parts += pool.runtime.map(job.repeats, list(range(count)), "dedup (sha256)")
         if "uid" in by:
-            parts += pool.runtime.map(job.kept, list(range(count)), "dedup (uids)", memory=pool.budget)
+            parts += pool.runtime.map(job.kept, list(range(count)), "dedup (uids)")
     return UidSet.union_of(parts)
 
 

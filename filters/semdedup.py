@@ -151,7 +151,7 @@ def semdedup_run(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None =
         runs = cluster_runs(sizes, rows_within(pool.budget, 2 * centroids.shape[1] + 64, share=BUCKET_SHARE),
                             2 * pool.runtime.cpus())
         parts = pool.runtime.map(job.dedup_clusters, runs, "SemDeDup clusters", items=lambda r: r[1],
-                                 item_unit="rows removed", memory=pool.budget)
+                                 item_unit="rows removed")
     return {"uids": UidSet.union_of(p[0] for p in parts), "centroids": centroids,
             "removed": int(sum(p[1] for p in parts)), "sample_rows": len(rows)}
 
