@@ -260,12 +260,13 @@ class Runtime:
         ``spread``: place them on as many nodes as possible (Ray's ``SPREAD`` strategy)."""
         return ActorPool(self, cls, size, args, num_cpus, num_gpus, spread)
 
-    def nodes(self) -> int:
-        """Alive nodes with CPUs in the Ray cluster (1 for the local executor)."""
+    def node_resources(self) -> list[dict[str, float]]:
+        """Each alive node's resources (Ray's ``CPU``, ``memory`` in bytes, ...) for the nodes with CPUs; for the
+        local executor, this process's CPUs."""
         if self.executor == "local":
-            return 1
-        alive = [n for n in self.ensure_ray().nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
-        return max(1, len(alive))
+            return [{"CPU": float(_process_cpus())}]
+        return [dict(n["Resources"]) for n in self.ensure_ray().nodes()
+                if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0] or [{"CPU": 1.0}]
 
     # ---------------------------------------------------------------- mapping units
     def map(self, fn: Callable[[U], R], units: Sequence[U], desc: str, *, num_cpus: float = 1,

@@ -13,6 +13,7 @@ torch) and, in the driver, the kept uid set (16 bytes per kept row).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -89,3 +90,15 @@ def fit_sample(rows: np.ndarray, fit: int, seed: int, what: str, budget: int) ->
     warnings.warn(f"{what} trains on {fit:,} of its {len(rows):,} sample rows to fit the memory budget "
                   f"({format_size(budget)}); raise --memory-budget to use them all", PoolsieveWarning, stacklevel=3)
     return np.sort(np.random.default_rng([seed, 2]).choice(rows, size=fit, replace=False))
+
+
+def task_cpus(pool) -> float:
+    """CPUs a budget-sized task asks Ray for (see the module docstring); 1 in this process."""
+    if pool.runtime.executor == "local":
+        return 1.0
+    nodes = pool.runtime.node_resources()
+    per_cpu = min(n.get("memory", 0.0) / max(n.get("CPU", 1.0), 1.0) for n in nodes)
+    if per_cpu <= 0:
+        return 1.0
+    need = math.ceil(2 * pool.budget / per_cpu)
+    return float(max(1, min(need, int(min(n.get("CPU", 1.0) for n in nodes)))))

@@ -157,7 +157,7 @@ class GreedyRange:
 
 def greedy_select(pool, folder: Path, n: int, n_select: int, gamma_reverse: float) -> np.ndarray:
     """Pool rows in the order the sequential greedy selection takes them (see the module docstring)."""
-    with pool.runtime.actor_pool(GreedyRange, pool.runtime.nodes(), str(folder), gamma_reverse, spread=True) as workers:
+    with pool.runtime.actor_pool(GreedyRange, len(pool.runtime.node_resources()), str(folder), gamma_reverse, spread=True) as workers:
         return select(workers, n, n_select)
 
 

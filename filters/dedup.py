@@ -30,7 +30,7 @@ import numpy as np
 from poolsieve.core.errors import ConfigError
 from poolsieve.core.uids import KEY_DTYPE, UidSet
 
-from ._budget import rows_within
+from ._budget import rows_within, task_cpus
 from ._embeddings import check_param_names
 from ._spill import read_groups, spill_folder, write_groups
 from .columns import member_keys, read_members
@@ -143,9 +143,9 @@ def exact_dedup(pool: ScoredPool, by: list[str]) -> UidSet:
         units = [(t, Path(table), int(starts[t])) for t, table in enumerate(pool.tables)]
         parts = pool.runtime.map(job.split, units, "dedup (keys)")
         if "sha256" in by:
-            parts += pool.runtime.map(job.repeats, list(range(count)), "dedup (sha256)")
+            parts += pool.runtime.map(job.repeats, list(range(count)), "dedup (sha256)", num_cpus=task_cpus(pool))
         if "uid" in by:
-            parts += pool.runtime.map(job.kept, list(range(count)), "dedup (uids)")
+            parts += pool.runtime.map(job.kept, list(range(count)), "dedup (uids)", num_cpus=task_cpus(pool))
     return UidSet.union_of(parts)
 
 

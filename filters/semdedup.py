@@ -46,7 +46,7 @@ from poolsieve.core.devices import resolve_device, task_resources
 from poolsieve.core.errors import ConfigError
 from poolsieve.core.uids import KEY_DTYPE, UidSet
 
-from ._budget import fit_sample, rows_within
+from ._budget import fit_sample, rows_within, task_cpus
 from ._embeddings import (
     TableEmbeddings,
     check_features,
@@ -151,7 +151,7 @@ def semdedup_run(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None =
         runs = cluster_runs(sizes, rows_within(pool.budget, 2 * centroids.shape[1] + 64, share=BUCKET_SHARE),
                             2 * pool.runtime.cpus())
         parts = pool.runtime.map(job.dedup_clusters, runs, "SemDeDup clusters", items=lambda r: r[1],
-                                 item_unit="rows removed")
+                                 item_unit="rows removed", num_cpus=task_cpus(pool))
     return {"uids": UidSet.union_of(p[0] for p in parts), "centroids": centroids,
             "removed": int(sum(p[1] for p in parts)), "sample_rows": len(rows)}
 

@@ -220,3 +220,15 @@ def test_filter_command_takes_a_memory_budget_and_leaves_no_spill(tmp_path, caps
     assert main([*args, "--memory-budget", "lots", "--overwrite"]) == 2
     assert "memory budget must be a size" in capsys.readouterr().err
     assert not list(root.glob(f"{PREFIX}*"))
+
+
+@pytest.mark.slow
+def test_budget_sized_ray_tasks_ask_for_cpus_by_memory(workspace, ray_runtime):
+    """So many CPUs that the budgets of the tasks a node runs at once fit half its memory resource."""
+    nodes = ray_runtime.node_resources()
+    per_cpu = min(n["memory"] / n["CPU"] for n in nodes)
+    most = int(min(n["CPU"] for n in nodes))
+    assert _budget.task_cpus(make_pool(workspace, ray_runtime, memory_budget=int(per_cpu / 4))) == 1
+    assert _budget.task_cpus(make_pool(workspace, ray_runtime, memory_budget=int(per_cpu))) == min(2, most)
+    assert _budget.task_cpus(make_pool(workspace, ray_runtime, memory_budget=int(per_cpu * 40))) == most
+    assert _budget.task_cpus(make_pool(workspace, memory_budget="64GiB")) == 1  # in this process

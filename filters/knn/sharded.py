@@ -34,7 +34,7 @@ import numpy as np
 from poolsieve.core.devices import resolve_device, task_resources
 from poolsieve.core.progress import Progress
 
-from .._budget import fit_sample, rows_within
+from .._budget import fit_sample, rows_within, task_cpus
 from .._embeddings import TableEmbeddings, gather_rows
 from .._spill import DiskArray, save
 from .faiss_index import FaissIvf
@@ -171,7 +171,7 @@ def build_graph(pool, names: Sequence[str], counts: Sequence[int], k: int, folde
     units = row_segments(tables, counts, search_rows(room))
     pool.runtime.map(_SearchRows(plan, k, kk + 1, m1, probe, use_faiss, room, in_memory), units,
                      f"kNN search (k={k}, nprobe={probe})", items=lambda r: r, item_unit="rows",
-                     **task_resources(device))
+                     num_cpus=task_cpus(pool), **task_resources(device))
     return GraphFiles(folder, n, k, "exact" if exact else "ivf", nlist, probe, measured,
                       m1 - 1 if len(slices) > 1 else None, impl)
 
