@@ -124,12 +124,14 @@ def generate_pool(root: Path, rows: int, shards: int, dim: int, seed: int = 0, k
 
 
 # ------------------------------------------------------------------------- one filter, timed
-def filter_params(name: str, args: argparse.Namespace) -> dict:
+def filter_params(name: str, args: argparse.Namespace, rows: int | None = None) -> dict:
+    """The filter's parameters; with ``--sample-rows`` the k-means sample ratio is that many of ``rows``."""
+    ratio = min(1.0, args.sample_rows / rows) if args.sample_rows and rows else args.sample_ratio
     params = {
         "d2_pruning": {"fraction": 0.3, "k": args.k, "features": "image+text", "recall": args.recall},
-        "image_based": {"clusters": args.clusters, "sample_ratio": args.sample_ratio, "target": "target"},
+        "image_based": {"clusters": args.clusters, "sample_ratio": ratio, "target": "target"},
         "dedup": {"method": "exact"},
-        "semdedup": {"clusters": args.semdedup_clusters, "eps": 0.05, "sample_ratio": args.sample_ratio},
+        "semdedup": {"clusters": args.semdedup_clusters, "eps": 0.05, "sample_ratio": ratio},
     }[name]
     if name != "dedup":
         params["device"] = args.device
@@ -196,7 +198,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
     runtime = Runtime(executor="ray", num_cpus=args.num_cpus) if args.ray else Runtime(executor="local")
     pool = open_pool(args, runtime)
-    params = filter_params(name, args)
+    params = filter_params(name, args, pool.member_count() if args.sample_rows else None)
     out: dict = {"filter": name, "impl": args.impl_one, "params": params, "tables": len(pool.tables)}
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -316,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clusters", type=int, default=10_000, help="image_based k-means clusters")
     p.add_argument("--semdedup-clusters", type=int, default=1_000)
     p.add_argument("--sample-ratio", type=float, default=0.25, help="k-means training sample ratio")
+    p.add_argument("--sample-rows", type=int, default=None,
+                   help="k-means training sample of this many rows at every pool size (sets the ratio)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--ray", action="store_true", help="run on a local Ray (sharded kNN build)")
     p.add_argument("--num-cpus", type=int, default=None)

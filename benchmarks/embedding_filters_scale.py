@@ -6,7 +6,9 @@ per table); each filter runs on its first tables at every size, each run a fresh
 per filter and size: wall, CPU, peak resident memory of the whole process tree (the child's ``VmHWM``,
 or the tree's summed ``VmRSS`` sampled every 0.2 s when it starts processes), peak per row; then per
 filter a least-squares line ``peak = base + slope * rows`` over the sizes, and its value at DataComp's
-small (12.8M) and medium (128M) scales. ``--memory-budget`` is handed to the filters.
+small (12.8M) and medium (128M) scales. ``--memory-budget`` is handed to the filters. With
+``--sample-rows N`` the k-means filters train on N rows at every size (a sample grows the peak by 3 KB
+per sample row at 768-d until half the budget; the fit then shows what grows with the pool itself).
 
 Cluster mode (``--cluster 2,4 --cluster-rows 250000,500000``): the child process starts a Ray cluster
 on this machine of that many raylets (``ray.cluster_utils.Cluster``: one CPU and ``--node-memory`` of
@@ -226,7 +228,7 @@ def run_on_cluster(name: str, args: argparse.Namespace) -> dict:
     try:
         runtime = Runtime(executor="ray", address=cluster.address)
         pool = bench.open_pool(args, runtime)
-        params = bench.filter_params(name, args)
+        params = bench.filter_params(name, args, pool.member_count() if args.sample_rows else None)
         with TreeMonitor(os.getpid(), raylets) as monitor:
             t0 = time.perf_counter()
             kept = get_filter(name)(pool, **params)
