@@ -136,7 +136,7 @@ def exact_dedup(pool: ScoredPool, by: list[str]) -> UidSet:
 
     counts = row_counts(pool)
     n = int(sum(counts))
-    count = max(1, -(-n // rows_within(pool.budget, BUCKET_ROW_BYTES, share=0.4)))
+    count = max(1, -(-n // rows_within(pool.budget, BUCKET_ROW_BYTES, share=0.4)), min(2 * pool.runtime.cpus(), n // 1000))
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     with spill_folder(pool, "dedup") as folder:
         job = _Exact(folder, by, count)

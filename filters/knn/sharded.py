@@ -14,7 +14,8 @@ embeddings, or one table after another in this process); what is per row goes to
    list from disk;
 4. calibration: ``nprobe`` (unless given) is chosen in the driver as ``graph.knn_graph`` chooses it,
    against an exact search of the calibration rows done table by table by tasks;
-5. search: tasks over runs of consecutive rows (at most ``search_rows`` each, from the budget) search
+5. search: tasks over runs of consecutive rows (at most ``search_rows`` each, from the budget, and at most
+   a share of the pool per CPU of the cluster, so that more nodes hold less each) search
    the lists and write each row's neighbours to ``neighbors.npy`` / ``distances.npy``. A task loads
    the index into memory when it takes at most ``INDEX_SHARE`` of the budget (the re-rank then reads
    candidates' vectors from memory), else reads lists and candidates from disk as it goes.
@@ -168,7 +169,8 @@ def build_graph(pool, names: Sequence[str], counts: Sequence[int], k: int, folde
     DiskArray.create(folder / "distances.npy", (n, k), np.float32, fill=np.inf)
     indexes.clear()  # the driver keeps no index while the tasks search
     room = pool.budget - index_bytes if in_memory else pool.budget
-    units = row_segments(tables, counts, search_rows(room))
+    spread = max(1024, -(-n // (2 * pool.runtime.cpus())))  # every CPU of a cluster gets units
+    units = row_segments(tables, counts, min(search_rows(room), spread))
     pool.runtime.map(_SearchRows(plan, k, kk + 1, m1, probe, use_faiss, room, in_memory), units,
                      f"kNN search (k={k}, nprobe={probe})", items=lambda r: r, item_unit="rows",
                      num_cpus=task_cpus(pool), **task_resources(device))
