@@ -11,8 +11,8 @@ an in-process twin (``executor="local"``) with the same results, run one unit at
 * ``stream_generators``: each unit's generator runs as a task that hands its items over one by one
   (Ray's streaming generators, with backpressure); yields ``(unit, item)`` and ``(unit, END)``;
   on Ray an item is an object reference that tasks and actors take as it is, locally the item itself;
-* ``actor_pool``: a few long-lived workers holding state (models on a GPU); ``ActorPool.stream``
-  sends each item to the least busy one.
+* ``actor_pool``: a few long-lived workers holding state (models on a GPU, a share of a filter's rows);
+  ``ActorPool.stream`` sends each item to the least busy one, ``call_each`` one call to each worker.
 
 Errors a unit raises reach the caller as the original exception (a ``PoolsieveError`` stays a one-line
 user error), not as a Ray traceback. A stream that ends early (an error, the consumer stops) cancels
@@ -251,9 +251,19 @@ class Runtime:
         finally:
             _cancel(ray, list(active), force=False, wait=False)
 
-    def actor_pool(self, cls: type, size: int, *args: Any, num_cpus: float = 1, num_gpus: float = 0) -> ActorPool:
-        """``size`` workers ``cls(*args)`` (one, in this process, for the local executor); close it when done."""
-        return ActorPool(self, cls, size, args, num_cpus, num_gpus)
+    def actor_pool(self, cls: type, size: int, *args: Any, num_cpus: float = 1, num_gpus: float = 0,
+                   spread: bool = False) -> ActorPool:
+        """``size`` workers ``cls(*args)`` (one, in this process, for the local executor); close it when done.
+        ``spread``: place them on as many nodes as possible (Ray's ``SPREAD`` strategy)."""
+        return ActorPool(self, cls, size, args, num_cpus, num_gpus, spread)
+
+    def node_resources(self) -> list[dict[str, float]]:
+        """Each alive node's resources (Ray's ``CPU``, ``memory`` in bytes, ...) for the nodes with CPUs; for the
+        local executor, this process's CPUs."""
+        if self.executor == "local":
+            return [{"CPU": float(_process_cpus())}]
+        return [dict(n["Resources"]) for n in self.ensure_ray().nodes()
+                if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0] or [{"CPU": 1.0}]
 
     # ---------------------------------------------------------------- mapping units
     def map(self, fn: Callable[[U], R], units: Sequence[U], desc: str, *, num_cpus: float = 1,
@@ -294,15 +304,17 @@ class ActorPool:
     """Long-lived workers ``cls(*args)``: Ray actors (restarted with the same arguments when lost with their
     node, their calls re-sent), or one instance in this process for the local executor."""
 
-    def __init__(self, runtime: Runtime, cls: type, size: int, args: tuple, num_cpus: float, num_gpus: float):
+    def __init__(self, runtime: Runtime, cls: type, size: int, args: tuple, num_cpus: float, num_gpus: float,
+                 spread: bool = False):
         self.local = runtime.executor == "local"
         self._ray = None if self.local else runtime.ensure_ray()
         self._wait = runtime._waiter({"CPU": num_cpus, "GPU": num_gpus})
         if self.local:
             self.actors: list[Any] = [cls(*args)]
         else:
+            placement = {"scheduling_strategy": "SPREAD"} if spread else {}
             actor_cls = self._ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=runtime.task_retries,
-                                         max_task_retries=runtime.task_retries)(cls)
+                                         max_task_retries=runtime.task_retries, **placement)(cls)
             self.actors = [actor_cls.remote(*args) for _ in range(max(1, size))]
 
     def __len__(self) -> int:
@@ -314,6 +326,17 @@ class ActorPool:
             return [getattr(a, method)(*args) for a in self.actors]
         refs = [getattr(a, method).remote(*args) for a in self.actors]
         for ref in refs:  # placed and done, or the cluster has no node for them
+            self._wait(self._ray, [ref])
+        return [get_result(self._ray, ref, f"{method} on a worker") for ref in refs]
+
+    def call_each(self, method: str, args: Sequence[Any]) -> list[Any]:
+        """``method(args[w])`` on worker ``w`` (one argument per worker); the results in worker order."""
+        if len(args) != len(self.actors):
+            raise ValueError(f"call_each: {len(args)} arguments for {len(self.actors)} workers")
+        if self.local:
+            return [getattr(a, method)(arg) for a, arg in zip(self.actors, args, strict=True)]
+        refs = [getattr(a, method).remote(arg) for a, arg in zip(self.actors, args, strict=True)]
+        for ref in refs:
             self._wait(self._ray, [ref])
         return [get_result(self._ray, ref, f"{method} on a worker") for ref in refs]
 

@@ -29,33 +29,34 @@
 | seed | 0 | IVF training sample and calibration sample |
 | device | auto | ``cuda`` when torch sees a GPU, else ``cpu`` |
 
-Selection is over rows; a uid that repeats in the pool appears once in the subset. On a Ray runtime
-the graph is built shard by shard on workers against an index written once and
-memory-mapped (see ``knn.sharded``); rows are gathered in shard order.
+Selection is over rows; a uid that repeats in the pool appears once in the subset.
+
+Memory is bounded (``--memory-budget``, see ``_budget.py``): the graph is built table by table into a
+spill folder of the workspace (``knn.sharded``), the node scores and forward messages are written
+there too, and the greedy selection runs in rounds over workers that each hold a range of rows
+(``d2_greedy``: the same selection as the sequential heap). On a Ray runtime every table's work is a
+task on some node and the selection's workers are actors spread over the nodes; the driver holds
+the selection order and the kept uids.
 """
 
 from __future__ import annotations
 
-import heapq
+import inspect
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import score_column as score_column_name
-from poolsieve.core.progress import Progress
 from poolsieve.core.uids import UidSet
 
-from ._embeddings import (
-    check_features,
-    feature_widths,
-    features_loader,
-    load_all,
-    pick_embedding_key,
-    row_counts,
-)
-from .knn import KnnGraph, knn_graph, sharded_knn_graph
+from ._embeddings import check_features, feature_names, feature_widths, pick_embedding_key, row_counts
+from ._spill import DiskArray, spill_folder
+from .columns import float_column, member_keys, read_members
+from .d2_greedy import forward_messages, greedy_select
+from .knn.sharded import GraphFiles, build_graph
 from .registry import ScoredPool, register
 
 EPSILON = 1e-7
@@ -64,41 +65,6 @@ REFERENCE_SHIFT = 0.115
 
 def node_scores(scores: np.ndarray, shift: float = REFERENCE_SHIFT) -> np.ndarray:
     return np.maximum(np.asarray(scores, dtype=np.float64) + shift, EPSILON)
-
-
-def forward_messages(node: np.ndarray, graph: KnnGraph, gamma_forward: float) -> np.ndarray:
-    """``g_i = s_i + sum_j exp(-gamma_forward * d_ij) * s_j`` over each row's valid neighbours."""
-    valid = graph.neighbors >= 0
-    weights = np.where(valid, np.exp(-gamma_forward * graph.distances.astype(np.float64)), 0.0)
-    return node + (weights * node[np.where(valid, graph.neighbors, 0)]).sum(axis=1)
-
-
-def greedy_select(graph_scores: np.ndarray, graph: KnnGraph, n_select: int, gamma_reverse: float,
-                  desc: str = "D2 selection") -> np.ndarray:
-    """Row ids in the order the greedy reverse-message-passing selection takes them."""
-    g = graph_scores.astype(np.float64).tolist()
-    weights = np.exp(-gamma_reverse * graph.distances.astype(np.float64)).tolist()
-    neighbors = graph.neighbors.tolist()
-    selected = bytearray(len(g))
-    heap = [(-v, i) for i, v in enumerate(g)]
-    heapq.heapify(heap)
-    order: list[int] = []
-    progress = Progress(desc, total=n_select, unit="rows")
-    while len(order) < n_select and heap:
-        neg, i = heapq.heappop(heap)
-        if selected[i] or -neg != g[i]:
-            continue  # taken already, or a stale value
-        selected[i] = 1
-        order.append(i)
-        gi = g[i]
-        for j, w in zip(neighbors[i], weights[i], strict=True):
-            if j >= 0 and not selected[j]:
-                g[j] -= gi * w
-                heapq.heappush(heap, (-g[j], j))
-        if len(order) % 50_000 == 0:
-            progress.update(50_000)
-    progress.update(len(order) % 50_000)
-    return np.asarray(order, dtype=np.int64)
 
 
 def selection_size(n: int, fraction: float | None, count: int | None) -> int:
@@ -120,23 +86,19 @@ def _check_positive(name: str, value: float) -> float:
     return float(value)
 
 
-def build_graph(pool: ScoredPool, key: str, features: str, k: int, **knn_params) -> KnnGraph:
-    """The pool's kNN graph: sharded on Ray workers when the pool's runtime is Ray, else in-process.
-
-    Each embedding of the features is an IVF part (see ``knn``).
-    """
-    parts = feature_widths(pool, key, features)
-    if pool.runtime.executor == "ray":
-        return sharded_knn_graph(pool, features_loader(key, features), row_counts(pool), k, parts=parts,
-                                 **knn_params)
-    return knn_graph(load_all(pool, key, features), k, parts=parts, **knn_params)
+def _shift(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"d2_pruning: score_shift must be a number, got {value!r}")
+    return float(value)
 
 
 @dataclass
 class D2Result:
-    keys: np.ndarray  # uid keys (``S16``) of the pool's rows, row order
-    order: np.ndarray  # row ids in selection order
-    graph: KnnGraph | None
+    uids: UidSet  # the kept rows' uids
+    order: np.ndarray  # pool rows in selection order
+    graph: GraphFiles | None  # how the graph was built (its files are gone once the run ends)
+    neighbors: np.ndarray | None = None  # the graph rows asked for (``graph_rows``), when asked
+    distances: np.ndarray | None = None
 
 
 def d2_run(pool: ScoredPool, *, fraction: float | None = None, count: int | None = None,
@@ -146,30 +108,75 @@ def d2_run(pool: ScoredPool, *, fraction: float | None = None, count: int | None
            exact_max_rows: int = 50_000, recall: float = 0.95, nlist: int | None = None,
            nprobe: int | None = None, candidates: int | None = None, seed: int = 0,
            device: str = "auto", knn_impl: str = "auto") -> D2Result:
-    """Run D2 Pruning on the pool: the rows, the greedy selection order, the graph. See the module docstring."""
-    check_features(features)
-    gamma_forward = _check_positive("gamma_forward", gamma_forward)
-    gamma_reverse = _check_positive("gamma_reverse", gamma_reverse)
-    key = pick_embedding_key(pool, embedding)
-    column = score_column or score_column_name(key)
-    df = pool.read_columns([column])
-    scores = df[column].to_numpy(dtype=np.float64)
-    if np.isnan(scores).any():
-        raise InputError(pool.tables[0].parent, f"score column {column} has {int(np.isnan(scores).sum())} missing values")
-    n_select = selection_size(len(df), fraction, count)
-    keys = pool.uid_keys()
-    if n_select == 0 or len(df) < 2:
-        return D2Result(keys, np.arange(min(n_select, len(df)), dtype=np.int64), None)
-    graph = build_graph(pool, key, features, k, method=knn, exact_max_rows=exact_max_rows, recall=recall,
-                        nlist=nlist, nprobe=nprobe, candidates=candidates, seed=seed, device=device, impl=knn_impl)
-    graph_scores = forward_messages(node_scores(scores, _shift(score_shift)), graph, gamma_forward)
-    return D2Result(keys, greedy_select(graph_scores, graph, n_select, gamma_reverse), graph)
+    """Run D2 Pruning on the pool: the kept uids, the selection order, the graph. See the module docstring."""
+    params = {name: value for name, value in locals().items() if name != "pool"}
+    return d2_select(pool, params)
 
 
-def _shift(value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"d2_pruning: score_shift must be a number, got {value!r}")
-    return float(value)
+def d2_select(pool: ScoredPool, params: dict, graph_rows: np.ndarray | None = None) -> D2Result:
+    """``d2_run`` with its parameters in ``params``; ``graph_rows`` (pool rows) also returns their neighbours."""
+    unknown = sorted(set(params) - set(_D2_PARAMS))
+    if unknown:
+        raise ConfigError(f"d2_pruning: unknown parameter(s) {', '.join(unknown)}")
+    p = {**{k: v.default for k, v in _D2_PARAMS.items()}, **params}
+    check_features(p["features"])
+    gamma_forward = _check_positive("gamma_forward", p["gamma_forward"])
+    gamma_reverse = _check_positive("gamma_reverse", p["gamma_reverse"])
+    shift = _shift(p["score_shift"])
+    key = pick_embedding_key(pool, p["embedding"])
+    column = p["score_column"] or score_column_name(key)
+    counts = row_counts(pool)
+    n = int(sum(counts))
+    n_select = selection_size(n, p["fraction"], p["count"])
+    with spill_folder(pool, "d2") as folder:
+        _write_node_scores(pool, folder, counts, column, shift)
+        if n_select == 0 or n < 2:
+            order = np.arange(min(n_select, n), dtype=np.int64)
+            return D2Result(kept_uids(pool, counts, order), order, None)
+        names = feature_names(key, p["features"])
+        graph = build_graph(pool, names, counts, p["k"], folder, parts=feature_widths(pool, key, p["features"]),
+                            candidates=p["candidates"], method=p["knn"], exact_max_rows=p["exact_max_rows"],
+                            nlist=p["nlist"], nprobe=p["nprobe"], recall=p["recall"], seed=p["seed"],
+                            device=p["device"], impl=p["knn_impl"])
+        forward_messages(pool, folder, n, gamma_forward)
+        order = greedy_select(pool, folder, n, n_select, gamma_reverse)
+        result = D2Result(kept_uids(pool, counts, order), order, graph)
+        if graph_rows is not None:
+            result.neighbors = graph.neighbors.take(graph_rows)
+            result.distances = graph.distances.take(graph_rows)
+        return result
+
+
+def _write_node_scores(pool: ScoredPool, folder: Path, counts: list[int], column: str, shift: float) -> None:
+    """``node_scores.npy``: every row's node score, written table by table by tasks."""
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    DiskArray.create(folder / "node_scores.npy", (int(starts[-1]),), np.float64)
+
+    def write(unit: tuple[Path, int]) -> int:
+        table, start = unit
+        scores = float_column(read_members(table, [column], need="d2_pruning", uid=False), column)
+        missing = int(np.isnan(scores).sum())
+        if missing:
+            raise InputError(table, f"score column {column} has {missing} missing values")
+        DiskArray(folder / "node_scores.npy").write(slice(start, start + len(scores)), node_scores(scores, shift))
+        return len(scores)
+
+    pool.runtime.map(write, [(Path(t), int(s)) for t, s in zip(pool.tables, starts[:-1], strict=True)],
+                     "D2 node scores")
+
+
+def kept_uids(pool: ScoredPool, counts: list[int], rows: np.ndarray) -> UidSet:
+    """The uids of pool rows ``rows``, read table by table by tasks."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    cut = np.searchsorted(rows, starts)
+    units = [(Path(t), rows[cut[i]:cut[i + 1]] - starts[i]) for i, t in enumerate(pool.tables) if cut[i + 1] > cut[i]]
+
+    def uids_of(unit: tuple[Path, np.ndarray]) -> UidSet:
+        table, local = unit
+        return UidSet(member_keys(read_members(table, []), table)[local])
+
+    return UidSet.union_of(pool.runtime.map(uids_of, units, "D2 kept uids"))
 
 
 @register("d2_pruning", params=d2_run)
@@ -182,4 +189,7 @@ def d2_pruning(pool: ScoredPool, *, report: dict | None = None, **params) -> Uid
         g = result.graph
         report.update(knn=g.method, knn_impl=g.impl, nlist=g.nlist, nprobe=g.nprobe, calibrated_recall=g.calibrated_recall,
                       candidates=g.candidates, selected=len(result.order))
-    return UidSet(result.keys[result.order])
+    return result.uids
+
+
+_D2_PARAMS = {name: p for name, p in inspect.signature(d2_run).parameters.items() if name != "pool"}

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from poolsieve.core.errors import ConfigError, InputError
@@ -41,7 +43,7 @@ from poolsieve.core.formats import embedding_keys
 from poolsieve.core.uids import UidSet, hex_to_keys
 from poolsieve.core.workspace import Workspace
 
-from ._embeddings import pick_embedding_key, read_reference_arrays, reference_file
+from ._embeddings import TableEmbeddings, pick_embedding_key, read_reference_arrays, reference_file
 from .columns import read_members
 from .registry import ScoredPool, register
 from .semdedup import unit_rows
@@ -58,17 +60,22 @@ def load_reference(pool: ScoredPool, reference: str, image_key: str | None,
     return hashes, None if emb is None else unit_rows(emb)
 
 
-def metadata_digests(pool: ScoredPool) -> dict[str, str]:
-    """uid -> sha256 of the bytes at the url, from the workspace's metadata (empty when it has none)."""
+def metadata_matches(pool: ScoredPool, hashes: set[str]) -> set[str]:
+    """uids whose metadata ``sha256`` (of the bytes at the url) is one of ``hashes``: a task per metadata
+    file of the workspace (none when it has no metadata), each returning only its matches."""
     ws = Workspace(Path(pool.tables[0]).parent.parent)
-    out: dict[str, str] = {}
     folder = ws.metadata_dir
-    for f in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
-        if "sha256" not in pq.read_schema(f).names:
-            continue
-        t = pq.read_table(f, columns=["uid", "sha256"]).to_pydict()
-        out.update((u, h) for u, h in zip(t["uid"], t["sha256"], strict=True) if u and h)
-    return out
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    wanted = sorted(hashes)
+
+    def matches(path: Path) -> set[str]:
+        if "sha256" not in pq.read_schema(path).names:
+            return set()
+        t = pq.read_table(path, columns=["uid", "sha256"])
+        hit = pc.fill_null(pc.is_in(t["sha256"], value_set=pa.array(wanted, pa.string())), False)
+        return {u for u in t.filter(hit)["uid"].to_pylist() if u}
+
+    return set().union(*pool.runtime.map(matches, files, "decontaminate (metadata)")) if files else set()
 
 
 def max_similarity(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -80,7 +87,7 @@ def max_similarity(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return out
 
 
-def contaminated(table: Path, hashes: set[str], by_uid: dict[str, str], ref: np.ndarray | None,
+def contaminated(table: Path, hashes: set[str], matched_uids: set[str], ref: np.ndarray | None,
                  image_key: str | None, threshold: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(uids, exact-match mask, near-match mask) over one table's member rows."""
     members = read_members(Path(table), [], optional=["sha256"])
@@ -88,11 +95,11 @@ def contaminated(table: Path, hashes: set[str], by_uid: dict[str, str], ref: np.
     exact = np.zeros(len(uids), dtype=bool)
     if hashes:
         stored = members["sha256"].to_pylist() if "sha256" in members.column_names else [None] * len(uids)
-        exact = np.fromiter(((h in hashes) or (by_uid.get(u) in hashes) for u, h in zip(uids, stored, strict=True)),
+        exact = np.fromiter(((h in hashes) or (u in matched_uids) for u, h in zip(uids, stored, strict=True)),
                             dtype=bool, count=len(uids))
     near = np.zeros(len(uids), dtype=bool)
     if ref is not None and image_key is not None and len(uids):
-        emb = ScoredPool([Path(table)]).load_embeddings([image_key])[image_key]
+        emb = TableEmbeddings(Path(table), [image_key]).rows()
         if emb.shape[1] != ref.shape[1]:
             raise InputError(table, f"embeddings are {emb.shape[1]}-d but the reference's are {ref.shape[1]}-d")
         near = max_similarity(unit_rows(emb), ref) >= threshold
@@ -110,10 +117,10 @@ def decontaminate(pool: ScoredPool, *, reference: str = "eval_tasks", embedding:
         raise ConfigError("decontaminate: with threshold null and exact false nothing would be compared")
     image_key = embedding_keys(pick_embedding_key(pool, embedding))[0] if threshold is not None else None
     hashes, ref = load_reference(pool, reference, image_key, bool(exact))
-    by_uid = metadata_digests(pool) if hashes else {}
+    matched = metadata_matches(pool, hashes) if hashes else set()
 
     def one(table: Path) -> Any:
-        uids, is_exact, is_near = contaminated(table, hashes, by_uid, ref, image_key, threshold)
+        uids, is_exact, is_near = contaminated(table, hashes, matched, ref, image_key, threshold)
         keep = ~(is_exact | is_near)
         return UidSet(hex_to_keys(uids[keep], source=table)), int(is_exact.sum()), int((is_near & ~is_exact).sum())
 

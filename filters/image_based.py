@@ -12,6 +12,7 @@
 | param | default | meaning |
 | --- | --- | --- |
 | target | imagenet | reference name (``references/<name>.npz``) or a path to an ``.npz`` with ``<key>_img`` |
+| centroids | - | a file of precomputed centroids (DataComp's released ``*_centroids``, a ``torch.save``d float32 array; a pickled array; or ``.npy``): no k-means; read without running code (``_centroid_file``) |
 | embedding | l14, else b32 | model key of the image embeddings |
 | clusters | min(100000, rows // 10) | k-means clusters (DataComp: 100k) |
 | iterations | 20 | k-means iterations (DataComp: 20; stops early when stable) |
@@ -23,7 +24,9 @@
 
 DataComp's combination with a CLIP-score threshold is the intersection with the ``clip_score`` filter.
 Per-table work (caption filter, sample, assignment) runs through ``pool.map``: Ray tasks on a Ray
-runtime, so only the k-means training sample sits in one process.
+runtime, each reading its own table. The driver holds each table's caption mask (1 byte per row),
+the k-means sample (gathered table by table into one float32 array, cut to half the memory budget
+with a warning when larger), the centroids and the kept uids; with ``centroids`` there is no sample.
 """
 
 from __future__ import annotations
@@ -37,15 +40,24 @@ from poolsieve.core.devices import resolve_device, task_resources
 from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import embedding_keys
 from poolsieve.core.language import count_fasttext_tokens
-from poolsieve.core.uids import UidSet, hex_to_keys
+from poolsieve.core.uids import UidSet
 
-from ._embeddings import pick_embedding_key, read_reference_arrays, reference_file
+from ._budget import fit_sample, rows_within
+from ._centroid_file import read_centroids
+from ._embeddings import (
+    TableEmbeddings,
+    gather_rows,
+    pick_embedding_key,
+    read_reference_arrays,
+    reference_file,
+)
 from ._kmeans import kmeans, nearest_centroid
 from .basic import CAPTION_STATS, caption_stats, language_mask
-from .columns import read_members
+from .columns import member_keys, read_members
 from .registry import ScoredPool, register
 
 DATACOMP_CLUSTERS = 100_000
+SAMPLE_SHARE = 0.5  # of the budget for the k-means sample
 
 
 def caption_filter_mask(table: Any, language: str = "en") -> np.ndarray:
@@ -67,69 +79,88 @@ def _caption_mask(table: Path, caption_filter: bool, language: str) -> np.ndarra
     return caption_filter_mask(members, language)
 
 
-def _image_rows(table: Path, image_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(uids, image embeddings) of one table's successful rows."""
-    pool = ScoredPool([Path(table)])
-    return pool.read_columns([])["uid"].to_numpy(), pool.load_embeddings([image_key])[image_key]
-
-
 def load_target(pool: ScoredPool, target: str, image_key: str) -> np.ndarray:
     """The target set's image embeddings: a reference name in the workspace or a path to an npz."""
     path = reference_file(pool, target, "score a labelled image set into references/ first")
     return read_reference_arrays(path, image_key)[0]
 
 
-def _check(clusters, iterations, sample_ratio) -> None:
+def _check(clusters, iterations, sample_ratio, centroids) -> None:
     if clusters is not None and (isinstance(clusters, bool) or not isinstance(clusters, int) or clusters < 1):
         raise ConfigError(f"image_based: clusters must be a positive integer, got {clusters!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ConfigError(f"image_based: iterations must be a positive integer, got {iterations!r}")
     if isinstance(sample_ratio, bool) or not isinstance(sample_ratio, (int, float)) or not 0 < sample_ratio <= 1:
         raise ConfigError(f"image_based: sample_ratio must be in (0, 1], got {sample_ratio!r}")
+    if centroids is not None and (not isinstance(centroids, (str, Path)) or clusters is not None):
+        raise ConfigError("image_based: centroids is the path of a centroid file, and replaces clusters "
+                          f"(got centroids={centroids!r}, clusters={clusters!r})")
 
 
 def image_based_run(pool: ScoredPool, *, target: str = "imagenet", embedding: str | None = None,
                     clusters: int | None = None, iterations: int = 20, sample_ratio: float = 1.0, seed: int = 0,
-                    caption_filter: bool = True, language: str = "en", device: str = "auto") -> dict:
+                    caption_filter: bool = True, language: str = "en", device: str = "auto",
+                    centroids: str | None = None) -> dict:
     """Run the filter; returns the kept uids plus the centroids and target clusters (for inspection)."""
-    _check(clusters, iterations, sample_ratio)
+    _check(clusters, iterations, sample_ratio, centroids)
     device = resolve_device(device)
-    key = pick_embedding_key(pool, embedding)
-    image_key = embedding_keys(key)[0]
+    image_key = embedding_keys(pick_embedding_key(pool, embedding))[0]
     target_emb = load_target(pool, target, image_key)
+    given = None if centroids is None else read_centroids(centroids)
     masks = pool.map(lambda t: _caption_mask(t, caption_filter, language), "caption filter")
+    n_pass = int(sum(int(m.sum()) for m in masks))
+    dim = target_emb.shape[1]
+    if given is None:
+        given = _train(pool, masks, image_key, dim, clusters, iterations, sample_ratio, seed, device)
+    if given.shape[1] != dim:
+        raise InputError(Path(centroids) if centroids else None, f"centroids are {given.shape[1]}-d but the "
+                         f"target's {image_key} embeddings are {dim}-d")
+    target_ids = np.unique(nearest_centroid(target_emb, given, "ip", device)[0])
+    units = [(Path(t), m) for t, m in zip(pool.tables, masks, strict=True)]
+    kept = pool.runtime.map(_Assign(image_key, given, target_ids, device), units, "image_based assign",
+                            **task_resources(device))
+    return {"uids": UidSet.union_of(kept), "centroids": given, "target_clusters": target_ids, "caption_pass": n_pass}
+
+
+def _train(pool: ScoredPool, masks: list[np.ndarray], image_key: str, dim: int, clusters: int | None,
+           iterations: int, sample_ratio: float, seed: int, device: str) -> np.ndarray:
+    """k-means on the (sampled) caption-filtered rows, gathered into one float32 array within the budget
+    (``dim``: the embeddings' width, for its size)."""
     n_pass = int(sum(int(m.sum()) for m in masks))
     k = clusters or max(1, min(DATACOMP_CLUSTERS, n_pass // 10))
     size = n_pass if sample_ratio >= 1 else max(k, int(n_pass * sample_ratio))
     if n_pass < k or size < k:
         raise ConfigError(f"image_based: {k} clusters need at least {k} training rows; "
                           f"{n_pass} rows pass the caption filter (sample: {size})")
-    chosen = np.sort(np.random.default_rng(seed).choice(n_pass, size=size, replace=False)) if size < n_pass else None
-    starts = np.concatenate([[0], np.cumsum([int(m.sum()) for m in masks])])
+    chosen = np.sort(np.random.default_rng(seed).choice(n_pass, size=size, replace=False)) if size < n_pass \
+        else np.arange(n_pass)
+    rows = _pool_rows(masks, chosen)
+    fit = rows_within(pool.budget, 4 * dim, share=SAMPLE_SHARE, least=k)
+    rows = fit_sample(rows, fit, seed, "image_based's k-means", pool.budget)
+    sample = gather_rows(pool, [image_key], [len(m) for m in masks], rows, dtype=np.float32)
+    return kmeans(sample, k, niter=iterations, seed=seed, device=device, desc="image_based k-means").centroids
 
-    def take_sample(i_table):
-        i, table = i_table
-        passing = _image_rows(table, image_key)[1][masks[i]]
-        if chosen is None:
-            return passing
-        local = chosen[(chosen >= starts[i]) & (chosen < starts[i + 1])] - starts[i]
-        return passing[local]
 
-    sample = np.concatenate(pool.runtime.map(take_sample, list(enumerate(pool.tables)), "k-means sample"))
-    if target_emb.shape[1] != sample.shape[1]:
-        raise InputError(None, f"target embeddings are {target_emb.shape[1]}-d but the pool's {image_key} are {sample.shape[1]}-d")
-    centroids = kmeans(sample, k, niter=iterations, seed=seed, device=device, desc="image_based k-means").centroids
-    del sample
-    target_ids = np.unique(nearest_centroid(target_emb, centroids, "ip", device)[0])
+def _pool_rows(masks: list[np.ndarray], chosen: np.ndarray) -> np.ndarray:
+    """Pool rows of the ``chosen`` (sorted) indices among the caption-passing rows."""
+    out, start, seen = [], 0, 0
+    for m in masks:
+        passing = np.flatnonzero(m)
+        lo, hi = np.searchsorted(chosen, [seen, seen + len(passing)])
+        out.append(start + passing[chosen[lo:hi] - seen])
+        start, seen = start + len(m), seen + len(passing)
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
 
-    def keep(i_table):
-        i, table = i_table
-        uids, emb = _image_rows(table, image_key)
-        labels, _ = nearest_centroid(emb[masks[i]], centroids, "ip", device)
-        return UidSet(hex_to_keys(uids[masks[i]][np.isin(labels, target_ids)], source=table))
 
-    kept = pool.runtime.map(keep, list(enumerate(pool.tables)), "image_based assign", **task_resources(device))
-    return {"uids": UidSet.union_of(kept), "centroids": centroids, "target_clusters": target_ids, "caption_pass": n_pass}
+def _Assign(image_key: str, centroids: np.ndarray, target_ids: np.ndarray, device: str):  # noqa: N802
+    def keep(unit: tuple[Path, np.ndarray]) -> UidSet:
+        table, mask = unit
+        emb = TableEmbeddings(table, [image_key]).take(np.flatnonzero(mask))
+        labels, _ = nearest_centroid(emb, centroids, "ip", device)
+        uids = member_keys(read_members(table, []), table)[mask]
+        return UidSet(uids[np.isin(labels, target_ids)])
+
+    return keep
 
 
 @register("image_based", params=image_based_run)

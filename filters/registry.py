@@ -39,6 +39,8 @@ from poolsieve.core.formats import STATUS_SUCCESS, read_embeddings, read_score_t
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.uids import hex_to_keys
 
+from ._budget import resolve_budget
+
 FilterFn = Callable[..., Any]
 FILTERS: dict[str, FilterFn] = {}
 PARAMETERS_OF: dict[str, Callable[..., Any]] = {}  # filter name -> the function whose signature lists its parameters
@@ -53,7 +55,6 @@ def register(name: str, params: Callable[..., Any] | None = None, *,
     ``params`` when the filter passes ``**params`` through to a ``*_run`` function (written once, there).
     ``keeps`` names the parameter that controls how much the filter keeps, with a word on which way
     (``"eps: a smaller eps drops fewer rows"``); the warning for a filter that keeps little quotes it."""
-
     def deco(fn: FilterFn) -> FilterFn:
         if name in FILTERS and FILTERS[name] is not fn:
             raise ValueError(f"filter {name!r} registered twice")
@@ -148,11 +149,29 @@ def load_builtin_filters() -> None:
 
 @dataclass
 class ScoredPool:
-    """A scored pool: its score tables in shard order, and the runtime to map work over them."""
+    """A scored pool: its score tables in shard order, and the runtime to map work over them.
 
+    ``memory_budget`` (bytes, or a size such as ``"2GiB"``; None: a quarter of the machine's memory)
+    bounds the working set of the embedding filters in any one process (``_budget.py``); what does
+    not fit goes to a hidden folder under ``spill_dir`` (default: the workspace the tables are in,
+    else their folder), removed when the filter ends."""
     tables: Sequence[Path]
     runtime: Runtime = field(default_factory=lambda: Runtime(executor="local"))
+    memory_budget: int | str | None = None
+    spill_dir: Path | None = None
     _members: int | None = field(default=None, init=False, repr=False)
+
+    @property
+    def budget(self) -> int:
+        """The memory budget in bytes (see the class docstring)."""
+        return resolve_budget(self.memory_budget)
+
+    def spill_root(self) -> Path:
+        """Where spill folders go: ``spill_dir``, else the workspace of ``scores/`` tables, else their folder."""
+        if self.spill_dir is not None:
+            return Path(self.spill_dir)
+        folder = Path(self.tables[0]).parent
+        return folder.parent if folder.name == "scores" else folder
 
     def read_columns(self, columns: Sequence[str], table: Path | None = None):
         """DataFrame of ``columns`` (plus ``uid``) over the pool's successful rows, in shard order."""

@@ -13,7 +13,7 @@
 | eps | 0.05 | drop when cosine > 1 - eps |
 | embedding | l14, else b32 | model key |
 | features | image | ``image``, ``text`` or ``image+text`` |
-| clusters | max(1, rows // 1000) | k-means clusters |
+| clusters | rows // 1000 up to 1M rows, then sqrt(rows) | k-means clusters (see below) |
 | iterations | 20 | k-means iterations |
 | sample_ratio | 1.0 | share of rows k-means trains on |
 | spherical | true | unit-length centroids (cosine k-means) |
@@ -21,26 +21,55 @@
 | against | kept | ``kept`` or ``any`` |
 | seed | 0 | centroids, sample, ``random`` order |
 | device | auto | ``cuda`` when torch sees a GPU, else ``cpu`` |
+
+Scale. The default cluster count is ``rows // 1000`` up to a million rows and ``sqrt(rows)`` beyond
+(DataComp small: 3,578; medium: 11,314; the paper's LAION-440M run used a fixed 50,000), so k-means,
+the assignment and the comparisons within clusters each grow as ``rows^1.5`` at most, instead of
+k-means growing as ``rows^2`` with ``rows // 1000`` clusters. Memory is bounded by the pool's memory
+budget (``_budget.py``): the k-means sample is gathered table by table into one float32 array (a
+sample larger than half the budget is cut down to fit, with a warning); every table's rows are
+assigned by a task that writes them, grouped by cluster, to a spill folder (``_spill.write_groups``);
+then runs of whole clusters that fit the budget are deduplicated by a task each, which returns the
+kept uids. On a Ray runtime these tasks spread over the nodes; the driver holds the sample, the
+centroids and the kept uids.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from poolsieve.core.devices import resolve_device
+from poolsieve.core.devices import resolve_device, task_resources
 from poolsieve.core.errors import ConfigError
-from poolsieve.core.progress import Progress
-from poolsieve.core.uids import UidSet
+from poolsieve.core.uids import KEY_DTYPE, UidSet
 
-from ._embeddings import check_features, load_all, pick_embedding_key
+from ._budget import fit_sample, rows_within, task_cpus
+from ._embeddings import (
+    TableEmbeddings,
+    check_features,
+    feature_names,
+    gather_rows,
+    pick_embedding_key,
+    row_counts,
+)
 from ._kmeans import kmeans, nearest_centroid
+from ._spill import DiskArray, read_groups, spill_folder, write_groups
+from .columns import member_keys, read_members
 from .registry import ScoredPool, register
 
 ORDERS = ("hard", "easy", "random")
 AGAINST = ("kept", "any")
 BLOCK = 2048
+SAMPLE_SHARE = 0.5  # of the budget for the k-means sample
+BUCKET_SHARE = 0.4  # of the budget for one dedup task's rows
+
+
+def default_clusters(n: int) -> int:
+    """``rows // 1000`` up to a million rows, ``sqrt(rows)`` beyond (see the module docstring)."""
+    return max(1, min(n // 1000, math.isqrt(n)))
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -48,15 +77,10 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def cluster_ranking(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, order: str, seed: int) -> np.ndarray:
-    """Row ids grouped by cluster (ascending), ranked within each cluster by ``order``."""
-    n = len(x)
-    if order == "random":
-        key = np.random.default_rng(seed).permutation(n)
-    else:
-        cos = np.einsum("ij,ij->i", unit_rows(x), unit_rows(centroids)[labels])
-        key = cos if order == "hard" else -cos  # hard: least similar (farthest) first
-    return np.lexsort((np.arange(n), key, labels))
+def ranking_key(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, order: str) -> np.ndarray:
+    """Each row's rank key within its cluster (smaller first): ``hard`` = least similar to the centroid."""
+    cos = np.einsum("ij,ij->i", unit_rows(x), unit_rows(centroids)[labels])
+    return cos if order == "hard" else -cos
 
 
 def dedup_cluster(e: np.ndarray, threshold: float, against: str) -> np.ndarray:
@@ -81,25 +105,7 @@ def dedup_cluster(e: np.ndarray, threshold: float, against: str) -> np.ndarray:
     return ~removed
 
 
-def semdedup_keep(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, eps: float, order: str = "hard",
-                  against: str = "kept", seed: int = 0) -> np.ndarray:
-    """Keep-mask over the rows of ``x`` given their cluster labels."""
-    ranking = cluster_ranking(x, labels, centroids, order, seed)
-    sorted_labels = labels[ranking]
-    bounds = np.flatnonzero(np.diff(sorted_labels)) + 1
-    keep = np.zeros(len(x), dtype=bool)
-    progress = Progress("SemDeDup clusters", total=len(bounds) + 1, unit="clusters")
-    for group in np.split(ranking, bounds):
-        keep[group] = dedup_cluster(unit_rows(x[group]), 1.0 - eps, against)
-        progress.update(1, len(group), "rows")
-    return keep
-
-
-def semdedup_run(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None = None, features: str = "image",
-                 clusters: int | None = None, iterations: int = 20, sample_ratio: float = 1.0,
-                 spherical: bool = True, order: str = "hard", against: str = "kept", seed: int = 0,
-                 device: str = "auto") -> dict:
-    """Run SemDeDup on the pool; returns the kept uids, the labels and the centroids."""
+def _check(eps, order, against, sample_ratio) -> None:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 <= eps <= 2:
         raise ConfigError(f"semdedup: eps must be a number in [0, 2], got {eps!r}")
     if order not in ORDERS:
@@ -108,24 +114,112 @@ def semdedup_run(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None =
         raise ConfigError(f"semdedup: against must be one of {', '.join(AGAINST)}, got {against!r}")
     if isinstance(sample_ratio, bool) or not isinstance(sample_ratio, (int, float)) or not 0 < sample_ratio <= 1:
         raise ConfigError(f"semdedup: sample_ratio must be in (0, 1], got {sample_ratio!r}")
+
+
+def semdedup_run(pool: ScoredPool, *, eps: float = 0.05, embedding: str | None = None, features: str = "image",
+                 clusters: int | None = None, iterations: int = 20, sample_ratio: float = 1.0,
+                 spherical: bool = True, order: str = "hard", against: str = "kept", seed: int = 0,
+                 device: str = "auto") -> dict:
+    """Run SemDeDup on the pool; returns the kept uids, the centroids and counts (see the module docstring)."""
+    _check(eps, order, against, sample_ratio)
     check_features(features)
     device = resolve_device(device)
-    key = pick_embedding_key(pool, embedding)
-    x = load_all(pool, key, features)
-    keys = pool.uid_keys()
-    n = len(x)
+    names = feature_names(pick_embedding_key(pool, embedding), features)
+    counts = row_counts(pool)
+    n = int(sum(counts))
     if n == 0:
-        return {"uids": UidSet(keys), "labels": np.zeros(0, np.int64), "centroids": None, "keep": np.zeros(0, bool)}
-    k = clusters or max(1, n // 1000)
+        return {"uids": UidSet(), "centroids": None, "removed": 0, "sample_rows": 0}
+    k = clusters or default_clusters(n)
     size = n if sample_ratio >= 1 else max(k, int(n * sample_ratio))
     if size > n or k > n:
         raise ConfigError(f"semdedup: {k} clusters need at least {k} rows; the pool has {n}")
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)) if size < n else slice(None)
-    centroids = kmeans(x[rows], k, niter=iterations, seed=seed, spherical=spherical, device=device,
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)) if size < n else np.arange(n)
+    sample = _sample(pool, names, counts, rows, k, seed)
+    centroids = kmeans(sample, k, niter=iterations, seed=seed, spherical=spherical, device=device,
                        desc="SemDeDup k-means").centroids
-    labels, _ = nearest_centroid(x, centroids, "l2", device, desc="SemDeDup assign")
-    keep = semdedup_keep(x, labels, centroids, float(eps), order, against, seed)
-    return {"uids": UidSet(keys[keep]), "labels": labels, "centroids": centroids, "keep": keep}
+    del sample
+    with spill_folder(pool, "semdedup") as folder:
+        job = _Job(folder, names, centroids, order, float(eps), against, device, seed)
+        if order == "random":
+            DiskArray.create(folder / "random_key.npy", (n,), np.int64)
+            DiskArray(folder / "random_key.npy").write(slice(0, n), np.random.default_rng(seed).permutation(n))
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        sizes = np.zeros(k, dtype=np.int64)
+        units = [(t, Path(table), int(starts[t])) for t, table in enumerate(pool.tables)]
+        for _, c in pool.runtime.stream(job.assign, units, **task_resources(device)):
+            sizes += c
+        runs = cluster_runs(sizes, rows_within(pool.budget, 2 * centroids.shape[1] + 64, share=BUCKET_SHARE),
+                            2 * pool.runtime.cpus())
+        parts = pool.runtime.map(job.dedup_clusters, runs, "SemDeDup clusters", items=lambda r: r[1],
+                                 item_unit="rows removed", num_cpus=task_cpus(pool))
+    return {"uids": UidSet.union_of(p[0] for p in parts), "centroids": centroids,
+            "removed": int(sum(p[1] for p in parts)), "sample_rows": len(rows)}
+
+
+def _sample(pool: ScoredPool, names: list[str], counts: list[int], rows: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The k-means sample as float32, cut to fit ``SAMPLE_SHARE`` of the budget."""
+    probe = gather_rows(pool, names, counts, rows[:1])
+    fit = rows_within(pool.budget, 4 * probe.shape[1], share=SAMPLE_SHARE, least=k)
+    return gather_rows(pool, names, counts, fit_sample(rows, fit, seed, "SemDeDup's k-means", pool.budget),
+                       dtype=np.float32)
+
+
+def cluster_runs(sizes: np.ndarray, most_rows: int, least_runs: int) -> list[tuple[int, int]]:
+    """Consecutive clusters in runs of at most ``most_rows`` rows (a bigger cluster alone), at least
+    ``least_runs`` runs when there are that many clusters (so every worker gets some)."""
+    most_rows = max(1, min(most_rows, -(-int(sizes.sum()) // max(1, least_runs))))
+    runs, lo, rows = [], 0, 0
+    for c, size in enumerate(sizes.tolist()):
+        if rows and rows + size > most_rows:
+            runs.append((lo, c))
+            lo, rows = c, 0
+        rows += size
+    runs.append((lo, len(sizes)))
+    return runs
+
+
+@dataclass
+class _Job:
+    """What the assignment and dedup tasks of one run share (no per-row data)."""
+
+    folder: Path
+    names: list[str]
+    centroids: np.ndarray
+    order: str
+    eps: float
+    against: str
+    device: str
+    seed: int
+
+    def table_file(self, t: int) -> Path:
+        return self.folder / f"{t:06d}.npz"
+
+    def assign(self, unit: tuple[int, Path, int]) -> np.ndarray:
+        """Label table ``t``'s rows with their nearest centroid and write them grouped by cluster."""
+        t, table, start = unit
+        x = TableEmbeddings(table, self.names).rows()
+        labels, _ = nearest_centroid(x, self.centroids, "l2", self.device)
+        if self.order == "random":
+            key = DiskArray(self.folder / "random_key.npy").rows(start, start + len(x))
+        else:
+            key = ranking_key(x, labels, self.centroids, self.order)
+        uids = member_keys(read_members(table, []), table)
+        return write_groups(self.table_file(t), labels, len(self.centroids),
+                            {"x": x, "key": key, "row": start + np.arange(len(x), dtype=np.int64), "uid": uids,
+                             "label": labels.astype(np.int32)})
+
+    def dedup_clusters(self, run: tuple[int, int]) -> tuple[UidSet, int]:
+        """The kept uids of clusters ``run`` (all tables' rows), and how many rows were removed."""
+        lo, hi = run
+        files = sorted(self.folder.glob("[0-9]*.npz"))
+        got = read_groups(files, lo, hi, ["x", "key", "row", "uid", "label"])
+        labels = got["label"]
+        ranking = np.lexsort((got["row"], got["key"], labels))
+        bounds = np.flatnonzero(np.diff(labels[ranking])) + 1
+        keep = np.zeros(len(ranking), dtype=bool)
+        for group in np.split(ranking, bounds):
+            keep[group] = dedup_cluster(unit_rows(got["x"][group]), 1.0 - self.eps, self.against)
+        return UidSet(np.asarray(got["uid"], dtype=KEY_DTYPE)[keep]), int((~keep).sum())
 
 
 @register("semdedup", params=semdedup_run, keeps="eps: a smaller eps drops fewer near-duplicates")
@@ -135,5 +229,5 @@ def semdedup(pool: ScoredPool, *, report: dict | None = None, **params) -> UidSe
     The parameters are ``semdedup_run``'s (its signature is the one list of them and their defaults)."""
     result = semdedup_run(pool, **params)
     if report is not None and result["centroids"] is not None:
-        report.update(clusters=len(result["centroids"]), removed=int((~result["keep"]).sum()))
+        report.update(clusters=len(result["centroids"]), removed=result["removed"], sample_rows=result["sample_rows"])
     return result["uids"]

@@ -5,72 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from embedding_pool import DIM, build_embedding_pool, clustered, make_pool, unit
 
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveWarning
-from poolsieve.core.formats import write_embeddings
 from poolsieve.core.uids import UidSet
 from poolsieve.filters._kmeans import kmeans
-from poolsieve.filters.d2_pruning import d2_run
+from poolsieve.filters.d2_pruning import d2_select
 from poolsieve.filters.image_based import image_based_run
 from poolsieve.filters.knn import index as knn_index
 from poolsieve.filters.knn import lists as knn_lists
 from poolsieve.filters.knn import sharded as knn_sharded
 from poolsieve.filters.knn.graph import knn_graph, recall_at_k
-from poolsieve.filters.registry import ScoredPool, get_filter
+from poolsieve.filters.registry import get_filter
 from poolsieve.filters.semdedup import semdedup_run
-
-DIM = 16
-
-
-def unit(x):
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def clustered(rng, n, dim=DIM, centres=12, noise=0.6):
-    c = rng.standard_normal((centres, dim))
-    return unit(c[rng.integers(0, centres, n)] + noise * rng.standard_normal((n, dim))).astype(np.float16)
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """3 score tables (one failed row each), b32 embeddings, a target set, duplicates of several kinds."""
-    root = tmp_path_factory.mktemp("emb_ws")
-    rng = np.random.default_rng(7)
-    (root / "scores").mkdir()
-    words = np.array(["dog", "cat", "red", "car", "tree", "photo", "of", "a", "beach", "night"])
-    seen_uids, seen_sha = [], []
-    for s, n in enumerate((170, 150, 180)):
-        img, txt = clustered(rng, n), clustered(rng, n)
-        img[5] = img[3]  # a semantic (and exact) duplicate
-        uids = [f"{a:016x}{b:016x}" for a, b in rng.integers(0, 2**62, (n, 2))]
-        sha = [f"{v:064x}" for v in rng.integers(0, 2**62, n)]
-        sha[5] = sha[3]
-        sha[6] = None
-        if seen_uids:
-            uids[8] = seen_uids[0]  # a uid repeated across shards
-            sha[9] = seen_sha[1]  # same bytes as a row of an earlier shard
-        seen_uids += uids
-        seen_sha += sha
-        text = [" ".join(rng.choice(words, size=m)) for m in rng.integers(1, 6, n)]
-        status = np.array(["success"] * n, dtype=object)
-        status[2] = "failed_to_decode"
-        df = pd.DataFrame({
-            "uid": uids, "text": text, "sha256": sha, "status": status,
-            "language": np.where(rng.random(n) < 0.8, "en", "fr"),
-            "clip_b32_similarity_score": (img.astype(np.float32) * txt.astype(np.float32)).sum(1) * 0.3,
-        })
-        df.to_parquet(root / "scores" / f"{s:05d}.parquet", index=False)
-        write_embeddings(root / "scores" / f"{s:05d}.npz", {"b32_img": img, "b32_txt": txt})
-    (root / "references").mkdir()
-    np.savez(root / "references" / "target.npz", b32_img=clustered(np.random.default_rng(1), 30))
-    return root
-
-
-def make_pool(root: Path, runtime=None) -> ScoredPool:
-    tables = sorted((root / "scores").glob("*.parquet"))
-    return ScoredPool(tables) if runtime is None else ScoredPool(tables, runtime)
+    return build_embedding_pool(tmp_path_factory.mktemp("emb_ws"))
 
 
 def features_of(pool, names):
@@ -190,11 +144,16 @@ def test_ivf_lists_stay_balanced_when_a_mode_is_uncovered():
     assert sizes.max() < 5 * sizes.mean()
 
 
-def test_sharded_search_groups_whole_tables_in_order():
+def test_search_units_cover_the_rows_in_order_within_a_size():
     tables = [Path(f"{i:05d}.parquet") for i in range(6)]
-    groups = knn_sharded.table_groups(tables, [40, 70, 10, 100, 5, 5], 100)
-    assert groups == [tables[:2], tables[2:4], tables[4:]]
-    assert knn_sharded.table_groups(tables, [1] * 6, 10**6) == [tables]
+    counts = [40, 70, 10, 250, 5, 5]
+    units = knn_sharded.row_segments(tables, counts, 100)
+    assert all(sum(s.hi - s.lo for s in u) <= 100 for u in units)
+    rows = [(s.t, s.start + r) for u in units for s in u for r in range(s.lo, s.hi)]
+    assert [r for _, r in rows] == list(range(sum(counts)))  # every row once, in pool order
+    assert [s.t for s in units[2]] == [3]  # the big table is split, small ones are grouped
+    assert knn_sharded.row_segments(tables, [1] * 6, 10**6) == [[knn_sharded.Segment(t, i, i, 0, 1)
+                                                                  for i, t in enumerate(tables)]]
 
 
 @pytest.mark.parametrize("spherical", [False, True])
@@ -215,25 +174,28 @@ def test_kmeans_iterations_are_numpy_lloyd_steps_and_deterministic(spherical):
 # --------------------------------------------------------------------------------------- D2
 def test_d2_exact_graph_matches_brute_force_order(workspace):
     pool = make_pool(workspace)
-    res = d2_run(pool, fraction=0.4, k=4, knn="exact", features="image+text", device="cpu")
+    res = d2_select(pool, {"fraction": 0.4, "k": 4, "knn": "exact", "features": "image+text", "device": "cpu"},
+                    graph_rows=np.arange(497))
     x = features_of(pool, ["b32_img", "b32_txt"])
     scores = pool.read_columns(["clip_b32_similarity_score"])["clip_b32_similarity_score"].to_numpy()
     ref_i, ref_d = brute_knn(x, 4)
-    assert np.array_equal(res.graph.neighbors, ref_i)
-    expected = brute_d2(scores, ref_i, res.graph.distances, int(0.4 * len(x)))
+    assert np.array_equal(res.neighbors, ref_i)
+    expected = brute_d2(scores, ref_i, res.distances, int(0.4 * len(x)))
     assert np.array_equal(res.order, expected)
     kept = get_filter("d2_pruning")(pool, fraction=0.4, k=4, knn="exact", device="cpu")
-    assert kept == UidSet(res.keys[expected])
-    assert len(res.keys) == 497  # the three failed rows are not pool members
+    keys = pool.uid_keys()
+    assert kept == UidSet(keys[expected]) == res.uids
+    assert len(keys) == 497  # the three failed rows are not pool members
 
 
 def test_d2_params_and_count(workspace):
     pool = make_pool(workspace)
-    res = d2_run(pool, count=50, k=3, features="image", gamma_forward=2.0, gamma_reverse=0.5, knn="exact")
+    res = d2_select(pool, {"count": 50, "k": 3, "features": "image", "gamma_forward": 2.0, "gamma_reverse": 0.5,
+                           "knn": "exact"}, graph_rows=np.arange(497))
     scores = pool.read_columns(["clip_b32_similarity_score"])["clip_b32_similarity_score"].to_numpy()
     ref_i, _ = brute_knn(features_of(pool, ["b32_img"]), 3)
-    assert np.array_equal(np.sort(res.graph.neighbors, 1), np.sort(ref_i, 1))
-    assert np.array_equal(res.order, brute_d2(scores, res.graph.neighbors, res.graph.distances, 50, 2.0, 0.5))
+    assert np.array_equal(np.sort(res.neighbors, 1), np.sort(ref_i, 1))
+    assert np.array_equal(res.order, brute_d2(scores, res.neighbors, res.distances, 50, 2.0, 0.5))
     fn = get_filter("d2_pruning")
     for bad in ({"fraction": 1.5}, {"fraction": 0.1, "count": 3}, {"features": "audio"}, {"k": 0},
                 {"embedding": "l14"}, {"gamma_forward": -1}):
@@ -241,32 +203,17 @@ def test_d2_params_and_count(workspace):
             fn(pool, **bad)
 
 
-@pytest.mark.parametrize("params", [{"method": "exact"}, {"method": "ivf", "nlist": 8},
-                                    {"method": "ivf", "nlist": 8, "impl": "faiss"}], ids=["exact", "gemm", "faiss"])
-def test_sharded_graph_equals_the_in_process_graph(workspace, params):
-    """The sharded build (what Ray workers run, table by table, through ``pool.map``) run in this process."""
-    from poolsieve.filters._embeddings import feature_widths, features_loader, load_all, row_counts
-
-    pool = make_pool(workspace)
-    parts = feature_widths(pool, "b32", "image+text")
-    sharded = knn_sharded.sharded_knn_graph(pool, features_loader("b32", "image+text"), row_counts(pool), 5,
-                                            parts=parts, device="cpu", **params)
-    whole = knn_graph(load_all(pool, "b32", "image+text"), 5, parts=parts, device="cpu", **params)
-    assert np.array_equal(sharded.neighbors, whole.neighbors) and sharded.nprobe == whole.nprobe
-    np.testing.assert_allclose(sharded.distances, whole.distances, atol=1e-5)
-    assert not list((workspace / "scores").glob(".knn-index-*"))  # the shared index is cleaned up
-
-
 def test_d2_sharded_on_ray_equals_in_process(workspace, ray_runtime):
     local, ray_pool = make_pool(workspace), make_pool(workspace, ray_runtime)
+    rows = np.arange(497)
     for params in ({"knn": "exact"}, {"knn": "ivf", "nlist": 8}, {"knn": "ivf", "nlist": 8, "knn_impl": "faiss"}):
-        a = d2_run(local, fraction=0.3, k=5, **params)
-        b = d2_run(ray_pool, fraction=0.3, k=5, **params)
-        assert np.array_equal(a.graph.neighbors, b.graph.neighbors), params
-        np.testing.assert_allclose(a.graph.distances, b.graph.distances, atol=1e-5)
+        a = d2_select(local, {"fraction": 0.3, "k": 5, **params}, graph_rows=rows)
+        b = d2_select(ray_pool, {"fraction": 0.3, "k": 5, **params}, graph_rows=rows)
+        assert np.array_equal(a.neighbors, b.neighbors), params
+        np.testing.assert_allclose(a.distances, b.distances, atol=1e-5)
         assert a.graph.nprobe == b.graph.nprobe
-        assert np.array_equal(a.order, b.order)
-    assert not list((workspace / "scores").glob(".knn-index-*"))  # the shared index is cleaned up
+        assert np.array_equal(a.order, b.order) and a.uids == b.uids
+    assert not list(workspace.glob(".poolsieve-spill-*"))  # the spill folders are cleaned up
     a = image_based_run(local, target="target", clusters=6, sample_ratio=0.5)
     b = image_based_run(ray_pool, target="target", clusters=6, sample_ratio=0.5)
     assert a["uids"] == b["uids"] and np.array_equal(a["centroids"], b["centroids"])
@@ -354,9 +301,10 @@ def test_semdedup_matches_brute_force(workspace, order, against):
     pool = make_pool(workspace)
     res = semdedup_run(pool, eps=0.15, clusters=4, order=order, against=against, device="cpu")
     x = pool.load_embeddings(["b32_img"])["b32_img"]
-    expected = brute_semdedup(x, res["labels"], res["centroids"], 0.15, order, against)
-    assert np.array_equal(res["keep"], expected)
-    assert 0 < (~expected).sum() < len(x) // 2
+    labels = ((x.astype(np.float32)[:, None, :] - res["centroids"][None]) ** 2).sum(-1).argmin(1)
+    expected = brute_semdedup(x, labels, res["centroids"], 0.15, order, against)
+    assert res["uids"] == UidSet(pool.uid_keys()[expected])
+    assert 0 < (~expected).sum() < len(x) // 2 and res["removed"] == (~expected).sum()
     via_dedup = get_filter("dedup")(pool, method="semantic", eps=0.15, clusters=4, order=order, against=against)
     assert via_dedup == res["uids"]
 
@@ -365,17 +313,18 @@ def test_semdedup_drops_the_planted_duplicate_only_once(workspace):
     pool = make_pool(workspace)
     res = semdedup_run(pool, eps=1e-3, clusters=3)
     uids = pool.read_columns([])["uid"].to_numpy()
-    twins = np.flatnonzero(np.isin(uids, uids[[3 - 1, 5 - 1]]))  # rows 3 and 5 of shard 0 (row 2 failed)
-    assert res["keep"][twins].sum() == 1
+    twins = uids[[3 - 1, 5 - 1]]  # rows 3 and 5 of shard 0 (row 2 failed)
+    assert sum(u in res["uids"] for u in twins) == 1
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU")
 def test_gpu_and_cpu_agree(workspace):
     pool = make_pool(workspace)
-    a = d2_run(pool, fraction=0.3, knn="exact", device="cpu")
-    b = d2_run(pool, fraction=0.3, knn="exact", device="cuda")
-    assert np.array_equal(a.graph.neighbors, b.graph.neighbors)
-    np.testing.assert_allclose(a.graph.distances, b.graph.distances, atol=1e-4)
+    rows = np.arange(497)
+    a = d2_select(pool, {"fraction": 0.3, "knn": "exact", "device": "cpu"}, graph_rows=rows)
+    b = d2_select(pool, {"fraction": 0.3, "knn": "exact", "device": "cuda"}, graph_rows=rows)
+    assert np.array_equal(a.neighbors, b.neighbors)
+    np.testing.assert_allclose(a.distances, b.distances, atol=1e-4)
     assert np.array_equal(a.order, b.order)
     ia = image_based_run(pool, target="target", clusters=6, device="cpu")
     ib = image_based_run(pool, target="target", clusters=6, device="cuda")
@@ -397,10 +346,12 @@ def _faiss_gpu() -> bool:
 def test_faiss_gpu_and_cpu_agree(workspace):
     pool = make_pool(workspace)
     ivf = {"knn": "ivf", "nlist": 8, "nprobe": 8, "knn_impl": "faiss", "fraction": 0.3}
-    a, b = d2_run(pool, device="cpu", **ivf), d2_run(pool, device="cuda", **ivf)
+    rows = np.arange(497)
+    a = d2_select(pool, {**ivf, "device": "cpu"}, graph_rows=rows)
+    b = d2_select(pool, {**ivf, "device": "cuda"}, graph_rows=rows)
     assert b.graph.impl == "faiss"
-    np.testing.assert_allclose(a.graph.distances, b.graph.distances, atol=1e-4)
-    assert (a.graph.neighbors == b.graph.neighbors).all(axis=1).mean() > 0.99  # float ties may swap
+    np.testing.assert_allclose(a.distances, b.distances, atol=1e-4)
+    assert (a.neighbors == b.neighbors).all(axis=1).mean() > 0.99  # float ties may swap
     x = pool.load_embeddings(["b32_img"])["b32_img"].astype(np.float32)
     ca, cb = (kmeans(x, 6, niter=10, seed=0, device=d).centroids for d in ("cpu", "cuda"))
     np.testing.assert_allclose(ca, cb, atol=1e-4)

@@ -92,8 +92,10 @@ class FaissIvf:
         return self.index.reconstruct_batch(flat).reshape(*ids.shape, -1)
 
     def search(self, queries: np.ndarray, k: int, nprobe: int = 1, device: str = "cpu",
-               desc: str | None = None, probes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(distances, ids)`` of each query's ``k`` nearest rows, nearest first; -1 / inf where missing."""
+               desc: str | None = None, probes: np.ndarray | None = None,
+               pairs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances, ids)`` of each query's ``k`` nearest rows, nearest first; -1 / inf where missing.
+        (``pairs`` is ``IvfIndex.search``'s; faiss bounds its own working set.)"""
         nq = len(queries)
         nprobe = max(1, min(nprobe, self.nlist))
         dist = np.full((nq, k), np.inf, dtype=np.float32)

@@ -134,14 +134,15 @@ def candidates_per_part(k: int, n_parts: int, candidates: int | None) -> int:
 
 def search_parts(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: Sequence[slice], k1: int, m1: int,
                  nprobe: int, device: str, probes: Sequence[np.ndarray | None] | None = None,
-                 desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``k1`` nearest rows of each query over all parts: each part's ``m1`` candidates, re-ranked exactly."""
+                 desc: str | None = None, pairs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``k1`` nearest rows of each query over all parts: each part's ``m1`` candidates, re-ranked exactly.
+    ``pairs`` bounds the (query, candidate) pairs an index search holds at once."""
     probes = probes or [None] * len(indexes)
     cand_d, cand_i = [], []
     for j, (index, sl, pr) in enumerate(zip(indexes, slices, probes, strict=True)):
         known = pr if pr is not None and nprobe <= pr.shape[1] else None
         part_desc = None if desc is None else (desc if len(indexes) == 1 else f"{desc}, part {j + 1}/{len(indexes)}")
-        d, i = index.search(queries[:, sl], m1, nprobe, device, desc=part_desc, probes=known)
+        d, i = index.search(queries[:, sl], m1, nprobe, device, desc=part_desc, probes=known, pairs=pairs)
         cand_d.append(d)
         cand_i.append(i)
     if len(indexes) == 1:

@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from poolsieve.core.progress import Progress
 
+from .._spill import DiskArray
 from .lists import coarse_probes
 
 QUERY_CHUNK = 131072
@@ -36,7 +37,6 @@ CANDIDATE_BUDGET = 2**25  # (query, candidate) pairs held per query chunk
 @dataclass
 class IvfIndex:
     """Inverted lists of base vectors. ``offsets[l]:offsets[l+1]`` are list ``l``'s rows."""
-
     centroids: np.ndarray  # (nlist, d) float32
     offsets: np.ndarray  # (nlist + 1,) int64
     vectors: np.ndarray  # (n, d) float16 or float32, list order (may be a memmap)
@@ -56,9 +56,12 @@ class IvfIndex:
             np.save(folder / f"{name}.npy", getattr(self, name))
 
     @classmethod
-    def load(cls, folder: Path, mmap: bool = True) -> IvfIndex:
-        mode = "r" if mmap else None
-        return cls(**{name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in cls.FILES})
+    def load(cls, folder: Path, on_disk: bool = True) -> IvfIndex:
+        """The index saved in ``folder``; ``on_disk``: the per-row arrays stay there and are read list by
+        list as searched (``_spill.DiskArray``: no page stays resident), only centroids and offsets are loaded."""
+        small = ("centroids", "offsets")
+        return cls(**{name: np.load(folder / f"{name}.npy") if name in small or not on_disk
+                      else DiskArray(folder / f"{name}.npy") for name in cls.FILES})
 
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
         """The float32 vectors of row ids ``ids`` (any shape; a trailing axis is added)."""
@@ -66,17 +69,19 @@ class IvfIndex:
         return as_float32(self.vectors[pos]).reshape(*ids.shape, -1)
 
     def search(self, queries: np.ndarray, k: int, nprobe: int = 1, device: str = "cpu",
-               desc: str | None = None, probes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               desc: str | None = None, probes: np.ndarray | None = None,
+               pairs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(distances, ids)`` of each query's ``k`` nearest base rows, nearest first (ties: lower id).
 
         ``probes``: the queries' lists, nearest first, when already known (only the first ``nprobe`` count).
+        ``pairs``: (query, candidate) pairs held at once (default ``CANDIDATE_BUDGET``).
         """
         nq = len(queries)
         dist = np.full((nq, k), np.inf, dtype=np.float32)
         ids = np.full((nq, k), -1, dtype=np.int64)
         progress = Progress(desc, total=nq, unit="queries") if desc else None
         nprobe = max(1, min(nprobe, self.nlist))
-        step = max(256, min(QUERY_CHUNK, CANDIDATE_BUDGET // (nprobe * k)))  # bounds the candidate arrays
+        step = max(256, min(QUERY_CHUNK, (pairs or CANDIDATE_BUDGET) // (nprobe * k)))  # bounds the candidate arrays
         for start in range(0, nq, step):
             chunk = np.ascontiguousarray(queries[start:start + step], dtype=np.float32)
             known = None if probes is None else probes[start:start + len(chunk), :nprobe]

@@ -1,19 +1,33 @@
-"""The kNN graph built shard by shard with Ray (``pool.map``), the same graph as ``graph.knn_graph``.
+"""The kNN graph of a pool built shard by shard in bounded memory: the graph ``graph.knn_graph`` builds
+from an array, written to a spill folder instead of held in memory.
 
-The driver trains the IVF lists on a seeded sample gathered from the workers; workers assign their
-tables' rows to lists. The indexes are then written once to a folder beside the score tables: ``gemm``
-as ``.npy`` files the workers fill in and memory-map, ``faiss`` as one ``faiss.write_index`` file per part
-(rows added by the driver, table by table) that workers read with ``IO_FLAG_MMAP``. ``nprobe`` is
-calibrated in the driver against an exact search done table by table on workers. Each search task takes
-a run of consecutive tables; rows are gathered in shard order. Ray workers are separate processes, so
-faiss's OpenMP threads are never inherited through a fork.
+Every step is a ``pool.runtime`` map over the tables (Ray tasks, each reading only its own tables'
+embeddings, or one table after another in this process); what is per row goes to files in ``folder``:
+
+1. lists: the driver trains each part's IVF lists (``lists.train_lists``) on the seeded training rows,
+   gathered table by table; a sample larger than half the memory budget is cut down to fit, with a
+   one-line warning;
+2. assign: a task per table writes its rows' nearest lists, ``PROBES_KEPT`` per part (``probes/``);
+3. index: the driver walks the tables in order, counting list sizes, and hands each table the place its
+   rows take in list order; a task per table writes them into each part's list-major index files
+   (``part{j}/``: vectors, ids, squared norms, positions), which ``index.IvfIndex.load`` reads list by
+   list from disk;
+4. calibration: ``nprobe`` (unless given) is chosen in the driver as ``graph.knn_graph`` chooses it,
+   against an exact search of the calibration rows done table by table by tasks;
+5. search: tasks over runs of consecutive rows (at most ``search_rows`` each, from the budget, and at most
+   a share of the pool per CPU of the cluster, so that more nodes hold less each) search
+   the lists and write each row's neighbours to ``neighbors.npy`` / ``distances.npy``. A task loads
+   the index into memory when it takes at most ``INDEX_SHARE`` of the budget (the re-rank then reads
+   candidates' vectors from memory), else reads lists and candidates from disk as it goes.
+
+With ``knn_impl='faiss'`` the driver adds the rows to faiss's IVF index, which holds every row in memory
+(3 KB per row at 1536-d): that path is for a GPU whose memory holds the index.
 """
 
 from __future__ import annotations
 
-import shutil
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +35,11 @@ import numpy as np
 from poolsieve.core.devices import resolve_device, task_resources
 from poolsieve.core.progress import Progress
 
+from .._budget import fit_sample, rows_within, task_cpus
+from .._embeddings import TableEmbeddings, gather_rows
+from .._spill import DiskArray, save
 from .faiss_index import FaissIvf
 from .graph import (
-    KnnGraph,
-    _pad,
     candidates_per_part,
     check_knn_params,
     choose_nprobe,
@@ -34,200 +49,305 @@ from .graph import (
     search_parts,
     use_exact,
 )
-from .index import IvfIndex, flat_index, inverse, sorted_topk, sq_norms
+from .index import IvfIndex, flat_index, sorted_topk, sq_norms
 from .lists import calibration_rows, coarse_probes, default_nlist, train_lists, training_rows
 
-SEARCH_TASK_ROWS = 131072  # rows one sharded search task takes on (whole tables)
+PROBES_KEPT = 8  # nearest lists stored per row and part: calibrated nprobe up to this reuses them
+QUERY_ROW_BYTES = 14_000  # working set of a search task per query row (queries, candidates, re-rank)
+SAMPLE_SHARE = 0.5  # of the budget for the IVF training sample
+INDEX_SHARE = 0.5  # of the budget: an index this small is loaded whole by each search task
+INDEX_ROW_BYTES = 20  # ids, positions, squared norms per row and part, beside the fp16 vectors
 
 
-def sharded_knn_graph(pool, load_features: Callable[[Path], np.ndarray], row_counts: Sequence[int], k: int, *,
-                      parts: Sequence[int] | None = None, candidates: int | None = None, method: str = "auto",
-                      exact_max_rows: int = 50_000, nlist: int | None = None, nprobe: int | None = None,
-                      recall: float = 0.95, seed: int = 0, device: str = "auto", calibration_queries: int = 500,
-                      work_dir: Path | None = None, impl: str = "auto") -> KnnGraph:
-    """``knn_graph`` over a ScoredPool's tables with ``pool.map`` (Ray tasks), the same result.
+@dataclass
+class Segment:
+    """Member rows ``lo:hi`` of table ``t`` (``table``), whose member row 0 is pool row ``start``."""
 
-    ``load_features(table)`` returns that table's rows (successful samples, in order); ``row_counts``
-    their numbers. The indexes go to ``work_dir`` (default: a hidden folder beside the score tables,
-    removed at the end); workers memory-map them, so no process holds the whole pool.
-    """
-    tables = list(pool.tables)
-    starts = np.concatenate([[0], np.cumsum(row_counts)]).astype(np.int64)
+    table: Path
+    t: int
+    start: int
+    lo: int
+    hi: int
+
+
+@dataclass
+class GraphFiles:
+    """A built graph: ``neighbors.npy`` (n, k) int64 and ``distances.npy`` (n, k) float32 in ``folder``."""
+
+    folder: Path
+    n: int
+    k: int
+    method: str
+    nlist: int = 1
+    nprobe: int = 1
+    calibrated_recall: float | None = None
+    candidates: int | None = None
+    impl: str = "gemm"
+
+    @property
+    def neighbors(self) -> DiskArray:
+        return DiskArray(self.folder / "neighbors.npy")
+
+    @property
+    def distances(self) -> DiskArray:
+        return DiskArray(self.folder / "distances.npy")
+
+
+def row_segments(tables: Sequence[Path], counts: Sequence[int], most: int) -> list[list[Segment]]:
+    """Consecutive rows in units of at most ``most`` rows (a large table is split, small ones grouped)."""
+    units: list[list[Segment]] = [[]]
+    room, start = most, 0
+    for t, (table, count) in enumerate(zip(tables, counts, strict=True)):
+        lo = 0
+        while lo < count:
+            if room == 0:
+                units.append([])
+                room = most
+            hi = min(count, lo + room)
+            units[-1].append(Segment(Path(table), t, start, lo, hi))
+            room -= hi - lo
+            lo = hi
+        start += int(count)
+    return [u for u in units if u]
+
+
+def search_rows(budget: int) -> int:
+    """Query rows one search task holds at once under ``budget``."""
+    return rows_within(budget, QUERY_ROW_BYTES, share=0.6, least=1024, most=262_144)
+
+
+def build_graph(pool, names: Sequence[str], counts: Sequence[int], k: int, folder: Path, *,
+                parts: Sequence[int] | None = None, candidates: int | None = None, method: str = "auto",
+                exact_max_rows: int = 50_000, nlist: int | None = None, nprobe: int | None = None,
+                recall: float = 0.95, seed: int = 0, device: str = "auto", calibration_queries: int = 500,
+                impl: str = "auto") -> GraphFiles:
+    """The pool's kNN graph over the embeddings ``names`` side by side, written to ``folder``."""
+    tables = [Path(t) for t in pool.tables]
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     n = int(starts[-1])
     check_knn_params(n, k, method, recall)
     device = resolve_device(device)
-    impl = resolve_impl(impl, device)
     kk = min(k, n - 1)
     exact = use_exact(n, method, exact_max_rows)
+    dim = int(sum(parts))
+    if impl == "auto" and n * dim * 2 > pool.budget:
+        impl = "gemm"  # faiss's index would hold every row in memory
+    impl = resolve_impl(impl, device)
     use_faiss = impl == "faiss" and not exact
-    dim = int(sum(parts)) if parts else int(load_features(Path(tables[0])).shape[1])
     slices = [slice(0, dim)] if exact else part_slices(dim, parts)
     m1 = min(n, candidates_per_part(kk, len(slices), candidates))
-    folder = work_dir or (Path(tables[0]).parent / f".knn-index-{uuid.uuid4().hex[:12]}")
-    folder.mkdir(parents=True, exist_ok=True)
-    starts_by_table = dict(zip(map(str, tables), starts[:-1].tolist(), strict=True))
-    try:
-        if exact:
-            nlist = 1
-            labels = np.zeros((n, 1), dtype=np.int64)
-            all_centroids = [np.zeros((1, dim), np.float32)]
-        else:
-            nlist = nlist or default_nlist(n)
-            sample = _gather_rows(pool, load_features, starts, training_rows(n, nlist, seed))
-            all_centroids = [train_lists(np.ascontiguousarray(sample[:, sl]), nlist, seed, device) for sl in slices]
-            np.save(folder / "centroids.npy", np.stack(all_centroids))
-            labels = np.concatenate(pool.map(_AssignLists(load_features, folder, slices, device),
-                                             "IVF assign (shards)", **task_resources(device)))
-        if use_faiss:
-            _write_faiss_indexes(folder, tables, load_features, starts, slices, all_centroids, labels)
-        else:
-            for j, sl in enumerate(slices):
-                _write_index_files(folder / f"part{j}", n, sl.stop - sl.start, all_centroids[j], labels[:, j])
-            pool.map(_WriteVectors(load_features, folder, slices, starts_by_table), "write index")
-        indexes = load_indexes(folder, len(slices), use_faiss)
-        measured = None
-        if not exact and nprobe is None:
-            cal = calibration_rows(n, calibration_queries, seed)
-            queries = _gather_rows(pool, load_features, starts, cal)
-            exact_ids = remove_self(*sharded_exact_search(pool, load_features, starts, queries, kk + 1, device), cal)[1]
-
-            def calibration_search(p: int, m: int) -> np.ndarray:
-                return remove_self(*search_parts(queries, indexes, slices, kk + 1, m, p, device), cal)[1]
-
-            nprobe, m1, measured = choose_nprobe(calibration_search, exact_ids, nlist, recall, m1,
-                                                 len(slices) > 1 and candidates is None, n)
-        probe = 1 if exact else int(nprobe)
-        search = _SearchTables(load_features, folder, slices, starts_by_table, kk + 1, m1, probe, device, use_faiss)
-        parts_out = pool.runtime.map(search, table_groups(tables, row_counts, SEARCH_TASK_ROWS),
-                                     f"kNN search (k={k}, nprobe={probe})", items=lambda r: len(r[0]),
-                                     item_unit="rows", **task_resources(device))
-        dist = np.concatenate([p[0] for p in parts_out])
-        ids = np.concatenate([p[1] for p in parts_out])
-        return KnnGraph(*_pad(ids, dist, k), method="exact" if exact else "ivf", nlist=nlist, nprobe=probe,
-                        calibrated_recall=measured, candidates=m1 - 1 if len(slices) > 1 else None, impl=impl)
-    finally:
-        if work_dir is None:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def sharded_exact_search(pool, load_features, starts: np.ndarray, queries: np.ndarray, k: int,
-                         device: str) -> tuple[np.ndarray, np.ndarray]:
-    """Exact ``k`` nearest pool rows of ``queries``: each worker searches one table, results merged."""
-    parts = pool.map(_ExactAgainstTable(load_features, queries, k, device,
-                                        dict(zip(map(str, pool.tables), starts[:-1].tolist(), strict=True))),
-                     "exact kNN (calibration)", **task_resources(device))
-    return sorted_topk(np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1), k)
-
-
-def table_groups(tables: Sequence[Path], row_counts: Sequence[int], min_rows: int) -> list[list[Path]]:
-    """Consecutive tables grouped into search tasks of at least ``min_rows`` rows (the last may hold fewer).
-
-    A task converts every index list it probes to float32 once; many queries per task amortise that.
-    """
-    groups: list[list[Path]] = [[]]
-    rows = 0
-    for table, count in zip(tables, row_counts, strict=True):
-        if rows >= min_rows:
-            groups.append([])
-            rows = 0
-        groups[-1].append(table)
-        rows += int(count)
-    return [g for g in groups if g]
-
-
-def _gather_rows(pool, load_features, starts: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (sorted global ids) of the pool's features, fetched table by table on workers."""
-    per_table = [rows[(rows >= a) & (rows < b)] - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
-    wanted = dict(zip(map(str, pool.tables), per_table, strict=True))
-    parts = pool.map(_TakeRows(load_features, wanted), "gather rows")
-    return np.concatenate(parts)
-
-
-def _write_index_files(folder: Path, n: int, dim: int, centroids: np.ndarray, labels: np.ndarray) -> None:
-    """One part's index folder, vectors still empty (workers fill them in, see ``_WriteVectors``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    order = np.argsort(labels, kind="stable")
-    np.save(folder / "centroids.npy", centroids.astype(np.float32))
-    np.save(folder / "offsets.npy", np.searchsorted(labels[order], np.arange(len(centroids) + 1)).astype(np.int64))
-    np.save(folder / "ids.npy", order.astype(np.int64))
-    np.save(folder / "positions.npy", inverse(order))
-    np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float16, shape=(n, dim)).flush()
-    np.lib.format.open_memmap(folder / "sq_norms.npy", mode="w+", dtype=np.float32, shape=(n,)).flush()
-
-
-def load_indexes(folder: Path, n_parts: int, use_faiss: bool) -> list[IvfIndex | FaissIvf]:
-    """The parts' indexes in ``folder``, memory-mapped."""
+    nlist = 1 if exact else (nlist or default_nlist(n))
+    kept = 1 if exact else min(nlist, nprobe or PROBES_KEPT)
+    plan = _Plan(tables, list(map(int, counts)), starts, list(names), slices, folder, device, kept)
+    centroids = [np.zeros((1, dim), np.float32)] if exact else _train(pool, plan, nlist, seed)
+    for j, c in enumerate(centroids):
+        save(folder / f"centroids-{j}.npy", c.astype(np.float32))
+    (folder / "probes").mkdir()
+    totals = _assign(pool, plan, nlist, exact)
     if use_faiss:
-        return [FaissIvf.load(folder / f"part{j}.faiss") for j in range(n_parts)]
-    return [IvfIndex.load(folder / f"part{j}") for j in range(n_parts)]
+        _write_faiss_indexes(plan, centroids)
+    else:
+        _write_indexes(pool, plan, centroids, totals)
+    index_bytes = n * (dim * 2 + INDEX_ROW_BYTES * len(slices))
+    in_memory = not use_faiss and index_bytes <= pool.budget * INDEX_SHARE
+    indexes = load_indexes(folder, len(slices), use_faiss, in_memory)
+    measured = None
+    if not exact and nprobe is None:
+        cal = calibration_rows(n, calibration_queries, seed)
+        queries = _gather(pool, plan, cal)
+        exact_ids = remove_self(*exact_search(pool, plan, queries, kk + 1), cal)[1]
+        probes = [coarse_probes(queries[:, sl], c, min(nlist, 32), device) for sl, c in zip(slices, centroids,
+                                                                                                   strict=True)]
+
+        def calibration_search(p: int, m: int) -> np.ndarray:
+            return remove_self(*search_parts(queries, indexes, slices, kk + 1, m, p, device, probes), cal)[1]
+
+        nprobe, m1, measured = choose_nprobe(calibration_search, exact_ids, nlist, recall, m1,
+                                             len(slices) > 1 and candidates is None, n)
+    probe = 1 if exact else int(nprobe)
+    DiskArray.create(folder / "neighbors.npy", (n, k), np.int64, fill=-1)
+    DiskArray.create(folder / "distances.npy", (n, k), np.float32, fill=np.inf)
+    indexes.clear()  # the driver keeps no index while the tasks search
+    room = pool.budget - index_bytes if in_memory else pool.budget
+    spread = max(1024, -(-n // (2 * pool.runtime.cpus())))  # every CPU of a cluster gets units
+    units = row_segments(tables, counts, min(search_rows(room), spread))
+    pool.runtime.map(_SearchRows(plan, k, kk + 1, m1, probe, use_faiss, room, in_memory), units,
+                     f"kNN search (k={k}, nprobe={probe})", items=lambda r: r, item_unit="rows",
+                     num_cpus=task_cpus(pool), **task_resources(device))
+    return GraphFiles(folder, n, k, "exact" if exact else "ivf", nlist, probe, measured,
+                      m1 - 1 if len(slices) > 1 else None, impl)
 
 
-def _write_faiss_indexes(folder: Path, tables, load_features, starts: np.ndarray, slices: list[slice],
-                         centroids: list[np.ndarray], labels: np.ndarray) -> None:
-    """One faiss index file per part, rows added table by table in shard order (ids = global rows)."""
-    indexes = [FaissIvf.empty(c) for c in centroids]
-    progress = Progress("write faiss index", total=len(tables), unit="tables")
-    for t, table in enumerate(tables):
-        x = load_features(Path(table))
-        for j, sl in enumerate(slices):
-            indexes[j].add(x[:, sl], labels[starts[t]:starts[t + 1], j])
-        progress.update(1)
-    for j, index in enumerate(indexes):
-        index.save(folder / f"part{j}.faiss")
+@dataclass
+class _Plan:
+    """What the tasks of one graph build share (small: no per-row data)."""
+
+    tables: list[Path]
+    counts: list[int]
+    starts: np.ndarray
+    names: list[str]
+    slices: list[slice]
+    folder: Path
+    device: str
+    kept: int
+
+    def probes_file(self, t: int) -> Path:
+        return self.folder / "probes" / f"{t:06d}.npy"
+
+    def reader(self, table: Path) -> TableEmbeddings:
+        return TableEmbeddings(table, self.names)
 
 
-def _TakeRows(load_features, wanted: dict[str, np.ndarray]):  # noqa: N802 - task factories read as nouns
-    def take_rows(table: Path) -> np.ndarray:
-        return np.asarray(load_features(table)[wanted[str(table)]])
+def _train(pool, plan: _Plan, nlist: int, seed: int) -> list[np.ndarray]:
+    """Each part's unit centroids, trained on the seeded sample (cut to fit ``SAMPLE_SHARE`` of the budget)."""
+    rows = training_rows(int(plan.starts[-1]), nlist, seed)
+    widest = max(sl.stop - sl.start for sl in plan.slices)
+    fit = rows_within(pool.budget, 2 * plan.slices[-1].stop + 4 * widest, share=SAMPLE_SHARE, least=nlist)
+    sample = _gather(pool, plan, fit_sample(rows, fit, seed, "D2's IVF lists", pool.budget))
+    return [train_lists(np.ascontiguousarray(sample[:, sl]), nlist, seed, plan.device) for sl in plan.slices]
 
-    return take_rows
+
+def _gather(pool, plan: _Plan, rows: np.ndarray) -> np.ndarray:
+    return gather_rows(pool, plan.names, plan.counts, rows)
 
 
-def _AssignLists(load_features, folder: Path, slices: list[slice], device: str):  # noqa: N802
-    def assign_lists(table: Path) -> np.ndarray:
-        centroids = np.load(folder / "centroids.npy")
-        x = load_features(table)
-        return np.stack([coarse_probes(x[:, sl], c, 1, device)[:, 0] for sl, c in zip(slices, centroids, strict=True)],
-                        axis=1)
+def _assign(pool, plan: _Plan, nlist: int, exact: bool) -> np.ndarray:
+    """Write every table's nearest lists; return the list sizes per part, ``(parts, nlist)``."""
+    totals = np.zeros((len(plan.slices), nlist), dtype=np.int64)
+    progress = Progress("IVF assign", total=len(plan.tables), unit="tables")
+    for _, counts in pool.runtime.stream(_assign_lists(plan, exact), list(enumerate(plan.tables)),
+                                         **task_resources(plan.device)):
+        totals += counts
+        progress.update(1, int(counts[0].sum()), "rows")
+    return totals
+
+
+def _assign_lists(plan: _Plan, exact: bool):
+    def assign_lists(unit: tuple[int, Path]) -> np.ndarray:
+        t, table = unit
+        centroids = [np.load(plan.folder / f"centroids-{j}.npy") for j in range(len(plan.slices))]
+        reader = plan.reader(table)
+        probes = np.zeros((len(reader), len(plan.slices), plan.kept), dtype=np.int32)
+        for lo in range(0, len(reader), 65536):
+            x = reader.rows(lo, lo + 65536)
+            if not exact:
+                for j, sl in enumerate(plan.slices):
+                    probes[lo:lo + len(x), j] = coarse_probes(x[:, sl], centroids[j], plan.kept, plan.device)
+        np.save(plan.probes_file(t), probes)
+        return np.stack([np.bincount(probes[:, j, 0], minlength=len(centroids[j])) for j in range(len(plan.slices))])
 
     return assign_lists
 
 
-def _WriteVectors(load_features, folder: Path, slices: list[slice], starts: dict[str, int]):  # noqa: N802
-    def write_vectors(table: Path) -> int:
-        x = np.asarray(load_features(table), dtype=np.float16)
-        start = starts[str(table)]
-        for j, sl in enumerate(slices):
-            part = folder / f"part{j}"
-            pos = np.load(part / "positions.npy", mmap_mode="r")[start:start + len(x)]
-            vectors = np.load(part / "vectors.npy", mmap_mode="r+")
-            norms = np.load(part / "sq_norms.npy", mmap_mode="r+")
-            vectors[pos] = x[:, sl]
-            norms[pos] = sq_norms(x[:, sl])
-            vectors.flush()
-            norms.flush()
+def first_probes(plan: _Plan, t: int) -> np.ndarray:
+    """Table ``t``'s rows' own lists, ``(rows, parts)``."""
+    return np.ascontiguousarray(DiskArray(plan.probes_file(t)).rows(0, plan.counts[t])[:, :, 0], dtype=np.int64)
+
+
+def _write_indexes(pool, plan: _Plan, centroids: list[np.ndarray], totals: np.ndarray) -> None:
+    """Each part's list-major index files, filled table by table by tasks."""
+    n = int(plan.starts[-1])
+    offsets = np.concatenate([np.zeros((len(totals), 1), np.int64), np.cumsum(totals, axis=1)], axis=1)
+    for j, sl in enumerate(plan.slices):
+        part = plan.folder / f"part{j}"
+        part.mkdir()
+        save(part / "centroids.npy", centroids[j].astype(np.float32))
+        save(part / "offsets.npy", offsets[j])
+        DiskArray.create(part / "vectors.npy", (n, sl.stop - sl.start), np.float16)
+        for name, dtype in (("ids", np.int64), ("positions", np.int64), ("sq_norms", np.float32)):
+            DiskArray.create(part / f"{name}.npy", (n,), dtype)
+
+    def units():
+        before = offsets[:, :-1].copy()
+        for t, table in enumerate(plan.tables):
+            yield t, table, before.copy()
+            labels = first_probes(plan, t)
+            for j in range(len(plan.slices)):
+                before[j] += np.bincount(labels[:, j], minlength=before.shape[1])
+
+    progress = Progress("write index", total=len(plan.tables), unit="tables")
+    for _, rows in pool.runtime.stream(_write_table(plan), units()):
+        progress.update(1, rows, "rows")
+
+
+def _write_table(plan: _Plan):
+    def write_table(unit: tuple[int, Path, np.ndarray]) -> int:
+        t, table, before = unit
+        x = plan.reader(table).rows()
+        labels = first_probes(plan, t)
+        start = int(plan.starts[t])
+        for j, sl in enumerate(plan.slices):
+            order = np.argsort(labels[:, j], kind="stable")
+            lab = labels[order, j]
+            run_start = np.searchsorted(lab, lab, side="left")
+            pos = np.empty(len(x), dtype=np.int64)
+            pos[order] = before[j][lab] + (np.arange(len(x)) - run_start)
+            part = plan.folder / f"part{j}"
+            if len(x):
+                DiskArray(part / "vectors.npy").write(pos, x[:, sl])
+                DiskArray(part / "sq_norms.npy").write(pos, sq_norms(x[:, sl]))
+                DiskArray(part / "ids.npy").write(pos, start + np.arange(len(x), dtype=np.int64))
+                DiskArray(part / "positions.npy").write(slice(start, start + len(x)), pos)
         return len(x)
 
-    return write_vectors
+    return write_table
 
 
-def _ExactAgainstTable(load_features, queries: np.ndarray, k: int, device: str, starts: dict[str, int]):  # noqa: N802
-    def exact_against_table(table: Path) -> tuple[np.ndarray, np.ndarray]:
-        d, i = flat_index(load_features(table)).search(queries, k, 1, device)
-        return d, np.where(i >= 0, i + starts[str(table)], -1)
+def _write_faiss_indexes(plan: _Plan, centroids: list[np.ndarray]) -> None:
+    """One faiss index file per part, rows added table by table in shard order (ids = pool rows)."""
+    indexes = [FaissIvf.empty(c) for c in centroids]
+    progress = Progress("write faiss index", total=len(plan.tables), unit="tables")
+    for t, table in enumerate(plan.tables):
+        x = plan.reader(table).rows()
+        labels = first_probes(plan, t)
+        for j, sl in enumerate(plan.slices):
+            indexes[j].add(x[:, sl], labels[:, j])
+        progress.update(1)
+    for j, index in enumerate(indexes):
+        index.save(plan.folder / f"part{j}.faiss")
+
+
+def load_indexes(folder: Path, n_parts: int, use_faiss: bool, in_memory: bool = False) -> list[IvfIndex | FaissIvf]:
+    """The parts' indexes in ``folder``: loaded whole when ``in_memory``, else read from disk as searched."""
+    if use_faiss:
+        return [FaissIvf.load(folder / f"part{j}.faiss") for j in range(n_parts)]
+    return [IvfIndex.load(folder / f"part{j}", on_disk=not in_memory) for j in range(n_parts)]
+
+
+def exact_search(pool, plan: _Plan, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``k`` nearest pool rows of ``queries``: a task per table, results merged."""
+    parts = pool.runtime.map(_exact_against_table(plan, queries, k), list(enumerate(plan.tables)),
+                             "exact kNN (calibration)", **task_resources(plan.device))
+    return sorted_topk(np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1), k)
+
+
+def _exact_against_table(plan: _Plan, queries: np.ndarray, k: int):
+    def exact_against_table(unit: tuple[int, Path]) -> tuple[np.ndarray, np.ndarray]:
+        t, table = unit
+        d, i = flat_index(plan.reader(table).rows()).search(queries, k, 1, plan.device)
+        return d, np.where(i >= 0, i + int(plan.starts[t]), -1)
 
     return exact_against_table
 
 
-def _SearchTables(load_features, folder: Path, slices: list[slice], starts: dict[str, int], k1: int, m1: int,  # noqa: N802
-                  nprobe: int, device: str, use_faiss: bool):
-    def search_tables(tables: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-        parts = [load_features(t) for t in tables]
-        x = np.concatenate(parts)
-        query_ids = np.concatenate([starts[str(t)] + np.arange(len(p), dtype=np.int64)
-                                    for t, p in zip(tables, parts, strict=True)])
-        indexes = load_indexes(folder, len(slices), use_faiss)
-        d, i = search_parts(x, indexes, slices, k1, m1, nprobe, device)
-        return remove_self(d, i, query_ids)
+def _SearchRows(plan: _Plan, k: int, k1: int, m1: int, nprobe: int, use_faiss: bool,  # noqa: N802
+                budget: int, in_memory: bool):
+    def search_rows_task(unit: list[Segment]) -> int:
+        x = np.concatenate([plan.reader(s.table).rows(s.lo, s.hi) for s in unit])
+        query_ids = np.concatenate([s.start + np.arange(s.lo, s.hi, dtype=np.int64) for s in unit])
+        probes = None
+        if nprobe <= plan.kept:
+            stored = np.concatenate([DiskArray(plan.probes_file(s.t)).rows(s.lo, s.hi) for s in unit])
+            probes = [np.ascontiguousarray(stored[:, j, :], dtype=np.int64) for j in range(len(plan.slices))]
+        indexes = load_indexes(plan.folder, len(plan.slices), use_faiss, in_memory)
+        d, i = search_parts(x, indexes, plan.slices, k1, m1, nprobe, plan.device, probes, pairs=budget // 128)
+        d, i = remove_self(d, i, query_ids)
+        if i.shape[1] < k:
+            i = np.pad(i, ((0, 0), (0, k - i.shape[1])), constant_values=-1)
+            d = np.pad(d, ((0, 0), (0, k - d.shape[1])), constant_values=np.inf)
+        rows = slice(int(query_ids[0]), int(query_ids[-1]) + 1)
+        DiskArray(plan.folder / "neighbors.npy").write(rows, i)
+        DiskArray(plan.folder / "distances.npy").write(rows, d)
+        return len(x)
 
-    return search_tables
+    return search_rows_task

@@ -48,6 +48,7 @@ from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import check_subset_record, write_subset_pair
 from poolsieve.core.uids import UidSet
 from poolsieve.core.workspace import Workspace
+from poolsieve.filters._budget import parse_size
 from poolsieve.filters.algebra import Evaluator, is_filter
 from poolsieve.filters.pool_tables import pool_fingerprint, score_table_files
 from poolsieve.filters.registry import ScoredPool, describe_filters, filter_parameters
@@ -70,6 +71,10 @@ class FilterConfig:
     only: list[str] | None = option(None, "names of the subsets to make (default: all)", cli=False)
     ray_above_mb: float = option(RAY_ABOVE_MB, "start a local Ray only when the files the filters read exceed "
                                  "this many MB (below, Ray's start-up costs more than it saves); 0: always")
+    memory_budget: str | None = option(None, "memory the embedding filters' working set may take in any one process "
+                                       "(e.g. 2GiB; default: a quarter of the machine's memory); larger work is "
+                                       "cut to fit and spilled to a hidden folder of the workspace",
+                                       metavar="SIZE")
 
 
 def _saved_record(ws: Workspace, name: str) -> dict[str, Any] | None:
@@ -225,7 +230,8 @@ def spec_evaluator(ws: Workspace, cfg: FilterConfig, tables: list[Path], parsed:
     """The ``Evaluator`` the subsets are made with: the pool's tables on the runtime the filters run on;
     saved subsets read only when their record describes them."""
     embeddings = any(reads_embeddings(spec) for spec in parsed.values())
-    pool = ScoredPool(tables, filter_runtime(runtime, tables, embeddings, cfg.ray_above_mb))
+    pool = ScoredPool(tables, filter_runtime(runtime, tables, embeddings, cfg.ray_above_mb),
+                      memory_budget=parse_size(cfg.memory_budget), spill_dir=ws.root)
     checked: dict[tuple[int, int, int], None] = {}
 
     def saved_subset_file(name: str) -> Path:
