@@ -19,6 +19,8 @@ def install() -> None:
     def hook(event: str, args: tuple) -> None:
         if event != "open" or not args or not isinstance(args[0], (str, bytes, os.PathLike)):
             return
+        if os.environ.get(ENV) != folder:  # unset (the test is over): the hook, which stays, logs no more
+            return
         path = os.fsdecode(args[0])
         if not (path.endswith(".npz") and os.sep + "scores" + os.sep in path):
             return

@@ -222,7 +222,6 @@ def test_filter_command_takes_a_memory_budget_and_leaves_no_spill(tmp_path, caps
     assert not list(root.glob(f"{PREFIX}*"))
 
 
-@pytest.mark.slow
 def test_budget_sized_ray_tasks_ask_for_cpus_by_memory(workspace, ray_runtime):
     """So many CPUs that the budgets of the tasks a node runs at once fit half its memory resource."""
     nodes = ray_runtime.node_resources()

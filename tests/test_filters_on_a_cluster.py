@@ -22,7 +22,7 @@ from poolsieve.core.runtime import Runtime
 from poolsieve.filters.knn.sharded import search_rows
 from poolsieve.filters.registry import get_filter
 
-pytestmark = pytest.mark.slow  # a Ray cluster of two nodes starts (tens of seconds on two cores)
+pytestmark = pytest.mark.ray  # a Ray cluster of two nodes starts (tens of seconds on two cores)
 
 SIZES = (400, 380, 420, 390, 410, 400, 395, 405, 385, 415, 400, 390)
 BUDGET = "64MiB"
