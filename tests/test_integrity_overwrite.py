@@ -19,6 +19,7 @@ from test_train import write_wds
 
 from poolsieve.core.errors import PoolsieveError
 from poolsieve.pipeline import cli
+from poolsieve.pipeline.download.stage import STATE_NAME, remove_own_files
 
 
 def user_folder(path: Path) -> Path:
@@ -212,3 +213,25 @@ def test_inspect_never_writes_its_report_over_a_users_folder(tmp_path, capsys, k
     assert code == 2 and "report: " in err and ("is a symlink" if kind == "symlink" else "holds no summary.json") \
         in err, err
     assert tree(victim) == before
+
+
+def test_download_overwrite_removes_only_the_files_a_download_writes(tmp_path):
+    """``download --overwrite`` starts again: shard files and records go, a user's notes and folders stay,
+    and a symlink is removed without touching its target."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    own = ["00000.tar", "00000.parquet", "00000_stats.json", "00017.tar", STATE_NAME,
+           "download_report.json", "download_failures.parquet", ".download_runner.log"]
+    for name in own:
+        (shards / name).write_bytes(b"x")
+    kept = ["notes.txt", "00000.tar.bak", "a00001.tar", "00001.tar.json"]
+    for name in kept:
+        (shards / name).write_text("mine")
+    (shards / "photos").mkdir()
+    (shards / "photos" / "00002.tar").write_text("mine")
+    target = tmp_path / "outside.tar"
+    target.write_text("precious")
+    (shards / "00003.tar").symlink_to(target)
+    assert remove_own_files(shards) == len(own) + 1
+    assert sorted(p.name for p in shards.iterdir()) == sorted([*kept, "photos"])
+    assert (shards / "photos" / "00002.tar").read_text() == "mine" and target.read_text() == "precious"

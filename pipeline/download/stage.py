@@ -38,6 +38,8 @@ import argparse
 import dataclasses
 import json
 import math
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ from poolsieve.core.metadata_checks import check_metadata
 from poolsieve.core.stage import Stage
 from poolsieve.core.workspace import shard_stats_path, whole_shard_tars
 from poolsieve.pipeline.download.config import DownloadConfig
-from poolsieve.pipeline.download.failures import reconcile
+from poolsieve.pipeline.download.failures import FAILURES_NAME, reconcile
 from poolsieve.pipeline.download.hub_metadata import fetch_metadata
 from poolsieve.pipeline.download.integrity import check_success_rate
 from poolsieve.pipeline.download.plan import plan_shards, shard_digits, whole_shard_ids
@@ -67,6 +69,22 @@ from poolsieve.pipeline.download.process import (
 from poolsieve.pipeline.download.report import REPORT_NAME, build_report, print_report, short_list
 
 STATE_NAME = "download_state.json"
+# what a download writes in shards/: img2dataset's NNNN.tar/.parquet/_stats.json and poolsieve's records
+_OWN_SHARD_FILE = re.compile(r"\d+(\.tar|\.parquet|_stats\.json)")
+_OWN_RECORDS = (STATE_NAME, REPORT_NAME, FAILURES_NAME, RUNNER_LOG_NAME)
+
+
+def remove_own_files(shards_dir: Path) -> int:
+    """Remove the files a download wrote in ``shards_dir`` (``--overwrite``): shard files and records, as
+    regular files only (a symlink is removed, never followed); anything else a user put there stays."""
+    removed = 0
+    for entry in os.scandir(shards_dir):
+        if entry.is_dir(follow_symlinks=False):
+            continue
+        if entry.name in _OWN_RECORDS or _OWN_SHARD_FILE.fullmatch(entry.name):
+            os.unlink(entry.path)
+            removed += 1
+    return removed
 # What makes a shard what it is: its layout and how its images were made. ``--retry-failed`` makes its
 # shards with the values the pool's shards were made with (recorded in STATE_NAME), whatever is given.
 SHARD_SETTINGS = ("samples_per_shard", "image_size", "resize_mode", "resize_only_if_bigger", "encode_format",
@@ -204,9 +222,7 @@ def _download(ws: Any, cfg: DownloadConfig, runtime: Any, overwrite: bool) -> di
     bbox_col = _bbox_column(files, cfg)
     distributor, address = _distributor(cfg, runtime)
     if overwrite and not cfg.retry_failed:
-        for p in list(shards_dir.iterdir()):
-            if p.is_file():
-                p.unlink()
+        remove_own_files(shards_dir)
     write_json(shards_dir / STATE_NAME, state)
 
     if cfg.retry_failed:
