@@ -75,6 +75,8 @@ COMMANDS: tuple[Command, ...] = (
             in_run=True),
     Command("train", "poolsieve.train.cli", "train a fixed-budget CLIP on a resharded subset with open_clip",
             in_run=True),
+    Command("seed", "poolsieve.pipeline.seed",
+            "make a seed subset for train-scorer from a uid list, a metadata column or filter, or a random draw"),
     Command("train-scorer", "poolsieve.pipeline.train_scorer",
             "train a CLIP scorer on your own seed data (for score, when no pretrained weights can be had)",
             runs_stages=True),
