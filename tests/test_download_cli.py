@@ -8,6 +8,7 @@ import pytest
 
 from poolsieve.core.errors import ConfigError
 from poolsieve.pipeline.cli import make_context, stage_parser
+from poolsieve.pipeline.download.plan import FilePlan, idle_workers_notice
 from poolsieve.pipeline.download.stage import STAGE, DownloadConfig
 
 
@@ -63,3 +64,15 @@ def test_help_lists_each_option_once(capsys) -> None:
     for flag in ("--threads", "--allow-network", "--deny-network", "--blur-faces", "--image-size"):
         assert out.count(f"  {flag}") == 1, flag
     assert "--thread_count" in out and "--skip_bbox_blurring" in out and "(default: 10000)" in out
+
+
+def test_a_small_pool_names_the_shard_size_that_feeds_every_worker(tmp_path: Path) -> None:
+    """Fewer shards than download processes: one line saying how many would idle and the size that feeds all."""
+    plans = [FilePlan(tmp_path / "a.parquet", 8_460, 0, 1)]
+    notice = idle_workers_notice(plans, 10_000, 8)
+    assert "8,460 rows make 1 shard " in notice and "7 of them have nothing to do" in notice
+    assert "--samples-per-shard 1,058" in notice  # ceil(8460 / 8): 8 shards of at most 1,058
+    assert idle_workers_notice([FilePlan(tmp_path / "a.parquet", 8_460, 0, 8)], 1_058, 8) is None  # 8 shards now
+    two = [FilePlan(tmp_path / "a.parquet", 5_000, 0, 1), FilePlan(tmp_path / "b.parquet", 5_000, 1, 1)]
+    assert idle_workers_notice(two, 10_000, 2) is None  # one shard per worker
+    assert idle_workers_notice([FilePlan(tmp_path / "a.parquet", 3, 0, 1)], 10_000, 8) is None  # fewer rows than workers

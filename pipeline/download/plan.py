@@ -45,6 +45,19 @@ def plan_shards(files: list[Path], per_shard: int) -> list[FilePlan]:
     return plans
 
 
+def idle_workers_notice(plans: list[FilePlan], per_shard: int, workers: int) -> str | None:
+    """A one-line notice when the pool makes fewer shards than there are download workers (a shard is a
+    worker's unit: the others would sit idle), with the ``--samples-per-shard`` that gives each one a shard."""
+    shards, rows = sum(p.shards for p in plans), sum(p.rows for p in plans)
+    if shards >= workers or rows < workers:
+        return None
+    fits = max(1, -(-rows // workers))
+    return (f"{rows:,} rows make {shards} shard{'s' if shards != 1 else ''} of up to {per_shard:,} samples for "
+            f"{workers} download processes, so {workers - shards} of them have nothing to do; "
+            f"--samples-per-shard {fits:,} gives each one a shard (set it before the first download: "
+            "the shard layout stays for the workspace)")
+
+
 def shard_digits(max_id: int) -> int:
     return max(5, len(str(max(max_id, 0))))
 

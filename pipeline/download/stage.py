@@ -57,12 +57,13 @@ from poolsieve.pipeline.download.config import DownloadConfig
 from poolsieve.pipeline.download.failures import FAILURES_NAME, reconcile
 from poolsieve.pipeline.download.hub_metadata import fetch_metadata
 from poolsieve.pipeline.download.integrity import check_success_rate
-from poolsieve.pipeline.download.plan import plan_shards, shard_digits, whole_shard_ids
+from poolsieve.pipeline.download.plan import idle_workers_notice, plan_shards, shard_digits, whole_shard_ids
 from poolsieve.pipeline.download.process import (
     RUNNER_LOG_NAME,
     STAGING_NAME,
     RunOutcome,
     clear_staging,
+    default_processes,
     make_job,
     run_img2dataset,
 )
@@ -221,6 +222,10 @@ def _download(ws: Any, cfg: DownloadConfig, runtime: Any, overwrite: bool) -> di
     clear_staging(staging)  # leftovers of a killed run: partial tars are never promoted
     bbox_col = _bbox_column(files, cfg)
     distributor, address = _distributor(cfg, runtime)
+    notice = idle_workers_notice(plans, cfg.samples_per_shard, cfg.processes or default_processes())
+    fresh = not cfg.retry_failed and not whole_shard_ids(shards_dir)
+    if notice and distributor == "multiprocessing" and fresh:  # said once, before the layout is fixed
+        print(f"poolsieve download: note: {notice}", file=sys.stderr, flush=True)
     if overwrite and not cfg.retry_failed:
         remove_own_files(shards_dir)
     write_json(shards_dir / STATE_NAME, state)
