@@ -116,8 +116,11 @@ class _Handler(logging.Handler):
 def _writes_to_terminal(h: logging.Handler, log: StageLog) -> bool:
     if not isinstance(h, logging.StreamHandler) or isinstance(h, (logging.FileHandler, _Handler)):
         return False
+    stream = getattr(h, "stream", None)
+    if getattr(stream, "closed", False):  # bound to a stream since closed (a replaced stderr): only errors
+        return True
     streams = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__, log.terminal, log)
-    return any(getattr(h, "stream", None) is s for s in streams if s is not None)
+    return any(stream is s for s in streams if s is not None)
 
 
 def _claim(log: StageLog, logger: logging.Logger) -> None:
