@@ -8,6 +8,7 @@ must not reach stdout or stderr, and must be in the command's log. The serve and
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -256,3 +257,22 @@ def test_serve_command_names_the_schemes_default_port_and_refuses_what_it_cannot
     assert serve_command("/w s", "http://localhost").endswith("'/w s' --host localhost --port 80")
     with pytest.raises(ConfigError, match="http://HOST"):
         serve_command("/w", "https://127.0.0.1:8443")
+
+
+def test_a_library_handler_on_a_closed_stream_is_taken_off_too(tmp_path, capsys) -> None:
+    """A handler a library bound to a stderr that has since been replaced and closed writes nothing and
+    prints no '--- Logging error ---': the record goes to the log."""
+    stale = io.StringIO()
+    logger = logging.getLogger("some.hub.library")
+    handler = logging.StreamHandler(stale)
+    logger.addHandler(handler)
+    stale.close()
+    try:
+        with capture(tmp_path / "score.log", "score"):
+            logger.warning("retrying in 1s")
+        out = capsys.readouterr()
+        assert "Logging error" not in out.err and "retrying in 1s" not in out.err
+        assert "retrying in 1s" in (tmp_path / "score.log").read_text()
+        assert handler in logger.handlers  # given back afterwards
+    finally:
+        logger.removeHandler(handler)
