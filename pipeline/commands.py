@@ -76,7 +76,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("train", "poolsieve.train.cli", "train a fixed-budget CLIP on a resharded subset with open_clip",
             in_run=True),
     Command("seed", "poolsieve.pipeline.seed",
-            "make a seed subset for train-scorer from a uid list, a metadata column or filter, or a random draw"),
+            "make a seed subset for train-scorer from a uid list, a metadata column or filter, or a random draw",
+            runs_stages=True),  # --where runs filter's evaluation
     Command("train-scorer", "poolsieve.pipeline.train_scorer",
             "train a CLIP scorer on your own seed data (for score, when no pretrained weights can be had)",
             runs_stages=True),
