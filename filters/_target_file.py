@@ -68,8 +68,8 @@ def datacomp_parts(folder: Path) -> list[Path]:
     """DataComp's five target files in ``folder``, 0..4; one line naming those missing."""
     missing = [name for name in DATACOMP_PARTS if not (folder / name).exists()]
     if missing:
-        have = "none of them" if len(missing) == len(DATACOMP_PARTS) else f"not {', '.join(missing)}"
-        raise InputError(folder, f"holds {have}: DataComp's target is in1k_clip_vit_l14_{{0..4}}.pt (poolsieve "
+        what = "holds none" if len(missing) == len(DATACOMP_PARTS) else f"lacks {', '.join(missing)}"
+        raise InputError(folder, f"{what} of DataComp's target files in1k_clip_vit_l14_{{0..4}}.pt (poolsieve "
                                  f"fetch-assets in1k_clip_vit_l14_{{0..4}} --dest {folder})")
     return [folder / name for name in DATACOMP_PARTS]
 
