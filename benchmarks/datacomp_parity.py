@@ -15,14 +15,28 @@ For each baseline it runs DataComp's ``baselines.py`` with DataComp's interprete
 ``--num_workers --workers``) and ``poolsieve filter --tables POOL --executor local`` (whole commands,
 wall time printed), then compares the two ``.npy`` files: uid counts, the symmetric difference of
 the uid sets and whether the files are byte-identical. DataComp runs offline through
-``datacomp_offline/sitecustomize.py``: its two downloads are served from local files (timm's
+``datacomp_offline/sitecustomize.py``: its downloads are served from local files (timm's
 ImageNet-21k list, whose sha256 is the one DataComp pins; fastText's ``lid.176.ftz``, the model
 poolsieve uses, in place of ``lid.176.bin``), and nltk reads the same WordNet 3.0 files as poolsieve,
-copied into an ``nltk_data`` folder. DataComp's interpreter needs ``nltk``, ``gcld3`` and
-``fasttext-predict`` (``pip install nltk gcld3 fasttext-predict``).
+copied into an ``nltk_data`` folder. DataComp's interpreter needs ``nltk``, ``gcld3``, ``fsspec``, torch
+and fastText's own ``fasttext`` package (``image_based`` counts words with its ``tokenize``, which
+``fasttext-predict`` lacks). poolsieve's environment plus ``fasttext`` 0.9.3 in a venv layered on it::
 
-``image_based`` is not compared: DataComp's needs a GPU (``torch.cuda.is_available()`` is checked)
-and downloads its ImageNet-1k L/14 embeddings and pool centroids, neither reachable here.
+    python3.11 -m venv /tmp/dcenv
+    echo "$PWD/.venv/lib/python3.11/site-packages" > /tmp/dcenv/lib/python3.11/site-packages/poolsieve.pth
+    /tmp/dcenv/bin/pip install --no-deps fasttext==0.9.3    # builds fastText's C++ (about 2 minutes)
+
+``image_based`` is compared on DataComp's released-file path: each metadata file gets its ``NAME.npz``
+with ``l14_img`` (fp16, DataComp's metadata layout), and the benchmark writes a centroid file
+(``small_centroids.pt``: ``torch.save`` of a float32 numpy array, 1,000 x 768, norms 0.5-1 so that
+inner product and L2 would pick differently) and five target files (``in1k_clip_vit_l14_{0..4}.pt``,
+``torch.save({"image_features": fp16 tensor})``, near 150 of the centroids). Pool rows lie near one
+centroid (80%; 12% of them nearer another), halfway between two (10%, boundary cases) or anywhere (10%). DataComp runs
+``baselines.py --name image_based --image_based_scale small`` on the CPU through the shim
+(``POOLSIEVE_DC_CPU=1``: its ``cuda`` tensors stay on the CPU; its ``download`` returns these files;
+its ``torch.load`` of exactly these files runs with ``weights_only=False``, as its code expects);
+poolsieve runs ``image_based(centroids=.../small_centroids.pt, target=.../)``. 100k rows are enough
+(``--rows 100000 --files 10 --only image_based``); at 1M rows the ``.npz`` files take 1.5 GB.
 """
 
 from __future__ import annotations
@@ -50,7 +64,10 @@ BASELINES = {
                             "clip_score(model=b32, threshold=0.3)"),
     "text_based": (["--name", "text_based"], "text_based"),
     "laion2b": (["--name", "laion2b"], "laion2b"),
+    "image_based": (["--name", "image_based", "--image_based_scale", "small", "--num_gpus", "1"],
+                    "image_based(centroids={assets}/small_centroids.pt, target={assets}/)"),
 }
+DIM, CENTROIDS, TARGET_CONCEPTS, TARGET_ROWS = 768, 1000, 150, 2000  # image_based's generated files
 
 COMMON_EN = (
     "a an the photo picture image of on in at with near for and by from to my our new old big small red blue "
@@ -143,6 +160,61 @@ def generate_pool(folder: Path, rows: int, files: int, seed: int = 0) -> list[Pa
     return sorted(folder.glob("*.parquet"))
 
 
+def centroid_array(seed: int) -> np.ndarray:
+    """The generated pool's centroids: random directions with norms in [0.5, 1] (k-means centroids of unit
+    vectors are shorter than 1), float32."""
+    rng = np.random.default_rng([seed, 1])
+    c = rng.standard_normal((CENTROIDS, DIM))
+    return (c / np.linalg.norm(c, axis=1, keepdims=True) * rng.uniform(0.5, 1.0, (CENTROIDS, 1))).astype(np.float32)
+
+
+def rows_near(centroids: np.ndarray, picks: np.ndarray, rng: np.random.Generator, spread: float,
+              mixed: bool) -> np.ndarray:
+    """Unit fp16 rows near ``centroids[picks]`` (noise of norm ``spread``); when ``mixed``, 10% halfway
+    between two centroids (noise of norm 0.5) and 10% random directions."""
+    unit = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+    noise = rng.standard_normal((len(picks), DIM)) / np.sqrt(DIM)
+    x = unit[picks] + spread * noise
+    if mixed:
+        kind = rng.random(len(picks))
+        half = (kind >= 0.8) & (kind < 0.9)
+        x[half] = (unit[picks[half]] + unit[rng.integers(0, len(unit), int(half.sum()))]) / 2 + 0.5 * noise[half]
+        x[kind >= 0.9] = noise[kind >= 0.9]
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+
+def add_image_embeddings(folder: Path, files: list[Path], seed: int = 0) -> None:
+    """``NAME.npz`` with ``l14_img`` beside each ``NAME.parquet`` (DataComp's metadata layout); cached."""
+    import pyarrow.parquet as pq
+
+    done = folder / f".l14_img_complete_{seed}"
+    if done.exists():
+        return
+    centroids = centroid_array(seed)
+    for i, path in enumerate(files):
+        rng = np.random.default_rng([seed, 2, i])
+        n = pq.ParquetFile(path).metadata.num_rows
+        np.savez(path.with_suffix(".npz"), l14_img=rows_near(centroids, rng.integers(0, CENTROIDS, n), rng, 5.0, True))
+    done.touch()
+
+
+def image_based_assets(folder: Path, seed: int = 0) -> dict[str, Path]:
+    """DataComp's file names -> the generated centroid file and five target files, in its formats."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    centroids = centroid_array(seed)
+    files = {"small_centroids": folder / "small_centroids.pt"}
+    torch.save(centroids, files["small_centroids"])
+    rng = np.random.default_rng([seed, 3])
+    concepts = rng.choice(CENTROIDS, TARGET_CONCEPTS, replace=False)
+    for i in range(5):
+        files[f"in1k_clip_vit_l14_{i}"] = folder / f"in1k_clip_vit_l14_{i}.pt"
+        rows = rows_near(centroids, rng.choice(concepts, TARGET_ROWS), rng, 3.0, False)
+        torch.save({"image_features": torch.from_numpy(rows)}, files[f"in1k_clip_vit_l14_{i}"])
+    return files
+
+
 def nltk_data_folder(folder: Path) -> Path:
     """``folder/corpora/wordnet``: poolsieve's WordNet 3.0 files (copied: nltk refuses symlinks out of its
     data folders) plus the ``lexnames`` file Debian does not ship."""
@@ -158,15 +230,19 @@ def nltk_data_folder(folder: Path) -> Path:
     return folder
 
 
-def datacomp_env(args: argparse.Namespace, nltk_data: Path) -> dict[str, str]:
+def datacomp_env(args: argparse.Namespace, nltk_data: Path, assets: dict[str, Path]) -> dict[str, str]:
+    """DataComp's environment: the offline shim, its downloads served from ``assets`` (plus the language
+    model and the ImageNet-21k list), image_based on the CPU."""
     from poolsieve.core.language import lid_model_path
     from poolsieve.core.wordnet import imagenet21k_file
 
+    local = {"fasttext": lid_model_path(), "imagenet21k_wordnet_ids": imagenet21k_file(), **assets}
     env = dict(os.environ)
     env.update({
         "PYTHONPATH": str(HERE / "datacomp_offline"),
         "POOLSIEVE_DC_REPO": str(args.datacomp),
-        "POOLSIEVE_DC_ASSETS": f"fasttext={lid_model_path()},imagenet21k_wordnet_ids={imagenet21k_file()}",
+        "POOLSIEVE_DC_ASSETS": ",".join(f"{name}={path}" for name, path in local.items()),
+        "POOLSIEVE_DC_CPU": "1",
         "NLTK_DATA": str(nltk_data),
     })
     return env
@@ -199,15 +275,21 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", choices=list(BASELINES), help="run these baselines only")
     args = ap.parse_args()
 
-    generate_pool(args.pool, args.rows, args.files)
+    files = generate_pool(args.pool, args.rows, args.files)
     args.out.mkdir(parents=True, exist_ok=True)
-    env = datacomp_env(args, nltk_data_folder(args.out / "nltk_data"))
+    names = args.only or list(BASELINES)
+    assets = {}
+    if "image_based" in names:
+        add_image_embeddings(args.pool, files)
+        assets = image_based_assets(args.out / "image_based_assets")
+    env = datacomp_env(args, nltk_data_folder(args.out / "nltk_data"), assets)
     workspace = args.out / "workspace"
     workspace.mkdir(exist_ok=True)
     poolsieve = str(Path(sys.executable).parent / "poolsieve")
     rows = []
-    for name in args.only or BASELINES:
+    for name in names:
         dc_args, expr = BASELINES[name]
+        expr = expr.format(assets=args.out / "image_based_assets")
         dc_npy, ours_npy = args.out / f"datacomp_{name}.npy", workspace / "subsets" / f"{name}.npy"
         print(f"-- {name}: DataComp baselines.py", flush=True)
         dc_s = run_command([args.dc_python, "baselines.py", *dc_args, "--metadata_dir", str(args.pool),
@@ -231,7 +313,9 @@ def main() -> int:
     for r in rows:
         cells = [r[0], f"{r[1]:,}", f"{r[2]:,}", f"{r[3]:,}", "yes" if r[4] else "NO", f"{r[5]:.1f}", f"{r[6]:.1f}"]
         print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
-    print("image_based: not compared (DataComp's needs a GPU and its downloaded ImageNet-1k embeddings and centroids)")
+    if "image_based" in names:
+        print("image_based: DataComp on the CPU (datacomp_offline shim), both given the generated "
+              f"{CENTROIDS:,} x {DIM} centroids and 5 x {TARGET_ROWS:,} target rows")
     return 0 if all(r[3] == 0 for r in rows) else 1
 
 

@@ -20,6 +20,7 @@ from poolsieve.core.formats import STATUS_SUCCESS, embedding_keys
 from poolsieve.core.workspace import Workspace
 
 from ._npz import NpzRows
+from ._target_file import read_target_files, target_files
 from .columns import table_columns
 from .registry import ScoredPool
 
@@ -234,3 +235,24 @@ def read_reference_arrays(path: Path, image_key: str | None, sha256: bool = Fals
     if emb.ndim != 2 or len(emb) == 0:
         raise InputError(path, f"{image_key} has shape {emb.shape}, expected (rows >= 1, dim)")
     return emb, hashes
+
+
+def read_target(pool: ScoredPool, target: object, image_key: str, missing_hint: str) -> np.ndarray:
+    """A target set's image embeddings, as wide as the pool's ``image_key``: a reference set (a name or an
+    ``.npz``, ``image_key`` read from it) or DataComp's target files (``_target_file``: a ``.pt`` file, a
+    folder, a glob or a list)."""
+    files = target_files(target)
+    if files is None:
+        if Path(str(target)).exists():
+            missing_hint += f"; a file or folder of that name is given as a path: ./{target}"
+        emb = read_reference_arrays(reference_file(pool, str(target), missing_hint), image_key)[0]
+        where = str(target)
+    else:
+        emb = read_target_files(files)
+        where = str(files[0]) if len(files) == 1 else f"{files[0]} ... ({len(files)} files)"
+    width = pool.runtime.map(lambda t: TableEmbeddings(Path(t), [image_key]).widths[0], [Path(pool.tables[0])],
+                             "embedding widths")[0]
+    if emb.shape[1] != width:
+        raise InputError(None, f"target {where}: {emb.shape[1]}-d image features, but the pool's {image_key} "
+                               f"embeddings are {width}-d (DataComp's ImageNet-1k target is ViT-L/14: 768-d)")
+    return emb

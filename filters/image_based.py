@@ -11,7 +11,7 @@
 
 | param | default | meaning |
 | --- | --- | --- |
-| target | imagenet | reference name (``references/<name>.npz``) or a path to an ``.npz`` with ``<key>_img`` |
+| target | imagenet | reference name (``references/<name>.npz``), a path to an ``.npz`` with ``<key>_img``, or DataComp's ImageNet-1k L/14 targets: a folder (``assets/``) of ``in1k_clip_vit_l14_{0..4}.pt``, a glob, a ``.pt`` file or a list of files (``_target_file``; read without running code) |
 | centroids | - | a file of precomputed centroids (DataComp's released ``*_centroids``, a ``torch.save``d float32 array; a pickled array; or ``.npy``): no k-means; read without running code (``_centroid_file``) |
 | embedding | l14, else b32 | model key of the image embeddings |
 | clusters | min(100000, rows // 10) | k-means clusters (DataComp: 100k) |
@@ -48,8 +48,7 @@ from ._embeddings import (
     TableEmbeddings,
     gather_rows,
     pick_embedding_key,
-    read_reference_arrays,
-    reference_file,
+    read_target,
 )
 from ._kmeans import kmeans, nearest_centroid
 from .basic import CAPTION_STATS, caption_stats, language_mask
@@ -79,10 +78,11 @@ def _caption_mask(table: Path, caption_filter: bool, language: str) -> np.ndarra
     return caption_filter_mask(members, language)
 
 
-def load_target(pool: ScoredPool, target: str, image_key: str) -> np.ndarray:
-    """The target set's image embeddings: a reference name in the workspace or a path to an npz."""
-    path = reference_file(pool, target, "score a labelled image set into references/ first")
-    return read_reference_arrays(path, image_key)[0]
+def load_target(pool: ScoredPool, target: str | list[str], image_key: str) -> np.ndarray:
+    """The target set's image embeddings: a reference name in the workspace, a path to an npz, or DataComp's
+    target files (``_target_file``: a ``.pt`` file, a folder of ``in1k_clip_vit_l14_{0..4}.pt``, a glob, a list)."""
+    return read_target(pool, target, image_key, "score a labelled image set into references/ first, or give "
+                                                "DataComp's in1k_clip_vit_l14_{0..4}.pt as a folder or files")
 
 
 def _check(clusters, iterations, sample_ratio, centroids) -> None:
@@ -97,7 +97,7 @@ def _check(clusters, iterations, sample_ratio, centroids) -> None:
                           f"(got centroids={centroids!r}, clusters={clusters!r})")
 
 
-def image_based_run(pool: ScoredPool, *, target: str = "imagenet", embedding: str | None = None,
+def image_based_run(pool: ScoredPool, *, target: str | list[str] = "imagenet", embedding: str | None = None,
                     clusters: int | None = None, iterations: int = 20, sample_ratio: float = 1.0, seed: int = 0,
                     caption_filter: bool = True, language: str = "en", device: str = "auto",
                     centroids: str | None = None) -> dict:

@@ -49,9 +49,10 @@ def test_datacomps_format_a_pickle_and_npy_are_read(tmp_path):
 
     c = np.random.default_rng(0).standard_normal((7, 16)).astype(np.float32)
     torch.save(c, tmp_path / "small_centroids")  # how DataComp wrote its released file
+    torch.save(torch.from_numpy(c), tmp_path / "tensor.pt")  # a float tensor, read without torch
     (tmp_path / "c.pkl").write_bytes(pickle.dumps(c, protocol=2).replace(b"numpy._core", b"numpy.core"))  # numpy 1
     np.save(tmp_path / "c.npy", c.astype(np.float64))
-    for name in ("small_centroids", "c.pkl", "c.npy"):
+    for name in ("small_centroids", "tensor.pt", "c.pkl", "c.npy"):
         got = read_centroids(tmp_path / name)
         assert got.dtype == np.float32 and np.array_equal(got, c)
 
@@ -78,7 +79,8 @@ def test_other_contents_are_refused_in_one_line(tmp_path):
     import torch
 
     cases = {
-        "tensor.pt": lambda p: torch.save(torch.ones(3, 4), p),
+        "ints.pt": lambda p: torch.save(torch.ones(3, 4, dtype=torch.int64), p),
+        "flat.pt": lambda p: torch.save(torch.ones(4), p),
         "dict.pt": lambda p: torch.save({"image_features": np.ones((2, 2), np.float32)}, p),
         "ints.npy": lambda p: np.save(p, np.ones((3, 4), np.int64)),
         "flat.npy": lambda p: np.save(p, np.ones(4, np.float32)),
