@@ -6,8 +6,9 @@ its count and time, and ``and`` / ``or`` record the running count after each ope
 
 A filter call that keeps under ``FEW_KEPT`` of the pool (``registry.py``) is handled by the evaluator's
 ``small`` policy: ``warn`` (the default: a ``PoolsieveWarning``, and the step's ``details`` keep it),
-``refuse`` (``KeepsTooLittle``, unless the call says ``allow_small=true``: ``poolsieve filter``'s
-choice) or ``record`` (the details only: a dry run prints them).
+``refuse`` (``KeepsTooLittle``, unless the call says ``allow_small=true`` or asks for its size with
+``fraction`` or ``count``: ``poolsieve filter``'s choice) or ``record`` (the details only: a dry run
+prints them).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .registry import (
 from .spec import Node, parse_spec, render
 
 SMALL_POLICIES = ("warn", "refuse", "record")
+SIZE_PARAMETERS = ("fraction", "count")  # a call giving one asks for its size: a small one is what was asked
 
 
 class KeepsTooLittle(ConfigError):
@@ -51,11 +53,12 @@ def is_filter(name: str) -> bool:
 
 
 def confirms_small(params: Mapping[str, Any]) -> bool:
-    """Whether a filter call's parameters say ``allow_small: true`` (checked: a boolean)."""
+    """Whether a filter call's parameters confirm that it may keep little: ``allow_small: true`` (checked: a
+    boolean), or a size the call asks for itself (``SIZE_PARAMETERS``: ``clip_score(fraction=0.05)``)."""
     allowed = params.get(ALLOW_SMALL, False)
     if not isinstance(allowed, bool):
         raise ConfigError(f"{ALLOW_SMALL} takes true or false, got {allowed!r}")
-    return allowed
+    return allowed or any(params.get(k) is not None for k in SIZE_PARAMETERS)
 
 
 def call_filter(pool: ScoredPool, name: str, params: Mapping[str, Any], details: dict,

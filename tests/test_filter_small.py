@@ -96,6 +96,9 @@ def test_a_small_subset_of_large_steps_is_refused_and_names_them(pool: Workspace
         run_filter(pool, FilterConfig(spec=["rest = ~clip_score(threshold=0.05)"]), LOCAL)
     out = run_filter(pool, FilterConfig(spec=[spec.replace("0.75)", "0.75, allow_small=true)")]), LOCAL)
     assert out["both"]["count"] == 0
+    # a call that asks for its size confirms it, and the subset it is in
+    out = run_filter(pool, FilterConfig(spec=["top5 = clip_score(fraction=0.05) & clip_score(threshold=0.5)"]), LOCAL)
+    assert out["top5"]["count"] == 21  # DataComp's cut: int(400 * 0.05) + 1 rows
     # ten percent is not small
     assert run_filter(pool, FilterConfig(spec=["tenth = clip_score(threshold=0.9)"]), LOCAL)["tenth"]["count"] == 40
 

@@ -4,8 +4,9 @@ A filter call that keeps under ``FEW_KEPT`` (10%) of the pool's members, or a su
 is refused in one line: the counts, the filter or steps, the parameter to change, and how to confirm:
 ``poolsieve filter --allow-small`` (``filter: {allow_small: true}`` in a ``run`` config) for every subset
 of the command, or ``allow_small=true`` in a filter's call (``semdedup(eps=0.2, allow_small=true)``)
-for that call and any subset whose spec makes it. Nothing of the refused subset is written; subsets
-the command made before it stay.
+for that call and any subset whose spec makes it; a call that asks for its own size (``fraction=``,
+``count=``: ``clip_score(fraction=0.05)``) is confirmed by it. Nothing of the refused subset is written;
+subsets the command made before it stay.
 """
 
 from __future__ import annotations
