@@ -211,3 +211,28 @@ def test_reference_step_records_each_image_digest(tmp_path) -> None:
     with np.load(ws.reference_path("eval_tasks")) as z:
         assert list(z["sha256"]) == [hashlib.sha256(d).hexdigest() for d in images]  # the broken one left out
         assert len(z["poolsieve_tiny_img"]) == 5
+
+
+def test_summary_and_report_tell_exact_and_near_copies_apart(planted, tmp_path, capsys) -> None:
+    import shutil
+
+    from poolsieve.core.runtime import Runtime
+    from poolsieve.core.workspace import Workspace
+    from poolsieve.pipeline.filter.stage import STAGE, FilterConfig, run_filter
+    from poolsieve.pipeline.inspect.report import write_report
+    from poolsieve.pipeline.inspect.stage import inspect_workspace
+
+    ws = Workspace.create(tmp_path / "ws")
+    for folder in ("scores", "references", "metadata"):
+        shutil.copytree(planted["root"] / folder, ws.root / folder)
+    out = run_filter(ws, FilterConfig(spec=["clean = decontaminate"]), Runtime(executor="local"))
+    STAGE.report(out)
+    printed = capsys.readouterr().out
+    line = next(s for s in printed.splitlines() if s.strip().startswith("clean: decontaminate:"))
+    assert "4 exact (sha256), 2 near (cosine >= 0.9" in line and "x the pool's median distance" in line
+    page = write_report(ws, inspect_workspace(ws)).read_text()
+    assert "4 exact (sha256), 2 near (cosine &gt;= 0.9" in page  # the funnel's step row
+    t = planted["truth"]
+    assert page.count("decontaminate: exact copy of evaluation image t/00") == 4  # each dropped card says which
+    assert "decontaminate: exact copy of evaluation image t/003.png (label t)" in page
+    assert page.count("decontaminate: near copy (cosine 0.99") == len(t["near"]) == 2
