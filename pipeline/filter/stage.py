@@ -83,7 +83,7 @@ class FilterConfig:
                                        "(e.g. 2GiB; default: a quarter of the machine's memory); larger work is "
                                        "cut to fit and spilled to a hidden folder of the workspace",
                                        metavar="SIZE")
-    allow_small: bool = option(False, "write subsets and filter steps that keep under 10%% of the pool (refused "
+    allow_small: bool = option(False, "write subsets and filter steps that keep under 10% of the pool (refused "
                                "without it; or say allow_small=true in a filter's call)")
     dry_run: bool = option(False, "evaluate every spec and print how many pairs each keeps and what each step "
                            "drops; write nothing")
