@@ -137,7 +137,9 @@ def test_cli_inline_forms_and_errors(ws, capsys):
     assert "'nosuch' is neither a filter nor a subset" in err
     assert main(["filter", "-w", str(ws.root), "--executor", "local", "--spec", "clip_score(column=nope, threshold=1)",
                  "--name", "x"]) == 2
-    assert "00000.parquet: score table lacks column(s) nope" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the calls that read the columns the table has, ready to paste
+    assert "00000.parquet: clip_score reads column nope (the one asked for), which this score table lacks; use " \
+           "clip_score(model=b32, threshold=1) or clip_score(model=l14, threshold=1)" in err
 
 
 def test_cli_spec_file_and_config(ws, tmp_path, capsys):
