@@ -269,26 +269,33 @@ def spec_evaluator(ws: Workspace, cfg: FilterConfig, tables: list[Path], parsed:
     return Evaluator(pool, parsed, subset_file=saved_subset_file, load_defined=load_defined, small=small)
 
 
-def evaluate_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime) -> dict[str, UidSet]:
+def evaluate_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, small: str = "warn",
+                     trace: dict[str, Any] | None = None) -> dict[str, UidSet]:
     """The subsets ``run_filter`` would make from ``cfg``, as uid sets in memory: the same specs, tables and
-    evaluator, nothing written or locked (every subset defined in ``cfg`` is evaluated afresh)."""
+    evaluator, nothing written or locked (every subset defined in ``cfg`` is evaluated afresh). ``small``: the
+    policy for a filter call that keeps little (``filters/algebra.py``); ``trace`` receives, per subset, its
+    resolved spec, its steps, the pool's members and the seconds it took (what a dry run prints)."""
     cfg, targets, tables, parsed = plan_subsets(ws, cfg)
-    evaluator = spec_evaluator(ws, cfg, tables, parsed, runtime)
-    return {name: evaluator.evaluate_defined(name) for name in targets}
+    evaluator = spec_evaluator(ws, cfg, tables, parsed, runtime, small=small)
+    out: dict[str, UidSet] = {}
+    for name in targets:
+        start, first_step = time.perf_counter(), len(evaluator.steps)
+        out[name] = evaluator.evaluate_defined(name)
+        if trace is not None:
+            trace[name] = {"resolved": evaluator.resolve(parsed[name], within=name),
+                           "steps": evaluator.steps[first_step:], "members": evaluator.pool.member_count(),
+                           "seconds": round(time.perf_counter() - start, 3)}
+    return out
 
 
 def dry_run_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime) -> dict[str, Any]:
-    """``--dry-run``: every subset ``run_filter`` would make, evaluated in memory as ``evaluate_subsets`` does
-    (nothing written or locked); per subset its count, its steps and why it would be refused, if it would."""
-    cfg, targets, tables, parsed = plan_subsets(ws, cfg)
-    evaluator = spec_evaluator(ws, cfg, tables, parsed, runtime, small="record")
-    members = evaluator.pool.member_count()
+    """``--dry-run``: every subset ``run_filter`` would make, evaluated in memory by ``evaluate_subsets`` (nothing
+    written or locked); per subset its count, its steps and why it would be refused, if it would."""
+    trace: dict[str, Any] = {}
+    made = evaluate_subsets(ws, cfg, runtime, small="record", trace=trace)
     results: dict[str, Any] = {}
-    for name in targets:
-        start, first_step = time.perf_counter(), len(evaluator.steps)
-        resolved = evaluator.resolve(parsed[name], within=name)
-        uids = evaluator.evaluate_defined(name)
-        steps = evaluator.steps[first_step:]
+    for name, uids in made.items():
+        resolved, steps, members = trace[name]["resolved"], trace[name]["steps"], trace[name]["members"]
         small = None if cfg.allow_small else next((d["warning"] for d in (s.get("details") or {} for s in steps)
                                                    if d.get("warning") and not d.get("allow_small")), None)
         refused = refusal(name, small) if small else None
@@ -297,7 +304,7 @@ def dry_run_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime) -> dict[
         except ConfigError as e:
             refused = refused or str(e)
         results[name] = {"dry_run": True, "count": len(uids), "members": members, "expression": render(resolved),
-                         "steps": steps, "refused": refused, "seconds": round(time.perf_counter() - start, 3)}
+                         "steps": steps, "refused": refused, "seconds": trace[name]["seconds"]}
     return results
 
 
