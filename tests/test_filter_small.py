@@ -159,3 +159,12 @@ def test_run_dry_run_evaluates_the_filter_section_alone(pool: Workspace, tmp_pat
     assert "reshard: skipped (the filter stage was a dry run)" in capsys.readouterr().out
     assert files_of(pool.root) == before
     assert main(["run", "--config", str(path), "--executor", "local", "--dry-run", "--only", "reshard"]) == 2
+
+
+def test_a_seed_filter_may_keep_little(pool: Workspace) -> None:
+    """train-scorer's --seed-filter makes a seed, a small clean sample by design: not refused."""
+    from poolsieve.pipeline.train_scorer import ScorerConfig, _filter
+
+    with pytest.warns(PoolsieveWarning, match="kept 20 of 400 rows"):
+        assert _filter(pool, ScorerConfig(seed_filter=FEW, name="s"), LOCAL, False) == "s_seed"
+    assert len(np.load(pool.subset_path("s_seed"))) == 20
