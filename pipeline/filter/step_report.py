@@ -13,6 +13,7 @@ from typing import Any
 
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.shown_text import for_terminal
+from poolsieve.filters.registry import FEW_KEPT
 
 
 def step_note(step: dict[str, Any]) -> str:
@@ -48,7 +49,7 @@ def step_line(step: dict[str, Any], members: int) -> str:
     if note:
         line += f"; {for_terminal(note)}"
     if warning and not (step.get("details") or {}).get("allow_small"):
-        line += " [under 10% of the pool]"
+        line += f" [under {FEW_KEPT:.0%} of the pool]"
     return line
 
 
