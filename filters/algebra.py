@@ -3,6 +3,12 @@
 ``Evaluator`` turns parsed spec nodes (``filters.spec``) into uid sets. Each distinct filter call is
 run once per evaluator, however many subsets use it; every node evaluated is recorded as a step with
 its count and time, and ``and`` / ``or`` record the running count after each operand.
+
+A filter call that keeps under ``FEW_KEPT`` of the pool (``registry.py``) is handled by the evaluator's
+``small`` policy: ``warn`` (the default: a ``PoolsieveWarning``, and the step's ``details`` keep it),
+``refuse`` (``KeepsTooLittle``, unless the call says ``allow_small=true`` or asks for its size with
+``fraction`` or ``count``: ``poolsieve filter``'s choice) or ``record`` (the details only: a dry run
+prints them).
 """
 
 from __future__ import annotations
@@ -10,24 +16,35 @@ from __future__ import annotations
 import inspect
 import json
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.errors import ConfigError, InputError, PoolsieveWarning
 from poolsieve.core.formats import file_sha256, read_uidset
 from poolsieve.core.uids import UidSet
 
 from .no_filter import no_filter
 from .registry import (
+    ALLOW_SMALL,
     FILTERS,
     ScoredPool,
     check_parameters,
+    few_kept_hint,
+    few_kept_warning,
     get_filter,
+    kept_share,
     load_builtin_filters,
-    warn_if_few_kept,
 )
 from .spec import Node, parse_spec, render
+
+SMALL_POLICIES = ("warn", "refuse", "record")
+SIZE_PARAMETERS = ("fraction", "count")  # a call giving one asks for its size: a small one is what was asked
+
+
+class KeepsTooLittle(ConfigError):
+    """A filter call kept under ``FEW_KEPT`` of the pool, unconfirmed, under the ``refuse`` policy."""
 
 
 def is_filter(name: str) -> bool:
@@ -35,19 +52,39 @@ def is_filter(name: str) -> bool:
     return name in FILTERS
 
 
-def call_filter(pool: ScoredPool, name: str, params: Mapping[str, Any], details: dict) -> UidSet:
-    """Run a registered filter with checked parameters; return its uid set."""
+def confirms_small(params: Mapping[str, Any]) -> bool:
+    """Whether a filter call's parameters confirm that it may keep little: ``allow_small: true`` (checked: a
+    boolean), or a size the call asks for itself (``SIZE_PARAMETERS``: ``clip_score(fraction=0.05)``)."""
+    allowed = params.get(ALLOW_SMALL, False)
+    if not isinstance(allowed, bool):
+        raise ConfigError(f"{ALLOW_SMALL} takes true or false, got {allowed!r}")
+    return allowed or any(params.get(k) is not None for k in SIZE_PARAMETERS)
+
+
+def call_filter(pool: ScoredPool, name: str, params: Mapping[str, Any], details: dict,
+                small: str = "warn") -> UidSet:
+    """Run a registered filter with checked parameters; return its uid set. A result under ``FEW_KEPT``
+    of the pool goes to ``details["warning"]`` and is handled by the ``small`` policy (module docstring)."""
     fn = get_filter(name)
-    check_parameters(name, params)
-    kwargs = dict(params)
+    allowed = confirms_small(params)
+    kwargs = {k: v for k, v in params.items() if k != ALLOW_SMALL}
+    check_parameters(name, kwargs)
+    given = dict(kwargs)
     if "report" in inspect.signature(fn).parameters:
         kwargs["report"] = details
     result = fn(pool, **kwargs)
     if not isinstance(result, UidSet):
         raise ConfigError(f"filter '{name}' returned {type(result).__name__}, expected a UidSet")
-    warning = warn_if_few_kept(name, params, len(result), pool.member_count())
+    warning = few_kept_warning(name, given, len(result), pool.member_count())
     if warning:
         details["warning"] = warning
+        if allowed:
+            details[ALLOW_SMALL] = True
+        if small == "refuse" and not allowed:
+            raise KeepsTooLittle(f"filter '{name}' would keep {kept_share(len(result), pool.member_count())}: "
+                                 f"{few_kept_hint(name, given)}")
+        if small != "record":
+            warnings.warn(warning, PoolsieveWarning, stacklevel=2)
     return result
 
 
@@ -56,13 +93,17 @@ class Evaluator:
 
     ``definitions`` maps subset names of the current spec document to their (raw or parsed) specs;
     ``subset_file(name)`` gives the path of a saved subset; ``load_defined(name)`` may return the
-    uids of a defined subset that is already saved and up to date (so it is not recomputed).
+    uids of a defined subset that is already saved and up to date (so it is not recomputed);
+    ``small`` is the policy for a filter call that keeps little (module docstring).
     """
 
     def __init__(self, pool: ScoredPool, definitions: Mapping[str, Any] | None = None,
                  subset_file: Callable[[str], Path] | None = None,
-                 load_defined: Callable[[str], UidSet | None] | None = None):
+                 load_defined: Callable[[str], UidSet | None] | None = None, small: str = "warn"):
+        if small not in SMALL_POLICIES:
+            raise ValueError(f"small must be one of {SMALL_POLICIES}, got {small!r}")
         self.pool = pool
+        self.small = small
         self.definitions = {k: parse_spec(v, k) for k, v in (definitions or {}).items()}
         self.subset_file = subset_file
         self.load_defined = load_defined
@@ -123,7 +164,7 @@ class Evaluator:
         step: dict[str, Any] = {"step": render(node)}
         if "filter" in node:
             details: dict[str, Any] = {}
-            keys = call_filter(self.pool, node["filter"], node.get("params") or {}, details)
+            keys = call_filter(self.pool, node["filter"], node.get("params") or {}, details, self.small)
             if details:
                 step["details"] = details
         elif "subset" in node:
@@ -131,7 +172,7 @@ class Evaluator:
         elif "not" in node:
             inner = self._eval(node["not"])
             keys = self.pool_uids() - inner
-            step["counts"] = [len(self.pool_uids()), len(keys)]
+            step.update(op="not", counts=[len(self.pool_uids()), len(keys)])
         else:
             op = "and" if "and" in node else "or"
             parts = [self._eval(p) for p in node[op]]
@@ -139,7 +180,7 @@ class Evaluator:
             for part in parts[1:]:
                 keys = keys & part if op == "and" else keys | part
                 running.append(len(keys))
-            step["counts"] = running
+            step.update(op=op, counts=running)
         step["count"] = len(keys)
         step["seconds"] = round(time.perf_counter() - start, 3)
         self.steps.append(step)

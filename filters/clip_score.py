@@ -10,7 +10,9 @@ returns a histogram of its scores over the top 16 bits of their float32 bit patt
 preserving), the driver finds the bucket holding the cut, and a second pass returns the uids above
 that bucket plus the exact scores of the few rows inside it. Any score column works:
 ``column: clip_l14_similarity_score``, or ``model: l14`` for the same (DataComp's ``--arch``); the
-default is ``clip_b32_similarity_score``.
+default is ``clip_b32_similarity_score``. A pool scored by other models (a scorer of your own: its
+column is ``clip_scorer_similarity_score``) lacks that column: the error names the calls that read the
+columns it has, ready to paste (``clip_score(model=scorer, fraction=0.3)``).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from poolsieve.core.errors import ConfigError
+from poolsieve.core.errors import ConfigError, InputError
 from poolsieve.core.formats import score_column
 from poolsieve.core.uids import UidSet
 
-from .columns import as_task, float_column, member_keys, per_table, read_members
+from .columns import as_task, float_column, member_keys, per_table, read_members, table_columns
 from .registry import ScoredPool, register
 
 DEFAULT_COLUMN = "clip_b32_similarity_score"
@@ -118,6 +122,23 @@ def fraction_cut(pool: ScoredPool, column: str, fraction: float, report: dict | 
     return kept_above | UidSet(cand_keys[cand_values >= threshold])
 
 
+def check_column(pool: ScoredPool, column: str, given: dict[str, Any]) -> None:
+    """``InputError`` naming the fix when the first score table lacks ``column``: the calls that read the
+    score columns it has (``clip_score(model=KEY, ...)``), else its numeric columns (``column=NAME``)."""
+    if not pool.tables or column in (names := table_columns(Path(pool.tables[0]))):
+        return
+    table = pq.read_schema(pool.tables[0])
+    scores = [n[len("clip_"):-len("_similarity_score")] for n in names
+              if n.startswith("clip_") and n.endswith("_similarity_score") and n != "clip_similarity_score"]
+    numeric = [n for n in names if n not in ("uid", "status") and pa.types.is_floating(table.field(n).type)]
+    args = "".join(f", {k}={v}" for k, v in given.items() if v is not None)
+    calls = [f"clip_score(model={k}{args})" for k in scores] or [f"clip_score(column={n}{args})" for n in numeric]
+    which = "the default, a B/32 CLIP's score" if column == DEFAULT_COLUMN else "the one asked for"
+    fix = f"use {' or '.join(calls)}" if calls else "score the pool first (poolsieve score)"
+    raise InputError(pool.tables[0], f"clip_score reads column {column} ({which}), which this score table lacks; "
+                                     f"{fix}")
+
+
 @register("clip_score")
 def clip_score(pool: ScoredPool, *, column: str | None = None, model: str | None = None,
                threshold: float | None = None, fraction: float | None = None,
@@ -128,6 +149,7 @@ def clip_score(pool: ScoredPool, *, column: str | None = None, model: str | None
     column = column or (score_column(str(model)) if model is not None else DEFAULT_COLUMN)
     if (threshold is None) == (fraction is None):
         raise ConfigError("clip_score needs exactly one of 'threshold' or 'fraction'")
+    check_column(pool, column, {"threshold": threshold, "fraction": fraction})
     if fraction is not None:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ConfigError(f"clip_score: fraction must be a number in (0, 1], got {fraction!r}")

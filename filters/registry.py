@@ -13,9 +13,11 @@ def clip_score(pool: ScoredPool, *, column: str = "clip_b32_similarity_score", f
 The pool's members are the score-table rows whose ``status`` is ``"success"`` (rows that failed to
 decode are recorded in the tables but belong to no subset).
 
-A filter that keeps less than ``FEW_KEPT`` (10%) of the pool's members warns with the numbers and the
+A filter that keeps less than ``FEW_KEPT`` (10%) of the pool's members is named with the numbers and the
 parameter to change: the one it declares with ``register(name, keeps="PARAM: advice")`` (semdedup's
-``eps``), else its parameter list (``few_kept_warning``).
+``eps``), else its parameter list (``few_kept_warning``). Evaluating a spec in memory warns;
+``poolsieve filter`` refuses to write such a subset unless it is confirmed (``--allow-small``, or the
+``allow_small=true`` parameter that every filter call takes: ``ALLOW_SMALL``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import textwrap
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from poolsieve.core.errors import ConfigError, PoolsieveWarning
+from poolsieve.core.errors import ConfigError
 from poolsieve.core.formats import STATUS_SUCCESS, read_embeddings, read_score_table
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.uids import hex_to_keys
@@ -46,7 +47,8 @@ FILTERS: dict[str, FilterFn] = {}
 PARAMETERS_OF: dict[str, Callable[..., Any]] = {}  # filter name -> the function whose signature lists its parameters
 NOT_PARAMETERS = ("pool", "report")
 KEEPS: dict[str, str] = {}  # filter name -> "PARAM: how it changes what is kept", as the filter declares it
-FEW_KEPT = 0.10  # a filter keeping less than this share of the pool's members warns
+FEW_KEPT = 0.10  # a filter keeping less than this share of the pool's members warns (or is refused)
+ALLOW_SMALL = "allow_small"  # the parameter every filter call takes: true confirms that it may keep little
 
 
 def register(name: str, params: Callable[..., Any] | None = None, *,
@@ -67,28 +69,32 @@ def register(name: str, params: Callable[..., Any] | None = None, *,
     return deco
 
 
-def few_kept_warning(name: str, params: Mapping[str, Any], kept: int, members: int) -> str | None:
-    """The warning for filter ``name`` (called with ``params``) keeping ``kept`` of ``members`` rows: the
-    numbers and the parameter to change; ``None`` when it keeps at least ``FEW_KEPT`` of them."""
-    if members == 0 or kept >= FEW_KEPT * members:
-        return None
+def kept_share(kept: int, members: int) -> str:
+    """``76 of 8,460 rows (0.9%, under 10%)``."""
+    return f"{kept:,} of {members:,} rows ({100 * kept / members:.1f}%, under {FEW_KEPT:.0%})"
+
+
+def is_few(kept: int, members: int) -> bool:
+    """Whether ``kept`` of ``members`` rows is under ``FEW_KEPT`` (never for an empty pool)."""
+    return members > 0 and kept < FEW_KEPT * members
+
+
+def few_kept_hint(name: str, params: Mapping[str, Any]) -> str:
+    """The parameter of filter ``name`` that controls how much it keeps, with its value in ``params``."""
     if name in KEEPS:
         param = KEEPS[name].split(":", 1)[0].strip()
         now = f"{params[param]!r}" if param in params else "the default"
-        hint = f"its {KEEPS[name]} (now {now})"
-    else:
-        named, _ = filter_parameters(name)
-        hint = f"check its parameters ({', '.join(p.name for p in named) or 'none'})"
-    return (f"filter '{name}' kept {kept:,} of {members:,} rows ({100 * kept / members:.1f}%, under "
-            f"{FEW_KEPT:.0%}): {hint}")
+        return f"its {KEEPS[name]} (now {now})"
+    named, _ = filter_parameters(name)
+    return f"check its parameters ({', '.join(p.name for p in named) or 'none'})"
 
 
-def warn_if_few_kept(name: str, params: Mapping[str, Any], kept: int, members: int) -> str | None:
-    """Warn (``PoolsieveWarning``, one line on the terminal) when the filter kept few rows; return the text."""
-    message = few_kept_warning(name, params, kept, members)
-    if message:
-        warnings.warn(message, PoolsieveWarning, stacklevel=2)
-    return message
+def few_kept_warning(name: str, params: Mapping[str, Any], kept: int, members: int) -> str | None:
+    """The warning for filter ``name`` (called with ``params``) keeping ``kept`` of ``members`` rows: the
+    numbers and the parameter to change; ``None`` when it keeps at least ``FEW_KEPT`` of them."""
+    if not is_few(kept, members):
+        return None
+    return f"filter '{name}' kept {kept_share(kept, members)}: {few_kept_hint(name, params)}"
 
 
 def get_filter(name: str) -> FilterFn:

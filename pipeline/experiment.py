@@ -18,6 +18,11 @@ evaluate: {tasks: datacomp38}                    # runs/NAME -> evals/NAME
 ```
 
 It ends with one table: subset, size, the main metric per task and the average.
+
+``filter: {allow_small: true}`` lets a subset keep under 10% of the pool (``poolsieve filter
+--allow-small``). ``poolsieve run --dry-run`` evaluates the filter section's subsets on the scored pool and
+prints what each keeps and what each step drops, running no other stage and writing nothing (as
+``filter: {dry_run: true}``, after which no later stage runs).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ TOP_LEVEL_KEYS = {"workspace", "ray_address", "executor", *STAGES}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", help=f"comma list of stages to run (default: every section present: {', '.join(STAGES)})")
+    p.add_argument("--dry-run", action="store_true",
+                   help="evaluate the filter section's subsets on the scored pool and print what each keeps and what "
+                        "each step drops; run no other stage and write nothing")
 
 
 def check_experiment(config: dict[str, Any], extra_keys: set[str] = frozenset()) -> None:
@@ -89,13 +97,15 @@ def run_experiment(ws: Workspace, config: dict[str, Any], runtime: Runtime, *, o
     if "train" in stages:  # a budget that cannot be trained exactly is refused before any stage runs
         commands.stage("train").config_from(_without_subsets(section(config, "train"))).recipe()
     out: dict[str, Any] = {}
+    dry = False
     for name in STAGES:
-        if name not in stages:
+        if name not in stages or dry:
             if report_skipped:
-                print(skipped_line(name, config, only))
+                print(f"{name}: skipped (the filter stage was a dry run)" if dry else skipped_line(name, config, only))
             continue
         stage = commands.stage(name)
         values = section(config, name)
+        dry = name == "filter" and bool(values.get("dry_run"))
         if stage.per_subset:
             base = _without_subsets(values)
             out[name] = {}
@@ -132,9 +142,15 @@ def comparison_table(ws: Workspace, evaluations: dict[str, dict[str, Any]]) -> s
 def run_cli(ctx: Any, args: argparse.Namespace) -> int:
     if not ctx.config:
         raise ConfigError("poolsieve run needs --config FILE (a YAML experiment: see `poolsieve run --help`)")
-    ws = ctx.workspace(create="download" in ctx.config)
     only = [s.strip() for s in args.only.split(",")] if args.only else None
-    out = run_experiment(ws, ctx.config, ctx.runtime, overwrite=ctx.overwrite, only=only)
+    config = ctx.config
+    if args.dry_run:
+        if "filter" not in config or only not in (None, ["filter"]):
+            raise ConfigError("--dry-run evaluates the config's 'filter:' section alone"
+                              + ("; it has none" if "filter" not in config else "; leave out --only"))
+        config, only = {**config, "filter": {**section(config, "filter"), "dry_run": True}}, ["filter"]
+    ws = ctx.workspace(create="download" in config and not args.dry_run)
+    out = run_experiment(ws, config, ctx.runtime, overwrite=ctx.overwrite, only=only, report_skipped=not args.dry_run)
     if "evaluate" in out:
         print(comparison_table(ws, out["evaluate"]))
     print_summary("run", [("workspace", ws.root), ("stages", ", ".join(out) or "none")])

@@ -125,8 +125,9 @@ def seed_shards(ws: Workspace, config: ScorerConfig, runtime: Runtime | None, *,
 
 
 def _filter(ws: Workspace, config: ScorerConfig, runtime: Runtime | None, overwrite: bool) -> str:
-    """Make the seed subset from ``config.seed_filter``; return its name."""
-    made = run_filter(ws, FilterConfig(spec=[config.seed_filter], name=f"{config.name}_seed"),
+    """Make the seed subset from ``config.seed_filter``; return its name. A seed is meant to be a small clean
+    sample: one under 10% of the pool is made without ``--allow-small``."""
+    made = run_filter(ws, FilterConfig(spec=[config.seed_filter], name=f"{config.name}_seed", allow_small=True),
                       runtime or Runtime(executor="local"), overwrite=overwrite)
     if len(made) != 1:
         raise ConfigError(f"train-scorer: --seed-filter must make one subset, it makes {', '.join(made)}")

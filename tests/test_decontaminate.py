@@ -32,7 +32,8 @@ def planted(tmp_path_factory) -> dict:
     ref_sha = [hashlib.sha256(f"eval{i}".encode()).hexdigest() for i in range(20)]
     (root / "references").mkdir()
     np.savez(root / "references" / "eval_tasks.npz", b32_img=ref.astype(np.float16),
-             labels=np.asarray(["t"] * 20), sha256=np.asarray(ref_sha))
+             labels=np.asarray(["t"] * 20), sha256=np.asarray(ref_sha),
+             sources=np.asarray([f"t/{i:03d}.png" for i in range(20)]))
     n = 60
     truth = {"exact_score": [], "exact_metadata": [], "near": [], "far_variant": []}
     (root / "scores").mkdir()
@@ -77,7 +78,81 @@ def test_exact_and_near_copies_are_dropped(planted) -> None:
     dropped = planted["members"] - kept
     assert dropped == set(t["exact_score"] + t["exact_metadata"] + t["near"])
     assert set(t["far_variant"]) <= kept
-    assert report == {"exact_copies": 4, "near_copies": 2, "reference_images": 20}
+    assert {k: report[k] for k in ("exact_copies", "near_copies", "reference_images")} == {
+        "exact_copies": 4, "near_copies": 2, "reference_images": 20}
+    assert report["summary"] == "4 exact (sha256), 2 near (cosine >= 0.950000: fixed cosine)"
+    # the matches, each with the evaluation image it matched (what the report shows beside a dropped row)
+    listed = {m["uid"]: m for m in report["matches"]}
+    assert set(listed) == planted["members"] - kept
+    row1 = listed[t["exact_score"][0]]
+    assert (row1["kind"], row1["source"], row1["label"]) == ("exact", "t/003.png", "t")
+    assert (listed[t["near"][0]]["kind"], listed[t["near"][0]]["source"]) == ("near", "t/005.png")
+    assert listed[t["near"][0]]["cosine"] > 0.99
+
+
+def lower_median_rounded(d: np.ndarray) -> float:
+    """The lower median of ``d``, rounded down to 8 significant bits (float32's top 16 bits): found by sorting."""
+    m = np.array([np.sort(d)[(len(d) - 1) // 2]], dtype=np.float32)
+    return float((m.view(np.uint32) >> np.uint32(16) << np.uint32(16)).view(np.float32)[0])
+
+
+def test_default_rule_is_calibrated_on_the_pool(planted) -> None:
+    """``threshold: auto``: near copy when 1 - cos <= 0.05 x the pool's median distance (exact copies left out
+    of the median), and cos >= 0.95; the same rows as that cosine cut computed by brute force."""
+    pool = pool_of(planted["root"])
+    report: dict = {}
+    kept = set(get_filter("decontaminate")(pool, report=report).to_hex())
+    emb = pool.load_embeddings(["b32_img"])["b32_img"].astype(np.float32)
+    uids = pool.read_columns([])["uid"].to_numpy()
+    sims = (unit(emb) @ unit(planted["ref"].astype(np.float16).astype(np.float32)).T).max(axis=1)
+    t = planted["truth"]
+    exact = np.isin(uids, t["exact_score"] + t["exact_metadata"])
+    median = lower_median_rounded(1.0 - sims[~exact].astype(np.float64))
+    assert report["median_distance"] == pytest.approx(median, rel=1e-6)
+    cut = max(1 - 0.05 * median, 0.95)
+    assert report["threshold"] == pytest.approx(cut)
+    assert planted["members"] - kept == set(uids[exact | (sims >= cut)])
+    assert planted["members"] - kept == set(t["exact_score"] + t["exact_metadata"] + t["near"])
+    assert report["summary"].startswith("4 exact (sha256), 2 near (cosine >= ")
+    assert "x the pool's median distance" in report["summary"]
+    # a ratio of 0 leaves the floor no say: only rows at distance 0 (none here) are near copies
+    zero: dict = {}
+    get_filter("decontaminate")(pool, ratio=0.0, report=zero)
+    assert zero["near_copies"] == 0 and zero["exact_copies"] == 4
+
+
+def test_default_is_safe_on_a_weak_scorer(tmp_path) -> None:
+    """A scorer whose embeddings are all alike (every pool image at cosine ~0.99 from some evaluation image)
+    made cosine 0.98 take the whole pool; the calibrated default takes the planted copies and nothing else."""
+    rng = np.random.default_rng(1)
+    centre = unit(rng.standard_normal((1, 32)))
+    ref = unit(centre + 0.02 * rng.standard_normal((50, 32)))
+    (tmp_path / "references").mkdir()
+    (tmp_path / "scores").mkdir()
+    np.savez(tmp_path / "references" / "eval_tasks.npz", b32_img=ref.astype(np.float16),
+             sha256=np.asarray([f"{i:064x}" for i in range(50)]), labels=np.asarray(["x"] * 50))
+    emb = unit(centre + 0.02 * rng.standard_normal((400, 32)))
+    planted = [10, 50, 90, 130, 170]  # near copies: the same image re-encoded (the embedding moved by ~1e-4)
+    emb[planted] = unit(ref[:5] + 1e-4 * rng.standard_normal((5, 32)))
+    uids = [f"{i:032x}" for i in range(400)]
+    pd.DataFrame({"uid": uids, "sha256": [f"{i + 1000:064x}" for i in range(400)], "status": "success"}
+                 ).to_parquet(tmp_path / "scores" / "00000.parquet", index=False)
+    write_embeddings(tmp_path / "scores" / "00000.npz", {"b32_img": emb, "b32_txt": emb})
+    pool = pool_of(tmp_path)
+    fixed = get_filter("decontaminate")(pool, threshold=0.98)
+    assert len(fixed) < 0.05 * 400  # the old default removed nearly everything
+    report: dict = {}
+    kept = get_filter("decontaminate")(pool, report=report)
+    assert set(uids) - set(kept.to_hex()) == {uids[i] for i in planted}
+    assert report["near_copies"] == 5 and report["threshold"] > 0.999
+
+
+def test_bad_parameters_are_one_line_errors(planted) -> None:
+    pool = pool_of(planted["root"])
+    for params, word in (({"threshold": "always"}, "threshold"), ({"ratio": -0.1}, "ratio"), ({"ratio": 1.0}, "ratio"),
+                         ({"min_cosine": 2}, "min_cosine"), ({"ratio": True}, "ratio")):
+        with pytest.raises(ConfigError, match=word):
+            get_filter("decontaminate")(pool, **params)
 
 
 def test_threshold_and_exact_switches(planted) -> None:
@@ -136,3 +211,28 @@ def test_reference_step_records_each_image_digest(tmp_path) -> None:
     with np.load(ws.reference_path("eval_tasks")) as z:
         assert list(z["sha256"]) == [hashlib.sha256(d).hexdigest() for d in images]  # the broken one left out
         assert len(z["poolsieve_tiny_img"]) == 5
+
+
+def test_summary_and_report_tell_exact_and_near_copies_apart(planted, tmp_path, capsys) -> None:
+    import shutil
+
+    from poolsieve.core.runtime import Runtime
+    from poolsieve.core.workspace import Workspace
+    from poolsieve.pipeline.filter.stage import STAGE, FilterConfig, run_filter
+    from poolsieve.pipeline.inspect.report import write_report
+    from poolsieve.pipeline.inspect.stage import inspect_workspace
+
+    ws = Workspace.create(tmp_path / "ws")
+    for folder in ("scores", "references", "metadata"):
+        shutil.copytree(planted["root"] / folder, ws.root / folder)
+    out = run_filter(ws, FilterConfig(spec=["clean = decontaminate"]), Runtime(executor="local"))
+    STAGE.report(out)
+    printed = capsys.readouterr().out
+    line = next(s for s in printed.splitlines() if s.strip().startswith("clean: decontaminate:"))
+    assert "4 exact (sha256), 2 near (cosine >= 0.9" in line and "x the pool's median distance" in line
+    page = write_report(ws, inspect_workspace(ws)).read_text()
+    assert "4 exact (sha256), 2 near (cosine &gt;= 0.9" in page  # the funnel's step row
+    t = planted["truth"]
+    assert page.count("decontaminate: exact copy of evaluation image t/00") == 4  # each dropped card says which
+    assert "decontaminate: exact copy of evaluation image t/003.png (label t)" in page
+    assert page.count("decontaminate: near copy (cosine 0.99") == len(t["near"]) == 2

@@ -105,7 +105,7 @@ def test_defined_dependency_is_loaded_when_up_to_date(ws):
 def test_subset_from_another_pool_contributes_only_members(ws):
     foreign = np.concatenate([pairs_of([1, 2]), uids_to_pairs(["f" * 32])])
     write_subset(ws.subset_path("foreign"), foreign)
-    make(ws, {"mine": "foreign | clip_score(threshold=0.18)"})
+    make(ws, {"mine": "foreign | clip_score(threshold=0.18, allow_small=true)"})  # 1 row of 19, confirmed
     assert np.array_equal(read_subset(ws.subset_path("mine")), pairs_of([1, 2, 18]))
     record = json.loads(ws.subset_info_path("mine").read_text())
     assert record["inputs"][0]["outside_pool"] == 1
@@ -137,7 +137,9 @@ def test_cli_inline_forms_and_errors(ws, capsys):
     assert "'nosuch' is neither a filter nor a subset" in err
     assert main(["filter", "-w", str(ws.root), "--executor", "local", "--spec", "clip_score(column=nope, threshold=1)",
                  "--name", "x"]) == 2
-    assert "00000.parquet: score table lacks column(s) nope" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the calls that read the columns the table has, ready to paste
+    assert "00000.parquet: clip_score reads column nope (the one asked for), which this score table lacks; use " \
+           "clip_score(model=b32, threshold=1) or clip_score(model=l14, threshold=1)" in err
 
 
 def test_cli_spec_file_and_config(ws, tmp_path, capsys):

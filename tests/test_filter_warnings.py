@@ -38,7 +38,7 @@ def tight(tmp_path_factory) -> Workspace:
 
 
 def test_semdedup_on_tight_clusters_warns_with_numbers_and_eps(tight: Workspace) -> None:
-    cfg = FilterConfig(subsets={"dd": "semdedup(clusters=2)"})
+    cfg = FilterConfig(subsets={"dd": "semdedup(clusters=2, eps=0.05)"}, allow_small=True)  # written: confirmed
     with pytest.warns(PoolsieveWarning) as caught:
         out = run_filter(tight, cfg, Runtime(executor="local"))
     kept = out["dd"]["count"]
@@ -46,7 +46,7 @@ def test_semdedup_on_tight_clusters_warns_with_numbers_and_eps(tight: Workspace)
     # only ours: a library's thread (wilds' version check) may warn while the block runs
     message = str(next(w.message for w in caught if issubclass(w.category, PoolsieveWarning)))
     assert f"filter 'semdedup' kept {kept:,} of {ROWS:,} rows ({100 * kept / ROWS:.1f}%" in message
-    assert "eps: a smaller eps drops fewer near-duplicates (now the default)" in message
+    assert "eps: a smaller eps drops fewer near-duplicates (now 0.05)" in message
     record = json.loads(tight.subset_info_path("dd").read_text())
     assert record["steps"][-1]["details"]["warning"] == message  # the record keeps it too
 
@@ -64,7 +64,8 @@ def test_given_parameter_is_quoted_and_enough_kept_is_silent(tight: Workspace, r
 @pytest.mark.subprocess
 def test_cli_prints_the_warning_on_one_line(tight: Workspace) -> None:
     proc = subprocess.run([sys.executable, "-m", "poolsieve.pipeline.cli", "filter", "-w", str(tight.root),
-                           "--spec", "top = clip_score(threshold=0.5)"], capture_output=True, text=True, timeout=300)
+                           "--spec", "top = clip_score(threshold=0.5)", "--allow-small"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "filter 'clip_score' kept" in line]
     assert len(lines) == 1 and lines[0].startswith("poolsieve: warning: filter 'clip_score' kept 0 of 400 rows")

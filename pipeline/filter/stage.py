@@ -25,6 +25,11 @@ A subset whose files exist with the same spec and pool is skipped; one with anot
 refused unless ``--overwrite``. The record names the sha256 of the ``.npy`` it describes and the two
 change together (``core/subsets.py``): a pair that does not match, left by a run killed between its two
 writes, is remade. One process at a time makes a given name (the writer's lock of ``subsets/NAME``).
+
+A filter call or a subset that keeps under 10% of the pool is refused unless confirmed (``--allow-small``
+or ``allow_small=true`` in the call: ``small_subsets.py``). ``--dry-run`` evaluates every spec the same
+way in memory and prints what each keeps and what each step drops (``step_report.py``): no file, lock
+or folder is written.
 """
 
 from __future__ import annotations
@@ -44,16 +49,19 @@ from poolsieve.core.formats import read_uidset
 from poolsieve.core.names import check_name
 from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
+from poolsieve.core.shown_text import for_terminal
 from poolsieve.core.stage import Stage, option
 from poolsieve.core.subsets import check_subset_record, write_subset_pair
 from poolsieve.core.uids import UidSet
 from poolsieve.core.workspace import Workspace
 from poolsieve.filters._budget import parse_size
-from poolsieve.filters.algebra import Evaluator, is_filter
+from poolsieve.filters.algebra import Evaluator, KeepsTooLittle, is_filter
 from poolsieve.filters.pool_tables import pool_fingerprint, score_table_files
 from poolsieve.filters.registry import ScoredPool, describe_filters, filter_parameters
 from poolsieve.filters.spec import parse_cli_spec, parse_spec, render
 from poolsieve.pipeline.filter.language_record import LanguageRecords
+from poolsieve.pipeline.filter.small_subsets import check_subset_size, refusal
+from poolsieve.pipeline.filter.step_report import print_dry_run, subset_notes
 
 RAY_ABOVE_MB = 500.0
 
@@ -75,6 +83,10 @@ class FilterConfig:
                                        "(e.g. 2GiB; default: a quarter of the machine's memory); larger work is "
                                        "cut to fit and spilled to a hidden folder of the workspace",
                                        metavar="SIZE")
+    allow_small: bool = option(False, "write subsets and filter steps that keep under 10% of the pool (refused "
+                               "without it; or say allow_small=true in a filter's call)")
+    dry_run: bool = option(False, "evaluate every spec and print how many pairs each keeps and what each step "
+                           "drops; write nothing")
 
 
 def _saved_record(ws: Workspace, name: str) -> dict[str, Any] | None:
@@ -159,6 +171,8 @@ def run_filter(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, overwrite:
 
     Each target's name is locked for the run: a second filter making the same name fails in one line.
     """
+    if cfg.dry_run:
+        return dry_run_subsets(ws, cfg, runtime)
     cfg, targets, tables, parsed = plan_subsets(ws, cfg)
     fingerprint = pool_fingerprint(tables)
     with contextlib.ExitStack() as locks:
@@ -180,7 +194,8 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
     def load_defined(name: str) -> UidSet | None:
         return read_uidset(ws.subset_path(name)) if up_to_date(name) else None
 
-    evaluator = spec_evaluator(ws, cfg, tables, parsed, runtime, load_defined)
+    evaluator = spec_evaluator(ws, cfg, tables, parsed, runtime, load_defined,
+                               small="warn" if cfg.allow_small else "refuse")
     pool = evaluator.pool
     languages = LanguageRecords(tables, parsed, evaluator.resolve)  # which fastText model each subset's language is
     results: dict[str, Any] = {}
@@ -199,8 +214,13 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
         status = "remade (was incomplete)" if _incomplete(ws, name) else "made"
         start = time.perf_counter()
         first_step, first_input = len(evaluator.steps), len(evaluator.inputs)
-        uids = evaluator.evaluate_defined(name)
+        try:
+            uids = evaluator.evaluate_defined(name)
+        except KeepsTooLittle as e:
+            raise ConfigError(refusal(name, str(e))) from None
         members = pool.member_count()
+        check_subset_size(name, resolved, len(uids), members, evaluator.steps[first_step:], cfg.allow_small,
+                          render(resolved))
         seconds = time.perf_counter() - start
         record = {
             "name": name,
@@ -221,14 +241,16 @@ def _make_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, overwrite:
         write_subset_pair(ws.subset_path(name), uids, record)  # the one conversion to DataComp's pairs
         made.add(name)
         results[name] = {"status": status, "count": len(uids), "members": members, "seconds": round(seconds, 3),
-                         "expression": record["expression"], "path": str(ws.subset_path(name))}
+                         "expression": record["expression"], "path": str(ws.subset_path(name)),
+                         "notes": subset_notes(record["steps"])}
     return results
 
 
 def spec_evaluator(ws: Workspace, cfg: FilterConfig, tables: list[Path], parsed: dict[str, Any], runtime: Runtime,
-                   load_defined: Callable[[str], UidSet | None] | None = None) -> Any:
+                   load_defined: Callable[[str], UidSet | None] | None = None, small: str = "warn") -> Any:
     """The ``Evaluator`` the subsets are made with: the pool's tables on the runtime the filters run on;
-    saved subsets read only when their record describes them."""
+    saved subsets read only when their record describes them; ``small``: the policy for a filter call
+    that keeps little (``filters/algebra.py``)."""
     embeddings = any(reads_embeddings(spec) for spec in parsed.values())
     pool = ScoredPool(tables, filter_runtime(runtime, tables, embeddings, cfg.ray_above_mb),
                       memory_budget=parse_size(cfg.memory_budget), spill_dir=ws.root)
@@ -244,15 +266,46 @@ def spec_evaluator(ws: Workspace, cfg: FilterConfig, tables: list[Path], parsed:
                 checked[(st.st_ino, st.st_size, st.st_mtime_ns)] = None
         return path
 
-    return Evaluator(pool, parsed, subset_file=saved_subset_file, load_defined=load_defined)
+    return Evaluator(pool, parsed, subset_file=saved_subset_file, load_defined=load_defined, small=small)
 
 
-def evaluate_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime) -> dict[str, UidSet]:
+def evaluate_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime, *, small: str = "warn",
+                     trace: dict[str, Any] | None = None) -> dict[str, UidSet]:
     """The subsets ``run_filter`` would make from ``cfg``, as uid sets in memory: the same specs, tables and
-    evaluator, nothing written or locked (every subset defined in ``cfg`` is evaluated afresh)."""
+    evaluator, nothing written or locked (every subset defined in ``cfg`` is evaluated afresh). ``small``: the
+    policy for a filter call that keeps little (``filters/algebra.py``); ``trace`` receives, per subset, its
+    resolved spec, its steps, the pool's members and the seconds it took (what a dry run prints)."""
     cfg, targets, tables, parsed = plan_subsets(ws, cfg)
-    evaluator = spec_evaluator(ws, cfg, tables, parsed, runtime)
-    return {name: evaluator.evaluate_defined(name) for name in targets}
+    evaluator = spec_evaluator(ws, cfg, tables, parsed, runtime, small=small)
+    out: dict[str, UidSet] = {}
+    for name in targets:
+        start, first_step = time.perf_counter(), len(evaluator.steps)
+        out[name] = evaluator.evaluate_defined(name)
+        if trace is not None:
+            trace[name] = {"resolved": evaluator.resolve(parsed[name], within=name),
+                           "steps": evaluator.steps[first_step:], "members": evaluator.pool.member_count(),
+                           "seconds": round(time.perf_counter() - start, 3)}
+    return out
+
+
+def dry_run_subsets(ws: Workspace, cfg: FilterConfig, runtime: Runtime) -> dict[str, Any]:
+    """``--dry-run``: every subset ``run_filter`` would make, evaluated in memory by ``evaluate_subsets`` (nothing
+    written or locked); per subset its count, its steps and why it would be refused, if it would."""
+    trace: dict[str, Any] = {}
+    made = evaluate_subsets(ws, cfg, runtime, small="record", trace=trace)
+    results: dict[str, Any] = {}
+    for name, uids in made.items():
+        resolved, steps, members = trace[name]["resolved"], trace[name]["steps"], trace[name]["members"]
+        small = None if cfg.allow_small else next((d["warning"] for d in (s.get("details") or {} for s in steps)
+                                                   if d.get("warning") and not d.get("allow_small")), None)
+        refused = refusal(name, small) if small else None
+        try:
+            check_subset_size(name, resolved, len(uids), members, steps, cfg.allow_small, render(resolved))
+        except ConfigError as e:
+            refused = refused or str(e)
+        results[name] = {"dry_run": True, "count": len(uids), "members": members, "expression": render(resolved),
+                         "steps": steps, "refused": refused, "seconds": trace[name]["seconds"]}
+    return results
 
 
 EXAMPLES = """examples:
@@ -283,11 +336,18 @@ def cli_action(ctx: Any, args: argparse.Namespace) -> int | None:
 
 
 def print_report(results: dict[str, Any]) -> None:
-    """The one-screen summary of a filter run: one row per subset."""
+    """The one-screen summary of a filter run: one row per subset, then the filters' notes (a dry run:
+    ``step_report.print_dry_run``)."""
+    if any(r.get("dry_run") for r in results.values()):
+        print_dry_run(results)
+        return
     rows = [(name, r["status"], r["count"] if r["count"] is not None else "?",
              f"{100 * r['count'] / r['members']:.2f}%" if r.get("members") else "", f"{r['seconds']:.2f}")
             for name, r in results.items()]
     print(format_table(["subset", "status", "uids", "of pool", "seconds"], rows))
+    for name, r in results.items():
+        for note in r.get("notes") or []:
+            print(f"  {name}: {for_terminal(note)}")
     folder = next((str(Path(r["path"]).parent) for r in results.values() if r.get("path")), "subsets/")
     print_summary("filter", [("subsets", len(results)), ("folder", folder),
                              ("time", f"{sum(r['seconds'] for r in results.values()):.2f} s")])

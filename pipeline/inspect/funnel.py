@@ -1,7 +1,8 @@
 """The funnel: how many pairs are left at each stage, from the pool's urls to each subset's training run.
 
 pool (metadata rows) -> downloaded (failures by reason, from the shards' stats) -> scored (pool
-members: decoded images) -> every step of each subset's spec (the counts its record keeps) ->
+members: decoded images) -> every step of each subset's spec (the counts its record keeps, and the
+filter's one-line summary: decontaminate's exact and near copies apart, the threshold a cut came to) ->
 resharded (``filtered/NAME/meta.json``) -> trained (``runs/*/summary.json`` of runs on that subset).
 Each row is a bar as a share of the first stage that has a count.
 """
@@ -41,6 +42,13 @@ def _threshold(step: dict[str, Any]) -> str:
     return f"threshold {value:.4g}" if isinstance(value, (int, float)) else ""
 
 
+def _detail(step: dict[str, Any]) -> str:
+    """The filter's one-line summary of a step (decontaminate: ``177 exact (sha256), 3 near (...)``), else
+    the threshold it cut at."""
+    summary = (step.get("details") or {}).get("summary")
+    return summary if isinstance(summary, str) else _threshold(step)
+
+
 def _number(value: Any) -> str:
     return f"{value:,.3g}" if isinstance(value, float) else str(value)
 
@@ -65,14 +73,14 @@ def funnel_rows(ws: Workspace, summary: dict[str, Any], records: dict[str, dict[
         record = records.get(name) or {}
         whole = [s for s in record.get("steps") or [] if isinstance(s, dict) and s.get("step") == record.get("expression")]
         rows.append(Row(f"subset {name}", sub["uids"], (record.get("expression") or "")
-                        + "".join(f"; {_threshold(s)}" for s in whole[-1:] if _threshold(s)), 1))
+                        + "".join(f"; {_detail(s)}" for s in whole[-1:] if _detail(s)), 1))
         # the steps of the spec, the last one (the whole expression: the subset itself) left out
         steps = [s for s in record.get("steps") or [] if isinstance(s, dict) and "count" in s
                  and s.get("step") != record.get("expression")]
         if steps:
             for step in steps:
                 rows.append(Row(f"step {step.get('step')}", int(step["count"]),
-                                ("reused" if step.get("reused") else _threshold(step)), 2))
+                                ("reused" if step.get("reused") else _detail(step)), 2))
         meta_path = ws.filtered_dir(name) / "meta.json"
         if meta_path.exists():
             try:

@@ -7,6 +7,8 @@ sampled rows, every leaf of the spec says whether it keeps a row and why not:
 * ``basic``: the failing test of DataComp's rule (image side, aspect ratio, words, characters,
   language), from the row's own columns;
 * ``clip_score``: ``score < threshold`` with the threshold the step recorded (a ``fraction`` cut too);
+* ``decontaminate``: an exact (sha256) or near copy, with the cosine and the evaluation image it matched
+  (its label and source; the record lists the step's first matches, so rows past them are unknown);
 * any other filter: unknown row by row, so the reason is the step itself.
 
 ``and`` collects its failing children, ``or`` says none of them kept the row, ``not`` that the inner
@@ -106,8 +108,30 @@ def below(value: float, threshold: float) -> str:
     return f"{value:.{digits}f} < {threshold:.{digits}f}"
 
 
+def _match_text(match: dict[str, Any], generic: bool) -> str:
+    """``near copy (cosine 0.99991) of evaluation image t/005.png (label cat)``; ``near copy`` when generic."""
+    kind = f"{match.get('kind', 'exact')} copy"
+    if generic:
+        return f"decontaminate: {kind}"
+    cosine = match.get("cosine")
+    shown = f" (cosine {cosine:.5f})" if isinstance(cosine, (int, float)) and match.get("kind") == "near" else ""
+    image = str(match.get("source") or "")
+    label = str(match.get("label") or "")
+    of = f" of evaluation image {image}" if image else " of an evaluation image"
+    return f"decontaminate: {kind}{shown}{of}" + (f" (label {label})" if label else "")
+
+
+def _decontaminate(frame: Any, p: dict[str, Any], details: dict[str, Any], generic: bool) -> Why:
+    matches = {m.get("uid"): m for m in details.get("matches") or [] if isinstance(m, dict)}
+    uids = frame["uid"].astype(str).tolist() if "uid" in frame else [""] * len(frame)
+    why = [_match_text(matches[u], generic) if u in matches else "" for u in uids]
+    counted = int(details.get("exact_copies") or 0) + int(details.get("near_copies") or 0)
+    complete = "exact_copies" in details and len(matches) == counted  # every match listed: membership is known
+    return (np.array([u not in matches for u in uids], dtype=bool) if complete else None), why
+
+
 EXPLAINERS: dict[str, Callable[[Any, dict[str, Any], dict[str, Any], bool], Why]] = {
-    "basic": _basic, "basic_filter": _basic, "clip_score": _clip_score}
+    "basic": _basic, "basic_filter": _basic, "clip_score": _clip_score, "decontaminate": _decontaminate}
 
 
 class Explainer:
