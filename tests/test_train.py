@@ -12,15 +12,12 @@ import pytest
 from factories import make_samples
 
 from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.train.budget import plan_budget
+from poolsieve.train.config import TrainConfig
+from poolsieve.train.runner_io import parse_train_line
 from poolsieve.train.scales import SCALES, get_scale
-from poolsieve.train.trainer import (
-    TrainConfig,
-    count_samples,
-    list_shards,
-    parse_train_line,
-    plan_budget,
-    train_clip,
-)
+from poolsieve.train.shards import count_samples, list_shards
+from poolsieve.train.trainer import train_clip
 
 BUDGET = 512  # 8 steps of 64: seconds on two cores
 
@@ -102,7 +99,7 @@ def test_plan_budget_refuses_what_it_cannot_train_exactly_and_names_budgets_that
 
 
 def test_loader_workers_divide_an_epoch_so_open_clip_adds_no_batches():
-    from poolsieve.train.trainer import fewer_workers_note, loader_workers
+    from poolsieve.train.budget import fewer_workers_note, loader_workers
 
     plan = plan_budget(12_861_440, 4096, 5, world_size=8)  # 628 batches per epoch
     assert loader_workers(4, plan, None) == 4 and loader_workers(4, plan, 2) == 2 and loader_workers(0, plan, 8) == 0
@@ -115,7 +112,8 @@ def test_loader_workers_divide_an_epoch_so_open_clip_adds_no_batches():
 
 
 def test_open_clip_flags_follow_datacomp(tmp_path):
-    from poolsieve.train.trainer import open_clip_args, runner_command
+    from poolsieve.train.config import open_clip_args
+    from poolsieve.train.launch import runner_command
 
     cfg = TrainConfig(scale="small", gpus=8, precision="amp")
     recipe = cfg.recipe()
@@ -202,7 +200,7 @@ def test_train_cli_two_subsets_see_the_same_budget(tmp_path, capsys):
         assert (ws / "runs" / name / "params.txt").exists()
 
     # The checkpoint is open_clip's format, loadable by poolsieve's model loader, and trained.
-    from poolsieve.train.trainer import load_summary
+    from poolsieve.train.run_folder import load_summary
 
     model, _, _ = load_model(ModelSpec("poolsieve-tiny", load_summary(ws / "runs" / "small")["checkpoint"]))
     fresh, _, _ = load_model(ModelSpec("poolsieve-tiny"))
@@ -281,7 +279,7 @@ def test_killed_trainer_takes_open_clip_down(tmp_path):
 
     data = write_wds(tmp_path / "d", 100, seed=9)
     out = tmp_path / "run"
-    code = (f"from poolsieve.train.trainer import TrainConfig, train_clip\n"
+    code = (f"from poolsieve.train.config import TrainConfig\nfrom poolsieve.train.trainer import train_clip\n"
             f"train_clip({str(data[0])!r}, {str(out)!r}, TrainConfig(samples_seen=4096, batch_size=32, threads=1))\n")
     parent = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
     log = out / "out.log"
