@@ -114,7 +114,8 @@ def prepare_pool(ws: Any, config: dict[str, Any], runtime: Any, overrides: dict[
 def train_scorers(ws: Any, seed_samples: int, samples_seen: int) -> dict[str, str]:
     """``seed``: a tiny CLIP on a clean seed set; ``raw``: the same on the raw pool. key -> checkpoint."""
     from poolsieve.pipeline.demo.quickstart import ensure_seed_set
-    from poolsieve.train.trainer import TrainConfig, train_clip
+    from poolsieve.train.config import TrainConfig
+    from poolsieve.train.trainer import train_clip
 
     sources = {"seed": ensure_seed_set(ws, seed_samples), "raw": ws.shards_dir}
     out = {}

@@ -39,7 +39,8 @@ def write_data(folder: Path, images: int, image_size: int) -> None:
 
 def stage(data: Path, out: Path, args: argparse.Namespace) -> tuple[float, float]:
     """(steady samples/s, whole-run samples/s) of ``train_clip``."""
-    from poolsieve.train.trainer import TrainConfig, train_clip
+    from poolsieve.train.config import TrainConfig
+    from poolsieve.train.trainer import train_clip
 
     cfg = TrainConfig(scale="tiny", model=args.model, samples_seen=args.samples, batch_size=args.batch,
                       num_checkpoints=1, threads=args.threads, workers=args.workers, log_every_n_steps=1,
@@ -73,7 +74,7 @@ def bare(args: argparse.Namespace, steps: int) -> tuple[float, float]:
     texts = open_clip.get_tokenizer(args.model)(["a red square"] * args.batch).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     loss_fn = ClipLoss()
-    from poolsieve.train.trainer import resolve_precision
+    from poolsieve.train.config import resolve_precision
 
     precision = resolve_precision(args.precision, "", device == "cuda")  # what the stage resolves
     dtype = torch.bfloat16 if "bf16" in precision else torch.float16

@@ -28,12 +28,14 @@ the arguments it was made with, and the calls it had in hand are re-sent. When t
 could ever run the work (its only nodes with CPUs or GPUs died), the wait ends after ``node_wait_seconds``
 (time for an autoscaler to add nodes) with a one-line ``PoolsieveError``; finished units are kept, so the
 rerun on a repaired cluster resumes.
+
+What the primitives do with Ray's object references (results, completion order, cancelling, the check
+that a node can still run the work) is in ``runtime_ray.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import sys
@@ -44,6 +46,7 @@ from typing import Any, TypeVar
 
 from .errors import PoolsieveError
 from .progress import Progress, is_terminal
+from .runtime_ray import as_completed, as_function, cancel, describe, get_result, some_node_fits, top_up
 from .stage_log import route_ray_output
 
 U = TypeVar("U")
@@ -53,7 +56,6 @@ EXECUTORS = ("ray", "local")
 TASK_RETRIES = 3  # re-runs of a task whose worker or node was lost (Ray's own default)
 NODE_WAIT_SECONDS = 600.0  # how long work no alive node can run waits for nodes (an autoscaler adding some) before the stage ends
 POLL_SECONDS = 5.0  # how often a wait checks that some alive node can still run the work
-CANCEL_WAIT_SECONDS = 60.0  # how long a stream that ends early waits for the tasks it cancelled to stop
 END = object()  # ``stream_generators``: this unit's generator has no more items
 
 
@@ -119,7 +121,7 @@ class Runtime:
         """``fn`` as a Ray remote function, re-run on another worker when its worker or node is lost."""
         ray = self.ensure_ray()
         return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=self.task_retries,
-                          retry_exceptions=False, **options)(_as_function(fn))
+                          retry_exceptions=False, **options)(as_function(fn))
 
     def resources(self) -> dict[str, float]:
         """What units can use: the Ray cluster's resources, or this process's CPUs and GPUs."""
@@ -151,7 +153,7 @@ class Runtime:
             ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_SECONDS)
             if ready:
                 return ready[0]
-            if _some_node_fits(ray, need):
+            if some_node_fits(ray, need):
                 unplaceable_since = None
                 continue
             now = time.monotonic()
@@ -199,9 +201,9 @@ class Runtime:
                     return
                 ready = self._wait_any(ray, list(pending), {"CPU": num_cpus, "GPU": num_gpus})
                 i, u = pending.pop(ready)
-                done[i] = get_result(ray, ready, _describe(u))
+                done[i] = get_result(ray, ready, describe(u))
         finally:
-            _cancel(ray, list(pending), force=True)
+            cancel(ray, list(pending), force=True)
 
     def stream(self, fn: Callable[[U], R], units: Iterable[U], *, max_in_flight: int | None = None,
                num_cpus: float = 1, num_gpus: float = 0) -> Iterator[tuple[U, R]]:
@@ -214,8 +216,8 @@ class Runtime:
         ray = self.ensure_ray()
         remote = self.remote(fn, num_cpus=num_cpus, num_gpus=num_gpus)
         limit = max(1, max_in_flight or self._limit(ray, num_cpus))
-        yield from _as_completed(ray, units, lambda u: remote.remote(u), limit, force_cancel=True,
-                                 wait=self._waiter({"CPU": num_cpus, "GPU": num_gpus}))
+        yield from as_completed(ray, units, lambda u: remote.remote(u), limit, force_cancel=True,
+                                wait=self._waiter({"CPU": num_cpus, "GPU": num_gpus}))
 
     def stream_generators(self, fn: Callable[[U], Iterator[Any]], units: Iterable[U], *,
                           max_in_flight: int | None = None, buffered: int = 2,
@@ -238,7 +240,7 @@ class Runtime:
         exhausted = False
         try:
             while True:
-                exhausted = exhausted or not _top_up(source, active, limit, remote.remote)
+                exhausted = exhausted or not top_up(source, active, limit, remote.remote)
                 if not active:
                     return
                 gen = self._wait_any(ray, list(active), {"CPU": num_cpus})
@@ -249,7 +251,7 @@ class Runtime:
                     continue
                 yield active[gen], item
         finally:
-            _cancel(ray, list(active), force=False, wait=False)
+            cancel(ray, list(active), force=False, wait=False)
 
     def actor_pool(self, cls: type, size: int, *args: Any, num_cpus: float = 1, num_gpus: float = 0,
                    spread: bool = False) -> ActorPool:
@@ -293,10 +295,10 @@ class Runtime:
                     next_i += 1
                 ref = self._wait_any(ray, list(pending), {"CPU": num_cpus, "GPU": num_gpus})
                 i = pending.pop(ref)
-                results[i] = get_result(ray, ref, _describe(units[i]))
+                results[i] = get_result(ray, ref, describe(units[i]))
                 progress.update(1, items(results[i]) if items else 0, item_unit)
         finally:
-            _cancel(ray, list(pending), force=True, wait=False)
+            cancel(ray, list(pending), force=True, wait=False)
         return results
 
 
@@ -360,8 +362,8 @@ class ActorPool:
         def release(ref: Any) -> None:
             load[worker_of.pop(ref)] -= 1
 
-        for item, result in _as_completed(self._ray, items, submit, per_worker * len(self.actors),
-                                          force_cancel=False, on_done=release, wait=self._wait):
+        for item, result in as_completed(self._ray, items, submit, per_worker * len(self.actors),
+                                         force_cancel=False, on_done=release, wait=self._wait):
             yield item[0], result
 
     def close(self) -> None:
@@ -378,125 +380,8 @@ class ActorPool:
         self.close()
 
 
-_NOTHING = object()
-
-
-def _top_up(source: Iterator[Any], active: dict[Any, Any], limit: int, submit: Callable[[Any], Any]) -> bool:
-    """Submit units from ``source`` until ``limit`` are active (``ref -> unit``); False once it is exhausted."""
-    while len(active) < limit:
-        u = next(source, _NOTHING)
-        if u is _NOTHING:
-            return False
-        active[submit(u)] = u
-    return True
-
-
-def _as_completed(ray: Any, units: Iterable[Any], submit: Callable[[Any], Any], limit: int, *, force_cancel: bool,
-                  wait: Callable[[Any, list[Any]], Any], on_done: Callable[[Any], None] | None = None
-                  ) -> Iterator[tuple[Any, Any]]:
-    """Submit units while fewer than ``limit`` run; yield ``(unit, result)`` as they complete (``wait(ray, refs)``
-    returns the first ready one)."""
-    source = iter(units)
-    pending: dict[Any, Any] = {}
-    exhausted = False
-    try:
-        while True:
-            exhausted = exhausted or not _top_up(source, pending, limit, submit)
-            if not pending:
-                return
-            ready = wait(ray, list(pending))
-            u = pending.pop(ready)
-            if on_done is not None:
-                on_done(ready)
-            yield u, get_result(ray, ready, _describe(u))
-    finally:
-        _cancel(ray, list(pending), force=force_cancel)
-
-
-def _cancel(ray: Any, refs: list[Any], *, force: bool, wait: bool = True) -> None:
-    """Cancel what a stream started; wait (a while) for the tasks to stop before their files are cleaned up.
-    Nothing to do once this process has left Ray (its tasks end with it): a stream closed late, by the
-    garbage collector after ``Runtime.shutdown``, must not call Ray (that would start or join a Ray again)."""
-    if not refs or not ray.is_initialized():
-        return
-    for ref in refs:
-        with contextlib.suppress(Exception):
-            ray.cancel(ref, force=force)
-    if wait and refs:
-        with contextlib.suppress(Exception):
-            ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_SECONDS)
-
-
-def _some_node_fits(ray: Any, need: dict[str, float]) -> bool:
-    """Whether an alive node of the cluster has ``need`` in all (busy or not)."""
-    try:
-        nodes = ray.nodes()
-    except Exception:  # noqa: BLE001 - the state API unavailable: do not end the stage on that
-        return True
-    return any(node.get("Alive") and all(node.get("Resources", {}).get(k, 0) >= v for k, v in need.items() if v)
-               for node in nodes)
-
-
 def _process_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def _as_function(fn: Callable[[U], R]) -> Callable[[U], R]:
-    """``ray.remote`` takes plain functions only: wrap a ``functools.partial`` or other callable."""
-    if inspect.isfunction(fn):
-        return fn
-    if inspect.isgeneratorfunction(fn):
-        def unit(u: U) -> Any:
-            yield from fn(u)
-    else:
-        def unit(u: U) -> R:
-            return fn(u)
-
-    unit.__name__ = unit.__qualname__ = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "unit")
-    return unit
-
-
-def _describe(unit: Any) -> str:
-    """A unit as the user knows it: its file when it has one (or an element of it has, for a tuple)."""
-    return _file_of(unit) or (unit if isinstance(unit, str) else str(unit)[:200])
-
-
-def _file_of(unit: Any) -> str | None:
-    if isinstance(unit, os.PathLike):
-        return os.fspath(unit)
-    if isinstance(unit, tuple):
-        return next((f for f in map(_file_of, unit) if f is not None), None)
-    for attr in ("tar_path", "path", "tar"):
-        if isinstance(getattr(unit, attr, None), (str, os.PathLike)):
-            return str(getattr(unit, attr))
-    return None
-
-
-def get_result(ray: Any, ref: Any, what: str | None = None) -> Any:
-    """``ray.get`` that re-raises a task's own exception (a PoolsieveError keeps its message), and turns a
-    worker or node lost for good (its retries used up) into a one-line ``PoolsieveError`` naming ``what``."""
-    from ray.exceptions import (
-        LocalRayletDiedError,
-        NodeDiedError,
-        ObjectLostError,
-        OutOfMemoryError,
-        RayActorError,
-        RayTaskError,
-        WorkerCrashedError,
-    )
-
-    try:
-        return ray.get(ref)
-    except RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, BaseException):
-            raise cause from None
-        raise
-    except (WorkerCrashedError, NodeDiedError, LocalRayletDiedError, ObjectLostError, OutOfMemoryError,
-            RayActorError) as e:
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "").split(". ")[0]
-        raise PoolsieveError(f"{what or 'a task'}: Ray lost the worker or node running it and gave up retrying "
-                             f"({type(e).__name__}: {first[:200]}); check the cluster (`ray status`) and rerun") from None

@@ -28,7 +28,7 @@ from poolsieve.core.progress import format_table, print_summary
 from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage
 from poolsieve.core.workspace import Workspace
-from poolsieve.train.trainer import load_summary
+from poolsieve.train.run_folder import load_summary
 
 from .download import download_evalsets
 from .evaluator import EvalConfig, evaluate_model

@@ -47,8 +47,9 @@ from poolsieve.core.untrusted_files import open_no_follow
 from poolsieve.core.workspace import Workspace, shard_stats_path
 from poolsieve.pipeline.filter.stage import FilterConfig, run_filter
 from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard, resolve_subset
+from poolsieve.train.config import TrainConfig
 from poolsieve.train.scales import SCALES
-from poolsieve.train.trainer import TrainConfig, train_clip
+from poolsieve.train.trainer import train_clip
 
 PAIR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # what open_clip's webdataset loader reads
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit: larger images are left out

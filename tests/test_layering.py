@@ -13,6 +13,7 @@ Read from the source with ``ast``, imports inside functions and under ``TYPE_CHE
 * a function imports inside itself only the heavy libraries (torch, Ray, open_clip, ...), never
   poolsieve's own modules or light ones, so a module's dependencies show at its top;
 * ``pyproject.toml`` lists every package folder (a folder missing there is left out of a wheel).
+* no production module is over 450 lines and no function over 80 (split them by concern).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import ast
 import re
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,6 +251,47 @@ def test_pyproject_lists_every_package_folder() -> None:
         folder = ROOT.joinpath(*package.split(".")[1:])
         for pattern in patterns:
             assert list(folder.glob(pattern)), f"package-data {package}: {pattern} matches no file"
+
+
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 80
+
+
+def size_offenders(rel: str, source: str) -> list[str]:
+    """``rel`` when its ``source`` is over ``MAX_MODULE_LINES`` lines, and each function (method, nested
+    function) of it over ``MAX_FUNCTION_LINES``, from its ``def`` line to its last, by qualified name."""
+    lines = len(source.splitlines())
+    out = [f"{rel}: {lines} lines (at most {MAX_MODULE_LINES})"] if lines > MAX_MODULE_LINES else []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = prefix + child.name
+                length = (child.end_lineno or child.lineno) - child.lineno + 1
+                if not isinstance(child, ast.ClassDef) and length > MAX_FUNCTION_LINES:
+                    out.append(f"{rel}:{child.lineno} {name}() is {length} lines (at most {MAX_FUNCTION_LINES})")
+                visit(child, name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(source), "")
+    return out
+
+
+def test_no_module_over_450_lines_and_no_function_over_80() -> None:
+    bad = [o for p in ALL_FILES for o in size_offenders(str(p.relative_to(ROOT)), p.read_text())]
+    assert not bad, "split these along their concerns (one owner each, ARCHITECTURE.md):\n" + "\n".join(bad)
+
+
+def test_size_check_names_the_offenders() -> None:
+    def body(n: int) -> str:
+        return "\n".join(f"    x{i} = {i}" for i in range(n))
+
+    source = f"class A:\n    def long(self):\n{textwrap.indent(body(80), '    ')}\n\n\ndef short():\n    return 1\n"
+    assert size_offenders("m.py", source) == ["m.py:2 A.long() is 81 lines (at most 80)"]
+    source = "def f():\n" + body(80) + "\n" + "\n".join(f"y{i} = {i}" for i in range(450))
+    assert size_offenders("m.py", source) == ["m.py: 531 lines (at most 450)", "m.py:1 f() is 81 lines (at most 80)"]
+    assert size_offenders("m.py", "async def g():\n" + body(79) + "\n" * 371) == []  # 80 and 450 lines: allowed
 
 
 @pytest.mark.subprocess

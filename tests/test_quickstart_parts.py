@@ -10,7 +10,7 @@ from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.commands import RUN_STAGES
 from poolsieve.pipeline.demo.quickstart import ensure_pool, ensure_seed_set, experiment_config
 from poolsieve.pipeline.experiment import check_experiment
-from poolsieve.train.trainer import count_samples, list_shards
+from poolsieve.train.shards import count_samples, list_shards
 
 
 def test_pool_and_seed_set_are_made_once(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.cli import main
 from poolsieve.pipeline.score.stage import ScoreConfig, score_pool
 from poolsieve.pipeline.train_scorer import ScorerConfig, seed_shards
-from poolsieve.train.trainer import count_samples, list_shards
+from poolsieve.train.shards import count_samples, list_shards
 
 # The smallest budget the tiny scale trains: 4 epochs of one batch of 16.
 TINY = ["--samples-seen", "64", "--batch-size", "16", "--workers", "1", "--threads", "1"]

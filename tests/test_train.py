@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 from factories import make_samples
 
 from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.train.budget import plan_budget
+from poolsieve.train.config import TrainConfig
+from poolsieve.train.runner_io import parse_train_line
 from poolsieve.train.scales import SCALES, get_scale
-from poolsieve.train.trainer import (
-    TrainConfig,
-    count_samples,
-    list_shards,
-    parse_train_line,
-    plan_budget,
-    train_clip,
-)
+from poolsieve.train.shards import count_samples, list_shards
+from poolsieve.train.trainer import train_clip
 
 BUDGET = 512  # 8 steps of 64: seconds on two cores
 
@@ -102,7 +105,7 @@ def test_plan_budget_refuses_what_it_cannot_train_exactly_and_names_budgets_that
 
 
 def test_loader_workers_divide_an_epoch_so_open_clip_adds_no_batches():
-    from poolsieve.train.trainer import fewer_workers_note, loader_workers
+    from poolsieve.train.budget import fewer_workers_note, loader_workers
 
     plan = plan_budget(12_861_440, 4096, 5, world_size=8)  # 628 batches per epoch
     assert loader_workers(4, plan, None) == 4 and loader_workers(4, plan, 2) == 2 and loader_workers(0, plan, 8) == 0
@@ -115,7 +118,8 @@ def test_loader_workers_divide_an_epoch_so_open_clip_adds_no_batches():
 
 
 def test_open_clip_flags_follow_datacomp(tmp_path):
-    from poolsieve.train.trainer import open_clip_args, runner_command
+    from poolsieve.train.config import open_clip_args
+    from poolsieve.train.launch import runner_command
 
     cfg = TrainConfig(scale="small", gpus=8, precision="amp")
     recipe = cfg.recipe()
@@ -202,7 +206,7 @@ def test_train_cli_two_subsets_see_the_same_budget(tmp_path, capsys):
         assert (ws / "runs" / name / "params.txt").exists()
 
     # The checkpoint is open_clip's format, loadable by poolsieve's model loader, and trained.
-    from poolsieve.train.trainer import load_summary
+    from poolsieve.train.run_folder import load_summary
 
     model, _, _ = load_model(ModelSpec("poolsieve-tiny", load_summary(ws / "runs" / "small")["checkpoint"]))
     fresh, _, _ = load_model(ModelSpec("poolsieve-tiny"))
@@ -270,38 +274,50 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.train
-def test_killed_trainer_takes_open_clip_down(tmp_path):
-    """Killing train_clip's process ends open_clip's child; an overwrite run then trains from scratch."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+def _descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid`` (children, their children, ...) with its command line, from ``/proc``."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    below, todo = {}, [pid]
+    while todo:
+        parent = todo.pop()
+        for kid in (k for k, p in parents.items() if p == parent):
+            with contextlib.suppress(OSError):
+                below[kid] = Path(f"/proc/{kid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+            todo.append(kid)
+    return below
 
+
+@pytest.mark.train
+def test_killed_train_command_leaves_no_training_process(tmp_path):
+    """SIGKILL of ``poolsieve train`` ends open_clip's runner and its data-loader workers (none keeps writing
+    the run folder); an overwrite run then trains from scratch."""
     data = write_wds(tmp_path / "d", 100, seed=9)
-    out = tmp_path / "run"
-    code = (f"from poolsieve.train.trainer import TrainConfig, train_clip\n"
-            f"train_clip({str(data[0])!r}, {str(out)!r}, TrainConfig(samples_seen=4096, batch_size=32, threads=1))\n")
-    parent = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    ws, out = tmp_path / "ws", tmp_path / "ws" / "runs" / "d"
+    command = [sys.executable, "-m", "poolsieve.pipeline.cli", "train", "--workspace", str(ws), "--data",
+               str(data[0].parent), "--samples-seen", "4096", "--batch-size", "32", "--threads", "1", "--workers", "2"]
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = out / "out.log"
     deadline = time.monotonic() + 240
     while not (log.exists() and "Train Epoch" in log.read_text()) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert log.exists(), "open_clip never started"
-    child_pids = [int(p) for p in subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True,
-                                                 text=True).stdout.split()]
-    assert child_pids
+    below = _descendants(parent.pid)
+    if not log.exists():
+        parent.kill()
+        pytest.fail("open_clip never started")
+    runners = [pid for pid, cmd in below.items() if "poolsieve.train.open_clip_runner" in cmd]
+    assert runners, below
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
-    for pid in child_pids:
-        for _ in range(100):
-            if not _alive(pid):
-                break
-            time.sleep(0.1)
-        else:
-            os.kill(pid, signal.SIGKILL)
-            pytest.fail(f"open_clip child {pid} outlived its parent")
+    deadline = time.monotonic() + 20  # a data-loader worker notices its runner's end within 5 s
+    while any(_alive(pid) for pid in below) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = {pid: cmd for pid, cmd in below.items() if _alive(pid)}
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"outlived poolsieve train: {survivors}"
     assert not (out / "summary.json").exists()
     s = train_clip(data, out, TrainConfig(samples_seen=128, batch_size=32, threads=1, num_checkpoints=1),
                    overwrite=True)

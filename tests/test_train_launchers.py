@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from poolsieve.core.progress import Progress
+from poolsieve.train.budget import TrainingPlan
 from poolsieve.train.launch import _follow, write_slurm_script
 from poolsieve.train.open_clip_runner import ERROR_PREFIX, RunnerError, expand_data_file, seed_from_argv
 from poolsieve.train.shards import DATA_FILE_FLAG
-from poolsieve.train.trainer import TrainingPlan
 
 
 def test_runner_reads_a_long_shard_list_from_its_file(tmp_path: Path, capsys) -> None:

@@ -11,9 +11,11 @@ import torch
 from test_train import write_wds
 
 from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.train.budget import plan_budget
 from poolsieve.train.checkpoints import LATEST, atomic_save, prepare_resume, read_epoch, write_info
+from poolsieve.train.config import TrainConfig
+from poolsieve.train.run_folder import prepare_run
 from poolsieve.train.shards import DATA_FILE_FLAG, Source, brace_patterns, expand, train_data_string
-from poolsieve.train.trainer import TrainConfig, plan_budget, prepare_run
 
 
 def test_brace_patterns_expand_to_the_same_shards_in_order():

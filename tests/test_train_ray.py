@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from test_train import write_wds
 
-from poolsieve.train.trainer import TrainConfig, train_clip
+from poolsieve.train.config import TrainConfig
+from poolsieve.train.trainer import train_clip
 
 
 @pytest.mark.train

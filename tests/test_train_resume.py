@@ -16,7 +16,9 @@ from test_train import write_wds
 
 from poolsieve.core.errors import PoolsieveWarning
 from poolsieve.train.checkpoints import LATEST, read_epoch
-from poolsieve.train.trainer import TrainConfig, load_summary, train_clip
+from poolsieve.train.config import TrainConfig
+from poolsieve.train.run_folder import load_summary
+from poolsieve.train.trainer import train_clip
 
 # 4 epochs x 4 steps of 32: every epoch ends in a checkpoint
 RESUME = dict(samples_seen=512, batch_size=32, num_checkpoints=4, seed=3, threads=1, log_every_n_steps=1)
@@ -48,7 +50,7 @@ def test_killed_run_resumes_bit_for_bit(tmp_path):
     assert whole["samples_seen"] == 512
 
     run = tmp_path / "killed"
-    code = ("from poolsieve.train.trainer import TrainConfig, train_clip\n"
+    code = ("from poolsieve.train.config import TrainConfig\nfrom poolsieve.train.trainer import train_clip\n"
             f"train_clip({str(data)!r}, {str(run)!r}, TrainConfig(**{RESUME!r}))\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL, start_new_session=True)
     log = run / "out.log"

@@ -23,9 +23,11 @@ from poolsieve.core.runtime import Runtime
 from poolsieve.core.stage import Stage
 from poolsieve.core.workspace import Workspace
 
+from .config import TrainConfig
 from .launch import slurm_script, write_slurm_script
+from .run_folder import prepare_run
 from .scales import scale_table
-from .trainer import TrainConfig, prepare_run, train_clip
+from .trainer import train_clip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

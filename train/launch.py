@@ -1,4 +1,8 @@
-"""Training on many machines: Ray Train workers, or a SLURM batch script.
+"""Where a run trains: a child process here, Ray Train workers, or a SLURM batch script.
+
+**Here** (``poolsieve train``, ``--gpus N``): the runner (``open_clip_runner``) runs as a child
+process, under torchrun when ``gpus > 1``; it dies with its parent (``core/processes.py``), and its
+output goes to ``train.log`` while progress follows open_clip's step lines.
 
 **Ray** (``poolsieve train --ray-address auto``, or ``--ray-workers N``): a Ray Train
 ``TorchTrainer`` starts one worker per process (per GPU where the cluster has GPUs); Ray Train forms
@@ -15,23 +19,81 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
+import signal
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from poolsieve.core.errors import ConfigError, PoolsieveError
 from poolsieve.core.formats import atomic_path
+from poolsieve.core.processes import die_with_parent
 from poolsieve.core.progress import Progress
 from poolsieve.core.runtime import Runtime
 
 from . import open_clip_runner
+from .config import TrainConfig
 from .open_clip_runner import ERROR_PREFIX
+from .run_folder import RunSetup
 from .runner_io import parse_train_line, runner_env
 
 
+# ----------------------------------------------------------------------------------- here
+def runner_command(argv: list[str], gpus: int | None = None) -> list[str]:
+    """The child process: the runner module, under torchrun (one process per GPU) when ``gpus > 1``."""
+    launcher = [sys.executable]
+    if gpus and gpus > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
+    return [*launcher, "-m", "poolsieve.train.open_clip_runner", *argv]
+
+
+def failure_line(lines: Sequence[str], what: str, log_path: Path) -> str:
+    """One line for a failed run: the runner's own error line, else the last line that says error."""
+    for line in reversed(lines):
+        if ERROR_PREFIX in line:
+            return line.split(ERROR_PREFIX, 1)[1].strip()
+    last = next((ln.strip() for ln in reversed(lines) if re.search(r"error|exception", ln, re.I)),
+                next((ln.strip() for ln in reversed(lines) if ln.strip()), "no output"))
+    return f"{what} failed: {last[:300]} (log: {log_path})"
+
+
+def run_local(setup: RunSetup, config: TrainConfig, progress: Progress, done_before: int) -> None:
+    """Run the runner (under torchrun for several GPUs) as a child process, following its log."""
+    env = dict(os.environ, **runner_env(config.threads))
+    cmd = runner_command(setup.argv, config.gpus)
+    log_path = setup.out_dir / "train.log"
+    tail: list[str] = []
+    steps_done = done_before
+    plan = setup.plan
+    with open(log_path, "a") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                      text=True, env=env, preexec_fn=partial(die_with_parent, signal.SIGTERM)) as proc:
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                tail = (tail + [line.rstrip()])[-40:]
+                rec = parse_train_line(line)
+                if rec is None:
+                    continue
+                step = rec["epoch"] * plan.steps_per_epoch + rec["epoch_samples"] // plan.batch_size
+                if step > steps_done:
+                    progress.update(step - steps_done, (step - steps_done) * plan.batch_size)
+                    steps_done = step
+        except BaseException:
+            proc.kill()
+            raise
+        rc = proc.wait()
+    if rc != 0:
+        raise PoolsieveError(failure_line(tail, f"open_clip training (exit {rc})", log_path))
+
+
+# ------------------------------------------------------------------------------------------ Ray
 def ray_plan(config: Any, runtime: Any) -> tuple[Any, bool, int | None]:
     """(config with ``ray_workers`` set, whether workers use GPUs, CPUs per worker for data loading).
 

@@ -28,7 +28,7 @@ from poolsieve.pipeline.download.stage import STAGE as DOWNLOAD
 from poolsieve.pipeline.download.stage import DownloadConfig, download
 from poolsieve.pipeline.experiment import comparison_table, run_experiment
 from poolsieve.pipeline.train_scorer import ScorerConfig, train_scorer
-from poolsieve.train.trainer import count_samples, list_shards
+from poolsieve.train.shards import count_samples, list_shards
 
 SCORER = "scorer"
 SCORER_SAMPLES_SEEN = 6144

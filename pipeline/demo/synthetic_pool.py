@@ -233,6 +233,19 @@ def _caption(defect: str, shape: str, colour: str, srng: np.random.Generator) ->
     return english_caption(shape, colour, srng), "en", shape, colour
 
 
+@dataclass
+class _Drawing:
+    """A pool being drawn: its rows and labels by sample index, and the clean samples drawn so far (in
+    index order), which the copies of pass 2 copy."""
+
+    spec: PoolSpec
+    images_dir: Path
+    copy_sources: list[EvalImage]
+    rows: list[dict[str, Any]]
+    labels: list[dict[str, Any]]
+    clean: list[int] = field(default_factory=list)
+
+
 def generate_pool(root: str | Path, spec: PoolSpec) -> dict[str, Any]:
     """Write metadata parquets, image files, the label side table and the evaluation sets under ``root``."""
     unknown = set(spec.defect_rates) - set(DEFECTS)
@@ -248,84 +261,81 @@ def generate_pool(root: str | Path, spec: PoolSpec) -> dict[str, Any]:
     images_dir.mkdir(parents=True, exist_ok=True)
     evaluation = evaluation_images(spec)
     write_evaluation_sets(root, spec, evaluation)
-    copy_sources = [im for im in evaluation if im.index < COPY_CANDIDATES]
     defects = _assign_defects(spec, np.random.default_rng(spec.seed))
     n = spec.num_samples
-    rows: list[dict[str, Any]] = [{} for _ in range(n)]
-    labels: list[dict[str, Any]] = [{} for _ in range(n)]
-    clean: list[int] = []
+    drawing = _Drawing(spec, images_dir, [im for im in evaluation if im.index < COPY_CANDIDATES],
+                       [{} for _ in range(n)], [{} for _ in range(n)])
     # Pass 1 draws every sample that is not a copy of a pool image; pass 2 copies clean ones of pass 1.
     for i in sorted(range(n), key=lambda j: defects[j] in COPY_DEFECTS):
-        srng = np.random.default_rng([spec.seed, i])
-        uid = make_uid(srng)
-        shape = SHAPES[int(srng.integers(len(SHAPES)))]
-        colour = list(COLOURS)[int(srng.integers(len(COLOURS)))]
-        defect = defects[i]
-        w = h = spec.image_size
-        difficulty = ""
-        source = ""
-        if defect in COPY_DEFECTS and clean:
-            # the source comes earlier in the pool where it can, so "keep the first" keeps the original
-            earlier = clean[:bisect.bisect_left(clean, i)] or clean
-            j = earlier[int(srng.integers(len(earlier)))]
-            shape, colour, difficulty = labels[j]["shape"], labels[j]["colour"], labels[j]["difficulty"]
-            data = (images_dir / f"{rows[j]['uid']}.jpg").read_bytes()
-            if defect == "near_duplicate":
-                data = _perturb(data, srng)
-            w, h = rows[j]["original_width"], rows[j]["original_height"]
-            source = rows[j]["uid"]
-            text, language, caption_shape, caption_colour = _caption(CLEAN, shape, colour, srng)
-        elif defect in ("eval_copy", "eval_near_copy"):
-            im = copy_sources[int(srng.integers(len(copy_sources)))]
-            shape, colour, difficulty, source = im.shape, im.colour, "easy", f"{im.task}:{im.index}"
-            data = im.jpeg if defect == "eval_copy" else _upscaled(im.jpeg, spec.image_size)
-            w = h = EVAL_IMAGE_SIZE if defect == "eval_copy" else spec.image_size
-            text, language, caption_shape, caption_colour = _caption(CLEAN, shape, colour, srng)
-        elif defect == "off_task":
-            texture = TEXTURES[int(srng.integers(len(TEXTURES)))]
-            tcolour = list(TEXTURE_COLOURS)[int(srng.integers(len(TEXTURE_COLOURS)))]
-            data = encode_jpeg(draw_texture(texture, tcolour, w, h, srng))
-            shape = colour = caption_shape = caption_colour = ""
-            text, language = texture_caption(texture, tcolour, srng), "en"
-        else:
-            if defect == "too_small":
-                w = h = int(srng.integers(32, 100))
-            elif defect == "extreme_aspect":
-                w, h = spec.image_size * 2, max(32, spec.image_size // 3)
-                if srng.random() < 0.5:
-                    w, h = h, w
-            hard = bool(srng.random() < spec.hard_rate)
-            difficulty = "hard" if hard else "easy"
-            data = encode_jpeg(draw_shape(shape, colour, w, h, srng, hard=hard))
-            text, language, caption_shape, caption_colour = _caption(defect, shape, colour, srng)
-            if defect == CLEAN:
-                clean.append(i)
-        (images_dir / f"{uid}.jpg").write_bytes(data)
-        rows[i] = {
-            "uid": uid,
-            "url": f"{spec.base_url.rstrip('/')}/images/{uid}.jpg",
-            "text": text,
-            "original_width": w,
-            "original_height": h,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            LABEL_COLUMN: defect,
-            DIFFICULTY_COLUMN: difficulty,
-        }
-        labels[i] = {"uid": uid, "shape": shape, "colour": colour, "defect": defect, "difficulty": difficulty,
-                     "language": language, "caption_shape": caption_shape, "caption_colour": caption_colour,
-                     "copy_of": source}
+        _draw_sample(drawing, i, defects[i])
     meta_dir = ws.metadata_dir
     meta_dir.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(drawing.rows)
     for f, lo in enumerate(range(0, n, spec.samples_per_file)):
         with atomic_path(meta_dir / f"{f:05d}.parquet") as tmp:
             df.iloc[lo:lo + spec.samples_per_file].to_parquet(tmp, index=False)
     with atomic_path(ws.labels_path) as tmp:
-        pd.DataFrame(labels).to_parquet(tmp, index=False)
+        pd.DataFrame(drawing.labels).to_parquet(tmp, index=False)
     counts = pd.Series(defects).value_counts().to_dict()
     return {"samples": n, "metadata_files": -(-n // spec.samples_per_file), "defects": counts,
-            "hard": int(sum(1 for lab in labels if lab["difficulty"] == "hard")),
+            "hard": int(sum(1 for lab in drawing.labels if lab["difficulty"] == "hard")),
             "evaluation images": len(evaluation), "images_dir": str(images_dir), "base_url": spec.base_url}
+
+
+def _draw_sample(d: _Drawing, i: int, defect: str) -> None:
+    """Sample ``i`` with its ``defect``, drawn from its own random stream (``[seed, i]``): its image file
+    written, its row and labels filled in; a clean one joins ``d.clean`` for the copies drawn after it."""
+    spec, rows, labels = d.spec, d.rows, d.labels
+    srng = np.random.default_rng([spec.seed, i])
+    uid = make_uid(srng)
+    shape = SHAPES[int(srng.integers(len(SHAPES)))]
+    colour = list(COLOURS)[int(srng.integers(len(COLOURS)))]
+    w = h = spec.image_size
+    difficulty = ""
+    source = ""
+    if defect in COPY_DEFECTS and d.clean:
+        # the source comes earlier in the pool where it can, so "keep the first" keeps the original
+        earlier = d.clean[:bisect.bisect_left(d.clean, i)] or d.clean
+        j = earlier[int(srng.integers(len(earlier)))]
+        shape, colour, difficulty = labels[j]["shape"], labels[j]["colour"], labels[j]["difficulty"]
+        data = (d.images_dir / f"{rows[j]['uid']}.jpg").read_bytes()
+        if defect == "near_duplicate":
+            data = _perturb(data, srng)
+        w, h = rows[j]["original_width"], rows[j]["original_height"]
+        source = rows[j]["uid"]
+        text, language, caption_shape, caption_colour = _caption(CLEAN, shape, colour, srng)
+    elif defect in ("eval_copy", "eval_near_copy"):
+        im = d.copy_sources[int(srng.integers(len(d.copy_sources)))]
+        shape, colour, difficulty, source = im.shape, im.colour, "easy", f"{im.task}:{im.index}"
+        data = im.jpeg if defect == "eval_copy" else _upscaled(im.jpeg, spec.image_size)
+        w = h = EVAL_IMAGE_SIZE if defect == "eval_copy" else spec.image_size
+        text, language, caption_shape, caption_colour = _caption(CLEAN, shape, colour, srng)
+    elif defect == "off_task":
+        texture = TEXTURES[int(srng.integers(len(TEXTURES)))]
+        tcolour = list(TEXTURE_COLOURS)[int(srng.integers(len(TEXTURE_COLOURS)))]
+        data = encode_jpeg(draw_texture(texture, tcolour, w, h, srng))
+        shape = colour = caption_shape = caption_colour = ""
+        text, language = texture_caption(texture, tcolour, srng), "en"
+    else:
+        if defect == "too_small":
+            w = h = int(srng.integers(32, 100))
+        elif defect == "extreme_aspect":
+            w, h = spec.image_size * 2, max(32, spec.image_size // 3)
+            if srng.random() < 0.5:
+                w, h = h, w
+        hard = bool(srng.random() < spec.hard_rate)
+        difficulty = "hard" if hard else "easy"
+        data = encode_jpeg(draw_shape(shape, colour, w, h, srng, hard=hard))
+        text, language, caption_shape, caption_colour = _caption(defect, shape, colour, srng)
+        if defect == CLEAN:
+            d.clean.append(i)
+    (d.images_dir / f"{uid}.jpg").write_bytes(data)
+    rows[i] = {"uid": uid, "url": f"{spec.base_url.rstrip('/')}/images/{uid}.jpg", "text": text,
+               "original_width": w, "original_height": h, "sha256": hashlib.sha256(data).hexdigest(),
+               LABEL_COLUMN: defect, DIFFICULTY_COLUMN: difficulty}
+    labels[i] = {"uid": uid, "shape": shape, "colour": colour, "defect": defect, "difficulty": difficulty,
+                 "language": language, "caption_shape": caption_shape, "caption_colour": caption_colour,
+                 "copy_of": source}
 
 
 def eval_leaks(root: str | Path) -> Any:
