@@ -31,8 +31,9 @@ from poolsieve.core.errors import ConfigError, PoolsieveWarning
 from poolsieve.core.progress import Progress
 
 from .._device import faiss_gpu_available
+from .._topk import sorted_topk
 from .faiss_index import FaissIvf
-from .index import IvfIndex, as_float32, flat_index, index_from_labels, run_units, sorted_topk
+from .index import IvfIndex, as_float32, flat_index, index_from_labels, run_units
 from .lists import (
     MAX_CALIBRATED_NPROBE,
     calibration_rows,

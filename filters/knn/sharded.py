@@ -38,6 +38,7 @@ from poolsieve.core.progress import Progress
 from .._budget import fit_sample, rows_within, task_cpus
 from .._embeddings import TableEmbeddings, gather_rows
 from .._spill import DiskArray, save
+from .._topk import sorted_topk
 from .faiss_index import FaissIvf
 from .graph import (
     candidates_per_part,
@@ -49,7 +50,7 @@ from .graph import (
     search_parts,
     use_exact,
 )
-from .index import IvfIndex, flat_index, sorted_topk, sq_norms
+from .index import IvfIndex, flat_index, sq_norms
 from .lists import calibration_rows, coarse_probes, default_nlist, train_lists, training_rows
 
 PROBES_KEPT = 8  # nearest lists stored per row and part: calibrated nprobe up to this reuses them
