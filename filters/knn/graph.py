@@ -33,7 +33,7 @@ from poolsieve.core.progress import Progress
 from .._device import faiss_gpu_available
 from .._topk import sorted_topk
 from .faiss_index import FaissIvf
-from .index import IvfIndex, as_float32, flat_index, index_from_labels, run_units
+from .index import IvfIndex, as_float32, exact_topk, flat_index, index_from_labels, run_units
 from .lists import (
     MAX_CALIBRATED_NPROBE,
     calibration_rows,
@@ -255,8 +255,7 @@ def knn_graph(features: np.ndarray, k: int, *, parts: Sequence[int] | None = Non
     if nprobe is None:
         cal = calibration_rows(n, calibration_queries, seed)
         queries = np.asarray(features[cal])
-        ed, ei = flat_index(features).search(queries, kk + 1, 1, device, desc="IVF calibration (exact)")
-        exact = remove_self(ed, ei, cal)[1]
+        exact = remove_self(*exact_topk(features, query_ids, queries, kk + 1), cal)[1]
 
         def calibration_search(p: int, m: int) -> np.ndarray:
             d, i = search_parts(queries, indexes, slices, kk + 1, m, p, device, [pr[cal] for pr in probes])

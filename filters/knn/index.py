@@ -39,6 +39,7 @@ QUERY_CHUNK = 131072
 QUERY_BLOCK = 4096
 BASE_BLOCK = 16384
 CANDIDATE_BUDGET = 2**25  # (query, candidate) pairs held per query chunk
+EXACT_ROWS = 16384  # base rows per GEMM of ``exact_topk``
 
 
 @dataclass
@@ -220,6 +221,32 @@ def _cuda(a: np.ndarray):
     import torch
 
     return torch.from_numpy(np.require(a, np.float32, ["C", "W"])).cuda()
+
+
+def exact_topk(base, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of ``base`` (an array, or anything with ``len`` and ``rows(lo, hi)``; row ids
+    ``ids``) of each query, by exact search, nearest first. The GEMMs take the base rows as their query
+    side, so a distance does not change with how many rows ``base`` holds (the calibration searches a
+    pool table by table, ``knn_graph`` the whole array)."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    q_sq = np.einsum("ij,ij->i", q, q)
+    rows = base.rows if hasattr(base, "rows") else (lambda lo, hi: base[lo:hi])
+    best_d = np.full((len(q), 0), np.inf, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for lo in range(0, len(base), EXACT_ROWS):
+        x = np.asarray(rows(lo, lo + EXACT_ROWS), dtype=np.float32)
+        dist = x @ q.T
+        dist *= -2
+        dist += np.einsum("ij,ij->i", x, x)[:, None]
+        dist += q_sq[None, :]
+        np.maximum(dist, 0, out=dist)
+        dist = np.ascontiguousarray(dist.T)
+        part = ids[lo:lo + len(x)]
+        pick = smallest_k(dist, k, part)
+        best_d = np.concatenate([best_d, np.take_along_axis(dist, pick, axis=1)], axis=1)
+        best_i = np.concatenate([best_i, part[pick]], axis=1)
+        best_d, best_i = sorted_topk(best_d, best_i, k)
+    return sorted_topk(best_d, best_i, k)
 
 
 def sq_norms(x: np.ndarray) -> np.ndarray:
