@@ -12,10 +12,12 @@ row). ``device='cuda'`` runs the searches on faiss's GPU build (the ``[gpu]`` ex
 installed and sees a GPU, else on CPU faiss.
 
 ``nearest_centroids`` (every row's nearest centroids: the filters' assignments and IVF lists) runs on
-the CPU as numpy GEMMs of a block of rows against fixed blocks of centroids, equal distances going to
-the lower centroid number: a row's result then depends on the row and the centroids alone. faiss's
-CPU search does not (measured: a row's distances change in their last bits with the other rows of its
-batch), so a row on the edge of two clusters could change sides with the table it is stored in. On a
+the CPU as numpy GEMMs of a block of ``ROW_BLOCK`` rows (padded) against fixed blocks of centroids, equal
+distances going to the lower centroid number: a row's result then depends on the row and the centroids
+alone. faiss's CPU search does not, nor does a GEMM whose shape follows the rows given (measured with
+OpenBLAS: an element's last bits change with the other rows of its batch, and with the count of rows,
+which picks the kernel), so a row on the edge of two clusters could change sides with the table it is
+stored in. On a
 GPU that faiss's GPU build sees, faiss searches.
 """
 
@@ -34,7 +36,7 @@ from ._topk import smallest_k, sorted_topk
 
 METRICS = ("l2", "ip")
 ASSIGN_CHUNK = 65536  # rows per faiss search (GPU)
-ROW_BLOCK = 2048  # rows per GEMM (CPU)
+ROW_BLOCK = 1024  # rows per GEMM (CPU): always this many, padded
 CENTROID_BLOCK = 8192  # centroids per GEMM (CPU)
 ARGMIN_MOST = 32  # nearest centroids found by repeated argmin; more by a partition
 
@@ -100,7 +102,12 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray, count: int, metric: 
 
 
 def _nearest(q: np.ndarray, centroids: np.ndarray, count: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """``nearest_centroids`` of one block of rows on the CPU: one GEMM per fixed block of centroids."""
+    """``nearest_centroids`` of one block of rows on the CPU: one GEMM per fixed block of centroids, the
+    rows padded to ``ROW_BLOCK`` so that every GEMM has the same shape (BLAS picks its kernel by shape,
+    and kernels round differently)."""
+    rows = len(q)
+    if rows < ROW_BLOCK:
+        q = np.concatenate([q, np.zeros((ROW_BLOCK - rows, q.shape[1]), dtype=q.dtype)])
     best_d = np.full((len(q), 0), np.inf, dtype=np.float32)
     best_i = np.zeros((len(q), 0), dtype=np.int64)
     q_sq = np.einsum("ij,ij->i", q, q) if metric == "l2" else None
@@ -119,7 +126,7 @@ def _nearest(q: np.ndarray, centroids: np.ndarray, count: int, metric: str) -> t
         best_i = np.concatenate([best_i, ids[pick]], axis=1)
         if best_d.shape[1] > count:
             best_d, best_i = sorted_topk(best_d, best_i, count)
-    best_d, best_i = sorted_topk(best_d, best_i, count)
+    best_d, best_i = sorted_topk(best_d[:rows], best_i[:rows], count)
     return (best_d if metric == "l2" else -best_d), best_i
 
 
