@@ -18,6 +18,8 @@ import pytest
 from embedding_pool import clustered, make_pool
 
 from poolsieve.core.formats import write_embeddings
+from poolsieve.filters.d2_pruning import d2_select
+from poolsieve.filters.knn import sharded
 from poolsieve.filters.registry import FILTERS, get_filter, load_builtin_filters
 
 SIZES = (260, 240, 300)  # tables of the stored pool
@@ -136,3 +138,21 @@ def test_the_recut_pool_stores_other_rows_in_each_table(pools):
     assert [len(t) for t in again] == list(RECUT)
     one = pd.read_parquet(recut / "scores" / "00003.parquet")
     assert (one["status"] != "success").all()  # a table without a member row
+
+
+@pytest.mark.parametrize("params", [{"knn": "exact", "fraction": 0.3, "features": "image"},
+                                    {"knn": "ivf", "nlist": 10, "fraction": 0.3}])
+def test_d2_graph_and_selection_order_are_the_same_bits_however_the_rows_are_stored(pools, monkeypatch, params):
+    """Not only the kept set: each row's neighbours, their distances to the last bit, the selection order;
+    the recut pool also searched in units of 37 rows (GEMMs of other shapes)."""
+    seen = []
+    for root, unit in zip(pools, (None, 37), strict=True):
+        if unit:
+            monkeypatch.setattr(sharded, "search_rows", lambda budget, unit=unit: unit)
+        pool = make_pool(root, memory_budget=BUDGET)
+        uids = pool.read_columns([])["uid"].to_numpy()
+        res = d2_select(pool, {**params, "device": "cpu"}, graph_rows=np.arange(len(uids)))
+        by_uid = {u: (tuple(uids[res.neighbors[r]]), res.distances[r].tobytes()) for r, u in enumerate(uids)}
+        seen.append((list(uids[res.order]), by_uid))
+    assert seen[0][0] == seen[1][0]
+    assert seen[0][1] == seen[1][1]

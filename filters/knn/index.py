@@ -40,6 +40,7 @@ QUERY_BLOCK = 4096
 BASE_BLOCK = 16384
 CANDIDATE_BUDGET = 2**25  # (query, candidate) pairs held per query chunk
 EXACT_ROWS = 16384  # base rows per GEMM of ``exact_topk``
+PAIR_BLOCK = 2**24  # floats of differences ``pair_distances`` holds at once
 
 
 @dataclass
@@ -223,11 +224,24 @@ def _cuda(a: np.ndarray):
     return torch.from_numpy(np.require(a, np.float32, ["C", "W"])).cuda()
 
 
+def pair_distances(q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Squared L2 from each query ``q[i]`` to each of its rows ``v[i, j]`` (float32), each summed over the
+    pair's own dimensions: unlike a GEMM's, the value never depends on the other rows computed with it
+    (measured: the same bits in any batch, order or memory alignment)."""
+    out = np.empty(v.shape[:2], dtype=np.float32)
+    step = max(1, PAIR_BLOCK // max(1, v.shape[1] * v.shape[2]))
+    for s in range(0, len(q), step):
+        diff = as_float32(v[s:s + step]) - as_float32(q[s:s + step])[:, None, :]
+        out[s:s + step] = np.einsum("ijk,ijk->ij", diff, diff)
+    return out
+
+
 def exact_topk(base, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest rows of ``base`` (an array, or anything with ``len`` and ``rows(lo, hi)``; row ids
-    ``ids``) of each query, by exact search, nearest first. The GEMMs take the base rows as their query
-    side, so a distance does not change with how many rows ``base`` holds (the calibration searches a
-    pool table by table, ``knn_graph`` the whole array)."""
+    ``ids``) of each query, by exact search, nearest first, with ``pair_distances``. The GEMM that finds
+    the ``2 k`` candidates of each block takes the base rows as its query side, so that they do not
+    change with how many rows ``base`` holds (the calibration searches a pool table by table,
+    ``knn_graph`` the whole array)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     q_sq = np.einsum("ij,ij->i", q, q)
     rows = base.rows if hasattr(base, "rows") else (lambda lo, hi: base[lo:hi])
@@ -242,8 +256,8 @@ def exact_topk(base, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
         np.maximum(dist, 0, out=dist)
         dist = np.ascontiguousarray(dist.T)
         part = ids[lo:lo + len(x)]
-        pick = smallest_k(dist, k, part)
-        best_d = np.concatenate([best_d, np.take_along_axis(dist, pick, axis=1)], axis=1)
+        pick = smallest_k(dist, 2 * k, part)
+        best_d = np.concatenate([best_d, pair_distances(q, x[pick])], axis=1)
         best_i = np.concatenate([best_i, part[pick]], axis=1)
         best_d, best_i = sorted_topk(best_d, best_i, k)
     return sorted_topk(best_d, best_i, k)
