@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from embedding_pool import build_embedding_pool, clustered, make_pool
-from reference_filters import order_key, pool_order
+from reference_filters import order_key, pool_order, row_order
 
 from poolsieve.core.uids import UidSet
 from poolsieve.filters import _kmeans, _row_order
@@ -57,8 +57,6 @@ def test_first_rows_are_the_first_in_the_order_among_those_a_mask_passes(workspa
     mask = np.concatenate(masks)
     passing = np.flatnonzero(mask)
     uids = pool.read_columns([])["uid"].to_numpy()
-    from reference_filters import row_order
-
     for m in (1, 40, int(mask.sum()), 10_000):
         want = passing[row_order(uids[passing], 3)][:m]
         assert np.array_equal(_row_order.first_rows(pool, counts, m, 3, masks), want)
