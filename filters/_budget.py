@@ -92,6 +92,16 @@ def fit_sample(rows: np.ndarray, fit: int, seed: int, what: str, budget: int) ->
     return np.sort(np.random.default_rng([seed, 2]).choice(rows, size=fit, replace=False))
 
 
+def fit_count(size: int, fit: int, what: str, budget: int) -> int:
+    """``size`` (rows of a training sample), or ``fit`` when more do not fit the budget (with a one-line
+    warning naming ``what``): the caller then takes the first ``fit`` rows of its sample's order."""
+    if size <= fit:
+        return size
+    warnings.warn(f"{what} trains on {fit:,} of its {size:,} sample rows to fit the memory budget "
+                  f"({format_size(budget)}); raise --memory-budget to use them all", PoolsieveWarning, stacklevel=3)
+    return fit
+
+
 def task_cpus(pool) -> float:
     """CPUs a budget-sized task asks Ray for (see the module docstring); 1 in this process."""
     if pool.runtime.executor == "local":

@@ -151,18 +151,27 @@ def features_loader(key: str, features: str) -> Callable[[Path], np.ndarray]:
 
 def feature_widths(pool: ScoredPool, key: str, features: str) -> list[int]:
     """Columns of each embedding in the features (``[768, 768]`` for L/14 image+text), read by a task."""
-    names = feature_names(key, features)
+    return feature_widths_of(pool, feature_names(key, features))
+
+
+def feature_widths_of(pool: ScoredPool, names: Sequence[str]) -> list[int]:
+    """Columns of each of the embeddings ``names``, read by a task."""
     return pool.runtime.map(lambda t: TableEmbeddings(Path(t), names).widths, [Path(pool.tables[0])],
                             "embedding widths")[0]
 
 
 def gather_rows(pool: ScoredPool, names: Sequence[str], counts: Sequence[int], rows: np.ndarray,
                 dtype=np.float16) -> np.ndarray:
-    """Pool rows ``rows`` (sorted ids) of the embeddings ``names`` side by side, as ``dtype``: each table's
-    rows read by a task, copied in order into one array (no second copy of the whole sample)."""
+    """Pool rows ``rows`` (ids in any order) of the embeddings ``names`` side by side, as ``dtype``, in the
+    order of ``rows``: each table's rows read by a task, copied into one array (no second copy of the
+    whole sample)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    place = np.argsort(rows, kind="stable")
+    ordered = rows[place]
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    cut = np.searchsorted(rows, starts)
-    units = [(Path(t), rows[cut[i]:cut[i + 1]] - starts[i]) for i, t in enumerate(pool.tables) if cut[i + 1] > cut[i]]
+    cut = np.searchsorted(ordered, starts)
+    units = [(Path(t), ordered[cut[i]:cut[i + 1]] - starts[i]) for i, t in enumerate(pool.tables)
+             if cut[i + 1] > cut[i]]
     out: np.ndarray | None = None
     filled = 0
 
@@ -172,7 +181,7 @@ def gather_rows(pool: ScoredPool, names: Sequence[str], counts: Sequence[int], r
     for part in pool.runtime.ordered_map(take_sample, units):
         if out is None:
             out = np.empty((len(rows), part.shape[1]), dtype=dtype)
-        out[filled:filled + len(part)] = part
+        out[place[filled:filled + len(part)]] = part
         filled += len(part)
     return out if out is not None else np.zeros((0, 0), dtype=dtype)
 

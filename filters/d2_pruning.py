@@ -1,7 +1,9 @@
 """D2 Pruning (Maharana et al., ICLR 2024): message passing on a kNN graph, balancing difficulty and diversity.
 
+0. Row order: rows are numbered by their rank in the pool's row order of ``seed`` (``_row_order``: a
+   seeded hash of the uid), never by where the tables store them; below, "lower row" means that.
 1. Graph: each row's ``k`` nearest other rows by squared L2 on the chosen features (image, text or
-   image+text concatenated), self removed by id. Exact search up to ``exact_max_rows`` rows, else
+   image+text concatenated), equal distances by the lower row, self removed by id. Exact search up to ``exact_max_rows`` rows, else
    IVF-Flat with ``nprobe`` calibrated to reach ``recall`` on a seeded sample; for image+text, one
    IVF index per embedding gathers ``candidates`` rows each, re-ranked by the exact image+text distance.
 2. Node score: ``s_i = max(score_i + score_shift, 1e-7)`` of a score column (CLIP score by default,
@@ -26,14 +28,22 @@
 | recall | 0.95 | IVF recall@k target that picks ``nprobe`` |
 | nlist / nprobe | 2*sqrt(n) / calibrated | IVF lists and lists probed per query |
 | candidates | 8*k, grown | image+text IVF: rows each embedding's index proposes for the exact re-rank (doubled while the recall target is out of reach) |
-| seed | 0 | IVF training sample and calibration sample |
+| seed | 0 | the row order, hence the IVF training sample, the calibration sample and every tie |
 | device | auto | ``cuda`` when torch sees a GPU, else ``cpu`` |
+
+| order-sensitive step | decided by (never by where rows are stored) |
+| --- | --- |
+| which of equally near rows are neighbours; neighbour order | the lower row in the row order of ``seed`` |
+| IVF training and calibration samples, in their order | seeded draws of rows of that order |
+| IVF list of a row | the lower list number on equal distances (``_kmeans.nearest_centroids``) |
+| greedy ties (equal ``g``), hence which of duplicates is kept | the lower row in that order |
+| the cut at ``fraction`` / ``count`` | the greedy order |
 
 Selection is over rows; a uid that repeats in the pool appears once in the subset.
 
-Memory is bounded (``--memory-budget``, see ``_budget.py``): the graph is built table by table into a
-spill folder of the workspace (``knn.sharded``), the node scores and forward messages are written
-there too, and the greedy selection runs in rounds over workers that each hold a range of rows
+Memory is bounded (``--memory-budget``, see ``_budget.py``): the row order is sorted in buckets of a
+spill folder of the workspace (``_row_order.rank_rows``), the graph is built table by table into it
+(``knn.sharded``), the node scores and forward messages are written there too, and the greedy selection runs in rounds over workers that each hold a range of rows
 (``d2_greedy``: the same selection as the sequential heap). On a Ray runtime every table's work is a
 task on some node and the selection's workers are actors spread over the nodes; the driver holds
 the selection order and the kept uids.
@@ -53,6 +63,7 @@ from poolsieve.core.formats import score_column as score_column_name
 from poolsieve.core.uids import UidSet
 
 from ._embeddings import check_features, feature_names, feature_widths, pick_embedding_key, row_counts
+from ._row_order import RANKS, rank_rows
 from ._spill import DiskArray, spill_folder
 from .columns import float_column, member_keys, read_members
 from .d2_greedy import forward_messages, greedy_select
@@ -97,7 +108,7 @@ class D2Result:
     uids: UidSet  # the kept rows' uids
     order: np.ndarray  # pool rows in selection order
     graph: GraphFiles | None  # how the graph was built (its files are gone once the run ends)
-    neighbors: np.ndarray | None = None  # the graph rows asked for (``graph_rows``), when asked
+    neighbors: np.ndarray | None = None  # the neighbours (pool rows) of the rows asked for (``graph_rows``)
     distances: np.ndarray | None = None
 
 
@@ -129,9 +140,12 @@ def d2_select(pool: ScoredPool, params: dict, graph_rows: np.ndarray | None = No
     n = int(sum(counts))
     n_select = selection_size(n, p["fraction"], p["count"])
     with spill_folder(pool, "d2") as folder:
+        if n == 0:
+            return D2Result(UidSet(), np.zeros(0, np.int64), None)
+        ranks, rows = rank_rows(pool, counts, p["seed"], folder)
         _write_node_scores(pool, folder, counts, column, shift)
         if n_select == 0 or n < 2:
-            order = np.arange(min(n_select, n), dtype=np.int64)
+            order = rows.take(np.arange(min(n_select, n), dtype=np.int64))
             return D2Result(kept_uids(pool, counts, order), order, None)
         names = feature_names(key, p["features"])
         graph = build_graph(pool, names, counts, p["k"], folder, parts=feature_widths(pool, key, p["features"]),
@@ -139,16 +153,18 @@ def d2_select(pool: ScoredPool, params: dict, graph_rows: np.ndarray | None = No
                             nlist=p["nlist"], nprobe=p["nprobe"], recall=p["recall"], seed=p["seed"],
                             device=p["device"], impl=p["knn_impl"])
         forward_messages(pool, folder, n, gamma_forward)
-        order = greedy_select(pool, folder, n, n_select, gamma_reverse)
+        order = rows.take(greedy_select(pool, folder, n, n_select, gamma_reverse))
         result = D2Result(kept_uids(pool, counts, order), order, graph)
         if graph_rows is not None:
-            result.neighbors = graph.neighbors.take(graph_rows)
-            result.distances = graph.distances.take(graph_rows)
+            ids = ranks.take(np.asarray(graph_rows, dtype=np.int64))
+            neighbors = graph.neighbors.take(ids)
+            result.neighbors = np.where(neighbors >= 0, rows.take(np.maximum(neighbors, 0)), -1)
+            result.distances = graph.distances.take(ids)
         return result
 
 
 def _write_node_scores(pool: ScoredPool, folder: Path, counts: list[int], column: str, shift: float) -> None:
-    """``node_scores.npy``: every row's node score, written table by table by tasks."""
+    """``node_scores.npy``: every row's node score (by rank), written table by table by tasks."""
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     DiskArray.create(folder / "node_scores.npy", (int(starts[-1]),), np.float64)
 
@@ -158,7 +174,8 @@ def _write_node_scores(pool: ScoredPool, folder: Path, counts: list[int], column
         missing = int(np.isnan(scores).sum())
         if missing:
             raise InputError(table, f"score column {column} has {missing} missing values")
-        DiskArray(folder / "node_scores.npy").write(slice(start, start + len(scores)), node_scores(scores, shift))
+        ranks = DiskArray(folder / RANKS).rows(start, start + len(scores))
+        DiskArray(folder / "node_scores.npy").write(ranks, node_scores(scores, shift))
         return len(scores)
 
     pool.runtime.map(write, [(Path(t), int(s)) for t, s in zip(pool.tables, starts[:-1], strict=True)],

@@ -1,22 +1,26 @@
 """Deduplication: ``exact`` (same image bytes by sha256, repeated uids) or ``semantic`` (SemDeDup).
 
-Exact: walking the pool in shard order, a row is kept when it is the first row with its ``sha256``
-(rows without one are never grouped) and the first row with its uid. ``by`` chooses the keys.
+Exact: rows with the same ``sha256`` hold one image, and of each such group one row is kept: the first
+in the pool's row order (``_row_order``: the smallest ``order_keys(uid, 0)``, a hash of the uid, then the
+uid), wherever the rows are stored. Rows without a sha256 are never grouped. A subset holds each uid
+once, so a uid is kept when one of its rows is kept; ``by: [uid]`` alone keeps every member uid.
 
 | param | default | meaning |
 | --- | --- | --- |
 | method | exact | ``exact`` or ``semantic`` (then every ``semdedup`` parameter applies) |
-| by | [sha256, uid] | keys whose repeats are dropped (exact) |
+| by | [sha256, uid] | keys whose repeats are dropped (exact); ``uid`` beside ``sha256`` changes nothing |
+
+| order-sensitive step | decided by |
+| --- | --- |
+| which row of a sha256 group is kept | the smallest ``order_keys(uid, 0)``, then the smallest uid |
 
 Memory is bounded (``_budget.py``) by hashing the keys into buckets through a spill folder:
 
-1. a task per table writes its rows' (sha256 digest, row, uid) and (uid, row), each grouped by bucket
-   (a sha256 value is compared through its 16-byte BLAKE2b digest);
-2. a task per sha256 bucket finds the rows that repeat an earlier row's sha256 and writes them,
-   grouped by their uid's bucket;
-3. a task per uid bucket keeps each uid whose first row repeats no earlier sha256.
+1. a task per table writes its rows' (sha256 digest, order key, uid), grouped by bucket (a sha256 value
+   is compared through its 16-byte BLAKE2b digest), and returns the uids of its rows without a sha256;
+2. a task per bucket keeps the first row of each sha256 group.
 
-Each task holds one bucket (about 40 bytes per row of it); the driver holds the kept uids.
+Each task holds one bucket (about 60 bytes per row of it); the driver holds the kept uids.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from poolsieve.core.uids import KEY_DTYPE, UidSet
 
 from ._budget import rows_within, task_cpus
 from ._embeddings import check_param_names, row_counts
+from ._row_order import in_order, order_keys
 from ._spill import read_groups, spill_folder, write_groups
 from .columns import member_keys, read_members
 from .registry import ScoredPool, register
@@ -39,18 +44,7 @@ from .semdedup import semdedup_run
 
 METHODS = ("exact", "semantic")
 EXACT_KEYS = ("sha256", "uid")
-BUCKET_ROW_BYTES = 96  # what a bucket task holds per row (keys, rows, sort order)
-
-
-def first_occurrence(values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """Mask of rows holding the first occurrence of their value; invalid rows are always kept."""
-    valid = np.ones(len(values), dtype=bool) if valid is None else valid
-    keep = np.ones(len(values), dtype=bool)
-    idx = np.flatnonzero(valid)
-    _, first = np.unique(values[idx], return_index=True)
-    keep[idx] = False
-    keep[idx[first]] = True
-    return keep
+BUCKET_ROW_BYTES = 64  # what a bucket task holds per row (digest, order key, uid, sort orders)
 
 
 def digests(values: list) -> tuple[np.ndarray, np.ndarray]:
@@ -78,72 +72,45 @@ def buckets(keys: np.ndarray, count: int) -> np.ndarray:
 class _Exact:
     """What the tasks of one exact dedup share (no per-row data)."""
     folder: Path
-    by: list[str]
     count: int  # buckets
 
-    def files(self, kind: str) -> list[Path]:
-        return sorted(self.folder.glob(f"{kind}-*.npz"))
-
-    def split(self, unit: tuple[int, Path, int]) -> UidSet:
-        """Write table ``t``'s keys grouped by bucket; return the uids of its rows that no sha256 groups."""
-        t, table, start = unit
-        members = read_members(table, [c for c in self.by if c != "uid"], need="dedup")
+    def split(self, unit: tuple[int, Path]) -> UidSet:
+        """Write table ``t``'s sha256 digests grouped by bucket; return the uids of its rows without one."""
+        t, table = unit
+        members = read_members(table, ["sha256"], need="dedup")
         uids = member_keys(members, table)
-        rows = start + np.arange(len(uids), dtype=np.int64)
-        valid = np.zeros(len(uids), dtype=bool)
-        if "sha256" in self.by:
-            sha, valid = digests(members["sha256"].to_pylist())
-            write_groups(self.folder / f"sha-{t:06d}.npz", buckets(sha[valid], self.count), self.count,
-                         {"sha": sha[valid], "row": rows[valid], "uid": uids[valid]})
-        if "uid" in self.by:
-            write_groups(self.folder / f"uid-{t:06d}.npz", buckets(uids, self.count), self.count,
-                         {"uid": uids, "row": rows})
-            return UidSet()
-        return UidSet(uids[~valid])  # by sha256 only: rows without one are kept
+        sha, valid = digests(members["sha256"].to_pylist())
+        write_groups(self.folder / f"sha-{t:06d}.npz", buckets(sha[valid], self.count), self.count,
+                     {"sha": sha[valid], "key": order_keys(uids[valid]), "uid": uids[valid]})
+        return UidSet(uids[~valid])
 
-    def repeats(self, b: int) -> UidSet:
-        """Rows of sha256 bucket ``b`` that repeat an earlier row's sha256: written for the uid buckets
-        (by uid too), or the uids of the first rows returned (by sha256 only)."""
-        got = read_groups(self.files("sha"), b, b + 1, ["sha", "row", "uid"])
-        order = np.lexsort((got["row"], got["sha"]))
+    def first(self, b: int) -> UidSet:
+        """The uid of the first row (in the row order) of each sha256 group of bucket ``b``."""
+        got = read_groups(sorted(self.folder.glob("sha-*.npz")), b, b + 1, ["sha", "key", "uid"])
+        order = in_order(got["key"], got["uid"])
+        order = order[np.argsort(got["sha"][order], kind="stable")]  # by sha256, the row order within
+        sha = got["sha"][order]
         first = np.ones(len(order), dtype=bool)
-        first[1:] = got["sha"][order][1:] != got["sha"][order][:-1]
-        if "uid" not in self.by:
-            return UidSet(got["uid"][order][first])
-        again = order[~first]
-        write_groups(self.folder / f"rep-{b:06d}.npz", buckets(got["uid"][again], self.count), self.count,
-                     {"row": got["row"][again]})
-        return UidSet()
-
-    def kept(self, b: int) -> UidSet:
-        """uids of uid bucket ``b`` whose first row repeats no earlier sha256."""
-        got = read_groups(self.files("uid"), b, b + 1, ["uid", "row"])
-        order = np.lexsort((got["row"], got["uid"]))
-        uid, row = got["uid"][order], got["row"][order]
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = uid[1:] != uid[:-1]
-        uid, row = uid[first], row[first]
-        if "sha256" in self.by:
-            repeated = read_groups(self.files("rep"), b, b + 1, ["row"])["row"]
-            uid = uid[~np.isin(row, repeated)]
-        return UidSet(uid)
+        first[1:] = sha[1:] != sha[:-1]
+        return UidSet(got["uid"][order][first])
 
 
 def exact_dedup(pool: ScoredPool, by: list[str]) -> UidSet:
     """The uids exact dedup keeps (see the module docstring)."""
-    counts = row_counts(pool)
-    n = int(sum(counts))
+    if "sha256" not in by:
+        return pool_uids(pool)
+    n = int(sum(row_counts(pool)))
     count = max(1, -(-n // rows_within(pool.budget, BUCKET_ROW_BYTES, share=0.4)), min(2 * pool.runtime.cpus(), n // 1000))
-    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     with spill_folder(pool, "dedup") as folder:
-        job = _Exact(folder, by, count)
-        units = [(t, Path(table), int(starts[t])) for t, table in enumerate(pool.tables)]
-        parts = pool.runtime.map(job.split, units, "dedup (keys)")
-        if "sha256" in by:
-            parts += pool.runtime.map(job.repeats, list(range(count)), "dedup (sha256)", num_cpus=task_cpus(pool))
-        if "uid" in by:
-            parts += pool.runtime.map(job.kept, list(range(count)), "dedup (uids)", num_cpus=task_cpus(pool))
+        job = _Exact(folder, count)
+        parts = pool.runtime.map(job.split, [(t, Path(table)) for t, table in enumerate(pool.tables)], "dedup (keys)")
+        parts += pool.runtime.map(job.first, list(range(count)), "dedup (sha256)", num_cpus=task_cpus(pool))
     return UidSet.union_of(parts)
+
+
+def pool_uids(pool: ScoredPool) -> UidSet:
+    """Every member uid."""
+    return UidSet.union_of(pool.map(lambda t: UidSet(member_keys(read_members(Path(t), []), Path(t))), "dedup (uids)"))
 
 
 @register("dedup")

@@ -3,7 +3,8 @@
 1. Caption filter (DataComp's ``caption_filter``): English caption (the score table's ``language``
    column, else fastText lid.176), more than 1 word and more than 5 characters.
 2. k-means (faiss's, squared L2, seeded, as DataComp's ``faiss.Clustering``; on a GPU with faiss's GPU
-   build) on the image embeddings of the rows that pass, or on a seeded ``sample_ratio`` of them.
+   build) on the image embeddings of the rows that pass, or on the first ``sample_ratio`` of them in the
+   pool's row order of ``seed`` (``_row_order``: a seeded hash of the uid), given in that order.
 3. Target clusters: each embedding of the target set (a labelled image set scored with the same model,
    ``<workspace>/references/<target>.npz`` or a path) goes to the centroid with the largest inner
    product; the target set is the union of those centroids.
@@ -17,16 +18,24 @@
 | clusters | min(100000, rows // 10) | k-means clusters (DataComp: 100k) |
 | iterations | 20 | k-means iterations (DataComp: 20; stops early when stable) |
 | sample_ratio | 1.0 | share of caption-filtered rows k-means trains on |
-| seed | 0 | initial centroids and the training sample |
+| seed | 0 | initial centroids and the training sample (the row order of ``seed``) |
 | caption_filter | true | apply step 1 (DataComp always does) |
 | language | en | caption language step 1 keeps |
 | device | auto | ``cuda`` when torch sees a GPU, else ``cpu`` |
 
+| order-sensitive step | decided by (never by where rows are stored) |
+| --- | --- |
+| k-means sample and its order (the initial centroids) | the first caption-passing rows in the row order of ``seed`` |
+| nearest centroid (targets and rows) | the lower centroid number on equal inner products (``_kmeans.nearest_centroids``) |
+
 DataComp's combination with a CLIP-score threshold is the intersection with the ``clip_score`` filter.
+(DataComp's own k-means takes its rows in the order ``fs.ls`` lists the metadata files, so its
+centroids follow the file system; ``centroids=`` with its released file is the way to its subset.)
 Per-table work (caption filter, sample, assignment) runs through ``pool.map``: Ray tasks on a Ray
 runtime, each reading its own table. The driver holds each table's caption mask (1 byte per row),
-the k-means sample (gathered table by table into one float32 array, cut to half the memory budget
-with a warning when larger), the centroids and the kept uids; with ``centroids`` there is no sample.
+the k-means sample (gathered table by table into one float32 array, cut to its first rows in the row
+order to fit half the memory budget, with a warning), the centroids and the kept uids; with
+``centroids`` there is no sample.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ from poolsieve.core.formats import embedding_keys
 from poolsieve.core.language import count_fasttext_tokens
 from poolsieve.core.uids import UidSet
 
-from ._budget import fit_sample, rows_within
+from ._budget import fit_count, rows_within
 from ._centroid_file import read_centroids
 from ._embeddings import (
     TableEmbeddings,
@@ -51,6 +60,7 @@ from ._embeddings import (
     read_target,
 )
 from ._kmeans import kmeans, nearest_centroid
+from ._row_order import first_rows
 from .basic import CAPTION_STATS, caption_stats, language_mask
 from .columns import member_keys, read_members
 from .registry import ScoredPool, register
@@ -124,32 +134,19 @@ def image_based_run(pool: ScoredPool, *, target: str | list[str] = "imagenet", e
 
 def _train(pool: ScoredPool, masks: list[np.ndarray], image_key: str, dim: int, clusters: int | None,
            iterations: int, sample_ratio: float, seed: int, device: str) -> np.ndarray:
-    """k-means on the (sampled) caption-filtered rows, gathered into one float32 array within the budget
-    (``dim``: the embeddings' width, for its size)."""
+    """k-means on the first caption-filtered rows in the row order of ``seed``, gathered in that order into
+    one float32 array within the budget (``dim``: the embeddings' width, for its size)."""
     n_pass = int(sum(int(m.sum()) for m in masks))
     k = clusters or max(1, min(DATACOMP_CLUSTERS, n_pass // 10))
     size = n_pass if sample_ratio >= 1 else max(k, int(n_pass * sample_ratio))
     if n_pass < k or size < k:
         raise ConfigError(f"image_based: {k} clusters need at least {k} training rows; "
                           f"{n_pass} rows pass the caption filter (sample: {size})")
-    chosen = np.sort(np.random.default_rng(seed).choice(n_pass, size=size, replace=False)) if size < n_pass \
-        else np.arange(n_pass)
-    rows = _pool_rows(masks, chosen)
     fit = rows_within(pool.budget, 4 * dim, share=SAMPLE_SHARE, least=k)
-    rows = fit_sample(rows, fit, seed, "image_based's k-means", pool.budget)
-    sample = gather_rows(pool, [image_key], [len(m) for m in masks], rows, dtype=np.float32)
+    counts = [len(m) for m in masks]
+    rows = first_rows(pool, counts, fit_count(size, fit, "image_based's k-means", pool.budget), seed, masks)
+    sample = gather_rows(pool, [image_key], counts, rows, dtype=np.float32)
     return kmeans(sample, k, niter=iterations, seed=seed, device=device, desc="image_based k-means").centroids
-
-
-def _pool_rows(masks: list[np.ndarray], chosen: np.ndarray) -> np.ndarray:
-    """Pool rows of the ``chosen`` (sorted) indices among the caption-passing rows."""
-    out, start, seen = [], 0, 0
-    for m in masks:
-        passing = np.flatnonzero(m)
-        lo, hi = np.searchsorted(chosen, [seen, seen + len(passing)])
-        out.append(start + passing[chosen[lo:hi] - seen])
-        start, seen = start + len(m), seen + len(passing)
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def _Assign(image_key: str, centroids: np.ndarray, target_ids: np.ndarray, device: str):  # noqa: N802

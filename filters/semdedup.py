@@ -1,9 +1,11 @@
 """Semantic deduplication (SemDeDup, Abbas et al. 2023): k-means, then near-duplicates within each cluster.
 
-1. k-means (faiss's, spherical by default as SemDeDup's, seeded) on the chosen embeddings (image by default), trained on a
-   seeded ``sample_ratio`` of the rows; every row goes to its nearest centroid.
+1. k-means (faiss's, spherical by default as SemDeDup's, seeded) on the chosen embeddings (image by default), trained on
+   the first ``sample_ratio`` of the rows in the pool's row order of ``seed`` (``_row_order``: a seeded
+   hash of the uid), given in that order; every row goes to its nearest centroid.
 2. Within each cluster the rows are ranked (``order``): ``hard`` = farthest from the centroid first
-   (SemDeDup's default ``keep_hard``), ``easy`` = nearest first, ``random`` = seeded shuffle; ties by row.
+   (SemDeDup's default ``keep_hard``), ``easy`` = nearest first, ``random`` = the row order of ``seed``;
+   equal ranks in the row order.
 3. Walking that ranking, a row is dropped when its cosine similarity to an earlier row exceeds
    ``1 - eps``: an earlier *kept* row (``against: kept``, the default: a chain of near-duplicates keeps
    every other link), or any earlier row (``against: any``, the reference's upper-triangle maximum).
@@ -25,15 +27,22 @@ it kept 0.9%. The step's record names the ``eps`` used and how it was found.
 | spherical | true | unit-length centroids (cosine k-means) |
 | order | hard | ``hard``, ``easy`` or ``random`` |
 | against | kept | ``kept`` or ``any`` |
-| seed | 0 | centroids, sample, ``random`` order |
+| seed | 0 | centroids, sample, ``random`` order (the row order of ``seed``) |
 | device | auto | ``cuda`` when torch sees a GPU, else ``cpu`` |
+
+| order-sensitive step | decided by (never by where rows are stored) |
+| --- | --- |
+| k-means sample and its order (the initial centroids) | the first rows in the row order of ``seed`` |
+| which of near-duplicates is kept | the ranking, then the row order of ``seed`` |
+| ``order: random`` | the row order of ``seed`` |
+| nearest centroid | the lower centroid number on equal distances (``_kmeans.nearest_centroids``) |
 
 Scale. The default cluster count is ``rows // 1000`` up to a million rows and ``sqrt(rows)`` beyond
 (DataComp small: 3,578; medium: 11,314; the paper's LAION-440M run used a fixed 50,000), so k-means,
 the assignment and the comparisons within clusters each grow as ``rows^1.5`` at most, instead of
 k-means growing as ``rows^2`` with ``rows // 1000`` clusters. Memory is bounded by the pool's memory
 budget (``_budget.py``): the k-means sample is gathered table by table into one float32 array (a
-sample larger than half the budget is cut down to fit, with a warning); every table's rows are
+sample larger than half the budget is cut to its first rows in the row order, with a warning); every table's rows are
 assigned by a task that writes them, grouped by cluster, to a spill folder (``_spill.write_groups``);
 then runs of whole clusters that fit the budget are deduplicated by a task each, which returns the
 kept uids. On a Ray runtime these tasks spread over the nodes; the driver holds the sample, the
@@ -52,18 +61,20 @@ from poolsieve.core.devices import resolve_device, task_resources
 from poolsieve.core.errors import ConfigError
 from poolsieve.core.uids import KEY_DTYPE, UidSet
 
-from ._budget import fit_sample, rows_within, task_cpus
+from ._budget import fit_count, rows_within, task_cpus
 from ._calibrate import AUTO, auto_eps, check_eps
 from ._embeddings import (
     TableEmbeddings,
     check_features,
     feature_names,
+    feature_widths_of,
     gather_rows,
     pick_embedding_key,
     row_counts,
 )
 from ._kmeans import kmeans, nearest_centroid
-from ._spill import DiskArray, read_groups, spill_folder, write_groups
+from ._row_order import first_rows, in_order, order_keys
+from ._spill import read_groups, spill_folder, write_groups
 from .columns import member_keys, read_members
 from .registry import ScoredPool, register
 
@@ -139,8 +150,7 @@ def semdedup_run(pool: ScoredPool, *, eps: float | str = AUTO, embedding: str | 
     size = n if sample_ratio >= 1 else max(k, int(n * sample_ratio))
     if size > n or k > n:
         raise ConfigError(f"semdedup: {k} clusters need at least {k} rows; the pool has {n}")
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)) if size < n else np.arange(n)
-    sample = _sample(pool, names, counts, rows, k, seed)
+    sample = _sample(pool, names, counts, size, k, seed)
     centroids = kmeans(sample, k, niter=iterations, seed=seed, spherical=spherical, device=device,
                        desc="SemDeDup k-means").centroids
     rule = f"eps {eps:g} (given)" if eps != AUTO else ""
@@ -149,9 +159,6 @@ def semdedup_run(pool: ScoredPool, *, eps: float | str = AUTO, embedding: str | 
     del sample
     with spill_folder(pool, "semdedup") as folder:
         job = _Job(folder, names, centroids, order, float(eps), against, device, seed)
-        if order == "random":
-            DiskArray.create(folder / "random_key.npy", (n,), np.int64)
-            DiskArray(folder / "random_key.npy").write(slice(0, n), np.random.default_rng(seed).permutation(n))
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         sizes = np.zeros(k, dtype=np.int64)
         units = [(t, Path(table), int(starts[t])) for t, table in enumerate(pool.tables)]
@@ -162,15 +169,16 @@ def semdedup_run(pool: ScoredPool, *, eps: float | str = AUTO, embedding: str | 
         parts = pool.runtime.map(job.dedup_clusters, runs, "SemDeDup clusters", items=lambda r: r[1],
                                  item_unit="rows removed", num_cpus=task_cpus(pool))
     return {"uids": UidSet.union_of(p[0] for p in parts), "centroids": centroids,
-            "removed": int(sum(p[1] for p in parts)), "sample_rows": len(rows), "eps": eps, "eps_rule": rule}
+            "removed": int(sum(p[1] for p in parts)), "sample_rows": size, "eps": eps, "eps_rule": rule}
 
 
-def _sample(pool: ScoredPool, names: list[str], counts: list[int], rows: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """The k-means sample as float32, cut to fit ``SAMPLE_SHARE`` of the budget."""
-    probe = gather_rows(pool, names, counts, rows[:1])
-    fit = rows_within(pool.budget, 4 * probe.shape[1], share=SAMPLE_SHARE, least=k)
-    return gather_rows(pool, names, counts, fit_sample(rows, fit, seed, "SemDeDup's k-means", pool.budget),
-                       dtype=np.float32)
+def _sample(pool: ScoredPool, names: list[str], counts: list[int], size: int, k: int, seed: int) -> np.ndarray:
+    """The k-means sample as float32: the first ``size`` rows in the row order of ``seed``, in that order,
+    cut to fit ``SAMPLE_SHARE`` of the budget."""
+    dim = sum(feature_widths_of(pool, names))
+    fit = rows_within(pool.budget, 4 * dim, share=SAMPLE_SHARE, least=k)
+    rows = first_rows(pool, counts, fit_count(size, fit, "SemDeDup's k-means", pool.budget), seed)
+    return gather_rows(pool, names, counts, rows, dtype=np.float32)
 
 
 def cluster_runs(sizes: np.ndarray, most_rows: int, least_runs: int) -> list[tuple[int, int]]:
@@ -209,21 +217,21 @@ class _Job:
         x = TableEmbeddings(table, self.names).rows()
         labels, _ = nearest_centroid(x, self.centroids, "l2", self.device)
         if self.order == "random":
-            key = DiskArray(self.folder / "random_key.npy").rows(start, start + len(x))
+            key = np.zeros(len(x), dtype=np.float32)  # the row order alone
         else:
             key = ranking_key(x, labels, self.centroids, self.order)
         uids = member_keys(read_members(table, []), table)
         return write_groups(self.table_file(t), labels, len(self.centroids),
-                            {"x": x, "key": key, "row": start + np.arange(len(x), dtype=np.int64), "uid": uids,
-                             "label": labels.astype(np.int32)})
+                            {"x": x, "key": key, "tie": order_keys(uids, self.seed), "uid": uids,
+                             "row": start + np.arange(len(x), dtype=np.int64), "label": labels.astype(np.int32)})
 
     def dedup_clusters(self, run: tuple[int, int]) -> tuple[UidSet, int]:
         """The kept uids of clusters ``run`` (all tables' rows), and how many rows were removed."""
         lo, hi = run
         files = sorted(self.folder.glob("[0-9]*.npz"))
-        got = read_groups(files, lo, hi, ["x", "key", "row", "uid", "label"])
+        got = read_groups(files, lo, hi, ["x", "key", "tie", "uid", "row", "label"])
         labels = got["label"]
-        ranking = np.lexsort((got["row"], got["key"], labels))
+        ranking = in_order(got["tie"], got["uid"], got["row"], first=(labels, got["key"]))
         bounds = np.flatnonzero(np.diff(labels[ranking])) + 1
         keep = np.zeros(len(ranking), dtype=bool)
         for group in np.split(ranking, bounds):

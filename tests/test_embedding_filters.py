@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from embedding_pool import DIM, build_embedding_pool, clustered, make_pool, unit
+from reference_filters import order_key, pool_order, row_order
 
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveWarning
 from poolsieve.core.uids import UidSet
+from poolsieve.filters import _topk
 from poolsieve.filters._kmeans import kmeans
 from poolsieve.filters.d2_pruning import d2_select
 from poolsieve.filters.image_based import image_based_run
@@ -41,15 +43,18 @@ def brute_knn(x, k):
     return idx, np.take_along_axis(d, idx, 1)
 
 
-def brute_d2(scores, neighbors, dist, n_select, gamma_f=1.0, gamma_r=1.0, shift=0.115):
+def brute_d2(scores, neighbors, dist, n_select, gamma_f=1.0, gamma_r=1.0, shift=0.115, rank=None):
+    """The greedy selection by rescans; equal values: the lowest ``rank`` (default: the lowest row)."""
     s = np.maximum(scores.astype(np.float64) + shift, 1e-7)
     g = s + (np.exp(-gamma_f * dist.astype(np.float64)) * s[neighbors]).sum(1)
     w = np.exp(-gamma_r * dist.astype(np.float64))
+    rank = np.arange(len(g)) if rank is None else rank
     taken = np.zeros(len(g), dtype=bool)
     order = []
     for _ in range(n_select):
         cand = np.where(taken, -np.inf, g)
-        i = int(np.argmax(cand))  # first maximum: lowest row on ties
+        tied = np.flatnonzero(cand == cand.max())
+        i = int(tied[np.argmin(rank[tied])])
         order.append(i)
         taken[i] = True
         for j, wj in zip(neighbors[i], w[i], strict=True):
@@ -129,9 +134,40 @@ def test_sorted_topk_shortlist_keeps_ties_in_id_order():
     d[7, 3:] = np.inf
     i = np.stack([rng.permutation(1000)[:90] for _ in range(200)])
     for k in (1, 3, 6):
-        got_d, got_i = knn_index.sorted_topk(d, i, k)
-        ref_d, ref_i = knn_index.sorted_topk_full(d, i, k)
+        got_d, got_i = _topk.sorted_topk(d, i, k)
+        ref_d, ref_i = _topk.sorted_topk_full(d, i, k)
         assert np.array_equal(got_i, ref_i) and np.array_equal(got_d, ref_d)
+
+
+def test_smallest_k_takes_equal_values_at_the_cut_by_id():
+    """Whatever the columns' order, the k smallest by (value, id): a block's cut never depends on layout."""
+    rng = np.random.default_rng(3)
+    d = rng.integers(0, 4, (300, 50)).astype(np.float32)  # ties at the cut in most rows
+    ids = rng.permutation(50) * 7
+    for k in (1, 5, 20, 50, 60):
+        got = _topk.smallest_k(d, k, ids)
+        want = np.lexsort((np.broadcast_to(ids, d.shape), d), axis=1)[:, :k]
+        assert np.array_equal(np.sort(ids[got], 1), np.sort(ids[want], 1)), k
+        perm = rng.permutation(50)  # the same values and ids in another column order
+        again = _topk.smallest_k(d[:, perm], k, ids[perm])
+        assert np.array_equal(np.sort(ids[perm][again], 1), np.sort(ids[got], 1)), k
+
+
+def test_block_search_cuts_ties_by_id_whatever_the_list_order():
+    rng = np.random.default_rng(6)
+    base = np.repeat(clustered(rng, 40), 6, axis=0)  # every row six times: ties everywhere
+    ids = rng.permutation(len(base)).astype(np.int64)
+    queries = clustered(rng, 30).astype(np.float32)
+    ref_d, ref_i = knn_index.exact_topk(base, ids, queries, 4)
+    for order in (np.arange(len(base)), rng.permutation(len(base))):
+        index = knn_index.IvfIndex(np.zeros((1, DIM), np.float32), np.array([0, len(base)]), base[order], ids[order],
+                                   knn_index.sq_norms(base[order]), np.argsort(ids[order]))
+        d, i = index.search(queries, 4)
+        assert np.array_equal(i, ref_i)
+        np.testing.assert_allclose(d, ref_d, atol=1e-5)
+    brute = ((queries[:, None, :] - base[None].astype(np.float32)) ** 2).sum(-1)
+    want = np.lexsort((np.broadcast_to(ids, brute.shape), np.round(brute, 4)), axis=1)[:, :4]
+    assert np.array_equal(ref_i, ids[want])
 
 
 def test_ivf_lists_stay_balanced_when_a_mode_is_uncovered():
@@ -173,14 +209,18 @@ def test_kmeans_iterations_are_numpy_lloyd_steps_and_deterministic(spherical):
 
 # --------------------------------------------------------------------------------------- D2
 def test_d2_exact_graph_matches_brute_force_order(workspace):
+    """Brute force over the rows in the pool's row order (ties: the row first in it), mapped back."""
     pool = make_pool(workspace)
     res = d2_select(pool, {"fraction": 0.4, "k": 4, "knn": "exact", "features": "image+text", "device": "cpu"},
                     graph_rows=np.arange(497))
+    perm = pool_order(pool, 0)
     x = features_of(pool, ["b32_img", "b32_txt"])
     scores = pool.read_columns(["clip_b32_similarity_score"])["clip_b32_similarity_score"].to_numpy()
-    ref_i, ref_d = brute_knn(x, 4)
+    sorted_i, _ = brute_knn(x[perm], 4)
+    ref_i = np.empty_like(sorted_i)
+    ref_i[perm] = perm[sorted_i]
     assert np.array_equal(res.neighbors, ref_i)
-    expected = brute_d2(scores, ref_i, res.distances, int(0.4 * len(x)))
+    expected = perm[brute_d2(scores[perm], sorted_i, res.distances[perm], int(0.4 * len(x)))]
     assert np.array_equal(res.order, expected)
     kept = get_filter("d2_pruning")(pool, fraction=0.4, k=4, knn="exact", device="cpu")
     keys = pool.uid_keys()
@@ -195,7 +235,8 @@ def test_d2_params_and_count(workspace):
     scores = pool.read_columns(["clip_b32_similarity_score"])["clip_b32_similarity_score"].to_numpy()
     ref_i, _ = brute_knn(features_of(pool, ["b32_img"]), 3)
     assert np.array_equal(np.sort(res.neighbors, 1), np.sort(ref_i, 1))
-    assert np.array_equal(res.order, brute_d2(scores, res.neighbors, res.distances, 50, 2.0, 0.5))
+    rank = np.argsort(pool_order(pool, 0))
+    assert np.array_equal(res.order, brute_d2(scores, res.neighbors, res.distances, 50, 2.0, 0.5, rank=rank))
     fn = get_filter("d2_pruning")
     for bad in ({"fraction": 1.5}, {"fraction": 0.1, "count": 3}, {"features": "audio"}, {"k": 0},
                 {"embedding": "l14"}, {"gamma_forward": -1}):
@@ -227,8 +268,9 @@ def test_image_based_matches_brute_force(workspace):
     emb = pool.load_embeddings(["b32_img"])["b32_img"].astype(np.float32)
     caption = (df["language"] == "en").to_numpy() & (df["text"].str.split().str.len() > 1).to_numpy() \
         & (df["text"].str.len() > 5).to_numpy()
-    # k-means trains on exactly the caption-filtered rows, in pool order
-    ref_c = kmeans(emb[caption], 6, niter=10, seed=0, device="cpu").centroids
+    # k-means trains on exactly the caption-filtered rows, in the row order of seed 0
+    ref_c = kmeans(emb[caption][row_order(df["uid"].to_numpy()[caption], 0)], 6, niter=10, seed=0,
+                   device="cpu").centroids
     np.testing.assert_array_equal(res["centroids"], ref_c)
     target = np.load(workspace / "references" / "target.npz")["b32_img"].astype(np.float32)
     target_ids = np.unique((target @ ref_c.T).argmax(1))
@@ -256,20 +298,19 @@ def test_image_based_sample_ratio_seeded_and_bad_input(workspace):
 
 # ---------------------------------------------------------------------------------- dedup
 def test_exact_dedup_matches_reference(workspace):
+    """Of rows with one sha256, the uid first in the row order (the smallest key, from its definition)."""
     pool = make_pool(workspace)
     df = pool.read_columns(["sha256"])
-    seen_uid, seen_sha, kept = set(), set(), []
+    groups: dict[str, list[str]] = {}
     for uid, sha in zip(df["uid"], df["sha256"], strict=True):
-        dup = uid in seen_uid or (sha is not None and sha in seen_sha)
-        seen_uid.add(uid)
-        if sha is not None:
-            seen_sha.add(sha)
-        if not dup:
-            kept.append(uid)
+        groups.setdefault(sha if sha else f"none-{uid}", []).append(uid)
+    kept = [min(uids, key=lambda u: (order_key(u, 0), u)) for sha, uids in groups.items() if not sha.startswith("none")]
+    kept += [uids[0] for sha, uids in groups.items() if sha.startswith("none")]
     expected = UidSet.from_hex(kept)
     got = get_filter("dedup")(pool)
     assert got == expected
     assert len(got) == len(df) - 3 - 2 - 2  # sha twins (3), cross-shard sha (2), repeated uid (2)
+    assert get_filter("dedup")(pool, by=["sha256"]) == got
     only_uid = get_filter("dedup")(pool, by=["uid"])
     assert len(only_uid) == len(np.unique(pool.uid_keys()))
     with pytest.raises(ConfigError):
@@ -278,14 +319,15 @@ def test_exact_dedup_matches_reference(workspace):
         get_filter("dedup")(pool, eps=0.1)
 
 
-def brute_semdedup(x, labels, centroids, eps, order, against):
+def brute_semdedup(x, labels, centroids, eps, order, against, place):
+    """``place``: each row's place in the row order (equal ranking keys: the earlier place)."""
     xn = unit(x.astype(np.float64))
     cn = unit(centroids.astype(np.float64))
     keep = np.zeros(len(x), dtype=bool)
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
         cos = xn[rows] @ cn[c]
-        rank = rows[np.lexsort((rows, cos if order == "hard" else -cos))]
+        rank = rows[np.lexsort((place[rows], cos if order == "hard" else -cos))]
         sims = xn[rank] @ xn[rank].T
         kept_pos = []
         for i in range(len(rank)):
@@ -302,7 +344,7 @@ def test_semdedup_matches_brute_force(workspace, order, against):
     res = semdedup_run(pool, eps=0.15, clusters=4, order=order, against=against, device="cpu")
     x = pool.load_embeddings(["b32_img"])["b32_img"]
     labels = ((x.astype(np.float32)[:, None, :] - res["centroids"][None]) ** 2).sum(-1).argmin(1)
-    expected = brute_semdedup(x, labels, res["centroids"], 0.15, order, against)
+    expected = brute_semdedup(x, labels, res["centroids"], 0.15, order, against, np.argsort(pool_order(pool, 0)))
     assert res["uids"] == UidSet(pool.uid_keys()[expected])
     assert 0 < (~expected).sum() < len(x) // 2 and res["removed"] == (~expected).sum()
     via_dedup = get_filter("dedup")(pool, method="semantic", eps=0.15, clusters=4, order=order, against=against)

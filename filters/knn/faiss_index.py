@@ -2,7 +2,10 @@
 pool's fp16 embeddings, half the memory of ``IndexIVFFlat``), squared L2, not by residual.
 
 The quantizer holds the centroids of ``lists.train_lists``; rows go to the lists given (their first
-probe, as for ``index.IvfIndex``), with row ids in order. Queries with known probes are searched with
+probe, as for ``index.IvfIndex``), with the row ids given (a hash table maps ids to rows).
+faiss keeps the first equal distances it scans when more than ``k`` tie at the cut, which follows the
+order rows were added; a query with a tie at the cut is searched again with a larger ``k`` until the
+tie is whole, and its hits are cut by id (``_topk``), as ``index.IvfIndex`` cuts them. Queries with known probes are searched with
 ``search_preassigned`` in the order of their first list (neighbouring queries then scan the same lists
 while they are in cache). The index is written once (``faiss.write_index``) and read by Ray workers
 with ``faiss.IO_FLAG_MMAP``: its inverted lists stay on disk, memory-mapped. On ``cuda`` with faiss's GPU
@@ -18,6 +21,7 @@ import numpy as np
 from poolsieve.core.progress import Progress
 
 from .._device import faiss_gpu_available
+from .._topk import sorted_topk_full
 from .lists import coarse_probes
 
 QUERY_CHUNK = 65536
@@ -50,30 +54,30 @@ class FaissIvf:
         index.train(centroids)  # the quantizer is full already; this only readies the fp16 codec
         index.own_fields = True
         quantizer.this.disown()
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # ids -> rows, for vectors_of
         return cls(index, centroids)
 
-    def add(self, x: np.ndarray, labels: np.ndarray) -> None:
-        """Append rows ``x`` (ids continue from the rows already in) to the lists ``labels``."""
+    def add(self, x: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Append rows ``x`` with ids ``ids`` (default: continuing from the rows already in) to the lists ``labels``."""
         import faiss
 
+        if ids is None:
+            ids = np.arange(self.index.ntotal, self.index.ntotal + len(x), dtype=np.int64)
         for s in range(0, len(x), QUERY_CHUNK):
             chunk = np.ascontiguousarray(x[s:s + QUERY_CHUNK], dtype=np.float32)
             lab = np.ascontiguousarray(labels[s:s + len(chunk)], dtype=np.int64)
-            ids = np.arange(self.index.ntotal, self.index.ntotal + len(chunk), dtype=np.int64)
-            self.index.add_core(len(chunk), faiss.swig_ptr(chunk), faiss.swig_ptr(ids), faiss.swig_ptr(lab))
+            some = np.ascontiguousarray(ids[s:s + len(chunk)], dtype=np.int64)
+            self.index.add_core(len(chunk), faiss.swig_ptr(chunk), faiss.swig_ptr(some), faiss.swig_ptr(lab))
 
     @classmethod
     def build(cls, x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> FaissIvf:
         out = cls.empty(centroids)
         out.add(x, labels)
-        out.index.make_direct_map()
         return out
 
     def save(self, path: Path) -> None:
         import faiss
 
-        if self.index.direct_map.no():
-            self.index.make_direct_map()
         faiss.write_index(self.index, str(path))
 
     @classmethod
@@ -107,22 +111,46 @@ class FaissIvf:
             self.index.nprobe = nprobe
         for start in range(0, nq, QUERY_CHUNK):
             q = np.ascontiguousarray(queries[start:start + QUERY_CHUNK], dtype=np.float32)
-            if gpu:
-                d, i = _gpu_search(index, q, k, nprobe)
-            else:
+            pr = None
+            if not gpu:
                 pr = probes[start:start + len(q), :nprobe] if probes is not None else None
                 if pr is None or pr.shape[1] < nprobe:
                     pr = coarse_probes(q, self.centroids, nprobe, "cpu")
-                order = np.argsort(pr[:, 0], kind="stable")
-                pr = np.ascontiguousarray(pr[order], dtype=np.int64)
-                d, i = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
-                d[order], i[order] = self.index.search_preassigned(q[order], k, pr, np.zeros(pr.shape, np.float32))
-            i = np.where(i >= 0, i, -1)
-            dist[start:start + len(q)] = np.where(i >= 0, d, np.inf)
-            ids[start:start + len(q)] = i
+            d, i = self._search_whole_ties(index, q, k, nprobe, gpu, pr)
+            dist[start:start + len(q)], ids[start:start + len(q)] = d, i
             if progress:
                 progress.update(len(q))
         return dist, ids
+
+    def _search_whole_ties(self, index, q: np.ndarray, k: int, nprobe: int, gpu: bool,
+                           probes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest of each query, equal distances at the cut by id: a query whose ``k + 1``-th hit
+        ties the ``k``-th is searched again with twice the hits until its last hit is farther."""
+        d, i = sorted_topk_full(*self._search(index, q, k + 1, nprobe, gpu, probes), k + 1)
+        rows = np.flatnonzero(np.isfinite(d[:, k - 1]) & (d[:, k] == d[:, k - 1]))
+        most = GPU_MAX_K if gpu else max(k + 1, int(self.index.ntotal))
+        wide = k + 1
+        while len(rows) and wide < most:
+            wide = min(2 * wide, most)
+            dr, ir = self._search(index, q[rows], wide, nprobe, gpu, None if probes is None else probes[rows])
+            cut = d[rows, k - 1]
+            whole = (dr[:, -1] != cut) | (ir[:, -1] < 0) | (wide >= self.index.ntotal)  # every tie is in
+            d[rows[whole]], i[rows[whole]] = sorted_topk_full(dr[whole], ir[whole], k + 1)
+            rows = rows[~whole]
+        return d[:, :k], i[:, :k]
+
+    def _search(self, index, q: np.ndarray, k: int, nprobe: int, gpu: bool,
+                probes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's search: ``(distances, ids)``, -1 / inf where missing."""
+        if gpu:
+            d, i = _gpu_search(index, q, k, nprobe)
+        else:
+            order = np.argsort(probes[:, 0], kind="stable")
+            pr = np.ascontiguousarray(probes[order], dtype=np.int64)
+            d, i = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
+            d[order], i[order] = self.index.search_preassigned(q[order], k, pr, np.zeros(pr.shape, np.float32))
+        i = np.where(i >= 0, i, -1)
+        return np.where(i >= 0, d, np.inf), i
 
     def _gpu_copy(self):
         import faiss

@@ -8,6 +8,12 @@ a row of a mismatched pair (a dog photo captioned "cheap flights") sits near no 
 concatenation, but near clusters of each part. Each part's index gathers ``candidates`` neighbours by
 that part's distance; their union is re-ranked by the exact distance on the whole row.
 
+The distances kept in the graph are always that re-rank's: each pair's squared L2 summed over its own
+dimensions (``index.pair_distances``), never a GEMM's, whose last bits change with the other rows of
+its batch and the batch's size. One part's index proposes ``2 (k + 1)`` candidates for it (the GEMM's
+rounding can only swap candidates that lie within a few units in the last place of each other). The
+graph, distances included, then depends on the rows alone, however they are cut into batches.
+
 ``nprobe`` (unless given) is the smallest power of two whose recall@k on a seeded sample of rows,
 against exact search, meets ``recall``; the candidates per part (unless given) double first while
 even probing every list falls short of it.
@@ -31,8 +37,9 @@ from poolsieve.core.errors import ConfigError, PoolsieveWarning
 from poolsieve.core.progress import Progress
 
 from .._device import faiss_gpu_available
+from .._topk import sorted_topk
 from .faiss_index import FaissIvf
-from .index import IvfIndex, as_float32, flat_index, index_from_labels, run_units, sorted_topk
+from .index import IvfIndex, as_float32, exact_topk, flat_index, index_from_labels, pair_distances, run_units
 from .lists import (
     MAX_CALIBRATED_NPROBE,
     calibration_rows,
@@ -44,7 +51,7 @@ from .lists import (
 
 METHODS = ("auto", "exact", "ivf")
 IMPLS = ("auto", "gemm", "faiss")
-RERANK_BLOCK = 512
+RERANK_BLOCK = 256
 
 
 @dataclass
@@ -122,9 +129,10 @@ def part_slices(dim: int, parts: Sequence[int] | None) -> list[slice]:
 
 
 def candidates_per_part(k: int, n_parts: int, candidates: int | None) -> int:
-    """Hits each part's index returns (self included): ``k + 1`` for one part, else ``candidates + 1``."""
+    """Hits each part's index returns (self included): ``2 (k + 1)`` for one part (for the re-rank), else
+    ``candidates + 1``."""
     if n_parts == 1:
-        return k + 1
+        return 2 * (k + 1)
     if candidates is None:
         candidates = 8 * k
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < k:
@@ -138,27 +146,20 @@ def search_parts(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], sl
     """``k1`` nearest rows of each query over all parts: each part's ``m1`` candidates, re-ranked exactly.
     ``pairs`` bounds the (query, candidate) pairs an index search holds at once."""
     probes = probes or [None] * len(indexes)
-    cand_d, cand_i = [], []
+    cand_i = []
     for j, (index, sl, pr) in enumerate(zip(indexes, slices, probes, strict=True)):
         known = pr if pr is not None and nprobe <= pr.shape[1] else None
         part_desc = None if desc is None else (desc if len(indexes) == 1 else f"{desc}, part {j + 1}/{len(indexes)}")
-        d, i = index.search(queries[:, sl], m1, nprobe, device, desc=part_desc, probes=known, pairs=pairs)
-        cand_d.append(d)
-        cand_i.append(i)
-    if len(indexes) == 1:
-        return cand_d[0][:, :k1], cand_i[0][:, :k1]
-    return rerank(queries, indexes, slices, cand_d, cand_i, k1, desc=None if desc is None else f"{desc}, re-rank")
+        cand_i.append(index.search(queries[:, sl], m1, nprobe, device, desc=part_desc, probes=known, pairs=pairs)[1])
+    return rerank(queries, indexes, slices, cand_i, k1, desc=None if desc is None else f"{desc}, re-rank")
 
 
-def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: Sequence[slice], cand_d: list[np.ndarray],
+def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: Sequence[slice],
            cand_i: list[np.ndarray], k1: int, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k1`` nearest of each query's candidates by the distance over all parts.
-
-    ``cand_d[j]`` / ``cand_i[j]``: part ``j``'s hits and their part-``j`` distances. The other parts'
-    distances of each candidate are computed from the indexes' stored vectors; a row found by several
-    parts counts once.
-    """
-    n, m1 = len(queries), cand_i[0].shape[1]
+    """The ``k1`` nearest of each query's candidates (``cand_i[j]``: part ``j``'s hits) by the distance over
+    all parts, each part's from ``pair_distances`` with the index's stored vectors; a row found by several
+    parts counts once; equal distances by id."""
+    n = len(queries)
     out_d = np.empty((n, k1), dtype=np.float32)
     out_i = np.empty((n, k1), dtype=np.int64)
     progress = Progress(desc, total=n, unit="queries") if desc else None
@@ -167,25 +168,16 @@ def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: 
     def rerank_block(start: int) -> None:
         stop = min(n, start + RERANK_BLOCK)
         ids = np.concatenate([c[start:stop] for c in cand_i], axis=1)
-        valid = ids >= 0
-        safe = np.where(valid, ids, 0)
-        dist = np.zeros(ids.shape, dtype=np.float32)
-        for j, (index, sl) in enumerate(zip(indexes, slices, strict=True)):
-            own = np.zeros(ids.shape[1], dtype=bool)
-            own[j * m1:(j + 1) * m1] = True
-            dist[:, own] += cand_d[j][start:stop]
-            q = as_float32(queries[start:stop, sl])
-            v = index.vectors_of(safe[:, ~own])
-            dot = np.matmul(v, q[:, :, None])[..., 0]
-            v_sq = np.einsum("ijk,ijk->ij", v, v)
-            dist[:, ~own] += np.maximum(np.einsum("ij,ij->i", q, q)[:, None] + v_sq - 2 * dot, 0)
         order = np.argsort(ids, axis=1, kind="stable")
         sorted_ids = np.take_along_axis(ids, order, axis=1)
         dup = np.zeros(ids.shape, dtype=bool)
         np.put_along_axis(dup, order[:, 1:], sorted_ids[:, 1:] == sorted_ids[:, :-1], axis=1)
-        drop = dup | ~valid
-        dist[drop] = np.inf
-        ids = np.where(drop, -1, ids)
+        ids = np.where(dup | (ids < 0), -1, ids)
+        safe = np.where(ids >= 0, ids, 0)
+        dist = np.zeros(ids.shape, dtype=np.float32)
+        for index, sl in zip(indexes, slices, strict=True):
+            dist += pair_distances(as_float32(queries[start:stop, sl]), index.vectors_of(safe))
+        dist[ids < 0] = np.inf
         out_d[start:stop], out_i[start:stop] = sorted_topk(dist, ids, k1)
         if progress:
             with lock:
@@ -234,7 +226,9 @@ def knn_graph(features: np.ndarray, k: int, *, parts: Sequence[int] | None = Non
     kk = min(k, n - 1)
     query_ids = np.arange(n, dtype=np.int64)
     if use_exact(n, method, exact_max_rows):
-        d, i = flat_index(features).search(features, kk + 1, 1, device, desc="exact kNN")
+        m1 = min(n, candidates_per_part(kk, 1, None))
+        d, i = search_parts(features, [flat_index(features)], [slice(0, features.shape[1])], kk + 1, m1, 1, device,
+                            desc="exact kNN")
         d, i = remove_self(d, i, query_ids)
         return KnnGraph(*_pad(i, d, k), method="exact", impl=impl)
     slices = part_slices(features.shape[1], parts)
@@ -254,8 +248,7 @@ def knn_graph(features: np.ndarray, k: int, *, parts: Sequence[int] | None = Non
     if nprobe is None:
         cal = calibration_rows(n, calibration_queries, seed)
         queries = np.asarray(features[cal])
-        ed, ei = flat_index(features).search(queries, kk + 1, 1, device, desc="IVF calibration (exact)")
-        exact = remove_self(ed, ei, cal)[1]
+        exact = remove_self(*exact_topk(features, query_ids, queries, kk + 1), cal)[1]
 
         def calibration_search(p: int, m: int) -> np.ndarray:
             d, i = search_parts(queries, indexes, slices, kk + 1, m, p, device, [pr[cal] for pr in probes])

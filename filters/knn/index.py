@@ -11,6 +11,12 @@ lists query by query with vector kernels, which on a CPU is bound by memory band
 queries by list turns the same work into matrix products, which measure faster with the same lists,
 ``nprobe`` and recall (``benchmarks/embedding_filters.py --impl both``; the README has the figures). The
 lists themselves (centroids, assignment) come from faiss (``lists.py``).
+
+Equal distances are decided by row id wherever candidates are cut (within a block, across blocks and
+lists: ``_topk``), so which rows a search returns never depends on where they sit in a list. A query's
+distances come from the query and each base row alone: the query side of a GEMM is cut into blocks
+freely (measured with numpy's OpenBLAS: an element does not change with the other rows of its query
+block), the base side only into fixed blocks of each list.
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ from threadpoolctl import threadpool_limits
 from poolsieve.core.progress import Progress
 
 from .._spill import DiskArray
+from .._topk import smallest_k, sorted_topk
 from .lists import coarse_probes
 
 QUERY_CHUNK = 131072
 QUERY_BLOCK = 4096
 BASE_BLOCK = 16384
 CANDIDATE_BUDGET = 2**25  # (query, candidate) pairs held per query chunk
+EXACT_ROWS = 16384  # base rows per GEMM of ``exact_topk``
+PAIR_BLOCK = 2**24  # floats of differences ``pair_distances`` holds at once
 
 
 @dataclass
@@ -158,9 +167,10 @@ def _list_topk(q: np.ndarray, q_sq: np.ndarray, index: IvfIndex, lo: int, hi: in
 
         def search_block(bs: int, qb=qb, qb_sq=qb_sq, parts=parts) -> None:
             be = min(hi, bs + BASE_BLOCK)
+            ids = np.asarray(index.ids[bs:be])
             d, local = block_topk(qb, qb_sq, as_float32(index.vectors[bs:be]), np.asarray(index.sq_norms[bs:be]),
-                                  k, device)
-            parts[bs] = (d, np.asarray(index.ids[bs:be])[local])
+                                  k, device, ids)
+            parts[bs] = (d, ids[local])
 
         if parallel:
             run_units(search_block, block_starts, device)
@@ -180,27 +190,31 @@ def as_float32(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)
 
 
-def block_topk(q: np.ndarray, q_sq: np.ndarray, v: np.ndarray, v_sq: np.ndarray, k: int,
-               device: str) -> tuple[np.ndarray, np.ndarray]:
-    """Squared L2 from every query to every base row; the ``min(k, len(v))`` smallest per query (unsorted)."""
+def block_topk(q: np.ndarray, q_sq: np.ndarray, v: np.ndarray, v_sq: np.ndarray, k: int, device: str,
+               ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared L2 from every query to every base row; the ``min(k, len(v))`` smallest per query (unsorted),
+    equal distances at the cut taken in order of the base rows' ``ids`` (``_topk.smallest_k``)."""
     kk = min(k, len(v))
     if device == "cuda":
         import torch
 
         with torch.no_grad():
             qt, vt = _cuda(q), _cuda(v)
-            dist = _cuda(q_sq)[:, None] + _cuda(v_sq)[None, :] - 2 * (qt @ vt.T)
-            d, i = torch.topk(dist.clamp_min_(0), kk, dim=1, largest=False)
-            return d.cpu().numpy(), i.cpu().numpy()
+            dist = (_cuda(q_sq)[:, None] + _cuda(v_sq)[None, :] - 2 * (qt @ vt.T)).clamp_min_(0)
+            d, i = torch.topk(dist, kk, dim=1, largest=False)
+            tied = torch.nonzero((dist <= d.max(dim=1).values[:, None]).sum(dim=1) > kk).flatten()
+            d, i = d.cpu().numpy(), i.cpu().numpy()
+            if len(tied):
+                rows = tied.cpu().numpy()
+                i[rows] = smallest_k(dist[tied].cpu().numpy(), kk, ids)
+                d[rows] = np.take_along_axis(dist[tied].cpu().numpy(), i[rows], axis=1)
+            return d, i
     dist = q @ v.T
     dist *= -2
     dist += q_sq[:, None]
     dist += v_sq[None, :]
     np.maximum(dist, 0, out=dist)
-    if kk < len(v):
-        idx = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
-    else:
-        idx = np.broadcast_to(np.arange(len(v)), dist.shape).copy()
+    idx = smallest_k(dist, kk, ids)
     return np.take_along_axis(dist, idx, axis=1), idx
 
 
@@ -210,32 +224,43 @@ def _cuda(a: np.ndarray):
     return torch.from_numpy(np.require(a, np.float32, ["C", "W"])).cuda()
 
 
-def sorted_topk(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the ``k`` smallest distances, ascending; equal distances ordered by id."""
-    if d.shape[1] > 4 * k and len(d):
-        # sort only a shortlist: the 2k smallest hold every value <= the k-th smallest unless a row has
-        # more than 2k ties there; such rows (exact duplicates) are sorted whole
-        width = 2 * k
-        short = np.argpartition(d, width - 1, axis=1)[:, :width]
-        kth = np.partition(d, k - 1, axis=1)[:, k - 1]
-        whole = np.flatnonzero((d <= kth[:, None]).sum(axis=1) > width)
-        sd, si = sorted_topk(np.take_along_axis(d, short, 1), np.take_along_axis(i, short, 1), k)
-        if len(whole):
-            sd[whole], si[whole] = sorted_topk_full(d[whole], i[whole], k)
-        return sd, si
-    return sorted_topk_full(d, i, k)
+def pair_distances(q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Squared L2 from each query ``q[i]`` to each of its rows ``v[i, j]`` (float32), each summed over the
+    pair's own dimensions: unlike a GEMM's, the value never depends on the other rows computed with it
+    (measured: the same bits in any batch, order or memory alignment)."""
+    out = np.empty(v.shape[:2], dtype=np.float32)
+    step = max(1, PAIR_BLOCK // max(1, v.shape[1] * v.shape[2]))
+    for s in range(0, len(q), step):
+        diff = as_float32(v[s:s + step]) - as_float32(q[s:s + step])[:, None, :]
+        out[s:s + step] = np.einsum("ijk,ijk->ij", diff, diff)
+    return out
 
 
-def sorted_topk_full(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    ids_key = np.where(i < 0, np.iinfo(np.int64).max, i)
-    order = np.lexsort((ids_key, d), axis=-1)[:, :k]
-    d, i = np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
-    if d.shape[1] < k:
-        pad = k - d.shape[1]
-        d = np.pad(d, ((0, 0), (0, pad)), constant_values=np.inf)
-        i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
-    return d, i
-
+def exact_topk(base, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of ``base`` (an array, or anything with ``len`` and ``rows(lo, hi)``; row ids
+    ``ids``) of each query, by exact search, nearest first, with ``pair_distances``. The GEMM that finds
+    the ``2 k`` candidates of each block takes the base rows as its query side, so that they do not
+    change with how many rows ``base`` holds (the calibration searches a pool table by table,
+    ``knn_graph`` the whole array)."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    q_sq = np.einsum("ij,ij->i", q, q)
+    rows = base.rows if hasattr(base, "rows") else (lambda lo, hi: base[lo:hi])
+    best_d = np.full((len(q), 0), np.inf, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for lo in range(0, len(base), EXACT_ROWS):
+        x = np.asarray(rows(lo, lo + EXACT_ROWS), dtype=np.float32)
+        dist = x @ q.T
+        dist *= -2
+        dist += np.einsum("ij,ij->i", x, x)[:, None]
+        dist += q_sq[None, :]
+        np.maximum(dist, 0, out=dist)
+        dist = np.ascontiguousarray(dist.T)
+        part = ids[lo:lo + len(x)]
+        pick = smallest_k(dist, 2 * k, part)
+        best_d = np.concatenate([best_d, pair_distances(q, x[pick])], axis=1)
+        best_i = np.concatenate([best_i, part[pick]], axis=1)
+        best_d, best_i = sorted_topk(best_d, best_i, k)
+    return sorted_topk(best_d, best_i, k)
 
 
 def sq_norms(x: np.ndarray) -> np.ndarray:

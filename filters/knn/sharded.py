@@ -1,22 +1,32 @@
 """The kNN graph of a pool built shard by shard in bounded memory: the graph ``graph.knn_graph`` builds
 from an array, written to a spill folder instead of held in memory.
 
+Rows are numbered in the pool's row order (``_row_order.rank_rows``: ranks by a seeded hash of the uid),
+not in the order the tables store them: a row's id is its rank, the graph's files are indexed by it,
+and every sample (IVF training, calibration) and every tie (equal distances: the lower id) follows it.
+The graph is then the one ``graph.knn_graph`` builds from the rows sorted in that order, however the
+pool is cut into tables.
+
 Every step is a ``pool.runtime`` map over the tables (Ray tasks, each reading only its own tables'
 embeddings, or one table after another in this process); what is per row goes to files in ``folder``:
 
-1. lists: the driver trains each part's IVF lists (``lists.train_lists``) on the seeded training rows,
-   gathered table by table; a sample larger than half the memory budget is cut down to fit, with a
-   one-line warning;
+0. order: every row's rank (``ranks.npy``, by pool row) and the pool row of every rank (``rows.npy``);
+1. lists: the driver trains each part's IVF lists (``lists.train_lists``) on the seeded training rows
+   (ids), gathered table by table in id order; a sample larger than half the memory budget is cut down
+   to fit, with a one-line warning;
 2. assign: a task per table writes its rows' nearest lists, ``PROBES_KEPT`` per part (``probes/``);
 3. index: the driver walks the tables in order, counting list sizes, and hands each table the place its
    rows take in list order; a task per table writes them into each part's list-major index files
    (``part{j}/``: vectors, ids, squared norms, positions), which ``index.IvfIndex.load`` reads list by
    list from disk;
 4. calibration: ``nprobe`` (unless given) is chosen in the driver as ``graph.knn_graph`` chooses it,
-   against an exact search of the calibration rows done table by table by tasks;
-5. search: tasks over runs of consecutive rows (at most ``search_rows`` each, from the budget, and at most
+   against an exact search of the calibration rows done table by table by tasks (each computing the
+   distances with its table's rows as the GEMM's query side, so that they do not change with the
+   table's size);
+5. search: tasks over runs of consecutive pool rows (at most ``search_rows`` each, from the budget, and at most
    a share of the pool per CPU of the cluster, so that more nodes hold less each) search
-   the lists and write each row's neighbours to ``neighbors.npy`` / ``distances.npy``. A task loads
+   the lists and write each row's neighbours (ids) to its id's row of ``neighbors.npy`` /
+   ``distances.npy``. A task loads
    the index into memory when it takes at most ``INDEX_SHARE`` of the budget (the re-rank then reads
    candidates' vectors from memory), else reads lists and candidates from disk as it goes.
 
@@ -37,7 +47,9 @@ from poolsieve.core.progress import Progress
 
 from .._budget import fit_sample, rows_within, task_cpus
 from .._embeddings import TableEmbeddings, gather_rows
+from .._row_order import RANKS, ROWS, rank_rows
 from .._spill import DiskArray, save
+from .._topk import sorted_topk
 from .faiss_index import FaissIvf
 from .graph import (
     candidates_per_part,
@@ -49,7 +61,7 @@ from .graph import (
     search_parts,
     use_exact,
 )
-from .index import IvfIndex, flat_index, sorted_topk, sq_norms
+from .index import IvfIndex, exact_topk, sq_norms
 from .lists import calibration_rows, coarse_probes, default_nlist, train_lists, training_rows
 
 PROBES_KEPT = 8  # nearest lists stored per row and part: calibrated nprobe up to this reuses them
@@ -72,7 +84,8 @@ class Segment:
 
 @dataclass
 class GraphFiles:
-    """A built graph: ``neighbors.npy`` (n, k) int64 and ``distances.npy`` (n, k) float32 in ``folder``."""
+    """A built graph: ``neighbors.npy`` (n, k) int64 and ``distances.npy`` (n, k) float32 in ``folder``,
+    rows and neighbour ids in the row order (``ranks.npy`` / ``rows.npy`` map them to pool rows)."""
 
     folder: Path
     n: int
@@ -121,11 +134,14 @@ def build_graph(pool, names: Sequence[str], counts: Sequence[int], k: int, folde
                 exact_max_rows: int = 50_000, nlist: int | None = None, nprobe: int | None = None,
                 recall: float = 0.95, seed: int = 0, device: str = "auto", calibration_queries: int = 500,
                 impl: str = "auto") -> GraphFiles:
-    """The pool's kNN graph over the embeddings ``names`` side by side, written to ``folder``."""
+    """The pool's kNN graph over the embeddings ``names`` side by side, written to ``folder`` (with the row
+    order of ``seed``, unless ``folder`` holds it already)."""
     tables = [Path(t) for t in pool.tables]
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     n = int(starts[-1])
     check_knn_params(n, k, method, recall)
+    if not (folder / RANKS).exists():
+        rank_rows(pool, counts, seed, folder)
     device = resolve_device(device)
     kk = min(k, n - 1)
     exact = use_exact(n, method, exact_max_rows)
@@ -154,7 +170,7 @@ def build_graph(pool, names: Sequence[str], counts: Sequence[int], k: int, folde
     measured = None
     if not exact and nprobe is None:
         cal = calibration_rows(n, calibration_queries, seed)
-        queries = _gather(pool, plan, cal)
+        queries = _gather(pool, plan, plan.pool_rows(cal))
         exact_ids = remove_self(*exact_search(pool, plan, queries, kk + 1), cal)[1]
         probes = [coarse_probes(queries[:, sl], c, min(nlist, 32), device) for sl, c in zip(slices, centroids,
                                                                                                    strict=True)]
@@ -197,17 +213,27 @@ class _Plan:
     def reader(self, table: Path) -> TableEmbeddings:
         return TableEmbeddings(table, self.names)
 
+    def ids(self, t: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """The ids (ranks in the row order) of table ``t``'s member rows ``lo:hi``."""
+        hi = self.counts[t] if hi is None else hi
+        return DiskArray(self.folder / RANKS).rows(int(self.starts[t]) + lo, int(self.starts[t]) + hi)
+
+    def pool_rows(self, ids: np.ndarray) -> np.ndarray:
+        """The pool rows of ``ids``."""
+        return DiskArray(self.folder / ROWS).take(ids)
+
 
 def _train(pool, plan: _Plan, nlist: int, seed: int) -> list[np.ndarray]:
     """Each part's unit centroids, trained on the seeded sample (cut to fit ``SAMPLE_SHARE`` of the budget)."""
     rows = training_rows(int(plan.starts[-1]), nlist, seed)
     widest = max(sl.stop - sl.start for sl in plan.slices)
     fit = rows_within(pool.budget, 2 * plan.slices[-1].stop + 4 * widest, share=SAMPLE_SHARE, least=nlist)
-    sample = _gather(pool, plan, fit_sample(rows, fit, seed, "D2's IVF lists", pool.budget))
+    sample = _gather(pool, plan, plan.pool_rows(fit_sample(rows, fit, seed, "D2's IVF lists", pool.budget)))
     return [train_lists(np.ascontiguousarray(sample[:, sl]), nlist, seed, plan.device) for sl in plan.slices]
 
 
 def _gather(pool, plan: _Plan, rows: np.ndarray) -> np.ndarray:
+    """Pool rows ``rows`` in that order."""
     return gather_rows(pool, plan.names, plan.counts, rows)
 
 
@@ -275,7 +301,7 @@ def _write_table(plan: _Plan):
         t, table, before = unit
         x = plan.reader(table).rows()
         labels = first_probes(plan, t)
-        start = int(plan.starts[t])
+        ids = plan.ids(t)
         for j, sl in enumerate(plan.slices):
             order = np.argsort(labels[:, j], kind="stable")
             lab = labels[order, j]
@@ -286,22 +312,22 @@ def _write_table(plan: _Plan):
             if len(x):
                 DiskArray(part / "vectors.npy").write(pos, x[:, sl])
                 DiskArray(part / "sq_norms.npy").write(pos, sq_norms(x[:, sl]))
-                DiskArray(part / "ids.npy").write(pos, start + np.arange(len(x), dtype=np.int64))
-                DiskArray(part / "positions.npy").write(slice(start, start + len(x)), pos)
+                DiskArray(part / "ids.npy").write(pos, ids)
+                DiskArray(part / "positions.npy").write(ids, pos)
         return len(x)
 
     return write_table
 
 
 def _write_faiss_indexes(plan: _Plan, centroids: list[np.ndarray]) -> None:
-    """One faiss index file per part, rows added table by table in shard order (ids = pool rows)."""
+    """One faiss index file per part, rows added table by table in shard order (ids: their ranks)."""
     indexes = [FaissIvf.empty(c) for c in centroids]
     progress = Progress("write faiss index", total=len(plan.tables), unit="tables")
     for t, table in enumerate(plan.tables):
         x = plan.reader(table).rows()
         labels = first_probes(plan, t)
         for j, sl in enumerate(plan.slices):
-            indexes[j].add(x[:, sl], labels[:, j])
+            indexes[j].add(x[:, sl], labels[:, j], plan.ids(t))
         progress.update(1)
     for j, index in enumerate(indexes):
         index.save(plan.folder / f"part{j}.faiss")
@@ -315,17 +341,16 @@ def load_indexes(folder: Path, n_parts: int, use_faiss: bool, in_memory: bool = 
 
 
 def exact_search(pool, plan: _Plan, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact ``k`` nearest pool rows of ``queries``: a task per table, results merged."""
+    """Exact ``k`` nearest pool rows (ids) of ``queries``: a task per table, results merged."""
     parts = pool.runtime.map(_exact_against_table(plan, queries, k), list(enumerate(plan.tables)),
-                             "exact kNN (calibration)", **task_resources(plan.device))
+                             "exact kNN (calibration)")
     return sorted_topk(np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1), k)
 
 
 def _exact_against_table(plan: _Plan, queries: np.ndarray, k: int):
     def exact_against_table(unit: tuple[int, Path]) -> tuple[np.ndarray, np.ndarray]:
         t, table = unit
-        d, i = flat_index(plan.reader(table).rows()).search(queries, k, 1, plan.device)
-        return d, np.where(i >= 0, i + int(plan.starts[t]), -1)
+        return exact_topk(plan.reader(table), plan.ids(t), queries, k)
 
     return exact_against_table
 
@@ -334,7 +359,7 @@ def _SearchRows(plan: _Plan, k: int, k1: int, m1: int, nprobe: int, use_faiss: b
                 budget: int, in_memory: bool):
     def search_rows_task(unit: list[Segment]) -> int:
         x = np.concatenate([plan.reader(s.table).rows(s.lo, s.hi) for s in unit])
-        query_ids = np.concatenate([s.start + np.arange(s.lo, s.hi, dtype=np.int64) for s in unit])
+        query_ids = np.concatenate([plan.ids(s.t, s.lo, s.hi) for s in unit])
         probes = None
         if nprobe <= plan.kept:
             stored = np.concatenate([DiskArray(plan.probes_file(s.t)).rows(s.lo, s.hi) for s in unit])
@@ -345,9 +370,8 @@ def _SearchRows(plan: _Plan, k: int, k1: int, m1: int, nprobe: int, use_faiss: b
         if i.shape[1] < k:
             i = np.pad(i, ((0, 0), (0, k - i.shape[1])), constant_values=-1)
             d = np.pad(d, ((0, 0), (0, k - d.shape[1])), constant_values=np.inf)
-        rows = slice(int(query_ids[0]), int(query_ids[-1]) + 1)
-        DiskArray(plan.folder / "neighbors.npy").write(rows, i)
-        DiskArray(plan.folder / "distances.npy").write(rows, d)
+        DiskArray(plan.folder / "neighbors.npy").write(query_ids, i)
+        DiskArray(plan.folder / "distances.npy").write(query_ids, d)
         return len(x)
 
     return search_rows_task
