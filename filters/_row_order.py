@@ -11,8 +11,9 @@ downloaded pool: its metadata's uids are unique) are left in pool order between 
 
 - ``order_keys``: the key of each uid.
 - ``first_rows``: the ``m`` member rows that come first in the order (among the rows a mask passes), in
-  that order: the sample a k-means trains on. Each table's task returns at most its own ``m`` first
-  rows, so the driver holds 24 bytes per chosen row, never per pool row.
+  that order: the sample a k-means trains on. Each table's task returns only its rows whose keys can
+  be among the first ``m`` (below a cut a little above ``m / rows`` of the key range), so the driver
+  holds about 32 bytes per chosen row, never per pool row.
 - ``rank_rows``: every member row's place in the order (``0..n-1``), sorted in buckets through a spill
   folder (a task per table, then a task per bucket; no process holds more than one bucket):
   ``ranks.npy`` (the rank of each pool row) and ``rows.npy`` (the pool row of each rank).
@@ -35,6 +36,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 RANK_ROW_BYTES = 64  # what a bucket task holds per row (key, uid, row, sort order, ranks)
 RANKS, ROWS = "ranks.npy", "rows.npy"
+MARGIN_SD = 6  # first_rows' cut: standard deviations of the count below it, above m
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -67,25 +69,45 @@ def in_order(keys: np.ndarray, uids: np.ndarray, rows: np.ndarray | None = None,
 
 def first_rows(pool, counts: Sequence[int], m: int, seed: int, masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """Pool rows (member rows numbered across the tables, ``counts`` per table) of the ``m`` rows first in
-    the order of ``seed`` among those ``masks`` passes (all when None), in that order."""
-    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    units = [(Path(t), int(starts[i]), None if masks is None else masks[i]) for i, t in enumerate(pool.tables)]
+    the order of ``seed`` among those ``masks`` passes (all when None), in that order.
 
-    def first_of_table(unit: tuple[Path, int, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    Keys are uniform, so the first ``m`` of ``total`` rows have keys below about ``m / total`` of the key
+    range: each table returns only its rows below a cut ``MARGIN_SD`` standard deviations above that (and at
+    most ``m`` of them), and the driver holds a few more rows than ``m``; in the rare case that fewer than
+    ``m`` rows fall below the cut, the cut doubles and the tables are read again."""
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    total = int(sum(counts)) if masks is None else int(sum(int(k.sum()) for k in masks))
+    units = [(Path(t), int(starts[i]), None if masks is None else masks[i]) for i, t in enumerate(pool.tables)]
+    share = max(1, m + MARGIN_SD * m ** 0.5 + 16) / max(total, 1)
+    while True:
+        cut = None if share >= 1 else np.uint64(int(share * 2**64))
+        parts = pool.runtime.map(_FirstOfTable(m, seed, cut), units, "row order (sample)")
+        if not parts:
+            return np.zeros(0, np.int64)
+        keys, uids, rows = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        if cut is None or len(rows) >= m:
+            return rows[in_order(keys, uids, rows)[:m]]
+        share *= 2
+
+
+class _FirstOfTable:
+    """A table's task of ``first_rows``: (keys, uids, pool rows) of its first rows below ``cut``, at most ``m``."""
+
+    def __init__(self, m: int, seed: int, cut: np.uint64 | None):
+        self.m, self.seed, self.cut = m, seed, cut
+
+    def __call__(self, unit: tuple[Path, int, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         table, start, mask = unit
         uids = member_keys(read_members(table, []), table)
         local = np.arange(len(uids), dtype=np.int64) if mask is None else np.flatnonzero(mask)
         uids = uids[local]
-        keys = order_keys(uids, seed)
-        if len(keys) > m:
-            local, keys, uids = (a[in_order(keys, uids, local)[:m]] for a in (local, keys, uids))
+        keys = order_keys(uids, self.seed)
+        if self.cut is not None:
+            below = keys < self.cut
+            local, keys, uids = local[below], keys[below], uids[below]
+        if len(keys) > self.m:
+            local, keys, uids = (a[in_order(keys, uids, local)[:self.m]] for a in (local, keys, uids))
         return keys, uids, start + local
-
-    parts = pool.runtime.map(first_of_table, units, "row order (sample)")
-    if not parts:
-        return np.zeros(0, np.int64)
-    keys, uids, rows = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    return rows[in_order(keys, uids, rows)[:m]]
 
 
 def rank_rows(pool, counts: Sequence[int], seed: int, folder: Path) -> tuple[DiskArray, DiskArray]:

@@ -63,6 +63,17 @@ def test_first_rows_are_the_first_in_the_order_among_those_a_mask_passes(workspa
     assert np.array_equal(_row_order.first_rows(pool, counts, 25, 3), pool_order(pool, 3)[:25])
 
 
+def test_first_rows_read_the_tables_again_when_too_few_fall_below_the_cut(workspace, monkeypatch):
+    pool = make_pool(workspace)
+    counts = [169, 149, 179]
+    calls = []
+    real = pool.runtime.map
+    monkeypatch.setattr(pool.runtime, "map", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(_row_order, "MARGIN_SD", -8)  # a cut far too low: about 0.1 of the rows asked for
+    assert np.array_equal(_row_order.first_rows(pool, counts, 100, 5), pool_order(pool, 5)[:100])
+    assert len(calls) > 1
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 @pytest.mark.parametrize("count", [1, 3, 40])
 def test_nearest_centroids_of_a_row_do_not_depend_on_its_batch(monkeypatch, metric, count):
