@@ -207,3 +207,23 @@ def test_device_decode_path_matches_pil_closely(tmp_path, checkpoint):
     sc_gpu = gpu.scores[key][ok_cpu[gpu.ok]]
     np.testing.assert_allclose(sc_gpu, sc_cpu, atol=2e-2)
     assert json.dumps(gpu.columns["status"])  # plain, serialisable columns
+
+
+def test_a_samples_embedding_does_not_depend_on_its_batch(checkpoint):
+    """The same samples cut into other chunks (the end of a shard falls elsewhere) get the same bits: every
+    forward has the batch's shape (a short batch is padded), so the kernels that round are the same."""
+    from poolsieve.core.shard_reader import TarSample
+    from poolsieve.pipeline.score.encode import Encoder
+    from poolsieve.pipeline.score.model_entries import ModelEntry
+    from poolsieve.pipeline.score.prepare import prepare_chunk
+
+    samples = [TarSample(key=f"k{i}", image=s.jpeg, image_ext="jpg", text=s.caption, meta={"uid": s.uid})
+               for i, s in enumerate(make_samples(11, seed=9, image_size=40))]
+    enc = Encoder([ModelEntry.parse(f"poolsieve-tiny:{checkpoint}")], "cpu", batch_size=4)
+    plan = enc.plan(language=False)
+    whole = enc.encode(prepare_chunk(samples, plan, "s", 0, 0))
+    parts = [enc.encode(prepare_chunk(samples[a:b], plan, "s", i, a)) for i, (a, b) in enumerate([(0, 5), (5, 11)])]
+    key = "poolsieve_tiny"
+    for out in ("image", "text", "scores"):
+        got = np.concatenate([getattr(p, out)[key] for p in parts])
+        assert got.tobytes() == getattr(whole, out)[key].tobytes(), out

@@ -144,10 +144,11 @@ class Encoder:
             tokens = chunk.tokens[entry.spec.arch]
             for lo in range(0, n_ok, self.batch_size):
                 hi = min(lo + self.batch_size, n_ok)
-                pixels = self._pixels(chunk, pi, lo, hi, device_images[pi])
+                pixels = _padded(self._pixels(chunk, pi, lo, hi, device_images[pi]), self.batch_size)
+                text = _padded(torch.tensor(tokens[lo:hi], device=self.device), self.batch_size)
                 with torch.inference_mode():
-                    ie = model.encode_image(pixels.to(self._dtype(model))).float()
-                    te = model.encode_text(torch.tensor(tokens[lo:hi], device=self.device)).float()
+                    ie = model.encode_image(pixels.to(self._dtype(model))).float()[:hi - lo]
+                    te = model.encode_text(text).float()[:hi - lo]
                     ie = torch.nn.functional.normalize(ie, dim=-1)
                     te = torch.nn.functional.normalize(te, dim=-1)
                     s = (ie * te).sum(-1)
@@ -227,6 +228,17 @@ class EncoderActor:
         self.setup()
         assert self.encoder is not None
         return self.encoder.encode(chunk)
+
+
+def _padded(x: Any, size: int) -> Any:
+    """``x`` with its last row repeated up to ``size`` rows: every forward has the batch's shape, since the
+    math libraries pick their kernels by shape and kernels round differently, so a sample's embedding would
+    otherwise change in its last bits with the size of the batch it fell into (the end of a shard)."""
+    import torch
+
+    if len(x) >= size:
+        return x
+    return torch.cat([x, x[-1:].expand(size - len(x), *x.shape[1:])])
 
 
 def _probe_rate(model: Any, dtype: Any, batch: int, device: str, prep: ImagePrep) -> float:
