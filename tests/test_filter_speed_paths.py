@@ -104,8 +104,8 @@ def test_whole_command_never_imports_ray_for_a_small_pool(tmp_path: Path) -> Non
 def test_ray_and_in_process_write_the_same_files(tmp_path: Path, ray_runtime) -> None:
     """The same spec on Ray (``ray_above_mb=0``) and in-process: identical ``.npy`` bytes and records."""
     in_process, on_ray = make_pool(tmp_path / "a"), make_pool(tmp_path / "b")
-    run_filter(in_process, FilterConfig(subsets=SPEC), Runtime(executor="local"))
-    ray_out = run_filter(on_ray, FilterConfig(subsets=SPEC, ray_above_mb=0), ray_runtime)
+    run_filter(in_process, FilterConfig(subsets=SPEC, allow_small=True), Runtime(executor="local"))
+    ray_out = run_filter(on_ray, FilterConfig(subsets=SPEC, ray_above_mb=0, allow_small=True), ray_runtime)
     assert all(r["status"] == "made" for r in ray_out.values())
     ours, theirs = records(in_process), records(on_ray)
     for name in SPEC:
