@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from poolsieve.core.errors import InputError
-from poolsieve.core.formats import STATUS_SUCCESS
+from poolsieve.core.formats import STATUS_SUCCESS, read_npy_header
 from poolsieve.core.uids import KEY_DTYPE, UidSet, hex_to_keys, keys_to_hex
 from poolsieve.core.untrusted_files import open_regular
 
@@ -81,15 +81,7 @@ def _stored_layout(f: Any, npz: Path, key: str, info: zipfile.ZipInfo) -> tuple[
     _, name_len, extra_len = LOCAL_HEADER.unpack(head)
     start = info.header_offset + LOCAL_HEADER.size + name_len + extra_len
     f.seek(start)
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(f)
-        read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
-        if read_header is None:
-            raise ValueError(f"unsupported .npy format version {version}")
-        shape, fortran, dtype = read_header(f)
-    except ValueError as e:
-        raise InputError(npz, f"embedding {key} is not a readable .npy ({e})") from None
+    shape, fortran, dtype = read_npy_header(f, npz, f"embedding {key} is not a readable .npy")
     _check_kind(npz, key, shape, dtype, fortran)
     offset = f.tell()
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize

@@ -110,13 +110,17 @@ def _clocked_response(sock: Any, *args: Any, clock: FetchClock, timeout: float |
     return http.client.HTTPResponse(_ClockedSocket(sock, clock, timeout), *args, **kwargs)  # type: ignore[arg-type]
 
 
-class _ClockedHTTPConnection(http.client.HTTPConnection):
-    """``HTTPConnection`` whose connect and reads (a CONNECT tunnel's too) keep to ``clock``."""
+class _Clocked:
+    """What both clocked connections share: the clock, and responses read through it."""
 
     def __init__(self, *args: Any, clock: FetchClock, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self.clock = clock
         self.response_class = functools.partial(_clocked_response, clock=clock, timeout=self.timeout)
+
+
+class _ClockedHTTPConnection(_Clocked, http.client.HTTPConnection):
+    """``HTTPConnection`` whose connect and reads (a CONNECT tunnel's too) keep to ``clock``."""
 
     def connect(self) -> None:
         self.timeout = self.clock.bound(self.timeout, "connecting")
@@ -124,13 +128,8 @@ class _ClockedHTTPConnection(http.client.HTTPConnection):
             super().connect()
 
 
-class _ClockedHTTPSConnection(http.client.HTTPSConnection):
+class _ClockedHTTPSConnection(_Clocked, http.client.HTTPSConnection):
     """``HTTPSConnection`` whose connect, TLS handshake and reads keep to ``clock``."""
-
-    def __init__(self, *args: Any, clock: FetchClock, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.clock = clock
-        self.response_class = functools.partial(_clocked_response, clock=clock, timeout=self.timeout)
 
     def connect(self) -> None:
         self.timeout = self.clock.bound(self.timeout, "connecting")

@@ -304,6 +304,21 @@ def read_embeddings(npz_path: str | Path, keys: Sequence[str], n_rows: int | Non
     return out
 
 
+def read_npy_header(f: Any, path: str | Path, problem: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype of the ``.npy`` whose magic starts at ``f``'s position (``f`` is left at
+    its data); a header that is not one (hostile or cut short) is ``InputError(path, "<problem> (why)")``."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, fortran, dtype = read(f)
+    except Exception as e:  # noqa: BLE001 - numpy raises several kinds on a malformed header: all bad input
+        raise InputError(path, f"{problem} ({e})") from None
+    return tuple(shape), bool(fortran), dtype
+
+
 def write_embeddings(npz_path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(npz_path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **{k: np.asarray(v, dtype=np.float16) for k, v in arrays.items()})

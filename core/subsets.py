@@ -25,6 +25,7 @@ from .formats import (
     atomic_path,
     file_sha256,
     read_json,
+    read_npy_header,
     validate_subset,
     write_json,
     write_subset,
@@ -133,15 +134,7 @@ def _parse_npy(data: bytes, path: Path) -> np.ndarray:
 
 def _read_header(f: Any, path: Path) -> tuple[tuple[int, ...], int]:
     """Shape and data offset of a ``.npy`` whose dtype is the subset dtype (InputError otherwise)."""
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(f)
-        header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
-        if header is None:
-            raise ValueError(f"unsupported .npy format version {version}")
-        shape, _fortran, dtype = header(f)
-    except ValueError as e:
-        raise InputError(path, f"not a readable .npy file ({e})") from None
+    shape, _fortran, dtype = read_npy_header(f, path, "not a readable .npy file")
     if dtype != SUBSET_DTYPE:
         raise InputError(path, f"subset dtype is {dtype}, expected {SUBSET_DTYPE} (DataComp's uid format)")
     if len(shape) != 1:

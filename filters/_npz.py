@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from poolsieve.core.errors import InputError
+from poolsieve.core.formats import read_npy_header
 from poolsieve.core.untrusted_files import open_regular
 
 LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header (30 bytes)
@@ -119,14 +120,7 @@ class NpzRows:
 
 
 def _header(f, path: Path, member: str) -> tuple[tuple[int, ...], np.dtype]:
-    try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except Exception as e:  # noqa: BLE001 - a malformed header is bad input
-        raise InputError(path, f"member {member} is not a .npy array ({e})") from None
+    shape, fortran, dtype = read_npy_header(f, path, f"member {member} is not a .npy array")
     if dtype.hasobject or fortran or any(s < 0 for s in shape):
         raise InputError(path, f"member {member} is an object or Fortran-ordered array; only plain C-ordered "
                                "numeric arrays are read")

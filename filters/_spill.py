@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from poolsieve.core.formats import read_npy_header
+
 from ._npz import NpzRows
 
 PREFIX = ".poolsieve-spill-"
@@ -75,9 +77,7 @@ class DiskArray:
     def __init__(self, path: Path):
         self.path = Path(path)
         with open(self.path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, self.dtype = reader(f)
+            shape, _, self.dtype = read_npy_header(f, self.path, "not a spill array")
             self.offset = f.tell()
         self.shape = tuple(shape)
         self.row_items = int(np.prod(self.shape[1:], dtype=np.int64))
