@@ -15,7 +15,7 @@ import numpy as np
 
 from poolsieve.core.errors import InputError
 from poolsieve.core.formats import atomic_path, write_json
-from poolsieve.core.tar_io import BLOCK, END_OF_ARCHIVE, copy_range, padding, ustar_headers
+from poolsieve.core.tar_io import BLOCK, END_OF_ARCHIVE, copy_range, padding, ustar_headers, write_buffers
 from poolsieve.core.uids import keys_to_hex
 from poolsieve.core.untrusted_files import open_regular_fd
 from poolsieve.pipeline.reshard.plan import WriteUnit
@@ -44,21 +44,6 @@ def _small_spans(unit: WriteUnit, large: np.ndarray) -> tuple[list[int], list[in
     return lo.tolist(), hi.tolist()
 
 
-def _writev_all(fd: int, pieces: list) -> int:
-    """Write ``pieces`` in order (``writev``, at most ``_IOV_MAX`` at a time); return the byte count."""
-    total = 0
-    for lo in range(0, len(pieces), _IOV_MAX):
-        batch = pieces[lo:lo + _IOV_MAX]
-        size = sum(map(len, batch))
-        done = os.writev(fd, batch)
-        if done < size:  # a short write: finish the batch with plain writes
-            rest = memoryview(b"".join(batch))[done:]
-            while rest:
-                rest = rest[os.write(fd, rest):]
-        total += size
-    return total
-
-
 def _copy_members(out_fd: int, unit: WriteUnit, fds: list[int | None]) -> int:
     """Write every member of ``unit`` (header, data, padding) to ``out_fd``; return the bytes written."""
     headers = memoryview(ustar_headers(member_names(unit), unit.member_size)).cast("B")
@@ -81,7 +66,7 @@ def _copy_members(out_fd: int, unit: WriteUnit, fds: list[int | None]) -> int:
             size = sizes[k]
             pieces.append(headers[k * BLOCK:(k + 1) * BLOCK])
             if large[k]:  # what is waiting goes out first, then the kernel copies the data
-                written += _writev_all(out_fd, pieces) + size
+                written += write_buffers(out_fd, pieces) + size
                 pieces = []
                 copy_range(fd, out_fd, offsets[k], size, unit.sources[s])
             else:
@@ -91,10 +76,10 @@ def _copy_members(out_fd: int, unit: WriteUnit, fds: list[int | None]) -> int:
             pieces.append(padding(size))
         m += count
         if pending >= FLUSH_BYTES or len(pieces) >= _IOV_MAX:
-            written += _writev_all(out_fd, pieces)
+            written += write_buffers(out_fd, pieces)
             pieces, pending = [], 0
     pieces.append(END_OF_ARCHIVE)
-    return written + _writev_all(out_fd, pieces)
+    return written + write_buffers(out_fd, pieces)
 
 
 def write_shard(unit: WriteUnit) -> dict[str, int]:
