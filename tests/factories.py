@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,3 +100,13 @@ def write_img2dataset_shards(shards_dir: str | Path, samples: list[Sample], per_
         (shards_dir / f"{name}_stats.json").write_text(json.dumps(stats, indent=4))
         tars.append(shards_dir / f"{name}.tar")
     return tars
+
+
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` (not following links) -> its bytes (None for a folder or link)."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            p = Path(root) / name
+            out[str(p.relative_to(folder))] = p.read_bytes() if p.is_file() and not p.is_symlink() else None
+    return out

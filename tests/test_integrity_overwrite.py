@@ -10,10 +10,10 @@ meets a user's folder, a symlink to one, or a bad name, and must leave it byte-i
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from factories import tree
 from test_seed_scorer import TINY
 from test_train import write_wds
 
@@ -29,15 +29,6 @@ def user_folder(path: Path) -> Path:
     (path / "notes.txt").write_text("my notes\n")
     (path / "index.html").write_text("<p>my page</p>\n")
     return path
-
-
-def tree(folder: Path) -> dict[str, bytes | None]:
-    out = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            p = Path(root) / name
-            out[str(p.relative_to(folder))] = p.read_bytes() if p.is_file() and not p.is_symlink() else None
-    return out
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from factories import tree
 from test_submit import LOCAL, sorted_pairs, uid
 
 from poolsieve.core.errors import ConfigError, InputError, PoolsieveError
@@ -43,16 +44,6 @@ def ws(tmp_path):
 def submit(ws, **kw):
     overwrite = kw.pop("overwrite", False)
     return run_submit(ws, SubmitConfig(**kw), LOCAL, overwrite=overwrite)
-
-
-def tree(folder: Path) -> dict[str, bytes | None]:
-    """Every path under ``folder`` (not following links) -> its bytes (None for a folder or link)."""
-    out = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            p = Path(root) / name
-            out[str(p.relative_to(folder))] = p.read_bytes() if p.is_file() and not p.is_symlink() else None
-    return out
 
 
 def lines_file(folder: Path, lines: list[dict]) -> Path:
