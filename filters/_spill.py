@@ -157,12 +157,31 @@ def write_groups(path: Path, group: np.ndarray, n_groups: int, arrays: dict[str,
 
 
 def read_groups(paths: list[Path], lo: int, hi: int, names: list[str]) -> dict[str, np.ndarray]:
-    """The rows of groups ``lo:hi`` of every ``write_groups`` file in ``paths``, concatenated in that order."""
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for path in paths:
-        z = NpzRows(path)
-        offsets = z.rows("offsets")
-        a, b = int(offsets[lo]), int(offsets[hi])
+    """The rows of groups ``lo:hi`` of every ``write_groups`` file in ``paths``, concatenated in that order.
+
+    The output arrays are allocated once and filled file by file: the rows are held once, not twice
+    (a list of parts and their concatenation)."""
+    files = [NpzRows(path) for path in paths]
+    spans = []
+    for z in files:
+        offsets = z.rows("offsets", lo, hi + 1)
+        spans.append((int(offsets[0]), int(offsets[-1])))
+    total = sum(b - a for a, b in spans)
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        shape, dtype = _member_layout(files, name)
+        out[name] = np.empty((total, *shape), dtype=dtype)
+    at = 0
+    for z, (a, b) in zip(files, spans, strict=True):
         for name in names:
-            parts[name].append(z.rows(name, a, b))
-    return {name: np.concatenate(p) for name, p in parts.items()}
+            out[name][at:at + b - a] = z.rows(name, a, b)
+        at += b - a
+    return out
+
+
+def _member_layout(files: list[NpzRows], name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Row shape and dtype of member ``name`` (the first file's; every file must agree)."""
+    if not files:
+        return (), np.dtype(np.float64)
+    m = files[0].member(name)
+    return tuple(m.shape[1:]), m.dtype
