@@ -277,17 +277,26 @@ def decontaminate(pool: ScoredPool, *, reference: str = "eval_tasks", near: str 
 
     parts = pool.map(one, "decontaminate")
     if report is not None:
-        report.update(_record(parts, ref, rule))
+        report.update(_record(parts, ref, rule, _stored_path(pool, path)))
     return UidSet.union_of(p[0] for p in parts)
 
 
-def _record(parts: list[tuple], ref: Reference, rule: Rule) -> dict:
+def _stored_path(pool: ScoredPool, path: Path) -> str:
+    """``path`` relative to the pool's workspace when it lies inside it (the record moves with the workspace)."""
+    root = Path(pool.tables[0]).parent.parent.resolve()
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _record(parts: list[tuple], ref: Reference, rule: Rule, reference: str) -> dict:
     """The step's details: counts apart, the rule and the cuts it came to, the first matches listed."""
     exact, near = sum(p[1] for p in parts), sum(p[2] for p in parts)
     out: dict[str, Any] = {"exact_copies": exact, "near": rule.how,
                            **{f"near_{k.replace('+', '_')}": (near if k == rule.how else 0)
                               for k in ("phash", "embedding", "phash+embedding")},
-                           "near_copies": near, "reference_images": ref.size, "reference": str(ref.path),
+                           "near_copies": near, "reference_images": ref.size, "reference": reference,
                            "rule": rule.words or rule.how,
                            "summary": f"{exact:,} exact (sha256)" + (f", {rule.summary(near)}" if rule.how != "none"
                                                                      else ", near copies not compared"),

@@ -87,7 +87,8 @@ def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str
     for name in ("caption_length", "caption_words"):
         df[name] = df[name].astype("int64")
     df["language_score"] = df["language_score"].astype("float32")
-    df[PHASH_COLUMN] = pd.array(df[PHASH_COLUMN], dtype="UInt64")
+    # from the list itself: a column of ints and None would pass through float64, which keeps 53 of the 64 bits
+    df[PHASH_COLUMN] = pd.array(got.columns.get(PHASH_COLUMN, [None] * got.rows), dtype="UInt64")
     for name in ("uid", "key", "text", "sha256", "language", "status", "error"):
         df[name] = df[name].astype(object)
     for key, sc in got.scores.items():
