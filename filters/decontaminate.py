@@ -247,7 +247,8 @@ def decontaminate(pool: ScoredPool, *, reference: str = "eval_tasks", near: str 
                   embedding: str | None = None, threshold: float | str | None = AUTO, ratio: float = 0.05,
                   confirm_ratio: float = 0.2, min_cosine: float = 0.95, exact: bool = True,
                   report: dict | None = None) -> UidSet:
-    """Drop exact (sha256) and near (perceptual hash and/or embedding) copies of the evaluation images."""
+    """Drop exact (sha256) and near copies of the evaluation images (near: auto = a perceptual hash within
+    max_distance bits, confirmed by the embedding; or phash, embedding, phash+embedding, none)."""
     how = check_params(near, max_distance, threshold, ratio, confirm_ratio, min_cosine, exact)
     path = reference_file(pool, reference, "embed the evaluation images first: "
                                            f"poolsieve score --reference FOLDER --name {Path(reference).stem}")
