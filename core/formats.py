@@ -194,8 +194,7 @@ SCORE_TABLE_BASE_COLUMNS = (
     "phash",
 )
 # ``phash``: the image's 64-bit perceptual hash (uint64; ``pipeline/score/phash.py``), null where the image did
-# not decode. Tables scored before it have no such column: a reader treats it as optional
-# (``decontaminate`` then matches by embedding). DataComp imports have no images, so no hash.
+# not decode or (DataComp imports) is not there. Tables scored before it lack it: readers take it as optional.
 PHASH_COLUMN = "phash"
 
 # A reference set ``references/{name}.npz`` (``score --reference``): ``<key>_img`` embeddings per model,
