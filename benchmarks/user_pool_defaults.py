@@ -21,7 +21,8 @@ with titles and descriptions for captions) and goes through it as that user did,
     python benchmarks/user_pool_defaults.py --workspace /tmp/user_pool --rows 1000
 
 It prints one table (filter, spec, pairs kept, share of the pool, would it be written) and what
-decontaminate removed of the planted copies; the figures also go to ``<workspace>/user_pool_defaults.json``.
+decontaminate removed of the planted copies, by its default rule (perceptual hash confirmed by the
+embedding) and by each rule alone; the figures also go to ``<workspace>/user_pool_defaults.json``.
 """
 
 from __future__ import annotations
@@ -188,7 +189,10 @@ DEFAULTS = {  # every built-in filter at its defaults; a size or a score column 
     "laion2b_fasttext": f"laion2b_fasttext({COLUMN})", "image_based": "image_based", "dedup": "dedup",
     "semdedup": "semdedup", "d2_pruning": "d2_pruning(fraction=0.3)", "decontaminate": "decontaminate",
 }
-OLD_DEFAULTS = {"decontaminate_0.98": "decontaminate(threshold=0.98)", "semdedup_eps0.05": "semdedup(eps=0.05)"}
+OLD_DEFAULTS = {"decontaminate_0.98": "decontaminate(threshold=0.98)", "semdedup_eps0.05": "semdedup(eps=0.05)",
+                # decontaminate's near rules one by one: the embedding's calibrated cut (the default before the
+                # perceptual hash), and the hash alone
+                "decontaminate_emb": "decontaminate(near=embedding)", "decontaminate_phash": "decontaminate(near=phash)"}
 
 
 def dry_run(ws: Path, specs: dict[str, str]) -> dict[str, dict]:
@@ -236,7 +240,11 @@ def main() -> None:
           + ", ".join(f"{k} {len(v)}" for k, v in planted.items() if k != "clean") + ")")
     for step, note in found["_notes"].items():
         print(f"  {step}: {note}")
-    removed = {name: removed_by_kind(ws, name, planted) for name in ("dedup", "semdedup", "decontaminate")}
+    for name in ("decontaminate_emb", "decontaminate_phash"):  # written too, to count what each rule removed
+        poolsieve("filter", "-w", str(ws), "--executor", "local", "--overwrite", "--allow-small", "--spec",
+                  f"{name} = {OLD_DEFAULTS[name]}")
+    removed = {name: removed_by_kind(ws, name, planted)
+               for name in ("dedup", "semdedup", "decontaminate", "decontaminate_emb", "decontaminate_phash")}
     for name, counts in removed.items():
         print(f"{name} removed (of each planted kind): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     (ws / "user_pool_defaults.json").write_text(json.dumps(

@@ -191,7 +191,22 @@ SCORE_TABLE_BASE_COLUMNS = (
     "language_score",
     "status",
     "error",
+    "phash",
 )
+# ``phash``: the image's 64-bit perceptual hash (uint64; ``pipeline/score/phash.py``), null where the image did
+# not decode or (DataComp imports) is not there. Tables scored before it lack it: readers take it as optional.
+PHASH_COLUMN = "phash"
+
+# A reference set ``references/{name}.npz`` (``score --reference``): ``<key>_img`` embeddings per model,
+# ``labels``, ``sources`` and ``sha256`` per image, ``phash`` (uint64) with ``phash_valid`` (bool: False
+# where the hash could not be made), and a small JPEG thumbnail per image packed into ``thumbnails``
+# (uint8, all the JPEGs end to end) and ``thumbnail_offsets`` (int64, n + 1: image i is
+# ``thumbnails[offsets[i]:offsets[i + 1]]``), so the npz loads with ``allow_pickle=False``. Files made
+# before these keys lack them.
+REFERENCE_PHASH = "phash"
+REFERENCE_PHASH_VALID = "phash_valid"
+REFERENCE_THUMBNAILS = "thumbnails"
+REFERENCE_THUMBNAIL_OFFSETS = "thumbnail_offsets"
 
 # A score table's parquet metadata: {model key: the model that made its columns} (``ARCH[:TAG|CHECKPOINT]``),
 # and, when the table's ``language`` column was computed, the fastText model that made it:
@@ -240,7 +255,8 @@ def score_table_schema(model_keys: Iterable[str], float64_keys: Iterable[str] = 
     Score columns are float32 (what ``score`` computes), except those of ``float64_keys``: scores
     imported from a float64 source stay float64, so every cut equals the source's own."""
     types = {"original_width": pa.int32(), "original_height": pa.int32(), "width": pa.int32(), "height": pa.int32(),
-             "caption_length": pa.int64(), "caption_words": pa.int64(), "language_score": pa.float32()}
+             "caption_length": pa.int64(), "caption_words": pa.int64(), "language_score": pa.float32(),
+             PHASH_COLUMN: pa.uint64()}
     fields = [pa.field(name, types.get(name, pa.string())) for name in SCORE_TABLE_BASE_COLUMNS]
     wide = set(float64_keys)
     return pa.schema(fields + [pa.field(score_column(key), pa.float64() if key in wide else pa.float32())
@@ -301,6 +317,47 @@ def read_embeddings(npz_path: str | Path, keys: Sequence[str], n_rows: int | Non
             raise InputError(npz_path, f"embedding {k} has shape {v.shape}, expected (rows, dim)")
         if n_rows is not None and v.shape[0] != n_rows:
             raise InputError(npz_path, f"embedding {k} has {v.shape[0]} rows but the score table has {n_rows}: misaligned")
+    return out
+
+
+def pack_blobs(blobs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Byte strings end to end as ``(uint8 data, int64 offsets of n + 1)``: an npz's array of blobs that loads
+    without pickle."""
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in blobs])
+    return np.frombuffer(b"".join(blobs), dtype=np.uint8).copy(), offsets
+
+
+def unpack_blob(data: np.ndarray, offsets: np.ndarray, row: int) -> bytes | None:
+    """Blob ``row`` of ``pack_blobs``' arrays, or None when the row or its offsets are out of range (a hostile
+    or damaged file)."""
+    if data.ndim != 1 or offsets.ndim != 1 or not 0 <= row < len(offsets) - 1:
+        return None
+    lo, hi = int(offsets[row]), int(offsets[row + 1])
+    if not 0 <= lo <= hi <= len(data):
+        return None
+    return data[lo:hi].tobytes()
+
+
+def read_reference_thumbnails(path: str | Path, rows: Iterable[int]) -> dict[int, bytes]:
+    """The stored thumbnails (JPEG bytes) of reference images ``rows`` of a reference npz; rows without one,
+    and every row of a file made before thumbnails were stored, are left out."""
+    try:
+        with open_regular(Path(path)) as f, np.load(f, allow_pickle=False) as z:
+            if REFERENCE_THUMBNAILS not in z.files or REFERENCE_THUMBNAIL_OFFSETS not in z.files:
+                return {}
+            data, offsets = z[REFERENCE_THUMBNAILS], z[REFERENCE_THUMBNAIL_OFFSETS]
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+        raise InputError(path, f"not a readable reference .npz file ({e})") from None
+    if data.dtype != np.uint8 or not np.issubdtype(offsets.dtype, np.integer):
+        return {}
+    out = {}
+    for row in rows:
+        blob = unpack_blob(data, offsets, int(row))
+        if blob:
+            out[int(row)] = blob
     return out
 
 

@@ -4,41 +4,59 @@ DataComp removed from its pool every image that duplicates or nearly duplicates 
 evaluation tasks, so that no model trains on its own test set. This filter does the same against a
 reference set of the evaluation images (made once by the score stage, which does the image work:
 ``poolsieve score --reference EVAL_IMAGES --name eval_tasks`` writes ``references/eval_tasks.npz`` with
-each image's ``sha256``, label, source and embedding by the pool's models).
+each image's ``sha256``, perceptual hash, thumbnail, label, source and embedding by the pool's models).
 
 A pool row is dropped when
 
 1. exact: its image's sha256 is one of the reference's. Both digests a row has are matched: the score
    table's ``sha256`` (of the downloaded bytes) and the metadata's ``sha256`` (of the bytes at the url,
    CommonPool's column, found by uid in ``metadata/*.parquet`` when the workspace has it);
-2. near: its image embedding is nearly the same as some reference image's. Each row's distance is
-   ``d = 1 - cos`` to its nearest reference image. With ``threshold: auto`` (the default) a row is a near
-   copy when ``d <= ratio * median`` and ``cos >= min_cosine``, where ``median`` is the pool's own median of
-   ``d`` (over the rows that are no exact copy; rounded down to 8 significant bits): a near copy is an
-   extreme outlier against the pool's distribution, however well or badly the model tells images apart.
-   A number is a fixed cosine (``cos >= threshold``); ``null`` matches exact copies only.
+2. near, by the rule ``near`` names:
+
+   * ``phash``: its perceptual hash (the score table's ``phash``: 64 bits of the image's low frequencies,
+     no model) is at most ``max_distance`` bits from some reference image's;
+   * ``embedding``: its image embedding is nearly some reference image's. Each row's distance is
+     ``d = 1 - cos`` to its nearest reference image. With ``threshold: auto`` a row is a near copy when
+     ``d <= ratio * median`` and ``cos >= min_cosine``, where ``median`` is the pool's own median of ``d``
+     (over the rows that are no exact copy; rounded down to 8 significant bits); a number is a fixed cosine;
+   * ``phash+embedding``: both, about the same reference image: some reference image within
+     ``max_distance`` bits whose cosine to the row is at least ``1 - confirm_ratio * median`` (and
+     ``min_cosine``), or ``threshold`` when that is a number;
+   * ``auto`` (the default): ``phash+embedding`` when the score tables and the reference have perceptual
+     hashes, else ``embedding`` (a one-line notice says so: re-run ``score`` to add them);
+   * ``none``: exact copies only (``threshold: null`` says the same).
 
 | param | default | meaning |
 | --- | --- | --- |
 | reference | eval_tasks | a reference name in ``references/`` or a path to an npz |
+| near | auto | ``auto``, ``phash``, ``embedding``, ``phash+embedding`` or ``none`` (above) |
+| max_distance | 8 | phash: at most this many of the 64 bits differ |
 | embedding | l14, else b32 | model key of the embeddings compared |
-| threshold | auto | ``auto`` (calibrated, above), a cosine in [-1, 1], or ``null``: exact matches only |
-| ratio | 0.05 | ``auto``: a near copy is at most this share of the pool's median distance away |
+| threshold | auto | the embedding's cut: ``auto`` (calibrated), a cosine in [-1, 1], or ``null``: exact only |
+| ratio | 0.05 | ``embedding`` with ``auto``: at most this share of the pool's median distance away |
+| confirm_ratio | 0.2 | ``phash+embedding`` with ``auto``: the same, for the image the hash matched |
 | min_cosine | 0.95 | ``auto``: and at least this cosine (the rule's floor) |
 | exact | true | also drop sha256 matches |
 
-Why calibrated: a fixed cosine depends on the model. On a user's pool scored by a small self-trained
-CLIP, cosine 0.98 matched 97.7% of the pool to some evaluation image; on the built-in pool the tiny
-scorer puts a clean image at cosine 0.999 (median) from its nearest evaluation image. ``auto`` costs a
-second pass over the embeddings (the first finds the median). The step's record says how many rows went
-each way (``exact_copies``, ``near_copies``; the ``summary`` line that ``filter`` prints), the threshold
-the rule came to, and the first ``MAX_MATCHES`` matches with the reference image each row matched (what
-``poolsieve inspect`` shows beside a dropped row). Check what it removes before trusting it on a new pool.
+Why both by default. A perceptual hash needs no model, so a weak scorer cannot blur it, and a
+re-encoded or resized copy lands a few bits from its original; but it sees only luminance at low
+frequencies, so images that differ in colour or in fine texture can share it. On the generated
+clip-art pool of ``benchmarks/user_pool_defaults.py`` (weak self-trained scorer; 34 re-encoded copies,
+2,899 uncontaminated rows), phash alone at 8 bits took 25 copies and 243 uncontaminated rows; the
+calibrated cosine alone 15 and 160; the two about the same image 23 and 9. On the built-in pool (one
+flat shape per image) most clean images are within 8 bits of some evaluation image. Each near rule is available alone.
+
+The step's record says how many rows went each way (``exact_copies``, ``near_phash``, ``near_embedding``,
+``near_phash_embedding``, their sum ``near_copies``; the ``summary`` line that ``filter`` prints), the
+cuts the rule came to, the reference file, and the first ``MAX_MATCHES`` matches with the reference image
+each row matched (its row, label, source, distance and cosine: what ``poolsieve inspect`` shows beside a
+dropped row, with the reference's thumbnail). Check what it removes before trusting it on a new pool.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,54 +65,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from poolsieve.core.errors import ConfigError, InputError
+from poolsieve.core.errors import ConfigError, InputError, PoolsieveWarning
 from poolsieve.core.formats import embedding_keys
 from poolsieve.core.uids import UidSet, hex_to_keys
 from poolsieve.core.workspace import Workspace
 
-from ._embeddings import TableEmbeddings, pick_embedding_key, read_reference_arrays, reference_file
-from .columns import read_members
+from ._decontaminate_match import (
+    Reference,
+    TableMatches,
+    distance_keys,
+    load_reference,
+    match_table,
+    median_distance,
+)
+from ._embeddings import pick_embedding_key, reference_file
+from ._phash_match import reference_phashes, table_has_phash
 from .registry import ScoredPool, register
-from .semdedup import unit_rows
 
-ROWS_PER_BLOCK_BUDGET = 2**25  # (pool row, reference image) similarities held at once
 AUTO = "auto"
+NEAR_RULES = ("auto", "phash", "embedding", "phash+embedding", "none")
 MAX_MATCHES = 200  # matches listed in the step's record, with the reference image each one matched
-MAX_NAME = 200  # characters of a reference image's label or source kept in the record
-
-
-@dataclass
-class Reference:
-    """The reference set as the filter uses it: digests (to the first row with each), unit image embeddings
-    (None: exact matching only) and each row's label and source."""
-
-    rows: dict[str, int]
-    emb: np.ndarray | None
-    labels: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-
-    def describe(self, row: int) -> dict[str, str]:
-        """A reference image's label and source (where it came from), as the record keeps them."""
-        def at(values: list[str]) -> str:
-            return values[row][:MAX_NAME] if 0 <= row < len(values) else ""
-        return {"label": at(self.labels), "source": at(self.sources)}
-
-
-def _strings(z: Any, key: str) -> list[str]:
-    return [str(v) for v in z[key]] if key in z.files and z[key].ndim == 1 else []
-
-
-def load_reference(pool: ScoredPool, reference: str, image_key: str | None, exact: bool) -> Reference:
-    """The reference set ``reference`` (see ``Reference``); bad or missing files are one-line errors."""
-    path = reference_file(pool, reference, "embed the evaluation images first: "
-                                           f"poolsieve score --reference FOLDER --name {Path(reference).stem}")
-    emb, hashes = read_reference_arrays(path, image_key, sha256=exact)
-    with np.load(path, allow_pickle=False) as z:
-        digests, labels, sources = _strings(z, "sha256") if hashes else [], _strings(z, "labels"), _strings(z, "sources")
-    rows: dict[str, int] = {}
-    for i, h in enumerate(digests):
-        rows.setdefault(h, i)
-    return Reference(rows, None if emb is None else unit_rows(emb), labels, sources)
 
 
 def metadata_matches(pool: ScoredPool, hashes: set[str]) -> dict[str, str]:
@@ -118,91 +108,84 @@ def metadata_matches(pool: ScoredPool, hashes: set[str]) -> dict[str, str]:
     return found
 
 
-def nearest_reference(x: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's highest cosine similarity to any reference row (both unit length) and that row's index,
-    block by block."""
-    best = np.full(len(x), -1.0, dtype=np.float32)
-    which = np.zeros(len(x), dtype=np.int64)
-    block = max(1, ROWS_PER_BLOCK_BUDGET // max(1, len(ref)))
-    for lo in range(0, len(x), block):
-        sims = x[lo:lo + block] @ ref.T
-        which[lo:lo + block] = sims.argmax(axis=1)
-        best[lo:lo + block] = sims[np.arange(len(sims)), which[lo:lo + block]]
-    return best, which
+def _number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and bool(np.isfinite(v))
 
 
-@dataclass
-class TableMatches:
-    """One table's member rows against the reference: uids, the exact matches (with the reference row each
-    matched, -1 where none) and, when embeddings are compared, each row's nearest reference and cosine."""
-
-    uids: np.ndarray
-    exact_row: np.ndarray
-    cosine: np.ndarray | None
-    nearest: np.ndarray | None
-
-    @property
-    def exact(self) -> np.ndarray:
-        return self.exact_row >= 0
-
-
-def match_table(table: Path, ref: Reference, metadata: dict[str, str], image_key: str | None) -> TableMatches:
-    """The exact matches of one table's members and, given ``image_key``, their nearest reference images."""
-    members = read_members(Path(table), [], optional=["sha256"])
-    uids = np.asarray(members["uid"].to_pylist(), dtype=object)
-    exact_row = np.full(len(uids), -1, dtype=np.int64)
-    if ref.rows:
-        stored = members["sha256"].to_pylist() if "sha256" in members.column_names else [None] * len(uids)
-        for i, (u, h) in enumerate(zip(uids, stored, strict=True)):
-            exact_row[i] = ref.rows.get(h, ref.rows.get(metadata.get(u), -1))
-    if ref.emb is None or image_key is None or not len(uids):
-        return TableMatches(uids, exact_row, None, None)
-    emb = TableEmbeddings(Path(table), [image_key]).rows()
-    if emb.shape[1] != ref.emb.shape[1]:
-        raise InputError(table, f"embeddings are {emb.shape[1]}-d but the reference's are {ref.emb.shape[1]}-d")
-    cosine, nearest = nearest_reference(unit_rows(emb), ref.emb)
-    return TableMatches(uids, exact_row, cosine, nearest)
-
-
-def distance_keys(cosine: np.ndarray) -> np.ndarray:
-    """``d = 1 - cos`` (at least 0) as uint16 keys whose order is d's: float32's top 16 bits (8 significant)."""
-    d = np.maximum(1.0 - cosine.astype(np.float64), 0.0).astype(np.float32)
-    return (d.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
-
-
-def key_value(key: int) -> float:
-    """The smallest distance with uint16 key ``key`` (the bucket's lower edge)."""
-    return float(np.array([key << 16], dtype=np.uint32).view(np.float32)[0])
-
-
-def median_distance(histograms: list[tuple[np.ndarray, np.ndarray]]) -> float | None:
-    """The (lower) median of the distances counted by per-table ``(keys, counts)``, rounded down to its
-    key's lower edge; None when nothing was counted."""
-    keys = np.concatenate([k for k, _ in histograms]) if histograms else np.zeros(0, np.uint16)
-    counts = np.concatenate([c for _, c in histograms]) if histograms else np.zeros(0, np.int64)
-    if not counts.sum():
-        return None
-    merged, inverse = np.unique(keys, return_inverse=True)
-    totals = np.cumsum(np.bincount(inverse, weights=counts, minlength=len(merged)))
-    return key_value(int(merged[int(np.searchsorted(totals, (totals[-1] - 1) // 2, side="right"))]))
-
-
-def check_params(threshold: Any, ratio: Any, min_cosine: Any, exact: Any) -> None:
-    """One-line ``ConfigError`` for parameters that cannot be used."""
-    def number(v: Any) -> bool:
-        return not isinstance(v, bool) and isinstance(v, (int, float)) and np.isfinite(v)
-    if threshold is not None and threshold != AUTO and not (number(threshold) and -1 <= threshold <= 1):
+def check_params(near: Any, max_distance: Any, threshold: Any, ratio: Any, confirm_ratio: Any, min_cosine: Any,
+                 exact: Any) -> str:
+    """The near rule asked for (``auto`` still open), or a one-line ``ConfigError`` for parameters that cannot
+    be used. ``threshold: null`` is the older spelling of ``near: none``; a cosine ``threshold`` with
+    ``near: auto`` asks for the embedding rule, as it did before ``near`` existed."""
+    if near not in NEAR_RULES:
+        raise ConfigError(f"decontaminate: near must be one of {', '.join(NEAR_RULES)}, got {near!r}")
+    if threshold is not None and threshold != AUTO and not (_number(threshold) and -1 <= threshold <= 1):
         raise ConfigError(f"decontaminate: threshold must be 'auto', a cosine in [-1, 1] or null, got {threshold!r}")
-    if not (number(ratio) and 0 <= ratio < 1):
-        raise ConfigError(f"decontaminate: ratio must be a number in [0, 1), got {ratio!r}")
-    if not (number(min_cosine) and -1 <= min_cosine <= 1):
+    if not (isinstance(max_distance, int) and not isinstance(max_distance, bool) and 0 <= max_distance <= 64):
+        raise ConfigError(f"decontaminate: max_distance must be a whole number of bits in [0, 64], got {max_distance!r}")
+    for name, value in (("ratio", ratio), ("confirm_ratio", confirm_ratio)):
+        if not (_number(value) and 0 <= value < 1):
+            raise ConfigError(f"decontaminate: {name} must be a number in [0, 1), got {value!r}")
+    if not (_number(min_cosine) and -1 <= min_cosine <= 1):
         raise ConfigError(f"decontaminate: min_cosine must be a cosine in [-1, 1], got {min_cosine!r}")
-    if threshold is None and not exact:
-        raise ConfigError("decontaminate: with threshold null and exact false nothing would be compared")
+    if threshold is None:
+        if near not in (AUTO, "none"):
+            raise ConfigError(f"decontaminate: threshold null means exact copies only, which contradicts near={near}")
+        near = "none"
+    elif threshold != AUTO and near in (AUTO, "phash"):
+        if near == "phash":
+            raise ConfigError("decontaminate: threshold (a cosine) is the embedding's cut; near=phash compares "
+                              "hashes only (set max_distance, or near=phash+embedding)")
+        near = "embedding"
+    if near == "none" and not exact:
+        raise ConfigError("decontaminate: with near none (threshold null) and exact false nothing would be compared")
+    return str(near)
 
 
-def near_rule(median: float | None, ratio: float, min_cosine: float) -> tuple[float | None, str]:
-    """``threshold: auto``'s cosine cut from the pool's median distance, and the rule in words."""
+def resolve_auto(pool: ScoredPool, ref_has_phash: bool, reference: str) -> tuple[str, str | None]:
+    """``near: auto`` made definite: ``phash+embedding`` when every score table and the reference have
+    perceptual hashes, else ``embedding`` and the one-line notice that says why."""
+    tables_with = sum(pool.map(table_has_phash, "decontaminate (perceptual hashes)"))
+    if tables_with == len(pool.tables) and ref_has_phash:
+        return "phash+embedding", None
+    missing = [] if tables_with == len(pool.tables) else [f"{len(pool.tables) - tables_with} of the "
+                                                           f"{len(pool.tables)} score tables (score --overwrite)"]
+    if not ref_has_phash:
+        missing.append(f"the reference {reference} (score --reference ... --overwrite)")
+    return "embedding", ("decontaminate: near copies by embedding only: no perceptual hashes in "
+                         + " and ".join(missing) + ", which a re-run adds")
+
+
+def require_phashes(pool: ScoredPool, path: Path, hashes: Any) -> None:
+    """A one-line ``InputError`` when ``near`` asks for perceptual hashes that the reference or a table lacks."""
+    if hashes is None:
+        raise InputError(path, "has no perceptual hashes (made before them): re-run "
+                               "`poolsieve score --reference FOLDER --name NAME --overwrite`, or use near=embedding")
+    for table, has in zip(pool.tables, pool.map(table_has_phash, "decontaminate (perceptual hashes)"), strict=True):
+        if not has:
+            raise InputError(table, "has no phash column (scored before it): re-run `poolsieve score --overwrite`, "
+                                    "or use near=embedding")
+
+
+def embedding_cut(pool: ScoredPool, ref: Reference, metadata: dict[str, str], image_key: str, threshold: Any,
+                  share: float, share_name: str, min_cosine: float) -> tuple[float, str, float | None]:
+    """The cosine cut of the embedding check: ``threshold`` when a number, else calibrated on the pool's
+    median distance (a pass over the embeddings); with the rule in words and the median."""
+    if threshold != AUTO:
+        return float(threshold), "fixed cosine", None
+
+    def histogram(table: Path) -> tuple[np.ndarray, np.ndarray]:
+        m = match_table(table, ref, metadata, image_key, None)
+        cosine = m.cosine[~m.exact] if m.cosine is not None else np.zeros(0, np.float32)
+        return np.unique(distance_keys(cosine), return_counts=True)
+
+    median = median_distance(pool.map(histogram, "decontaminate (the pool's distances)"))
+    cut, rule = near_rule(median, share, min_cosine, share_name)
+    return (1.0 if cut is None else cut), rule, median
+
+
+def near_rule(median: float | None, ratio: float, min_cosine: float, name: str = "ratio") -> tuple[float | None, str]:
+    """The calibrated cosine cut from the pool's median distance, and the rule in words."""
     if median is None:
         return None, "no row to compare"
     cut = 1.0 - ratio * median
@@ -211,61 +194,120 @@ def near_rule(median: float | None, ratio: float, min_cosine: float) -> tuple[fl
     return cut, f"1 - {ratio:g} x the pool's median distance {median:.3g}"
 
 
-def listed_matches(m: TableMatches, near: np.ndarray, ref: Reference, room: int) -> list[dict[str, Any]]:
-    """Up to ``room`` of one table's matches: uid, kind, the reference image matched, the cosine."""
+@dataclass
+class Rule:
+    """The near rule decided: ``how`` (``none``, ``phash``, ``embedding``, ``phash+embedding``), its cuts, and
+    the rule in words."""
+
+    how: str
+    max_distance: int
+    cut: float | None = None
+    words: str = ""
+    median: float | None = None
+    notice: str | None = None
+
+    def near(self, m: TableMatches) -> np.ndarray:
+        """Which of a table's rows are near copies (exact copies are counted as such, not here)."""
+        if self.how == "phash":
+            near = m.bits <= self.max_distance
+        elif self.how == "embedding":
+            near = m.cosine >= self.cut
+        elif self.how == "phash+embedding":
+            near = m.confirm >= self.cut
+        else:
+            near = np.zeros(len(m.uids), dtype=bool)
+        return near & ~m.exact
+
+    def summary(self, count: int) -> str:
+        kind = f"near-{self.how}"
+        if self.how == "phash":
+            return f"{count:,} {kind} (<= {self.max_distance} of 64 bits)"
+        if self.how == "embedding":
+            return f"{count:,} {kind} (cosine >= {self.cut:.6f}: {self.words})"
+        return (f"{count:,} {kind} (<= {self.max_distance} bits and cosine >= {self.cut:.6f} to that image: "
+                f"{self.words})")
+
+
+def listed_matches(m: TableMatches, near: np.ndarray, ref: Reference, how: str, room: int) -> list[dict[str, Any]]:
+    """Up to ``room`` of one table's matches: uid, kind, the rule, the reference image matched (its row, label
+    and source), the Hamming distance and cosine to it where compared."""
     out = []
     for i in np.flatnonzero(m.exact | near)[:room]:
-        row = int(m.exact_row[i]) if m.exact[i] else int(m.nearest[i])
-        entry = {"uid": str(m.uids[i]), "kind": "exact" if m.exact[i] else "near", **ref.describe(row)}
-        if m.cosine is not None:
-            entry["cosine"] = round(float(m.cosine[i]), 6)
+        row = int(m.exact_row[i]) if m.exact[i] else m.matched_row(i, how)
+        entry: dict[str, Any] = {"uid": str(m.uids[i]), "kind": "exact" if m.exact[i] else "near",
+                                 "by": "sha256" if m.exact[i] else how, "reference_row": row, **ref.describe(row)}
+        entry.update(m.measures(i, row))
         out.append(entry)
     return out
 
 
-@register("decontaminate", keeps="ratio: a smaller ratio takes fewer near copies (threshold=null: exact copies only)")
-def decontaminate(pool: ScoredPool, *, reference: str = "eval_tasks", embedding: str | None = None,
-                  threshold: float | str | None = AUTO, ratio: float = 0.05, min_cosine: float = 0.95,
-                  exact: bool = True, report: dict | None = None) -> UidSet:
-    """Drop exact (sha256) and near (embedding distance an outlier against the pool's) copies of the evaluation images."""
-    check_params(threshold, ratio, min_cosine, exact)
-    image_key = embedding_keys(pick_embedding_key(pool, embedding))[0] if threshold is not None else None
-    ref = load_reference(pool, reference, image_key, bool(exact))
+@register("decontaminate", keeps="max_distance / confirm_ratio / ratio: smaller ones take fewer near copies "
+                                 "(near=none: exact copies only)")
+def decontaminate(pool: ScoredPool, *, reference: str = "eval_tasks", near: str = AUTO, max_distance: int = 8,
+                  embedding: str | None = None, threshold: float | str | None = AUTO, ratio: float = 0.05,
+                  confirm_ratio: float = 0.2, min_cosine: float = 0.95, exact: bool = True,
+                  report: dict | None = None) -> UidSet:
+    """Drop exact (sha256) and near copies of the evaluation images (near: auto = a perceptual hash within
+    max_distance bits, confirmed by the embedding; or phash, embedding, phash+embedding, none)."""
+    how = check_params(near, max_distance, threshold, ratio, confirm_ratio, min_cosine, exact)
+    path = reference_file(pool, reference, "embed the evaluation images first: "
+                                           f"poolsieve score --reference FOLDER --name {Path(reference).stem}")
+    hashes = reference_phashes(path)
+    notice = None
+    if how == AUTO:
+        how, notice = resolve_auto(pool, hashes is not None, reference)
+        if notice:
+            warnings.warn(notice, PoolsieveWarning, stacklevel=2)
+    elif "phash" in how:
+        require_phashes(pool, path, hashes)
+    image_key = embedding_keys(pick_embedding_key(pool, embedding))[0] if "embedding" in how else None
+    ref = load_reference(path, image_key, bool(exact), hashes if "phash" in how else None)
     metadata = metadata_matches(pool, set(ref.rows)) if ref.rows else {}
-    rule = "fixed cosine" if threshold is not None else "exact only"
-    median = None
-    if threshold == AUTO:
-        def histogram(table: Path) -> tuple[np.ndarray, np.ndarray]:
-            m = match_table(table, ref, metadata, image_key)
-            cosine = m.cosine[~m.exact] if m.cosine is not None else np.zeros(0, np.float32)
-            return np.unique(distance_keys(cosine), return_counts=True)
-
-        median = median_distance(pool.map(histogram, "decontaminate (the pool's distances)"))
-        threshold, rule = near_rule(median, float(ratio), float(min_cosine))
+    rule = Rule(how, int(max_distance), notice=notice)
+    if image_key is not None:
+        share, name = (float(ratio), "ratio") if how == "embedding" else (float(confirm_ratio), "confirm_ratio")
+        rule.cut, rule.words, rule.median = embedding_cut(pool, ref, metadata, image_key, threshold, share, name,
+                                                          float(min_cosine))
 
     def one(table: Path) -> tuple[UidSet, int, int, list[dict[str, Any]]]:
-        m = match_table(table, ref, metadata, image_key if threshold is not None else None)
-        near = (m.cosine >= threshold) & ~m.exact if m.cosine is not None else np.zeros(len(m.uids), dtype=bool)
-        keep = ~(m.exact | near)
-        return (UidSet(hex_to_keys(m.uids[keep], source=table)), int(m.exact.sum()), int(near.sum()),
-                listed_matches(m, near, ref, MAX_MATCHES))
+        m = match_table(table, ref, metadata, image_key, rule.max_distance if "phash" in how else None)
+        near_rows = rule.near(m)
+        keep = ~(m.exact | near_rows)
+        return (UidSet(hex_to_keys(m.uids[keep], source=table)), int(m.exact.sum()), int(near_rows.sum()),
+                listed_matches(m, near_rows, ref, how, MAX_MATCHES))
 
     parts = pool.map(one, "decontaminate")
     if report is not None:
-        report.update(_record(parts, ref, threshold, rule, median))
+        report.update(_record(parts, ref, rule, _stored_path(pool, path)))
     return UidSet.union_of(p[0] for p in parts)
 
 
-def _record(parts: list[tuple], ref: Reference, threshold: float | None, rule: str, median: float | None) -> dict:
-    """The step's details: counts apart, the rule and the threshold it came to, the first matches listed."""
+def _stored_path(pool: ScoredPool, path: Path) -> str:
+    """``path`` relative to the pool's workspace when it lies inside it (the record moves with the workspace)."""
+    root = Path(pool.tables[0]).parent.parent.resolve()
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _record(parts: list[tuple], ref: Reference, rule: Rule, reference: str) -> dict:
+    """The step's details: counts apart, the rule and the cuts it came to, the first matches listed."""
     exact, near = sum(p[1] for p in parts), sum(p[2] for p in parts)
-    matches = [m for p in parts for m in p[3]][:MAX_MATCHES]
-    cut = f"cosine >= {threshold:.6f}: {rule}" if threshold is not None else rule
-    out = {"exact_copies": exact, "near_copies": near,
-           "reference_images": len(ref.emb) if ref.emb is not None else len(ref.rows), "rule": rule,
-           "summary": f"{exact:,} exact (sha256), {near:,} near ({cut})", "matches": matches}
-    if threshold is not None:
-        out["threshold"] = float(threshold)
-    if median is not None:
-        out["median_distance"] = median
+    out: dict[str, Any] = {"exact_copies": exact, "near": rule.how,
+                           **{f"near_{k.replace('+', '_')}": (near if k == rule.how else 0)
+                              for k in ("phash", "embedding", "phash+embedding")},
+                           "near_copies": near, "reference_images": ref.size, "reference": reference,
+                           "rule": rule.words or rule.how,
+                           "summary": f"{exact:,} exact (sha256)" + (f", {rule.summary(near)}" if rule.how != "none"
+                                                                     else ", near copies not compared"),
+                           "matches": [m for p in parts for m in p[3]][:MAX_MATCHES]}
+    if "phash" in rule.how:
+        out["max_distance"] = rule.max_distance
+    if rule.cut is not None:
+        out["threshold"] = float(rule.cut)
+    if rule.median is not None:
+        out["median_distance"] = rule.median
+    if rule.notice:
+        out["notice"] = rule.notice
     return out

@@ -80,7 +80,7 @@ def test_exact_and_near_copies_are_dropped(planted) -> None:
     assert set(t["far_variant"]) <= kept
     assert {k: report[k] for k in ("exact_copies", "near_copies", "reference_images")} == {
         "exact_copies": 4, "near_copies": 2, "reference_images": 20}
-    assert report["summary"] == "4 exact (sha256), 2 near (cosine >= 0.950000: fixed cosine)"
+    assert report["summary"] == "4 exact (sha256), 2 near-embedding (cosine >= 0.950000: fixed cosine)"
     # the matches, each with the evaluation image it matched (what the report shows beside a dropped row)
     listed = {m["uid"]: m for m in report["matches"]}
     assert set(listed) == planted["members"] - kept
@@ -113,7 +113,7 @@ def test_default_rule_is_calibrated_on_the_pool(planted) -> None:
     assert report["threshold"] == pytest.approx(cut)
     assert planted["members"] - kept == set(uids[exact | (sims >= cut)])
     assert planted["members"] - kept == set(t["exact_score"] + t["exact_metadata"] + t["near"])
-    assert report["summary"].startswith("4 exact (sha256), 2 near (cosine >= ")
+    assert report["summary"].startswith("4 exact (sha256), 2 near-embedding (cosine >= ")
     assert "x the pool's median distance" in report["summary"]
     # a ratio of 0 leaves the floor no say: only rows at distance 0 (none here) are near copies
     zero: dict = {}
@@ -229,9 +229,9 @@ def test_summary_and_report_tell_exact_and_near_copies_apart(planted, tmp_path, 
     STAGE.report(out)
     printed = capsys.readouterr().out
     line = next(s for s in printed.splitlines() if s.strip().startswith("clean: decontaminate:"))
-    assert "4 exact (sha256), 2 near (cosine >= 0.9" in line and "x the pool's median distance" in line
+    assert "4 exact (sha256), 2 near-embedding (cosine >= 0.9" in line and "x the pool's median distance" in line
     page = write_report(ws, inspect_workspace(ws)).read_text()
-    assert "4 exact (sha256), 2 near (cosine &gt;= 0.9" in page  # the funnel's step row
+    assert "4 exact (sha256), 2 near-embedding (cosine &gt;= 0.9" in page  # the funnel's step row
     t = planted["truth"]
     assert page.count("decontaminate: exact copy of evaluation image t/00") == 4  # each dropped card says which
     assert "decontaminate: exact copy of evaluation image t/003.png (label t)" in page

@@ -2,7 +2,10 @@
 
 Thumbnails are cut from the pool's own tars (the score table's ``key`` names the member; the tar index
 is read once per shard, and only the chosen members' bytes), checked against a pixel limit before
-decoding, shrunk, and embedded as small JPEG data URIs, so the page works from a copied folder.
+decoding, shrunk, and embedded as small JPEG data URIs, so the page works from a copied folder. A pool
+row that ``decontaminate`` dropped as a copy of an evaluation image shows that image beside its own, from
+the thumbnail the reference file stores (``score --reference``); a reference made before thumbnails
+were stored says so.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from poolsieve.core.errors import InputError
-from poolsieve.core.formats import MAX_IMAGE_BYTES
+from poolsieve.core.formats import MAX_IMAGE_BYTES, read_reference_thumbnails
 from poolsieve.core.shard_reader import IMAGE_EXTENSIONS
 from poolsieve.core.shown_text import ATTRIBUTE_CHARS, for_html
 from poolsieve.core.tar_io import read_index, split_key
@@ -27,6 +30,7 @@ from poolsieve.core.workspace import Workspace
 THUMB_SIDE = 112
 MAX_PIXELS = 64_000_000
 CAPTION_CHARS = 90
+NOT_STORED = "image not stored in the reference (re-run score --reference)"
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Card:
     scores: list[tuple[str, float]]
     label: str = ""
     reason: str = ""
+    match: tuple[str | None, str] | None = None  # the evaluation image it copies: (data URI or None, caption)
 
 
 def thumbnail_uri(data: bytes, side: int = THUMB_SIDE) -> str | None:
@@ -100,7 +105,36 @@ def _card_html(card: Card, uri: str | None) -> str:
         lines.append(f'<div class="label">label: {for_html(card.label)}</div>')
     if card.reason:
         lines.append(f'<div class="reason">{for_html(card.reason)}</div>')
-    return f'<figure class="card">{image}<figcaption>{"".join(lines)}</figcaption></figure>'
+    if card.match is None:
+        return f'<figure class="card">{image}<figcaption>{"".join(lines)}</figcaption></figure>'
+    match_uri, match_caption = card.match
+    other = (f'<img src="{match_uri}" alt="{for_html(match_caption, ATTRIBUTE_CHARS)}" loading="eager">' if match_uri
+             else f'<div class="no-image not-stored">{for_html(NOT_STORED)}</div>')
+    images = (f'<div class="side"><div>{image}<div class="which">pool image</div></div>'
+              f'<div>{other}<div class="which">evaluation image{": " + for_html(match_caption) if match_caption else ""}'
+              '</div></div></div>')
+    return f'<figure class="card match">{images}<figcaption>{"".join(lines)}</figcaption></figure>'
+
+
+def attach_reference_images(ws: Workspace, cards: Sequence[Card], matched: dict[int, tuple[str, int, str]]) -> None:
+    """Give each card ``i`` in ``matched`` (``(reference file relative to the workspace, its row, caption)``)
+    the stored thumbnail of that evaluation image, or none (the card then says it is not stored)."""
+    wanted: dict[str, set[int]] = {}
+    for ref, row, _ in matched.values():
+        wanted.setdefault(ref, set()).add(row)
+    stored: dict[tuple[str, int], str] = {}
+    for ref, rows in wanted.items():
+        path = ws.root / ref
+        try:
+            blobs = read_reference_thumbnails(path, sorted(rows)) if path.is_file() else {}
+        except InputError:
+            blobs = {}  # a damaged reference file: the cards say the image is not there
+        for row, data in blobs.items():
+            uri = thumbnail_uri(data)
+            if uri is not None:
+                stored[(ref, row)] = uri
+    for i, (ref, row, caption) in matched.items():
+        cards[i].match = (stored.get((ref, row)), caption)
 
 
 def grid_html(title: str, cards: Sequence[Card], thumbs: dict[tuple[str, str], str], note: str = "") -> str:

@@ -113,8 +113,13 @@ def _match_text(match: dict[str, Any], generic: bool) -> str:
     kind = f"{match.get('kind', 'exact')} copy"
     if generic:
         return f"decontaminate: {kind}"
-    cosine = match.get("cosine")
-    shown = f" (cosine {cosine:.5f})" if isinstance(cosine, (int, float)) and match.get("kind") == "near" else ""
+    cosine, bits = match.get("cosine"), match.get("distance")
+    measures = []
+    if match.get("kind") == "near" and isinstance(bits, int) and "phash" in str(match.get("by", "")):
+        measures.append(f"phash {bits} bits")
+    if isinstance(cosine, (int, float)) and match.get("kind") == "near" and match.get("by") != "phash":
+        measures.append(f"cosine {cosine:.5f}")
+    shown = f" ({', '.join(measures)})" if measures else ""
     image = str(match.get("source") or "")
     label = str(match.get("label") or "")
     of = f" of evaluation image {image}" if image else " of an evaluation image"
@@ -189,6 +194,22 @@ class Explainer:
             kept = np.logical_or.reduce(known) if len(known) == len(parts) else None
             why = ["none of: " + " | ".join(w[i] for _, w in parts) for i in range(n)]
         return kept, why
+
+
+def reference_matches(record: dict[str, Any]) -> dict[str, tuple[str, int, str]]:
+    """uid -> (reference file, as the step recorded it, relative to the workspace; the evaluation image's row in
+    it; a caption: its label and source) for the matches a subset's ``decontaminate`` steps listed."""
+    out: dict[str, tuple[str, int, str]] = {}
+    for step in record.get("steps") or []:
+        details = step.get("details") if isinstance(step, dict) else None
+        if not isinstance(details, dict) or not isinstance(details.get("reference"), str):
+            continue
+        for m in details.get("matches") or []:
+            row = m.get("reference_row") if isinstance(m, dict) else None
+            if isinstance(row, int) and not isinstance(row, bool) and isinstance(m.get("uid"), str):
+                caption = " · ".join(str(m[k]) for k in ("label", "source") if m.get(k))
+                out.setdefault(m["uid"], (details["reference"], row, caption))
+    return out
 
 
 def score_thresholds(records: dict[str, dict[str, Any]]) -> list[tuple[str, str, float]]:

@@ -26,8 +26,13 @@ from poolsieve.core.workspace import Workspace
 from poolsieve.pipeline.inspect import charts
 from poolsieve.pipeline.inspect.evaluation import eval_section
 from poolsieve.pipeline.inspect.funnel import funnel_html, funnel_rows
-from poolsieve.pipeline.inspect.grids import cards_from_rows, grid_html, load_thumbnails
-from poolsieve.pipeline.inspect.reasons import Explainer, score_thresholds, short_column
+from poolsieve.pipeline.inspect.grids import (
+    attach_reference_images,
+    cards_from_rows,
+    grid_html,
+    load_thumbnails,
+)
+from poolsieve.pipeline.inspect.reasons import Explainer, reference_matches, score_thresholds, short_column
 from poolsieve.pipeline.inspect.report_data import (
     CLEAN_LABELS,
     PoolSample,
@@ -79,7 +84,9 @@ table.funnel{width:100%}.funnel td:first-child{white-space:nowrap}.funnel .bar-c
 .card img,.card .no-image{display:block;width:112px;height:112px;object-fit:contain;margin:0 auto 4px;
 background:#f0f2f4}.card .no-image{line-height:112px;text-align:center;color:#8c959f}
 .card .caption{overflow-wrap:anywhere}.card .score{color:#0969da}.card .label{color:#8250df}
-.card .reason{color:#cf222e}.pair{display:grid;grid-template-columns:1fr 1fr;gap:18px}
+.card .reason{color:#cf222e}.card.match{grid-column:span 2}.card .side{display:flex;gap:6px;justify-content:center}
+.card .side img,.card .side .no-image{margin:0 0 2px}.card .which{text-align:center;color:#57606a;font-size:10.5px}
+.card .not-stored{line-height:1.3;font-size:10.5px;padding:30px 6px;box-sizing:border-box;overflow-wrap:anywhere}.pair{display:grid;grid-template-columns:1fr 1fr;gap:18px}
 .scroll{overflow-x:auto;max-width:100%}
 details summary{cursor:pointer;margin:10px 0 4px;color:#0969da}
 .tasks td.score{min-width:128px}.tasks .interval{color:#57606a;font-size:11.5px}.tasks .metric{color:#57606a;font-size:11.5px}
@@ -244,9 +251,13 @@ def _subset_sections(ws: Workspace, sample: PoolSample, records: dict[str, dict[
                 f'</span>{for_html(name)}</h3>'
                 f'<p class="note">{for_html(record.get("expression") or "")} · keeps {member.mean():.1%} of '
                 f"the {len(member):,} sampled pool members</p>") + _reason_counts(sample, records, name)
+        dropped_cards = cards_from_rows(frame, dropped, scores, labels, reasons)
+        copies = reference_matches(record)
+        if copies and "uid" in frame:
+            uids = [str(frame["uid"].iat[int(i)]) for i in dropped]
+            attach_reference_images(ws, dropped_cards, {j: copies[u] for j, u in enumerate(uids) if u in copies})
         grids = [grid_html(f"kept ({len(kept)} at random)", cards_from_rows(frame, kept, scores, labels), thumbs),
-                 grid_html(f"dropped ({len(dropped)} at random)",
-                           cards_from_rows(frame, dropped, scores, labels, reasons), thumbs)]
+                 grid_html(f"dropped ({len(dropped)} at random)", dropped_cards, thumbs)]
         out.append(head + '<div class="pair">' + "".join(f"<div>{g}</div>" for g in grids) + "</div>")
     return out
 

@@ -108,6 +108,7 @@ def import_file(parquet: Path, out_dir: Path, downloaded: Any | None, language: 
     else:
         table["language"], table["language_score"] = None, np.full(len(meta), np.nan, np.float32)
     table["status"], table["error"] = STATUS_SUCCESS, None
+    table["phash"] = pd.array([None] * len(table), dtype="UInt64")  # no image: no perceptual hash
     table = table[list(SCORE_TABLE_BASE_COLUMNS)]
     wide = [k for k in DATACOMP_KEYS if score_column(k) in meta and meta[score_column(k)].dtype == np.float64]
     for k in DATACOMP_KEYS:

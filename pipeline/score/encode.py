@@ -133,6 +133,8 @@ class Encoder:
                     good[chunk.jpeg_rows[r]] = False
                     row = int(ok_rows[chunk.jpeg_rows[r]])
                     columns["status"][row], columns["error"][row] = STATUS_DECODE_ERROR, err
+                    if "phash" in columns:  # a row that did not decode has no hash
+                        columns["phash"][row] = None
         image_out: dict[str, np.ndarray] = {}
         text_out: dict[str, np.ndarray] = {}
         scores: dict[str, np.ndarray] = {}

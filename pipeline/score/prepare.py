@@ -3,9 +3,11 @@
 A shard is cut into chunks of ``chunk_size`` samples. ``iter_prepared_chunks`` (a CPU worker) reads the
 tar, decodes every image once, applies the CPU half of each model's own preprocessing (resize, crop,
 RGB: everything before ``ToTensor``) into ``uint8`` arrays, tokenises the captions and computes the
-per-row table columns. The encoder (``encode.py``, on its device) does the rest.
+per-row table columns, the image's perceptual hash among them (``phash.py``: hashed from the same decoded
+image). The encoder (``encode.py``, on its device) does the rest.
 
-With ``decode="gpu"`` the CPU worker only reads the tar and sends JPEG bytes; the encoder decodes them.
+With ``decode="gpu"`` the CPU worker only reads the tar and sends JPEG bytes; the encoder decodes them
+(the CPU hashes a reduced draft decode of those JPEGs: ``phash.draft_phash``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from poolsieve.core.language import (
 )
 from poolsieve.core.models import register_model_configs
 from poolsieve.core.shard_reader import TarSample, iter_tar_samples
+from poolsieve.pipeline.score.phash import draft_phash, image_phash, thumbnail_jpeg
 
 DECODE_MODES = ("cpu", "gpu")
 GPU_DECODABLE = ("JPEG",)
@@ -115,6 +118,7 @@ class ChunkPlan:
     chunk_size: int = 256
     decode: str = "cpu"
     language: bool = True
+    thumbnails: bool = False         # also a small JPEG per decoded image (column ``thumbnail``; references)
 
 
 @dataclass
@@ -179,13 +183,19 @@ def prepare_chunk(samples: Sequence[TarSample], plan: ChunkPlan, shard: str, ind
     n = len(samples)
     texts = [s.caption for s in samples]
     cols: dict[str, list[Any]] = {c: [] for c in ("uid", "key", "text", "original_width", "original_height", "width",
-                                                  "height", "sha256", "status", "error")}
+                                                  "height", "sha256", "status", "error", "phash")}
+    if plan.thumbnails:
+        cols["thumbnail"] = []
     ok = np.zeros(n, dtype=bool)
     per_prep: list[list[np.ndarray]] = [[] for _ in plan.preps]
     jpeg_rows: list[int] = []
     jpeg_bytes: list[bytes] = []
     for i, s in enumerate(samples):
-        (width, height), status, error, arrays = _decode(s, plan, jpeg_rows, jpeg_bytes, int(ok[:i].sum()))
+        decoded = _decode(s, plan, jpeg_rows, jpeg_bytes, int(ok[:i].sum()))
+        (width, height), status, error, arrays = decoded.size, decoded.status, decoded.error, decoded.arrays
+        cols["phash"].append(decoded.phash)
+        if plan.thumbnails:
+            cols["thumbnail"].append(decoded.thumbnail)
         if arrays is not None:
             ok[i] = True
             for j, a in enumerate(arrays):
@@ -214,16 +224,28 @@ def prepare_chunk(samples: Sequence[TarSample], plan: ChunkPlan, shard: str, ind
                          lid_model_record() if plan.language else None)
 
 
-def _decode(s: TarSample, plan: ChunkPlan, jpeg_rows: list[int], jpeg_bytes: list[bytes],
-            ok_row: int) -> tuple[tuple[int | None, int | None], str, str | None, list[Any] | None]:
-    """``((width, height), status, error, arrays)`` of one sample's image: ``arrays`` (one per prep, None
-    for a JPEG left to the device, whose bytes go to ``jpeg_bytes`` as ok row ``ok_row``) is None when
-    the row is not handed to the encoder."""
+@dataclass
+class Decoded:
+    """One sample's image as the chunk records it: ``arrays`` (one per prep, None for a JPEG left to the
+    device) is None when the row is not handed to the encoder; ``phash`` None where no hash was made."""
+
+    size: tuple[int | None, int | None]
+    status: str
+    error: str | None
+    arrays: list[Any] | None = None
+    phash: int | None = None
+    thumbnail: bytes | None = None
+
+
+def _decode(s: TarSample, plan: ChunkPlan, jpeg_rows: list[int], jpeg_bytes: list[bytes], ok_row: int) -> Decoded:
+    """Decode one sample's image once (PIL's pixel limit checked when it opens): the CPU half of each prep, its
+    perceptual hash and (``plan.thumbnails``) its thumbnail, from that one decode. A JPEG left to the device
+    has its bytes put in ``jpeg_bytes`` as ok row ``ok_row`` and is hashed from a reduced draft decode."""
     if s.image_over_cap is not None:
-        return (None, None), STATUS_TOO_LARGE, (f"image member of {s.image_over_cap} bytes is over the "
-                                                f"{MAX_IMAGE_BYTES >> 20} MiB cap (not read)"), None
+        return Decoded((None, None), STATUS_TOO_LARGE, (f"image member of {s.image_over_cap} bytes is over the "
+                                                        f"{MAX_IMAGE_BYTES >> 20} MiB cap (not read)"))
     if s.image is None:
-        return (None, None), STATUS_DECODE_ERROR, "no image in the tar for this sample", None
+        return Decoded((None, None), STATUS_DECODE_ERROR, "no image in the tar for this sample")
     width = height = None
     try:
         img = Image.open(io.BytesIO(s.image))
@@ -231,13 +253,13 @@ def _decode(s: TarSample, plan: ChunkPlan, jpeg_rows: list[int], jpeg_bytes: lis
         if plan.decode == "gpu" and img.format in GPU_DECODABLE and all(p.device_decodable for p in plan.preps):
             jpeg_rows.append(ok_row)
             jpeg_bytes.append(s.image)
-            arrays: list[Any] = [None] * len(plan.preps)
-        else:
-            img.load()
-            arrays = [_apply_prep(p, img) for p in plan.preps]
+            return Decoded((width, height), STATUS_SUCCESS, None, [None] * len(plan.preps), draft_phash(s.image))
+        img.load()
+        arrays = [_apply_prep(p, img) for p in plan.preps]
+        thumbnail = thumbnail_jpeg(img) if plan.thumbnails else None
     except Exception as e:  # noqa: BLE001 - any undecodable image is a recorded row
-        return (width, height), STATUS_DECODE_ERROR, f"{type(e).__name__}: {e}", None
-    return (width, height), STATUS_SUCCESS, None, arrays
+        return Decoded((width, height), STATUS_DECODE_ERROR, f"{type(e).__name__}: {e}")
+    return Decoded((width, height), STATUS_SUCCESS, None, arrays, image_phash(img), thumbnail)
 
 
 def _caption_columns(cols: dict[str, list[Any]], texts: list[str | None], language: bool) -> None:

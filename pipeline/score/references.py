@@ -3,8 +3,11 @@
 The image-based filter keeps pool images near a target set (DataComp's ImageNet-cluster baseline).
 ``poolsieve score --reference DIR --name NAME`` embeds that set with the same models and the same
 preprocessing as the pool, into ``<ws>/references/NAME.npz`` with ``<key>_img`` (fp16, L2-normalised)
-per model, ``labels`` (str), ``sources`` (where each row came from) and ``sha256`` (hex digest of each
-image's bytes: what the ``decontaminate`` filter matches pool images against).
+per model, ``labels`` (str), ``sources`` (where each row came from), ``sha256`` (hex digest of each
+image's bytes) and ``phash`` (the perceptual hash the pool's ``phash`` column holds, from the same decode):
+what the ``decontaminate`` filter matches pool images against; and a small JPEG thumbnail per image
+(``thumbnails`` + ``thumbnail_offsets``: what the report shows beside a pool image that matched). The
+keys are ``core/formats.py``'s.
 
 ``DIR`` is either a folder of class subfolders (``DIR/<label>/*.jpg``, as torchvision's ImageFolder)
 or webdataset tars (``DIR/*.tar`` or one ``.tar``) whose label is the sample's ``.cls``, else its json
@@ -22,7 +25,16 @@ from typing import Any
 import numpy as np
 
 from poolsieve.core.errors import InputError
-from poolsieve.core.formats import STATUS_SUCCESS, atomic_path, embedding_keys
+from poolsieve.core.formats import (
+    REFERENCE_PHASH,
+    REFERENCE_PHASH_VALID,
+    REFERENCE_THUMBNAIL_OFFSETS,
+    REFERENCE_THUMBNAILS,
+    STATUS_SUCCESS,
+    atomic_path,
+    embedding_keys,
+    pack_blobs,
+)
 from poolsieve.core.models import check_model_spec
 from poolsieve.core.progress import Progress
 from poolsieve.core.shard_reader import IMAGE_EXTENSIONS, TarSample, iter_tar_samples
@@ -80,11 +92,13 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
         check_model_spec(m.spec)
     encoder = Encoder(models, config.device, config.precision, config.batch_size, config.threads, "cpu")
     plan = encoder.plan(config.chunk_size, language=False)
-    plan.decode = "cpu"
+    plan.decode, plan.thumbnails = "cpu", True
     embeddings: dict[str, list[np.ndarray]] = {m.key: [] for m in models}
     labels: list[str] = []
     sources: list[str] = []
     hashes: list[str] = []
+    phashes: list[int | None] = []
+    thumbnails: list[bytes] = []
     failed = 0
     progress = Progress(f"reference {name}", total=None, unit="images", quiet=quiet)
     batch: list[tuple[TarSample, str, str]] = []
@@ -105,6 +119,8 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
         labels.extend(lab for (_, lab, _), k in zip(batch, keep, strict=True) if k)
         sources.extend(src for (_, _, src), k in zip(batch, keep, strict=True) if k)
         hashes.extend(hashlib.sha256(s.image).hexdigest() for s, k in zip(samples, keep, strict=True) if k)
+        phashes.extend(h for h, k in zip(encoded.columns["phash"], keep, strict=True) if k)
+        thumbnails.extend(t or b"" for t, k in zip(encoded.columns["thumbnail"], keep, strict=True) if k)
         failed += int((~keep).sum())
         progress.update(len(batch))
         batch.clear()
@@ -122,6 +138,9 @@ def embed_reference(ws: Workspace, source: str | Path, name: str, config: Any, o
     arrays["labels"] = np.asarray(labels, dtype=str)
     arrays["sources"] = np.asarray(sources, dtype=str)
     arrays["sha256"] = np.asarray(hashes, dtype=str)
+    arrays[REFERENCE_PHASH] = np.asarray([h or 0 for h in phashes], dtype=np.uint64)
+    arrays[REFERENCE_PHASH_VALID] = np.asarray([h is not None for h in phashes], dtype=bool)
+    arrays[REFERENCE_THUMBNAILS], arrays[REFERENCE_THUMBNAIL_OFFSETS] = pack_blobs(thumbnails)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     summary = {"reference": str(out), "images": len(labels), "classes": len(set(labels)),

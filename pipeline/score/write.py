@@ -24,6 +24,7 @@ from poolsieve.core.formats import (
     CAPTION_TRUNCATED,
     LANGUAGE_MODEL_METADATA,
     MODELS_METADATA,
+    PHASH_COLUMN,
     SCORE_TABLE_BASE_COLUMNS,
     STATUS_DECODE_ERROR,
     STATUS_TOO_LARGE,
@@ -86,6 +87,8 @@ def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str
     for name in ("caption_length", "caption_words"):
         df[name] = df[name].astype("int64")
     df["language_score"] = df["language_score"].astype("float32")
+    # from the list itself: a column of ints and None would pass through float64, which keeps 53 of the 64 bits
+    df[PHASH_COLUMN] = pd.array(got.columns.get(PHASH_COLUMN, [None] * got.rows), dtype="UInt64")
     for name in ("uid", "key", "text", "sha256", "language", "status", "error"):
         df[name] = df[name].astype(object)
     for key, sc in got.scores.items():
@@ -103,7 +106,8 @@ def write_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str
 def add_to_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[str, int],
                  records: dict[str, str] | None = None) -> dict[str, Any]:
     """Add the models in ``dims`` to a scored shard: their embeddings to ``scores/{shard}.npz`` (the others
-    kept as stored), then their score columns after the table's own (its columns kept as stored). Each
+    kept as stored), then their score columns after the table's own (its columns kept as stored; a table
+    scored before the perceptual hash gains its ``phash`` column). Each
     file is written to a temporary name and renamed into place."""
     got = assemble(chunks, dims)
     table_path, npz_path = ws.score_table_path(shard), ws.embeddings_path(shard)
@@ -119,6 +123,10 @@ def add_to_shard(ws: Workspace, shard: str, chunks: Sequence[Any], dims: dict[st
         if name in table.column_names:  # a column without its embeddings: replaced with the new one
             table = table.drop_columns([name])
         table = table.append_column(pa.field(name, pa.float32()), pa.array(sc, pa.float32()))
+    if PHASH_COLUMN not in table.column_names and PHASH_COLUMN in got.columns:  # a table scored before the hash
+        hashes = got.columns[PHASH_COLUMN]
+        table = table.append_column(pa.field(PHASH_COLUMN, pa.uint64()),
+                                    pa.array([hashes[i] for i in order], pa.uint64()))
     write_embeddings(npz_path, arrays)
     with atomic_path(table_path) as tmp:
         pq.write_table(with_records(table, records or {}), tmp)
