@@ -8,7 +8,7 @@ original whatever the scorer, and an image that merely looks alike lands far (``
 reference images alike: the same decode, before any model preprocessing); with ``decode: gpu``, where the
 CPU does not decode a JPEG in full, it hashes a JPEG draft decode at a reduced scale
 (``draft_phash``: at least 128 px a side, so 4 x the hash's 32 px input), whose bits can differ from the
-full decode's by a few (measured in ``tests/test_phash.py``).
+full decode's by a few (``tests/test_phash.py``: at most 2 bits on 40 generated JPEGs of 256-1024 px, mean 0.4).
 """
 
 from __future__ import annotations
