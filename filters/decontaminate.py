@@ -208,6 +208,8 @@ class Rule:
 
     def near(self, m: TableMatches) -> np.ndarray:
         """Which of a table's rows are near copies (exact copies are counted as such, not here)."""
+        if not len(m.uids):  # an empty table: nothing was compared
+            return np.zeros(0, dtype=bool)
         if self.how == "phash":
             near = m.bits <= self.max_distance
         elif self.how == "embedding":
