@@ -12,9 +12,7 @@ sample of rows, side by side. Implementations (``--impl``):
 - ``default``: the working tree's defaults (D2: faiss lists, list-major GEMM search); run only where
   it differs from ``faiss`` (D2);
 - ``main``: the filters as they were before memory was bounded (commit ``BASELINE_REV``: the whole pool
-  in one process), extracted like ``handwritten``: the side-by-side check that nothing regressed;
-- ``numpy_cast``: the bounded filters with numpy's fp16 -> float32 cast (commit ``NUMPY_CAST_REV``),
-  against ``default``'s torch copy (``filters/_float32.py``).
+  in one process), extracted like ``handwritten``: the side-by-side check that nothing regressed.
 
 ``--impl both`` runs the first three; ``--impl main,default`` the two named; kept sets are compared
 with the first implementation's (Jaccard). ``--memory-budget`` is handed to the filters (the working
@@ -23,7 +21,6 @@ modes of ``embedding_filters_scale.py`` (peak memory of the whole process tree, 
 
     python benchmarks/embedding_filters.py --rows 1000000 --workdir /tmp/poolsieve-bench
     python benchmarks/embedding_filters.py --rows 1000000 --impl main,default --filters d2_pruning,semdedup
-    python benchmarks/embedding_filters.py --rows 100000 --shards 10 --impl numpy_cast,default --filters d2_pruning
     python benchmarks/embedding_filters.py --rows 20000 --filters d2_pruning --recall-sample 2000 --impl faiss
     python benchmarks/embedding_filters.py --scale 1000000,2000000,4000000 --workdir /tmp/bench-4m
 
@@ -52,11 +49,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scale mode's sibling module
 
 FILTERS = ("d2_pruning", "image_based", "dedup", "semdedup")
-IMPLS = ("handwritten", "faiss", "main", "numpy_cast", "default")
+IMPLS = ("handwritten", "faiss", "main", "default")
 HANDWRITTEN_REV = "2767a16"  # the last commit with the hand-written k-means and IVF index
 BASELINE_REV = "db3945e"  # main before the embedding filters' memory was bounded (issue 24)
-NUMPY_CAST_REV = "119b9af"  # the bounded filters before fp16 went to float32 through torch (_float32.py)
-REVISIONS = {"handwritten": HANDWRITTEN_REV, "main": BASELINE_REV, "numpy_cast": NUMPY_CAST_REV}
+REVISIONS = {"handwritten": HANDWRITTEN_REV, "main": BASELINE_REV}
 WORDS = np.array(["a", "photo", "of", "the", "red", "blue", "small", "large", "dog", "cat", "car", "house", "tree", "beach", "city", "night", "art", "food", "portrait", "vintage", "modern", "black", "white", "green", "street", "mountain", "river", "flower"])
 
 

@@ -32,7 +32,6 @@ from poolsieve.core.errors import ConfigError
 from poolsieve.core.progress import Progress
 
 from ._device import faiss_gpu_available
-from ._float32 import contiguous_float32
 from ._topk import smallest_k, sorted_topk
 
 METRICS = ("l2", "ip")
@@ -91,7 +90,7 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray, count: int, metric: 
     progress = Progress(desc, total=n, unit="rows") if desc else None
     step = ASSIGN_CHUNK if index is not None else ROW_BLOCK
     for start in range(0, n, step):
-        chunk = contiguous_float32(x[start:start + step])
+        chunk = np.ascontiguousarray(x[start:start + step], dtype=np.float32)
         if index is not None:
             values[start:start + len(chunk)], labels[start:start + len(chunk)] = index.search(chunk, count)
         else:
@@ -161,7 +160,7 @@ def kmeans(x: np.ndarray, k: int, *, niter: int = 20, seed: int = 0, spherical: 
     if niter < 1:
         raise ConfigError(f"k-means: iterations must be >= 1, got {niter}")
     device = resolve_device(device)
-    x = contiguous_float32(x)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     params = faiss.ClusteringParameters()
     params.niter = 1
     params.seed = int(seed)

@@ -21,7 +21,6 @@ import numpy as np
 from poolsieve.core.progress import Progress
 
 from .._device import faiss_gpu_available
-from .._float32 import contiguous_float32
 from .._topk import sorted_topk_full
 from .lists import coarse_probes
 
@@ -65,7 +64,7 @@ class FaissIvf:
         if ids is None:
             ids = np.arange(self.index.ntotal, self.index.ntotal + len(x), dtype=np.int64)
         for s in range(0, len(x), QUERY_CHUNK):
-            chunk = contiguous_float32(x[s:s + QUERY_CHUNK])
+            chunk = np.ascontiguousarray(x[s:s + QUERY_CHUNK], dtype=np.float32)
             lab = np.ascontiguousarray(labels[s:s + len(chunk)], dtype=np.int64)
             some = np.ascontiguousarray(ids[s:s + len(chunk)], dtype=np.int64)
             self.index.add_core(len(chunk), faiss.swig_ptr(chunk), faiss.swig_ptr(some), faiss.swig_ptr(lab))
@@ -111,7 +110,7 @@ class FaissIvf:
         if not gpu:
             self.index.nprobe = nprobe
         for start in range(0, nq, QUERY_CHUNK):
-            q = contiguous_float32(queries[start:start + QUERY_CHUNK])
+            q = np.ascontiguousarray(queries[start:start + QUERY_CHUNK], dtype=np.float32)
             pr = None
             if not gpu:
                 pr = probes[start:start + len(q), :nprobe] if probes is not None else None

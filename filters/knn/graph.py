@@ -37,10 +37,9 @@ from poolsieve.core.errors import ConfigError, PoolsieveWarning
 from poolsieve.core.progress import Progress
 
 from .._device import faiss_gpu_available
-from .._float32 import as_float32
 from .._topk import sorted_topk
 from .faiss_index import FaissIvf
-from .index import IvfIndex, exact_topk, flat_index, index_from_labels, pair_distances, run_units
+from .index import IvfIndex, as_float32, exact_topk, flat_index, index_from_labels, pair_distances, run_units
 from .lists import (
     MAX_CALIBRATED_NPROBE,
     calibration_rows,

@@ -31,7 +31,6 @@ from threadpoolctl import threadpool_limits
 
 from poolsieve.core.progress import Progress
 
-from .._float32 import as_float32, contiguous_float32
 from .._spill import DiskArray
 from .._topk import smallest_k, sorted_topk
 from .lists import coarse_probes
@@ -93,7 +92,7 @@ class IvfIndex:
         nprobe = max(1, min(nprobe, self.nlist))
         step = max(256, min(QUERY_CHUNK, (pairs or CANDIDATE_BUDGET) // (nprobe * k)))  # bounds the candidate arrays
         for start in range(0, nq, step):
-            chunk = contiguous_float32(queries[start:start + step])
+            chunk = np.ascontiguousarray(queries[start:start + step], dtype=np.float32)
             known = None if probes is None else probes[start:start + len(chunk), :nprobe]
             d, i = self._search_chunk(chunk, k, nprobe, device, known)
             dist[start:start + len(chunk)], ids[start:start + len(chunk)] = d, i
@@ -187,6 +186,10 @@ def _list_topk(q: np.ndarray, q_sq: np.ndarray, index: IvfIndex, lo: int, hi: in
     return np.concatenate(out_d), np.concatenate(out_i)
 
 
+def as_float32(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
 def block_topk(q: np.ndarray, q_sq: np.ndarray, v: np.ndarray, v_sq: np.ndarray, k: int, device: str,
                ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Squared L2 from every query to every base row; the ``min(k, len(v))`` smallest per query (unsorted),
@@ -239,13 +242,13 @@ def exact_topk(base, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
     the ``2 k`` candidates of each block takes the base rows as its query side, so that they do not
     change with how many rows ``base`` holds (the calibration searches a pool table by table,
     ``knn_graph`` the whole array)."""
-    q = contiguous_float32(queries)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
     q_sq = np.einsum("ij,ij->i", q, q)
     rows = base.rows if hasattr(base, "rows") else (lambda lo, hi: base[lo:hi])
     best_d = np.full((len(q), 0), np.inf, np.float32)
     best_i = np.zeros((len(q), 0), np.int64)
     for lo in range(0, len(base), EXACT_ROWS):
-        x = as_float32(rows(lo, lo + EXACT_ROWS))
+        x = np.asarray(rows(lo, lo + EXACT_ROWS), dtype=np.float32)
         dist = x @ q.T
         dist *= -2
         dist += np.einsum("ij,ij->i", x, x)[:, None]
@@ -264,7 +267,7 @@ def sq_norms(x: np.ndarray) -> np.ndarray:
     """Squared L2 norm of every row in float32, in chunks (no full-size float32 copy)."""
     out = np.empty(len(x), dtype=np.float32)
     for s in range(0, len(x), QUERY_CHUNK):
-        x32 = as_float32(x[s:s + QUERY_CHUNK])
+        x32 = np.asarray(x[s:s + QUERY_CHUNK], dtype=np.float32)
         out[s:s + len(x32)] = np.einsum("ij,ij->i", x32, x32)
     return out
 
