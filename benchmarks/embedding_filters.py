@@ -62,16 +62,26 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def generate_pool(root: Path, rows: int, shards: int, dim: int, seed: int = 0, key: str = "l14",
-                  reference_rows: int = 5000, noise: float = 0.6) -> None:
-    """Write ``scores/{shard}.parquet`` + ``.npz`` and ``references/target.npz`` under ``root``."""
+                  reference_rows: int = 5000, noise: float = 0.6, *, prefix_ok: bool = False,
+                  regenerate: bool = False) -> None:
+    """Write ``scores/{shard}.parquet`` + ``.npz`` and ``references/target.npz`` under ``root``.
+
+    A pool generated there before with other parameters is kept (the run stops and says so) unless
+    ``regenerate``; with ``prefix_ok`` (the scale and cluster modes, which use a pool's first tables) a
+    larger pool of the same rows per table serves as it is."""
     import pandas as pd
 
     from poolsieve.core.formats import embedding_keys, score_column, write_embeddings
 
     marker = root / "generated.json"
     spec = {"rows": rows, "shards": shards, "dim": dim, "seed": seed, "key": key, "noise": noise}
-    if marker.exists() and json.loads(marker.read_text()) == spec:
-        return
+    if marker.exists():
+        have = json.loads(marker.read_text())
+        if have == spec or (prefix_ok and _holds_prefix(have, spec)):
+            return
+        if not regenerate:
+            raise SystemExit(f"{root} holds another generated pool ({have}); asked for {spec}: give another "
+                             "--workdir, or --regenerate to replace it")
     for stale in root.glob("exact-knn-*.npy"):  # exact neighbours of a pool generated before
         stale.unlink()
     rng = np.random.default_rng(seed)
@@ -121,6 +131,14 @@ def generate_pool(root: Path, rows: int, shards: int, dim: int, seed: int = 0, k
     (root / "references").mkdir(exist_ok=True)
     np.savez(root / "references" / "target.npz", **{img_key: ref.astype(np.float16)})
     marker.write_text(json.dumps(spec))
+
+
+def _holds_prefix(have: dict, want: dict) -> bool:
+    """Whether pool ``have`` serves for ``want`` read through its first tables: as many rows per table, at
+    least as many rows, the same embeddings."""
+    same = all(have.get(k) == want[k] for k in ("dim", "seed", "key", "noise"))
+    per_table = -(-have["rows"] // have["shards"]) == -(-want["rows"] // want["shards"])
+    return same and per_table and have["rows"] >= want["rows"]
 
 
 # ------------------------------------------------------------------------- one filter, timed
@@ -330,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cluster", default=None, help="cluster mode: comma-separated node counts (e.g. 2,4)")
     p.add_argument("--cluster-rows", default=None, help="cluster mode: comma-separated row counts")
     p.add_argument("--node-memory", default="2GiB", help="cluster mode: each node's memory (Ray resource and budget)")
+    p.add_argument("--regenerate", action="store_true", help="replace a pool generated in --workdir with other parameters")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--impl-one", default="default", help=argparse.SUPPRESS)
     p.add_argument("--nodes-one", type=int, default=0, help=argparse.SUPPRESS)
@@ -355,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return embedding_filters_scale.main(args, argv)
     t0 = time.perf_counter()
-    generate_pool(args.workdir, args.rows, args.shards, args.dim, noise=args.noise)
+    generate_pool(args.workdir, args.rows, args.shards, args.dim, noise=args.noise, regenerate=args.regenerate)
     print(f"pool: {args.rows:,} rows, {args.shards} shards, {args.dim}-d image + text fp16 "
           f"(ready in {time.perf_counter() - t0:.0f}s) at {args.workdir}", flush=True)
     if "d2_pruning" in args.filters.split(",") and args.recall_sample:

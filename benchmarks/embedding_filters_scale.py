@@ -136,7 +136,8 @@ def scale_mode(args: argparse.Namespace, argv: list[str]) -> list[dict]:
     sizes = [int(v) for v in args.scale.split(",")]
     largest = max(sizes)
     t0 = time.perf_counter()
-    bench.generate_pool(args.workdir, largest, -(-largest // ROWS_PER_TABLE), args.dim, noise=args.noise)
+    bench.generate_pool(args.workdir, largest, -(-largest // ROWS_PER_TABLE), args.dim, noise=args.noise,
+                        prefix_ok=True, regenerate=args.regenerate)
     print(f"pool: {largest:,} rows at {args.workdir} (ready in {time.perf_counter() - t0:.0f}s)", flush=True)
     base_argv = _without(argv, ("--scale", "--max-tables", "--impl", "--cluster", "--cluster-rows"))
     results = []
@@ -184,7 +185,8 @@ def cluster_mode(args: argparse.Namespace, argv: list[str]) -> list[dict]:
     nodes = [int(v) for v in args.cluster.split(",")]
     sizes = [int(v) for v in (args.cluster_rows or str(args.rows)).split(",")]
     largest = max(sizes)
-    bench.generate_pool(args.workdir, largest, -(-largest // ROWS_PER_TABLE), args.dim, noise=args.noise)
+    bench.generate_pool(args.workdir, largest, -(-largest // ROWS_PER_TABLE), args.dim, noise=args.noise,
+                        prefix_ok=True, regenerate=args.regenerate)
     base_argv = _without(argv, ("--scale", "--max-tables", "--impl", "--cluster", "--cluster-rows", "--ray"))
     results = []
     for count in nodes:
