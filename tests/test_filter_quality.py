@@ -114,3 +114,32 @@ def test_toy_benchmark_shape_and_defect_counts(tmp_path, capsys) -> None:
     # ... basic drops every tiny image, decontaminate every byte copy of an evaluation image
     assert by_name["basic"]["too_small:removed"] == by_name["basic"]["too_small:count"]
     assert by_name["decontaminate"]["eval_copy:removed"] == by_name["decontaminate"]["eval_copy:count"]
+
+
+FIGURES = ("samples_seen", "tasks", "spread", "quality", "labels", "defects", "defects_per_subset", "seeds", "pool")
+
+
+@pytest.mark.download
+@pytest.mark.train
+@pytest.mark.timeout(1800)  # training slows tenfold when the machine is shared
+def test_two_toy_runs_in_two_workspaces_give_the_same_figures(tmp_path, capsys) -> None:
+    """The benchmark repeats exactly: scorers (the raw one too), subsets, reshards, training, evaluation.
+    A smaller experiment (four subsets, two trained plus the raw scorer's clip30) keeps the pair short."""
+    import yaml
+
+    fq = load_benchmark()
+    config = yaml.safe_load(fq.DEFAULT_CONFIG.read_text())
+    config["filter"]["subsets"] = {k: config["filter"]["subsets"][k]
+                                   for k in ("no_filter", "clip30", "image_clip45", "dedup")}
+    config["train"]["subsets"] = ["no_filter", "clip30"]
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(config))
+    figures = []
+    for i in range(2):
+        root = tmp_path / f"run{i}"
+        assert fq.main(["--workspace", str(root), "--toy", "--config", str(tmp_path / "small.yaml"),
+                        "--raw-subsets", "clip30", "--samples-seen", "256", "--scorer-samples-seen", "512"]) == 0
+        out = json.loads((root / "filter_quality.json").read_text())
+        assert [r["subset"] for r in out["quality"]] == ["no_filter", "clip30", "clip30__raw"]
+        figures.append(json.dumps({k: out[k] for k in FIGURES}, sort_keys=True))  # NaN compares as text
+    capsys.readouterr()
+    assert figures[0] == figures[1]
