@@ -168,21 +168,22 @@ def raw_pool_shards(ws: Any, runtime: Any, reshard_config: dict[str, Any]) -> Pa
 
 
 def train_scorers(ws: Any, runtime: Any, seed_samples: int, samples_seen: int, scorer_seeds: int,
-                  reshard_config: dict[str, Any]) -> dict[str, str]:
+                  config: dict[str, Any]) -> dict[str, str]:
     """``seed{k}``: a tiny CLIP on a clean seed set; ``raw{k}``: the same on the raw pool; k the scorer
-    (training) seed. Return key -> checkpoint."""
+    (training) seed; torch threads as the train section's. Return key -> checkpoint."""
     from poolsieve.pipeline.demo.quickstart import ensure_seed_set
     from poolsieve.train.config import TrainConfig
     from poolsieve.train.trainer import train_clip
 
-    sources = {"seed": ensure_seed_set(ws, seed_samples), "raw": raw_pool_shards(ws, runtime, reshard_config)}
+    sources = {"seed": ensure_seed_set(ws, seed_samples), "raw": raw_pool_shards(ws, runtime, config.get("reshard", {}))}
+    threads = config.get("train", {}).get("threads")
     out = {}
     for k in range(scorer_seeds):
         for scorer, data in sources.items():
             key = scorer_key(scorer, k)
             run_dir = ws.run_dir(f"scorer_{key}")
-            summary = train_clip(data, run_dir, TrainConfig(scale="tiny", samples_seen=samples_seen, seed=k),
-                                 name=f"scorer_{key}")
+            recipe = TrainConfig(scale="tiny", samples_seen=samples_seen, seed=k, threads=threads)
+            summary = train_clip(data, run_dir, recipe, name=f"scorer_{key}")
             checkpoint = Path(summary["checkpoint"])
             out[key] = str(checkpoint if checkpoint.is_absolute() else run_dir / checkpoint)
     return out
@@ -394,7 +395,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t = time.monotonic()
     seed_samples = pick("seed_samples") or pool.get("num_samples", 3000)
     checkpoints = train_scorers(ws, runtime, seed_samples, pick("scorer_samples_seen", SCORER_SAMPLES_SEEN),
-                                len(seeds), config.get("reshard", {}))
+                                len(seeds), config)
     timings["scorers"] = time.monotonic() - t
     t = time.monotonic()
     score_pool(ws, runtime, checkpoints)

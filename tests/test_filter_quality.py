@@ -132,7 +132,7 @@ def test_two_toy_runs_in_two_workspaces_give_the_same_figures(tmp_path, capsys) 
     config["filter"]["subsets"] = {k: config["filter"]["subsets"][k]
                                    for k in ("no_filter", "clip30", "image_clip45", "dedup")}
     config["train"]["subsets"] = ["no_filter", "clip30"]
-    (tmp_path / "small.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     figures = []
     for i in range(2):
         root = tmp_path / f"run{i}"
