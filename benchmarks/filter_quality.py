@@ -17,18 +17,16 @@ defects, a shift toward off-task images, easy and hard examples, planted copies 
 4. reshard, then train the tiny CLIP on each subset with the same number of samples seen, ``--seeds``
    runs per table row: run i trains with training seed i on the subset of scorer seed i; evaluate each
    run zero-shot on the built-in tasks (shape and colour classification, image-caption retrieval);
-5. print DataComp's table (row, size, each task, the classification group, the average with its
-   standard deviation over runs (runs differ in training seed and, in rows that use a scorer, in scorer
-   seed), and the difference to no filtering in standard errors), and, for every row and every labelled
-   defect of the pool, the share of defective samples removed and of clean samples kept (removal
-   recall per defect, removal precision; means over scorer seeds).
+5. print DataComp's table (row, size, each task, the classification group, the average ± its std over
+   runs, which differ in training seed and, in rows with a scorer, in scorer seed; the difference to
+   no filtering in standard errors), and per row and labelled defect the share removed (removal
+   recall), of clean samples kept, and removal precision (means over scorer seeds).
 
     python benchmarks/filter_quality.py --workspace /tmp/fq            # the full run (see README: Results)
     python benchmarks/filter_quality.py --workspace /tmp/fq --toy      # one seed, a tiny pool (minutes)
 
-Everything is resumable: a rerun skips the stages, runs and evaluations already complete. Two runs in
-two fresh workspaces give the same figures (``tests/test_filter_quality.py``). The figures also go to
-``<workspace>/filter_quality.json``.
+A rerun skips the stages, runs and evaluations already complete; two runs in two fresh workspaces give
+the same figures (``tests/test_filter_quality.py``), also written to ``<workspace>/filter_quality.json``.
 """
 
 from __future__ import annotations
