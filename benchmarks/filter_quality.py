@@ -5,25 +5,28 @@ pool. This benchmark measures it on the built-in pool (``pipeline/demo/synthetic
 defects, a shift toward off-task images, easy and hard examples, planted copies of evaluation images):
 
 1. generate the pool, serve it on 127.0.0.1 and download it (img2dataset);
-2. train two tiny CLIP scorers with the same budget: ``seed`` on a curated clean seed set (the
-   data-filtering-network idea) and ``raw`` on the raw pool; score the pool with both; embed the
-   evaluation images (``eval_tasks``, for ``decontaminate``) and the image-based target (``target``);
+2. train two kinds of tiny CLIP scorer with the same budget, each ``--seeds`` times with scorer seeds
+   0, 1, ...: ``seed`` on a curated clean seed set (the data-filtering-network idea) and ``raw`` on the
+   raw pool (resharded first, so its data order follows the metadata, never the download); score the
+   pool with all of them (columns ``seed0``, ``raw0``, ``seed1``, ...); embed the evaluation images
+   (``eval_tasks``, for ``decontaminate``) and the image-based target (``target``) with each;
 3. make every subset of the experiment file (``benchmarks/filter_quality.yaml``, a ``poolsieve run``
-   experiment with ``${workspace}`` and ``${scorer}`` placeholders), once with the seed scorer and, for
-   ``--raw-subsets``, once more with the raw one (``NAME__raw``);
+   experiment with ``${workspace}`` and ``${scorer}`` placeholders): a subset whose spec names
+   ``${scorer}`` is made once per scorer seed (``NAME__s0``, ``NAME__s1``, ...) with the seed scorer
+   and, for ``--raw-subsets``, again with the raw one (``NAME__raw__s0``, ...); the others once;
 4. reshard, then train the tiny CLIP on each subset with the same number of samples seen, ``--seeds``
-   times with different training seeds, and evaluate each run zero-shot on the built-in tasks (shape
-   and colour classification, image-caption retrieval);
-5. print DataComp's table (subset, size, each task, the classification group, the average with its
-   standard deviation over seeds, and the difference to no filtering in standard errors), and, for
-   every subset and every labelled defect of the pool, the share of defective samples removed and of
-   clean samples kept (removal recall per defect, removal precision).
+   runs per table row: run i trains with training seed i on the subset of scorer seed i; evaluate each
+   run zero-shot on the built-in tasks (shape and colour classification, image-caption retrieval);
+5. print DataComp's table (row, size, each task, the classification group, the average ± its std over
+   runs, which differ in training seed and, in rows with a scorer, in scorer seed; the difference to
+   no filtering in standard errors), and per row and labelled defect the share removed (removal
+   recall), of clean samples kept, and removal precision (means over scorer seeds).
 
-    python benchmarks/filter_quality.py --workspace /tmp/fq            # the full run (31 min on 2 quiet cores)
+    python benchmarks/filter_quality.py --workspace /tmp/fq            # the full run (see README: Results)
     python benchmarks/filter_quality.py --workspace /tmp/fq --toy      # one seed, a tiny pool (minutes)
 
-Everything is resumable: a rerun skips the stages, runs and evaluations already complete. The figures
-also go to ``<workspace>/filter_quality.json``.
+A rerun skips the stages, runs and evaluations already complete; two runs in two fresh workspaces give
+the same figures (``tests/test_filter_quality.py``), also written to ``<workspace>/filter_quality.json``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import math
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +45,31 @@ import numpy as np
 
 DEFAULT_CONFIG = Path(__file__).with_name("filter_quality.yaml")
 SCORERS = ("seed", "raw")
-RAW_SUBSETS = ("clip30", "d2_pruning")  # a raw-pool scorer row for the top-30% and the D2 filter (time: 45 min)
+RAW_SUBSETS = ("clip30", "d2_pruning")  # a raw-pool scorer row for the top-30% and the D2 filter
+RAW_POOL = "raw_pool"  # filtered/raw_pool/: the whole downloaded pool resharded, the raw scorers' data
 BASELINE = "no_filter"
 SCORER_SAMPLES_SEEN = 6144
 CLASSIFICATION_TASKS = ("Synthetic shape", "Synthetic colour")
+SPREAD = "std over runs; run i: training seed i and, in rows with a scorer, scorer seed i"
 SAMPLES_SEEN: dict[str, int] = {}  # run -> samples its training saw (the trainer rounds the budget up)
 TOY = {"num_samples": 400, "eval_samples": 60, "retrieval_samples": 40, "target_samples": 60,
        "samples_seen": 512, "scorer_samples_seen": 1024, "seed_samples": 400, "seeds": 1}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: its runs train on ``subsets[i]`` with training seed i (the subset made with
+    scorer seed i where the spec names a scorer, else the same subset for every run)."""
+
+    name: str  # NAME (seed scorer or none) or NAME__raw
+    base: str  # the experiment file's subset name
+    scorer: str  # "seed", "raw" or "" (the spec names no scorer)
+    subsets: tuple[str, ...]  # one per run
+
+
+def scorer_key(scorer: str, seed: int) -> str:
+    """The score column key of ``scorer`` trained with scorer seed ``seed`` (``seed0``, ``raw2``)."""
+    return f"{scorer}{seed}"
 
 
 # ----------------------------------------------------------------------------------- the config
@@ -66,17 +88,32 @@ def mentions_scorer(spec: Any) -> bool:
     return "${scorer}" in json.dumps(spec)
 
 
-def expand_subsets(specs: dict[str, Any], raw_subsets: list[str]) -> dict[str, tuple[str, str, Any]]:
-    """name -> (base name, scorer, spec): each spec with the seed scorer, plus ``NAME__raw`` variants."""
-    out: dict[str, tuple[str, str, Any]] = {}
+def expand_subsets(specs: dict[str, Any], raw_subsets: list[str], scorer_seeds: int
+                   ) -> tuple[dict[str, Row], dict[str, Any]]:
+    """(table row name -> Row, subset name -> filter spec). A spec naming ``${scorer}`` is made once per
+    scorer seed (``NAME__s{k}`` with ``seed{k}``) and, for ``raw_subsets``, once per raw scorer seed
+    (``NAME__raw__s{k}`` with ``raw{k}``); any other spec once, under its own name."""
+    rows: dict[str, Row] = {}
+    made: dict[str, Any] = {}
+
+    def add(row: str, base: str, scorer: str) -> None:
+        if not scorer:
+            made[row] = specs[base]
+            rows[row] = Row(row, base, "", (row,) * scorer_seeds)
+            return
+        names = tuple(f"{row}__s{k}" for k in range(scorer_seeds))
+        for k, name in enumerate(names):
+            made[name] = substitute(specs[base], {"scorer": scorer_key(scorer, k)})
+        rows[row] = Row(row, base, scorer, names)
+
     for name, spec in specs.items():
-        out[name] = (name, "seed", substitute(spec, {"scorer": "seed"}))
+        add(name, name, "seed" if mentions_scorer(spec) else "")
     for name in raw_subsets:
         if name not in specs:
             raise SystemExit(f"--raw-subsets: {name!r} is not a subset of the experiment file")
         if mentions_scorer(specs[name]):
-            out[f"{name}__raw"] = (name, "raw", substitute(specs[name], {"scorer": "raw"}))
-    return out
+            add(f"{name}__raw", name, "raw")
+    return rows, made
 
 
 def load_config(path: Path, workspace: Path) -> dict[str, Any]:
@@ -111,24 +148,47 @@ def prepare_pool(ws: Any, config: dict[str, Any], runtime: Any, overrides: dict[
     return values
 
 
-def train_scorers(ws: Any, seed_samples: int, samples_seen: int) -> dict[str, str]:
-    """``seed``: a tiny CLIP on a clean seed set; ``raw``: the same on the raw pool. key -> checkpoint."""
+def raw_pool_shards(ws: Any, runtime: Any, reshard_config: dict[str, Any]) -> Path:
+    """The whole downloaded pool resharded into ``filtered/raw_pool/``: pool-shard, then key order (the
+    metadata's row order), where the downloaded tars hold their samples in the order fetches finished."""
+    import pandas as pd
+
+    from poolsieve.core.formats import write_subset
+    from poolsieve.core.uids import UidSet
+    from poolsieve.pipeline.reshard.stage import ReshardConfig, reshard
+
+    uids = pd.concat([pd.read_parquet(f, columns=["uid"]) for f in ws.metadata_files()])["uid"]
+    listing = ws.root / "synthetic" / f"{RAW_POOL}.npy"  # every uid of the metadata; reshard finds the downloaded
+    write_subset(listing, UidSet.from_hex(uids.to_numpy()))
+    reshard(ws, ReshardConfig(subset=str(listing), name=RAW_POOL, shard_size=reshard_config.get("shard_size", 1000)),
+            runtime)
+    return ws.filtered_dir(RAW_POOL)
+
+
+def train_scorers(ws: Any, runtime: Any, seed_samples: int, samples_seen: int, scorer_seeds: int,
+                  config: dict[str, Any]) -> dict[str, str]:
+    """``seed{k}``: a tiny CLIP on a clean seed set; ``raw{k}``: the same on the raw pool; k the scorer
+    (training) seed; torch threads as the train section's. Return key -> checkpoint."""
     from poolsieve.pipeline.demo.quickstart import ensure_seed_set
     from poolsieve.train.config import TrainConfig
     from poolsieve.train.trainer import train_clip
 
-    sources = {"seed": ensure_seed_set(ws, seed_samples), "raw": ws.shards_dir}
+    sources = {"seed": ensure_seed_set(ws, seed_samples), "raw": raw_pool_shards(ws, runtime, config.get("reshard", {}))}
+    threads = config.get("train", {}).get("threads")
     out = {}
-    for key, data in sources.items():
-        summary = train_clip(data, ws.run_dir(f"scorer_{key}"), TrainConfig(scale="tiny", samples_seen=samples_seen,
-                                                                            seed=1), name=f"scorer_{key}")
-        checkpoint = Path(summary["checkpoint"])
-        out[key] = str(checkpoint if checkpoint.is_absolute() else ws.run_dir(f"scorer_{key}") / checkpoint)
+    for k in range(scorer_seeds):
+        for scorer, data in sources.items():
+            key = scorer_key(scorer, k)
+            run_dir = ws.run_dir(f"scorer_{key}")
+            recipe = TrainConfig(scale="tiny", samples_seen=samples_seen, seed=k, threads=threads)
+            summary = train_clip(data, run_dir, recipe, name=f"scorer_{key}")
+            checkpoint = Path(summary["checkpoint"])
+            out[key] = str(checkpoint if checkpoint.is_absolute() else run_dir / checkpoint)
     return out
 
 
 def score_pool(ws: Any, runtime: Any, checkpoints: dict[str, str]) -> None:
-    """Score the pool with both scorers; embed the evaluation images and the image-based target."""
+    """Score the pool with every scorer; embed the evaluation images and the image-based target."""
     from poolsieve.pipeline.experiment import run_experiment
     from poolsieve.pipeline.score.references import embed_reference
     from poolsieve.pipeline.score.stage import ScoreConfig
@@ -140,28 +200,27 @@ def score_pool(ws: Any, runtime: Any, checkpoints: dict[str, str]) -> None:
     embed_reference(ws, ws.root / "synthetic" / "target", "target", config, quiet=True)
 
 
-def make_subsets(ws: Any, runtime: Any, subsets: dict[str, tuple[str, str, Any]], train_names: list[str],
+def make_subsets(ws: Any, runtime: Any, specs: dict[str, Any], train_names: list[str],
                  reshard: dict[str, Any]) -> None:
     """Filter every subset; reshard those that are trained."""
     from poolsieve.pipeline.experiment import run_experiment
 
-    specs = {name: spec for name, (_, _, spec) in subsets.items()}
     run_experiment(ws, {"filter": {"subsets": specs}}, runtime, only=["filter"], report_skipped=False)
     run_experiment(ws, {"filter": {"subsets": specs}, "reshard": {**reshard, "subsets": train_names}}, runtime,
                    only=["reshard"], report_skipped=False)
 
 
-def train_and_evaluate(ws: Any, name: str, seed: int, train: dict[str, Any], evaluate: dict[str, Any]) -> dict:
-    """One training run of subset ``name`` with training seed ``seed``, and its evaluation summary."""
+def train_and_evaluate(ws: Any, run: str, subset: str, seed: int, train: dict[str, Any],
+                       evaluate: dict[str, Any]) -> dict:
+    """Training run ``run`` on subset ``subset`` with training seed ``seed``, and its evaluation summary."""
     from poolsieve.core.models import ModelSpec
     from poolsieve.eval.cli import checkpoint_of_run
     from poolsieve.eval.evaluator import evaluate_model
     from poolsieve.pipeline.commands import stage as load_stage
     from poolsieve.train.trainer import train_clip
 
-    run = f"{name}__s{seed}"
     config = load_stage("train").config_from({k: v for k, v in train.items() if k != "subsets"} | {"seed": seed})
-    trained = train_clip(ws.filtered_dir(name), ws.run_dir(run), config, name=run)
+    trained = train_clip(ws.filtered_dir(subset), ws.run_dir(run), config, name=run)
     SAMPLES_SEEN[run] = int(trained["samples_seen"])
     arch, checkpoint = checkpoint_of_run(ws.run_dir(run))
     eval_config = load_stage("evaluate").config_from({k: v for k, v in evaluate.items() if k != "subsets"})
@@ -176,15 +235,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else float("nan")
 
 
-def quality_rows(results: dict[str, list[dict[str, float]]], sizes: dict[str, int],
+def quality_rows(results: dict[str, list[dict[str, float]]], sizes: dict[str, list[int]],
                  scorer_of: dict[str, str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Per subset: size, mean per task over seeds, the classification group, average ± std, and the
-    difference of the average to no filtering in standard errors of the difference."""
+    """Per row: size (mean over its subsets), mean per task over runs, the classification group, average
+    ± std over runs, and the difference of the average to no filtering in standard errors of the
+    difference. ``covers`` says what the runs of the row differ in."""
     tasks = list(dict.fromkeys(t for runs in results.values() for r in runs for t in r))
     rows = []
     for name, runs in results.items():
-        row: dict[str, Any] = {"subset": name, "scorer": scorer_of.get(name, ""), "size": sizes.get(name),
-                               "seeds": len(runs)}
+        own = sizes.get(name) or []
+        row: dict[str, Any] = {"subset": name, "scorer": scorer_of.get(name, ""),
+                               "size": float(np.mean(own)) if own else None, "sizes": own, "seeds": len(runs),
+                               "covers": "scorer + training seed" if scorer_of.get(name) else "training seed"}
         for t in tasks:
             row[t] = float(np.mean([r[t] for r in runs if r.get(t) is not None]))
         classification = [t for t in tasks if t in CLASSIFICATION_TASKS]
@@ -228,10 +290,24 @@ def defect_rows(ws: Any, names: list[str]) -> tuple[list[str], list[dict[str, An
             row[f"{kind}:removed"] = int((of_kind & removed).sum())
         defective_removed = int((removed & (labels != CLEAN).to_numpy()).sum())
         row["precision"] = defective_removed / row["removed"] if row["removed"] else float("nan")
-        clean = int((labels == CLEAN).sum())
-        row["clean_kept"] = row[f"{CLEAN}:count"] - row[f"{CLEAN}:removed"] if clean else 0
         rows.append(row)
     return kinds, rows
+
+
+def mean_defect_rows(rows: dict[str, Row], per_subset: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per table row, the defect figures of its subsets averaged over scorer seeds (a row with one subset:
+    that subset's figures)."""
+    by_subset = {r["subset"]: r for r in per_subset}
+    out = []
+    for row in rows.values():
+        figures = [by_subset[s] for s in dict.fromkeys(row.subsets)]
+        merged: dict[str, Any] = {"subset": row.name, "subsets": len(figures)}
+        for key, value in figures[0].items():
+            if key != "subset":
+                values = [f[key] for f in figures]
+                merged[key] = value if len(set(values)) == 1 else float(np.mean(values))
+        out.append(merged)
+    return out
 
 
 def format_quality(tasks: list[str], rows: list[dict[str, Any]]) -> str:
@@ -239,9 +315,9 @@ def format_quality(tasks: list[str], rows: list[dict[str, Any]]) -> str:
 
     has_group = any("classification" in r for r in rows)
     header = ["subset", "scorer", "size", *tasks, *(["classification"] if has_group else []), "average", "± std",
-              "vs no_filter (SE)"]
-    body = [[r["subset"], r["scorer"], r["size"], *[r[t] for t in tasks],
-             *([r.get("classification", math.nan)] if has_group else []), r["average"], r["std"],
+              "± covers", "vs no_filter (SE)"]
+    body = [[r["subset"], r["scorer"] or "-", r["size"], *[r[t] for t in tasks],
+             *([r.get("classification", math.nan)] if has_group else []), r["average"], r["std"], r["covers"],
              r["vs_no_filter_se"]] for r in rows]
     return format_table(header, body)
 
@@ -269,12 +345,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workspace", type=Path, required=True, help="workspace folder (created)")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="experiment file (default: %(default)s)")
-    p.add_argument("--seeds", type=int, help="training seeds per subset (default 3)")
+    p.add_argument("--seeds", type=int, help="runs per row (default 3): run i uses training seed i and scorer seed i")
     p.add_argument("--num-samples", type=int, help="pool size (default: the experiment file's)")
     p.add_argument("--samples-seen", type=int, help="training budget per run (default: the experiment file's)")
     p.add_argument("--eval-samples", type=int, help="images per classification task")
     p.add_argument("--seed-samples", type=int, help="clean pairs of the seed scorer's seed set (default: pool size)")
-    p.add_argument("--scorer-samples-seen", type=int, default=SCORER_SAMPLES_SEEN, help="scorers' training budget")
+    p.add_argument("--scorer-samples-seen", type=int, help=f"scorers' training budget (default {SCORER_SAMPLES_SEEN})")
     p.add_argument("--subsets", help="comma list: train only these subsets (default: the train section's)")
     p.add_argument("--raw-subsets", default=",".join(RAW_SUBSETS),
                    help="subsets made again with the raw-pool scorer (default: %(default)s; empty: none)")
@@ -282,6 +358,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--toy", action="store_true", help="a tiny pool, one seed, a small budget (for tests)")
     p.add_argument("--json", type=Path, help="write the figures here too (default <workspace>/filter_quality.json)")
     return p.parse_args(argv)
+
+
+def train_all(ws: Any, rows: dict[str, Row], train_rows: list[str], seeds: list[int], train: dict[str, Any],
+              evaluate: dict[str, Any], t0: float) -> dict[str, list[dict[str, float]]]:
+    """Every run of every trained row: run i of row R is ``R__s{i}``, on R's subset i, training seed i."""
+    results: dict[str, list[dict[str, float]]] = {}
+    for seed in seeds:  # seed-major: an interrupted run has every row at the same number of runs
+        for name in train_rows:
+            results.setdefault(name, []).append(
+                train_and_evaluate(ws, f"{name}__s{seed}", rows[name].subsets[seed], seed, train, evaluate))
+            print(f"filter_quality: {name} run {seed} done ({time.monotonic() - t0:.0f} s)", flush=True)
+    return results
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -296,6 +384,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ws = Workspace.create(workspace) if not workspace.exists() else Workspace.open(workspace)
     config = load_config(args.config, ws.root)
     runtime = Runtime(executor=args.executor)
+    seeds = list(range(pick("seeds", 3)))
 
     overrides = {"num_samples": pick("num_samples"), "eval_samples": pick("eval_samples"),
                  "retrieval_samples": toy.get("retrieval_samples"), "target_samples": toy.get("target_samples")}
@@ -303,15 +392,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timings["generate + download"] = time.monotonic() - t0
     t = time.monotonic()
     seed_samples = pick("seed_samples") or pool.get("num_samples", 3000)
-    checkpoints = train_scorers(ws, seed_samples, args.scorer_samples_seen if not args.toy else
-                                toy["scorer_samples_seen"])
+    checkpoints = train_scorers(ws, runtime, seed_samples, pick("scorer_samples_seen", SCORER_SAMPLES_SEEN),
+                                len(seeds), config)
     timings["scorers"] = time.monotonic() - t
     t = time.monotonic()
     score_pool(ws, runtime, checkpoints)
     timings["score"] = time.monotonic() - t
 
-    raw = [s for s in args.raw_subsets.split(",") if s]
-    subsets = expand_subsets(config["filter"]["subsets"], raw)
+    rows, specs = expand_subsets(config["filter"]["subsets"], [s for s in args.raw_subsets.split(",") if s],
+                                 len(seeds))
     train = dict(config.get("train", {}))
     if pick("samples_seen"):
         train["samples_seen"] = pick("samples_seen")
@@ -319,29 +408,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                    config["filter"]["subsets"])
     if BASELINE not in base_names:
         base_names.insert(0, BASELINE)
-    train_names = [n for n, (base, _, _) in subsets.items() if base in base_names]
+    train_rows = [name for name, row in rows.items() if row.base in base_names]
     t = time.monotonic()
-    make_subsets(ws, runtime, subsets, train_names, config.get("reshard", {}))
+    make_subsets(ws, runtime, specs, list(dict.fromkeys(s for n in train_rows for s in rows[n].subsets)),
+                 config.get("reshard", {}))
     timings["filter + reshard"] = time.monotonic() - t
 
     evaluate = dict(config.get("evaluate", {}))
     if pick("eval_samples"):
         evaluate["synthetic_samples"] = pick("eval_samples")
-    seeds = list(range(pick("seeds", 3)))
     t = time.monotonic()
-    results: dict[str, list[dict[str, float]]] = {}
-    for seed in seeds:  # seed-major: an interrupted run has every subset at the same number of seeds
-        for name in train_names:
-            results.setdefault(name, []).append(train_and_evaluate(ws, name, seed, train, evaluate))
-            print(f"filter_quality: {name} seed {seed} done ({time.monotonic() - t0:.0f} s)", flush=True)
+    results = train_all(ws, rows, train_rows, seeds, train, evaluate, t0)
     timings["train + evaluate"] = time.monotonic() - t
 
-    sizes = {n: json.loads(ws.subset_info_path(n).read_text()).get("count") for n in subsets}
-    tasks, quality = quality_rows(results, sizes, {n: s for n, (_, s, _) in subsets.items()})
-    kinds, defects = defect_rows(ws, list(subsets))
+    count = {n: json.loads(ws.subset_info_path(n).read_text()).get("count") for n in specs}
+    sizes = {name: [count[s] for s in dict.fromkeys(row.subsets)] for name, row in rows.items()}
+    tasks, quality = quality_rows(results, sizes, {n: row.scorer for n, row in rows.items()})
+    kinds, per_subset = defect_rows(ws, list(specs))
     timings["total"] = time.monotonic() - t0
-    out = {"samples_seen": sorted(set(SAMPLES_SEEN.values())), "tasks": tasks, "quality": quality, "labels": kinds, "defects": defects, "timings": timings,
-           "seeds": seeds, "train": train, "pool": pool, "scorers": {k: ws.rel(v) for k, v in checkpoints.items()}}
+    out = {"samples_seen": sorted(set(SAMPLES_SEEN.values())), "tasks": tasks, "spread": SPREAD,
+           "quality": quality, "labels": kinds, "defects": mean_defect_rows(rows, per_subset),
+           "defects_per_subset": per_subset, "timings": timings, "seeds": seeds, "scorer_seeds": seeds,
+           "train": train, "pool": pool, "scorers": {k: ws.rel(v) for k, v in checkpoints.items()},
+           "runs": {name: [f"{name}__s{i}: subset {rows[name].subsets[i]}, training seed {i}" for i in seeds]
+                    for name in train_rows}}
     (args.json or ws.root / "filter_quality.json").write_text(json.dumps(out, indent=1, default=float))
     return out
 
@@ -351,11 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     out = run(args)
     print()
     seen = " or ".join(f"{n:,}" for n in out["samples_seen"])
-    print(f"Zero-shot results of a tiny CLIP trained on each subset ({seen} samples seen, "
-          f"{len(out['seeds'])} training seed(s); mean over seeds):")
+    print(f"Zero-shot results of a tiny CLIP trained on each subset ({seen} samples seen, {len(out['seeds'])} "
+          f"run(s) per row; mean over runs; ± is the {out['spread']}; size: mean over scorer seeds):")
     print(format_quality(out["tasks"], out["quality"]))
     print()
-    print("What each subset removed, per labelled defect of the pool (share removed; clean: share kept):")
+    print("What each subset removed, per labelled defect of the pool (share removed; clean: share kept; "
+          "mean over scorer seeds):")
     print(format_defects(out["labels"], out["defects"]))
     print()
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in out["timings"].items()))

@@ -8,11 +8,10 @@ samples per shard, and the second reads the pool's metadata rows shuffled into t
 two: score sorts each shard's rows by key (the input row), so downloads of the same metadata give
 byte-identical score tables (``test_score_determinism``) and any deterministic filter would pass; the
 same pool listed in another order (another split of the metadata, files listed in another order) and
-cut into other shards stores every row elsewhere. Both workspaces are scored one image per forward
-(score's embeddings of a sample change in their last bits with the other samples of its batch, so
-with batches of several images the two pools would not hold the same numbers; the test checks that
-they do, uid by uid),
-and every registered filter (``test_filters_order.CASES``'s filters, each with parameters for this
+cut into other shards stores every row elsewhere. The workspaces are scored with real batches, 16
+images per forward in one and 7 in the other: score pads a short batch (a shard's end) to the batch's
+shape, so a sample's embedding does not depend on where the shard cut its batch, and the two pools hold
+the same numbers uid by uid (the test checks it), and every registered filter (``test_filters_order.CASES``'s filters, each with parameters for this
 pool) makes its subset, in one workspace in this process and in the other on Ray; every ``.npy`` must
 be byte-identical.
 """
@@ -116,9 +115,8 @@ def test_two_downloads_give_byte_identical_subsets_from_every_filter(tmp_path, r
             download(ws, download_config(per_shard, processes, threads), Runtime(executor="local"))
             workspaces.append(ws)
     model = f"poolsieve-tiny:{save_tiny_checkpoint(tmp_path / 'tiny.pt')}"
-    config = ScoreConfig(models=[model], chunk_size=1, batch_size=1, threads=1)
-    for ws in workspaces:
-        score_pool(ws, config, Runtime(executor="local"), quiet=True)
+    for ws, batch in zip(workspaces, (16, 7), strict=True):
+        score_pool(ws, ScoreConfig(models=[model], batch_size=batch, threads=1), Runtime(executor="local"), quiet=True)
         for name, folder in (("target", "target"), ("eval_tasks", "eval_images")):
             run(ws, ScoreConfig(models=[model], batch_size=4, threads=1, reference=str(root / "synthetic" / folder),
                                 reference_name=name), Runtime(executor="local"))
