@@ -75,7 +75,7 @@ def build_workspace(root: Path) -> Workspace:
                          "original_height": side, "width": 48, "height": 48, "caption_length": len(s.caption),
                          "caption_words": len(s.caption.split()), "sha256": None, "language_score": 0.9, "language": "de" if d == "non_english" else "en",
                          "status": "success" if s.jpeg else "decode_error", "error": None if s.jpeg else "no image",
-                         "clip_b32_similarity_score": b32, "clip_l14_similarity_score": b32 * 0.8 + rng.normal(0, 0.02)})
+                         "phash": None, "clip_b32_similarity_score": b32, "clip_l14_similarity_score": b32 * 0.8 + rng.normal(0, 0.02)})
         table = pd.DataFrame(rows)
         pq.write_table(pa.Table.from_pandas(table, schema=score_table_schema(["b32", "l14"]), preserve_index=False),
                        ws.score_table_path(f"{shard:05d}"))
