@@ -32,6 +32,7 @@ from poolsieve.core.errors import ConfigError
 from poolsieve.core.progress import Progress
 
 from ._device import faiss_gpu_available
+from ._halves import to_float32
 from ._topk import smallest_k, sorted_topk
 
 METRICS = ("l2", "ip")
@@ -90,7 +91,7 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray, count: int, metric: 
     progress = Progress(desc, total=n, unit="rows") if desc else None
     step = ASSIGN_CHUNK if index is not None else ROW_BLOCK
     for start in range(0, n, step):
-        chunk = np.ascontiguousarray(x[start:start + step], dtype=np.float32)
+        chunk = np.ascontiguousarray(to_float32(x[start:start + step]))
         if index is not None:
             values[start:start + len(chunk)], labels[start:start + len(chunk)] = index.search(chunk, count)
         else:

@@ -72,6 +72,7 @@ from ._embeddings import (
     pick_embedding_key,
     row_counts,
 )
+from ._halves import to_float32
 from ._kmeans import kmeans, nearest_centroid
 from ._row_order import first_rows, in_order, order_keys
 from ._spill import read_groups, spill_folder, write_groups
@@ -91,7 +92,7 @@ def default_clusters(n: int) -> int:
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
+    x = to_float32(x)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 

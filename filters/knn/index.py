@@ -31,6 +31,7 @@ from threadpoolctl import threadpool_limits
 
 from poolsieve.core.progress import Progress
 
+from .._halves import to_float32
 from .._spill import DiskArray
 from .._topk import smallest_k, sorted_topk
 from .lists import coarse_probes
@@ -187,7 +188,7 @@ def _list_topk(q: np.ndarray, q_sq: np.ndarray, index: IvfIndex, lo: int, hi: in
 
 
 def as_float32(a: np.ndarray) -> np.ndarray:
-    return np.asarray(a, dtype=np.float32)
+    return to_float32(a)
 
 
 def block_topk(q: np.ndarray, q_sq: np.ndarray, v: np.ndarray, v_sq: np.ndarray, k: int, device: str,
@@ -248,7 +249,7 @@ def exact_topk(base, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
     best_d = np.full((len(q), 0), np.inf, np.float32)
     best_i = np.zeros((len(q), 0), np.int64)
     for lo in range(0, len(base), EXACT_ROWS):
-        x = np.asarray(rows(lo, lo + EXACT_ROWS), dtype=np.float32)
+        x = to_float32(rows(lo, lo + EXACT_ROWS))
         dist = x @ q.T
         dist *= -2
         dist += np.einsum("ij,ij->i", x, x)[:, None]
@@ -267,7 +268,7 @@ def sq_norms(x: np.ndarray) -> np.ndarray:
     """Squared L2 norm of every row in float32, in chunks (no full-size float32 copy)."""
     out = np.empty(len(x), dtype=np.float32)
     for s in range(0, len(x), QUERY_CHUNK):
-        x32 = np.asarray(x[s:s + QUERY_CHUNK], dtype=np.float32)
+        x32 = to_float32(x[s:s + QUERY_CHUNK])
         out[s:s + len(x32)] = np.einsum("ij,ij->i", x32, x32)
     return out
 

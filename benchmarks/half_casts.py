@@ -1,0 +1,81 @@
+"""float16 -> float32 casts, numpy's ``astype`` against ``filters._halves.to_float32``, side by side, alone
+and inside D2's exact re-rank (``knn.graph.rerank``: 2 parts x 768-d, 41 candidates per part, the
+benchmark pool's shape) with the re-rank block before (256 queries) and now (``RERANK_BLOCK``).
+
+    python benchmarks/half_casts.py [--rows 200000 --queries 8192 --repeats 3]
+
+Prints the best of ``--repeats`` for each arm and the ratios; checks that every arm gives the same bits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import poolsieve.filters.knn.graph as graph
+import poolsieve.filters.knn.index as index
+from poolsieve.filters._halves import to_float32
+from poolsieve.filters.knn.index import index_from_labels
+
+
+def best_of(repeats: int, fn) -> tuple[float, object]:
+    fn()  # warm: first-touch page faults
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def numpy_cast(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--queries", type=int, default=8192)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((args.rows, 1536), dtype=np.float32) * 0.036).astype(np.float16)
+
+    block = x[: 16 * 82]
+    t_np, a = best_of(args.repeats * 20, lambda: block.astype(np.float32))
+    t_fast, b = best_of(args.repeats * 20, lambda: to_float32(block))
+    assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    values = block.size
+    print(f"cast of {values:,} halves: numpy {values / t_np / 1e6:,.0f} M/s, to_float32 {values / t_fast / 1e6:,.0f} M/s, "
+          f"ratio {t_np / t_fast:.2f}x")
+
+    labels = rng.integers(0, 400, args.rows)
+    centroids = np.zeros((400, 768), np.float32)
+    parts = [index_from_labels(x[:, :768], centroids, labels), index_from_labels(x[:, 768:], centroids, labels)]
+    slices = [slice(0, 768), slice(768, 1536)]
+    queries = x[: args.queries]
+    cand = [rng.integers(0, args.rows, (args.queries, 41)) for _ in parts]
+    now_block = graph.RERANK_BLOCK
+    arms = {}
+    for cast_name, cast in (("numpy", numpy_cast), ("to_float32", to_float32)):
+        for block_rows in (256, now_block):
+            index.to_float32 = cast  # what index.as_float32 (the re-rank's cast) calls
+            graph.RERANK_BLOCK = block_rows
+            t, out = best_of(args.repeats, lambda: graph.rerank(queries, parts, slices, cand, 6))
+            arms[(cast_name, block_rows)] = (t, out)
+    index.to_float32, graph.RERANK_BLOCK = to_float32, now_block
+    first = next(iter(arms.values()))[1]
+    for key, (_, out) in arms.items():
+        assert all(np.array_equal(o, f) for o, f in zip(out, first, strict=True)), f"{key} differs"
+    base = arms[("numpy", 256)][0]
+    print(f"D2 re-rank of {args.queries:,} queries (2 x 41 candidates, 2 x 768-d), same results in every arm:")
+    for (cast_name, block_rows), (t, _) in arms.items():
+        print(f"  cast {cast_name:<10} block {block_rows:>3}: {args.queries / t:>8,.0f} queries/s  "
+              f"{base / t:.2f}x numpy/256")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
