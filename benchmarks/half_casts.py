@@ -1,6 +1,8 @@
-"""float16 -> float32 casts, numpy's ``astype`` against ``filters._halves.to_float32``, side by side, alone
-and inside D2's exact re-rank (``knn.graph.rerank``: 2 parts x 768-d, 41 candidates per part, the
-benchmark pool's shape) with the re-rank block before (256 queries) and now (``RERANK_BLOCK``).
+"""D2's exact re-rank, side by side: float16 -> float32 casts by numpy's ``astype`` or
+``filters._halves.to_float32`` (alone, then inside the re-rank), re-rank blocks of 256 queries (before)
+or ``RERANK_BLOCK``, and every candidate's exact distance or only the shortlist's (``graph._shortlist``,
+with the search's GEMM distances). The re-rank has the benchmark pool's shape: 2 parts x 768-d, 41
+candidates per part from a real IVF search (nprobe 4) of fp16 rows.
 
     python benchmarks/half_casts.py [--rows 200000 --queries 8192 --repeats 3]
 
@@ -56,24 +58,31 @@ def main() -> int:
     parts = [index_from_labels(x[:, :768], centroids, labels), index_from_labels(x[:, 768:], centroids, labels)]
     slices = [slice(0, 768), slice(768, 1536)]
     queries = x[: args.queries]
-    cand = [rng.integers(0, args.rows, (args.queries, 41)) for _ in parts]
+    probes = np.stack([rng.permutation(400)[:4] for _ in range(args.queries)])
+    found = [part.search(queries[:, sl], 41, 4, "cpu", probes=probes) for part, sl in zip(parts, slices, strict=True)]
+    cand, cand_d = [f[1] for f in found], [f[0] for f in found]
     now_block = graph.RERANK_BLOCK
     arms = {}
     for cast_name, cast in (("numpy", numpy_cast), ("to_float32", to_float32)):
         for block_rows in (256, now_block):
-            index.to_float32 = cast  # what index.as_float32 (the re-rank's cast) calls
-            graph.RERANK_BLOCK = block_rows
-            t, out = best_of(args.repeats, lambda: graph.rerank(queries, parts, slices, cand, 6))
-            arms[(cast_name, block_rows)] = (t, out)
+            for short in (False, True):
+                if short and (cast_name, block_rows) != ("to_float32", now_block):
+                    continue
+                index.to_float32 = cast  # what index.as_float32 (the re-rank's cast) calls
+                graph.RERANK_BLOCK = block_rows
+                t, out = best_of(args.repeats, lambda s=short: graph.rerank(queries, parts, slices, cand, 6,
+                                                                            cand_d=cand_d if s else None))
+                arms[(cast_name, block_rows, short)] = (t, out)
     index.to_float32, graph.RERANK_BLOCK = to_float32, now_block
     first = next(iter(arms.values()))[1]
     for key, (_, out) in arms.items():
         assert all(np.array_equal(o, f) for o, f in zip(out, first, strict=True)), f"{key} differs"
-    base = arms[("numpy", 256)][0]
+    base = arms[("numpy", 256, False)][0]
     print(f"D2 re-rank of {args.queries:,} queries (2 x 41 candidates, 2 x 768-d), same results in every arm:")
-    for (cast_name, block_rows), (t, _) in arms.items():
-        print(f"  cast {cast_name:<10} block {block_rows:>3}: {args.queries / t:>8,.0f} queries/s  "
-              f"{base / t:.2f}x numpy/256")
+    for (cast_name, block_rows, short), (t, _) in arms.items():
+        what = "shortlist" if short else "every candidate"
+        print(f"  cast {cast_name:<10} block {block_rows:>3} {what:<15}: {args.queries / t:>8,.0f} queries/s  "
+              f"{base / t:.2f}x numpy/256/every")
     return 0
 
 

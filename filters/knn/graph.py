@@ -51,7 +51,7 @@ from .lists import (
 
 METHODS = ("auto", "exact", "ivf")
 IMPLS = ("auto", "gemm", "faiss")
-RERANK_BLOCK = 16  # queries per re-rank block: its float32 candidates (16 x 82 x 768 x 4 B = 4 MB per part) stay in cache
+RERANK_BLOCK = 32  # queries per re-rank block: small enough that its float32 candidates stay in cache
 
 
 @dataclass
@@ -146,24 +146,33 @@ def search_parts(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], sl
     """``k1`` nearest rows of each query over all parts: each part's ``m1`` candidates, re-ranked exactly.
     ``pairs`` bounds the (query, candidate) pairs an index search holds at once."""
     probes = probes or [None] * len(indexes)
-    cand_i = []
+    cand_d, cand_i = [], []
     for j, (index, sl, pr) in enumerate(zip(indexes, slices, probes, strict=True)):
         known = pr if pr is not None and nprobe <= pr.shape[1] else None
         part_desc = None if desc is None else (desc if len(indexes) == 1 else f"{desc}, part {j + 1}/{len(indexes)}")
-        cand_i.append(index.search(queries[:, sl], m1, nprobe, device, desc=part_desc, probes=known, pairs=pairs)[1])
-    return rerank(queries, indexes, slices, cand_i, k1, desc=None if desc is None else f"{desc}, re-rank")
+        d, i = index.search(queries[:, sl], m1, nprobe, device, desc=part_desc, probes=known, pairs=pairs)
+        cand_d.append(d)
+        cand_i.append(i)
+    bounded = device == "cpu" and all(isinstance(index, IvfIndex) for index in indexes)
+    return rerank(queries, indexes, slices, cand_i, k1, desc=None if desc is None else f"{desc}, re-rank",
+                  cand_d=cand_d if bounded else None)
 
 
 def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: Sequence[slice],
-           cand_i: list[np.ndarray], k1: int, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+           cand_i: list[np.ndarray], k1: int, desc: str | None = None,
+           cand_d: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k1`` nearest of each query's candidates (``cand_i[j]``: part ``j``'s hits) by the distance over
     all parts, each part's from ``pair_distances`` with the index's stored vectors; a row found by several
-    parts counts once; equal distances by id."""
+    parts counts once; equal distances by id.
+
+    ``cand_d`` (the distances each part's CPU search gave its own candidates, a GEMM's) lets the exact
+    distance be computed only where it can matter (``_shortlist``): the result is the same."""
     n = len(queries)
     out_d = np.empty((n, k1), dtype=np.float32)
     out_i = np.empty((n, k1), dtype=np.int64)
     progress = Progress(desc, total=n, unit="queries") if desc else None
     lock = threading.Lock()
+    q_parts = [queries[:, sl] for sl in slices]
 
     def rerank_block(start: int) -> None:
         stop = min(n, start + RERANK_BLOCK)
@@ -173,11 +182,11 @@ def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: 
         dup = np.zeros(ids.shape, dtype=bool)
         np.put_along_axis(dup, order[:, 1:], sorted_ids[:, 1:] == sorted_ids[:, :-1], axis=1)
         ids = np.where(dup | (ids < 0), -1, ids)
-        safe = np.where(ids >= 0, ids, 0)
-        dist = np.zeros(ids.shape, dtype=np.float32)
-        for index, sl in zip(indexes, slices, strict=True):
-            dist += pair_distances(as_float32(queries[start:stop, sl]), index.vectors_of(safe))
-        dist[ids < 0] = np.inf
+        qs = [as_float32(q[start:stop]) for q in q_parts]
+        if cand_d is None:
+            dist = _exact_sums(qs, indexes, ids)
+        else:
+            dist, ids = _shortlist(qs, indexes, ids, [c[start:stop] for c in cand_d], k1)
         out_d[start:stop], out_i[start:stop] = sorted_topk(dist, ids, k1)
         if progress:
             with lock:
@@ -185,6 +194,76 @@ def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: 
 
     run_units(rerank_block, list(range(0, n, RERANK_BLOCK)), "cpu")
     return out_d, out_i
+
+
+def _exact_sums(qs: list[np.ndarray], indexes: Sequence[IvfIndex | FaissIvf], ids: np.ndarray) -> np.ndarray:
+    """Each candidate's distance over all parts (``pair_distances`` per part, summed in part order); inf
+    where ``ids`` is -1."""
+    safe = np.where(ids >= 0, ids, 0)
+    dist = np.zeros(ids.shape, dtype=np.float32)
+    for q, index in zip(qs, indexes, strict=True):
+        dist += pair_distances(q, index.vectors_of(safe))
+    dist[ids < 0] = np.inf
+    return dist
+
+
+def _shortlist(qs: list[np.ndarray], indexes: Sequence[IvfIndex], ids: np.ndarray, own: list[np.ndarray],
+               k1: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_exact_sums``'s distances where they can reach the ``k1`` nearest, inf and id -1 elsewhere.
+
+    Column block ``j`` of ``ids`` holds part ``j``'s candidates, whose part-``j`` distance ``own[j]`` the
+    search's GEMM gave. The other parts' distances are computed exactly (``pair_distances``), so each
+    candidate's total is known up to the GEMM's rounding, bounded by ``_gemm_margin``. A candidate whose
+    lowest possible total exceeds the ``k1``-th smallest highest possible total cannot be among the
+    ``k1`` nearest; only the rest get their own part's exact distance. NaN bounds keep a candidate."""
+    parts, (b, width) = len(indexes), ids.shape
+    m1 = width // parts
+    src = np.repeat(np.arange(parts), m1)  # the part whose index proposed each column
+    valid = ids >= 0
+    safe = np.where(valid, ids, 0)
+    exact = np.zeros((parts, b, width), dtype=np.float32)  # part p's pair distance, where p is not the column's
+    for p, (q, index) in enumerate(zip(qs, indexes, strict=True)):
+        cols = src != p
+        if cols.any():
+            exact[p][:, cols] = pair_distances(q, index.vectors_of(safe[:, cols]))
+    approx = np.zeros((b, width), dtype=np.float32)
+    margin = np.zeros((b, width), dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for p, (q, index) in enumerate(zip(qs, indexes, strict=True)):
+            cols = src == p
+            approx += np.where(cols, 0, exact[p])
+            approx[:, cols] += own[p]
+            margin[:, cols] = _gemm_margin(q, index.sq_norms_of(safe[:, cols]))
+        margin += np.float32(4 * parts * _UNIT) * (np.abs(approx) + margin)
+        high = np.where(valid, approx + margin, np.inf)
+        cut = np.partition(high, k1 - 1, axis=1)[:, k1 - 1:k1] if width >= k1 else np.full((b, 1), np.inf, np.float32)
+        keep = valid & ~(approx - margin > cut)
+    rows, cols = np.nonzero(keep)
+    dist = np.full((b, width), np.inf, dtype=np.float32)
+    total = np.zeros(len(rows), dtype=np.float32)
+    for p, (q, index) in enumerate(zip(qs, indexes, strict=True)):
+        mine = src[cols] == p
+        part = exact[p][rows, cols]
+        if mine.any():
+            r, c = rows[mine], cols[mine]
+            part[mine] = pair_distances(q[r], index.vectors_of(ids[r, c][:, None]))[:, 0]
+        total += part
+    dist[rows, cols] = total
+    return dist, np.where(keep, ids, -1)
+
+
+_UNIT = 2.0**-24  # float32's unit roundoff
+
+
+def _gemm_margin(q: np.ndarray, v_sq: np.ndarray) -> np.ndarray:
+    """A bound on how far a GEMM's ``|q|^2 + |v|^2 - 2 q.v`` and ``pair_distances``' sum of squared
+    differences can each be from the true squared distance, added: ``2 gamma_(d+3) (|q| + |v|)^2`` with
+    ``gamma_n = n u / (1 - n u)`` (the classic bound for float32 dot products in any summation order),
+    doubled for safety. ``q``: (b, d) queries; ``v_sq``: (b, m) candidates' squared norms."""
+    d = q.shape[1] + 3
+    gamma = d * _UNIT / (1 - d * _UNIT)
+    q_norm = np.sqrt(np.einsum("ij,ij->i", q, q, dtype=np.float64))[:, None]
+    return (4 * gamma * (q_norm + np.sqrt(np.maximum(v_sq, 0).astype(np.float64))) ** 2).astype(np.float32)
 
 
 def choose_nprobe(search: Callable[[int, int], np.ndarray], exact: np.ndarray, nlist: int, target: float,

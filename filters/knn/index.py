@@ -76,7 +76,11 @@ class IvfIndex:
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
         """The float32 vectors of row ids ``ids`` (any shape; a trailing axis is added)."""
         pos = np.asarray(self.positions[ids.ravel()])
-        return as_float32(self.vectors[pos]).reshape(*ids.shape, -1)
+        return as_float32(self.vectors[pos]).reshape(*ids.shape, self.vectors.shape[1])
+
+    def sq_norms_of(self, ids: np.ndarray) -> np.ndarray:
+        """The stored squared norms of row ids ``ids`` (any shape)."""
+        return np.asarray(self.sq_norms[np.asarray(self.positions[ids.ravel()])]).reshape(ids.shape)
 
     def search(self, queries: np.ndarray, k: int, nprobe: int = 1, device: str = "cpu",
                desc: str | None = None, probes: np.ndarray | None = None,

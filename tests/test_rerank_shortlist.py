@@ -1,0 +1,103 @@
+"""D2's re-rank with the search's GEMM distances (``graph._shortlist``): only the candidates that can reach
+the ``k`` nearest get their exact distance, and the result is the full re-rank's, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from poolsieve.filters.knn import graph
+from poolsieve.filters.knn.index import index_from_labels
+
+
+def pool(n: int, widths: tuple[int, ...], dtype, seed: int = 0) -> np.ndarray:
+    """Rows near a few topic centres (so that candidates crowd together), with exact copies of rows."""
+    rng = np.random.default_rng(seed)
+    dim = sum(widths)
+    centres = rng.standard_normal((8, dim)).astype(np.float32)
+    x = centres[rng.integers(0, 8, n)] + 0.05 * rng.standard_normal((n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    copies = rng.choice(n, n // 10, replace=False)
+    x[copies] = x[rng.integers(0, n, len(copies))]  # ties: equal distances, decided by id
+    return x.astype(dtype)
+
+
+def searched(x: np.ndarray, widths: tuple[int, ...], m1: int, nlist: int = 16, seed: int = 0):
+    """Each part's IVF index (random lists) and its candidates with their GEMM distances, as ``search_parts``
+    has them before the re-rank."""
+    rng = np.random.default_rng(seed)
+    ends = np.cumsum(widths)
+    slices = [slice(e - w, e) for w, e in zip(widths, ends, strict=True)]
+    indexes, cand_d, cand_i = [], [], []
+    for sl in slices:
+        part = x[:, sl]
+        index = index_from_labels(part, np.zeros((nlist, sl.stop - sl.start), np.float32), rng.integers(0, nlist, len(x)))
+        probes = np.stack([rng.permutation(nlist)[:4] for _ in range(len(x))])
+        d, i = index.search(part, m1, 4, "cpu", probes=probes)
+        indexes.append(index)
+        cand_d.append(d)
+        cand_i.append(i)
+    return indexes, slices, cand_d, cand_i
+
+
+@pytest.mark.parametrize("widths,dtype", [((48, 48), np.float16), ((64,), np.float32), ((32, 16, 16), np.float16)])
+@pytest.mark.parametrize("block", [1, 16, 100])
+def test_shortlist_gives_the_full_rerank_bit_for_bit(widths, dtype, block, monkeypatch):
+    x = pool(600, widths, dtype)
+    indexes, slices, cand_d, cand_i = searched(x, widths, m1=9)
+    monkeypatch.setattr(graph, "RERANK_BLOCK", block)
+    full_d, full_i = graph.rerank(x, indexes, slices, cand_i, 6)
+    short_d, short_i = graph.rerank(x, indexes, slices, cand_i, 6, cand_d=cand_d)
+    assert np.array_equal(full_i, short_i)
+    assert np.array_equal(full_d.view(np.uint32), short_d.view(np.uint32))
+    assert (full_i >= 0).all() and len(np.unique(full_i[:, 0])) > 1
+
+
+def test_shortlist_computes_far_fewer_exact_distances(monkeypatch):
+    x = pool(600, (48, 48), np.float16)
+    indexes, slices, cand_d, cand_i = searched(x, (48, 48), m1=21)
+    exact_rows = []
+    real = graph.pair_distances
+
+    def counting(q, v):
+        exact_rows.append(v.shape[0] * v.shape[1])
+        return real(q, v)
+
+    monkeypatch.setattr(graph, "pair_distances", counting)
+    graph.rerank(x, indexes, slices, cand_i, 6, cand_d=cand_d)
+    shortlisted = sum(exact_rows)
+    exact_rows.clear()
+    graph.rerank(x, indexes, slices, cand_i, 6)
+    full = sum(exact_rows)
+    # the full re-rank computes 2 parts x 42 columns per query; the shortlist the other part's 42 and a few
+    assert shortlisted < 0.7 * full, (shortlisted, full)
+
+
+def test_gemm_distances_off_by_their_bound_change_nothing_and_far_beyond_it_do():
+    """The shortlist trusts the GEMM only within ``_gemm_margin`` (twice the rounding bound): own distances
+    moved by the whole bound, either way, give the same result; moved far beyond it (a control, so that
+    the test can fail) they change it."""
+    x = pool(400, (48, 48), np.float16)
+    indexes, slices, cand_d, cand_i = searched(x, (48, 48), m1=9)
+    full = graph.rerank(x, indexes, slices, cand_i, 6)
+    bounds = []
+    for index, sl, i in zip(indexes, slices, cand_i, strict=True):
+        q = np.asarray(x[:, sl], np.float32)
+        bounds.append(graph._gemm_margin(q, index.sq_norms_of(np.maximum(i, 0))) / 2)
+    for sign in (1, -1):
+        moved = [d + sign * b for d, b in zip(cand_d, bounds, strict=True)]
+        short = graph.rerank(x, indexes, slices, cand_i, 6, cand_d=moved)
+        assert np.array_equal(full[1], short[1]) and np.array_equal(full[0], short[0])
+    far = [d + np.float32(0.1) * np.abs(d) for d in cand_d]
+    assert not np.array_equal(full[1], graph.rerank(x, indexes, slices, cand_i, 6, cand_d=far)[1])
+
+
+def test_inf_and_nan_vectors_are_ranked_as_by_the_full_rerank():
+    x = pool(300, (32, 32), np.float32)
+    x[5, 3] = np.inf
+    x[7, 40] = np.nan
+    indexes, slices, cand_d, cand_i = searched(x, (32, 32), m1=9)
+    full = graph.rerank(x, indexes, slices, cand_i, 6)
+    short = graph.rerank(x, indexes, slices, cand_i, 6, cand_d=cand_d)
+    assert np.array_equal(full[1], short[1])
+    assert np.array_equal(full[0], short[0], equal_nan=True)
