@@ -2,9 +2,11 @@
 ``filters._halves.to_float32`` (alone, then inside the re-rank), re-rank blocks of 256 queries (before)
 or ``RERANK_BLOCK``, and every candidate's exact distance or only the shortlist's (``graph._shortlist``,
 with the search's GEMM distances). The re-rank has the benchmark pool's shape: 2 parts x 768-d, 41
-candidates per part from a real IVF search (nprobe 4) of fp16 rows.
+candidates per part from a real IVF search (nprobe 4) of fp16 rows. With ``--on-disk DIR`` the same
+indexes are saved there and read from disk as a search task reads them at scale: every candidate's
+vectors row by row (the re-rank before the shortlist) against the shortlist reading in file order.
 
-    python benchmarks/half_casts.py [--rows 200000 --queries 8192 --repeats 3]
+    python benchmarks/half_casts.py [--rows 200000 --queries 8192 --repeats 3 --on-disk /tmp/half-casts]
 
 Prints the best of ``--repeats`` for each arm and the ratios; checks that every arm gives the same bits.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -41,9 +44,11 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--queries", type=int, default=8192)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--on-disk", type=Path, default=None, help="also time indexes read from disk, saved in this folder")
     args = p.parse_args()
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal((args.rows, 1536), dtype=np.float32) * 0.036).astype(np.float16)
+    x = np.concatenate([(rng.standard_normal((min(100_000, args.rows - s), 1536), dtype=np.float32) * 0.036)
+                        .astype(np.float16) for s in range(0, args.rows, 100_000)])
 
     block = x[: 16 * 82]
     t_np, a = best_of(args.repeats * 20, lambda: block.astype(np.float32))
@@ -83,7 +88,26 @@ def main() -> int:
         what = "shortlist" if short else "every candidate"
         print(f"  cast {cast_name:<10} block {block_rows:>3} {what:<15}: {args.queries / t:>8,.0f} queries/s  "
               f"{base / t:.2f}x numpy/256/every")
+    if args.on_disk:
+        on_disk(args, parts, slices, queries, cand, cand_d, first)
     return 0
+
+
+def on_disk(args, parts, slices, queries, cand, cand_d, expected) -> None:
+    from poolsieve.filters.knn.index import IvfIndex
+
+    for j, part in enumerate(parts):
+        part.save(args.on_disk / f"part{j}")
+    loaded = [IvfIndex.load(args.on_disk / f"part{j}", on_disk=True) for j in range(len(parts))]
+    arms = {}
+    for name, given in (("every candidate, row by row", None), ("shortlist, file order", cand_d)):
+        t, out = best_of(args.repeats, lambda g=given: graph.rerank(queries, loaded, slices, cand, 6, cand_d=g))
+        assert all(np.array_equal(o, e) for o, e in zip(out, expected, strict=True)), f"{name} differs"
+        arms[name] = t
+    base = arms["every candidate, row by row"]
+    print(f"indexes read from disk ({args.on_disk}), same results:")
+    for name, t in arms.items():
+        print(f"  {name:<28}: {args.queries / t:>8,.0f} queries/s  {base / t:.2f}x row by row")
 
 
 if __name__ == "__main__":

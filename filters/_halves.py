@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 _REBIAS = np.float32(2.0**112)  # 2**(127 - 15): half exponent bias to float32 exponent bias
-_SIGN, _MAGNITUDE, _EXPONENT = 0x8000, 0x7FFF, 0x7C00
+_SIGN, _EXPONENT = 0x8000, 0x7C00
+PIECE = 1 << 16  # values converted at once (256 KB of float32)
 
 
 def to_float32(a) -> np.ndarray:
@@ -23,15 +24,21 @@ def to_float32(a) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype != np.float16:
         return np.asarray(a, dtype=np.float32)
-    bits = a.view(np.uint16).astype(np.uint32) if a.flags.c_contiguous else \
-        np.ascontiguousarray(a).view(np.uint16).astype(np.uint32)
-    sign = bits & _SIGN
-    bits ^= sign  # the magnitude
-    if bits.size and int(bits.max()) >= _EXPONENT:  # inf or NaN somewhere
-        return a.astype(np.float32)
-    sign <<= 16
-    bits <<= 13
-    bits |= sign
-    out = bits.view(np.float32)
-    out *= _REBIAS
+    a = np.ascontiguousarray(a)
+    out = np.empty(a.shape, dtype=np.float32)
+    src, dst = a.reshape(-1).view(np.uint16), out.reshape(-1).view(np.uint32)
+    sign = np.empty(min(PIECE, src.size), dtype=np.uint32)
+    for start in range(0, src.size, PIECE):  # pieces that stay in cache through the passes
+        bits = dst[start:start + PIECE]
+        mine = sign[:len(bits)]
+        np.copyto(bits, src[start:start + PIECE], casting="safe")
+        np.bitwise_and(bits, _SIGN, out=mine)
+        bits ^= mine  # the magnitude
+        if int(bits.max()) >= _EXPONENT:  # inf or NaN somewhere
+            return a.astype(np.float32)
+        mine <<= 16
+        bits <<= 13
+        bits |= mine
+        values = bits.view(np.float32)
+        values *= _REBIAS
     return out

@@ -80,10 +80,7 @@ def test_gemm_distances_off_by_their_bound_change_nothing_and_far_beyond_it_do()
     x = pool(400, (48, 48), np.float16)
     indexes, slices, cand_d, cand_i = searched(x, (48, 48), m1=9)
     full = graph.rerank(x, indexes, slices, cand_i, 6)
-    bounds = []
-    for index, sl, i in zip(indexes, slices, cand_i, strict=True):
-        q = np.asarray(x[:, sl], np.float32)
-        bounds.append(graph._gemm_margin(q, index.sq_norms_of(np.maximum(i, 0))) / 2)
+    bounds = [graph._gemm_margin(x[:, sl], d) / 2 for sl, d in zip(slices, cand_d, strict=True)]
     for sign in (1, -1):
         moved = [d + sign * b for d, b in zip(cand_d, bounds, strict=True)]
         short = graph.rerank(x, indexes, slices, cand_i, 6, cand_d=moved)
@@ -101,3 +98,37 @@ def test_inf_and_nan_vectors_are_ranked_as_by_the_full_rerank():
     short = graph.rerank(x, indexes, slices, cand_i, 6, cand_d=cand_d)
     assert np.array_equal(full[1], short[1])
     assert np.array_equal(full[0], short[0], equal_nan=True)
+
+
+@pytest.mark.parametrize("scan_rows,density", [(64, 8), (64, 0), (64, 10**6), (10**6, 8)])
+def test_indexes_read_from_disk_give_the_in_memory_result(tmp_path, monkeypatch, scan_rows, density):
+    """From disk the pairs are read in file order, chunk by chunk (whole chunks or row by row): the same
+    bits as the in-memory re-rank of every candidate."""
+    from poolsieve.filters.knn import index as knn_index
+    from poolsieve.filters.knn.index import IvfIndex
+
+    x = pool(500, (48, 48), np.float16)
+    indexes, slices, cand_d, cand_i = searched(x, (48, 48), m1=9)
+    full = graph.rerank(x, indexes, slices, cand_i, 6)
+    for j, index in enumerate(indexes):
+        index.save(tmp_path / f"part{j}")
+    loaded = [IvfIndex.load(tmp_path / f"part{j}", on_disk=True) for j in range(len(indexes))]
+    assert all(index.on_disk for index in loaded)
+    monkeypatch.setattr(knn_index, "SCAN_ROWS", scan_rows)
+    monkeypatch.setattr(knn_index, "SCAN_DENSITY", density)
+    monkeypatch.setattr(graph, "SCAN_QUERIES", 128)  # several blocks of queries
+    read = []
+    real_rows, real_take = knn_index.DiskArray.rows, knn_index.DiskArray.take
+    monkeypatch.setattr(knn_index.DiskArray, "rows",
+                        lambda self, lo, hi: read.append(("chunk", self.path.stem)) or real_rows(self, lo, hi))
+    monkeypatch.setattr(knn_index.DiskArray, "take", lambda self, i: read.append(("rows", self.path.stem)) or real_take(self, i))
+    disk = graph.rerank(x, loaded, slices, cand_i, 6, cand_d=cand_d)
+    assert np.array_equal(full[1], disk[1])
+    assert np.array_equal(full[0].view(np.uint32), disk[0].view(np.uint32))
+    vector_reads = {how for how, name in read if name == "vectors"}
+    if density == 0 or scan_rows == 10**6:
+        assert vector_reads == {"rows"}  # never dense enough: row by row
+    elif density == 10**6:
+        assert vector_reads == {"chunk"}  # always whole chunks
+    else:
+        assert "chunk" in vector_reads  # 9 candidates per query, 128 queries: dense in 64-row chunks

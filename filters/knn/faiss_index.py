@@ -31,6 +31,8 @@ GPU_MAX_K = 2048  # faiss GPU searches return at most this many hits
 class FaissIvf:
     """One feature part's faiss IVF index (on CPU; copied to the GPUs by the first search on ``cuda``)."""
 
+    on_disk = False  # faiss holds its index in memory
+
     def __init__(self, index, centroids: np.ndarray):
         self.index = index
         self.centroids = np.asarray(centroids, dtype=np.float32)
