@@ -106,13 +106,12 @@ class IvfIndex:
         def chunk(c: int) -> None:
             lo, hi = int(bounds[c]), int(bounds[c + 1])
             base = c * SCAN_ROWS
-            if (hi - lo) * SCAN_DENSITY >= SCAN_ROWS:
-                v = self.vectors.rows(base, base + SCAN_ROWS)[pos[lo:hi] - base]
-            else:
-                v = self.vectors.take(pos[lo:hi])
-            for s in range(0, hi - lo, SCAN_PAIRS):  # pieces whose float32 copies stay in cache
-                at = slice(lo + s, min(hi, lo + s + SCAN_PAIRS))
-                out[order[at]] = pair_distances(as_float32(q[query[at]]), as_float32(v[s:s + SCAN_PAIRS])[:, None, :])[:, 0]
+            whole = (hi - lo) * SCAN_DENSITY >= SCAN_ROWS
+            block = self.vectors.rows(base, base + SCAN_ROWS) if whole else None
+            for s in range(lo, hi, SCAN_PAIRS):  # pieces whose float32 copies stay in cache
+                at = slice(s, min(hi, s + SCAN_PAIRS))
+                v = block[pos[at] - base] if whole else self.vectors.take(pos[at])
+                out[order[at]] = pair_distances(as_float32(q[query[at]]), as_float32(v)[:, None, :])[:, 0]
 
         run_units(chunk, np.flatnonzero(bounds[1:] > bounds[:-1]).tolist(), "cpu")
         return out.reshape(r, m)
