@@ -182,9 +182,6 @@ def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: 
     q_parts = [queries[:, sl] for sl in slices]
     on_disk = cand_d is not None and any(index.on_disk for index in indexes)
 
-    def in_memory(p: int, rows: np.ndarray, ids: np.ndarray, q_block: list[np.ndarray]) -> np.ndarray:
-        return pair_distances(q_block[p][rows], indexes[p].vectors_of(ids))
-
     def rerank_block(start: int) -> None:
         stop = min(n, start + (SCAN_QUERIES if on_disk else RERANK_BLOCK))
         ids = _unique_candidates(np.concatenate([c[start:stop] for c in cand_i], axis=1))
@@ -195,7 +192,7 @@ def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: 
             q_block = [as_float32(q[start:stop]) for q in q_parts]
 
             def distances(p: int, rows: np.ndarray, pair_ids: np.ndarray) -> np.ndarray:
-                return in_memory(p, rows, pair_ids, q_block)
+                return pair_distances(q_block[p][rows], indexes[p].vectors_of(pair_ids))
         if cand_d is None:
             dist = _exact_sums(len(indexes), ids, distances)
         else:
