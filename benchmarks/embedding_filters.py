@@ -345,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-budget", default=None, help="the filters' memory budget (e.g. 2GiB)")
     p.add_argument("--max-tables", type=int, default=None, help="use only the pool's first N tables")
     p.add_argument("--scale", default=None, help="scale mode: comma-separated row counts (e.g. 1000000,2000000,4000000)")
+    p.add_argument("--prefix-pools", action="store_true",
+                   help="scale mode: one pool of the largest size, its first tables at the smaller sizes")
+    p.add_argument("--previous", default=None,
+                   help="scale mode: comma-separated logs of earlier scale runs whose sizes join the fit")
     p.add_argument("--cluster", default=None, help="cluster mode: comma-separated node counts (e.g. 2,4)")
     p.add_argument("--cluster-rows", default=None, help="cluster mode: comma-separated row counts")
     p.add_argument("--node-memory", default="2GiB", help="cluster mode: each node's memory (Ray resource and budget)")
