@@ -26,7 +26,7 @@
 | knn_impl | auto | IVF index: ``gemm`` (list-major GEMMs, the faster on CPU), ``faiss`` (faiss's IVF); ``auto``: ``faiss`` on a GPU faiss's GPU build sees, else ``gemm`` |
 | exact_max_rows | 50000 | largest pool searched exactly under ``auto`` |
 | recall | 0.95 | IVF recall@k target that picks ``nprobe`` |
-| nlist / nprobe | 2*sqrt(n) / calibrated | IVF lists and lists probed per query |
+| nlist / nprobe | 2*sqrt(n), lists of at most 500 rows beyond 1M / calibrated | IVF lists and lists probed per query |
 | candidates | 8*k, grown | image+text IVF: rows each embedding's index proposes for the exact re-rank (doubled while the recall target is out of reach) |
 | seed | 0 | the row order, hence the IVF training sample, the calibration sample and every tie |
 | device | auto | ``cuda`` when torch sees a GPU, else ``cpu`` |

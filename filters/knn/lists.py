@@ -1,7 +1,11 @@
 """IVF lists: how many, which rows train them, their centroids and each row's nearest lists (on faiss).
 
 The centroids are spherical k-means (``faiss.Clustering`` with ``spherical``: unit centroids, 10
-iterations) on a seeded sample of 40 rows per list, ``nlist = 2 sqrt(n)`` by default. Plain L2 k-means
+iterations) on a seeded sample of 40 rows per list. By default ``nlist = 2 sqrt(n)`` up to 1M rows, then
+``n / 500`` (lists of 500 rows, at most ``MAX_DEFAULT_NLIST``): with ``2 sqrt(n)`` alone a list holds
+``sqrt(n) / 2`` rows and mixes ever more neighbourhoods, so D2's calibration needs ever more probes
+(measured on the 4M-row benchmark pool, 50 rows per topic: nprobe 32 against 4 at 1M, 8x the
+search). faiss's guide puts nlist at 4-16 sqrt(n) for such pools; ``n / 500`` is 7 sqrt(n) at 12.8M. Plain L2 k-means
 leaves a few low-norm centroids that attract every row its own cluster does not cover (measured on the
 1M-row benchmark pool: one list of 153k rows, 62x the work of balanced lists); unit centroids keep lists
 within 5x of the mean there. A row's nearest lists (squared L2 to the centroids, faiss ``IndexFlatL2``)
@@ -19,8 +23,13 @@ from .._kmeans import kmeans, nearest_centroids
 MAX_CALIBRATED_NPROBE = 32  # probes computed once per row; calibration beyond this recomputes them
 
 
+ROWS_PER_LIST = 500  # beyond 1M rows, the default keeps lists this long
+MAX_DEFAULT_NLIST = 65_536  # the centroids of both parts stay near 400 MB at 1536-d
+
+
 def default_nlist(n: int) -> int:
-    return max(1, int(round(2 * math.sqrt(n))))
+    """``2 sqrt(n)`` lists, or more beyond 1M rows so that a list holds at most ``ROWS_PER_LIST`` rows."""
+    return max(1, min(MAX_DEFAULT_NLIST, max(int(round(2 * math.sqrt(n))), -(-n // ROWS_PER_LIST))))
 
 
 def training_rows(n: int, nlist: int, seed: int, per_list: int = 40) -> np.ndarray:
