@@ -100,6 +100,26 @@ def test_a_sample_over_the_budget_is_cut_with_a_warning(workspace, monkeypatch):
     assert res["sample_rows"] == 497 and len(res["uids"]) > 0
 
 
+def test_d2_trains_each_part_on_its_own_float32_sample(workspace, monkeypatch):
+    """The IVF training sample is gathered one embedding at a time, straight into float32 (4 bytes per
+    value of one part), and cut to what fits; its values are the float16 embeddings' own."""
+    from poolsieve.core.errors import PoolsieveWarning
+    from poolsieve.filters._embeddings import gather_rows, row_counts
+
+    pool = make_pool(workspace, memory_budget="64MiB")
+    width = np.load(Path(pool.tables[0]).with_suffix(".npz"))["b32_img"].shape[1]
+    monkeypatch.setattr(sharded, "SAMPLE_SHARE", 150 * 4 * width / pool.budget)  # room for 150 rows of one part
+    samples = []
+    train = sharded.train_lists
+    monkeypatch.setattr(sharded, "train_lists", lambda x, *a, **kw: samples.append(x.copy()) or train(x, *a, **kw))
+    with pytest.warns(PoolsieveWarning, match=r"D2's IVF lists trains on 150 of its 320 sample rows"):
+        d2_select(pool, {"fraction": 0.3, "knn": "ivf", "nlist": 8, "nprobe": 2, "device": "cpu"})
+    assert [(x.dtype, x.shape) for x in samples] == [(np.dtype(np.float32), (150, width))] * 2
+    both = gather_rows(pool, ["b32_img", "b32_txt"], row_counts(pool), np.arange(497)).astype(np.float32)
+    for x, part in zip(samples, (both[:, :width], both[:, width:]), strict=True):  # each sample row is a pool row
+        assert (np.abs(x[:, None, :] - part[None, :, :]).max(axis=2) == 0).any(axis=1).all()
+
+
 # ------------------------------------------------------------------------------ greedy selection
 @pytest.mark.parametrize("workers", [1, 3, 7])
 def test_greedy_over_ranges_is_the_sequential_heap_row_for_row(tmp_path, monkeypatch, workers):
