@@ -2,11 +2,14 @@
 
 The centroids are spherical k-means (``faiss.Clustering`` with ``spherical``: unit centroids, 10
 iterations) on a seeded sample of 40 rows per list. By default ``nlist = 2 sqrt(n)`` up to 1M rows, then
-``n / 500`` (lists of 500 rows, at most ``MAX_DEFAULT_NLIST``): with ``2 sqrt(n)`` alone a list holds
-``sqrt(n) / 2`` rows and mixes ever more neighbourhoods, so D2's calibration needs ever more probes
-(measured on the 4M-row benchmark pool, 50 rows per topic: nprobe 32 against 4 at 1M, 8x the
-search). faiss's guide puts nlist at 4-16 sqrt(n) for such pools; ``n / 500`` is 7 sqrt(n) at 12.8M. Plain L2 k-means
-leaves a few low-norm centroids that attract every row its own cluster does not cover (measured on the
+``n / 500`` (lists of 500 rows, at most ``MAX_DEFAULT_NLIST``), so that the training sample stays 8% of
+the pool. With ``2 sqrt(n)`` lists the sample is ``80 sqrt(n)`` rows, an ever smaller share: on the
+4M-row benchmark pool (one topic per 50 rows) 4,000 lists trained on 160k rows, 2 per topic (so about
+one topic in seven has none), and D2's calibration needed nprobe 32 against 4 at 1M and 2M (8x the
+search). faiss's guide puts nlist at 4-16 sqrt(n) for such pools; ``n / 500`` is 4 sqrt(n) at 4M and 7
+sqrt(n) at 12.8M.
+
+Plain L2 k-means leaves a few low-norm centroids that attract every row its own cluster does not cover (measured on the
 1M-row benchmark pool: one list of 153k rows, 62x the work of balanced lists); unit centroids keep lists
 within 5x of the mean there. A row's nearest lists (squared L2 to the centroids, faiss ``IndexFlatL2``)
 are computed once and serve as its own list, its calibration probes and its search probes.
