@@ -343,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--impl", default="both", help=f"both, or a comma-separated list of {', '.join(IMPLS)}")
     p.add_argument("--memory-budget", default=None, help="the filters' memory budget (e.g. 2GiB)")
+    p.add_argument("--rss-trace", type=Path, default=None,
+                   help="append the child's resident memory (and its file-backed part) about once a second to this file")
     p.add_argument("--max-tables", type=int, default=None, help="use only the pool's first N tables")
     p.add_argument("--scale", default=None, help="scale mode: comma-separated row counts (e.g. 1000000,2000000,4000000)")
     p.add_argument("--prefix-pools", action="store_true",
@@ -414,7 +416,7 @@ def run_child(name: str, impl: str, args: argparse.Namespace, argv: list[str], e
         env["PYTHONPATH"] = os.pathsep.join([str(revision_source(args.workdir, REVISIONS[impl])), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, __file__, "--one", name, "--impl-one", impl, *argv, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    with TreeMonitor(proc.pid) as monitor:
+    with TreeMonitor(proc.pid, trace=args.rss_trace) as monitor:
         out, _ = proc.communicate()
     if proc.returncode != 0:
         print(f"{name} ({impl}): failed (exit {proc.returncode})", flush=True)

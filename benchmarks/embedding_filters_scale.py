@@ -70,11 +70,17 @@ def tree(root: int, kids: dict[int, list[int]]) -> list[int]:
 
 
 def rss_bytes(pid: int) -> int:
+    return resident_pages(pid)[0] * PAGE
+
+
+def resident_pages(pid: int) -> tuple[int, int]:
+    """``(resident, of which file-backed or shared)`` pages of ``pid`` (``/proc/pid/statm``)."""
     try:
         with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * PAGE
+            fields = f.read().split()
+        return int(fields[1]), int(fields[2])
     except (OSError, ValueError, IndexError):
-        return 0
+        return 0, 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -88,13 +94,18 @@ def cpu_seconds(pid: int) -> float:
 
 class TreeMonitor:
     """Samples the summed resident memory of process trees every ``period`` seconds: ``groups`` maps a
-    name to a root pid (default: the one root given); ``peaks`` the largest sum seen per group."""
+    name to a root pid (default: the one root given); ``peaks`` the largest sum seen per group. With
+    ``trace``, about once a second a line ``unix time, group, resident bytes, of which file-backed``
+    is appended to that file (to find when the peak came, and whether mapped files make it)."""
 
-    def __init__(self, root: int, groups: dict[str, int] | None = None, period: float = 0.2):
+    def __init__(self, root: int, groups: dict[str, int] | None = None, period: float = 0.2,
+                 trace: Path | None = None):
         self.groups = groups or {"tree": root}
         self.peaks = {name: 0 for name in self.groups}
         self.cpu = {name: 0.0 for name in self.groups}
         self.period = period
+        self.trace = trace
+        self._traced = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -105,10 +116,19 @@ class TreeMonitor:
 
     def sample(self) -> None:
         kids = children_of()
+        now = time.time()
+        lines = []
         for name, root in self.groups.items():
             pids = tree(root, kids)
-            self.peaks[name] = max(self.peaks[name], sum(rss_bytes(p) for p in pids))
+            pages = [resident_pages(p) for p in pids]
+            resident = sum(r for r, _ in pages) * PAGE
+            self.peaks[name] = max(self.peaks[name], resident)
             self.cpu[name] = max(self.cpu[name], sum(cpu_seconds(p) for p in pids))
+            lines.append(f"{now:.1f}\t{name}\t{resident}\t{sum(s for _, s in pages) * PAGE}\n")
+        if self.trace is not None and now - self._traced >= 1.0:
+            self._traced = now
+            with open(self.trace, "a") as f:
+                f.writelines(lines)
 
     @property
     def peak_gib(self) -> float:

@@ -62,7 +62,14 @@ from .graph import (
     use_exact,
 )
 from .index import IvfIndex, exact_topk, sq_norms
-from .lists import calibration_rows, coarse_probes, default_nlist, train_lists, training_rows
+from .lists import (
+    CALIBRATION_ROWS,
+    calibration_rows,
+    coarse_probes,
+    default_nlist,
+    train_lists,
+    training_rows,
+)
 
 PROBES_KEPT = 8  # nearest lists stored per row and part: calibrated nprobe up to this reuses them
 QUERY_ROW_BYTES = 14_000  # working set of a search task per query row (queries, candidates, re-rank)
@@ -132,7 +139,8 @@ def search_rows(budget: int) -> int:
 def build_graph(pool, names: Sequence[str], counts: Sequence[int], k: int, folder: Path, *,
                 parts: Sequence[int] | None = None, candidates: int | None = None, method: str = "auto",
                 exact_max_rows: int = 50_000, nlist: int | None = None, nprobe: int | None = None,
-                recall: float = 0.95, seed: int = 0, device: str = "auto", calibration_queries: int = 500,
+                recall: float = 0.95, seed: int = 0, device: str = "auto",
+                calibration_queries: int = CALIBRATION_ROWS,
                 impl: str = "auto") -> GraphFiles:
     """The pool's kNN graph over the embeddings ``names`` side by side, written to ``folder`` (with the row
     order of ``seed``, unless ``folder`` holds it already)."""

@@ -1,0 +1,47 @@
+"""nprobe's calibration: the recall it requires is a lower confidence bound, not the sample's own."""
+
+import numpy as np
+import pytest
+
+from poolsieve.filters.knn.graph import choose_nprobe, recall_at_k, recall_bound
+
+
+def _neighbours(rows: int, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ids ``0..4`` per row, and approximate ids finding ``found[r]`` of them (misses are ids 100+)."""
+    exact = np.tile(np.arange(5), (rows, 1))
+    approx = np.where(np.arange(5)[None, :] < found[:, None], exact, 100 + np.arange(5)[None, :])
+    return approx, exact
+
+
+def test_bound_is_the_ratio_estimators_one_sided_interval():
+    found = np.array([5] * 90 + [3] * 6 + [0] * 4)  # 468 of 500 slots
+    approx, exact = _neighbours(100, found)
+    recall, bound = recall_bound(approx, exact, n=10**6)
+    assert recall == pytest.approx(468 / 500) == recall_at_k(approx, exact)
+    resid = found - recall * 5
+    se = np.sqrt((1 - 100 / 10**6) * resid.var(ddof=1) / 100) / 5
+    assert bound == pytest.approx(recall - 1.645 * se)
+    assert 0.88 < bound < recall - 0.02  # rows, not slots, are the sample: misses come a row at a time
+
+
+def test_bound_is_the_recall_when_every_row_is_calibrated():
+    approx, exact = _neighbours(100, np.array([5] * 90 + [0] * 10))
+    assert recall_bound(approx, exact, n=100) == (0.9, 0.9)
+    assert recall_bound(approx[:1], exact[:1], n=10**6) == (1.0, 1.0)  # one row: no spread to measure
+
+
+def test_choose_nprobe_probes_on_while_the_bound_misses_the_target():
+    rows = 400
+    exact = np.tile(np.arange(5), (rows, 1))
+    found = {1: np.array([5] * 384 + [0] * 16), 2: np.array([5] * 396 + [0] * 4), 4: np.full(rows, 5)}
+    searched = []
+
+    def search(nprobe: int, m1: int) -> np.ndarray:
+        searched.append(nprobe)
+        return _neighbours(rows, found[nprobe])[0]
+
+    # 0.96 on the sample, but its bound on a pool of 1M rows is under 0.95: one more doubling
+    assert choose_nprobe(search, exact, 64, 0.95, 10, False, 10**6) == (2, 10, 0.99)
+    assert searched == [1, 2]
+    # the sample is the whole pool: 0.96 is the pool's recall
+    assert choose_nprobe(search, exact, 64, 0.95, 10, False, rows) == (1, 10, 0.96)
