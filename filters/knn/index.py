@@ -102,16 +102,17 @@ class IvfIndex:
         query = np.asarray(rows)[order // m]
         bounds = np.searchsorted(pos, np.arange(0, len(self.vectors) + SCAN_ROWS, SCAN_ROWS))
         out = np.empty(r * m, dtype=np.float32)
+        q32 = as_float32(q)  # cast once: each query is in many pairs (the casts are exact, the values the same)
 
         def chunk(c: int) -> None:
             lo, hi = int(bounds[c]), int(bounds[c + 1])
             base = c * SCAN_ROWS
             whole = (hi - lo) * SCAN_DENSITY >= SCAN_ROWS
-            block = self.vectors.rows(base, base + SCAN_ROWS) if whole else None
+            block = as_float32(self.vectors.rows(base, base + SCAN_ROWS)) if whole else None
             for s in range(lo, hi, SCAN_PAIRS):  # pieces whose float32 copies stay in cache
                 at = slice(s, min(hi, s + SCAN_PAIRS))
-                v = block[pos[at] - base] if whole else self.vectors.take(pos[at])
-                out[order[at]] = pair_distances(as_float32(q[query[at]]), as_float32(v)[:, None, :])[:, 0]
+                v = block[pos[at] - base] if whole else as_float32(self.vectors.take(pos[at]))
+                out[order[at]] = pair_distances(q32[query[at]], v[:, None, :])[:, 0]
 
         run_units(chunk, np.flatnonzero(bounds[1:] > bounds[:-1]).tolist(), "cpu")
         return out.reshape(r, m)
