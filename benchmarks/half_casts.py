@@ -4,7 +4,9 @@ or ``RERANK_BLOCK``, and every candidate's exact distance or only the shortlist'
 with the search's GEMM distances). The re-rank has the benchmark pool's shape: 2 parts x 768-d, 41
 candidates per part from a real IVF search (nprobe 4) of fp16 rows. With ``--on-disk DIR`` the same
 indexes are saved there and read from disk as a search task reads them at scale: every candidate's
-vectors row by row (the re-rank before the shortlist) against the shortlist reading in file order.
+vectors row by row (the re-rank before the shortlist) against the shortlist reading in file order, the
+latter casting every pair's query and candidate rows (before b12a09b) or each query and each whole block
+of the file once (now).
 
     python benchmarks/half_casts.py [--rows 200000 --queries 8192 --repeats 3 --on-disk /tmp/half-casts]
 
@@ -93,6 +95,32 @@ def main() -> int:
     return 0
 
 
+def pair_casts(self, q: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``IvfIndex.pair_distances_to`` from disk before b12a09b: the same file-order reading, but each
+    piece of pairs casts its own query rows and candidate rows (a query's row once per candidate, a
+    block's row once per pair it is in)."""
+    r, m = ids.shape
+    pos = np.asarray(self.positions.take(ids.ravel()))
+    order = np.argsort(pos, kind="stable")
+    pos = pos[order]
+    query = np.asarray(rows)[order // m]
+    bounds = np.searchsorted(pos, np.arange(0, len(self.vectors) + index.SCAN_ROWS, index.SCAN_ROWS))
+    out = np.empty(r * m, dtype=np.float32)
+
+    def chunk(c: int) -> None:
+        lo, hi = int(bounds[c]), int(bounds[c + 1])
+        base = c * index.SCAN_ROWS
+        whole = (hi - lo) * index.SCAN_DENSITY >= index.SCAN_ROWS
+        block = self.vectors.rows(base, base + index.SCAN_ROWS) if whole else None
+        for s in range(lo, hi, index.SCAN_PAIRS):
+            at = slice(s, min(hi, s + index.SCAN_PAIRS))
+            v = block[pos[at] - base] if whole else self.vectors.take(pos[at])
+            out[order[at]] = index.pair_distances(to_float32(q[query[at]]), to_float32(v)[:, None, :])[:, 0]
+
+    index.run_units(chunk, np.flatnonzero(bounds[1:] > bounds[:-1]).tolist(), "cpu")
+    return out.reshape(r, m)
+
+
 def on_disk(args, parts, slices, queries, cand, cand_d, expected) -> None:
     from poolsieve.filters.knn.index import IvfIndex
 
@@ -100,10 +128,15 @@ def on_disk(args, parts, slices, queries, cand, cand_d, expected) -> None:
         part.save(args.on_disk / f"part{j}")
     loaded = [IvfIndex.load(args.on_disk / f"part{j}", on_disk=True) for j in range(len(parts))]
     arms = {}
-    for name, given in (("every candidate, row by row", None), ("shortlist, file order", cand_d)):
+    now = IvfIndex.pair_distances_to
+    for name, given, method in (("every candidate, row by row", None, now),
+                                ("shortlist, pairs cast", cand_d, pair_casts),
+                                ("shortlist, blocks cast", cand_d, now)):
+        IvfIndex.pair_distances_to = method
         t, out = best_of(args.repeats, lambda g=given: graph.rerank(queries, loaded, slices, cand, 6, cand_d=g))
         assert all(np.array_equal(o, e) for o, e in zip(out, expected, strict=True)), f"{name} differs"
         arms[name] = t
+    IvfIndex.pair_distances_to = now
     base = arms["every candidate, row by row"]
     print(f"indexes read from disk ({args.on_disk}), same results:")
     for name, t in arms.items():

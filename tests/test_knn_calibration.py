@@ -45,3 +45,26 @@ def test_choose_nprobe_probes_on_while_the_bound_misses_the_target():
     assert searched == [1, 2]
     # the sample is the whole pool: 0.96 is the pool's recall
     assert choose_nprobe(search, exact, 64, 0.95, 10, False, rows) == (1, 10, 0.96)
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3])
+def test_exact_search_cut_over_cores_gives_the_same_neighbours_and_bits(monkeypatch, cores):
+    """The calibration's exact search cuts each block of base rows into a piece per core: the same ids and
+    the same distances as one GEMM per block, and the brute-force neighbours (ties by id)."""
+    from poolsieve.filters.knn import index as knn_index
+
+    rng = np.random.default_rng(3)
+    base = np.repeat(rng.standard_normal((150, 24)), 2, axis=0).astype(np.float16)  # ties: every row twice
+    ids = rng.permutation(len(base)).astype(np.int64)
+    queries = rng.standard_normal((40, 24)).astype(np.float16)
+    monkeypatch.setattr(knn_index, "EXACT_ROWS", 64)  # several blocks
+    monkeypatch.setattr(knn_index, "EXACT_PAIR_QUERIES", 7)
+    monkeypatch.setattr(knn_index.os, "cpu_count", lambda: 1)
+    one_d, one_i = knn_index.exact_topk(base, ids, queries, 5)
+    monkeypatch.setattr(knn_index.os, "cpu_count", lambda: cores)
+    d, i = knn_index.exact_topk(base, ids, queries, 5)
+    assert np.array_equal(i, one_i)
+    assert np.array_equal(d.view(np.uint32), one_d.view(np.uint32))
+    brute = ((queries.astype(np.float32)[:, None, :] - base.astype(np.float32)[None]) ** 2).sum(-1)
+    want = np.lexsort((np.broadcast_to(ids, brute.shape), np.round(brute, 3)), axis=1)[:, :5]
+    assert np.array_equal(i, ids[want])

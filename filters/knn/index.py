@@ -40,7 +40,8 @@ QUERY_CHUNK = 131072
 QUERY_BLOCK = 4096
 BASE_BLOCK = 16384
 CANDIDATE_BUDGET = 2**25  # (query, candidate) pairs held per query chunk
-EXACT_ROWS = 16384  # base rows per GEMM of ``exact_topk``
+EXACT_ROWS = 16384  # base rows read at once by ``exact_topk`` (a GEMM per core over them)
+EXACT_PAIR_QUERIES = 256  # queries whose picked rows ``exact_topk`` gathers at once
 PAIR_BLOCK = 2**24  # floats of differences ``pair_distances`` holds at once
 SCAN_ROWS = 8192  # rows of an on-disk index read at once by ``pair_distances_to``
 SCAN_PAIRS = 512  # pairs computed at once within a chunk
@@ -281,24 +282,41 @@ def exact_topk(base, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
     ``ids``) of each query, by exact search, nearest first, with ``pair_distances``. The GEMM that finds
     the ``2 k`` candidates of each block takes the base rows as its query side, so that they do not
     change with how many rows ``base`` holds (the calibration searches a pool table by table,
-    ``knn_graph`` the whole array)."""
+    ``knn_graph`` the whole array). Each block of ``EXACT_ROWS`` is read here and cut into one piece
+    per core, searched on a thread each: a piece's ``2 k`` candidates include all of the block's that
+    lie in it, so the result is the same."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     q_sq = np.einsum("ij,ij->i", q, q)
     rows = base.rows if hasattr(base, "rows") else (lambda lo, hi: base[lo:hi])
     best_d = np.full((len(q), 0), np.inf, np.float32)
     best_i = np.zeros((len(q), 0), np.int64)
+    threads = os.cpu_count() or 1
     for lo in range(0, len(base), EXACT_ROWS):
-        x = to_float32(rows(lo, lo + EXACT_ROWS))
-        dist = x @ q.T
-        dist *= -2
-        dist += np.einsum("ij,ij->i", x, x)[:, None]
-        dist += q_sq[None, :]
-        np.maximum(dist, 0, out=dist)
-        dist = np.ascontiguousarray(dist.T)
-        part = ids[lo:lo + len(x)]
-        pick = smallest_k(dist, 2 * k, part)
-        best_d = np.concatenate([best_d, pair_distances(q, x[pick])], axis=1)
-        best_i = np.concatenate([best_i, part[pick]], axis=1)
+        block = rows(lo, lo + EXACT_ROWS)  # read in this thread: a reader need not be thread-safe
+        piece = -(-len(block) // threads)
+        starts = list(range(0, len(block), piece))
+        found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+        def search_piece(s: int, block=block, lo=lo, piece=piece, found=found) -> None:
+            x = to_float32(block[s:s + piece])
+            dist = x @ q.T
+            dist *= -2
+            dist += np.einsum("ij,ij->i", x, x)[:, None]
+            dist += q_sq[None, :]
+            np.maximum(dist, 0, out=dist)
+            dist = np.ascontiguousarray(dist.T)
+            part = ids[lo + s:lo + s + len(x)]
+            pick = smallest_k(dist, 2 * k, part)
+            del dist
+            exact = np.empty(pick.shape, dtype=np.float32)
+            for qs in range(0, len(q), EXACT_PAIR_QUERIES):  # the picked rows gathered a few queries at a time
+                at = slice(qs, qs + EXACT_PAIR_QUERIES)
+                exact[at] = pair_distances(q[at], x[pick[at]])
+            found[s] = (exact, part[pick])
+
+        run_units(search_piece, starts, "cpu")
+        best_d = np.concatenate([best_d, *(found[s][0] for s in starts)], axis=1)
+        best_i = np.concatenate([best_i, *(found[s][1] for s in starts)], axis=1)
         best_d, best_i = sorted_topk(best_d, best_i, k)
     return sorted_topk(best_d, best_i, k)
 
