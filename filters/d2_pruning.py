@@ -4,8 +4,9 @@
    seeded hash of the uid), never by where the tables store them; below, "lower row" means that.
 1. Graph: each row's ``k`` nearest other rows by squared L2 on the chosen features (image, text or
    image+text concatenated), equal distances by the lower row, self removed by id. Exact search up to ``exact_max_rows`` rows, else
-   IVF-Flat with ``nprobe`` calibrated to reach ``recall`` on a seeded sample; for image+text, one
-   IVF index per embedding gathers ``candidates`` rows each, re-ranked by the exact image+text distance.
+   IVF-Flat with ``nprobe`` calibrated to reach ``recall`` (with 95% confidence) on a seeded sample of
+   2,000 rows searched exactly; for image+text, one IVF index per embedding gathers ``candidates``
+   rows each, re-ranked by the exact image+text distance.
 2. Node score: ``s_i = max(score_i + score_shift, 1e-7)`` of a score column (CLIP score by default,
    shifted positive by the reference's 0.115).
 3. Forward message passing: ``g_i = s_i + sum_{j in N(i)} exp(-gamma_forward * d_ij) * s_j``.
@@ -25,7 +26,7 @@
 | knn | auto | ``exact``, ``ivf``, or ``auto`` (exact up to ``exact_max_rows``) |
 | knn_impl | auto | IVF index: ``gemm`` (list-major GEMMs, the faster on CPU), ``faiss`` (faiss's IVF); ``auto``: ``faiss`` on a GPU faiss's GPU build sees, else ``gemm`` |
 | exact_max_rows | 50000 | largest pool searched exactly under ``auto`` |
-| recall | 0.95 | IVF recall@k target that picks ``nprobe`` |
+| recall | 0.95 | IVF recall@k target: ``nprobe`` is the smallest power of two whose recall on 2,000 seeded rows reaches it with 95% confidence |
 | nlist / nprobe | 2*sqrt(n), lists of at most 500 rows beyond 1M / calibrated | IVF lists and lists probed per query |
 | candidates | 8*k, grown | image+text IVF: rows each embedding's index proposes for the exact re-rank (doubled while the recall target is out of reach) |
 | seed | 0 | the row order, hence the IVF training sample, the calibration sample and every tie |
