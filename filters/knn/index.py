@@ -131,7 +131,7 @@ class IvfIndex:
         ids = np.full((nq, k), -1, dtype=np.int64)
         progress = Progress(desc, total=nq, unit="queries") if desc else None
         nprobe = max(1, min(nprobe, self.nlist))
-        step = max(256, min(QUERY_CHUNK, (pairs or CANDIDATE_BUDGET) // (nprobe * k)))  # bounds the candidate arrays
+        step = max(1, min(QUERY_CHUNK, (pairs or CANDIDATE_BUDGET) // (nprobe * k)))  # bounds the candidate arrays
         for start in range(0, nq, step):
             chunk = np.ascontiguousarray(queries[start:start + step], dtype=np.float32)
             known = None if probes is None else probes[start:start + len(chunk), :nprobe]

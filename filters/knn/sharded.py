@@ -184,7 +184,8 @@ def build_graph(pool, names: Sequence[str], counts: Sequence[int], k: int, folde
                                                                                                    strict=True)]
 
         def calibration_search(p: int, m: int) -> np.ndarray:
-            return remove_self(*search_parts(queries, indexes, slices, kk + 1, m, p, device, probes), cal)[1]
+            return remove_self(*search_parts(queries, indexes, slices, kk + 1, m, p, device, probes,
+                                             pairs=pool.budget // 128), cal)[1]
 
         nprobe, m1, measured = choose_nprobe(calibration_search, exact_ids, nlist, recall, m1,
                                              len(slices) > 1 and candidates is None, n)
