@@ -6,7 +6,8 @@ per table, ``rows / 50`` topics, in ``--workdir``/rows-N, or ``--workdir`` itsel
 that size); with ``--prefix-pools`` the largest pool alone, read through its first tables at the smaller
 sizes (fewer rows per topic there: D2's calibration then needs a wider probe). Each filter runs at every
 size in a fresh child process. ``--previous LOG`` adds the result lines of an earlier scale run's log
-(sizes this run did not measure; the table says which run each row comes from) to the fit. Printed
+(sizes this run did not measure; the table says which run each row comes from; a line may start with
+a time stamp) to the fit. Printed
 per filter and size: wall, CPU, peak resident memory of the whole process tree (the child's ``VmHWM``,
 or the tree's summed ``VmRSS`` sampled every 0.2 s when it starts processes), peak per row; then per
 filter a least-squares line ``peak = base + slope * rows`` over the sizes, and its value at DataComp's
@@ -170,9 +171,10 @@ def previous_results(paths: str, filters: list[str]) -> list[dict]:
     out = []
     for path in paths.split(","):
         for line in Path(path).read_text().splitlines():
-            if not line.startswith("{"):
+            stamp, brace, rest = line.partition("{")
+            if not brace or (stamp.strip() and not stamp.strip().isdigit()):  # a line may start with a time stamp
                 continue
-            res = json.loads(line)
+            res = json.loads(brace + rest)
             if res.get("filter") in filters and "rows" in res and "tree_peak_gib" in res and "nodes" not in res:
                 out.append({**res, "earlier": path})
     return out
