@@ -1,8 +1,9 @@
 """D2's exact re-rank, side by side: float16 -> float32 casts by numpy's ``astype`` or
 ``filters._halves.to_float32`` (alone, then inside the re-rank), re-rank blocks of 256 queries (before)
 or ``RERANK_BLOCK``, and every candidate's exact distance or only the shortlist's (``graph._shortlist``,
-with the search's GEMM distances). The re-rank has the benchmark pool's shape: 2 parts x 768-d, 41
-candidates per part from a real IVF search (nprobe 4) of fp16 rows. With ``--on-disk DIR`` the same
+with the search's GEMM distances), the shortlist in those blocks or with the vectors read in order
+(``in_order``: each block of the index cast once, as from disk). The re-rank has the benchmark pool's
+shape: 2 parts x 768-d, 41 candidates per part from a real IVF search (nprobe 4) of fp16 rows. With ``--on-disk DIR`` the same
 indexes are saved there and read from disk as a search task reads them at scale: every candidate's
 vectors row by row (the re-rank before the shortlist) against the shortlist reading in file order, the
 latter casting every pair's query and candidate rows (before b12a09b) or each query and each whole block
@@ -71,14 +72,15 @@ def main() -> int:
     now_block = graph.RERANK_BLOCK
     arms = {}
     for cast_name, cast in (("numpy", numpy_cast), ("to_float32", to_float32)):
-        for block_rows in (256, now_block):
+        for block_rows in (256, now_block, "in order"):
             for short in (False, True):
-                if short and (cast_name, block_rows) != ("to_float32", now_block):
+                if (short and (cast_name, block_rows) not in (("to_float32", now_block), ("to_float32", "in order"))
+                        or not short and block_rows == "in order"):
                     continue
                 index.to_float32 = cast  # what index.as_float32 (the re-rank's cast) calls
-                graph.RERANK_BLOCK = block_rows
-                t, out = best_of(args.repeats, lambda s=short: graph.rerank(queries, parts, slices, cand, 6,
-                                                                            cand_d=cand_d if s else None))
+                graph.RERANK_BLOCK = now_block if block_rows == "in order" else block_rows
+                t, out = best_of(args.repeats, lambda s=short, b=block_rows: graph.rerank(
+                    queries, parts, slices, cand, 6, cand_d=cand_d if s else None, in_order=b == "in order"))
                 arms[(cast_name, block_rows, short)] = (t, out)
     index.to_float32, graph.RERANK_BLOCK = to_float32, now_block
     first = next(iter(arms.values()))[1]
@@ -88,14 +90,14 @@ def main() -> int:
     print(f"D2 re-rank of {args.queries:,} queries (2 x 41 candidates, 2 x 768-d), same results in every arm:")
     for (cast_name, block_rows, short), (t, _) in arms.items():
         what = "shortlist" if short else "every candidate"
-        print(f"  cast {cast_name:<10} block {block_rows:>3} {what:<15}: {args.queries / t:>8,.0f} queries/s  "
+        print(f"  cast {cast_name:<10} block {block_rows:>8} {what:<15}: {args.queries / t:>8,.0f} queries/s  "
               f"{base / t:.2f}x numpy/256/every")
     if args.on_disk:
         on_disk(args, parts, slices, queries, cand, cand_d, first)
     return 0
 
 
-def pair_casts(self, q: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def pair_casts(self, q: np.ndarray, rows: np.ndarray, ids: np.ndarray, in_order: bool = False) -> np.ndarray:
     """``IvfIndex.pair_distances_to`` from disk before b12a09b: the same file-order reading, but each
     piece of pairs casts its own query rows and candidate rows (a query's row once per candidate, a
     block's row once per pair it is in)."""

@@ -191,28 +191,31 @@ def search_parts(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], sl
 
 def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: Sequence[slice],
            cand_i: list[np.ndarray], k1: int, desc: str | None = None,
-           cand_d: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+           cand_d: list[np.ndarray] | None = None, in_order: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k1`` nearest of each query's candidates (``cand_i[j]``: part ``j``'s hits) by the distance over
     all parts, each part's from ``pair_distances`` with the index's stored vectors; a row found by several
     parts counts once; equal distances by id.
 
     ``cand_d`` (the distances each part's CPU search gave its own candidates, a GEMM's) lets the exact
-    distance be computed only where it can matter (``_shortlist``): the result is the same. Indexes read
-    from disk then get their vectors in file order, for many queries at once (``IvfIndex.pair_distances_to``)."""
+    distance be computed only where it can matter (``_shortlist``): the result is the same. The indexes
+    then give their vectors in their own order, for many queries at once, each block cast once
+    (``IvfIndex.pair_distances_to``; in memory too: 1.2x the 32-query blocks, ``benchmarks/half_casts.py``;
+    ``in_order=False`` keeps those blocks in memory)."""
     n = len(queries)
     out_d = np.empty((n, k1), dtype=np.float32)
     out_i = np.empty((n, k1), dtype=np.int64)
     progress = Progress(desc, total=n, unit="queries") if desc else None
     lock = threading.Lock()
     q_parts = [queries[:, sl] for sl in slices]
-    on_disk = cand_d is not None and any(index.on_disk for index in indexes)
+    if in_order is None or cand_d is None:  # with cand_d: CPU indexes of ours, read (and cast) in order
+        in_order = cand_d is not None
 
     def rerank_block(start: int) -> None:
-        stop = min(n, start + (SCAN_QUERIES if on_disk else RERANK_BLOCK))
+        stop = min(n, start + (SCAN_QUERIES if in_order else RERANK_BLOCK))
         ids = _unique_candidates(np.concatenate([c[start:stop] for c in cand_i], axis=1))
-        if on_disk:
+        if in_order:
             def distances(p: int, rows: np.ndarray, pair_ids: np.ndarray) -> np.ndarray:
-                return indexes[p].pair_distances_to(q_parts[p][start:stop], rows, pair_ids)
+                return indexes[p].pair_distances_to(q_parts[p][start:stop], rows, pair_ids, in_order=True)
         else:
             q_block = [as_float32(q[start:stop]) for q in q_parts]
 
@@ -227,7 +230,7 @@ def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: 
             with lock:
                 progress.update(stop - start)
 
-    if on_disk:  # each part's file is read in order, its chunks spread over threads
+    if in_order:  # each part's vectors are read in order, its chunks spread over threads
         for start in range(0, n, SCAN_QUERIES):
             rerank_block(start)
     else:
