@@ -97,7 +97,7 @@ def main() -> int:
     return 0
 
 
-def pair_casts(self, q: np.ndarray, rows: np.ndarray, ids: np.ndarray, in_order: bool = False) -> np.ndarray:
+def pair_casts(self, q: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """``IvfIndex.pair_distances_to`` from disk before b12a09b: the same file-order reading, but each
     piece of pairs casts its own query rows and candidate rows (a query's row once per candidate, a
     block's row once per pair it is in)."""

@@ -215,7 +215,7 @@ def rerank(queries: np.ndarray, indexes: Sequence[IvfIndex | FaissIvf], slices: 
         ids = _unique_candidates(np.concatenate([c[start:stop] for c in cand_i], axis=1))
         if in_order:
             def distances(p: int, rows: np.ndarray, pair_ids: np.ndarray) -> np.ndarray:
-                return indexes[p].pair_distances_to(q_parts[p][start:stop], rows, pair_ids, in_order=True)
+                return indexes[p].pair_distances_to(q_parts[p][start:stop], rows, pair_ids)
         else:
             q_block = [as_float32(q[start:stop]) for q in q_parts]
 

@@ -87,18 +87,15 @@ class IvfIndex:
         """Whether the vectors are read from disk as searched (``load(on_disk=True)``)."""
         return isinstance(self.vectors, DiskArray)
 
-    def pair_distances_to(self, q: np.ndarray, rows: np.ndarray, ids: np.ndarray, in_order: bool = False) -> np.ndarray:
+    def pair_distances_to(self, q: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """``pair_distances`` from query ``q[rows[i]]`` to row id ``ids[i, j]``'s vector, for every pair.
 
-        From disk (or with ``in_order``), the pairs are sorted by where their rows sit and the vectors
-        read in chunks of ``SCAN_ROWS``, each either whole (when at least ``1 / SCAN_DENSITY`` of it is
-        asked for, cast to float32 once for all its pairs) or row by row; the chunks are spread over
-        threads. From disk, rows read one by one cost a page fault each (about 10 us here, against 1 us
+        The pairs are sorted by where their rows sit and the vectors (on disk or in memory) read in
+        chunks of ``SCAN_ROWS``, each either whole (when at least ``1 / SCAN_DENSITY`` of it is asked
+        for, cast to float32 once for all its pairs) or row by row; the chunks are spread over threads. From disk, rows read one by one cost a page fault each (about 10 us here, against 1 us
         per row read in order); in memory, the casts saved make it faster too. The values are
         ``pair_distances``' (each pair's own)."""
         r, m = ids.shape
-        if not self.on_disk and not in_order:
-            return pair_distances(as_float32(q[rows]), self.vectors_of(ids))
         vectors = self.vectors
         read = vectors.rows if self.on_disk else (lambda lo, hi: vectors[lo:hi])
         take = vectors.take if self.on_disk else (lambda at: vectors[at])
