@@ -344,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impl", default="both", help=f"both, or a comma-separated list of {', '.join(IMPLS)}")
     p.add_argument("--memory-budget", default=None, help="the filters' memory budget (e.g. 2GiB)")
     p.add_argument("--rss-trace", type=Path, default=None,
-                   help="append the child's resident memory (and its file-backed part) about once a second to this file")
+                   help="append the child's resident memory (cluster mode: each node's), and its file-backed part, "
+                        "about once a second to this file")
     p.add_argument("--max-tables", type=int, default=None, help="use only the pool's first N tables")
     p.add_argument("--scale", default=None, help="scale mode: comma-separated row counts (e.g. 1000000,2000000,4000000)")
     p.add_argument("--prefix-pools", action="store_true",

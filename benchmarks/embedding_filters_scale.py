@@ -293,7 +293,7 @@ def run_on_cluster(name: str, args: argparse.Namespace) -> dict:
         runtime = Runtime(executor="ray", address=cluster.address)
         pool = bench.open_pool(args, runtime)
         params = bench.filter_params(name, args, pool.member_count() if args.sample_rows else None)
-        with TreeMonitor(os.getpid(), raylets) as monitor:
+        with TreeMonitor(os.getpid(), raylets, trace=args.rss_trace) as monitor:
             t0 = time.perf_counter()
             kept = get_filter(name)(pool, **params)
             wall = time.perf_counter() - t0
