@@ -6,8 +6,9 @@ with the search's GEMM distances), the shortlist in those blocks or with the vec
 shape: 2 parts x 768-d, 41 candidates per part from a real IVF search (nprobe 4) of fp16 rows. With ``--on-disk DIR`` the same
 indexes are saved there and read from disk as a search task reads them at scale: every candidate's
 vectors row by row (the re-rank before the shortlist) against the shortlist reading in file order, the
-latter casting every pair's query and candidate rows (before b12a09b) or each query and each whole block
-of the file once (now).
+latter casting every pair's query and candidate rows (before b12a09b), each query and each whole block
+of the file once (before the asked-rows cast), or each query and only the rows of a block asked for (now:
+fewer than all when a pool is large against the re-rank's queries, e.g. ``--rows 1000000``).
 
     python benchmarks/half_casts.py [--rows 200000 --queries 8192 --repeats 3 --on-disk /tmp/half-casts]
 
@@ -123,6 +124,11 @@ def pair_casts(self, q: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.nda
     return out.reshape(r, m)
 
 
+def whole_blocks(block: np.ndarray, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``index._touched_rows`` before: every chunk read whole is cast whole, however few rows it is asked for."""
+    return index.as_float32(block), local
+
+
 def on_disk(args, parts, slices, queries, cand, cand_d, expected) -> None:
     from poolsieve.filters.knn.index import IvfIndex
 
@@ -131,14 +137,16 @@ def on_disk(args, parts, slices, queries, cand, cand_d, expected) -> None:
     loaded = [IvfIndex.load(args.on_disk / f"part{j}", on_disk=True) for j in range(len(parts))]
     arms = {}
     now = IvfIndex.pair_distances_to
-    for name, given, method in (("every candidate, row by row", None, now),
-                                ("shortlist, pairs cast", cand_d, pair_casts),
-                                ("shortlist, blocks cast", cand_d, now)):
-        IvfIndex.pair_distances_to = method
+    touched = index._touched_rows
+    for name, given, method, cast in (("every candidate, row by row", None, now, touched),
+                                      ("shortlist, pairs cast", cand_d, pair_casts, touched),
+                                      ("shortlist, blocks cast whole", cand_d, now, whole_blocks),
+                                      ("shortlist, asked rows cast", cand_d, now, touched)):
+        IvfIndex.pair_distances_to, index._touched_rows = method, cast
         t, out = best_of(args.repeats, lambda g=given: graph.rerank(queries, loaded, slices, cand, 6, cand_d=g))
         assert all(np.array_equal(o, e) for o, e in zip(out, expected, strict=True)), f"{name} differs"
         arms[name] = t
-    IvfIndex.pair_distances_to = now
+    IvfIndex.pair_distances_to, index._touched_rows = now, touched
     base = arms["every candidate, row by row"]
     print(f"indexes read from disk ({args.on_disk}), same results:")
     for name, t in arms.items():

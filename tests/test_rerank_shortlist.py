@@ -100,8 +100,9 @@ def test_inf_and_nan_vectors_are_ranked_as_by_the_full_rerank():
     assert np.array_equal(full[0], short[0], equal_nan=True)
 
 
-@pytest.mark.parametrize("scan_rows,density", [(64, 8), (64, 0), (64, 10**6), (10**6, 8)])
-def test_indexes_read_from_disk_give_the_in_memory_result(tmp_path, monkeypatch, scan_rows, density):
+@pytest.mark.parametrize("scan_rows,density,scan_queries",
+                         [(64, 8, 128), (64, 0, 128), (64, 10**6, 128), (10**6, 8, 128), (64, 10**6, 4)])
+def test_indexes_read_from_disk_give_the_in_memory_result(tmp_path, monkeypatch, scan_rows, density, scan_queries):
     """From disk the pairs are read in file order, chunk by chunk (whole chunks or row by row): the same
     bits as the in-memory re-rank of every candidate."""
     from poolsieve.filters.knn import index as knn_index
@@ -116,7 +117,12 @@ def test_indexes_read_from_disk_give_the_in_memory_result(tmp_path, monkeypatch,
     assert all(index.on_disk for index in loaded)
     monkeypatch.setattr(knn_index, "SCAN_ROWS", scan_rows)
     monkeypatch.setattr(knn_index, "SCAN_DENSITY", density)
-    monkeypatch.setattr(graph, "SCAN_QUERIES", 128)  # several blocks of queries
+    monkeypatch.setattr(graph, "SCAN_QUERIES", scan_queries)  # several blocks of queries (4: sparse chunks)
+    casts = []
+    real_touched = knn_index._touched_rows
+    monkeypatch.setattr(knn_index, "_touched_rows",
+                        lambda block, local: casts.append(len(real_touched(block, local)[0]) < len(block))
+                        or real_touched(block, local))
     read = []
     real_rows, real_take = knn_index.DiskArray.rows, knn_index.DiskArray.take
     monkeypatch.setattr(knn_index.DiskArray, "rows",
@@ -130,5 +136,19 @@ def test_indexes_read_from_disk_give_the_in_memory_result(tmp_path, monkeypatch,
         assert vector_reads == {"rows"}  # never dense enough: row by row
     elif density == 10**6:
         assert vector_reads == {"chunk"}  # always whole chunks
+        # 128 queries ask for most rows of some chunks (cast whole); 4 for a few (only those cast)
+        assert not all(casts) if scan_queries == 128 else any(casts)
     else:
         assert "chunk" in vector_reads  # 9 candidates per query, 128 queries: dense in 64-row chunks
+
+
+def test_touched_rows_casts_only_the_rows_asked_for_when_few_are():
+    """A chunk read whole from disk: its asked-for rows cast to float32 (all of them when most are asked),
+    each position mapped to its row's cast, the same bits as casting the whole chunk."""
+    from poolsieve.filters.knn.index import _touched_rows
+
+    block = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float16)
+    for local in (np.array([3, 3, 7, 40, 40, 40, 63]), np.arange(64).repeat(2), np.array([], dtype=np.int64)):
+        rows, at = _touched_rows(block, local)
+        assert rows.dtype == np.float32 and len(rows) == (64 if len(set(local.tolist())) >= 32 else len(set(local.tolist())))
+        assert np.array_equal(rows[at].view(np.uint32), block[local].astype(np.float32).view(np.uint32))
