@@ -114,7 +114,7 @@ class IvfIndex:
             base = c * SCAN_ROWS
             whole = (hi - lo) * SCAN_DENSITY >= SCAN_ROWS
             block, at_row = None, None
-            if whole:  # read in order; only the rows asked for are cast (all of them when most are)
+            if whole:  # read in order; only the rows asked for are cast (all of them when half are)
                 block = read(base, base + SCAN_ROWS)
                 block, at_row = _touched_rows(block, pos[lo:hi] - base)
             for s in range(lo, hi, SCAN_PAIRS):  # pieces whose float32 copies stay in cache
@@ -185,8 +185,9 @@ class IvfIndex:
 
 def _touched_rows(block: np.ndarray, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``block``'s rows that sorted positions ``local`` ask for, cast to float32, and where each position's
-    row is in them. A block mostly asked for is cast whole (no gather); a sparse one only where asked:
-    at 4M rows a re-rank block asks for about half of each chunk, at 12.8M a fifth."""
+    row is in them. A block at least half asked for is cast whole (no gather); a sparser one only where
+    asked (estimated from the pairs per row: at 4M a re-rank block asks for about half of a chunk or
+    less, at 12.8M about a fifth)."""
     if len(local) == 0:
         return block[:0].astype(np.float32), local
     first = np.empty(len(local), dtype=bool)
