@@ -59,7 +59,7 @@ def test_exact_search_cut_over_cores_gives_the_same_neighbours_and_bits(monkeypa
     ids = rng.permutation(len(base)).astype(np.int64)
     queries = rng.standard_normal((40, 24)).astype(np.float16)
     monkeypatch.setattr(knn_index, "EXACT_ROWS", 64)  # several blocks
-    monkeypatch.setattr(knn_index, "EXACT_PAIR_QUERIES", 7)
+    monkeypatch.setattr(knn_index, "PAIR_BLOCK", 24 * 7)  # admitted pairs computed 7 at a time
     monkeypatch.setattr(knn_index.os, "cpu_count", lambda: 1)
     one_d, one_i = knn_index.exact_topk(base, ids, queries, 5)
     monkeypatch.setattr(knn_index.os, "cpu_count", lambda: cores)
@@ -111,3 +111,57 @@ def test_ivf_search_holds_at_most_pairs_candidates_even_probing_every_list(monke
     assert chunks == [1] * 30
     assert np.array_equal(small[1], whole[1])  # the same rows; their GEMM distances within rounding
     np.testing.assert_allclose(small[0], whole[0], rtol=1e-5)
+
+
+def _brute(base: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair's ``pair_distances``, the ``k`` smallest by (distance, id)."""
+    from poolsieve.filters.knn import index as knn_index
+
+    q = queries.astype(np.float32)
+    d = knn_index.pair_distances(q, np.broadcast_to(base.astype(np.float32), (len(q), *base.shape)))
+    order = np.lexsort((np.broadcast_to(ids, d.shape), d), axis=1)[:, :k]
+    return np.take_along_axis(d, order, axis=1), ids[order]
+
+
+def test_exact_search_admits_every_row_its_gemm_misjudges(monkeypatch):
+    """Rows far from the origin and close to each other: the GEMM's ``|q|^2 + |v|^2 - 2 q.v`` loses most
+    of its digits, so a row admitted by its GEMM distance alone (without ``gemm_margin``) is often not
+    the nearest by ``pair_distances``. The search still gives the brute force's ids and bits, with or
+    without a bound from another table's search."""
+    from poolsieve.filters.knn import index as knn_index
+
+    rng = np.random.default_rng(8)
+    offset = rng.standard_normal(64) * 40
+    base = (offset + rng.standard_normal((2000, 64)) * 0.03).astype(np.float16)
+    base[1500:1600] = base[:100]  # exact duplicates: equal distances, decided by id
+    queries = (offset + rng.standard_normal((60, 64)) * 0.03).astype(np.float16)
+    ids = rng.permutation(len(base)).astype(np.int64)
+    monkeypatch.setattr(knn_index, "EXACT_ROWS", 256)
+    want_d, want_i = _brute(base, ids, queries, 5)
+    d, i = knn_index.exact_topk(base, ids, queries, 5)
+    assert np.array_equal(i, want_i)
+    assert np.array_equal(d.view(np.uint32), want_d.view(np.uint32))
+    # as the calibration searches a pool: the first table's 5th nearest bound the other tables
+    first = knn_index.exact_topk(base[:300], ids[:300], queries, 5)
+    rest = knn_index.exact_topk(base[300:], ids[300:], queries, 5, bound=first[0][:, 4])
+    from poolsieve.filters._topk import sorted_topk
+
+    d, i = sorted_topk(np.concatenate([first[0], rest[0]], axis=1), np.concatenate([first[1], rest[1]], axis=1), 5)
+    assert np.array_equal(i, want_i)
+    assert np.array_equal(d.view(np.uint32), want_d.view(np.uint32))
+    # the GEMM's rounding matters here: the rows it ranks among the 5 nearest are not the 5 nearest
+    q32, b32 = queries.astype(np.float32), base.astype(np.float32)
+    gemm = (q32**2).sum(1)[:, None] + (b32**2).sum(1)[None, :] - 2 * q32 @ b32.T
+    by_gemm = ids[np.argsort(gemm, axis=1, kind="stable")[:, :5]]
+    assert not np.array_equal(np.sort(by_gemm, 1), np.sort(want_i, 1))
+
+
+def test_admission_limit_is_at_least_the_bound_plus_its_margin():
+    from poolsieve.filters.knn.index import admission_limit, gemm_margin
+
+    q_norm = np.array([0.0, 1.0, 30.0, 1.0, 1.0])
+    bound = np.array([0.0, 0.5, 2.0, np.inf, np.nan])
+    limit = admission_limit(bound, q_norm, 1536)
+    assert np.all(limit[:3] >= bound[:3] + gemm_margin(q_norm[:3], bound[:3], 1536))
+    assert np.all(limit[:3] < 1.01 * bound[:3] + 0.02 * q_norm[:3] ** 2 + 1e-6)  # and not every row
+    assert np.isinf(limit[3:]).all()  # no finite bound: every row is admitted

@@ -44,7 +44,17 @@ from poolsieve.core.progress import Progress
 from .._device import faiss_gpu_available
 from .._topk import sorted_topk
 from .faiss_index import FaissIvf
-from .index import IvfIndex, as_float32, exact_topk, flat_index, index_from_labels, pair_distances, run_units
+from .index import (
+    UNIT_ROUNDOFF,
+    IvfIndex,
+    as_float32,
+    exact_topk,
+    flat_index,
+    gemm_margin,
+    index_from_labels,
+    pair_distances,
+    run_units,
+)
 from .lists import (
     CALIBRATION_ROWS,
     MAX_CALIBRATED_NPROBE,
@@ -291,7 +301,7 @@ def _shortlist(q_parts: list[np.ndarray], start: int, ids: np.ndarray, own: list
             approx += np.where(cols, 0, exact[p])
             approx[:, cols] += own[p]
             margin[:, cols] = _gemm_margin(q_parts[p][start:start + b], own[p])
-        margin += np.float32(4 * parts * _UNIT) * (np.abs(approx) + margin)
+        margin += np.float32(4 * parts * UNIT_ROUNDOFF) * (np.abs(approx) + margin)
         high = np.where(valid, approx + margin, np.inf)
         cut = np.partition(high, k1 - 1, axis=1)[:, k1 - 1:k1] if width >= k1 else np.full((b, 1), np.inf, np.float32)
         keep = valid & ~(approx - margin > cut)
@@ -309,23 +319,11 @@ def _shortlist(q_parts: list[np.ndarray], start: int, ids: np.ndarray, own: list
     return dist, np.where(keep, ids, -1)
 
 
-_UNIT = 2.0**-24  # float32's unit roundoff
-
-
 def _gemm_margin(q: np.ndarray, approx: np.ndarray) -> np.ndarray:
-    """A bound on how far a GEMM's ``|q|^2 + |v|^2 - 2 q.v`` (``approx``) and ``pair_distances``' sum of
-    squared differences can be from each other: twice the sum of their distances from the true ``D``.
-
-    Each is within ``gamma (|q| + |v|)^2`` of ``D`` (``gamma = n u / (1 - n u)``, ``n = d + 3``: the
-    classic bound for float32 dot products, in any summation order, with the few additions after them).
-    ``|v|`` is not needed: from ``|v| <= |q| + sqrt(D)`` and ``D <= approx + gamma (|q| + |v|)^2`` follows
-    ``|q| + |v| <= (2 |q| + sqrt(approx)) / (1 - sqrt(gamma))``. ``q``: (b, d); ``approx``: (b, m)."""
-    d = q.shape[1] + 3
-    gamma = d * _UNIT / (1 - d * _UNIT)
+    """``index.gemm_margin`` for queries ``q`` (b, d) and their candidates' GEMM distances ``approx`` (b, m)."""
     q32 = as_float32(q)
     q_norm = np.sqrt(np.einsum("ij,ij->i", q32, q32, dtype=np.float64))[:, None]
-    s = (2 * q_norm + np.sqrt(np.maximum(approx, 0).astype(np.float64))) / (1 - np.sqrt(gamma))
-    return (4 * gamma * s**2).astype(np.float32)
+    return gemm_margin(q_norm, approx, q.shape[1]).astype(np.float32)
 
 
 def choose_nprobe(search: Callable[[int, int], np.ndarray], exact: np.ndarray, nlist: int, target: float,

@@ -18,11 +18,12 @@ embeddings, or one table after another in this process); what is per row goes to
 3. index: the driver walks the tables in order, counting list sizes, and hands each table the place its
    rows take in list order; a task per table writes them into each part's list-major index files
    (``part{j}/``: vectors, ids, squared norms, positions), which ``index.IvfIndex.load`` reads list by
-   list from disk;
+   list from disk. With the in-process executor and an index small enough to be searched in memory,
+   the same writes fill arrays in this process instead, which every task then searches: no files;
 4. calibration: ``nprobe`` (unless given) is chosen in the driver as ``graph.knn_graph`` chooses it,
    against an exact search of the calibration rows done table by table by tasks (each computing the
    distances with its table's rows as the GEMM's query side, so that they do not change with the
-   table's size);
+   table's size; the first table's ``k``-th nearest bound the others', ``index.exact_topk``);
 5. search: tasks over runs of consecutive pool rows (at most ``search_rows`` each, from the budget, and at most
    a share of the pool per CPU of the cluster, so that more nodes hold less each) search
    the lists and write each row's neighbours (ids) to its id's row of ``neighbors.npy`` /
@@ -168,13 +169,17 @@ def build_graph(pool, names: Sequence[str], counts: Sequence[int], k: int, folde
         save(folder / f"centroids-{j}.npy", c.astype(np.float32))
     (folder / "probes").mkdir()
     totals = _assign(pool, plan, nlist, exact)
-    if use_faiss:
-        _write_faiss_indexes(plan, centroids)
-    else:
-        _write_indexes(pool, plan, centroids, totals)
     index_bytes = n * (dim * 2 + INDEX_ROW_BYTES * len(slices))
     in_memory = not use_faiss and index_bytes <= pool.budget * INDEX_SHARE
-    indexes = load_indexes(folder, len(slices), use_faiss, in_memory)
+    shared = in_memory and pool.runtime.executor == "local"  # every task runs in this process: no files
+    if use_faiss:
+        _write_faiss_indexes(plan, centroids)
+    elif shared:
+        indexes = _indexes_in_memory(pool, plan, centroids, totals)
+    else:
+        _write_indexes(pool, plan, centroids, totals)
+    if not shared:
+        indexes = load_indexes(folder, len(slices), use_faiss, in_memory)
     measured = None
     if not exact and nprobe is None:
         cal = calibration_rows(n, calibration_queries, seed)
@@ -192,11 +197,13 @@ def build_graph(pool, names: Sequence[str], counts: Sequence[int], k: int, folde
     probe = 1 if exact else int(nprobe)
     DiskArray.create(folder / "neighbors.npy", (n, k), np.int64, fill=-1)
     DiskArray.create(folder / "distances.npy", (n, k), np.float32, fill=np.inf)
-    indexes.clear()  # the driver keeps no index while the tasks search
+    if not shared:
+        indexes.clear()  # the driver keeps no index while the tasks search
     room = pool.budget - index_bytes if in_memory else pool.budget
     spread = max(1024, -(-n // (2 * pool.runtime.cpus())))  # every CPU of a cluster gets units
     units = row_segments(tables, counts, min(search_rows(room), spread))
-    pool.runtime.map(_SearchRows(plan, k, kk + 1, m1, probe, use_faiss, room, in_memory), units,
+    pool.runtime.map(_SearchRows(plan, k, kk + 1, m1, probe, use_faiss, room, in_memory, indexes if shared else None),
+                     units,
                      f"kNN search (k={k}, nprobe={probe})", items=lambda r: r, item_unit="rows",
                      num_cpus=task_cpus(pool), **task_resources(device))
     return GraphFiles(folder, n, k, "exact" if exact else "ivf", nlist, probe, measured,
@@ -296,10 +303,15 @@ def first_probes(plan: _Plan, t: int) -> np.ndarray:
     return np.ascontiguousarray(DiskArray(plan.probes_file(t)).rows(0, plan.counts[t])[:, :, 0], dtype=np.int64)
 
 
+def _offsets(totals: np.ndarray) -> np.ndarray:
+    """Each part's list offsets, ``(parts, nlist + 1)``, from its list sizes."""
+    return np.concatenate([np.zeros((len(totals), 1), np.int64), np.cumsum(totals, axis=1)], axis=1)
+
+
 def _write_indexes(pool, plan: _Plan, centroids: list[np.ndarray], totals: np.ndarray) -> None:
     """Each part's list-major index files, filled table by table by tasks."""
     n = int(plan.starts[-1])
-    offsets = np.concatenate([np.zeros((len(totals), 1), np.int64), np.cumsum(totals, axis=1)], axis=1)
+    offsets = _offsets(totals)
     for j, sl in enumerate(plan.slices):
         part = plan.folder / f"part{j}"
         part.mkdir()
@@ -308,7 +320,34 @@ def _write_indexes(pool, plan: _Plan, centroids: list[np.ndarray], totals: np.nd
         DiskArray.create(part / "vectors.npy", (n, sl.stop - sl.start), np.float16)
         for name, dtype in (("ids", np.int64), ("positions", np.int64), ("sq_norms", np.float32)):
             DiskArray.create(part / f"{name}.npy", (n,), dtype)
+    _fill(pool, plan, offsets, lambda j, name: DiskArray(plan.folder / f"part{j}" / f"{name}.npy"), "write index")
 
+
+class _InMemory:
+    """An array written as a ``DiskArray`` is: ``write(index, values)``."""
+
+    def __init__(self, shape: tuple[int, ...], dtype):
+        self.array = np.empty(shape, dtype=dtype)
+
+    def write(self, index: np.ndarray, values: np.ndarray) -> None:
+        self.array[index] = values
+
+
+def _indexes_in_memory(pool, plan: _Plan, centroids: list[np.ndarray], totals: np.ndarray) -> list[IvfIndex]:
+    """Each part's index built in this process's memory, table by table (for the in-process executor,
+    whose tasks all run here: the files ``_write_indexes`` writes would only be read back)."""
+    n = int(plan.starts[-1])
+    offsets = _offsets(totals)
+    arrays = [{"vectors": _InMemory((n, sl.stop - sl.start), np.float16), "ids": _InMemory((n,), np.int64),
+               "positions": _InMemory((n,), np.int64), "sq_norms": _InMemory((n,), np.float32)}
+              for sl in plan.slices]
+    _fill(pool, plan, offsets, lambda j, name: arrays[j][name], "index in memory")
+    return [IvfIndex(centroids[j].astype(np.float32), offsets[j], **{name: a.array for name, a in arrays[j].items()})
+            for j in range(len(plan.slices))]
+
+
+def _fill(pool, plan: _Plan, offsets: np.ndarray, array, desc: str) -> None:
+    """Write every table's rows into each part's list-major arrays (``array(part, name)``)."""
     def units():
         before = offsets[:, :-1].copy()
         for t, table in enumerate(plan.tables):
@@ -317,12 +356,12 @@ def _write_indexes(pool, plan: _Plan, centroids: list[np.ndarray], totals: np.nd
             for j in range(len(plan.slices)):
                 before[j] += np.bincount(labels[:, j], minlength=before.shape[1])
 
-    progress = Progress("write index", total=len(plan.tables), unit="tables")
-    for _, rows in pool.runtime.stream(_write_table(plan), units()):
+    progress = Progress(desc, total=len(plan.tables), unit="tables")
+    for _, rows in pool.runtime.stream(_write_table(plan, array), units()):
         progress.update(1, rows, "rows")
 
 
-def _write_table(plan: _Plan):
+def _write_table(plan: _Plan, array):
     def write_table(unit: tuple[int, Path, np.ndarray]) -> int:
         t, table, before = unit
         x = plan.reader(table).rows()
@@ -334,12 +373,11 @@ def _write_table(plan: _Plan):
             run_start = np.searchsorted(lab, lab, side="left")
             pos = np.empty(len(x), dtype=np.int64)
             pos[order] = before[j][lab] + (np.arange(len(x)) - run_start)
-            part = plan.folder / f"part{j}"
             if len(x):
-                DiskArray(part / "vectors.npy").write(pos, x[:, sl])
-                DiskArray(part / "sq_norms.npy").write(pos, sq_norms(x[:, sl]))
-                DiskArray(part / "ids.npy").write(pos, ids)
-                DiskArray(part / "positions.npy").write(ids, pos)
+                array(j, "vectors").write(pos, x[:, sl])
+                array(j, "sq_norms").write(pos, sq_norms(x[:, sl]))
+                array(j, "ids").write(pos, ids)
+                array(j, "positions").write(ids, pos)
         return len(x)
 
     return write_table
@@ -367,22 +405,27 @@ def load_indexes(folder: Path, n_parts: int, use_faiss: bool, in_memory: bool = 
 
 
 def exact_search(pool, plan: _Plan, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact ``k`` nearest pool rows (ids) of ``queries``: a task per table, results merged."""
-    parts = pool.runtime.map(_exact_against_table(plan, queries, k), list(enumerate(plan.tables)),
-                             "exact kNN (calibration)")
+    """Exact ``k`` nearest pool rows (ids) of ``queries``: a task per table, results merged. The first
+    table's ``k``-th nearest bound the others' searches (``index.exact_topk``): a row farther from a
+    query than that cannot be among its ``k`` nearest, and the GEMM lets most rows go unscored."""
+    units = list(enumerate(plan.tables))
+    parts = pool.runtime.map(_exact_against_table(plan, queries, k), units[:1], "exact kNN (calibration, bound)")
+    bound = parts[0][0][:, k - 1]
+    parts += pool.runtime.map(_exact_against_table(plan, queries, k, bound), units[1:], "exact kNN (calibration)")
     return sorted_topk(np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1), k)
 
 
-def _exact_against_table(plan: _Plan, queries: np.ndarray, k: int):
+def _exact_against_table(plan: _Plan, queries: np.ndarray, k: int, bound: np.ndarray | None = None):
     def exact_against_table(unit: tuple[int, Path]) -> tuple[np.ndarray, np.ndarray]:
         t, table = unit
-        return exact_topk(plan.reader(table), plan.ids(t), queries, k)
+        return exact_topk(plan.reader(table), plan.ids(t), queries, k, bound)
 
     return exact_against_table
 
 
 def _SearchRows(plan: _Plan, k: int, k1: int, m1: int, nprobe: int, use_faiss: bool,  # noqa: N802
-                budget: int, in_memory: bool):
+                budget: int, in_memory: bool, shared: list[IvfIndex] | None = None):
+    """A search task over runs of rows; ``shared``: indexes in this process's memory (in-process tasks)."""
     def search_rows_task(unit: list[Segment]) -> int:
         x = np.concatenate([plan.reader(s.table).rows(s.lo, s.hi) for s in unit])
         query_ids = np.concatenate([plan.ids(s.t, s.lo, s.hi) for s in unit])
@@ -390,7 +433,7 @@ def _SearchRows(plan: _Plan, k: int, k1: int, m1: int, nprobe: int, use_faiss: b
         if nprobe <= plan.kept:
             stored = np.concatenate([DiskArray(plan.probes_file(s.t)).rows(s.lo, s.hi) for s in unit])
             probes = [np.ascontiguousarray(stored[:, j, :], dtype=np.int64) for j in range(len(plan.slices))]
-        indexes = load_indexes(plan.folder, len(plan.slices), use_faiss, in_memory)
+        indexes = shared or load_indexes(plan.folder, len(plan.slices), use_faiss, in_memory)
         d, i = search_parts(x, indexes, plan.slices, k1, m1, nprobe, plan.device, probes, pairs=budget // 128)
         d, i = remove_self(d, i, query_ids)
         if i.shape[1] < k:
