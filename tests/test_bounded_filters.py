@@ -47,11 +47,25 @@ def small_pieces(monkeypatch):
     {"knn": "ivf", "nlist": 6, "features": "image", "count": 120, "gamma_forward": 2.0, "gamma_reverse": 0.5},
 ])
 @pytest.mark.parametrize("pieces", [False, True])
-def test_d2_selects_what_the_in_memory_d2_selects(workspace, request, params, pieces):
+@pytest.mark.parametrize("index", ["memory", "files"])
+def test_d2_selects_what_the_in_memory_d2_selects(workspace, request, monkeypatch, params, pieces, index):
+    """The index built in this process's memory (in-process executor, an index within the budget) and
+    the one written to the spill folder and read from disk give the reference's graph and selection."""
     if pieces:
         request.getfixturevalue("small_pieces")
+    if index == "files":
+        monkeypatch.setattr(sharded, "INDEX_SHARE", 0.0)  # no index is small enough to be held in memory
+    built = []
+
+    def recorded(name: str):
+        build = getattr(sharded, name)
+        return lambda *args: built.append(name) or build(*args)
+
+    for name in ("_write_indexes", "_indexes_in_memory"):
+        monkeypatch.setattr(sharded, name, recorded(name))
     pool = make_pool(workspace, memory_budget="64MiB")
     got = d2_select(pool, {**params, "device": "cpu"}, graph_rows=np.arange(497))
+    assert built == ["_indexes_in_memory" if index == "memory" else "_write_indexes"]
     uids, order, neighbors, distances = ref.d2(pool, **params)
     assert np.array_equal(got.neighbors, neighbors)
     np.testing.assert_array_equal(got.distances, distances)
