@@ -1,6 +1,6 @@
 """D2's calibration search, side by side: the exact ``k`` nearest pool rows of the calibration rows, searched
-table by table as ``knn.sharded.exact_search`` does, by ``index.exact_topk`` (now: a row is admitted only
-when its GEMM distance can reach the query's ``k``-th nearest so far, ``index.admission_limit``, the
+table by table as ``knn.sharded.exact_search`` does, by ``exact.exact_topk`` (now: a row is admitted only
+when its GEMM distance can reach the query's ``k``-th nearest so far, ``exact.admission_limit``, the
 first table's ``k``-th nearest bounding the other tables' searches) against
 the same search taking a fixed ``2 k`` candidates of each piece by their GEMM distances (before: a
 partial sort of every (query, row) distance, on the queries' axis after a transpose).
@@ -25,8 +25,9 @@ import numpy as np
 from poolsieve.filters._embeddings import TableEmbeddings
 from poolsieve.filters._halves import to_float32
 from poolsieve.filters._topk import smallest_k, sorted_topk
-from poolsieve.filters.knn import index
-from poolsieve.filters.knn.index import EXACT_ROWS, exact_topk, pair_distances, run_units
+from poolsieve.filters.knn import exact
+from poolsieve.filters.knn.exact import EXACT_ROWS, exact_topk
+from poolsieve.filters.knn.index import pair_distances, run_units
 
 NAMES = ["l14_img", "l14_txt"]
 K = 6  # D2's k = 5, plus the row itself
@@ -113,7 +114,7 @@ def main() -> int:
     same = np.array_equal(i0, i1) and np.array_equal(d0.view(np.uint32), d1.view(np.uint32))
     before, now = times.values()
     print(f"ratio: {before / now:.2f}x faster; same ids and distance bits: {same}")
-    print(f"(admission: {index.__name__}.admission_limit)")
+    print(f"(admission: {exact.__name__}.admission_limit)")
     return 0 if same else 1
 
 

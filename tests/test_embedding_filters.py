@@ -15,6 +15,7 @@ from poolsieve.filters import _topk
 from poolsieve.filters._kmeans import kmeans
 from poolsieve.filters.d2_pruning import d2_select
 from poolsieve.filters.image_based import image_based_run
+from poolsieve.filters.knn import exact as knn_exact
 from poolsieve.filters.knn import index as knn_index
 from poolsieve.filters.knn import lists as knn_lists
 from poolsieve.filters.knn import sharded as knn_sharded
@@ -158,7 +159,7 @@ def test_block_search_cuts_ties_by_id_whatever_the_list_order():
     base = np.repeat(clustered(rng, 40), 6, axis=0)  # every row six times: ties everywhere
     ids = rng.permutation(len(base)).astype(np.int64)
     queries = clustered(rng, 30).astype(np.float32)
-    ref_d, ref_i = knn_index.exact_topk(base, ids, queries, 4)
+    ref_d, ref_i = knn_exact.exact_topk(base, ids, queries, 4)
     for order in (np.arange(len(base)), rng.permutation(len(base))):
         index = knn_index.IvfIndex(np.zeros((1, DIM), np.float32), np.array([0, len(base)]), base[order], ids[order],
                                    knn_index.sq_norms(base[order]), np.argsort(ids[order]))

@@ -52,18 +52,18 @@ def test_choose_nprobe_probes_on_while_the_bound_misses_the_target():
 def test_exact_search_cut_over_cores_gives_the_same_neighbours_and_bits(monkeypatch, cores):
     """The calibration's exact search cuts each block of base rows into a piece per core: the same ids and
     the same distances as one GEMM per block, and the brute-force neighbours (ties by id)."""
-    from poolsieve.filters.knn import index as knn_index
+    from poolsieve.filters.knn import exact as knn_exact
 
     rng = np.random.default_rng(3)
     base = np.repeat(rng.standard_normal((150, 24)), 2, axis=0).astype(np.float16)  # ties: every row twice
     ids = rng.permutation(len(base)).astype(np.int64)
     queries = rng.standard_normal((40, 24)).astype(np.float16)
-    monkeypatch.setattr(knn_index, "EXACT_ROWS", 64)  # several blocks
-    monkeypatch.setattr(knn_index, "PAIR_BLOCK", 24 * 7)  # admitted pairs computed 7 at a time
-    monkeypatch.setattr(knn_index.os, "cpu_count", lambda: 1)
-    one_d, one_i = knn_index.exact_topk(base, ids, queries, 5)
-    monkeypatch.setattr(knn_index.os, "cpu_count", lambda: cores)
-    d, i = knn_index.exact_topk(base, ids, queries, 5)
+    monkeypatch.setattr(knn_exact, "EXACT_ROWS", 64)  # several blocks
+    monkeypatch.setattr(knn_exact, "PAIRS_HELD", 24 * 7)  # admitted pairs computed 7 at a time
+    monkeypatch.setattr(knn_exact.os, "cpu_count", lambda: 1)
+    one_d, one_i = knn_exact.exact_topk(base, ids, queries, 5)
+    monkeypatch.setattr(knn_exact.os, "cpu_count", lambda: cores)
+    d, i = knn_exact.exact_topk(base, ids, queries, 5)
     assert np.array_equal(i, one_i)
     assert np.array_equal(d.view(np.uint32), one_d.view(np.uint32))
     brute = ((queries.astype(np.float32)[:, None, :] - base.astype(np.float32)[None]) ** 2).sum(-1)
@@ -128,7 +128,7 @@ def test_exact_search_admits_every_row_its_gemm_misjudges(monkeypatch):
     of its digits, so a row admitted by its GEMM distance alone (without ``gemm_margin``) is often not
     the nearest by ``pair_distances``. The search still gives the brute force's ids and bits, with or
     without a bound from another table's search."""
-    from poolsieve.filters.knn import index as knn_index
+    from poolsieve.filters.knn import exact as knn_exact
 
     rng = np.random.default_rng(8)
     offset = rng.standard_normal(64) * 40
@@ -136,14 +136,14 @@ def test_exact_search_admits_every_row_its_gemm_misjudges(monkeypatch):
     base[1500:1600] = base[:100]  # exact duplicates: equal distances, decided by id
     queries = (offset + rng.standard_normal((60, 64)) * 0.03).astype(np.float16)
     ids = rng.permutation(len(base)).astype(np.int64)
-    monkeypatch.setattr(knn_index, "EXACT_ROWS", 256)
+    monkeypatch.setattr(knn_exact, "EXACT_ROWS", 256)
     want_d, want_i = _brute(base, ids, queries, 5)
-    d, i = knn_index.exact_topk(base, ids, queries, 5)
+    d, i = knn_exact.exact_topk(base, ids, queries, 5)
     assert np.array_equal(i, want_i)
     assert np.array_equal(d.view(np.uint32), want_d.view(np.uint32))
     # as the calibration searches a pool: the first table's 5th nearest bound the other tables
-    first = knn_index.exact_topk(base[:300], ids[:300], queries, 5)
-    rest = knn_index.exact_topk(base[300:], ids[300:], queries, 5, bound=first[0][:, 4])
+    first = knn_exact.exact_topk(base[:300], ids[:300], queries, 5)
+    rest = knn_exact.exact_topk(base[300:], ids[300:], queries, 5, bound=first[0][:, 4])
     from poolsieve.filters._topk import sorted_topk
 
     d, i = sorted_topk(np.concatenate([first[0], rest[0]], axis=1), np.concatenate([first[1], rest[1]], axis=1), 5)
@@ -157,7 +157,7 @@ def test_exact_search_admits_every_row_its_gemm_misjudges(monkeypatch):
 
 
 def test_admission_limit_is_at_least_the_bound_plus_its_margin():
-    from poolsieve.filters.knn.index import admission_limit, gemm_margin
+    from poolsieve.filters.knn.exact import admission_limit, gemm_margin
 
     q_norm = np.array([0.0, 1.0, 30.0, 1.0, 1.0])
     bound = np.array([0.0, 0.5, 2.0, np.inf, np.nan])

@@ -43,18 +43,9 @@ from poolsieve.core.progress import Progress
 
 from .._device import faiss_gpu_available
 from .._topk import sorted_topk
+from .exact import UNIT_ROUNDOFF, exact_topk, gemm_margin
 from .faiss_index import FaissIvf
-from .index import (
-    UNIT_ROUNDOFF,
-    IvfIndex,
-    as_float32,
-    exact_topk,
-    flat_index,
-    gemm_margin,
-    index_from_labels,
-    pair_distances,
-    run_units,
-)
+from .index import IvfIndex, as_float32, flat_index, index_from_labels, pair_distances, run_units
 from .lists import (
     CALIBRATION_ROWS,
     MAX_CALIBRATED_NPROBE,
@@ -320,7 +311,7 @@ def _shortlist(q_parts: list[np.ndarray], start: int, ids: np.ndarray, own: list
 
 
 def _gemm_margin(q: np.ndarray, approx: np.ndarray) -> np.ndarray:
-    """``index.gemm_margin`` for queries ``q`` (b, d) and their candidates' GEMM distances ``approx`` (b, m)."""
+    """``exact.gemm_margin`` for queries ``q`` (b, d) and their candidates' GEMM distances ``approx`` (b, m)."""
     q32 = as_float32(q)
     q_norm = np.sqrt(np.einsum("ij,ij->i", q32, q32, dtype=np.float64))[:, None]
     return gemm_margin(q_norm, approx, q.shape[1]).astype(np.float32)

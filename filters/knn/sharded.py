@@ -23,7 +23,7 @@ embeddings, or one table after another in this process); what is per row goes to
 4. calibration: ``nprobe`` (unless given) is chosen in the driver as ``graph.knn_graph`` chooses it,
    against an exact search of the calibration rows done table by table by tasks (each computing the
    distances with its table's rows as the GEMM's query side, so that they do not change with the
-   table's size; the first table's ``k``-th nearest bound the others', ``index.exact_topk``);
+   table's size; the first table's ``k``-th nearest bound the others', ``exact.exact_topk``);
 5. search: tasks over runs of consecutive pool rows (at most ``search_rows`` each, from the budget, and at most
    a share of the pool per CPU of the cluster, so that more nodes hold less each) search
    the lists and write each row's neighbours (ids) to its id's row of ``neighbors.npy`` /
@@ -51,6 +51,7 @@ from .._embeddings import TableEmbeddings, gather_rows
 from .._row_order import RANKS, ROWS, rank_rows
 from .._spill import DiskArray, save
 from .._topk import sorted_topk
+from .exact import exact_topk
 from .faiss_index import FaissIvf
 from .graph import (
     candidates_per_part,
@@ -62,7 +63,7 @@ from .graph import (
     search_parts,
     use_exact,
 )
-from .index import IvfIndex, exact_topk, sq_norms
+from .index import IvfIndex, sq_norms
 from .lists import (
     CALIBRATION_ROWS,
     calibration_rows,
@@ -406,7 +407,7 @@ def load_indexes(folder: Path, n_parts: int, use_faiss: bool, in_memory: bool = 
 
 def exact_search(pool, plan: _Plan, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``k`` nearest pool rows (ids) of ``queries``: a task per table, results merged. The first
-    table's ``k``-th nearest bound the others' searches (``index.exact_topk``): a row farther from a
+    table's ``k``-th nearest bound the others' searches (``exact.exact_topk``): a row farther from a
     query than that cannot be among its ``k`` nearest, and the GEMM lets most rows go unscored."""
     units = list(enumerate(plan.tables))
     parts = pool.runtime.map(_exact_against_table(plan, queries, k), units[:1], "exact kNN (calibration, bound)")
