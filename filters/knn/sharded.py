@@ -78,6 +78,7 @@ QUERY_ROW_BYTES = 14_000  # working set of a search task per query row (queries,
 SAMPLE_SHARE = 0.5  # of the budget for the IVF training sample
 INDEX_SHARE = 0.5  # of the budget: an index this small is loaded whole by each search task
 INDEX_ROW_BYTES = 20  # ids, positions, squared norms per row and part, beside the fp16 vectors
+ROW_ARRAYS = (("ids", np.int64), ("positions", np.int64), ("sq_norms", np.float32))  # an index's, beside vectors
 
 
 @dataclass
@@ -319,7 +320,7 @@ def _write_indexes(pool, plan: _Plan, centroids: list[np.ndarray], totals: np.nd
         save(part / "centroids.npy", centroids[j].astype(np.float32))
         save(part / "offsets.npy", offsets[j])
         DiskArray.create(part / "vectors.npy", (n, sl.stop - sl.start), np.float16)
-        for name, dtype in (("ids", np.int64), ("positions", np.int64), ("sq_norms", np.float32)):
+        for name, dtype in ROW_ARRAYS:
             DiskArray.create(part / f"{name}.npy", (n,), dtype)
     _fill(pool, plan, offsets, lambda j, name: DiskArray(plan.folder / f"part{j}" / f"{name}.npy"), "write index")
 
@@ -339,9 +340,8 @@ def _indexes_in_memory(pool, plan: _Plan, centroids: list[np.ndarray], totals: n
     whose tasks all run here: the files ``_write_indexes`` writes would only be read back)."""
     n = int(plan.starts[-1])
     offsets = _offsets(totals)
-    arrays = [{"vectors": _InMemory((n, sl.stop - sl.start), np.float16), "ids": _InMemory((n,), np.int64),
-               "positions": _InMemory((n,), np.int64), "sq_norms": _InMemory((n,), np.float32)}
-              for sl in plan.slices]
+    arrays = [{"vectors": _InMemory((n, sl.stop - sl.start), np.float16),
+               **{name: _InMemory((n,), dtype) for name, dtype in ROW_ARRAYS}} for sl in plan.slices]
     _fill(pool, plan, offsets, lambda j, name: arrays[j][name], "index in memory")
     return [IvfIndex(centroids[j].astype(np.float32), offsets[j], **{name: a.array for name, a in arrays[j].items()})
             for j in range(len(plan.slices))]
